@@ -1,0 +1,3 @@
+//! Configuration: Traefik TCP TOML file model → validation → `model::Config`.
+
+pub mod rule;

@@ -1,0 +1,272 @@
+//! The validated runtime snapshot of a configuration.
+//!
+//! `config::load` turns the Traefik TOML file model into this; the engine only
+//! ever sees these types. Everything here is already checked: references are
+//! indices, addresses are parsed, durations are `Duration`s, rules are compiled.
+//! The hot path never parses strings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::config::rule::Rule;
+
+/// Traefik's default `dialTimeout` for TCP servers transports.
+pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Traefik's default `dialKeepAlive`.
+pub const DEFAULT_DIAL_KEEPALIVE: Duration = Duration::from_secs(15);
+/// Traefik's default `terminationDelay` (100 ms after the first FIN).
+pub const DEFAULT_TERMINATION_DELAY: Duration = Duration::from_millis(100);
+/// Deadline from accept to routing decision. Traefik's readTimeout default is
+/// 60 s; a database gateway wants slow-loris peers gone sooner, so 10 s.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Traefik's default `lifeCycle.graceTimeOut`.
+pub const DEFAULT_GRACE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default forwarding buffer size (`runtime.bufferSize`).
+pub const DEFAULT_BUFFER_SIZE: usize = 64 * 1024;
+
+/// A whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The main file this was loaded from (for messages).
+    pub source: PathBuf,
+    pub entrypoints: Vec<EntryPoint>,
+    pub routers: Vec<Router>,
+    pub services: Vec<Service>,
+    pub middlewares: Vec<Middleware>,
+    /// Index 0 is always the implicit `default` transport (Traefik defaults),
+    /// unless the file defines `[tcp.serversTransports.default]`, which then
+    /// replaces it at index 0.
+    pub transports: Vec<Transport>,
+    pub tls: TlsConfig,
+    pub runtime: Runtime,
+    /// Where `/metrics`, `/ping`, `/api` are served, when configured.
+    pub admin: Option<Admin>,
+    /// Files to watch when `providers.file.watch = true` (empty otherwise).
+    pub watch: Vec<PathBuf>,
+    /// Warnings already formatted as `FILE:LINE:COL: message`.
+    pub warnings: Vec<String>,
+}
+
+/// An `[entryPoints.<name>]` that carries TCP traffic.
+#[derive(Debug, Clone)]
+pub struct EntryPoint {
+    pub name: String,
+    /// Socket address to bind. Traefik's `":5432"` means every address, both
+    /// families: `[::]:5432` with `v6only = false`.
+    pub address: SocketAddr,
+    /// IPV6_V6ONLY for an IPv6 address (extension key `ipv6Only`, default false).
+    pub v6only: bool,
+    /// `transport.respondingTimeouts.readTimeout`: accept → routing deadline.
+    pub read_timeout: Duration,
+    /// `transport.lifeCycle.graceTimeOut`: drain time on SIGTERM.
+    pub grace_timeout: Duration,
+    /// `proxyProtocol`: accept PROXY v1/v2 headers from these sources only.
+    pub proxy_protocol: Option<ProxyProtocolIn>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyProtocolIn {
+    pub trusted_ips: Vec<IpNet>,
+    /// Traefik's `insecure = true`: trust every source.
+    pub insecure: bool,
+}
+
+/// A `[tcp.routers.<name>]`.
+#[derive(Debug, Clone)]
+pub struct Router {
+    pub name: String,
+    /// Indices into `Config::entrypoints`. Traefik: empty list = all entrypoints;
+    /// the build step expands that.
+    pub entrypoints: Vec<usize>,
+    pub rule: Rule,
+    pub rule_text: String,
+    /// Explicit priority, or the rule's length when 0/absent (Traefik). Higher wins.
+    pub priority: i64,
+    /// Index into `Config::services`.
+    pub service: usize,
+    /// Indices into `Config::middlewares`, in order.
+    pub middlewares: Vec<usize>,
+    pub tls: Option<RouterTls>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouterTls {
+    pub passthrough: bool,
+    /// Index into `TlsConfig::options` (the `default` options when unset).
+    pub options: usize,
+}
+
+/// A `[tcp.services.<name>]`.
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub name: String,
+    pub kind: ServiceKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum ServiceKind {
+    LoadBalancer(LoadBalancer),
+    /// Children (indices into `Config::services`) with weights; acyclic.
+    Weighted(Vec<WeightedChild>),
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadBalancer {
+    pub servers: Vec<Server>,
+    /// Index into `Config::transports` (0 = default).
+    pub transport: usize,
+    /// Deprecated `loadBalancer.proxyProtocol.version`, merged here (the
+    /// transport's setting wins when both are present).
+    pub proxy_protocol: Option<u8>,
+    /// Deprecated `loadBalancer.terminationDelay` (ms), if given.
+    pub termination_delay: Option<Option<Duration>>,
+    pub health_check: Option<HealthCheck>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// The address as written (for logs and `check`).
+    pub address_text: String,
+    /// Resolved at load time.
+    pub address: SocketAddr,
+    /// Extension: Traefik has no per-server weight. Default 1; 0 = never picked.
+    pub weight: u32,
+    /// Traefik's per-server `tls = true`: speak TLS to this server.
+    pub tls: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct WeightedChild {
+    pub service: usize,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub interval: Duration,
+    pub unhealthy_interval: Duration,
+    pub timeout: Duration,
+    pub send: Vec<u8>,
+    pub expect: Vec<u8>,
+}
+
+/// A `[tcp.middlewares.<name>]`.
+#[derive(Debug, Clone)]
+pub struct Middleware {
+    pub name: String,
+    pub kind: MiddlewareKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum MiddlewareKind {
+    /// `ipAllowList.sourceRange` (also the deprecated `ipWhiteList`). Canonical
+    /// (IPv4 not mapped) networks.
+    IpAllowList(Vec<IpNet>),
+    /// `inFlightConn.amount`: simultaneous connections per client IP.
+    InFlightConn(u32),
+}
+
+/// A `[tcp.serversTransports.<name>]`.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    pub name: String,
+    pub dial_timeout: Duration,
+    pub dial_keep_alive: Option<Duration>,
+    /// `None` = wait for the other direction forever (Traefik: negative value).
+    pub termination_delay: Option<Duration>,
+    /// PROXY protocol version to send to servers (1 or 2).
+    pub proxy_protocol: Option<u8>,
+    pub tls: Option<TransportTls>,
+    /// Extension `idleTimeout`: close a connection idle in both directions.
+    pub idle_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TransportTls {
+    pub server_name: Option<String>,
+    pub root_cas: Vec<PathBuf>,
+    pub insecure_skip_verify: bool,
+    pub certificates: Vec<CertPair>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CertPair {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// `[tls]`: certificates and options for termination.
+#[derive(Debug, Clone, Default)]
+pub struct TlsConfig {
+    pub certificates: Vec<CertPair>,
+    pub default_certificate: Option<CertPair>,
+    /// Index 0 is always `default` (implicit when not configured).
+    pub options: Vec<TlsOptions>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    pub name: String,
+    /// "VersionTLS12" / "VersionTLS13" (validated).
+    pub min_version: Option<String>,
+    pub max_version: Option<String>,
+    pub cipher_suites: Vec<String>,
+    pub curve_preferences: Vec<String>,
+    pub alpn_protocols: Vec<String>,
+    pub sni_strict: bool,
+    pub client_ca_files: Vec<PathBuf>,
+    /// Traefik's clientAuthType value, validated.
+    pub client_auth_type: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarding {
+    Auto,
+    Splice,
+    Copy,
+}
+
+/// `[runtime]` (sluicegate extension).
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// `None` = "auto": one per allowed core.
+    pub workers: Option<usize>,
+    pub pin_cores: bool,
+    pub driver: Driver,
+    pub forwarding: Forwarding,
+    pub buffer_size: usize,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime {
+            workers: None,
+            pin_cores: true,
+            driver: Driver::Auto,
+            forwarding: Forwarding::Auto,
+            buffer_size: DEFAULT_BUFFER_SIZE,
+        }
+    }
+}
+
+/// Admin endpoints (`[metrics.prometheus]`, `[ping]`, `[api]`).
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// The entrypoint name the endpoints are served on (it is then not a TCP
+    /// entrypoint and has no routers).
+    pub entrypoint: String,
+    pub address: SocketAddr,
+    pub metrics: bool,
+    pub ping: bool,
+    pub api: bool,
+}
