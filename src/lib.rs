@@ -1,5 +1,24 @@
 //! sluicegate: a thread-per-core io_uring TCP/TLS gateway that reads Traefik's
 //! TCP configuration.
+//!
+//! Data path (per worker thread, no shared mutable state):
+//! `worker` (listeners, accept loop, snapshot swap) → `session` (one
+//! connection's lifecycle) → `route` (compiled rules) → `balance` (smooth
+//! weighted round robin) → `forward` (copy and splice pumps, half-close,
+//! resets).
+//!
+//! Control plane: `engine` (start-up, signals, reload, drain) and `config`
+//! (Traefik TOML → validated `model::Config`).
+//!
+//! `sys` is the only module with `unsafe`.
 
+pub mod balance;
 pub mod config;
+pub mod engine;
+pub mod forward;
+pub mod log;
 pub mod model;
+pub mod route;
+pub mod session;
+pub mod sys;
+pub mod worker;

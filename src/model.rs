@@ -146,6 +146,8 @@ pub struct WeightedChild {
 
 #[derive(Debug, Clone)]
 pub struct HealthCheck {
+    /// `port`: check this port instead of the server's own.
+    pub port: Option<u16>,
     pub interval: Duration,
     pub unhealthy_interval: Duration,
     pub timeout: Duration,
@@ -220,6 +222,8 @@ pub struct TlsOptions {
     pub client_ca_files: Vec<PathBuf>,
     /// Traefik's clientAuthType value, validated.
     pub client_auth_type: Option<String>,
+    /// `disableSessionTickets`: no TLS 1.2 session tickets / TLS 1.3 resumption tickets.
+    pub disable_session_tickets: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,6 +249,9 @@ pub struct Runtime {
     pub driver: Driver,
     pub forwarding: Forwarding,
     pub buffer_size: usize,
+    /// Extension `accessLog`: one logfmt line per closed connection (default
+    /// true; benchmarks turn it off like the peers' logging).
+    pub access_log: bool,
 }
 
 impl Default for Runtime {
@@ -255,6 +262,7 @@ impl Default for Runtime {
             driver: Driver::Auto,
             forwarding: Forwarding::Auto,
             buffer_size: DEFAULT_BUFFER_SIZE,
+            access_log: true,
         }
     }
 }

@@ -1,6 +1,20 @@
-//! Traefik v3 TCP rule language (STUB: being written; API is fixed).
+//! Traefik v3 TCP rule language: parses rules such as
+//! ``HostSNI(`a.example.com`) && !ClientIP(`10.0.0.0/8`)`` into a [`Rule`]
+//! and matches them against what is known about a connection ([`MatchCtx`]).
+//!
+//! Pure code: this module never does IO. It must not panic on any input, since
+//! rule text comes straight from user config (and from the fuzzer).
 
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
 use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net};
+use regex::Regex;
+
+/// Nesting limit for `(` and `!`: the parser, matcher, `Display` and `Drop`
+/// all recurse, so unbounded nesting would be a stack overflow waiting to happen.
+const MAX_DEPTH: usize = 64;
 
 /// What a rule is matched against: known after accept (client IP) and, for
 /// TLS connections, after the ClientHello was peeked.
@@ -19,7 +33,7 @@ pub struct MatchCtx<'a> {
 /// A compiled rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
-    _private: (),
+    expr: Expr,
 }
 
 /// A rule syntax or validation error. `offset` is a byte offset into the rule
@@ -36,22 +50,898 @@ impl std::fmt::Display for RuleError {
     }
 }
 
-pub fn parse(_src: &str) -> Result<Rule, RuleError> {
-    Ok(Rule { _private: () })
+impl std::error::Error for RuleError {}
+
+fn err(offset: usize, message: impl Into<String>) -> RuleError {
+    RuleError {
+        offset,
+        message: message.into(),
+    }
+}
+
+/// `&&` and `||` chains are flat vectors rather than binary trees, so a long
+/// `a || b || c ...` rule does not deepen the recursion.
+#[derive(Debug, Clone)]
+enum Expr {
+    Or(Vec<Expr>),
+    And(Vec<Expr>),
+    Not(Box<Expr>),
+    Matcher(Matcher),
+}
+
+#[derive(Debug, Clone)]
+enum Matcher {
+    /// `HostSNI(`*`)`: every connection, TLS or not, with or without SNI.
+    AnySni,
+    /// A name, lowercase without trailing dot (the form `MatchCtx::sni` has).
+    Sni(String),
+    /// `*.example.com`, stored whole so `host_snis` can hand it out as is.
+    WildcardSni(String),
+    SniRegexp(Regex),
+    /// Canonical: IPv4-mapped networks are IPv4, host bits cleared.
+    ClientIp(IpNet),
+    Alpn(String),
+}
+
+#[derive(Clone, Copy)]
+enum Name {
+    HostSni,
+    HostSniRegexp,
+    ClientIp,
+    Alpn,
+}
+
+const NAMES: [(&str, Name); 4] = [
+    ("HostSNI", Name::HostSni),
+    ("HostSNIRegexp", Name::HostSniRegexp),
+    ("ClientIP", Name::ClientIp),
+    ("ALPN", Name::Alpn),
+];
+
+/// Parses and validates a rule.
+pub fn parse(src: &str) -> Result<Rule, RuleError> {
+    let mut p = Parser {
+        src,
+        pos: 0,
+        peeked: None,
+        depth: 0,
+    };
+    if matches!(p.peek()?.kind, Kind::End) {
+        return Err(err(0, "empty rule"));
+    }
+    let expr = p.chain(true)?;
+    let t = p.next()?;
+    match t.kind {
+        Kind::End => Ok(Rule { expr }),
+        Kind::RParen => fail(t.at, "unexpected `)` without a matching `(`"),
+        _ => Err(p.expected(&t, "`&&`, `||` or end of rule")),
+    }
 }
 
 impl Rule {
-    pub fn matches(&self, _ctx: &MatchCtx<'_>) -> bool {
-        true
+    pub fn matches(&self, ctx: &MatchCtx<'_>) -> bool {
+        eval(&self.expr, ctx)
     }
+
     /// True when the rule can be decided without peeking at client bytes (no
     /// HostSNI other than `*`, no HostSNIRegexp, no ALPN).
     pub fn is_catch_all(&self) -> bool {
-        true
+        // Exactly the complement: anything that needs the ClientHello.
+        !self.needs_tls()
     }
+
     /// True when the rule names a host (non-`*` HostSNI or HostSNIRegexp) or
     /// ALPN, which is only possible on a router with `tls`.
     pub fn needs_tls(&self) -> bool {
-        false
+        let mut found = false;
+        visit(&self.expr, &mut |m| {
+            found |= !matches!(m, Matcher::AnySni | Matcher::ClientIp(_));
+        });
+        found
+    }
+
+    /// The literal HostSNI names (including `*.example.com` wildcards, but not
+    /// the catch-all `*`), in rule order without duplicates. Names under `!`
+    /// are listed too, as Traefik does when it collects a rule's domains.
+    pub fn host_snis(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        visit(&self.expr, &mut |m| {
+            if let Matcher::Sni(n) | Matcher::WildcardSni(n) = m {
+                if !out.contains(&n.as_str()) {
+                    out.push(n);
+                }
+            }
+        });
+        out
+    }
+}
+
+fn eval(e: &Expr, ctx: &MatchCtx<'_>) -> bool {
+    match e {
+        Expr::Or(v) => v.iter().any(|e| eval(e, ctx)),
+        Expr::And(v) => v.iter().all(|e| eval(e, ctx)),
+        Expr::Not(e) => !eval(e, ctx),
+        Expr::Matcher(m) => m.matches(ctx),
+    }
+}
+
+fn visit<'a>(e: &'a Expr, f: &mut dyn FnMut(&'a Matcher)) {
+    match e {
+        Expr::Or(v) | Expr::And(v) => v.iter().for_each(|e| visit(e, f)),
+        Expr::Not(e) => visit(e, f),
+        Expr::Matcher(m) => f(m),
+    }
+}
+
+impl Matcher {
+    fn matches(&self, ctx: &MatchCtx<'_>) -> bool {
+        match self {
+            Matcher::AnySni => true,
+            Matcher::Sni(name) => ctx.sni == Some(name.as_str()),
+            // `*.example.com` matches exactly one extra label.
+            Matcher::WildcardSni(pat) => match (ctx.sni, pat.strip_prefix('*')) {
+                (Some(sni), Some(suffix)) => sni
+                    .strip_suffix(suffix)
+                    .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+                _ => false,
+            },
+            Matcher::SniRegexp(re) => ctx.sni.is_some_and(|sni| re.is_match(sni)),
+            Matcher::ClientIp(net) => net.contains(&ctx.client_ip),
+            Matcher::Alpn(proto) => ctx.alpn.contains(&proto.as_bytes()),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Matcher::AnySni | Matcher::Sni(_) | Matcher::WildcardSni(_) => "HostSNI",
+            Matcher::SniRegexp(_) => "HostSNIRegexp",
+            Matcher::ClientIp(_) => "ClientIP",
+            Matcher::Alpn(_) => "ALPN",
+        }
+    }
+
+    fn arg(&self) -> Cow<'_, str> {
+        match self {
+            Matcher::AnySni => "*".into(),
+            Matcher::Sni(s) | Matcher::WildcardSni(s) | Matcher::Alpn(s) => s.as_str().into(),
+            Matcher::SniRegexp(re) => re.as_str().into(),
+            // A single address reads better without its /32 or /128.
+            Matcher::ClientIp(net) if net.prefix_len() == net.max_prefix_len() => {
+                net.addr().to_string().into()
+            }
+            Matcher::ClientIp(net) => net.to_string().into(),
+        }
+    }
+}
+
+fn build(name: Name, arg: &str) -> Result<Matcher, String> {
+    match name {
+        Name::HostSni => host_sni(arg),
+        Name::HostSniRegexp => Regex::new(arg)
+            .map(Matcher::SniRegexp)
+            .map_err(|e| format!("invalid HostSNIRegexp: {e}")),
+        Name::ClientIp => client_ip(arg),
+        Name::Alpn => {
+            if arg.is_empty() {
+                Err("ALPN protocol is empty".into())
+            } else if arg == "acme-tls/1" {
+                Err(
+                    "ALPN `acme-tls/1` is reserved for ACME TLS-ALPN-01 (Traefik forbids it)"
+                        .into(),
+                )
+            } else if arg.len() > 255 {
+                // RFC 7301 protocol names are at most 255 bytes: it could never match.
+                Err(format!(
+                    "ALPN protocol is {} bytes, over the limit of 255",
+                    arg.len()
+                ))
+            } else {
+                Ok(Matcher::Alpn(arg.to_string()))
+            }
+        }
+    }
+}
+
+fn host_sni(arg: &str) -> Result<Matcher, String> {
+    if arg == "*" {
+        return Ok(Matcher::AnySni);
+    }
+    // Traefik accepts IP literals; an SNI is never an IP (RFC 6066), so this
+    // matches nothing from a conforming client, but it is not an error.
+    if arg.parse::<IpAddr>().is_ok() {
+        return Ok(Matcher::Sni(arg.to_ascii_lowercase()));
+    }
+    let name = arg.strip_suffix('.').unwrap_or(arg).to_ascii_lowercase();
+    if name.is_empty() {
+        return Err("HostSNI name is empty (use `*` to match everything)".into());
+    }
+    if name.len() > 253 {
+        return Err(format!(
+            "HostSNI name is {} bytes, the limit is 253",
+            name.len()
+        ));
+    }
+    let (wildcard, base) = match name.strip_prefix("*.") {
+        Some(base) => (true, base),
+        None => (false, name.as_str()),
+    };
+    let bad = base
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')));
+    if bad == Some('*') {
+        return Err("`*` is only allowed alone or as a whole first label (`*.a.com`)".into());
+    }
+    if let Some(c) = bad {
+        let hint = if c.is_ascii() {
+            "allowed: letters, digits, `-`, `.`, `_`"
+        } else {
+            "use the punycode form `xn--...` for internationalised names"
+        };
+        return Err(format!(
+            "invalid character {c:?} in HostSNI name `{arg}` ({hint})"
+        ));
+    }
+    if base.split('.').any(str::is_empty) {
+        return Err(format!("empty label in HostSNI name `{arg}`"));
+    }
+    Ok(if wildcard {
+        Matcher::WildcardSni(name)
+    } else {
+        Matcher::Sni(name)
+    })
+}
+
+fn client_ip(arg: &str) -> Result<Matcher, String> {
+    let parsed = if arg.contains('/') {
+        arg.parse::<IpNet>().ok()
+    } else {
+        arg.parse::<IpAddr>().ok().map(IpNet::from)
+    };
+    let Some(net) = parsed else {
+        return Err(format!(
+            "invalid ClientIP `{arg}`: expected an IP address (10.0.0.1, ::1) or a \
+             CIDR (10.0.0.0/8, 2001:db8::/32)"
+        ));
+    };
+    // Client addresses arrive canonical (mapped → IPv4), so the rule must be too
+    // or `::ffff:10.0.0.1` would silently never match.
+    let net = match net {
+        IpNet::V6(n) if n.prefix_len() >= 96 => n
+            .addr()
+            .to_ipv4_mapped()
+            .and_then(|v4| Ipv4Net::new(v4, n.prefix_len() - 96).ok())
+            .map_or(net, IpNet::V4),
+        _ => net,
+    };
+    Ok(Matcher::ClientIp(net.trunc()))
+}
+
+#[derive(Debug)]
+enum Kind<'a> {
+    Ident(&'a str),
+    Str(String),
+    LParen,
+    RParen,
+    Comma,
+    And,
+    Or,
+    Not,
+    End,
+}
+
+struct Tok<'a> {
+    kind: Kind<'a>,
+    at: usize,
+    len: usize,
+}
+
+fn fail<T>(offset: usize, message: impl Into<String>) -> Result<T, RuleError> {
+    Err(err(offset, message))
+}
+
+/// Recursive descent over a lazy lexer, so the first error reported is the
+/// first one in the text. Grammar (`!` > `&&` > `||`):
+/// `or := and ("||" and)*`, `and := unary ("&&" unary)*`,
+/// `unary := "!" unary | "(" or ")" | Name "(" args ")"`.
+struct Parser<'a> {
+    src: &'a str,
+    pos: usize,
+    peeked: Option<Tok<'a>>,
+    depth: usize,
+}
+
+impl<'a> Parser<'a> {
+    fn peek(&mut self) -> Result<&Tok<'a>, RuleError> {
+        let t = match self.peeked.take() {
+            Some(t) => t,
+            None => self.lex()?,
+        };
+        Ok(self.peeked.insert(t))
+    }
+
+    fn next(&mut self) -> Result<Tok<'a>, RuleError> {
+        match self.peeked.take() {
+            Some(t) => Ok(t),
+            None => self.lex(),
+        }
+    }
+
+    /// The error for finding `t` where `what` should be.
+    fn expected(&self, t: &Tok<'_>, what: &str) -> RuleError {
+        let found = match t.kind {
+            Kind::End => return err(t.at, format!("unexpected end of rule, expected {what}")),
+            Kind::Str(_) => "a string".into(),
+            _ => format!("`{}`", self.src.get(t.at..t.at + t.len).unwrap_or("?")),
+        };
+        err(t.at, format!("expected {what}, found {found}"))
+    }
+
+    fn lex(&mut self) -> Result<Tok<'a>, RuleError> {
+        let rest = self.src.get(self.pos..).unwrap_or("");
+        // ASCII whitespace only, like Go: a pasted NBSP gets a clear error.
+        let s = rest.trim_start_matches(|c: char| c.is_ascii_whitespace());
+        let at = self.pos + (rest.len() - s.len());
+        let mut chars = s.chars();
+        let (kind, len) = match chars.next() {
+            None => (Kind::End, 0),
+            Some('(') => (Kind::LParen, 1),
+            Some(')') => (Kind::RParen, 1),
+            Some(',') => (Kind::Comma, 1),
+            Some('!') => (Kind::Not, 1),
+            Some('&') if chars.next() == Some('&') => (Kind::And, 2),
+            Some('|') if chars.next() == Some('|') => (Kind::Or, 2),
+            Some(c @ ('&' | '|')) => {
+                return fail(at, format!("expected `{c}{c}`, found a single `{c}`"))
+            }
+            Some(q @ ('`' | '"')) => {
+                let (value, len) = lex_string(s, at, q)?;
+                (Kind::Str(value), len)
+            }
+            Some('\'') => {
+                return fail(
+                    at,
+                    "single quotes do not delimit strings; use `...` or \"...\"",
+                )
+            }
+            Some(c) if c.is_ascii_alphabetic() || c == '_' => {
+                let len = s
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(s.len());
+                (Kind::Ident(s.get(..len).unwrap_or(s)), len)
+            }
+            Some(c) => return fail(at, format!("unexpected character {c:?}")),
+        };
+        self.pos = at + len;
+        Ok(Tok { kind, at, len })
+    }
+
+    /// `or` when `or`, else `and`: the two precedence levels differ only in
+    /// their operator and what they are made of.
+    fn chain(&mut self, or: bool) -> Result<Expr, RuleError> {
+        let operand = |p: &mut Self| if or { p.chain(false) } else { p.unary() };
+        let mut items = vec![operand(self)?];
+        while matches!(
+            (&self.peek()?.kind, or),
+            (Kind::Or, true) | (Kind::And, false)
+        ) {
+            self.next()?;
+            items.push(operand(self)?);
+        }
+        Ok(join(items, or))
+    }
+
+    fn unary(&mut self) -> Result<Expr, RuleError> {
+        let t = self.next()?;
+        if matches!(t.kind, Kind::Not | Kind::LParen) {
+            self.depth += 1;
+            if self.depth > MAX_DEPTH {
+                let msg = format!("rule nests too deeply (over {MAX_DEPTH} levels of `(` and `!`)");
+                return fail(t.at, msg);
+            }
+        }
+        let e = match t.kind {
+            Kind::Not => Expr::Not(Box::new(self.unary()?)),
+            Kind::LParen => {
+                let e = self.chain(true)?;
+                let close = self.next()?;
+                if !matches!(close.kind, Kind::RParen) {
+                    let what = format!("`)` to close the `(` at byte {}", t.at);
+                    return Err(self.expected(&close, &what));
+                }
+                e
+            }
+            Kind::Ident(name) => return self.matcher(name, t.at),
+            _ => return Err(self.expected(&t, "a matcher")),
+        };
+        self.depth -= 1;
+        Ok(e)
+    }
+
+    fn matcher(&mut self, name: &str, at: usize) -> Result<Expr, RuleError> {
+        let Some(&(_, which)) = NAMES.iter().find(|(n, _)| *n == name) else {
+            return Err(unknown_matcher(name, at));
+        };
+        let open = self.next()?;
+        if !matches!(open.kind, Kind::LParen) {
+            return Err(self.expected(&open, &format!("`(` after `{name}`")));
+        }
+        // Collect every argument first so the arity error can say how many.
+        let mut args: Vec<(String, usize)> = Vec::new();
+        loop {
+            let t = self.next()?;
+            match t.kind {
+                // Also after a `,`: Go (hence Traefik) accepts a trailing comma.
+                Kind::RParen => break,
+                Kind::Str(s) => args.push((s, t.at)),
+                _ => return Err(self.expected(&t, "a quoted argument (`...` or \"...\")")),
+            }
+            let t = self.next()?;
+            match t.kind {
+                Kind::Comma => {}
+                Kind::RParen => break,
+                _ => return Err(self.expected(&t, "`)` after argument")),
+            }
+        }
+        let count = args.len();
+        let mut args = args.into_iter();
+        let (arg, arg_at) = match (args.next(), args.next()) {
+            (Some(only), None) => only,
+            (None, _) => return fail(at, format!("`{name}` takes exactly one argument, got none")),
+            (Some(_), Some((_, second_at))) => {
+                let msg = format!(
+                    "`{name}` takes exactly one argument, got {count} (Traefik v3 matchers \
+                     take one argument each; combine them with `||`)"
+                );
+                return fail(second_at, msg);
+            }
+        };
+        build(which, &arg)
+            .map(Expr::Matcher)
+            .map_err(|m| err(arg_at, m))
+    }
+}
+
+fn unknown_matcher(name: &str, at: usize) -> RuleError {
+    let msg = match NAMES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+        Some((known, _)) => format!(
+            "unknown matcher `{name}` (matcher names are case sensitive: did you mean `{known}`?)"
+        ),
+        None => format!(
+            "unknown matcher `{name}` (TCP rules know HostSNI, HostSNIRegexp, ClientIP, ALPN)"
+        ),
+    };
+    err(at, msg)
+}
+
+/// Builds an `||` (or `&&`) node, flattening nested nodes of the same kind
+/// (from parentheses) so `Display` is canonical.
+fn join(items: Vec<Expr>, or: bool) -> Expr {
+    let items = match <[Expr; 1]>::try_from(items) {
+        Ok([single]) => return single,
+        Err(items) => items,
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for e in items {
+        match e {
+            Expr::Or(v) if or => out.extend(v),
+            Expr::And(v) if !or => out.extend(v),
+            e => out.push(e),
+        }
+    }
+    if or {
+        Expr::Or(out)
+    } else {
+        Expr::And(out)
+    }
+}
+
+/// Go's single-character escapes, as Traefik parses rules as Go expressions.
+#[rustfmt::skip]
+const ESCAPES: [(char, char); 9] = [
+    ('a', '\x07'), ('b', '\x08'), ('f', '\x0c'), ('n', '\n'), ('r', '\r'),
+    ('t', '\t'), ('v', '\x0b'), ('\\', '\\'), ('"', '"'),
+];
+
+/// Lexes a `` `raw` `` or `"interpreted"` string starting at `s` (which
+/// begins with the quote); returns the value and the byte length consumed.
+fn lex_string(s: &str, at: usize, quote: char) -> Result<(String, usize), RuleError> {
+    if quote == '`' {
+        let body = s.get(1..).unwrap_or("");
+        return match body.find('`') {
+            Some(end) => Ok((body.get(..end).unwrap_or("").to_string(), end + 2)),
+            None => fail(at, "unterminated string"),
+        };
+    }
+    let mut out = String::new();
+    let mut it = s.char_indices().skip(1);
+    while let Some((i, c)) = it.next() {
+        match c {
+            '"' => return Ok((out, i + 1)),
+            '\n' => {
+                return fail(
+                    at,
+                    "unterminated string (a \"...\" string cannot hold a newline)",
+                )
+            }
+            '\\' => out.push(escape(&mut it, at + i)?),
+            c => out.push(c),
+        }
+    }
+    fail(at, "unterminated string")
+}
+
+/// Decodes the escape after a backslash at byte `esc_at`.
+fn escape(it: &mut impl Iterator<Item = (usize, char)>, esc_at: usize) -> Result<char, RuleError> {
+    let Some((_, e)) = it.next() else {
+        return fail(esc_at, "unterminated escape sequence");
+    };
+    if let Some(&(_, c)) = ESCAPES.iter().find(|(k, _)| *k == e) {
+        return Ok(c);
+    }
+    let (radix, digits, first) = match e {
+        'x' => (16, 2, 0),
+        'u' => (16, 4, 0),
+        'U' => (16, 8, 0),
+        '0'..='7' => (8, 2, e.to_digit(8).unwrap_or(0)),
+        _ => return fail(esc_at, format!("unknown escape sequence `\\{e}`")),
+    };
+    let mut value = first;
+    for _ in 0..digits {
+        match it.next().and_then(|(_, d)| d.to_digit(radix)) {
+            Some(d) => value = value * radix + d,
+            None => return fail(esc_at, format!("malformed escape `\\{e}`")),
+        }
+    }
+    // Go would allow any byte here, but our arguments are UTF-8 strings.
+    if matches!(e, 'x' | '0'..='7') && value > 0x7f {
+        return fail(
+            esc_at,
+            "byte escapes above \\x7f are not supported; use \\u for non-ASCII",
+        );
+    }
+    char::from_u32(value).map_or_else(
+        || fail(esc_at, "escape is not a valid Unicode character"),
+        Ok,
+    )
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_expr(&self.expr, f, 0)
+    }
+}
+
+/// `prec` is the binding strength of the context: 0 top/`||`, 1 `&&`, 2 `!`.
+fn write_expr(e: &Expr, f: &mut fmt::Formatter<'_>, prec: u8) -> fmt::Result {
+    let (items, sep, own) = match e {
+        Expr::Or(v) => (v, " || ", 0),
+        Expr::And(v) => (v, " && ", 1),
+        Expr::Not(e) => {
+            f.write_char('!')?;
+            return write_expr(e, f, 2);
+        }
+        Expr::Matcher(m) => {
+            write!(f, "{}(", m.name())?;
+            write_quoted(f, &m.arg())?;
+            return f.write_char(')');
+        }
+    };
+    let parens = prec > own;
+    if parens {
+        f.write_char('(')?;
+    }
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            f.write_str(sep)?;
+        }
+        write_expr(item, f, own + 1)?;
+    }
+    if parens {
+        f.write_char(')')?;
+    }
+    Ok(())
+}
+
+/// Backticks when possible (what Traefik's docs use); double quotes with Go
+/// escapes when the value holds a backtick or a control character.
+fn write_quoted(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
+    if !s.contains('`') && !s.chars().any(char::is_control) {
+        return write!(f, "`{s}`");
+    }
+    f.write_char('"')?;
+    for c in s.chars() {
+        match ESCAPES.iter().find(|(_, v)| *v == c) {
+            Some((k, _)) => write!(f, "\\{k}")?,
+            None if c.is_control() && (c as u32) < 0x80 => write!(f, "\\x{:02x}", c as u32)?,
+            None if c.is_control() => write!(f, "\\u{:04x}", c as u32)?,
+            None => f.write_char(c)?,
+        }
+    }
+    f.write_char('"')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx<'a>(sni: Option<&'a str>, alpn: &'a [&'a [u8]], ip: &str) -> MatchCtx<'a> {
+        MatchCtx {
+            sni,
+            alpn,
+            client_ip: ip.parse().expect("test ip"),
+            tls: sni.is_some() || !alpn.is_empty(),
+        }
+    }
+
+    /// Rule, SNI, offered ALPN, client IP, expected match.
+    type Case<'a> = (&'a str, Option<&'a str>, &'a [&'a [u8]], &'a str, bool);
+
+    #[test]
+    fn match_table() {
+        const H2: &[&[u8]] = &[b"h2", b"http/1.1"];
+        const H1: &[&[u8]] = &[b"http/1.1"];
+        #[rustfmt::skip]
+        let cases: &[Case] = &[
+            ("HostSNI(`*`)", None, &[], "10.0.0.1", true),
+            ("HostSNI(`*`)", Some("a.com"), H2, "::1", true),
+            ("HostSNI(`example.com`)", Some("example.com"), &[], "10.0.0.1", true),
+            ("HostSNI(`EXAMPLE.Com`)", Some("example.com"), &[], "10.0.0.1", true),
+            ("HostSNI(`example.com.`)", Some("example.com"), &[], "10.0.0.1", true),
+            ("HostSNI(`example.com`)", None, &[], "10.0.0.1", false),
+            ("HostSNI(`example.com`)", Some("www.example.com"), &[], "10.0.0.1", false),
+            ("HostSNI(`_srv.ex-1.com`)", Some("_srv.ex-1.com"), &[], "10.0.0.1", true),
+            ("HostSNI(`10.0.0.1`)", None, &[], "10.0.0.1", false),
+            ("HostSNI(`*.example.com`)", Some("a.example.com"), &[], "10.0.0.1", true),
+            ("HostSNI(`*.example.com`)", Some("a.b.example.com"), &[], "10.0.0.1", false),
+            ("HostSNI(`*.example.com`)", Some("example.com"), &[], "10.0.0.1", false),
+            ("HostSNI(`*.example.com`)", Some("aexample.com"), &[], "10.0.0.1", false),
+            ("HostSNI(`*.example.com`)", None, &[], "10.0.0.1", false),
+            ("HostSNIRegexp(`^[a-z]+\\.example\\.com$`)", Some("foo.example.com"), &[], "10.0.0.1", true),
+            ("HostSNIRegexp(`^[a-z]+\\.example\\.com$`)", Some("a.b.example.com"), &[], "10.0.0.1", false),
+            ("HostSNIRegexp(`example`)", Some("www.example.org"), &[], "10.0.0.1", true),
+            ("HostSNIRegexp(`.*`)", None, &[], "10.0.0.1", false),
+            ("ClientIP(`10.0.0.0/8`)", None, &[], "10.1.2.3", true),
+            ("ClientIP(`10.0.0.0/8`)", None, &[], "11.0.0.1", false),
+            ("ClientIP(`10.0.0.1`)", None, &[], "10.0.0.1", true),
+            ("ClientIP(`10.0.0.1`)", None, &[], "10.0.0.2", false),
+            ("ClientIP(`::1`)", None, &[], "::1", true),
+            ("ClientIP(`::1`)", None, &[], "127.0.0.1", false),
+            ("ClientIP(`2001:db8::/32`)", None, &[], "2001:db8::5", true),
+            ("ClientIP(`2001:db8::/32`)", None, &[], "2001:db9::5", false),
+            ("ClientIP(`::ffff:1.2.3.4`)", None, &[], "1.2.3.4", true),
+            ("ClientIP(`::ffff:10.0.0.0/104`)", None, &[], "10.9.9.9", true),
+            ("ClientIP(`0.0.0.0/0`)", None, &[], "::1", false),
+            ("ClientIP(`::/0`)", None, &[], "1.2.3.4", false),
+            ("ALPN(`h2`)", Some("a.com"), H2, "10.0.0.1", true),
+            ("ALPN(`h2`)", Some("a.com"), H1, "10.0.0.1", false),
+            ("ALPN(`h2`)", None, &[], "10.0.0.1", false),
+            ("ALPN(`H2`)", Some("a.com"), H2, "10.0.0.1", false),
+            // Operators and precedence.
+            ("HostSNI(`a.com`) || HostSNI(`b.com`)", Some("b.com"), &[], "10.0.0.1", true),
+            ("HostSNI(`a.com`) && HostSNI(`b.com`)", Some("b.com"), &[], "10.0.0.1", false),
+            ("!ClientIP(`10.0.0.0/8`)", None, &[], "10.0.0.1", false),
+            ("!ClientIP(`10.0.0.0/8`)", None, &[], "192.168.0.1", true),
+            ("!!ClientIP(`10.0.0.0/8`)", None, &[], "10.0.0.1", true),
+            ("HostSNI(`a.com`) || HostSNI(`b.com`) && ALPN(`h2`)", Some("a.com"), &[], "10.0.0.1", true),
+            ("(HostSNI(`a.com`) || HostSNI(`b.com`)) && ALPN(`h2`)", Some("a.com"), &[], "10.0.0.1", false),
+            ("(HostSNI(`a.com`) || HostSNI(`b.com`)) && ALPN(`h2`)", Some("b.com"), H2, "10.0.0.1", true),
+            ("!HostSNI(`a.com`) && HostSNI(`*`)", Some("a.com"), &[], "10.0.0.1", false),
+            ("!HostSNI(`a.com`) && HostSNI(`*`)", Some("b.com"), &[], "10.0.0.1", true),
+            ("!(HostSNI(`a.com`) || HostSNI(`b.com`))", Some("b.com"), &[], "10.0.0.1", false),
+            ("\tHostSNI ( `a.com` )\n&&\r\nClientIP(`::1`) ", Some("a.com"), &[], "::1", true),
+            // Quotes and escapes.
+            ("HostSNI(\"a.com\")", Some("a.com"), &[], "10.0.0.1", true),
+            ("HostSNIRegexp(\"^a\\\\.com$\")", Some("a.com"), &[], "10.0.0.1", true),
+            ("HostSNIRegexp(\"^a\\\\.com$\")", Some("abcom"), &[], "10.0.0.1", false),
+            ("ALPN(\"h\\x32\")", None, H2, "10.0.0.1", true),
+            ("ALPN(\"\\u0068\\062\")", None, H2, "10.0.0.1", true),
+            ("ALPN(\"\\\"q\\\"\")", None, &[b"\"q\""], "10.0.0.1", true),
+            ("HostSNI(`a.com`,)", Some("a.com"), &[], "10.0.0.1", true),
+        ];
+        for &(rule, sni, alpn, ip, want) in cases {
+            let r = parse(rule).unwrap_or_else(|e| panic!("{rule}: {e:?}"));
+            assert_eq!(
+                r.matches(&ctx(sni, alpn, ip)),
+                want,
+                "{rule} sni={sni:?} ip={ip}"
+            );
+        }
+    }
+
+    #[test]
+    fn display_is_canonical_and_round_trips() {
+        #[rustfmt::skip]
+        let cases = [
+            ("HostSNI(\"EXAMPLE.com.\")", "HostSNI(`example.com`)"),
+            ("  HostSNI(`a`)||HostSNI(`b`)&&!ALPN(`h2`) ", "HostSNI(`a`) || HostSNI(`b`) && !ALPN(`h2`)"),
+            ("(HostSNI(`a`) || HostSNI(`b`)) && ALPN(`h2`)", "(HostSNI(`a`) || HostSNI(`b`)) && ALPN(`h2`)"),
+            ("HostSNI(`a`) || (HostSNI(`b`) || HostSNI(`c`))", "HostSNI(`a`) || HostSNI(`b`) || HostSNI(`c`)"),
+            ("((HostSNI(`a`)))", "HostSNI(`a`)"),
+            ("!(HostSNI(`a`) && HostSNI(`b`))", "!(HostSNI(`a`) && HostSNI(`b`))"),
+            ("!(ClientIP(`::ffff:10.0.0.1`))", "!ClientIP(`10.0.0.1`)"),
+            ("ClientIP(`10.1.2.3/8`)", "ClientIP(`10.0.0.0/8`)"),
+            ("ClientIP(`10.0.0.1/32`)", "ClientIP(`10.0.0.1`)"),
+            ("ClientIP(`2001:DB8::1/32`)", "ClientIP(`2001:db8::/32`)"),
+            ("HostSNIRegexp(\"a`b\")", "HostSNIRegexp(\"a`b\")"),
+            ("ALPN(\"x\\ty\\\\\")", "ALPN(\"x\\ty\\\\\")"),
+            ("ALPN(\"\\x01\")", "ALPN(\"\\x01\")"),
+        ];
+        for (rule, want) in cases {
+            let shown = parse(rule).expect(rule).to_string();
+            assert_eq!(shown, want, "{rule}");
+            assert_eq!(parse(&shown).expect(&shown).to_string(), shown);
+        }
+    }
+
+    #[test]
+    fn catch_all_needs_tls_and_host_snis() {
+        #[rustfmt::skip]
+        let cases = [
+            ("HostSNI(`*`)", true, false),
+            ("ClientIP(`10.0.0.0/8`)", true, false),
+            ("HostSNI(`*`) && !ClientIP(`10.0.0.0/8`)", true, false),
+            ("HostSNI(`a.com`)", false, true),
+            ("!HostSNI(`a.com`)", false, true),
+            ("HostSNI(`*.a.com`) || ClientIP(`::1`)", false, true),
+            ("HostSNI(`*`) || ALPN(`h2`)", false, true),
+            ("HostSNIRegexp(`.`)", false, true),
+        ];
+        for (rule, catch_all, tls) in cases {
+            let r = parse(rule).expect(rule);
+            assert_eq!(
+                (r.is_catch_all(), r.needs_tls()),
+                (catch_all, tls),
+                "{rule}"
+            );
+        }
+        let r =
+            parse("HostSNI(`A.com`) || HostSNI(`*.b.com`) && !HostSNI(`a.com.`) || HostSNI(`*`)")
+                .expect("valid");
+        assert_eq!(r.host_snis(), ["a.com", "*.b.com"]);
+        assert!(parse("ClientIP(`::1`)")
+            .expect("valid")
+            .host_snis()
+            .is_empty());
+    }
+
+    #[test]
+    fn error_table() {
+        let long = format!("HostSNI(`{}.com`)", "a".repeat(250));
+        let deep_paren = format!("{}HostSNI(`*`){}", "(".repeat(100), ")".repeat(100));
+        let deep_not = format!("{}HostSNI(`*`)", "!".repeat(100));
+        #[rustfmt::skip]
+        let cases: &[(&str, usize, &str)] = &[
+            ("", 0, "empty rule"),
+            (" \n ", 0, "empty rule"),
+            ("Host(`a`)", 0, "unknown matcher `Host` (TCP rules know HostSNI, HostSNIRegexp, ClientIP, ALPN)"),
+            ("hostsni(`a`)", 0, "did you mean `HostSNI`"),
+            ("HostSNI(`a`) && Foo(`b`)", 16, "unknown matcher `Foo`"),
+            ("HostSNI(`a`) && ", 16, "unexpected end of rule, expected a matcher"),
+            ("HostSNI(`a` `b`)", 12, "expected `)` after argument"),
+            ("HostSNI(`a`", 11, "expected `)` after argument"),
+            ("HostSNI(`a)", 8, "unterminated string"),
+            ("HostSNI(\"a)", 8, "unterminated string"),
+            ("HostSNI(\"a\nb\")", 8, "unterminated string"),
+            ("HostSNI()", 0, "exactly one argument, got none"),
+            ("HostSNI(`a`, `b`)", 13, "exactly one argument, got 2"),
+            ("ALPN(`a`,`b`,`c`)", 9, "got 3"),
+            ("HostSNI(a)", 8, "expected a quoted argument"),
+            ("HostSNI(", 8, "unexpected end of rule, expected a quoted argument"),
+            ("HostSNI('a')", 8, "single quotes"),
+            ("HostSNI `a`", 8, "expected `(` after `HostSNI`"),
+            ("HostSNI", 7, "expected `(` after `HostSNI`"),
+            ("HostSNI(\"a\\qb\")", 10, "unknown escape sequence `\\q`"),
+            ("HostSNI(\"a\\x4\")", 10, "malformed escape"),
+            ("HostSNI(\"\\xff\")", 9, "above \\x7f"),
+            ("HostSNI(\"\\ud800\")", 9, "not a valid Unicode"),
+            ("HostSNI(`a`) & HostSNI(`b`)", 13, "single `&`"),
+            ("HostSNI(`a`) | HostSNI(`b`)", 13, "single `|`"),
+            ("HostSNI(`a`))", 12, "without a matching `(`"),
+            ("(HostSNI(`a`)", 13, "expected `)` to close the `(` at byte 0"),
+            ("HostSNI(`a`) HostSNI(`b`)", 13, "expected `&&`, `||` or end of rule"),
+            ("&& HostSNI(`a`)", 0, "expected a matcher, found `&&`"),
+            ("()", 1, "expected a matcher, found `)`"),
+            ("HostSNI(`a`) # x", 13, "unexpected character '#'"),
+            ("é", 0, "unexpected character"),
+            ("HostSNI(`a`)\u{a0}", 12, "unexpected character"),
+            ("HostSNI(``)", 8, "empty"),
+            ("HostSNI(`.`)", 8, "empty"),
+            ("HostSNI(`a..com`)", 8, "empty label"),
+            ("HostSNI(`a.com..`)", 8, "empty label"),
+            ("HostSNI(`*.`)", 8, "`*` is only allowed"),
+            ("HostSNI(`a b`)", 8, "invalid character ' '"),
+            ("HostSNI(`bücher.de`)", 8, "punycode"),
+            ("HostSNI(`a.*.com`)", 8, "`*` is only allowed"),
+            ("HostSNI(`*com`)", 8, "`*` is only allowed"),
+            (&long, 8, "the limit is 253"),
+            ("HostSNIRegexp(`(`)", 14, "invalid HostSNIRegexp"),
+            ("ClientIP(`10.0.0.256`)", 9, "invalid ClientIP `10.0.0.256`"),
+            ("ClientIP(`10.0.0.0/33`)", 9, "invalid ClientIP"),
+            ("ClientIP(``)", 9, "invalid ClientIP"),
+            ("ALPN(`acme-tls/1`)", 5, "acme-tls/1"),
+            ("ALPN(``)", 5, "empty"),
+            (&deep_paren, MAX_DEPTH, "nests too deeply"),
+            (&deep_not, MAX_DEPTH, "nests too deeply"),
+        ];
+        for &(rule, offset, msg) in cases {
+            let e = parse(rule).expect_err(rule);
+            assert!(
+                e.message.contains(msg),
+                "{rule:?}: {:?} lacks {msg:?}",
+                e.message
+            );
+            assert_eq!(e.offset, offset, "{rule:?}: {}", e.message);
+        }
+    }
+
+    /// Cheap in-tree fuzzing: every prefix of some tricky rules, plus random
+    /// soups of rule fragments, must parse or fail without panicking.
+    #[test]
+    fn no_panics_on_garbage() {
+        let seeds = [
+            "!(HostSNI(\"a\\u00e9\\x41\") || HostSNIRegexp(`^a$`)) && ClientIP(`::ffff:1.2.3.4/120`)",
+            "ALPN(\"\\U0001F600\\101\") || HostSNI(`*.é.com`,)",
+        ];
+        for seed in seeds {
+            for (i, _) in seed.char_indices() {
+                let _ = seed.get(..i).map(parse);
+            }
+        }
+        // The deepest nesting allowed must still parse, match and print.
+        let deep = format!("{}HostSNI(`*`){}", "(!".repeat(32), ")".repeat(32));
+        let r = parse(&deep).expect("64 levels are allowed");
+        assert!(r.matches(&ctx(None, &[], "::1")));
+        assert_eq!(r.to_string(), format!("{}HostSNI(`*`)", "!".repeat(32)));
+        let parts = [
+            "HostSNI",
+            "ALPN",
+            "ClientIP",
+            "HostSNIRegexp",
+            "(",
+            ")",
+            "!",
+            "&&",
+            "||",
+            "&",
+            ",",
+            "`",
+            "\"",
+            "\\",
+            "\\x",
+            "\\u12",
+            "a.com",
+            "*",
+            "::1/",
+            "é",
+            " ",
+            "\n",
+            "[",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..5000 {
+            let mut rule = String::new();
+            for _ in 0..(seed % 24) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                rule.push_str(parts[(seed % parts.len() as u64) as usize]);
+            }
+            if let Ok(r) = parse(&rule) {
+                let shown = r.to_string();
+                assert_eq!(parse(&shown).map(|r| r.to_string()), Ok(shown));
+            }
+        }
+    }
+
+    #[test]
+    fn fuzz_corpus_replays() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/rule");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("fuzz/corpus/rule exists") {
+            let bytes = std::fs::read(entry.expect("dir entry").path()).expect("readable");
+            let _ = parse(&String::from_utf8_lossy(&bytes));
+            n += 1;
+        }
+        assert!(n >= 5, "only {n} seed files in {}", dir.display());
     }
 }

@@ -1,0 +1,243 @@
+//! Forwarding both directions of a proxied connection until both are done.
+//!
+//! One small interface: `duplex(client, backend, opts)` returns the bytes moved
+//! each way and how the connection ended. Each direction is a *pump* (copy with
+//! pooled buffers, or splice through pooled pipes) that waits for readiness,
+//! then moves bytes with non-blocking system calls. Because the only IO
+//! operations ever left in flight are readiness polls, dropping a pump (on a
+//! reset or a deadline) never loses bytes that were already read.
+//!
+//! Promises kept here (reliability.md):
+//! - a FIN is passed on with `shutdown(SHUT_WR)` after every byte before it,
+//!   and the other direction keeps flowing until it ends too or
+//!   `terminationDelay` (from the first FIN) expires;
+//! - a reset or error on one side is passed on as a reset to the other side,
+//!   after the bytes already written to it have left (SIOCOUTQ drains);
+//! - at most one buffer (or pipe) per direction is held, and only while bytes
+//!   are in flight: an idle connection holds none.
+
+mod buffers;
+mod copy;
+pub mod splice;
+
+use std::cell::Cell;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+use crate::model::Forwarding;
+use crate::sys;
+
+/// Longest wait for a send queue to drain before an abortive close. A peer that
+/// does not read for this long loses the tail; it was being reset anyway.
+const RESET_DRAIN_MAX: Duration = Duration::from_secs(2);
+/// Poll period while waiting for a send queue to drain before a reset.
+const RESET_DRAIN_POLL: Duration = Duration::from_millis(1);
+
+/// How a connection is forwarded, resolved from the snapshot.
+#[derive(Debug, Clone, Copy)]
+pub struct Opts {
+    /// `None`: wait for the second direction forever after the first FIN.
+    pub termination_delay: Option<Duration>,
+    /// Close when no byte moved in either direction for this long.
+    pub idle_timeout: Option<Duration>,
+    pub mode: Forwarding,
+    pub buffer_size: usize,
+}
+
+/// How the forwarding phase ended (the access-log outcome).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Both directions ended with a FIN.
+    Closed,
+    /// The client reset (or failed); the backend was reset in turn.
+    ClientReset,
+    /// The backend reset (or failed); the client was reset in turn.
+    BackendReset,
+    /// One direction ended and the other did not within `terminationDelay`.
+    TerminationDelay,
+    /// Nothing moved for `idleTimeout`.
+    IdleTimeout,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Closed => "closed",
+            Outcome::ClientReset => "client_reset",
+            Outcome::BackendReset => "backend_reset",
+            Outcome::TerminationDelay => "termination_delay",
+            Outcome::IdleTimeout => "idle_timeout",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Client → backend bytes.
+    pub up: u64,
+    /// Backend → client bytes.
+    pub down: u64,
+    /// The error behind a reset outcome (for the access log).
+    pub error: Option<io::Error>,
+}
+
+/// How one direction ended.
+#[derive(Debug)]
+pub(crate) enum DirEnd {
+    /// The source sent FIN; it was passed on.
+    Eof,
+    /// Reading the source failed (ECONNRESET and friends).
+    SrcFailed(io::Error),
+    /// Writing the destination failed (EPIPE, ECONNRESET).
+    DstFailed(io::Error),
+}
+
+/// Per-direction state shared with the duplex loop.
+pub(crate) struct Dir<'a> {
+    pub src: &'a TcpStream,
+    pub dst: &'a TcpStream,
+    pub bytes: &'a Cell<u64>,
+    pub last_active: &'a Cell<Instant>,
+}
+
+/// Pass a FIN on: every byte before it has been written already.
+pub(crate) fn pass_fin(dst: &TcpStream) {
+    let _ = sys::shutdown(dst.as_raw_fd(), Shutdown::Write);
+}
+
+/// Write all of `buf` to a non-blocking socket, waiting for writability.
+pub async fn write_all(dst: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    let fd = dst.as_raw_fd();
+    while !buf.is_empty() {
+        match sys::send(fd, buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable(false).await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Forward both directions until both are done (or a reset / deadline).
+pub async fn duplex(client: &TcpStream, backend: &TcpStream, opts: &Opts) -> (Report, Outcome) {
+    let up = Cell::new(0u64);
+    let down = Cell::new(0u64);
+    let last_active = Cell::new(Instant::now());
+    let splice = match opts.mode {
+        Forwarding::Splice => true,
+        // Measured (PERFORMANCE.md): copy wins on small request/response
+        // traffic, which is what database connections mostly carry.
+        Forwarding::Copy | Forwarding::Auto => false,
+    };
+    let c2b = Dir {
+        src: client,
+        dst: backend,
+        bytes: &up,
+        last_active: &last_active,
+    };
+    let b2c = Dir {
+        src: backend,
+        dst: client,
+        bytes: &down,
+        last_active: &last_active,
+    };
+    let mut a: Pin<Box<dyn Future<Output = DirEnd> + '_>> = if splice {
+        Box::pin(splice::pump(c2b))
+    } else {
+        Box::pin(copy::pump(c2b, opts.buffer_size))
+    };
+    let mut b: Pin<Box<dyn Future<Output = DirEnd> + '_>> = if splice {
+        Box::pin(splice::pump(b2c))
+    } else {
+        Box::pin(copy::pump(b2c, opts.buffer_size))
+    };
+    let mut a_end: Option<DirEnd> = None;
+    let mut b_end: Option<DirEnd> = None;
+    let mut fin_deadline: Option<Pin<Box<monoio::time::Sleep>>> = None;
+    let mut idle = opts.idle_timeout.map(|d| Box::pin(monoio::time::sleep(d)));
+
+    let outcome = poll_fn(|cx| {
+        if a_end.is_none() {
+            if let Poll::Ready(e) = a.as_mut().poll(cx) {
+                a_end = Some(e);
+            }
+        }
+        if b_end.is_none() {
+            if let Poll::Ready(e) = b.as_mut().poll(cx) {
+                b_end = Some(e);
+            }
+        }
+        // A failure on either side ends both directions at once.
+        match (&a_end, &b_end) {
+            (Some(DirEnd::SrcFailed(_)), _) | (_, Some(DirEnd::DstFailed(_))) => {
+                return Poll::Ready(Outcome::ClientReset)
+            }
+            (Some(DirEnd::DstFailed(_)), _) | (_, Some(DirEnd::SrcFailed(_))) => {
+                return Poll::Ready(Outcome::BackendReset)
+            }
+            (Some(DirEnd::Eof), Some(DirEnd::Eof)) => return Poll::Ready(Outcome::Closed),
+            (None, None) => {}
+            _ => {
+                if let Some(d) = opts.termination_delay {
+                    let sleep =
+                        fin_deadline.get_or_insert_with(|| Box::pin(monoio::time::sleep(d)));
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Outcome::TerminationDelay);
+                    }
+                }
+            }
+        }
+        if let (Some(limit), Some(timer)) = (opts.idle_timeout, idle.as_mut()) {
+            if timer.as_mut().poll(cx).is_ready() {
+                let quiet = last_active.get().elapsed();
+                if quiet >= limit {
+                    return Poll::Ready(Outcome::IdleTimeout);
+                }
+                *timer = Box::pin(monoio::time::sleep(limit - quiet));
+                // Register the new timer with the waker.
+                let _ = timer.as_mut().poll(cx);
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+    drop(a);
+    drop(b);
+    let error = [a_end, b_end].into_iter().flatten().find_map(|e| match e {
+        DirEnd::SrcFailed(e) | DirEnd::DstFailed(e) => Some(e),
+        DirEnd::Eof => None,
+    });
+
+    match outcome {
+        Outcome::ClientReset => abort_after_drain(backend).await,
+        Outcome::BackendReset => abort_after_drain(client).await,
+        _ => {}
+    }
+    (
+        Report {
+            up: up.get(),
+            down: down.get(),
+            error,
+        },
+        outcome,
+    )
+}
+
+/// Make the next close of `s` an abortive one (RST), after the bytes already
+/// queued to the peer have left, so that a reset never truncates what was read
+/// before it and never looks like a clean end.
+pub async fn abort_after_drain(s: &TcpStream) {
+    let fd = s.as_raw_fd();
+    let start = Instant::now();
+    while matches!(sys::unsent_bytes(fd), Ok(n) if n > 0) && start.elapsed() < RESET_DRAIN_MAX {
+        monoio::time::sleep(RESET_DRAIN_POLL).await;
+    }
+    let _ = sys::set_linger_zero(fd);
+}

@@ -1,0 +1,249 @@
+//! The only module with `unsafe`: thin wrappers over the Linux system calls the
+//! data path needs and std/socket2 do not offer on a raw descriptor:
+//! non-blocking send/recv, shutdown, SO_LINGER, SIOCOUTQ, splice and pipes,
+//! and signal masks for the control thread.
+//!
+//! Every function takes a raw fd that the caller keeps open for the duration of
+//! the call (the caller owns the socket; nothing here closes what it did not
+//! create). Errors come back as `io::Error`; nothing here panics.
+
+use std::io;
+use std::os::fd::RawFd;
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// Put a descriptor in non-blocking mode. monoio's io_uring driver leaves
+/// sockets blocking; our readiness-driven IO must never block the worker.
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor the caller owns; F_GETFL/F_SETFL take an int.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    if flags & libc::O_NONBLOCK == 0 {
+        // SAFETY: as above.
+        cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    }
+    Ok(())
+}
+
+/// Non-blocking receive into `buf`. `Ok(0)` is EOF.
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the call.
+        let r = unsafe {
+            libc::recv(
+                fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        match cvt_size(r) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Non-blocking send; MSG_NOSIGNAL so a reset peer gives EPIPE, not SIGPIPE.
+pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the call.
+        let r = unsafe {
+            libc::send(
+                fd,
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        match cvt_size(r) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// `shutdown(2)`; ENOTCONN (peer already gone) is not an error worth reporting.
+pub fn shutdown(fd: RawFd, how: std::net::Shutdown) -> io::Result<()> {
+    let how = match how {
+        std::net::Shutdown::Read => libc::SHUT_RD,
+        std::net::Shutdown::Write => libc::SHUT_WR,
+        std::net::Shutdown::Both => libc::SHUT_RDWR,
+    };
+    // SAFETY: plain syscall on a caller-owned descriptor.
+    match cvt(unsafe { libc::shutdown(fd, how) }) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
+
+/// SO_LINGER {on, 0}: the next close() sends RST instead of FIN. Used to pass an
+/// abortive close on as an abortive close (reliability promise 2).
+pub fn set_linger_zero(fd: RawFd) -> io::Result<()> {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `l` is a valid linger struct and its size is passed.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    })
+    .map(|_| ())
+}
+
+/// Bytes in the socket's send queue not yet acknowledged by the peer
+/// (SIOCOUTQ). Before an abortive close we wait for this to reach zero so the
+/// bytes read before a reset are delivered first.
+pub fn unsent_bytes(fd: RawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int to the pointer we pass.
+    cvt(unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n as *mut libc::c_int) })?;
+    Ok(n.max(0) as usize)
+}
+
+/// Pending socket error (SO_ERROR), cleared by reading it.
+pub fn take_socket_error(fd: RawFd) -> Option<io::Error> {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `err`/`len` are valid for getsockopt to write an int.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        Some(io::Error::last_os_error())
+    } else if err != 0 {
+        Some(io::Error::from_raw_os_error(err))
+    } else {
+        None
+    }
+}
+
+/// A pipe used as the in-kernel buffer for splice. Closed on drop.
+#[derive(Debug)]
+pub struct Pipe {
+    pub rd: RawFd,
+    pub wr: RawFd,
+    /// Capacity after F_SETPIPE_SZ (the kernel may round or refuse).
+    pub capacity: usize,
+}
+
+impl Pipe {
+    /// A non-blocking pipe sized to `size` bytes if the kernel allows it.
+    pub fn new(size: usize) -> io::Result<Pipe> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
+        let mut pipe = Pipe {
+            rd: fds[0],
+            wr: fds[1],
+            capacity: 64 * 1024,
+        };
+        // SAFETY: F_SETPIPE_SZ/F_GETPIPE_SZ on the pipe we just created.
+        unsafe {
+            libc::fcntl(pipe.wr, libc::F_SETPIPE_SZ, size as libc::c_int);
+            let got = libc::fcntl(pipe.wr, libc::F_GETPIPE_SZ);
+            if got > 0 {
+                pipe.capacity = got as usize;
+            }
+        }
+        Ok(pipe)
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        // SAFETY: we own both descriptors and close each exactly once.
+        unsafe {
+            libc::close(self.rd);
+            libc::close(self.wr);
+        }
+    }
+}
+
+/// Non-blocking splice of up to `len` bytes from `from` to `to` (one of them a
+/// pipe). `Ok(0)` from a socket is EOF.
+pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    loop {
+        // SAFETY: null offsets are valid for sockets and pipes; no memory is
+        // passed to the kernel.
+        let r = unsafe {
+            libc::splice(
+                from,
+                std::ptr::null_mut(),
+                to,
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
+            )
+        };
+        match cvt_size(r) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Block the signals the control thread handles in the calling thread (and the
+/// threads it spawns afterwards), so that only `wait_signal` sees them.
+pub fn block_control_signals() -> io::Result<()> {
+    let set = control_sigset();
+    // SAFETY: `set` is an initialised sigset; a null old-set pointer is allowed.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    // A write to a reset socket must give EPIPE, never kill the process.
+    // SAFETY: setting SIGPIPE to SIG_IGN is async-signal-safe and process-wide.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    Ok(())
+}
+
+fn control_sigset() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise the zeroed set we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT] {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Wait for one of SIGHUP, SIGTERM, SIGINT (blocked beforehand).
+pub fn wait_signal() -> i32 {
+    let set = control_sigset();
+    let mut sig: libc::c_int = 0;
+    loop {
+        // SAFETY: `set` is initialised and `sig` is valid for one int.
+        let r = unsafe { libc::sigwait(&set, &mut sig) };
+        if r == 0 {
+            return sig;
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! Workers: one thread per core, each with its own monoio runtime, its own
+//! SO_REUSEPORT listener per entrypoint and its own copy of the selection
+//! state. Nothing mutable is shared on the hot path: a worker loads the
+//! published snapshot (an `Arc`) when the generation counter moves, and each
+//! connection keeps the snapshot it was accepted with until it closes.
+//!
+//! Lifecycle of a worker: bind (done by `Engine::bind` on the main thread so
+//! errors stop start-up) → run accept loops → on stop: the control thread
+//! shuts the listeners down (pending accepts fail), the worker waits for its
+//! connections up to the grace timeout, then returns.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpListener;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::balance::Balancer;
+use crate::model::{Config, Driver};
+use crate::route::RouteTable;
+use crate::{log, session};
+
+/// Listen backlog (clamped by net.core.somaxconn).
+const BACKLOG: i32 = 4096;
+/// First pause after an accept error such as EMFILE; doubles up to the max.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How often a worker looks at the stop flag and the snapshot generation.
+const HOUSEKEEPING: Duration = Duration::from_millis(50);
+/// io_uring submission queue size: enough for thousands of pending polls.
+const RING_ENTRIES: u32 = 4096;
+
+/// An immutable, compiled configuration shared by all workers.
+pub struct Snapshot {
+    pub config: Config,
+    pub routes: RouteTable,
+}
+
+impl Snapshot {
+    pub fn new(config: Config) -> Snapshot {
+        let routes = RouteTable::new(&config);
+        Snapshot { config, routes }
+    }
+}
+
+/// State shared between the control thread and the workers.
+pub struct Shared {
+    snapshot: Mutex<Arc<Snapshot>>,
+    generation: AtomicU64,
+    stopping: AtomicBool,
+    listener_fds: Mutex<Vec<RawFd>>,
+    /// `inFlightConn`: open connections per (middleware, client IP). Only
+    /// touched by routers that use the middleware.
+    pub in_flight: Mutex<HashMap<(usize, IpAddr), u32>>,
+}
+
+impl Shared {
+    pub fn new(snap: Snapshot) -> Arc<Shared> {
+        Arc::new(Shared {
+            snapshot: Mutex::new(Arc::new(snap)),
+            generation: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            listener_fds: Mutex::new(Vec::new()),
+            in_flight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Publish a new snapshot; workers pick it up within `HOUSEKEEPING`.
+    pub fn publish(&self, snap: Snapshot) {
+        *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(snap);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Stop accepting everywhere: shutting a listening socket down makes its
+    /// pending accept fail at once (io_uring and epoll alike), and new
+    /// connection attempts are refused.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        for &fd in self
+            .listener_fds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = crate::sys::shutdown(fd, std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+}
+
+/// One worker's view of a snapshot: the shared config plus its own balancer.
+pub struct WorkerSnap {
+    pub snap: Arc<Snapshot>,
+    pub balancer: RefCell<Balancer>,
+}
+
+impl WorkerSnap {
+    fn new(snap: Arc<Snapshot>) -> Rc<WorkerSnap> {
+        let balancer = RefCell::new(Balancer::new(&snap.config));
+        Rc::new(WorkerSnap { snap, balancer })
+    }
+}
+
+/// Listening sockets for one worker: `(entrypoint index, socket)`.
+pub type Listeners = Vec<(usize, std::net::TcpListener)>;
+
+/// Bind one SO_REUSEPORT socket per entrypoint per worker. With port 0 the
+/// first socket picks the port and the others join it, so all workers share
+/// one ephemeral port (tests rely on this).
+pub fn bind_all(cfg: &Config, workers: usize) -> io::Result<Vec<Listeners>> {
+    let mut per_worker: Vec<Listeners> = (0..workers).map(|_| Vec::new()).collect();
+    for (ei, ep) in cfg.entrypoints.iter().enumerate() {
+        let mut addr = ep.address;
+        for slot in per_worker.iter_mut() {
+            let sock = bind_one(addr, ep.v6only).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("entrypoint {}: cannot listen on {addr}: {e}", ep.name),
+                )
+            })?;
+            addr = sock.local_addr()?;
+            slot.push((ei, sock));
+        }
+        log!(
+            Info,
+            "listening",
+            entrypoint = ep.name,
+            address = addr,
+            workers = workers
+        );
+    }
+    Ok(per_worker)
+}
+
+fn bind_one(addr: SocketAddr, v6only: bool) -> io::Result<std::net::TcpListener> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(v6only)?;
+    }
+    sock.set_nodelay(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(BACKLOG)?;
+    Ok(sock.into())
+}
+
+/// Which driver a worker actually runs on (logged at start).
+pub fn driver_name(d: Driver) -> &'static str {
+    match d {
+        Driver::IoUring => "io_uring",
+        Driver::Epoll => "epoll",
+        Driver::Auto => {
+            if monoio::utils::detect_uring() {
+                "io_uring"
+            } else {
+                "epoll"
+            }
+        }
+    }
+}
+
+/// Run one worker to completion (blocking the calling thread).
+pub fn run(id: usize, driver: Driver, shared: Arc<Shared>, listeners: Listeners) -> io::Result<()> {
+    let use_uring = driver_name(driver) == "io_uring";
+    if use_uring {
+        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(RING_ENTRIES)
+            .enable_timer()
+            .build()?;
+        rt.block_on(worker_main(id, shared, listeners))
+    } else {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()?;
+        rt.block_on(worker_main(id, shared, listeners))
+    }
+}
+
+thread_local! {
+    /// Live connections on this worker (for the drain on stop).
+    static LIVE: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Counts a live connection for as long as it exists.
+pub struct LiveGuard(());
+
+impl LiveGuard {
+    fn new() -> LiveGuard {
+        LIVE.with(|l| l.set(l.get() + 1));
+        LiveGuard(())
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        LIVE.with(|l| l.set(l.get() - 1));
+    }
+}
+
+async fn worker_main(id: usize, shared: Arc<Shared>, listeners: Listeners) -> io::Result<()> {
+    let mut seen_gen = shared.generation.load(Ordering::Acquire);
+    let current: Rc<RefCell<Rc<WorkerSnap>>> =
+        Rc::new(RefCell::new(WorkerSnap::new(shared.current())));
+    let mut grace = Duration::ZERO;
+    for (ep, std_listener) in listeners {
+        let eg = current.borrow().snap.config.entrypoints[ep].grace_timeout;
+        grace = grace.max(eg);
+        shared
+            .listener_fds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(std_listener.as_raw_fd());
+        let listener = TcpListener::from_std(std_listener)?;
+        monoio::spawn(accept_loop(id, ep, listener, current.clone(), shared.clone()));
+    }
+    loop {
+        monoio::time::sleep(HOUSEKEEPING).await;
+        if shared.stopping() {
+            break;
+        }
+        let g = shared.generation.load(Ordering::Acquire);
+        if g != seen_gen {
+            seen_gen = g;
+            *current.borrow_mut() = WorkerSnap::new(shared.current());
+        }
+    }
+    // Drain: connections finish on their own up to the grace timeout.
+    let deadline = Instant::now() + grace;
+    while LIVE.with(|l| l.get()) > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = LIVE.with(|l| l.get());
+    log!(Info, "worker stopped", worker = id, open_connections_closed = left);
+    Ok(())
+}
+
+async fn accept_loop(
+    id: usize,
+    ep: usize,
+    listener: TcpListener,
+    current: Rc<RefCell<Rc<WorkerSnap>>>,
+    shared: Arc<Shared>,
+) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut errors: u64 = 0;
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                if shared.stopping() {
+                    // Accepted in the instant of stopping: refuse it cleanly.
+                    drop(stream);
+                    break;
+                }
+                let ws = current.borrow().clone();
+                let guard = LiveGuard::new();
+                let shared = shared.clone();
+                monoio::spawn(async move {
+                    session::serve(ws, ep, stream, peer, &shared).await;
+                    drop(guard);
+                });
+            }
+            Err(e) => {
+                if shared.stopping() {
+                    break;
+                }
+                errors += 1;
+                // EMFILE/ENFILE/ENOBUFS/ENOMEM: the pending connection stays
+                // in the backlog; pause this worker's accepting instead of
+                // spinning or exiting, and count it.
+                if errors == 1 || errors.is_power_of_two() {
+                    log!(
+                        Warn,
+                        "accept failed",
+                        worker = id,
+                        error = e,
+                        count = errors,
+                        pause_ms = backoff.as_millis()
+                    );
+                }
+                monoio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Forwarding promises through the real binary, on every driver and
+//! forwarding path: exact bytes both ways, half-close both ways, resets passed
+//! on as resets, server-speaks-first.
+
+mod support;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::thread;
+use std::time::Duration;
+
+use support::*;
+
+fn config(driver: &str, fwd: &str, backend: SocketAddr, transport: &str) -> String {
+    format!(
+        r#"
+[entryPoints.main]
+address = "127.0.0.1:0"
+
+[tcp.routers.all]
+entryPoints = ["main"]
+rule = "HostSNI(`*`)"
+service = "svc"
+
+[tcp.services.svc.loadBalancer]
+serversTransport = "t"
+[[tcp.services.svc.loadBalancer.servers]]
+address = "{backend}"
+
+[tcp.serversTransports.t]
+dialTimeout = "2s"
+{transport}
+
+[runtime]
+workers = 2
+driver = "{driver}"
+forwarding = "{fwd}"
+"#
+    )
+}
+
+/// Send `data` and read the echo concurrently; returns what came back.
+fn echo_roundtrip(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let out = data.to_vec();
+    let writer = thread::spawn(move || {
+        w.write_all(&out).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let (got, err) = read_to_end(&mut s);
+    writer.join().unwrap();
+    assert!(err.is_none(), "read error: {err:?}");
+    got
+}
+
+#[test]
+fn exact_bytes_both_ways_1k_and_64m() {
+    let echo = Backend::echo();
+    for &(driver, fwd) in VARIANTS {
+        let p = Proxy::start(&config(driver, fwd, echo.addr, ""));
+        for (len, seed) in [(1024usize, 1u64), (64 << 20, 2)] {
+            let data = pattern(len, seed);
+            let got = echo_roundtrip(p.addr("main"), &data);
+            assert_eq!(got.len(), data.len(), "{driver}/{fwd} length for {len}");
+            assert_eq!(checksum(&got), checksum(&data), "{driver}/{fwd} checksum {len}");
+        }
+        let lines = p.wait_conns(2);
+        for l in &lines {
+            assert_eq!(field(l, "outcome").as_deref(), Some("closed"), "{l}");
+        }
+        let big = lines
+            .iter()
+            .find(|l| field(l, "up").as_deref() == Some(&(64u64 << 20).to_string()))
+            .unwrap_or_else(|| panic!("no 64 MiB access line: {lines:?}"));
+        assert_eq!(field(big, "down"), Some((64u64 << 20).to_string()));
+    }
+}
+
+#[test]
+fn half_close_client_first_then_backend_answers() {
+    // Client sends 1 MiB then FIN; the backend reads to EOF, then answers
+    // 8 MiB; the client gets all of it, then EOF.
+    let answer = pattern(8 << 20, 7);
+    let expect = checksum(&answer);
+    let backend = Backend::start(move |mut s| {
+        let (got, err) = read_to_end(&mut s);
+        assert!(err.is_none());
+        assert_eq!(checksum(&got), checksum(&pattern(1 << 20, 3)));
+        s.write_all(&pattern(8 << 20, 7)).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+    });
+    for &(driver, fwd) in VARIANTS {
+        let p = Proxy::start(&config(driver, fwd, backend.addr, "terminationDelay = \"30s\""));
+        let mut s = TcpStream::connect(p.addr("main")).unwrap();
+        s.write_all(&pattern(1 << 20, 3)).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let (got, err) = read_to_end(&mut s);
+        assert!(err.is_none(), "{driver}/{fwd}: {err:?}");
+        assert_eq!(got.len(), answer.len(), "{driver}/{fwd}");
+        assert_eq!(checksum(&got), expect, "{driver}/{fwd}");
+        let l = &p.wait_conns(1)[0];
+        assert_eq!(field(l, "outcome").as_deref(), Some("closed"), "{l}");
+    }
+}
+
+#[test]
+fn half_close_backend_first_then_client_answers() {
+    // The mirror: the backend sends 1 MiB and FIN first; the client reads to
+    // EOF, then sends 8 MiB; the backend checks every byte.
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    let tx = std::sync::Mutex::new(tx);
+    let backend = Backend::start(move |mut s| {
+        s.write_all(&pattern(1 << 20, 11)).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let (got, _) = read_to_end(&mut s);
+        tx.lock().unwrap().send(checksum(&got)).unwrap();
+    });
+    for &(driver, fwd) in VARIANTS {
+        let p = Proxy::start(&config(driver, fwd, backend.addr, "terminationDelay = \"30s\""));
+        let mut s = TcpStream::connect(p.addr("main")).unwrap();
+        let (got, err) = read_to_end(&mut s);
+        assert!(err.is_none());
+        assert_eq!(checksum(&got), checksum(&pattern(1 << 20, 11)), "{driver}/{fwd}");
+        s.write_all(&pattern(8 << 20, 12)).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let sum = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(sum, checksum(&pattern(8 << 20, 12)), "{driver}/{fwd}");
+        let l = &p.wait_conns(1)[0];
+        assert_eq!(field(l, "outcome").as_deref(), Some("closed"), "{l}");
+    }
+}
+
+#[test]
+fn termination_delay_closes_after_first_fin() {
+    // The backend never finishes after the client's FIN: the proxy closes
+    // both sides once terminationDelay has passed.
+    let backend = Backend::start(|mut s| {
+        let _ = read_to_end(&mut s);
+        thread::sleep(Duration::from_secs(10));
+    });
+    let p = Proxy::start(&config("io_uring", "copy", backend.addr, "terminationDelay = \"200ms\""));
+    let mut s = TcpStream::connect(p.addr("main")).unwrap();
+    s.write_all(b"bye").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t = std::time::Instant::now();
+    let (_, err) = read_to_end(&mut s);
+    assert!(err.is_none() || err.as_ref().unwrap().kind() != ErrorKind::WouldBlock);
+    assert!(t.elapsed() < Duration::from_secs(5));
+    let l = &p.wait_conns(1)[0];
+    assert_eq!(field(l, "outcome").as_deref(), Some("termination_delay"), "{l}");
+}
+
+#[test]
+fn backend_reset_mid_stream_is_passed_on_as_reset() {
+    let backend = Backend::start(|mut s| {
+        s.write_all(&pattern(1 << 20, 5)).unwrap();
+        // Wait until the bytes have left, then abort (RST).
+        thread::sleep(Duration::from_millis(200));
+        let sock = socket2::SockRef::from(&s);
+        sock.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(s);
+    });
+    for &(driver, fwd) in VARIANTS {
+        let p = Proxy::start(&config(driver, fwd, backend.addr, ""));
+        let mut s = TcpStream::connect(p.addr("main")).unwrap();
+        let (got, err) = read_to_end(&mut s);
+        assert_eq!(got.len(), 1 << 20, "{driver}/{fwd}: every byte before the reset");
+        assert_eq!(checksum(&got), checksum(&pattern(1 << 20, 5)));
+        let err = err.unwrap_or_else(|| panic!("{driver}/{fwd}: clean EOF instead of a reset"));
+        assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{driver}/{fwd}");
+        let l = &p.wait_conns(1)[0];
+        assert_eq!(field(l, "outcome").as_deref(), Some("backend_reset"), "{l}");
+    }
+}
+
+#[test]
+fn client_reset_is_passed_on_to_backend() {
+    let (tx, rx) = std::sync::mpsc::channel::<Option<ErrorKind>>();
+    let tx = std::sync::Mutex::new(tx);
+    let backend = Backend::start(move |mut s| {
+        let (_, err) = read_to_end(&mut s);
+        tx.lock().unwrap().send(err.map(|e| e.kind())).unwrap();
+    });
+    for &(driver, fwd) in VARIANTS {
+        let p = Proxy::start(&config(driver, fwd, backend.addr, ""));
+        let mut s = TcpStream::connect(p.addr("main")).unwrap();
+        s.write_all(b"partial request").unwrap();
+        thread::sleep(Duration::from_millis(100));
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(s);
+        let got = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(got, Some(ErrorKind::ConnectionReset), "{driver}/{fwd}");
+        let l = &p.wait_conns(1)[0];
+        assert_eq!(field(l, "outcome").as_deref(), Some("client_reset"), "{l}");
+    }
+}
+
+#[test]
+fn server_speaks_first_greeting_arrives_without_client_bytes() {
+    let backend = Backend::greeting(b"J\0\0\0\x0a5.7.0-mysql-like greeting\0");
+    for &(driver, fwd) in VARIANTS {
+        let p = Proxy::start(&config(driver, fwd, backend.addr, ""));
+        let mut s = TcpStream::connect(p.addr("main")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"J\0\0\0\x0a5.7.0"), "{driver}/{fwd}: {:?}", &buf[..n]);
+    }
+}

@@ -1,0 +1,401 @@
+//! Test support: start the real binary on ephemeral ports, and small real
+//! backends (echo, greeting, reset, half-close, refused, blackhole).
+//! Every process and thread started here is stopped by a guard's Drop.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sluicegate");
+
+/// A unique scratch directory under the system temp dir (removed on drop).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "sluicegate-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The proxy under test: the real binary with a real config file.
+pub struct Proxy {
+    child: Child,
+    pub addrs: HashMap<String, SocketAddr>,
+    logs: Arc<Mutex<Vec<String>>>,
+    _dir: TempDir,
+}
+
+impl Proxy {
+    /// Start with `config` (TOML). Entry points should listen on port 0; their
+    /// real addresses are read from the `msg=listening` log lines.
+    pub fn start(config: &str) -> Proxy {
+        let dir = TempDir::new("proxy");
+        let path = dir.write("sluicegate.toml", config);
+        let mut child = Command::new(BIN)
+            .arg("-c")
+            .arg(&path)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn sluicegate");
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel::<String>();
+        {
+            let logs = logs.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if std::env::var_os("SLUICEGATE_TEST_LOG").is_some() {
+                        eprintln!("proxy: {line}");
+                    }
+                    logs.lock().unwrap().push(line.clone());
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let mut addrs = HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if line.contains("msg=listening") {
+                        let ep = field(&line, "entrypoint").unwrap();
+                        let addr = field(&line, "address").unwrap().parse().unwrap();
+                        addrs.insert(ep, addr);
+                    }
+                    if line.contains("msg=starting") {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let all = logs.lock().unwrap().join("\n");
+                    panic!("proxy did not start; its log:\n{all}");
+                }
+            }
+        }
+        Proxy {
+            child,
+            addrs,
+            logs,
+            _dir: dir,
+        }
+    }
+
+    pub fn addr(&self, ep: &str) -> SocketAddr {
+        *self
+            .addrs
+            .get(ep)
+            .unwrap_or_else(|| panic!("no entrypoint {ep} in {:?}", self.addrs))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Wait until `n` log lines satisfy `pred` (the proxy's observable
+    /// lifecycle: tests wait on events, not sleeps). Panics with the log on
+    /// timeout.
+    pub fn wait_logs(&self, n: usize, pred: impl Fn(&str) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let hits: Vec<String> = self
+                .logs()
+                .into_iter()
+                .filter(|l| pred(l))
+                .collect();
+            if hits.len() >= n {
+                return hits;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "waited for {n} matching log lines, saw {}; log:\n{}",
+                    hits.len(),
+                    self.logs().join("\n")
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Access-log lines (`msg=conn`).
+    pub fn wait_conns(&self, n: usize) -> Vec<String> {
+        self.wait_logs(n, |l| l.contains("msg=conn"))
+    }
+
+    pub fn signal(&self, sig: i32) {
+        let r = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(r.success());
+    }
+
+    /// Wait for exit; returns the exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Value of `key=` in a logfmt line (unquoted values only).
+pub fn field(line: &str, key: &str) -> Option<String> {
+    let pat = format!(" {key}=");
+    let i = line.find(&pat)? + pat.len();
+    let rest = &line[i..];
+    let v = if let Some(stripped) = rest.strip_prefix('"') {
+        stripped.split('"').next()?
+    } else {
+        rest.split(' ').next()?
+    };
+    Some(v.to_string())
+}
+
+/// A backend: a listener and a thread per connection running `handler`.
+pub struct Backend {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    pub accepted: Arc<AtomicUsize>,
+}
+
+impl Backend {
+    pub fn start<F>(handler: F) -> Backend
+    where
+        F: Fn(TcpStream) + Send + Sync + 'static,
+    {
+        Self::start_on("127.0.0.1:0", handler)
+    }
+
+    pub fn start_on<F>(bind: &str, handler: F) -> Backend
+    where
+        F: Fn(TcpStream) + Send + Sync + 'static,
+    {
+        let l = TcpListener::bind(bind).unwrap();
+        let addr = l.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let handler = Arc::new(handler);
+        {
+            let stop = stop.clone();
+            let accepted = accepted.clone();
+            thread::spawn(move || {
+                for s in l.incoming() {
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
+                    let Ok(s) = s else { continue };
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                    let h = handler.clone();
+                    thread::spawn(move || h(s));
+                }
+            });
+        }
+        Backend {
+            addr,
+            stop,
+            accepted,
+        }
+    }
+
+    /// Echo every byte back; pass the FIN on after the last one.
+    pub fn echo() -> Backend {
+        Backend::start(|mut s| {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if s.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = s.shutdown(Shutdown::Write);
+        })
+    }
+
+    /// Send `greeting` at once on accept (server-speaks-first), then echo.
+    pub fn greeting(greeting: &'static [u8]) -> Backend {
+        Backend::start(move |mut s| {
+            let _ = s.write_all(greeting);
+            let mut buf = [0u8; 4096];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if s.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // Wake the accept loop so the thread ends.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+    }
+}
+
+/// An address where nothing listens: connecting is refused.
+pub fn refused_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+/// A "blackhole": a listener with backlog 1 that never accepts, its queue
+/// filled, so further SYNs are dropped and connects hang. Keep it alive.
+pub struct Blackhole {
+    pub addr: SocketAddr,
+    _sock: socket2::Socket,
+    _fill: Vec<TcpStream>,
+}
+
+impl Blackhole {
+    pub fn new() -> Blackhole {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        s.listen(0).unwrap();
+        let addr = s.local_addr().unwrap().as_socket().unwrap();
+        let mut fill = Vec::new();
+        for _ in 0..4 {
+            if let Ok(c) = TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+                fill.push(c);
+            }
+        }
+        Blackhole {
+            addr,
+            _sock: s,
+            _fill: fill,
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift) so checksums are meaningful.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// FNV-1a 64: a checksum that catches reordering, loss and duplication.
+pub fn checksum(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for &b in data {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// Read until EOF; returns the bytes and the error that ended it, if any.
+pub fn read_to_end(s: &mut TcpStream) -> (Vec<u8>, Option<std::io::Error>) {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (out, None),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => return (out, Some(e)),
+        }
+    }
+}
+
+/// Connect from a chosen local address (127.0.0.2 etc. are loopback too).
+pub fn connect_from(local: &str, to: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(to), Type::STREAM, None).unwrap();
+    s.bind(&format!("{local}:0").parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    s.connect(&to.into()).unwrap();
+    s.into()
+}
+
+/// The runtime variants every forwarding test runs on.
+pub const VARIANTS: &[(&str, &str)] = &[
+    ("io_uring", "copy"),
+    ("io_uring", "splice"),
+    ("epoll", "copy"),
+    ("epoll", "splice"),
+];
+
+/// Whether an external tool exists; under CI=true a missing tool is a failure
+/// naming its package, locally a loud skip.
+pub fn require_tool(tool: &str, package: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !found {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{tool} is missing: install the Debian package `{package}`");
+        }
+        eprintln!("\n\n*** SKIPPING: {tool} not found (Debian package `{package}`) ***\n\n");
+    }
+    found
+}
