@@ -124,10 +124,7 @@ impl Balancer {
 fn smooth_pick(node: &mut Node, eligible: &[bool]) -> Option<usize> {
     let mut total = 0i64;
     let mut best: Option<usize> = None;
-    for i in 0..node.children.len() {
-        if !eligible[i] {
-            continue;
-        }
+    for (i, _) in eligible.iter().enumerate().filter(|(_, &ok)| ok) {
         node.current[i] += node.weights[i];
         total += node.weights[i];
         match best {

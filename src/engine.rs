@@ -53,7 +53,11 @@ pub fn run(path: &Path) -> Result<(), String> {
     let mut handles = Vec::with_capacity(workers);
     for (id, ls) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
-        let core = if pin { Some(cores[id % cores.len()]) } else { None };
+        let core = if pin {
+            Some(cores[id % cores.len()])
+        } else {
+            None
+        };
         let h = std::thread::Builder::new()
             .name(format!("sluicegate-w{id}"))
             .spawn(move || {
@@ -109,12 +113,7 @@ fn signal_loop(path: &Path, shared: &Arc<Shared>) {
                     .map(|e| e.grace_timeout)
                     .max()
                     .unwrap_or_default();
-                log!(
-                    Info,
-                    "stopping",
-                    signal = sig,
-                    grace_ms = grace.as_millis()
-                );
+                log!(Info, "stopping", signal = sig, grace_ms = grace.as_millis());
                 shared.stop();
             }
         }
@@ -141,7 +140,11 @@ fn reload(path: &Path, shared: &Shared, why: &str) {
         }
         Err(errs) => {
             for e in &errs.0 {
-                log!(Error, "reload failed: keeping the running config", error = e);
+                log!(
+                    Error,
+                    "reload failed: keeping the running config",
+                    error = e
+                );
             }
         }
     }

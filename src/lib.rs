@@ -21,4 +21,5 @@ pub mod model;
 pub mod route;
 pub mod session;
 pub mod sys;
+pub mod wire;
 pub mod worker;

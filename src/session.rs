@@ -96,7 +96,11 @@ struct InFlightSlot<'a> {
 
 impl Drop for InFlightSlot<'_> {
     fn drop(&mut self) {
-        let mut m = self.shared.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = self
+            .shared
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(n) = m.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
@@ -106,7 +110,13 @@ impl Drop for InFlightSlot<'_> {
     }
 }
 
-pub async fn serve(ws: Rc<WorkerSnap>, ep: usize, client: TcpStream, peer: SocketAddr, shared: &Shared) {
+pub async fn serve(
+    ws: Rc<WorkerSnap>,
+    ep: usize,
+    client: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+) {
     let mut acc = Access {
         ws: &ws,
         ep,
@@ -153,11 +163,7 @@ async fn run<'a>(
         client_ip,
         tls: false,
     };
-    let router_idx = ws
-        .snap
-        .routes
-        .route(cfg, ep, &ctx)
-        .ok_or(Early::NoRoute)?;
+    let router_idx = ws.snap.routes.route(cfg, ep, &ctx).ok_or(Early::NoRoute)?;
     acc.router = Some(router_idx);
     let router = &cfg.routers[router_idx];
 
@@ -227,7 +233,13 @@ async fn dial_service<'a>(
         let server = &lb.servers[idx];
         let transport = &cfg.transports[lb.transport];
         acc.server = Some(&server.address_text);
-        match dial(server.address, transport.dial_timeout, transport.dial_keep_alive).await {
+        match dial(
+            server.address,
+            transport.dial_timeout,
+            transport.dial_keep_alive,
+        )
+        .await
+        {
             Ok(s) => return Ok((s, si)),
             Err(e) => {
                 log!(
@@ -242,7 +254,11 @@ async fn dial_service<'a>(
     }
 }
 
-async fn dial(addr: SocketAddr, timeout: Duration, keepalive: Option<Duration>) -> io::Result<TcpStream> {
+async fn dial(
+    addr: SocketAddr,
+    timeout: Duration,
+    keepalive: Option<Duration>,
+) -> io::Result<TcpStream> {
     let stream = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
         Ok(r) => r?,
         Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "dial timeout")),

@@ -32,7 +32,7 @@ const BACKLOG: i32 = 4096;
 /// First pause after an accept error such as EMFILE; doubles up to the max.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// How often a worker looks at the stop flag and the snapshot generation.
+/// How often a worker looks at the stop flag.
 const HOUSEKEEPING: Duration = Duration::from_millis(50);
 /// io_uring submission queue size: enough for thousands of pending polls.
 const RING_ENTRIES: u32 = 4096;
@@ -159,6 +159,9 @@ fn bind_one(addr: SocketAddr, v6only: bool) -> io::Result<std::net::TcpListener>
     sock.set_nodelay(true)?;
     sock.bind(&addr.into())?;
     sock.listen(BACKLOG)?;
+    // Non-blocking: the epoll driver calls accept() after a readiness edge and
+    // must get EAGAIN, not block the worker, once the queue is empty.
+    sock.set_nonblocking(true)?;
     Ok(sock.into())
 }
 
@@ -215,13 +218,32 @@ impl Drop for LiveGuard {
     }
 }
 
+/// This worker's current snapshot, refreshed when the control plane publishes
+/// a new one (checked at every accept: one atomic load).
+struct Current {
+    seen: Cell<u64>,
+    snap: RefCell<Rc<WorkerSnap>>,
+}
+
+impl Current {
+    fn get(&self, shared: &Shared) -> Rc<WorkerSnap> {
+        let g = shared.generation.load(Ordering::Acquire);
+        if g != self.seen.get() {
+            self.seen.set(g);
+            *self.snap.borrow_mut() = WorkerSnap::new(shared.current());
+        }
+        self.snap.borrow().clone()
+    }
+}
+
 async fn worker_main(id: usize, shared: Arc<Shared>, listeners: Listeners) -> io::Result<()> {
-    let mut seen_gen = shared.generation.load(Ordering::Acquire);
-    let current: Rc<RefCell<Rc<WorkerSnap>>> =
-        Rc::new(RefCell::new(WorkerSnap::new(shared.current())));
+    let current = Rc::new(Current {
+        seen: Cell::new(shared.generation.load(Ordering::Acquire)),
+        snap: RefCell::new(WorkerSnap::new(shared.current())),
+    });
     let mut grace = Duration::ZERO;
     for (ep, std_listener) in listeners {
-        let eg = current.borrow().snap.config.entrypoints[ep].grace_timeout;
+        let eg = current.snap.borrow().snap.config.entrypoints[ep].grace_timeout;
         grace = grace.max(eg);
         shared
             .listener_fds
@@ -229,18 +251,16 @@ async fn worker_main(id: usize, shared: Arc<Shared>, listeners: Listeners) -> io
             .unwrap_or_else(|e| e.into_inner())
             .push(std_listener.as_raw_fd());
         let listener = TcpListener::from_std(std_listener)?;
-        monoio::spawn(accept_loop(id, ep, listener, current.clone(), shared.clone()));
+        monoio::spawn(accept_loop(
+            id,
+            ep,
+            listener,
+            current.clone(),
+            shared.clone(),
+        ));
     }
-    loop {
+    while !shared.stopping() {
         monoio::time::sleep(HOUSEKEEPING).await;
-        if shared.stopping() {
-            break;
-        }
-        let g = shared.generation.load(Ordering::Acquire);
-        if g != seen_gen {
-            seen_gen = g;
-            *current.borrow_mut() = WorkerSnap::new(shared.current());
-        }
     }
     // Drain: connections finish on their own up to the grace timeout.
     let deadline = Instant::now() + grace;
@@ -248,7 +268,12 @@ async fn worker_main(id: usize, shared: Arc<Shared>, listeners: Listeners) -> io
         monoio::time::sleep(Duration::from_millis(20)).await;
     }
     let left = LIVE.with(|l| l.get());
-    log!(Info, "worker stopped", worker = id, open_connections_closed = left);
+    log!(
+        Info,
+        "worker stopped",
+        worker = id,
+        open_connections_closed = left
+    );
     Ok(())
 }
 
@@ -256,7 +281,7 @@ async fn accept_loop(
     id: usize,
     ep: usize,
     listener: TcpListener,
-    current: Rc<RefCell<Rc<WorkerSnap>>>,
+    current: Rc<Current>,
     shared: Arc<Shared>,
 ) {
     let mut backoff = ACCEPT_BACKOFF_MIN;
@@ -270,7 +295,7 @@ async fn accept_loop(
                     drop(stream);
                     break;
                 }
-                let ws = current.borrow().clone();
+                let ws = current.get(&shared);
                 let guard = LiveGuard::new();
                 let shared = shared.clone();
                 monoio::spawn(async move {

@@ -63,7 +63,11 @@ fn exact_bytes_both_ways_1k_and_64m() {
             let data = pattern(len, seed);
             let got = echo_roundtrip(p.addr("main"), &data);
             assert_eq!(got.len(), data.len(), "{driver}/{fwd} length for {len}");
-            assert_eq!(checksum(&got), checksum(&data), "{driver}/{fwd} checksum {len}");
+            assert_eq!(
+                checksum(&got),
+                checksum(&data),
+                "{driver}/{fwd} checksum {len}"
+            );
         }
         let lines = p.wait_conns(2);
         for l in &lines {
@@ -91,7 +95,12 @@ fn half_close_client_first_then_backend_answers() {
         s.shutdown(Shutdown::Write).unwrap();
     });
     for &(driver, fwd) in VARIANTS {
-        let p = Proxy::start(&config(driver, fwd, backend.addr, "terminationDelay = \"30s\""));
+        let p = Proxy::start(&config(
+            driver,
+            fwd,
+            backend.addr,
+            "terminationDelay = \"30s\"",
+        ));
         let mut s = TcpStream::connect(p.addr("main")).unwrap();
         s.write_all(&pattern(1 << 20, 3)).unwrap();
         s.shutdown(Shutdown::Write).unwrap();
@@ -117,11 +126,20 @@ fn half_close_backend_first_then_client_answers() {
         tx.lock().unwrap().send(checksum(&got)).unwrap();
     });
     for &(driver, fwd) in VARIANTS {
-        let p = Proxy::start(&config(driver, fwd, backend.addr, "terminationDelay = \"30s\""));
+        let p = Proxy::start(&config(
+            driver,
+            fwd,
+            backend.addr,
+            "terminationDelay = \"30s\"",
+        ));
         let mut s = TcpStream::connect(p.addr("main")).unwrap();
         let (got, err) = read_to_end(&mut s);
         assert!(err.is_none());
-        assert_eq!(checksum(&got), checksum(&pattern(1 << 20, 11)), "{driver}/{fwd}");
+        assert_eq!(
+            checksum(&got),
+            checksum(&pattern(1 << 20, 11)),
+            "{driver}/{fwd}"
+        );
         s.write_all(&pattern(8 << 20, 12)).unwrap();
         s.shutdown(Shutdown::Write).unwrap();
         let sum = rx.recv_timeout(Duration::from_secs(30)).unwrap();
@@ -139,7 +157,12 @@ fn termination_delay_closes_after_first_fin() {
         let _ = read_to_end(&mut s);
         thread::sleep(Duration::from_secs(10));
     });
-    let p = Proxy::start(&config("io_uring", "copy", backend.addr, "terminationDelay = \"200ms\""));
+    let p = Proxy::start(&config(
+        "io_uring",
+        "copy",
+        backend.addr,
+        "terminationDelay = \"200ms\"",
+    ));
     let mut s = TcpStream::connect(p.addr("main")).unwrap();
     s.write_all(b"bye").unwrap();
     s.shutdown(Shutdown::Write).unwrap();
@@ -149,7 +172,11 @@ fn termination_delay_closes_after_first_fin() {
     assert!(err.is_none() || err.as_ref().unwrap().kind() != ErrorKind::WouldBlock);
     assert!(t.elapsed() < Duration::from_secs(5));
     let l = &p.wait_conns(1)[0];
-    assert_eq!(field(l, "outcome").as_deref(), Some("termination_delay"), "{l}");
+    assert_eq!(
+        field(l, "outcome").as_deref(),
+        Some("termination_delay"),
+        "{l}"
+    );
 }
 
 #[test]
@@ -166,7 +193,11 @@ fn backend_reset_mid_stream_is_passed_on_as_reset() {
         let p = Proxy::start(&config(driver, fwd, backend.addr, ""));
         let mut s = TcpStream::connect(p.addr("main")).unwrap();
         let (got, err) = read_to_end(&mut s);
-        assert_eq!(got.len(), 1 << 20, "{driver}/{fwd}: every byte before the reset");
+        assert_eq!(
+            got.len(),
+            1 << 20,
+            "{driver}/{fwd}: every byte before the reset"
+        );
         assert_eq!(checksum(&got), checksum(&pattern(1 << 20, 5)));
         let err = err.unwrap_or_else(|| panic!("{driver}/{fwd}: clean EOF instead of a reset"));
         assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{driver}/{fwd}");
@@ -208,6 +239,10 @@ fn server_speaks_first_greeting_arrives_without_client_bytes() {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut buf = [0u8; 64];
         let n = s.read(&mut buf).unwrap();
-        assert!(buf[..n].starts_with(b"J\0\0\0\x0a5.7.0"), "{driver}/{fwd}: {:?}", &buf[..n]);
+        assert!(
+            buf[..n].starts_with(b"J\0\0\0\x0a5.7.0"),
+            "{driver}/{fwd}: {:?}",
+            &buf[..n]
+        );
     }
 }

@@ -127,16 +127,19 @@ accessLog = false
     let addr = p.addr("main");
     // 300 connections, 30 at a time: every one reaches the good server.
     let handles: Vec<_> = (0..30)
-        .map(|_| {
-            std::thread::spawn(move || {
-                (0..10).filter(|_| who(addr) == b'G').count()
-            })
-        })
+        .map(|_| std::thread::spawn(move || (0..10).filter(|_| who(addr) == b'G').count()))
         .collect();
     let ok: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
     assert_eq!(ok, 300);
-    let fails = p.logs().iter().filter(|l| l.contains("msg=\"dial failed\"")).count();
-    assert!(fails >= 100, "the bad servers were really tried ({fails} dial failures)");
+    let fails = p
+        .logs()
+        .iter()
+        .filter(|l| l.contains("msg=\"dial failed\""))
+        .count();
+    assert!(
+        fails >= 100,
+        "the bad servers were really tried ({fails} dial failures)"
+    );
 }
 
 #[test]

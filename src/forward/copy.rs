@@ -11,7 +11,6 @@ use super::{pass_fin, write_all, Dir, DirEnd};
 use crate::sys;
 
 pub(crate) async fn pump(dir: Dir<'_>, buffer_size: usize) -> DirEnd {
-    let src_fd = dir.src.as_raw_fd();
     loop {
         if let Err(e) = dir.src.readable(false).await {
             return DirEnd::SrcFailed(e);
@@ -19,25 +18,35 @@ pub(crate) async fn pump(dir: Dir<'_>, buffer_size: usize) -> DirEnd {
         // Read until the socket is drained; a full buffer means more may be
         // waiting, so try again before going back to the poller.
         loop {
-            let mut buf = PooledBuf::take(buffer_size);
-            let b = buf.as_mut();
-            let n = match sys::recv(src_fd, b) {
-                Ok(0) => {
-                    pass_fin(dir.dst);
-                    return DirEnd::Eof;
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return DirEnd::SrcFailed(e),
-            };
-            if let Err(e) = write_all(dir.dst, &b[..n]).await {
-                return DirEnd::DstFailed(e);
-            }
-            dir.bytes.set(dir.bytes.get() + n as u64);
-            dir.last_active.set(Instant::now());
-            if n < b.len() {
-                break;
+            match copy_once(&dir, buffer_size).await {
+                Ok(Some(true)) => continue,
+                Ok(Some(false)) => break,
+                Ok(None) => return DirEnd::Eof,
+                Err(end) => return end,
             }
         }
     }
+}
+
+/// One read and the write of what it read. `Ok(Some(full))`: done (`full` =
+/// the buffer was filled, so more may be waiting); `Ok(None)`: EOF, passed
+/// on. The buffer is back in the pool before this returns.
+pub(crate) async fn copy_once(dir: &Dir<'_>, buffer_size: usize) -> Result<Option<bool>, DirEnd> {
+    let mut buf = PooledBuf::take(buffer_size);
+    let b = buf.as_mut();
+    let n = match sys::recv(dir.src.as_raw_fd(), b) {
+        Ok(0) => {
+            pass_fin(dir.dst);
+            return Ok(None);
+        }
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(false)),
+        Err(e) => return Err(DirEnd::SrcFailed(e)),
+    };
+    write_all(dir.dst, &b[..n])
+        .await
+        .map_err(DirEnd::DstFailed)?;
+    dir.bytes.set(dir.bytes.get() + n as u64);
+    dir.last_active.set(Instant::now());
+    Ok(Some(n == b.len()))
 }

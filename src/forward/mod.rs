@@ -17,7 +17,7 @@
 //!   are in flight: an idle connection holds none.
 
 mod buffers;
-mod copy;
+pub(crate) mod copy;
 pub mod splice;
 
 use std::cell::Cell;
@@ -149,12 +149,12 @@ pub async fn duplex(client: &TcpStream, backend: &TcpStream, opts: &Opts) -> (Re
         last_active: &last_active,
     };
     let mut a: Pin<Box<dyn Future<Output = DirEnd> + '_>> = if splice {
-        Box::pin(splice::pump(c2b))
+        Box::pin(splice::pump(c2b, opts.buffer_size))
     } else {
         Box::pin(copy::pump(c2b, opts.buffer_size))
     };
     let mut b: Pin<Box<dyn Future<Output = DirEnd> + '_>> = if splice {
-        Box::pin(splice::pump(b2c))
+        Box::pin(splice::pump(b2c, opts.buffer_size))
     } else {
         Box::pin(copy::pump(b2c, opts.buffer_size))
     };

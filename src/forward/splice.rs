@@ -1,36 +1,97 @@
 //! The splice pump (zero copy): bytes move socket → pipe → socket inside the
 //! kernel with non-blocking `splice()` calls made inline on the worker after a
 //! readiness poll (HAProxy's way; io_uring's SPLICE op always runs in kernel
-//! worker threads). Pipes come from a per-worker pool and are held only while
-//! bytes are in the pipe.
+//! worker threads, which costs more than it saves).
+//!
+//! Pipes come from a per-worker pool and are held only while bytes are in
+//! them: an idle connection holds no pipe. A pipe that could not be emptied
+//! (the destination failed) is closed, never returned to the pool. When the
+//! worker already has `MAX_PIPES_IN_USE` pipes busy, the pump moves that chunk
+//! with a pooled copy buffer instead, so pipe memory stays bounded
+//! (fs.pipe-user-pages-soft would otherwise shrink new pipes to one page).
 
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
+use super::copy::copy_once;
 use super::{pass_fin, Dir, DirEnd};
 use crate::sys;
 
-/// Requested pipe size. Larger pipes mean fewer splice calls on bulk flows.
-pub const PIPE_SIZE: usize = 1024 * 1024;
+/// Requested pipe size: bulk flows move up to this much per splice pair.
+pub const PIPE_SIZE: usize = 256 * 1024;
+/// Pipes busy at once per worker before falling back to copying.
+pub const MAX_PIPES_IN_USE: usize = 256;
+/// Idle pipes kept per worker.
+const POOL_KEEP: usize = 64;
 
-pub(crate) async fn pump(dir: Dir<'_>) -> DirEnd {
+thread_local! {
+    static PIPES: RefCell<Vec<sys::Pipe>> = const { RefCell::new(Vec::new()) };
+    static IN_USE: Cell<usize> = const { Cell::new(0) };
+}
+
+/// A pipe taken from the pool; goes back on drop if it is known to be empty.
+struct PooledPipe {
+    pipe: Option<sys::Pipe>,
+    empty: bool,
+}
+
+impl PooledPipe {
+    fn take() -> Option<PooledPipe> {
+        if IN_USE.with(|n| n.get()) >= MAX_PIPES_IN_USE {
+            return None;
+        }
+        let pipe = match PIPES.with(|p| p.borrow_mut().pop()) {
+            Some(p) => p,
+            None => sys::Pipe::new(PIPE_SIZE).ok()?,
+        };
+        IN_USE.with(|n| n.set(n.get() + 1));
+        Some(PooledPipe {
+            pipe: Some(pipe),
+            empty: true,
+        })
+    }
+}
+
+impl Drop for PooledPipe {
+    fn drop(&mut self) {
+        IN_USE.with(|n| n.set(n.get() - 1));
+        if let Some(p) = self.pipe.take() {
+            if self.empty {
+                PIPES.with(|pool| {
+                    let mut pool = pool.borrow_mut();
+                    if pool.len() < POOL_KEEP {
+                        pool.push(p);
+                    }
+                });
+            }
+        }
+    }
+}
+
+pub(crate) async fn pump(dir: Dir<'_>, buffer_size: usize) -> DirEnd {
     let src_fd = dir.src.as_raw_fd();
     let dst_fd = dir.dst.as_raw_fd();
-    let mut pipe: Option<sys::Pipe> = None;
     loop {
         if let Err(e) = dir.src.readable(false).await {
             return DirEnd::SrcFailed(e);
         }
         loop {
-            let p = match &pipe {
-                Some(p) => p,
-                None => match sys::Pipe::new(PIPE_SIZE) {
-                    Ok(p) => pipe.insert(p),
-                    Err(e) => return DirEnd::SrcFailed(e),
-                },
+            let Some(mut pp) = PooledPipe::take() else {
+                // Over the pipe budget: move this chunk by copying.
+                match copy_once(&dir, buffer_size).await {
+                    Ok(Some(full)) if full => continue,
+                    Ok(Some(_)) => break,
+                    Ok(None) => return DirEnd::Eof,
+                    Err(end) => return end,
+                }
             };
-            let n = match sys::splice(src_fd, p.wr, p.capacity) {
+            let (wr, rd, cap) = match &pp.pipe {
+                Some(p) => (p.wr, p.rd, p.capacity),
+                None => return DirEnd::SrcFailed(io::Error::other("pipe missing")),
+            };
+            let n = match sys::splice(src_fd, wr, cap) {
                 Ok(0) => {
                     pass_fin(dir.dst);
                     return DirEnd::Eof;
@@ -39,9 +100,10 @@ pub(crate) async fn pump(dir: Dir<'_>) -> DirEnd {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return DirEnd::SrcFailed(e),
             };
+            pp.empty = false;
             let mut left = n;
             while left > 0 {
-                match sys::splice(p.rd, dst_fd, left) {
+                match sys::splice(rd, dst_fd, left) {
                     Ok(m) => left -= m,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         if let Err(e) = dir.dst.writable(false).await {
@@ -51,9 +113,11 @@ pub(crate) async fn pump(dir: Dir<'_>) -> DirEnd {
                     Err(e) => return DirEnd::DstFailed(e),
                 }
             }
+            pp.empty = true;
+            drop(pp);
             dir.bytes.set(dir.bytes.get() + n as u64);
             dir.last_active.set(Instant::now());
-            if n < p.capacity {
+            if n < cap {
                 break;
             }
         }

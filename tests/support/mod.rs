@@ -46,6 +46,8 @@ impl Drop for TempDir {
 /// The proxy under test: the real binary with a real config file.
 pub struct Proxy {
     child: Child,
+    /// The config file the proxy was started with (tests rewrite it to reload).
+    pub config_path: PathBuf,
     pub addrs: HashMap<String, SocketAddr>,
     logs: Arc<Mutex<Vec<String>>>,
     _dir: TempDir,
@@ -55,9 +57,22 @@ impl Proxy {
     /// Start with `config` (TOML). Entry points should listen on port 0; their
     /// real addresses are read from the `msg=listening` log lines.
     pub fn start(config: &str) -> Proxy {
+        Self::start_with(config, &[])
+    }
+
+    /// Start under a wrapper command (e.g. `["prlimit", "--nofile=64"]`).
+    pub fn start_with(config: &str, wrapper: &[&str]) -> Proxy {
         let dir = TempDir::new("proxy");
         let path = dir.write("sluicegate.toml", config);
-        let mut child = Command::new(BIN)
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = cmd
             .arg("-c")
             .arg(&path)
             .stderr(Stdio::piped())
@@ -104,6 +119,7 @@ impl Proxy {
         }
         Proxy {
             child,
+            config_path: path,
             addrs,
             logs,
             _dir: dir,
@@ -121,6 +137,15 @@ impl Proxy {
         self.child.id()
     }
 
+    /// CPU time (user + system, in clock ticks) the proxy has used so far.
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // Fields after the command name (which is in parentheses).
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split(' ').collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    }
+
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
     }
@@ -131,11 +156,7 @@ impl Proxy {
     pub fn wait_logs(&self, n: usize, pred: impl Fn(&str) -> bool) -> Vec<String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let hits: Vec<String> = self
-                .logs()
-                .into_iter()
-                .filter(|l| pred(l))
-                .collect();
+            let hits: Vec<String> = self.logs().into_iter().filter(|l| pred(l)).collect();
             if hits.len() >= n {
                 return hits;
             }
@@ -367,8 +388,8 @@ pub fn read_to_end(s: &mut TcpStream) -> (Vec<u8>, Option<std::io::Error>) {
 pub fn connect_from(local: &str, to: SocketAddr) -> TcpStream {
     use socket2::{Domain, Socket, Type};
     let s = Socket::new(Domain::for_address(to), Type::STREAM, None).unwrap();
-    s.bind(&format!("{local}:0").parse::<SocketAddr>().unwrap().into())
-        .unwrap();
+    let ip: std::net::IpAddr = local.parse().unwrap();
+    s.bind(&SocketAddr::new(ip, 0).into()).unwrap();
     s.connect(&to.into()).unwrap();
     s.into()
 }

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install what the tests use (Debian packages; needs root or sudo) and run
+# every test: the crate's unit and integration tests, and the load generator's
+# own tests. Usage: scripts/test.sh [extra cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Tools the integration tests drive as real clients and servers.
+PKGS=(redis-server redis-tools postgresql postgresql-contrib openssl python3 procps iproute2)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian starts a redis-server service on install; the tests run their own.
+if command -v systemctl >/dev/null 2>&1; then systemctl stop redis-server 2>/dev/null || true; fi
+
+cargo build --release --bins
+cargo test --all-targets "$@"
+if [ -f bench/loadgen/Cargo.toml ]; then
+  cargo test --release --manifest-path bench/loadgen/Cargo.toml
+fi

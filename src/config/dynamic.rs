@@ -1,0 +1,558 @@
+//! Traefik's dynamic `[tcp]` section: routers, services, middlewares and
+//! servers transports, read into the file model.
+//!
+//! Rules are compiled here (a syntax error points at its column inside the
+//! rule string); names that refer to other definitions are kept as written for
+//! `build`. Pure: no IO, no DNS.
+
+use super::diag::{Diags, Pos, Sp};
+use super::file::{
+    FileModel, LoadBalancerF, Named, RouterF, RouterTlsF, ServerF, ServiceF, ServiceKindF,
+    WeightedChildF,
+};
+use super::reader::{Node, Tbl};
+use super::rule;
+use super::values::{self, or_default, FileCtx};
+use crate::model;
+
+/// Traefik's TCP health check defaults (v3.6 `TCPServerHealthCheck`).
+pub const DEFAULT_HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+pub const DEFAULT_HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `[tcp]`.
+pub fn read_tcp(mut t: Tbl<'_>, ctx: FileCtx<'_>, m: &mut FileModel, d: &mut Diags) {
+    if let Some(routers) = t.table("routers", d) {
+        for (name, node) in routers.entries() {
+            if let Some(rt) = node.table(d) {
+                m.routers.push(router(name, rt, d));
+            }
+        }
+    }
+    if let Some(services) = t.table("services", d) {
+        for (name, node) in services.entries() {
+            if let Some(st) = node.table(d) {
+                m.services.push(service(name, st, d));
+            }
+        }
+    }
+    if let Some(mws) = t.table("middlewares", d) {
+        for (name, node) in mws.entries() {
+            if let Some(mt) = node.table(d) {
+                // A broken middleware is still defined (its error is reported):
+                // routers naming it must not get a second, misleading error.
+                let kind = middleware(&name, mt, d)
+                    .unwrap_or(model::MiddlewareKind::IpAllowList(Vec::new()));
+                let v = model::Middleware {
+                    name: name.v.clone(),
+                    kind,
+                };
+                m.middlewares.push(Named { name, v });
+            }
+        }
+    }
+    if let Some(trs) = t.table("serversTransports", d) {
+        for (name, node) in trs.entries() {
+            if let Some(tt) = node.table(d) {
+                let v = transport(&name.v, tt, ctx, d);
+                m.transports.push(Named { name, v });
+            }
+        }
+    }
+    t.finish(d);
+}
+
+fn router(name: Sp<String>, mut t: Tbl<'_>, d: &mut Diags) -> RouterF {
+    let entry_points = t.str_list("entryPoints", d).unwrap_or_default();
+    let rule = t.get("rule", d).and_then(|n| read_rule(&n, d));
+    if !t.has("rule") {
+        d.error(
+            name.at,
+            format!(
+                "router `{}` has no `rule` (Traefik requires one for TCP routers; HostSNI(`*`) matches everything)",
+                name.v
+            ),
+        );
+    }
+    if let Some(s) = t.str("ruleSyntax", d) {
+        check_rule_syntax(&s, &format!("{}.ruleSyntax", t.path), d);
+    }
+    let priority = t.int("priority", d);
+    let service = t.str("service", d);
+    if !t.has("service") {
+        d.error(name.at, format!("router `{}` has no `service`", name.v));
+    }
+    let middlewares = t.str_list("middlewares", d).unwrap_or_default();
+    let tls = t.section("tls", d).map(|mut tt| {
+        let passthrough = tt.bool("passthrough", d).is_some_and(|b| b.v);
+        let options = tt.str("options", d);
+        tt.unsupported(
+            "certResolver",
+            "sluicegate has no ACME client; give certificates in [[tls.certificates]]",
+            d,
+        );
+        tt.unsupported(
+            "domains",
+            "it only feeds a certResolver; give certificates in [[tls.certificates]]",
+            d,
+        );
+        let at = tt.at;
+        tt.finish(d);
+        RouterTlsF {
+            at,
+            passthrough,
+            options,
+        }
+    });
+    t.finish(d);
+    RouterF {
+        name,
+        entry_points,
+        rule,
+        priority,
+        service,
+        middlewares,
+        tls,
+    }
+}
+
+/// Rules are Traefik v3 syntax only. A v2 rule can parse as v3 and mean
+/// something else (v2 `HostSNIRegexp` patterns such as `{sub:[a-z]+}`), so
+/// asking for v2 is an error, not a warning.
+pub fn check_rule_syntax(s: &Sp<String>, path: &str, d: &mut Diags) {
+    match s.v.as_str() {
+        "v3" => {}
+        "v2" => d.error(
+            s.at,
+            format!("`{path}` = \"v2\" is not supported: write the rule in Traefik v3 syntax"),
+        ),
+        other => d.error(s.at, format!("`{path}` must be \"v3\", not {other:?}")),
+    }
+}
+
+/// Reads and compiles a rule; a syntax error points inside the string.
+fn read_rule(n: &Node<'_>, d: &mut Diags) -> Option<Sp<(String, Option<rule::Rule>)>> {
+    let s = n.str(d)?;
+    match rule::parse(&s.v) {
+        Ok(r) => Some(Sp::new((s.v, Some(r)), s.at)),
+        Err(e) => {
+            let inner = n
+                .raw()
+                .map_or(1 + e.offset, |raw| raw_offset(raw, e.offset));
+            let at = Pos {
+                file: s.at.file,
+                offset: s.at.offset + inner,
+            };
+            d.error(at, format!("invalid rule: {}", e.message));
+            Some(Sp::new((s.v, None), s.at))
+        }
+    }
+}
+
+/// Maps a byte offset in a decoded TOML string to the byte offset in its
+/// source text (quotes included). Escapes are walked for basic strings; for
+/// the rare line-ending backslash of multi-line strings the result is close,
+/// not exact.
+pub fn raw_offset(raw: &str, decoded: usize) -> usize {
+    let (open, basic) = if raw.starts_with("\"\"\"") {
+        (3, true)
+    } else if raw.starts_with("'''") {
+        (3, false)
+    } else if raw.starts_with('"') {
+        (1, true)
+    } else {
+        (1, false)
+    };
+    let mut i = open;
+    // A newline right after a multi-line opening delimiter is not part of the value.
+    if open == 3 {
+        let rest = raw.get(i..).unwrap_or("");
+        if rest.starts_with("\r\n") {
+            i += 2;
+        } else if rest.starts_with('\n') {
+            i += 1;
+        }
+    }
+    let bytes = raw.as_bytes();
+    let mut out = 0;
+    while out < decoded && i < raw.len() {
+        if basic && bytes[i] == b'\\' {
+            let (raw_len, dec_len) = match bytes.get(i + 1) {
+                Some(b'u') => (6, escaped_len(raw.get(i + 2..i + 6))),
+                Some(b'U') => (10, escaped_len(raw.get(i + 2..i + 10))),
+                _ => (2, 1),
+            };
+            i += raw_len;
+            out += dec_len;
+        } else {
+            let len = raw
+                .get(i..)
+                .and_then(|r| r.chars().next())
+                .map_or(1, char::len_utf8);
+            i += len;
+            out += len;
+        }
+    }
+    i.min(raw.len())
+}
+
+/// UTF-8 length of the character a `\u`/`\U` escape stands for.
+fn escaped_len(hex: Option<&str>) -> usize {
+    hex.and_then(|h| u32::from_str_radix(h, 16).ok())
+        .and_then(char::from_u32)
+        .map_or(1, char::len_utf8)
+}
+
+fn service(name: Sp<String>, mut t: Tbl<'_>, d: &mut Diags) -> ServiceF {
+    let lb = t.table("loadBalancer", d).map(|lt| load_balancer(lt, d));
+    let weighted = t.table("weighted", d).map(|wt| weighted(wt, d));
+    // A wrongly typed kind section was already reported; do not say it twice.
+    let kind_written = t.has("loadBalancer") || t.has("weighted");
+    t.finish(d);
+    let kind = match (lb, weighted) {
+        (Some(lb), None) => Some(ServiceKindF::LoadBalancer(lb)),
+        (None, Some(w)) => Some(ServiceKindF::Weighted(w)),
+        (Some(_), Some(_)) => {
+            d.error(
+                name.at,
+                format!(
+                    "service `{}` has both `loadBalancer` and `weighted`: a service is one or the other",
+                    name.v
+                ),
+            );
+            None
+        }
+        (None, None) => {
+            if !kind_written {
+                d.error(
+                    name.at,
+                    format!("service `{}` needs `loadBalancer` or `weighted`", name.v),
+                );
+            }
+            None
+        }
+    };
+    ServiceF { name, kind }
+}
+
+fn load_balancer(mut t: Tbl<'_>, d: &mut Diags) -> LoadBalancerF {
+    let at = t.at;
+    let mut servers = Vec::new();
+    if let Some(n) = t.get("servers", d) {
+        for mut st in n.tables(d) {
+            let address = st.str("address", d);
+            if !st.has("address") {
+                d.error(st.at, format!("`{}` needs an `address`", st.path));
+            }
+            let tls = st.bool("tls", d).is_some_and(|b| b.v);
+            let weight = or_default(&mut st, "weight", d, 1, values::weight);
+            st.finish(d);
+            servers.push(ServerF {
+                address,
+                tls,
+                weight,
+            });
+        }
+    }
+    let servers_transport = t.str("serversTransport", d);
+    let mut proxy_protocol = None;
+    if let Some(mut pp) = t.table("proxyProtocol", d) {
+        d.warn(
+            pp.at,
+            format!(
+                "`{}` is deprecated in Traefik v3: use proxyProtocol in [tcp.serversTransports.<name>]",
+                pp.path
+            ),
+        );
+        proxy_protocol = pp
+            .get("version", d)
+            .and_then(|n| values::proxy_version(&n, d));
+        pp.finish(d);
+    }
+    let mut termination_delay = None;
+    if let Some(n) = t.get("terminationDelay", d) {
+        d.warn(
+            n.key_at,
+            format!(
+                "`{}` is deprecated in Traefik v3: use terminationDelay in [tcp.serversTransports.<name>]",
+                n.path
+            ),
+        );
+        // The deprecated key is an integer of MILLISECONDS (not a duration).
+        if let Some(ms) = n.int(d) {
+            termination_delay = Some(
+                u64::try_from(ms.v)
+                    .ok()
+                    .map(std::time::Duration::from_millis),
+            );
+        }
+    }
+    let health_check = t.table("healthCheck", d).map(|ht| health_check(ht, d));
+    t.finish(d);
+    LoadBalancerF {
+        at,
+        servers,
+        servers_transport,
+        proxy_protocol,
+        termination_delay,
+        health_check,
+    }
+}
+
+fn health_check(mut t: Tbl<'_>, d: &mut Diags) -> model::HealthCheck {
+    let port = t.int("port", d).and_then(|p| match u16::try_from(p.v) {
+        Ok(port) if port != 0 => Some(port),
+        _ => {
+            d.error(p.at, format!("`{}.port` must be from 1 to 65535", t.path));
+            None
+        }
+    });
+    let interval = or_default(
+        &mut t,
+        "interval",
+        d,
+        DEFAULT_HEALTH_INTERVAL,
+        values::positive_duration,
+    );
+    // Traefik: checks of an unhealthy server run at `interval` unless told.
+    let unhealthy_interval = or_default(
+        &mut t,
+        "unhealthyInterval",
+        d,
+        interval,
+        values::positive_duration,
+    );
+    let timeout = or_default(
+        &mut t,
+        "timeout",
+        d,
+        DEFAULT_HEALTH_TIMEOUT,
+        values::positive_duration,
+    );
+    let send = t
+        .str("send", d)
+        .map(|s| s.v.into_bytes())
+        .unwrap_or_default();
+    let expect = t
+        .str("expect", d)
+        .map(|s| s.v.into_bytes())
+        .unwrap_or_default();
+    t.finish(d);
+    model::HealthCheck {
+        port,
+        interval,
+        unhealthy_interval,
+        timeout,
+        send,
+        expect,
+    }
+}
+
+fn weighted(mut t: Tbl<'_>, d: &mut Diags) -> Vec<WeightedChildF> {
+    let mut out = Vec::new();
+    if let Some(n) = t.get("services", d) {
+        for mut ct in n.tables(d) {
+            let name = ct.str("name", d);
+            if !ct.has("name") {
+                d.error(ct.at, format!("`{}` needs a `name`", ct.path));
+            }
+            let weight = or_default(&mut ct, "weight", d, 1, values::weight);
+            ct.finish(d);
+            if let Some(name) = name {
+                out.push(WeightedChildF { name, weight });
+            }
+        }
+    } else {
+        d.error(t.at, format!("[{}] needs `services`", t.path));
+    }
+    t.finish(d);
+    out
+}
+
+fn middleware(name: &Sp<String>, mut t: Tbl<'_>, d: &mut Diags) -> Option<model::MiddlewareKind> {
+    let mut kinds: Vec<(Pos, Option<model::MiddlewareKind>)> = Vec::new();
+    if let Some(mut a) = t.table("ipAllowList", d) {
+        kinds.push((a.at, source_range(&mut a, d)));
+        a.finish(d);
+    }
+    if let Some(mut a) = t.table("ipWhiteList", d) {
+        d.warn(
+            a.at,
+            format!("`{}` is deprecated in Traefik v3: use ipAllowList", a.path),
+        );
+        kinds.push((a.at, source_range(&mut a, d)));
+        a.finish(d);
+    }
+    if let Some(mut c) = t.table("inFlightConn", d) {
+        let amount = c.int("amount", d).and_then(|v| match u32::try_from(v.v) {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                d.error(
+                    v.at,
+                    format!(
+                        "`{}.amount` must be from 1 to {} (0 would refuse every connection)",
+                        c.path,
+                        u32::MAX
+                    ),
+                );
+                None
+            }
+        });
+        if !c.has("amount") {
+            d.error(c.at, format!("[{}] needs `amount`", c.path));
+        }
+        kinds.push((c.at, amount.map(model::MiddlewareKind::InFlightConn)));
+        c.finish(d);
+    }
+    t.finish(d);
+    match kinds.len() {
+        0 => {
+            d.error(
+                name.at,
+                format!(
+                    "middleware `{}` has no kind (expected ipAllowList or inFlightConn)",
+                    name.v
+                ),
+            );
+            None
+        }
+        1 => kinds.pop().and_then(|(_, k)| k),
+        _ => {
+            d.error(
+                kinds[1].0,
+                format!(
+                    "middleware `{}` has more than one kind: declare one middleware per kind (as Traefik requires)",
+                    name.v
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn source_range(t: &mut Tbl<'_>, d: &mut Diags) -> Option<model::MiddlewareKind> {
+    let Some(n) = t.get("sourceRange", d) else {
+        d.error(t.at, format!("[{}] needs `sourceRange`", t.path));
+        return None;
+    };
+    let ranges = values::ip_ranges(&n, d)?;
+    if ranges.is_empty() {
+        d.warn(
+            n.at,
+            format!("`{}` is empty: every connection is refused", n.path),
+        );
+    }
+    Some(model::MiddlewareKind::IpAllowList(ranges))
+}
+
+/// A `[tcp.serversTransports.<name>]` (also Traefik's static
+/// `[tcpServersTransport]`, which shares the keys).
+pub fn transport(name: &str, mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> model::Transport {
+    let dial_timeout = or_default(
+        &mut t,
+        "dialTimeout",
+        d,
+        model::DEFAULT_DIAL_TIMEOUT,
+        values::duration,
+    );
+    // Go's net.Dialer: 0 = the default keep-alive (15 s), negative = off.
+    let dial_keep_alive = or_default(
+        &mut t,
+        "dialKeepAlive",
+        d,
+        Some(model::DEFAULT_DIAL_KEEPALIVE),
+        |n, d| {
+            values::duration_or_never(n, d).map(|v| match v {
+                Some(z) if z.is_zero() => Some(model::DEFAULT_DIAL_KEEPALIVE),
+                other => other,
+            })
+        },
+    );
+    let termination_delay = or_default(
+        &mut t,
+        "terminationDelay",
+        d,
+        Some(model::DEFAULT_TERMINATION_DELAY),
+        values::duration_or_never,
+    );
+    let mut proxy_protocol = None;
+    if let Some(mut pp) = t.table("proxyProtocol", d) {
+        proxy_protocol = pp
+            .get("version", d)
+            .and_then(|n| values::proxy_version(&n, d));
+        if !pp.has("version") {
+            d.error(pp.at, format!("[{}] needs `version` (1 or 2)", pp.path));
+        }
+        pp.finish(d);
+    }
+    let tls = t.table("tls", d).map(|tt| transport_tls(tt, ctx, d));
+    let idle_timeout = t
+        .get("idleTimeout", d)
+        .and_then(|n| values::duration(&n, d));
+    t.unsupported(
+        "spiffe",
+        "SPIFFE is not supported; use tls.rootCAs and tls.certificates",
+        d,
+    );
+    t.finish(d);
+    model::Transport {
+        name: name.to_string(),
+        dial_timeout,
+        dial_keep_alive,
+        termination_delay,
+        proxy_protocol,
+        tls,
+        // Zero means "no idle timeout", as for Traefik's other timeouts.
+        idle_timeout: idle_timeout.filter(|t| !t.is_zero()),
+    }
+}
+
+fn transport_tls(mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> model::TransportTls {
+    let server_name = t
+        .str("serverName", d)
+        .map(|s| s.v)
+        .filter(|s| !s.is_empty());
+    let insecure_skip_verify = t.bool("insecureSkipVerify", d).is_some_and(|b| b.v);
+    let root_cas = t
+        .get("rootCAs", d)
+        .and_then(|n| values::path_list(&n, ctx, d))
+        .unwrap_or_default();
+    let mut certificates = Vec::new();
+    if let Some(n) = t.get("certificates", d) {
+        for ct in n.tables(d) {
+            if let Some(pair) = values::cert_pair(ct, ctx, d, |_, _| {}) {
+                certificates.push(pair.v);
+            }
+        }
+    }
+    t.unsupported(
+        "peerCertURI",
+        "SPIFFE peer verification is not supported; use serverName and rootCAs",
+        d,
+    );
+    t.unsupported(
+        "spiffe",
+        "SPIFFE is not supported; use rootCAs and certificates",
+        d,
+    );
+    t.finish(d);
+    model::TransportTls {
+        server_name,
+        root_cas,
+        insecure_skip_verify,
+        certificates,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::raw_offset;
+
+    #[test]
+    fn raw_offsets_walk_quotes_and_escapes() {
+        assert_eq!(raw_offset("\"abc\"", 2), 3);
+        assert_eq!(raw_offset("'abc'", 0), 1);
+        assert_eq!(raw_offset("\"a\\\"b\"", 2), 4);
+        assert_eq!(raw_offset("\"\\u00e9x\"", 2), 7);
+        assert_eq!(raw_offset("\"\"\"\nab\"\"\"", 1), 5);
+    }
+}

@@ -1,0 +1,140 @@
+//! The file model: what the TOML files say, with positions, before references
+//! are resolved.
+//!
+//! Values that stand alone (durations, TLS options, middlewares, transports)
+//! are already checked and converted to `model` types here; what refers to
+//! something else by name (routers, services) or needs a DNS lookup
+//! (addresses) stays as written, with positions, for `build`. Definitions from
+//! every loaded file are appended to one `FileModel`, so `build` sees them all
+//! and can report a name defined twice at the second place.
+//!
+//! Pure data, no IO.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::diag::{Pos, Sp};
+use super::rule::Rule;
+use crate::model;
+
+/// Everything read from the main file and the files it points at.
+#[derive(Debug, Default)]
+pub struct FileModel {
+    // Static configuration (main file only).
+    pub entry_points: Vec<EntryPointF>,
+    pub provider: Option<ProviderFileF>,
+    /// Admin endpoints asked for: which one, and the entrypoint it names.
+    pub admin: Vec<AdminUse>,
+    pub runtime: model::Runtime,
+    /// `[tcpServersTransport]`: Traefik's defaults for the `default` transport.
+    pub default_transport: Option<Sp<model::Transport>>,
+
+    // Dynamic configuration (any file).
+    pub routers: Vec<RouterF>,
+    pub services: Vec<ServiceF>,
+    pub middlewares: Vec<Named<model::Middleware>>,
+    pub transports: Vec<Named<model::Transport>>,
+    pub certificates: Vec<Sp<model::CertPair>>,
+    pub default_certificate: Option<Sp<model::CertPair>>,
+    pub tls_options: Vec<Named<model::TlsOptions>>,
+}
+
+/// A definition with the position of its name (where duplicates are reported).
+#[derive(Debug)]
+pub struct Named<T> {
+    pub name: Sp<String>,
+    pub v: T,
+}
+
+#[derive(Debug)]
+pub struct EntryPointF {
+    pub name: Sp<String>,
+    pub address: Option<Sp<String>>,
+    /// Extension `ipv6Only`.
+    pub v6only: bool,
+    pub read_timeout: Duration,
+    pub grace_timeout: Duration,
+    pub proxy_protocol: Option<model::ProxyProtocolIn>,
+    /// Traefik v3 `asDefault`: routers without entryPoints attach only to
+    /// entrypoints marked so (all of them when none is).
+    pub as_default: bool,
+}
+
+#[derive(Debug)]
+pub struct ProviderFileF {
+    pub filename: Option<Sp<PathBuf>>,
+    pub directory: Option<Sp<PathBuf>>,
+    pub watch: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminKind {
+    Metrics,
+    Ping,
+    Api,
+}
+
+#[derive(Debug)]
+pub struct AdminUse {
+    pub kind: AdminKind,
+    /// The entrypoint name (Traefik's default `traefik`), positioned at the key
+    /// naming it or at the section.
+    pub entrypoint: Sp<String>,
+}
+
+#[derive(Debug)]
+pub struct RouterF {
+    pub name: Sp<String>,
+    /// `None` or empty: Traefik attaches the router to the default entrypoints.
+    pub entry_points: Vec<Sp<String>>,
+    /// The rule as written and compiled (`None` when it failed to parse: the
+    /// error is already reported).
+    pub rule: Option<Sp<(String, Option<Rule>)>>,
+    pub priority: Option<Sp<i64>>,
+    pub service: Option<Sp<String>>,
+    pub middlewares: Vec<Sp<String>>,
+    pub tls: Option<RouterTlsF>,
+}
+
+#[derive(Debug)]
+pub struct RouterTlsF {
+    pub at: Pos,
+    pub passthrough: bool,
+    pub options: Option<Sp<String>>,
+}
+
+#[derive(Debug)]
+pub struct ServiceF {
+    pub name: Sp<String>,
+    /// `None` when the service had neither or both kinds (already reported).
+    pub kind: Option<ServiceKindF>,
+}
+
+#[derive(Debug)]
+pub enum ServiceKindF {
+    LoadBalancer(LoadBalancerF),
+    Weighted(Vec<WeightedChildF>),
+}
+
+#[derive(Debug)]
+pub struct LoadBalancerF {
+    pub at: Pos,
+    pub servers: Vec<ServerF>,
+    pub servers_transport: Option<Sp<String>>,
+    pub proxy_protocol: Option<u8>,
+    pub termination_delay: Option<Option<Duration>>,
+    pub health_check: Option<model::HealthCheck>,
+}
+
+#[derive(Debug)]
+pub struct ServerF {
+    pub address: Option<Sp<String>>,
+    pub tls: bool,
+    pub weight: u32,
+}
+
+#[derive(Debug)]
+pub struct WeightedChildF {
+    pub name: Sp<String>,
+    pub weight: u32,
+}

@@ -1,0 +1,280 @@
+//! What `sluicegate check` prints: a readable overview of a validated
+//! configuration (not a debug dump). Pure formatting.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use crate::model::{Config, Driver, Forwarding, MiddlewareKind, ServiceKind};
+
+impl Config {
+    /// A human-readable summary: entrypoints, routers (by entrypoint, highest
+    /// priority first), services, middlewares, transports, warnings count.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        // Writing to a String cannot fail; the results are ignored on purpose.
+        let _ = self.write_summary(&mut s);
+        s
+    }
+
+    fn write_summary(&self, s: &mut String) -> std::fmt::Result {
+        writeln!(s, "config {}", self.source.display())?;
+
+        writeln!(s, "\nentrypoints ({}):", self.entrypoints.len())?;
+        for ep in &self.entrypoints {
+            let pp = match &ep.proxy_protocol {
+                Some(p) if p.insecure => "  proxyProtocol from anyone".to_string(),
+                Some(p) => format!("  proxyProtocol from {}", join(p.trusted_ips.iter())),
+                None => String::new(),
+            };
+            writeln!(
+                s,
+                "  {:<16} {:<24} readTimeout {}{}",
+                ep.name,
+                ep.address.to_string() + if ep.v6only { " v6only" } else { "" },
+                dur(ep.read_timeout),
+                pp
+            )?;
+        }
+        if let Some(a) = &self.admin {
+            let mut what = Vec::new();
+            if a.metrics {
+                what.push("/metrics");
+            }
+            if a.ping {
+                what.push("/ping");
+            }
+            if a.api {
+                what.push("/api");
+            }
+            writeln!(
+                s,
+                "  {:<16} {:<24} admin: {}",
+                a.entrypoint,
+                a.address,
+                what.join(" ")
+            )?;
+        }
+
+        writeln!(s, "\nrouters ({}):", self.routers.len())?;
+        for (ep_index, ep) in self.entrypoints.iter().enumerate() {
+            let mut routers: Vec<_> = self
+                .routers
+                .iter()
+                .filter(|r| r.entrypoints.contains(&ep_index))
+                .collect();
+            if routers.is_empty() {
+                continue;
+            }
+            routers.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.name.cmp(&b.name)));
+            writeln!(s, "  on {}:", ep.name)?;
+            for r in routers {
+                let tls = match &r.tls {
+                    None => "plain".to_string(),
+                    Some(t) if t.passthrough => "tls passthrough".to_string(),
+                    Some(t) => format!(
+                        "tls terminate (options {})",
+                        self.tls
+                            .options
+                            .get(t.options)
+                            .map_or("?", |o| o.name.as_str())
+                    ),
+                };
+                let mws: Vec<&str> = r
+                    .middlewares
+                    .iter()
+                    .filter_map(|&i| self.middlewares.get(i).map(|m| m.name.as_str()))
+                    .collect();
+                let service = self
+                    .services
+                    .get(r.service)
+                    .map_or("?", |s| s.name.as_str());
+                write!(
+                    s,
+                    "    {:<20} prio {:<5} {} -> {} [{}]",
+                    r.name, r.priority, r.rule_text, service, tls
+                )?;
+                if !mws.is_empty() {
+                    write!(s, " via {}", mws.join(", "))?;
+                }
+                writeln!(s)?;
+            }
+        }
+
+        writeln!(s, "\nservices ({}):", self.services.len())?;
+        for svc in &self.services {
+            match &svc.kind {
+                ServiceKind::LoadBalancer(lb) => {
+                    let transport = self
+                        .transports
+                        .get(lb.transport)
+                        .map_or("?", |t| t.name.as_str());
+                    let mut extra = format!("transport {transport}");
+                    if let Some(v) = lb.proxy_protocol {
+                        let _ = write!(extra, ", proxyProtocol v{v}");
+                    }
+                    if let Some(h) = &lb.health_check {
+                        let _ = write!(extra, ", health check every {}", dur(h.interval));
+                    }
+                    writeln!(s, "  {} (load balancer, {extra}):", svc.name)?;
+                    if lb.servers.is_empty() {
+                        writeln!(s, "    (no servers)")?;
+                    }
+                    for srv in &lb.servers {
+                        let resolved = if srv.address_text == srv.address.to_string() {
+                            String::new()
+                        } else {
+                            format!(" ({})", srv.address)
+                        };
+                        let tls = if srv.tls { " tls" } else { "" };
+                        writeln!(
+                            s,
+                            "    {}{resolved} weight {}{tls}",
+                            srv.address_text, srv.weight
+                        )?;
+                    }
+                }
+                ServiceKind::Weighted(children) => {
+                    writeln!(s, "  {} (weighted):", svc.name)?;
+                    let total: u64 = children.iter().map(|c| u64::from(c.weight)).sum();
+                    for c in children {
+                        let name = self
+                            .services
+                            .get(c.service)
+                            .map_or("?", |s| s.name.as_str());
+                        let pct = if total == 0 {
+                            0.0
+                        } else {
+                            100.0 * f64::from(c.weight) / total as f64
+                        };
+                        writeln!(s, "    {name} weight {} ({pct:.1}%)", c.weight)?;
+                    }
+                }
+            }
+        }
+
+        if !self.middlewares.is_empty() {
+            writeln!(s, "\nmiddlewares ({}):", self.middlewares.len())?;
+            for m in &self.middlewares {
+                match &m.kind {
+                    MiddlewareKind::IpAllowList(nets) => {
+                        writeln!(s, "  {} ipAllowList {}", m.name, join(nets.iter()))?
+                    }
+                    MiddlewareKind::InFlightConn(n) => {
+                        writeln!(s, "  {} inFlightConn {n} per client IP", m.name)?
+                    }
+                }
+            }
+        }
+
+        writeln!(s, "\ntransports ({}):", self.transports.len())?;
+        for t in &self.transports {
+            write!(
+                s,
+                "  {} dialTimeout {} terminationDelay {}",
+                t.name,
+                dur(t.dial_timeout),
+                t.termination_delay.map_or("never".to_string(), dur)
+            )?;
+            if let Some(v) = t.proxy_protocol {
+                write!(s, " proxyProtocol v{v}")?;
+            }
+            if let Some(i) = t.idle_timeout {
+                write!(s, " idleTimeout {}", dur(i))?;
+            }
+            if let Some(tls) = &t.tls {
+                write!(
+                    s,
+                    " tls{}{}",
+                    tls.server_name
+                        .as_ref()
+                        .map_or(String::new(), |n| format!(" serverName {n}")),
+                    if tls.insecure_skip_verify {
+                        " insecureSkipVerify"
+                    } else {
+                        ""
+                    }
+                )?;
+            }
+            writeln!(s)?;
+        }
+
+        let certs =
+            self.tls.certificates.len() + usize::from(self.tls.default_certificate.is_some());
+        if certs > 0 || self.tls.options.len() > 1 {
+            let names: Vec<&str> = self.tls.options.iter().map(|o| o.name.as_str()).collect();
+            writeln!(
+                s,
+                "\ntls: {certs} certificate(s), options {}",
+                names.join(", ")
+            )?;
+        }
+
+        let workers = self
+            .runtime
+            .workers
+            .map_or("auto".to_string(), |n| n.to_string());
+        let driver = match self.runtime.driver {
+            Driver::Auto => "auto",
+            Driver::IoUring => "io_uring",
+            Driver::Epoll => "epoll",
+        };
+        let forwarding = match self.runtime.forwarding {
+            Forwarding::Auto => "auto",
+            Forwarding::Splice => "splice",
+            Forwarding::Copy => "copy",
+        };
+        writeln!(
+            s,
+            "\nruntime: workers {workers}{}, driver {driver}, forwarding {forwarding}, buffer {} bytes",
+            if self.runtime.pin_cores { " (pinned)" } else { "" },
+            self.runtime.buffer_size
+        )?;
+        if !self.watch.is_empty() {
+            writeln!(
+                s,
+                "watching: {}",
+                join(self.watch.iter().map(|p| p.display()))
+            )?;
+        }
+        writeln!(s, "{} warning(s)", self.warnings.len())?;
+        Ok(())
+    }
+}
+
+fn join<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
+    items.map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// Durations the way they are written in the config (`100ms`, `10s`, `1m30s`).
+pub fn dur(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 && !d.is_zero() {
+        return format!("{}µs", d.as_micros());
+    }
+    if !ms.is_multiple_of(1000) {
+        return format!("{ms}ms");
+    }
+    let secs = d.as_secs();
+    match (secs / 3600, secs / 60 % 60, secs % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, 0, 0) => format!("{h}h"),
+        (h, m, s) => format!("{h}h{m}m{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dur;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_print_like_config() {
+        assert_eq!(dur(Duration::from_millis(100)), "100ms");
+        assert_eq!(dur(Duration::from_secs(10)), "10s");
+        assert_eq!(dur(Duration::from_secs(90)), "1m30s");
+        assert_eq!(dur(Duration::from_secs(3600)), "1h");
+        assert_eq!(dur(Duration::ZERO), "0s");
+    }
+}

@@ -1,0 +1,537 @@
+//! Config loader tests: every shipped config loads, every invalid one fails
+//! with its stated message and position, and the Traefik behaviours the
+//! loader implements (providers, defaults, canonical forms) hold.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use sluicegate::config::{self, Errors};
+use sluicegate::model::{self, MiddlewareKind, ServiceKind};
+
+/// `*.toml` files directly in `dir`, sorted.
+fn toml_files(dir: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn load_ok(path: &Path) -> model::Config {
+    config::load(path).unwrap_or_else(|e| panic!("{} should load:\n{e}", path.display()))
+}
+
+#[test]
+fn shipped_configs_load() {
+    let files = toml_files("config");
+    assert!(!files.is_empty(), "config/ has no *.toml");
+    for f in &files {
+        let c = load_ok(f);
+        assert!(!c.entrypoints.is_empty(), "{}: no entrypoints", f.display());
+        assert!(
+            c.warnings.is_empty(),
+            "{}: warnings {:?}",
+            f.display(),
+            c.warnings
+        );
+        let summary = c.summary();
+        assert!(summary.contains("entrypoints ("), "{summary}");
+    }
+}
+
+#[test]
+fn examples_load() {
+    let files = toml_files("config/examples");
+    assert!(
+        files.len() >= 9,
+        "expected the guide's examples, found {files:?}"
+    );
+    for f in &files {
+        let c = load_ok(f);
+        assert!(!c.routers.is_empty(), "{}: no routers", f.display());
+        assert!(
+            c.warnings.is_empty(),
+            "{}: warnings {:?}",
+            f.display(),
+            c.warnings
+        );
+    }
+}
+
+/// Each invalid config starts with `# expect: <substring>` lines; every one
+/// must be in the errors, which must name the file.
+#[test]
+fn invalid_configs_fail_with_their_message() {
+    let files = toml_files("config/invalid");
+    assert!(
+        files.len() >= 15,
+        "expected at least 15 invalid configs, found {}",
+        files.len()
+    );
+    for f in &files {
+        let text = fs::read_to_string(f).expect("read");
+        let expects: Vec<&str> = text
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix("# expect: "))
+            .collect();
+        assert!(!expects.is_empty(), "{}: no `# expect:` line", f.display());
+        let errors = match config::load(f) {
+            Ok(_) => panic!("{} should fail to load", f.display()),
+            Err(Errors(errors)) => errors,
+        };
+        let file_name = f.file_name().and_then(|n| n.to_str()).expect("name");
+        for e in &errors {
+            assert!(
+                e.contains(file_name),
+                "{}: error without its file: {e}",
+                f.display()
+            );
+        }
+        for want in expects {
+            assert!(
+                errors.iter().any(|e| e.contains(want)),
+                "{}: expected an error containing {want:?}, got:\n{}",
+                f.display(),
+                errors.join("\n")
+            );
+        }
+    }
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A scratch directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "sluicegate-config-{}-{n}-{name}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.0.join(rel);
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent).expect("create dir");
+        }
+        fs::write(&p, text).expect("write");
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Loads a one-file config from text.
+fn load_text(name: &str, text: &str) -> (TempDir, Result<model::Config, Errors>) {
+    let dir = TempDir::new(name);
+    let path = dir.write("main.toml", text);
+    let r = config::load(&path);
+    (dir, r)
+}
+
+fn errors_of(r: Result<model::Config, Errors>) -> Vec<String> {
+    match r {
+        Ok(_) => panic!("expected errors"),
+        Err(Errors(e)) => e,
+    }
+}
+
+const PG: &str = r#"
+[entryPoints.pg]
+address = "127.0.0.1:0"
+[tcp.services.pg.loadBalancer]
+servers = [{ address = "127.0.0.1:5432" }]
+"#;
+
+#[test]
+fn all_errors_are_reported_at_once_in_order() {
+    let (_d, r) = load_text(
+        "multi",
+        r#"[entryPoints.pg]
+adress = ":1"
+[tcp.routers.a]
+rule = "HostSNI(`*`)"
+service = "nope"
+[tcp.middlewares.m.inFlightConn]
+amount = 0
+[runtime]
+workers = 0
+"#,
+    );
+    let errors = errors_of(r);
+    let lines: Vec<&str> = errors
+        .iter()
+        .map(|e| e.split(':').nth(1).expect("line"))
+        .collect();
+    assert!(errors.len() >= 4, "{errors:#?}");
+    for want in [
+        ":2:1: unknown key `adress`",
+        ":5:11: unknown service `nope`",
+        ":7:10:",
+        ":9:11:",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.contains(want)),
+            "{want} not in {errors:#?}"
+        );
+    }
+    let mut sorted = lines.clone();
+    sorted.sort_by_key(|l| l.parse::<u32>().unwrap_or(0));
+    assert_eq!(lines, sorted, "errors are sorted by position");
+    // Display: one per line.
+    assert_eq!(
+        Errors(errors.clone()).to_string().lines().count(),
+        errors.len()
+    );
+}
+
+#[test]
+fn toml_syntax_error_is_reported_alone() {
+    let (_d, r) = load_text("syntax", "[entryPoints.pg\naddress = 1\nbogus = 2\n");
+    let errors = errors_of(r);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("main.toml:1:"), "{}", errors[0]);
+    assert!(errors[0].contains("TOML syntax error"), "{}", errors[0]);
+}
+
+#[test]
+fn provider_filename_is_relative_to_the_main_file_and_watched() {
+    let dir = TempDir::new("provider-file");
+    dir.write(
+        "dynamic/routes.toml",
+        r#"
+[tcp.routers.pg]
+rule = "HostSNI(`*`)"
+service = "pg"
+[tcp.services.pg.loadBalancer]
+servers = [{ address = "127.0.0.1:5432" }]
+[[tls.certificates]]
+certFile = "certs/a.crt"
+keyFile = "/abs/a.key"
+"#,
+    );
+    let main = dir.write(
+        "static.toml",
+        r#"
+[entryPoints.pg]
+address = "127.0.0.1:0"
+[providers.file]
+filename = "dynamic/routes.toml"
+watch = true
+"#,
+    );
+    let c = load_ok(&main);
+    assert_eq!(c.routers.len(), 1);
+    assert_eq!(c.routers[0].entrypoints, vec![0]);
+    assert_eq!(c.watch, vec![dir.0.join("dynamic/routes.toml")]);
+    // Certificate paths are relative to the file that names them.
+    assert_eq!(
+        c.tls.certificates[0].cert_file,
+        dir.0.join("dynamic/certs/a.crt")
+    );
+    assert_eq!(c.tls.certificates[0].key_file, PathBuf::from("/abs/a.key"));
+}
+
+#[test]
+fn provider_directory_reads_every_toml_sorted_and_rejects_redefinitions() {
+    let dir = TempDir::new("provider-dir");
+    dir.write(
+        "conf.d/b.toml",
+        r#"
+[tcp.routers.r2]
+rule = "HostSNI(`*`)"
+service = "s1"
+"#,
+    );
+    dir.write(
+        "conf.d/a.toml",
+        r#"
+[tcp.services.s1.loadBalancer]
+servers = [{ address = "127.0.0.1:1" }]
+"#,
+    );
+    dir.write(
+        "conf.d/sub/c.toml",
+        "[tcp.middlewares.m.inFlightConn]\namount = 1\n",
+    );
+    dir.write("conf.d/notes.txt", "not config");
+    let main = dir.write(
+        "main.toml",
+        "[entryPoints.ep]\naddress = \"127.0.0.1:0\"\n[providers.file]\ndirectory = \"conf.d\"\nwatch = true\n",
+    );
+    let c = load_ok(&main);
+    assert_eq!(c.routers.len(), 1);
+    assert_eq!(c.services[0].name, "s1");
+    assert_eq!(c.middlewares.len(), 1);
+    assert_eq!(c.watch, vec![dir.0.join("conf.d")]);
+
+    // The same service defined again in a later file: error at the second place.
+    dir.write(
+        "conf.d/z.toml",
+        "\n[tcp.services.s1.loadBalancer]\nservers = [{ address = \"127.0.0.1:2\" }]\n",
+    );
+    let errors = errors_of(config::load(&main));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("z.toml:2:15: service `s1` is already defined at "),
+        "{}",
+        errors[0]
+    );
+    assert!(errors[0].contains("a.toml:2:15"), "{}", errors[0]);
+}
+
+#[test]
+fn static_keys_in_a_dynamic_file_are_errors() {
+    let dir = TempDir::new("static-in-dynamic");
+    dir.write("dyn.toml", "[entryPoints.x]\naddress = \":1\"\n");
+    let main = dir.write(
+        "main.toml",
+        "[entryPoints.ep]\naddress = \"127.0.0.1:0\"\n[providers.file]\nfilename = \"dyn.toml\"\n",
+    );
+    let errors = errors_of(config::load(&main));
+    assert!(
+        errors[0].contains("dyn.toml:1:2: `entryPoints` is static configuration"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn ipv4_mapped_ranges_become_ipv4() {
+    let text = format!(
+        "{PG}[tcp.middlewares.allow.ipAllowList]\nsourceRange = [\"::ffff:10.0.0.0/104\", \"::ffff:192.168.1.7\", \"10.1.2.3/8\", \"2001:db8::1/32\"]\n"
+    );
+    let (_d, r) = load_text("mapped", &text);
+    let c = r.expect("loads");
+    let MiddlewareKind::IpAllowList(nets) = &c.middlewares[0].kind else {
+        panic!("not an allow list")
+    };
+    let nets: Vec<String> = nets.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        nets,
+        [
+            "10.0.0.0/8",
+            "192.168.1.7/32",
+            "10.0.0.0/8",
+            "2001:db8::/32"
+        ]
+    );
+}
+
+#[test]
+fn default_priority_is_the_rule_length() {
+    let text = format!(
+        "{PG}[tcp.routers.a]\nrule = \"HostSNI(`*`)\"\nservice = \"pg\"\n[tcp.routers.b]\nrule = \"HostSNI(`*`) && ClientIP(`10.0.0.0/8`)\"\nservice = \"pg\"\npriority = 0\n[tcp.routers.c]\nrule = \"HostSNI(`*`)\"\nservice = \"pg\"\npriority = 7\n"
+    );
+    let (_d, r) = load_text("priority", &text);
+    let c = r.expect("loads");
+    let prio: Vec<i64> = c.routers.iter().map(|r| r.priority).collect();
+    assert_eq!(prio, [12, 38, 7]);
+}
+
+#[test]
+fn empty_entrypoints_mean_all_tcp_entrypoints() {
+    let text = r#"
+[entryPoints.a]
+address = "127.0.0.1:0"
+[entryPoints.b]
+address = "127.0.0.1:0"
+[entryPoints.traefik]
+address = "127.0.0.1:0"
+[ping]
+[tcp.routers.r]
+rule = "HostSNI(`*`)"
+service = "s"
+[tcp.routers.r2]
+entryPoints = []
+rule = "HostSNI(`*`)"
+service = "s"
+[tcp.services.s.loadBalancer]
+servers = [{ address = "127.0.0.1:1" }]
+"#;
+    let (_d, r) = load_text("all-eps", text);
+    let c = r.expect("loads");
+    // The admin entrypoint is not a TCP entrypoint.
+    let names: Vec<&str> = c.entrypoints.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(c.routers[0].entrypoints, vec![0, 1]);
+    assert_eq!(c.routers[1].entrypoints, vec![0, 1]);
+    let admin = c.admin.expect("admin");
+    assert!(admin.ping && !admin.metrics && !admin.api);
+
+    // Traefik v3 asDefault: only those.
+    let (_d, r) = load_text(
+        "as-default",
+        &text.replace("[entryPoints.b]\n", "[entryPoints.b]\nasDefault = true\n"),
+    );
+    assert_eq!(r.expect("loads").routers[0].entrypoints, vec![1]);
+}
+
+#[test]
+fn weighted_cycles_are_reported_with_their_path() {
+    let text = r#"
+[[tcp.services.a.weighted.services]]
+name = "b"
+[[tcp.services.b.weighted.services]]
+name = "c"
+[[tcp.services.c.weighted.services]]
+name = "a"
+[[tcp.services.self.weighted.services]]
+name = "self"
+"#;
+    let errors = errors_of(load_text("cycle", text).1);
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0].contains("main.toml:7:8: weighted services form a cycle: a -> b -> c -> a"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[1].contains("weighted services form a cycle: self -> self"),
+        "{}",
+        errors[1]
+    );
+}
+
+#[test]
+fn traefik_sections_without_tcp_effect_warn() {
+    let text = format!("[log]\nlevel = \"DEBUG\"\n[global]\ncheckNewVersion = false\n{PG}");
+    let (_d, r) = load_text("log", &text);
+    let c = r.expect("loads");
+    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+    assert!(
+        c.warnings[0].contains("main.toml:1:2: `log` is ignored"),
+        "{:?}",
+        c.warnings
+    );
+    assert!(
+        c.warnings[1].contains("main.toml:3:2: `global` is ignored"),
+        "{:?}",
+        c.warnings
+    );
+    assert!(c.summary().contains("2 warning(s)"));
+}
+
+#[test]
+fn durations_follow_traefik() {
+    let text = format!(
+        r#"{PG}
+[tcp.serversTransports.t]
+dialTimeout = 30
+dialKeepAlive = "-1s"
+terminationDelay = "-1s"
+[tcp.services.old.loadBalancer]
+terminationDelay = 250
+servers = [{{ address = "127.0.0.1:5432" }}]
+[entryPoints.pg.transport.lifeCycle]
+graceTimeOut = "1m30s"
+"#
+    );
+    let (_d, r) = load_text("durations", &text);
+    let c = r.expect("loads");
+    let t = &c.transports[1];
+    assert_eq!(t.dial_timeout, Duration::from_secs(30));
+    assert_eq!(t.dial_keep_alive, None);
+    assert_eq!(t.termination_delay, None);
+    assert_eq!(c.entrypoints[0].grace_timeout, Duration::from_secs(90));
+    let ServiceKind::LoadBalancer(lb) = &c.services[1].kind else {
+        panic!("lb")
+    };
+    assert_eq!(lb.termination_delay, Some(Some(Duration::from_millis(250))));
+    // The deprecated key warns.
+    assert!(
+        c.warnings.iter().any(|w| w.contains("deprecated")),
+        "{:?}",
+        c.warnings
+    );
+    // The default transport keeps Traefik's defaults.
+    assert_eq!(c.transports[0].dial_timeout, model::DEFAULT_DIAL_TIMEOUT);
+}
+
+#[test]
+fn static_tcp_servers_transport_sets_the_default_transport() {
+    let text = format!("[tcpServersTransport]\ndialTimeout = \"2s\"\nterminationDelay = 0\n{PG}");
+    let (_d, r) = load_text("static-transport", &text);
+    let c = r.expect("loads");
+    assert_eq!(c.transports[0].name, "default");
+    assert_eq!(c.transports[0].dial_timeout, Duration::from_secs(2));
+    assert_eq!(c.transports[0].termination_delay, Some(Duration::ZERO));
+}
+
+#[test]
+fn rule_errors_point_inside_the_string() {
+    let text =
+        format!("{PG}[tcp.routers.r]\nrule = \"HostSNI(`*`) || Bogus(`x`)\"\nservice = \"pg\"\n");
+    let errors = errors_of(load_text("rule", &text).1);
+    // `Bogus` starts at byte 16 of the rule, column 8 + 1 + 16.
+    assert!(
+        errors[0].contains("main.toml:7:25: invalid rule"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn keys_are_case_insensitive_like_traefik() {
+    let text = "[entrypoints.pg]\nADDRESS = \"127.0.0.1:0\"\n[TCP.Routers.r]\nRule = \"HostSNI(`*`)\"\nService = \"s\"\n[TCP.services.s.LoadBalancer]\nServers = [{ Address = \"127.0.0.1:1\" }]\n";
+    let (_d, r) = load_text("case", text);
+    let c = r.expect("loads");
+    assert_eq!(c.routers[0].name, "r");
+    // Two spellings of one table are two TOML tables: refused, not half-read.
+    let errors = errors_of(load_text("case2", &text.replace("[TCP.services", "[tcp.services")).1);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("main.toml:6:2: duplicate key `tcp` in the top level")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn sections_can_be_switched_on_with_true() {
+    let text = format!(
+        "ping = true\n[entryPoints.traefik]\naddress = \"127.0.0.1:0\"\n{PG}[tcp.routers.r]\nrule = \"HostSNI(`db.example.com`)\"\nservice = \"pg\"\ntls = true\n[[tls.certificates]]\ncertFile = \"a.crt\"\nkeyFile = \"a.key\"\n"
+    );
+    let (_d, r) = load_text("true-sections", &text);
+    let c = r.expect("loads");
+    let tls = c.routers[0].tls.as_ref().expect("tls on");
+    assert!(!tls.passthrough);
+    assert_eq!(tls.options, 0);
+    assert!(c.admin.expect("admin").ping);
+}
+
+#[test]
+fn unknown_provider_reference_and_admin_without_entrypoint() {
+    let text =
+        format!("[api]\n{PG}[tcp.routers.r]\nrule = \"HostSNI(`*`)\"\nservice = \"pg@docker\"\n");
+    let errors = errors_of(load_text("provider-ref", &text).1);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("main.toml:9:11: service `pg@docker` names provider `docker`")),
+        "{errors:?}"
+    );
+    let (_d, r) = load_text("api-no-ep", &format!("[api]\n{PG}"));
+    let c = r.expect("loads");
+    assert!(c.admin.is_none());
+    assert!(
+        c.warnings[0]
+            .contains("main.toml:1:1: the API is not served: there is no [entryPoints.traefik]"),
+        "{:?}",
+        c.warnings
+    );
+}
