@@ -184,10 +184,11 @@ pub fn driver_name(d: Driver) -> &'static str {
 pub fn run(id: usize, driver: Driver, shared: Arc<Shared>, listeners: Listeners) -> io::Result<()> {
     let use_uring = driver_name(driver) == "io_uring";
     if use_uring {
-        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .with_entries(RING_ENTRIES)
-            .enable_timer()
-            .build()?;
+        let mut rt = match uring_runtime(true) {
+            Ok(rt) => rt,
+            // Kernels before 6.0 lack SINGLE_ISSUER / COOP_TASKRUN.
+            Err(_) => uring_runtime(false)?,
+        };
         rt.block_on(worker_main(id, shared, listeners))
     } else {
         let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
@@ -195,6 +196,24 @@ pub fn run(id: usize, driver: Driver, shared: Arc<Shared>, listeners: Listeners)
             .build()?;
         rt.block_on(worker_main(id, shared, listeners))
     }
+}
+
+type UringRuntime = monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>;
+
+/// An io_uring runtime. COOP_TASKRUN (completions are processed when the
+/// worker enters the kernel anyway, without an interrupt per completion) and
+/// SINGLE_ISSUER (one thread owns the ring) measured +35% requests/s on
+/// redis-benchmark GET -c 50 through the proxy (38k → 51k, PERFORMANCE.md).
+fn uring_runtime(tuned: bool) -> io::Result<UringRuntime> {
+    let mut urb = io_uring::IoUring::builder();
+    if tuned {
+        urb.setup_coop_taskrun().setup_single_issuer();
+    }
+    monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .with_entries(RING_ENTRIES)
+        .uring_builder(urb)
+        .enable_timer()
+        .build()
 }
 
 thread_local! {
