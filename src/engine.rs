@@ -39,7 +39,7 @@ pub fn run(path: &Path) -> Result<(), String> {
     let pin = cfg.runtime.pin_cores && !cores.is_empty();
     let rt = cfg.runtime.clone();
     let watch = cfg.watch.clone();
-    let shared = Shared::new(Snapshot::new(cfg));
+    let shared = Shared::new(Snapshot::new(cfg)?);
     log!(
         Info,
         "starting",
@@ -132,11 +132,25 @@ fn reload(path: &Path, shared: &Shared, why: &str) {
                 );
                 return;
             }
-            for w in &cfg.warnings {
-                log!(Warn, "config", warning = w);
+            let warnings = cfg.warnings.clone();
+            match Snapshot::new(cfg) {
+                Ok(snap) => {
+                    for w in &warnings {
+                        log!(Warn, "config", warning = w);
+                    }
+                    shared.publish(snap);
+                    log!(Info, "reloaded", trigger = why);
+                }
+                Err(e) => {
+                    for line in e.lines() {
+                        log!(
+                            Error,
+                            "reload failed: keeping the running config",
+                            error = line
+                        );
+                    }
+                }
             }
-            shared.publish(Snapshot::new(cfg));
-            log!(Info, "reloaded", trigger = why);
         }
         Err(errs) => {
             for e in &errs.0 {

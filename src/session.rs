@@ -16,10 +16,12 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 
 use crate::config::rule::MatchCtx;
-use crate::forward::{self, Outcome};
+use crate::forward::{self, write_all, Outcome};
 use crate::model::{MiddlewareKind, ServiceKind};
+use crate::peek::{PeekError, Peeked, Reader};
+use crate::wire::{client_hello, postgres, proxy_protocol};
 use crate::worker::{Shared, WorkerSnap};
-use crate::{log, sys};
+use crate::{log, sys, tls};
 
 /// How a connection ended before forwarding started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +38,14 @@ enum Early {
     NoServer,
     /// The client socket could not be prepared.
     ClientError,
+    /// Closed before routing (deadline, bad PROXY header, huge hello, ...).
+    Peek(PeekError),
+    /// The PostgreSQL backend refused or failed our SSLRequest.
+    BackendRefusedTls,
+    /// The PROXY header or the replayed bytes could not be written.
+    BackendWrite,
+    /// TLS termination ended before forwarding.
+    Tls(&'static str),
 }
 
 impl Early {
@@ -47,6 +57,10 @@ impl Early {
             Early::DialFailed => "dial_failed",
             Early::NoServer => "no_server",
             Early::ClientError => "client_error",
+            Early::Peek(p) => p.as_str(),
+            Early::BackendRefusedTls => "backend_refused_tls",
+            Early::BackendWrite => "backend_write_failed",
+            Early::Tls(s) => s,
         }
     }
 }
@@ -150,18 +164,57 @@ async fn run<'a>(
     acc: &mut Access<'a>,
 ) -> Result<(forward::Report, Outcome), Early> {
     let cfg = &ws.snap.config;
-    let fd = client.as_raw_fd();
-    sys::set_nonblocking(fd).map_err(|_| Early::ClientError)?;
+    sys::set_nonblocking(client.as_raw_fd()).map_err(|_| Early::ClientError)?;
     let _ = client.set_nodelay(true);
     // A `[::]` listener reports IPv4 clients as ::ffff:a.b.c.d; rules and
     // allow lists always see the canonical form.
     let client_ip = peer.ip().to_canonical();
 
+    let ep_cfg = &cfg.entrypoints[ep];
+    let entry = &ws.snap.routes.entries[ep];
+    // One absolute deadline from accept to the routing decision; 0 = none
+    // (Traefik's meaning of a zero readTimeout).
+    let deadline = (!ep_cfg.read_timeout.is_zero()).then(|| acc.start + ep_cfg.read_timeout);
+    let mut reader = Reader::new(client, deadline);
+
+    // PROXY protocol from trusted sources only; never guessed.
+    let mut client_addr = SocketAddr::new(client_ip, peer.port());
+    let mut untrusted_proxy = false;
+    if let Some(pp) = &ep_cfg.proxy_protocol {
+        if pp.insecure || pp.trusted_ips.iter().any(|n| n.contains(&client_ip)) {
+            if let Some(src) = reader.proxy_header().await.map_err(Early::Peek)? {
+                client_addr = SocketAddr::new(src.ip().to_canonical(), src.port());
+                acc.client = client_addr;
+            }
+        } else {
+            untrusted_proxy = true;
+        }
+    }
+    let client_ip = client_addr.ip();
+
+    // Peek only when a TLS router needs the ClientHello; otherwise dial at
+    // once (server-speaks-first protocols).
+    let peeked = if entry.needs_peek() {
+        reader
+            .hello(client_hello::DEFAULT_CAP, untrusted_proxy)
+            .await
+            .map_err(Early::Peek)?
+    } else {
+        Peeked {
+            buf: reader.buf,
+            ..Peeked::default()
+        }
+    };
+    let alpn: Vec<&[u8]> = peeked
+        .hello
+        .iter()
+        .flat_map(|h| h.alpn.iter().map(Vec::as_slice))
+        .collect();
     let ctx = MatchCtx {
-        sni: None,
-        alpn: &[],
+        sni: peeked.hello.as_ref().and_then(|h| h.sni.as_deref()),
+        alpn: &alpn,
         client_ip,
-        tls: false,
+        tls: peeked.hello.is_some(),
     };
     let router_idx = ws.snap.routes.route(cfg, ep, &ctx).ok_or(Early::NoRoute)?;
     acc.router = Some(router_idx);
@@ -189,8 +242,18 @@ async fn run<'a>(
         }
     }
 
+    // TLS termination: the handshake completes before the backend is dialed.
+    let terminated = match &router.tls {
+        Some(t) if !t.passthrough && peeked.hello.is_some() => Some(
+            tls::handshake(&ws.snap.tls, client, &peeked.buf, t.options, deadline)
+                .await
+                .map_err(|e| Early::Tls(e.as_str()))?,
+        ),
+        _ => None,
+    };
+
     acc.service = Some(router.service);
-    let (backend, lb_service) = dial_service(ws, router.service, acc).await?;
+    let (backend, lb_service, server_idx) = dial_service(ws, router.service, acc).await?;
     let ServiceKind::LoadBalancer(lb) = &cfg.services[lb_service].kind else {
         return Err(Early::NoServer);
     };
@@ -204,7 +267,79 @@ async fn run<'a>(
         mode: cfg.runtime.forwarding,
         buffer_size: cfg.runtime.buffer_size,
     };
-    Ok(forward::duplex(client, &backend, &opts).await)
+
+    // PROXY protocol towards the backend: the client's address as we know it.
+    if let Some(version) = lb.proxy_protocol {
+        let dst = client.local_addr().unwrap_or(client_addr);
+        let header = if version == 1 {
+            proxy_protocol::encode_v1(client_addr, dst)
+        } else {
+            proxy_protocol::encode_v2(client_addr, dst)
+        };
+        write_all(&backend, &header)
+            .await
+            .map_err(|_| Early::BackendWrite)?;
+    }
+
+    if let Some(accepted) = terminated {
+        let server = &lb.servers[server_idx];
+        let backend_tls = (server.tls || transport.tls.is_some()).then_some(tls::BackendTls {
+            transport: lb.transport,
+        });
+        return Ok(accepted
+            .forward(&ws.snap.tls, client, &backend, backend_tls, &opts)
+            .await);
+    }
+
+    // Passthrough of a PostgreSQL SSLRequest: ask the backend for TLS too,
+    // then the ClientHello flows untouched.
+    if peeked.pg_ssl {
+        pg_ssl_request(&backend, transport.dial_timeout).await?;
+    }
+    let replayed = peeked.buf.len() as u64;
+    if replayed > 0 {
+        write_all(&backend, &peeked.buf)
+            .await
+            .map_err(|_| Early::BackendWrite)?;
+    }
+    drop(peeked);
+    let (mut report, outcome) = forward::duplex(client, &backend, &opts).await;
+    report.up += replayed;
+    Ok((report, outcome))
+}
+
+/// Send our SSLRequest to a PostgreSQL backend and require its `S`.
+async fn pg_ssl_request(backend: &TcpStream, limit: Duration) -> Result<(), Early> {
+    write_all(backend, &postgres::SSL_REQUEST)
+        .await
+        .map_err(|_| Early::BackendWrite)?;
+    let fd = backend.as_raw_fd();
+    let mut b = [0u8; 1];
+    let wait = async {
+        loop {
+            match sys::recv(fd, &mut b) {
+                Ok(1) => return Ok(b[0]),
+                Ok(_) => return Err(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    backend.readable(false).await.map_err(|_| ())?
+                }
+                Err(_) => return Err(()),
+            }
+        }
+    };
+    let limit = if limit.is_zero() {
+        Duration::from_secs(30)
+    } else {
+        limit
+    };
+    let reply = match monoio::time::timeout(limit, wait).await {
+        Ok(Ok(r)) => r,
+        _ => return Err(Early::BackendRefusedTls),
+    };
+    postgres::check_backend_reply(reply).map_err(|e| {
+        log!(Warn, "postgres backend refused TLS", reason = e.as_str());
+        Early::BackendRefusedTls
+    })
 }
 
 /// Pick and dial servers of `service` until one accepts; each server at most
@@ -213,7 +348,7 @@ async fn dial_service<'a>(
     ws: &'a WorkerSnap,
     service: usize,
     acc: &mut Access<'a>,
-) -> Result<(TcpStream, usize), Early> {
+) -> Result<(TcpStream, usize, usize), Early> {
     let cfg = &ws.snap.config;
     let mut tried = Vec::new();
     loop {
@@ -240,7 +375,7 @@ async fn dial_service<'a>(
         )
         .await
         {
-            Ok(s) => return Ok((s, si)),
+            Ok(s) => return Ok((s, si, idx)),
             Err(e) => {
                 log!(
                     Warn,

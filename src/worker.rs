@@ -41,12 +41,20 @@ const RING_ENTRIES: u32 = 4096;
 pub struct Snapshot {
     pub config: Config,
     pub routes: RouteTable,
+    pub tls: crate::tls::TlsState,
 }
 
 impl Snapshot {
-    pub fn new(config: Config) -> Snapshot {
+    /// Compile routes and load certificates. Errors (a missing certificate
+    /// file, a key that does not match) are one message per line.
+    pub fn new(config: Config) -> Result<Snapshot, String> {
         let routes = RouteTable::new(&config);
-        Snapshot { config, routes }
+        let tls = crate::tls::TlsState::build(&config).map_err(|e| e.join("\n"))?;
+        Ok(Snapshot {
+            config,
+            routes,
+            tls,
+        })
     }
 }
 

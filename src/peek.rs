@@ -1,0 +1,237 @@
+//! Reading what a connection sends before it can be routed: a PROXY protocol
+//! header (trusted sources only), a PostgreSQL SSLRequest / GSSENCRequest, and
+//! the TLS ClientHello. All under one absolute deadline from accept
+//! (`readTimeout`), never reset per byte, so a slow client costs one idle task
+//! and never blocks the accept loop or other connections.
+//!
+//! The decisions are the pure codecs' (`wire::*`); this module only reads and
+//! answers. Every byte that belongs to the client's stream (the hello and
+//! whatever followed it) stays in `Peeked::buf` to be replayed to the backend
+//! exactly.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use monoio::net::TcpStream;
+
+use crate::forward::write_all;
+use crate::sys;
+use crate::wire::client_hello::{self, ClientHello, Peek};
+use crate::wire::postgres::{self, PgFirst};
+use crate::wire::proxy_protocol::{self, Addresses, Decoded};
+
+/// First allocation for pre-routing bytes: a typical ClientHello (≈ 500 B, up
+/// to ≈ 1.8 KiB with a post-quantum key share) fits; larger ones grow it.
+const INITIAL_BUF: usize = 2048;
+
+/// Why a connection was closed before routing (the access-log outcome).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeekError {
+    /// The deadline passed before the routing decision.
+    Timeout,
+    /// The client closed or reset before the routing decision.
+    ClientClosed,
+    /// The ClientHello announced more bytes than the cap.
+    HelloTooLarge,
+    /// A PROXY header from a trusted source was malformed.
+    ProxyInvalid,
+    /// A PROXY header arrived from a source that is not trusted.
+    ProxyUntrusted,
+    /// Bytes were sent after a PostgreSQL request before its reply.
+    PgInjection,
+}
+
+impl PeekError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeekError::Timeout => "read_timeout",
+            PeekError::ClientClosed => "client_closed",
+            PeekError::HelloTooLarge => "hello_too_large",
+            PeekError::ProxyInvalid => "proxy_protocol_invalid",
+            PeekError::ProxyUntrusted => "proxy_protocol_untrusted",
+            PeekError::PgInjection => "pg_bytes_after_request",
+        }
+    }
+}
+
+/// What was learnt before routing.
+#[derive(Debug, Default)]
+pub struct Peeked {
+    /// Client bytes to replay to the backend (PROXY header and PostgreSQL
+    /// request removed, everything else exactly as received).
+    pub buf: Vec<u8>,
+    /// The ClientHello, when the connection is TLS.
+    pub hello: Option<ClientHello>,
+    /// The client sent an SSLRequest and was answered `S`.
+    pub pg_ssl: bool,
+}
+
+/// Reads from `client` into a buffer until the deadline.
+pub struct Reader<'a> {
+    client: &'a TcpStream,
+    deadline: Option<Instant>,
+    pub buf: Vec<u8>,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(client: &'a TcpStream, deadline: Option<Instant>) -> Reader<'a> {
+        Reader {
+            client,
+            deadline,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Read until the buffer holds at least `min_len` bytes.
+    async fn fill(&mut self, min_len: usize) -> Result<(), PeekError> {
+        let fd = self.client.as_raw_fd();
+        while self.buf.len() < min_len {
+            if self.buf.capacity() < min_len {
+                self.buf.reserve(min_len.max(INITIAL_BUF) - self.buf.len());
+            }
+            let len = self.buf.len();
+            let spare = self.buf.capacity() - len;
+            self.buf.resize(len + spare, 0);
+            let r = sys::recv(fd, &mut self.buf[len..]);
+            match r {
+                Ok(0) => {
+                    self.buf.truncate(len);
+                    return Err(PeekError::ClientClosed);
+                }
+                Ok(n) => self.buf.truncate(len + n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.buf.truncate(len);
+                    self.wait_readable().await?;
+                }
+                Err(_) => {
+                    self.buf.truncate(len);
+                    return Err(PeekError::ClientClosed);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_readable(&self) -> Result<(), PeekError> {
+        // Only a readiness poll is in flight, so a timeout loses no bytes.
+        let ready = match self.deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                match monoio::time::timeout(left, self.client.readable(false)).await {
+                    Ok(r) => r,
+                    Err(_) => return Err(PeekError::Timeout),
+                }
+            }
+            None => self.client.readable(false).await,
+        };
+        ready.map_err(|_| PeekError::ClientClosed)
+    }
+
+    /// Read a PROXY protocol header (the source was checked as trusted).
+    /// Returns the client address it carries, or `None` for LOCAL/UNKNOWN.
+    pub async fn proxy_header(&mut self) -> Result<Option<SocketAddr>, PeekError> {
+        loop {
+            match proxy_protocol::decode(&self.buf) {
+                Decoded::NeedMore { min_len } => self.fill(min_len).await?,
+                Decoded::Invalid(_) => return Err(PeekError::ProxyInvalid),
+                Decoded::Header(h) => {
+                    self.buf.drain(..h.consumed_len);
+                    return Ok(match h.addresses {
+                        Addresses::Proxied { src, .. } => Some(src),
+                        Addresses::Local | Addresses::Unknown => None,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Peek the ClientHello, answering PostgreSQL's SSLRequest (`S`) and
+    /// GSSENCRequest (`N`) on the way. `untrusted_proxy`: close a connection
+    /// that starts with a PROXY header (its source is not trusted).
+    pub async fn hello(mut self, cap: usize, untrusted_proxy: bool) -> Result<Peeked, PeekError> {
+        let mut pg_ssl = false;
+        if self.buf.is_empty() {
+            self.fill(1).await?;
+        }
+        loop {
+            if untrusted_proxy {
+                match proxy_prefix(&self.buf) {
+                    Some(true) => return Err(PeekError::ProxyUntrusted),
+                    Some(false) => {}
+                    None => {
+                        let n = self.buf.len() + 1;
+                        self.fill(n).await?;
+                        continue;
+                    }
+                }
+            }
+            if !pg_ssl {
+                match postgres::classify(&self.buf) {
+                    PgFirst::NeedMore => {
+                        let n = self.buf.len() + 1;
+                        self.fill(n).await?;
+                        continue;
+                    }
+                    PgFirst::SslRequest => {
+                        self.buf.clear();
+                        self.reply(postgres::REPLY_TLS_ACCEPTED).await?;
+                        pg_ssl = true;
+                        self.fill(1).await?;
+                        continue;
+                    }
+                    PgFirst::GssEncRequest => {
+                        // libpq then falls back to SSLRequest or plain.
+                        self.buf.clear();
+                        self.reply(postgres::REPLY_REFUSED).await?;
+                        self.fill(1).await?;
+                        continue;
+                    }
+                    PgFirst::BytesAfterRequest => return Err(PeekError::PgInjection),
+                    PgFirst::NotPostgres => {}
+                }
+            }
+            match client_hello::peek(&self.buf, cap) {
+                Peek::NeedMore { min_len } => self.fill(min_len).await?,
+                Peek::TooLarge { .. } => return Err(PeekError::HelloTooLarge),
+                Peek::NotTls(_) => {
+                    return Ok(Peeked {
+                        buf: self.buf,
+                        hello: None,
+                        pg_ssl,
+                    })
+                }
+                Peek::Hello(h) => {
+                    return Ok(Peeked {
+                        buf: self.buf,
+                        hello: Some(h),
+                        pg_ssl,
+                    })
+                }
+            }
+        }
+    }
+
+    async fn reply(&self, byte: u8) -> Result<(), PeekError> {
+        write_all(self.client, &[byte])
+            .await
+            .map_err(|_| PeekError::ClientClosed)
+    }
+}
+
+/// Whether the buffer starts with a PROXY v1 (`PROXY `) or v2 signature:
+/// `None` while the bytes so far are a prefix of one (undecided).
+fn proxy_prefix(buf: &[u8]) -> Option<bool> {
+    const V1: &[u8] = b"PROXY ";
+    let v2: &[u8] = &proxy_protocol::V2_SIGNATURE;
+    for sig in [V1, v2] {
+        if buf.len() >= sig.len() && buf.starts_with(sig) {
+            return Some(true);
+        }
+        if buf.len() < sig.len() && sig.starts_with(buf) {
+            return None;
+        }
+    }
+    Some(false)
+}
