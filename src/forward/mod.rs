@@ -125,17 +125,21 @@ pub async fn write_all(dst: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// One direction's pump for the configured forwarding mode. `auto` copies
+/// small messages and splices bulk flows (measured in PERFORMANCE.md).
+fn pump<'a>(dir: Dir<'a>, opts: &Opts) -> Pin<Box<dyn Future<Output = DirEnd> + 'a>> {
+    match opts.mode {
+        Forwarding::Copy => Box::pin(copy::pump(dir, opts.buffer_size)),
+        Forwarding::Splice => Box::pin(splice::pump(dir, opts.buffer_size, false)),
+        Forwarding::Auto => Box::pin(splice::pump(dir, opts.buffer_size, true)),
+    }
+}
+
 /// Forward both directions until both are done (or a reset / deadline).
 pub async fn duplex(client: &TcpStream, backend: &TcpStream, opts: &Opts) -> (Report, Outcome) {
     let up = Cell::new(0u64);
     let down = Cell::new(0u64);
     let last_active = Cell::new(Instant::now());
-    let splice = match opts.mode {
-        Forwarding::Splice => true,
-        // Measured (PERFORMANCE.md): copy wins on small request/response
-        // traffic, which is what database connections mostly carry.
-        Forwarding::Copy | Forwarding::Auto => false,
-    };
     let c2b = Dir {
         src: client,
         dst: backend,
@@ -148,16 +152,8 @@ pub async fn duplex(client: &TcpStream, backend: &TcpStream, opts: &Opts) -> (Re
         bytes: &down,
         last_active: &last_active,
     };
-    let mut a: Pin<Box<dyn Future<Output = DirEnd> + '_>> = if splice {
-        Box::pin(splice::pump(c2b, opts.buffer_size))
-    } else {
-        Box::pin(copy::pump(c2b, opts.buffer_size))
-    };
-    let mut b: Pin<Box<dyn Future<Output = DirEnd> + '_>> = if splice {
-        Box::pin(splice::pump(b2c, opts.buffer_size))
-    } else {
-        Box::pin(copy::pump(b2c, opts.buffer_size))
-    };
+    let mut a = pump(c2b, opts);
+    let mut b = pump(b2c, opts);
     let mut a_end: Option<DirEnd> = None;
     let mut b_end: Option<DirEnd> = None;
     let mut fin_deadline: Option<Pin<Box<monoio::time::Sleep>>> = None;
@@ -215,9 +211,11 @@ pub async fn duplex(client: &TcpStream, backend: &TcpStream, opts: &Opts) -> (Re
         DirEnd::Eof => None,
     });
 
+    // Boxed: the reset path is rare, and its timer would otherwise enlarge
+    // every connection's future for its whole life.
     match outcome {
-        Outcome::ClientReset => abort_after_drain(backend).await,
-        Outcome::BackendReset => abort_after_drain(client).await,
+        Outcome::ClientReset => Box::pin(abort_after_drain(backend)).await,
+        Outcome::BackendReset => Box::pin(abort_after_drain(client)).await,
         _ => {}
     }
     (

@@ -70,14 +70,30 @@ impl Drop for PooledPipe {
     }
 }
 
-pub(crate) async fn pump(dir: Dir<'_>, buffer_size: usize) -> DirEnd {
+/// `adaptive` (forwarding = "auto"): copy until a read fills the whole
+/// buffer, i.e. until the flow is bulky, then splice for the rest of it.
+/// Small request/response traffic never pays for pipes; bulk flows move
+/// without copies after their first buffer.
+pub(crate) async fn pump(dir: Dir<'_>, buffer_size: usize, adaptive: bool) -> DirEnd {
     let src_fd = dir.src.as_raw_fd();
     let dst_fd = dir.dst.as_raw_fd();
+    let mut bulky = !adaptive;
     loop {
         if let Err(e) = dir.src.readable(false).await {
             return DirEnd::SrcFailed(e);
         }
         loop {
+            if !bulky {
+                match copy_once(&dir, buffer_size).await {
+                    Ok(Some(true)) => {
+                        bulky = true;
+                        continue;
+                    }
+                    Ok(Some(false)) => break,
+                    Ok(None) => return DirEnd::Eof,
+                    Err(end) => return end,
+                }
+            }
             let Some(mut pp) = PooledPipe::take() else {
                 // Over the pipe budget: move this chunk by copying.
                 match copy_once(&dir, buffer_size).await {
