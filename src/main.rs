@@ -39,8 +39,19 @@ fn main() -> ExitCode {
                 for w in &cfg.warnings {
                     eprintln!("warning: {w}");
                 }
-                print!("{}", cfg.summary());
-                ExitCode::SUCCESS
+                let summary = cfg.summary();
+                // Load certificates too, as a start would: a config that
+                // passes `check` starts.
+                match sluicegate::worker::Snapshot::new(cfg) {
+                    Ok(_) => {
+                        print!("{summary}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("{e}");
+                        ExitCode::FAILURE
+                    }
+                }
             }
             Err(errs) => {
                 eprint!("{errs}");
