@@ -1,18 +1,54 @@
 //! Server selection: smooth weighted round robin (nginx's algorithm) over a
-//! tree of services. Pure: no IO, no clocks, no shared state.
+//! tree of services, skipping servers that are down. Pure: no IO, no clocks
+//! (the caller passes `now`), no shared state.
 //!
 //! Each worker owns one `Balancer` built from the snapshot, so selection is
 //! deterministic for a given sequence of calls on that worker and needs no
 //! locks. A `loadBalancer` service spreads over its servers by their weights; a
 //! `weighted` service spreads over its child services by their weights, then
-//! the child selects. During one connection's failover the servers already
-//! tried are skipped (nginx skips them the same way), so each server is tried
-//! at most once and the rotation of the others is not disturbed by the skip.
+//! the child selects. A server is passed over when
+//! - it was already tried during this connection's failover (nginx skips them
+//!   the same way, so each server is tried at most once),
+//! - the active health check says it is down (the caller's `up` view of the
+//!   snapshot's `HealthState`), or
+//! - this worker saw `EJECT_AFTER_FAILURES` dial failures in a row to it
+//!   (passive ejection) less than `EJECT_COOLDOWN` ago.
+//!
+//! Skipping never disturbs the rotation of the others. Passive ejection is a
+//! preference, not a verdict: when every server left is ejected, they are
+//! tried anyway (nginx never marks the only server of a group down, Envoy
+//! has its panic threshold), so a service whose backend restarted is not
+//! kept dark for a whole cool-down after it came back. An actively unhealthy
+//! server is never picked (Traefik's behaviour).
+
+use std::time::{Duration, Instant};
 
 use crate::model::{Config, ServiceKind};
 
 /// Index of a server in the flattened server list of a snapshot.
 pub type ServerId = usize;
+
+/// Dial failures in a row after which a worker passes a server over. One
+/// refusal can be a backend restarting; three in a row are a dead server that
+/// would otherwise cost every client a dial attempt.
+pub const EJECT_AFTER_FAILURES: u32 = 3;
+/// How long a passively ejected server is passed over before it gets one
+/// connection again (and is ejected again at once if that one fails too).
+/// Short, because active health checks, when configured, do the long-term job.
+pub const EJECT_COOLDOWN: Duration = Duration::from_secs(5);
+
+/// `(service index, server index within that service)` for every ServerId:
+/// services in config order, each load balancer's servers in order. The
+/// snapshot's `HealthState` uses the same numbering.
+pub fn flatten(cfg: &Config) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    for (si, svc) in cfg.services.iter().enumerate() {
+        if let ServiceKind::LoadBalancer(lb) = &svc.kind {
+            out.extend((0..lb.servers.len()).map(|i| (si, i)));
+        }
+    }
+    out
+}
 
 #[derive(Debug)]
 struct Node {
@@ -23,32 +59,39 @@ struct Node {
     leaf: bool,
 }
 
+/// This worker's recent dial results for one server.
+#[derive(Debug, Clone, Copy, Default)]
+struct Passive {
+    /// Dial failures since the last success.
+    failures: u32,
+    /// Passed over until then.
+    ejected_until: Option<Instant>,
+}
+
 /// Per-worker selection state for every service of one snapshot.
 #[derive(Debug)]
 pub struct Balancer {
     nodes: Vec<Node>,
     /// `(service index, server index within that service)` for each ServerId.
     servers: Vec<(usize, usize)>,
+    /// Passive ejection, indexed by ServerId.
+    passive: Vec<Passive>,
 }
 
 impl Balancer {
     pub fn new(cfg: &Config) -> Balancer {
-        let mut servers = Vec::new();
+        let servers = flatten(cfg);
+        let mut next_id = 0;
         let mut nodes = Vec::with_capacity(cfg.services.len());
-        for (si, svc) in cfg.services.iter().enumerate() {
+        for svc in &cfg.services {
             let node = match &svc.kind {
                 ServiceKind::LoadBalancer(lb) => {
-                    let mut children = Vec::with_capacity(lb.servers.len());
-                    let mut weights = Vec::with_capacity(lb.servers.len());
-                    for (i, s) in lb.servers.iter().enumerate() {
-                        children.push(servers.len());
-                        servers.push((si, i));
-                        weights.push(i64::from(s.weight));
-                    }
+                    let children: Vec<usize> = (next_id..next_id + lb.servers.len()).collect();
+                    next_id += lb.servers.len();
                     Node {
                         current: vec![0; children.len()],
                         children,
-                        weights,
+                        weights: lb.servers.iter().map(|s| i64::from(s.weight)).collect(),
                         leaf: true,
                     }
                 }
@@ -61,7 +104,16 @@ impl Balancer {
             };
             nodes.push(node);
         }
-        Balancer { nodes, servers }
+        Balancer::from_parts(nodes, servers)
+    }
+
+    fn from_parts(nodes: Vec<Node>, servers: Vec<(usize, usize)>) -> Balancer {
+        let passive = vec![Passive::default(); servers.len()];
+        Balancer {
+            nodes,
+            servers,
+            passive,
+        }
     }
 
     /// `(service index, server index)` of a server id.
@@ -69,58 +121,105 @@ impl Balancer {
         self.servers[id]
     }
 
-    /// Pick the next server of `service`, skipping the ids in `tried`.
-    /// `None` when every server with a non-zero weight was tried.
-    pub fn pick(&mut self, service: usize, tried: &[ServerId]) -> Option<ServerId> {
-        // The config build step rejects cycles, so the depth is bounded by the
-        // number of services.
-        let mut node_idx = service;
-        for _ in 0..=self.nodes.len() {
-            let slot = {
-                let eligible: Vec<bool> = {
-                    let node = &self.nodes[node_idx];
-                    (0..node.children.len())
-                        .map(|i| {
-                            node.weights[i] > 0
-                                && if node.leaf {
-                                    !tried.contains(&node.children[i])
-                                } else {
-                                    self.has_candidate(node.children[i], tried, 0)
-                                }
-                        })
-                        .collect()
-                };
-                smooth_pick(&mut self.nodes[node_idx], &eligible)?
-            };
-            let node = &self.nodes[node_idx];
-            if node.leaf {
-                return Some(node.children[slot]);
-            }
-            node_idx = node.children[slot];
-        }
-        None
+    /// Pick the next server of `service`, skipping the ids in `tried`, the
+    /// servers `up` says are down, and (unless nothing else is left) the
+    /// servers this worker ejected after repeated dial failures. `None` when
+    /// no server with a non-zero weight is left.
+    pub fn pick(
+        &mut self,
+        service: usize,
+        tried: &[ServerId],
+        up: &impl Fn(ServerId) -> bool,
+        now: Instant,
+    ) -> Option<ServerId> {
+        let passive = &self.passive;
+        let usable = |id: ServerId| !tried.contains(&id) && up(id);
+        let fresh = |id: ServerId| usable(id) && passive[id].ejected_until.is_none_or(|t| now >= t);
+        pick_in(&mut self.nodes, service, &fresh)
+            .or_else(|| pick_in(&mut self.nodes, service, &usable))
     }
 
-    fn has_candidate(&self, service: usize, tried: &[ServerId], depth: usize) -> bool {
-        if depth > self.nodes.len() {
+    /// Record a dial result. Returns true when this failure ejects the server
+    /// (the caller logs it once).
+    pub fn dial_result(&mut self, id: ServerId, ok: bool, now: Instant) -> bool {
+        let p = &mut self.passive[id];
+        if ok {
+            *p = Passive::default();
             return false;
         }
-        let node = &self.nodes[service];
-        node.children.iter().zip(&node.weights).any(|(&c, &w)| {
-            w > 0
-                && if node.leaf {
-                    !tried.contains(&c)
-                } else {
-                    self.has_candidate(c, tried, depth + 1)
-                }
-        })
+        p.failures = p.failures.saturating_add(1);
+        // Still counting failures after a cool-down: one more failure ejects
+        // again at once (the server is on probation until a dial succeeds).
+        if p.failures >= EJECT_AFTER_FAILURES {
+            let already = p.ejected_until.is_some_and(|t| now < t);
+            p.ejected_until = Some(now + EJECT_COOLDOWN);
+            return !already;
+        }
+        false
     }
+
+    /// Whether this worker currently passes `id` over.
+    pub fn ejected(&self, id: ServerId, now: Instant) -> bool {
+        self.passive[id].ejected_until.is_some_and(|t| now < t)
+    }
+}
+
+/// Walk down from `service` to a server, choosing among the children that
+/// still have a server `ok` accepts.
+fn pick_in(nodes: &mut [Node], service: usize, ok: &impl Fn(ServerId) -> bool) -> Option<ServerId> {
+    // The config build step rejects cycles, so the depth is bounded by the
+    // number of services.
+    let mut node_idx = service;
+    for _ in 0..=nodes.len() {
+        let slot = {
+            let eligible: Vec<bool> = {
+                let node = &nodes[node_idx];
+                (0..node.children.len())
+                    .map(|i| {
+                        node.weights[i] > 0
+                            && if node.leaf {
+                                ok(node.children[i])
+                            } else {
+                                has_candidate(nodes, node.children[i], ok, 0)
+                            }
+                    })
+                    .collect()
+            };
+            smooth_pick(&mut nodes[node_idx], &eligible)?
+        };
+        let node = &nodes[node_idx];
+        if node.leaf {
+            return Some(node.children[slot]);
+        }
+        node_idx = node.children[slot];
+    }
+    None
+}
+
+fn has_candidate(
+    nodes: &[Node],
+    service: usize,
+    ok: &impl Fn(ServerId) -> bool,
+    depth: usize,
+) -> bool {
+    if depth > nodes.len() {
+        return false;
+    }
+    let node = &nodes[service];
+    node.children.iter().zip(&node.weights).any(|(&c, &w)| {
+        w > 0
+            && if node.leaf {
+                ok(c)
+            } else {
+                has_candidate(nodes, c, ok, depth + 1)
+            }
+    })
 }
 
 /// nginx `ngx_http_upstream_get_peer`: every eligible child gains its weight,
 /// the one with the highest current value wins and loses the total. Over a
 /// cycle each child is chosen `weight` times, spread out (5:1:1 gives
-/// a a b a c a a).
+/// a a b a c a a). Nothing changes when no child is eligible.
 fn smooth_pick(node: &mut Node, eligible: &[bool]) -> Option<usize> {
     let mut total = 0i64;
     let mut best: Option<usize> = None;
@@ -150,30 +249,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn smooth_sequence_5_1_1_matches_nginx() {
-        let mut b = Balancer {
-            nodes: vec![lb_node(&[5, 1, 1], 0)],
-            servers: vec![(0, 0), (0, 1), (0, 2)],
-        };
-        let seq: Vec<usize> = (0..14).map(|_| b.pick(0, &[]).unwrap()).collect();
-        assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 2, 0, 0]);
+    fn all_up(_: ServerId) -> bool {
+        true
     }
 
-    #[test]
-    fn skips_tried_and_zero_weight() {
-        let mut b = Balancer {
-            nodes: vec![lb_node(&[1, 0, 1], 0)],
-            servers: vec![(0, 0), (0, 1), (0, 2)],
-        };
-        assert_eq!(b.pick(0, &[0]), Some(2));
-        assert_eq!(b.pick(0, &[0, 2]), None);
+    /// One load balancer over servers 0..n with these weights.
+    fn one_lb(weights: &[i64]) -> Balancer {
+        Balancer::from_parts(
+            vec![lb_node(weights, 0)],
+            (0..weights.len()).map(|i| (0, i)).collect(),
+        )
     }
 
-    #[test]
-    fn weighted_tree_splits_90_10() {
-        let mut b = Balancer {
-            nodes: vec![
+    fn tree_90_10() -> Balancer {
+        Balancer::from_parts(
+            vec![
                 Node {
                     children: vec![1, 2],
                     weights: vec![90, 10],
@@ -183,15 +273,142 @@ mod tests {
                 lb_node(&[1], 0),
                 lb_node(&[1], 1),
             ],
-            servers: vec![(1, 0), (2, 0)],
-        };
+            vec![(1, 0), (2, 0)],
+        )
+    }
+
+    #[test]
+    fn smooth_sequence_5_1_1_matches_nginx() {
+        let mut b = one_lb(&[5, 1, 1]);
+        let now = Instant::now();
+        let seq: Vec<usize> = (0..14)
+            .map(|_| b.pick(0, &[], &all_up, now).unwrap())
+            .collect();
+        assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn skips_tried_and_zero_weight() {
+        let mut b = one_lb(&[1, 0, 1]);
+        let now = Instant::now();
+        assert_eq!(b.pick(0, &[0], &all_up, now), Some(2));
+        assert_eq!(b.pick(0, &[0, 2], &all_up, now), None);
+    }
+
+    #[test]
+    fn weighted_tree_splits_90_10() {
+        let mut b = tree_90_10();
+        let now = Instant::now();
         let mut counts = [0; 2];
         for _ in 0..1000 {
-            counts[b.pick(0, &[]).unwrap()] += 1;
+            counts[b.pick(0, &[], &all_up, now).unwrap()] += 1;
         }
         assert_eq!(counts, [900, 100]);
         // A child whose only server was tried is skipped.
-        assert_eq!(b.pick(0, &[0]), Some(1));
-        assert_eq!(b.pick(0, &[0, 1]), None);
+        assert_eq!(b.pick(0, &[0], &all_up, now), Some(1));
+        assert_eq!(b.pick(0, &[0, 1], &all_up, now), None);
+    }
+
+    #[test]
+    fn unhealthy_is_skipped_like_tried_and_keeps_the_others_order() {
+        // 5:1:1 with server 1 down: the others keep nginx's smooth 5:1 order
+        // (a a a b a a, the sequence of weights 5 and 1), exactly as if
+        // server 1 had weight 0.
+        let mut down = one_lb(&[5, 1, 1]);
+        let mut zero = one_lb(&[5, 0, 1]);
+        let now = Instant::now();
+        let up = |id: ServerId| id != 1;
+        let a: Vec<usize> = (0..12)
+            .map(|_| down.pick(0, &[], &up, now).unwrap())
+            .collect();
+        let b: Vec<usize> = (0..12)
+            .map(|_| zero.pick(0, &[], &all_up, now).unwrap())
+            .collect();
+        assert_eq!(a, b);
+        assert_eq!(a, vec![0, 0, 0, 2, 0, 0, 0, 0, 0, 2, 0, 0]);
+        // Down and tried together leave nothing; down servers are never a
+        // last resort.
+        assert_eq!(down.pick(0, &[0, 2], &up, now), None);
+        let none_up = |_: ServerId| false;
+        assert_eq!(down.pick(0, &[], &none_up, now), None);
+    }
+
+    #[test]
+    fn unhealthy_child_service_is_skipped_in_a_weighted_tree() {
+        let mut b = tree_90_10();
+        let now = Instant::now();
+        let up = |id: ServerId| id != 0;
+        for _ in 0..20 {
+            assert_eq!(b.pick(0, &[], &up, now), Some(1));
+        }
+        // Back up: the split resumes.
+        let mut counts = [0; 2];
+        for _ in 0..1000 {
+            counts[b.pick(0, &[], &all_up, now).unwrap()] += 1;
+        }
+        assert_eq!(counts, [900, 100]);
+    }
+
+    #[test]
+    fn passive_ejection_after_three_failures_in_a_row_for_the_cooldown() {
+        let mut b = one_lb(&[1, 1]);
+        let t0 = Instant::now();
+        // Failures interrupted by a success do not eject.
+        assert!(!b.dial_result(0, false, t0));
+        assert!(!b.dial_result(0, false, t0));
+        assert!(!b.dial_result(0, true, t0));
+        assert!(!b.dial_result(0, false, t0));
+        assert!(!b.dial_result(0, false, t0));
+        assert!(!b.ejected(0, t0));
+        // The third in a row ejects (reported once).
+        assert!(b.dial_result(0, false, t0));
+        assert!(b.ejected(0, t0));
+        assert!(!b.dial_result(0, false, t0));
+        // During the cool-down only server 1 is picked.
+        let during = t0 + EJECT_COOLDOWN - Duration::from_millis(1);
+        for _ in 0..10 {
+            assert_eq!(b.pick(0, &[], &all_up, during), Some(1));
+        }
+        // After it, server 0 is back in the rotation, on probation: one more
+        // failure ejects it again at once.
+        let after = t0 + EJECT_COOLDOWN;
+        assert!(!b.ejected(0, after));
+        let seq: Vec<usize> = (0..4)
+            .map(|_| b.pick(0, &[], &all_up, after).unwrap())
+            .collect();
+        assert_eq!(seq.iter().filter(|&&id| id == 0).count(), 2);
+        assert!(b.dial_result(0, false, after));
+        assert!(b.ejected(0, after));
+        // A success clears everything.
+        b.dial_result(0, true, after);
+        assert!(!b.ejected(0, after));
+    }
+
+    #[test]
+    fn ejected_servers_are_a_last_resort_but_down_ones_are_not() {
+        let mut b = one_lb(&[1, 1]);
+        let now = Instant::now();
+        for id in [0, 1] {
+            for _ in 0..EJECT_AFTER_FAILURES {
+                b.dial_result(id, false, now);
+            }
+            assert!(b.ejected(id, now));
+        }
+        // Both ejected: both are still tried, each once.
+        let first = b.pick(0, &[], &all_up, now).unwrap();
+        let second = b.pick(0, &[first], &all_up, now).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(b.pick(0, &[first, second], &all_up, now), None);
+        // One ejected, the other actively down: nothing.
+        let only_0 = |id: ServerId| id == 0;
+        assert_eq!(b.pick(0, &[0], &only_0, now), None);
+        // One ejected, one fresh: only the fresh one.
+        let mut c = one_lb(&[1, 1]);
+        for _ in 0..EJECT_AFTER_FAILURES {
+            c.dial_result(0, false, now);
+        }
+        for _ in 0..5 {
+            assert_eq!(c.pick(0, &[], &all_up, now), Some(1));
+        }
     }
 }

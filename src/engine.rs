@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::model::Config;
 use crate::worker::{self, Shared, Snapshot};
-use crate::{config, log, sys};
+use crate::{admin, config, health, log, sys};
 
 /// How often the file provider's `watch = true` looks at modification times.
 const WATCH_PERIOD: Duration = Duration::from_secs(1);
@@ -35,11 +35,23 @@ pub fn run(path: &Path) -> Result<(), String> {
     // other thread exists so every thread inherits the mask.
     sys::block_control_signals().map_err(|e| format!("cannot block signals: {e}"))?;
 
-    let listeners = worker::bind_all(&cfg, workers).map_err(|e| e.to_string())?;
+    // Certificates are loaded before anything is bound: a bad config never
+    // serves, not even for an instant.
+    let snapshot = Snapshot::new(cfg)?;
+    let cfg = &snapshot.config;
+    let listeners = worker::bind_all(cfg, workers).map_err(|e| e.to_string())?;
+    let admin_listener = match &cfg.admin {
+        Some(a) => Some(admin::bind(a).map_err(|e| e.to_string())?),
+        None => None,
+    };
     let pin = cfg.runtime.pin_cores && !cores.is_empty();
     let rt = cfg.runtime.clone();
     let watch = cfg.watch.clone();
-    let shared = Shared::new(Snapshot::new(cfg)?);
+    let shared = Shared::new(snapshot);
+    health::restart(&shared);
+    if let Some(l) = admin_listener {
+        admin::spawn(l, shared.clone()).map_err(|e| format!("cannot start admin thread: {e}"))?;
+    }
     log!(
         Info,
         "starting",
@@ -138,7 +150,11 @@ fn reload(path: &Path, shared: &Shared, why: &str) {
                     for w in &warnings {
                         log!(Warn, "config", warning = w);
                     }
+                    // Known-down servers stay down until the new checks say
+                    // otherwise; then the checks move to the new snapshot.
+                    health::inherit(&snap, &shared.current());
                     shared.publish(snap);
+                    health::restart(shared);
                     log!(Info, "reloaded", trigger = why);
                 }
                 Err(e) => {
@@ -166,6 +182,10 @@ fn reload(path: &Path, shared: &Shared, why: &str) {
 
 /// Listeners are bound once at start; a reload may change everything else.
 fn same_listeners(old: &Config, new: &Config) -> Result<(), String> {
+    let admin_addr = |c: &Config| c.admin.as_ref().map(|a| a.address);
+    if admin_addr(old) != admin_addr(new) {
+        return Err("the admin entrypoint was added, removed or moved; restart to apply".into());
+    }
     let key = |c: &Config| -> Vec<(String, std::net::SocketAddr, bool)> {
         c.entrypoints
             .iter()

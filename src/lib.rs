@@ -7,16 +7,21 @@
 //! weighted round robin) → `forward` (copy and splice pumps, half-close,
 //! resets).
 //!
-//! Control plane: `engine` (start-up, signals, reload, drain) and `config`
-//! (Traefik TOML → validated `model::Config`).
+//! Control plane: `engine` (start-up, signals, reload, drain), `config`
+//! (Traefik TOML → validated `model::Config`), `health` (active checks on
+//! their own threads, publishing up/down flags), `admin` (`/ping`,
+//! `/metrics`, `/api`) and `metrics` (per-worker counters, summed on scrape).
 //!
 //! `sys` is the only module with `unsafe`.
 
+pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod engine;
 pub mod forward;
+pub mod health;
 pub mod log;
+pub mod metrics;
 pub mod model;
 pub mod peek;
 pub mod route;

@@ -18,7 +18,7 @@ use monoio::net::TcpStream;
 
 use crate::forward::write_all;
 use crate::sys;
-use crate::wire::client_hello::{self, ClientHello, Peek};
+use crate::wire::client_hello::{self, ClientHello, NotTls, Peek};
 use crate::wire::postgres::{self, PgFirst};
 use crate::wire::proxy_protocol::{self, Addresses, Decoded};
 
@@ -64,6 +64,9 @@ pub struct Peeked {
     pub buf: Vec<u8>,
     /// The ClientHello, when the connection is TLS.
     pub hello: Option<ClientHello>,
+    /// Why the first bytes are not a ClientHello, when a TLS router asked for
+    /// one: the access-log reason when no non-TLS router takes them.
+    pub not_tls: Option<NotTls>,
     /// The client sent an SSLRequest and was answered `S`.
     pub pg_ssl: bool,
 }
@@ -85,13 +88,27 @@ impl<'a> Reader<'a> {
     }
 
     /// Read until the buffer holds at least `min_len` bytes.
+    ///
+    /// The buffer grows by doubling from `INITIAL_BUF` towards `min_len`, and
+    /// only once more bytes are waiting: a length field is only a claim, so a
+    /// peer that announces a 16 KiB hello and sends 9 bytes (or 8 KiB) holds
+    /// about what it sent, not the cap (reliability.md: buffers grow from
+    /// small). Reserving `min_len` at once pinned 16 KiB per 9-byte client.
     async fn fill(&mut self, min_len: usize) -> Result<(), PeekError> {
         let fd = self.client.as_raw_fd();
         while self.buf.len() < min_len {
-            if self.buf.capacity() < min_len {
-                self.buf.reserve(min_len.max(INITIAL_BUF) - self.buf.len());
-            }
             let len = self.buf.len();
+            if len == self.buf.capacity() {
+                if len > 0 {
+                    self.wait_readable().await?;
+                }
+                let target = if len < INITIAL_BUF {
+                    INITIAL_BUF
+                } else {
+                    (len * 2).min(min_len)
+                };
+                self.buf.reserve_exact(target - len);
+            }
             let spare = self.buf.capacity() - len;
             self.buf.resize(len + spare, 0);
             let r = sys::recv(fd, &mut self.buf[len..]);
@@ -130,8 +147,12 @@ impl<'a> Reader<'a> {
     }
 
     /// Read a PROXY protocol header (the source was checked as trusted).
-    /// Returns the client address it carries, or `None` for LOCAL/UNKNOWN.
-    pub async fn proxy_header(&mut self) -> Result<Option<SocketAddr>, PeekError> {
+    /// Returns the client address it carries and the address that client
+    /// connected to, or `None` for LOCAL/UNKNOWN. Both are passed on in our
+    /// own PROXY header to the backend, as Traefik (go-proxyproto's
+    /// `LocalAddr`) and HAProxy do: the backend learns the original
+    /// destination, not the address of the hop in between.
+    pub async fn proxy_header(&mut self) -> Result<Option<(SocketAddr, SocketAddr)>, PeekError> {
         loop {
             match proxy_protocol::decode(&self.buf) {
                 Decoded::NeedMore { min_len } => self.fill(min_len).await?,
@@ -139,7 +160,7 @@ impl<'a> Reader<'a> {
                 Decoded::Header(h) => {
                     self.buf.drain(..h.consumed_len);
                     return Ok(match h.addresses {
-                        Addresses::Proxied { src, .. } => Some(src),
+                        Addresses::Proxied { src, dst } => Some((src, dst)),
                         Addresses::Local | Addresses::Unknown => None,
                     });
                 }
@@ -195,10 +216,11 @@ impl<'a> Reader<'a> {
             match client_hello::peek(&self.buf, cap) {
                 Peek::NeedMore { min_len } => self.fill(min_len).await?,
                 Peek::TooLarge { .. } => return Err(PeekError::HelloTooLarge),
-                Peek::NotTls(_) => {
+                Peek::NotTls(reason) => {
                     return Ok(Peeked {
                         buf: self.buf,
                         hello: None,
+                        not_tls: Some(reason),
                         pg_ssl,
                     })
                 }
@@ -206,6 +228,7 @@ impl<'a> Reader<'a> {
                     return Ok(Peeked {
                         buf: self.buf,
                         hello: Some(h),
+                        not_tls: None,
                         pg_ssl,
                     })
                 }

@@ -28,13 +28,17 @@ use crate::{log, sys, tls};
 enum Early {
     /// No router matched.
     NoRoute,
+    /// A TLS router needed a ClientHello, the bytes were something else, and
+    /// no non-TLS router took them (the garbage cases of reliability.md).
+    NotTls(client_hello::NotTls),
     /// An ipAllowList middleware refused the client.
     Denied,
     /// inFlightConn limit reached for the client address.
     TooManyConnections,
     /// Every server was tried and none accepted the connection.
     DialFailed,
-    /// The service has no server with a non-zero weight.
+    /// The service has no server that may be picked: none with a non-zero
+    /// weight, or every one is down by its active health check.
     NoServer,
     /// The client socket could not be prepared.
     ClientError,
@@ -52,6 +56,7 @@ impl Early {
     fn as_str(self) -> &'static str {
         match self {
             Early::NoRoute => "no_route",
+            Early::NotTls(_) => "not_tls",
             Early::Denied => "denied",
             Early::TooManyConnections => "too_many_connections",
             Early::DialFailed => "dial_failed",
@@ -79,6 +84,9 @@ struct Access<'a> {
 impl Access<'_> {
     fn emit(&self, outcome: &str, up: u64, down: u64, error: Option<&io::Error>) {
         let cfg = &self.ws.snap.config;
+        // Counted whether or not the access log is on (reliability promise 3).
+        let (router, service) = (self.router, self.service);
+        crate::metrics::connection_ended(cfg, self.ep, router, service, outcome, up, down);
         if !cfg.runtime.access_log {
             return;
         }
@@ -150,7 +158,13 @@ pub async fn serve(
         Err(early) => {
             // Nothing was forwarded; closing may reset a client that sent
             // bytes we never read, which is the honest answer to it.
-            acc.emit(early.as_str(), 0, 0, None)
+            let detail = match early {
+                // Say what the bytes were, so an operator can tell a
+                // misconfigured plain client from a scanner.
+                Early::NotTls(reason) => Some(io::Error::new(io::ErrorKind::InvalidData, reason)),
+                _ => None,
+            };
+            acc.emit(early.as_str(), 0, 0, detail.as_ref())
         }
     }
 }
@@ -179,12 +193,15 @@ async fn run<'a>(
 
     // PROXY protocol from trusted sources only; never guessed.
     let mut client_addr = SocketAddr::new(client_ip, peer.port());
+    // The address the client connected to, when a trusted PROXY header says.
+    let mut proxied_dst = None;
     let mut untrusted_proxy = false;
     if let Some(pp) = &ep_cfg.proxy_protocol {
         if pp.insecure || pp.trusted_ips.iter().any(|n| n.contains(&client_ip)) {
-            if let Some(src) = reader.proxy_header().await.map_err(Early::Peek)? {
+            if let Some((src, dst)) = reader.proxy_header().await.map_err(Early::Peek)? {
                 client_addr = SocketAddr::new(src.ip().to_canonical(), src.port());
                 acc.client = client_addr;
+                proxied_dst = Some(dst);
             }
         } else {
             untrusted_proxy = true;
@@ -216,7 +233,12 @@ async fn run<'a>(
         client_ip,
         tls: peeked.hello.is_some(),
     };
-    let router_idx = ws.snap.routes.route(cfg, ep, &ctx).ok_or(Early::NoRoute)?;
+    let router_idx = match ws.snap.routes.route(cfg, ep, &ctx) {
+        Some(ri) => ri,
+        // Bytes that were not the ClientHello a TLS router waited for are
+        // counted as such, with the reason, rather than as a name miss.
+        None => return Err(peeked.not_tls.map_or(Early::NoRoute, Early::NotTls)),
+    };
     acc.router = Some(router_idx);
     let router = &cfg.routers[router_idx];
 
@@ -245,9 +267,16 @@ async fn run<'a>(
     // TLS termination: the handshake completes before the backend is dialed.
     let terminated = match &router.tls {
         Some(t) if !t.passthrough && peeked.hello.is_some() => Some(
-            tls::handshake(&ws.snap.tls, client, &peeked.buf, t.options, deadline)
-                .await
-                .map_err(|e| Early::Tls(e.as_str()))?,
+            tls::handshake(
+                &ws.snap.tls,
+                client,
+                &peeked.buf,
+                peeked.hello.as_ref().and_then(|h| h.sni.as_deref()),
+                t.options,
+                deadline,
+            )
+            .await
+            .map_err(|e| Early::Tls(e.as_str()))?,
         ),
         _ => None,
     };
@@ -270,7 +299,9 @@ async fn run<'a>(
 
     // PROXY protocol towards the backend: the client's address as we know it.
     if let Some(version) = lb.proxy_protocol {
-        let dst = client.local_addr().unwrap_or(client_addr);
+        let dst = proxied_dst
+            .or_else(|| client.local_addr().ok())
+            .unwrap_or(client_addr);
         let header = if version == 1 {
             proxy_protocol::encode_v1(client_addr, dst)
         } else {
@@ -285,6 +316,7 @@ async fn run<'a>(
         let server = &lb.servers[server_idx];
         let backend_tls = (server.tls || transport.tls.is_some()).then_some(tls::BackendTls {
             transport: lb.transport,
+            address: &server.address_text,
         });
         return Ok(accepted
             .forward(&ws.snap.tls, client, &backend, backend_tls, &opts)
@@ -351,8 +383,13 @@ async fn dial_service<'a>(
 ) -> Result<(TcpStream, usize, usize), Early> {
     let cfg = &ws.snap.config;
     let mut tried = Vec::new();
+    let health = &ws.snap.health;
     loop {
-        let picked = ws.balancer.borrow_mut().pick(service, &tried);
+        let now = Instant::now();
+        let picked = ws
+            .balancer
+            .borrow_mut()
+            .pick(service, &tried, &|id| health.is_up(id), now);
         let Some(id) = picked else {
             return Err(if tried.is_empty() {
                 Early::NoServer
@@ -375,15 +412,34 @@ async fn dial_service<'a>(
         )
         .await
         {
-            Ok(s) => return Ok((s, si, idx)),
+            Ok(s) => {
+                ws.balancer.borrow_mut().dial_result(id, true, now);
+                return Ok((s, si, idx));
+            }
             Err(e) => {
+                let svc_name = &cfg.services[si].name;
                 log!(
                     Warn,
                     "dial failed",
-                    service = cfg.services[si].name,
+                    service = svc_name,
                     server = server.address_text,
                     error = e
                 );
+                crate::metrics::dial_failed(svc_name, &server.address_text);
+                // Passive ejection: this worker passes a server that keeps
+                // failing over for a cool-down (balance.rs).
+                let at = Instant::now();
+                let ejected = ws.balancer.borrow_mut().dial_result(id, false, at);
+                if ejected {
+                    log!(
+                        Warn,
+                        "server ejected",
+                        service = svc_name,
+                        server = server.address_text,
+                        failures = crate::balance::EJECT_AFTER_FAILURES,
+                        cooldown_ms = crate::balance::EJECT_COOLDOWN.as_millis()
+                    );
+                }
             }
         }
     }

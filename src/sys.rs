@@ -113,6 +113,27 @@ pub fn unsent_bytes(fd: RawFd) -> io::Result<usize> {
     Ok(n.max(0) as usize)
 }
 
+/// The TCP state of a socket (`tcpi_state` of TCP_INFO: 1 = ESTABLISHED,
+/// 7 = CLOSE, ...), or `None` if it cannot be read.
+pub fn tcp_state(fd: RawFd) -> Option<u8> {
+    // SAFETY: `info` is a zeroed tcp_info the kernel fills up to `len` bytes.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let r = libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        (r == 0).then_some(info.tcpi_state)
+    }
+}
+
+/// TCP_CLOSE in `tcp_state`: the connection is gone (reset or fully closed).
+pub const TCP_STATE_CLOSE: u8 = 7;
+
 /// Pending socket error (SO_ERROR), cleared by reading it.
 pub fn take_socket_error(fd: RawFd) -> Option<io::Error> {
     let mut err: libc::c_int = 0;

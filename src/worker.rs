@@ -42,6 +42,9 @@ pub struct Snapshot {
     pub config: Config,
     pub routes: RouteTable,
     pub tls: crate::tls::TlsState,
+    /// Active health-check verdicts, one flag per server (by ServerId); the
+    /// control plane's checkers write them, workers read them when picking.
+    pub health: crate::health::HealthState,
 }
 
 impl Snapshot {
@@ -50,10 +53,12 @@ impl Snapshot {
     pub fn new(config: Config) -> Result<Snapshot, String> {
         let routes = RouteTable::new(&config);
         let tls = crate::tls::TlsState::build(&config).map_err(|e| e.join("\n"))?;
+        let health = crate::health::HealthState::new(&config);
         Ok(Snapshot {
             config,
             routes,
             tls,
+            health,
         })
     }
 }
@@ -67,6 +72,10 @@ pub struct Shared {
     /// `inFlightConn`: open connections per (middleware, client IP). Only
     /// touched by routers that use the middleware.
     pub in_flight: Mutex<HashMap<(usize, IpAddr), u32>>,
+    /// Every worker's counters (summed by `/metrics`).
+    pub metrics: crate::metrics::Registry,
+    /// The health checkers of the current snapshot (`health::restart`).
+    pub health_checks: Mutex<Option<crate::health::Checks>>,
 }
 
 impl Shared {
@@ -77,6 +86,8 @@ impl Shared {
             stopping: AtomicBool::new(false),
             listener_fds: Mutex::new(Vec::new()),
             in_flight: Mutex::new(HashMap::new()),
+            metrics: crate::metrics::Registry::default(),
+            health_checks: Mutex::new(None),
         })
     }
 
@@ -136,13 +147,24 @@ pub fn bind_all(cfg: &Config, workers: usize) -> io::Result<Vec<Listeners>> {
     let mut per_worker: Vec<Listeners> = (0..workers).map(|_| Vec::new()).collect();
     for (ei, ep) in cfg.entrypoints.iter().enumerate() {
         let mut addr = ep.address;
+        let mut v6only = ep.v6only;
+        // SO_REUSEPORT would let a second sluicegate (or anything else of the
+        // same user) share a port silently: probe once without it, so a port
+        // already in use is an error, as operators expect.
+        if addr.port() != 0 {
+            let probe = match probe_bind(addr, v6only) {
+                // `:port` means both families; on a host without IPv6 use IPv4.
+                Err(e) if addr.ip().is_unspecified() && addr.is_ipv6() && ipv6_missing(&e) => {
+                    addr = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), addr.port());
+                    v6only = false;
+                    probe_bind(addr, v6only)
+                }
+                other => other,
+            };
+            probe.map_err(|e| listen_error(&ep.name, addr, e))?;
+        }
         for slot in per_worker.iter_mut() {
-            let sock = bind_one(addr, ep.v6only).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("entrypoint {}: cannot listen on {addr}: {e}", ep.name),
-                )
-            })?;
+            let sock = bind_one(addr, v6only).map_err(|e| listen_error(&ep.name, addr, e))?;
             addr = sock.local_addr()?;
             slot.push((ei, sock));
         }
@@ -155,6 +177,32 @@ pub fn bind_all(cfg: &Config, workers: usize) -> io::Result<Vec<Listeners>> {
         );
     }
     Ok(per_worker)
+}
+
+fn listen_error(ep: &str, addr: SocketAddr, e: io::Error) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        format!("entrypoint {ep}: cannot listen on {addr}: {e}"),
+    )
+}
+
+fn ipv6_missing(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL)
+    )
+}
+
+/// Bind (and drop) a socket without SO_REUSEPORT: fails if the port is taken.
+fn probe_bind(addr: SocketAddr, v6only: bool) -> io::Result<()> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(v6only)?;
+    }
+    sock.bind(&addr.into())?;
+    sock.listen(1)?;
+    Ok(())
 }
 
 fn bind_one(addr: SocketAddr, v6only: bool) -> io::Result<std::net::TcpListener> {
@@ -264,6 +312,8 @@ impl Current {
 }
 
 async fn worker_main(id: usize, shared: Arc<Shared>, listeners: Listeners) -> io::Result<()> {
+    let entrypoints = shared.current().config.entrypoints.len();
+    shared.metrics.register_worker(entrypoints);
     let current = Rc::new(Current {
         seen: Cell::new(shared.generation.load(Ordering::Acquire)),
         snap: RefCell::new(WorkerSnap::new(shared.current())),
@@ -323,6 +373,7 @@ async fn accept_loop(
                     break;
                 }
                 let ws = current.get(&shared);
+                crate::metrics::accepted(ep);
                 let guard = LiveGuard::new();
                 let shared = shared.clone();
                 monoio::spawn(async move {
@@ -335,6 +386,7 @@ async fn accept_loop(
                     break;
                 }
                 errors += 1;
+                crate::metrics::accept_error(ep);
                 // EMFILE/ENFILE/ENOBUFS/ENOMEM: the pending connection stays
                 // in the backlog; pause this worker's accepting instead of
                 // spinning or exiting, and count it.

@@ -234,7 +234,12 @@ pub async fn duplex(client: &TcpStream, backend: &TcpStream, opts: &Opts) -> (Re
 pub async fn abort_after_drain(s: &TcpStream) {
     let fd = s.as_raw_fd();
     let start = Instant::now();
-    while matches!(sys::unsent_bytes(fd), Ok(n) if n > 0) && start.elapsed() < RESET_DRAIN_MAX {
+    // Stop as soon as the queue is empty, or the peer is gone (a reset socket
+    // keeps its unacknowledged bytes queued forever).
+    while matches!(sys::unsent_bytes(fd), Ok(n) if n > 0)
+        && sys::tcp_state(fd) != Some(sys::TCP_STATE_CLOSE)
+        && start.elapsed() < RESET_DRAIN_MAX
+    {
         monoio::time::sleep(RESET_DRAIN_POLL).await;
     }
     let _ = sys::set_linger_zero(fd);

@@ -1,60 +1,238 @@
-//! TLS termination (STUB: being written). The session calls
-//! `TlsState::build` when a snapshot is built, `handshake` for a router with
-//! `tls` and no `passthrough`, dials the backend, then `Accepted::forward`.
+//! TLS termination: certificates, rustls configs, handshakes and the
+//! in-place forwarding pump.
+//!
+//! The session calls `TlsState::build` when a snapshot is built (a bad
+//! certificate fails the start, or keeps the old snapshot on reload),
+//! `handshake` for a router with `tls` and no `passthrough` (before dialing
+//! the backend), then `Accepted::forward` once the backend is connected.
+//!
+//! Module map: `store` (certificates, SNI), `options` (rustls configs),
+//! `handshake` (server and client handshakes under one deadline), `side`
+//! (one rustls unbuffered connection and its buffers), `pump` (both
+//! directions, half-close, resets), `buf` (pooled buffers), `x509` (expiry
+//! and common name).
+//!
+//! rustls' unbuffered API: ciphertext is read into the connection's own
+//! buffer and decrypted there, the plaintext record is written straight to
+//! the backend; backend plaintext is encrypted into an owned buffer that is
+//! written to the client. No stream wrapper. (Inside rustls 0.23 each
+//! decrypted record is still moved into a `Vec` and each encrypted record is
+//! built in one before being copied to our buffer; later rustls removes that,
+//! but its unbuffered API is not released beyond 0.23.)
 
-use std::time::Instant;
+mod buf;
+mod handshake;
+mod options;
+mod pump;
+mod side;
+mod store;
+mod x509;
+
+use std::fmt;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
+use rustls::client::UnbufferedClientConnection;
+use rustls::server::UnbufferedServerConnection;
+use rustls::ServerConfig;
 
-use crate::forward::{Opts, Outcome, Report};
-use crate::model::Config;
+use crate::forward::{abort_after_drain, Opts, Outcome, Report};
+use crate::model::{Config, ServiceKind};
+use handshake::HsError;
+use options::ClientSide;
+use pump::{Peer, Pump};
+use side::TlsSide;
+use store::CertStore;
 
-/// Certificates and rustls configs of one snapshot.
-#[derive(Debug, Default)]
-pub struct TlsState {}
+/// Certificates and rustls configs of one snapshot. Self-contained: a
+/// connection keeps the snapshot (and so these) it was accepted with.
+#[derive(Default)]
+pub struct TlsState {
+    /// One per `Config::tls.options` entry (same index).
+    servers: Vec<Arc<ServerConfig>>,
+    /// `sniStrict` per options entry.
+    strict: Vec<bool>,
+    store: Arc<CertStore>,
+    /// One per `Config::transports` entry that talks TLS to its servers.
+    clients: Vec<Option<ClientSide>>,
+    /// Backend handshake deadline per transport (its `dialTimeout`).
+    backend_timeouts: Vec<Duration>,
+}
+
+impl fmt::Debug for TlsState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsState")
+            .field("options", &self.servers.len())
+            .field("store", &self.store)
+            .field(
+                "backend_tls",
+                &self.clients.iter().filter(|c| c.is_some()).count(),
+            )
+            .finish()
+    }
+}
 
 impl TlsState {
     /// Load certificates and build configs; errors are `FILE: message` lines.
-    pub fn build(_cfg: &Config) -> Result<TlsState, Vec<String>> {
-        Ok(TlsState {})
+    pub fn build(cfg: &Config) -> Result<TlsState, Vec<String>> {
+        let mut errors = Vec::new();
+        let provider = options::provider();
+        let store = match CertStore::load(
+            &cfg.tls.certificates,
+            cfg.tls.default_certificate.as_ref(),
+            &provider,
+        ) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                errors.extend(e);
+                Arc::new(CertStore::default())
+            }
+        };
+        let terminating: Vec<&str> = cfg
+            .routers
+            .iter()
+            .filter(|r| r.tls.as_ref().is_some_and(|t| !t.passthrough))
+            .map(|r| r.name.as_str())
+            .collect();
+        if errors.is_empty() && store.is_empty() && !terminating.is_empty() {
+            errors.push(format!(
+                "{}: router {} terminates TLS but no certificate is configured ([[tls.certificates]] or [tls.stores.default.defaultCertificate])",
+                cfg.source.display(),
+                terminating.join(", ")
+            ));
+        }
+        // Stateless session tickets shared by every options set.
+        let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().ok();
+        let mut servers = Vec::new();
+        for o in &cfg.tls.options {
+            match options::server_config(o, &store, ticketer.as_ref()) {
+                Ok(c) => servers.push(Arc::new(c)),
+                Err(e) => errors.extend(e),
+            }
+        }
+        let mut clients = Vec::new();
+        for (ti, t) in cfg.transports.iter().enumerate() {
+            let used_by_tls_server = cfg.services.iter().any(|s| match &s.kind {
+                ServiceKind::LoadBalancer(lb) => {
+                    lb.transport == ti && lb.servers.iter().any(|srv| srv.tls)
+                }
+                ServiceKind::Weighted(_) => false,
+            });
+            if t.tls.is_none() && !used_by_tls_server {
+                clients.push(None);
+                continue;
+            }
+            let what = format!("tcp.serversTransports.{}.tls", t.name);
+            match options::client_side(t.tls.as_ref(), &what) {
+                Ok(c) => clients.push(Some(c)),
+                Err(e) => {
+                    errors.push(e);
+                    clients.push(None);
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(TlsState {
+            strict: cfg.tls.options.iter().map(|o| o.sni_strict).collect(),
+            servers,
+            store,
+            clients,
+            backend_timeouts: cfg.transports.iter().map(|t| t.dial_timeout).collect(),
+        })
     }
 }
 
 /// Why a terminated connection ended before forwarding.
 #[derive(Debug)]
 pub enum TlsEnd {
-    /// Not implemented yet.
-    Unsupported,
+    /// The handshake failed (bad or unsupported client hello, version or
+    /// cipher mismatch, ALPN mismatch, an alert from the client...).
+    HandshakeFailed(rustls::Error),
+    /// `sniStrict` and no certificate for the client's SNI.
+    NoCertificate,
+    /// mTLS: the client's certificate was missing or did not verify.
+    ClientCertificate(rustls::Error),
+    /// The handshake deadline passed.
+    Timeout,
+    /// The client closed or reset during the handshake.
+    ClientClosed,
+    /// No TLS options or configuration for this router (never expected).
+    NotConfigured,
 }
 
 impl TlsEnd {
     pub fn as_str(&self) -> &'static str {
         match self {
-            TlsEnd::Unsupported => "tls_termination_unsupported",
+            TlsEnd::HandshakeFailed(_) => "tls_handshake_failed",
+            TlsEnd::NoCertificate => "tls_no_certificate",
+            TlsEnd::ClientCertificate(_) => "tls_client_certificate_refused",
+            TlsEnd::Timeout => "tls_timeout",
+            TlsEnd::ClientClosed => "tls_client_closed",
+            TlsEnd::NotConfigured => "tls_not_configured",
         }
     }
 }
 
 /// A client whose TLS handshake completed.
-pub struct Accepted {}
-
-/// Complete the server handshake on `client`. `peeked` holds the bytes
-/// already read from it (the ClientHello and anything after), which the TLS
-/// engine consumes first. `options` indexes `Config::tls.options`.
-pub async fn handshake(
-    _state: &TlsState,
-    _client: &TcpStream,
-    _peeked: &[u8],
-    _options: usize,
-    _deadline: Option<Instant>,
-) -> Result<Accepted, TlsEnd> {
-    Err(TlsEnd::Unsupported)
+pub struct Accepted {
+    side: TlsSide<UnbufferedServerConnection>,
 }
 
-/// How to talk to the backend: plain, or TLS (`serversTransport.tls` /
-/// per-server `tls = true`) using transport `transport` of the snapshot.
-pub struct BackendTls {
+/// Complete the server handshake on `client`. `peeked` holds the bytes
+/// already read from it (the ClientHello and anything after), which rustls
+/// consumes first; `sni` is the hello's normalised server name. `options`
+/// indexes `Config::tls.options`. `deadline` bounds the whole handshake.
+pub async fn handshake(
+    state: &TlsState,
+    client: &TcpStream,
+    peeked: &[u8],
+    sni: Option<&str>,
+    options: usize,
+    deadline: Option<Instant>,
+) -> Result<Accepted, TlsEnd> {
+    let config = state
+        .servers
+        .get(options)
+        .or(state.servers.first())
+        .ok_or(TlsEnd::NotConfigured)?;
+    let conn = UnbufferedServerConnection::new(config.clone()).map_err(TlsEnd::HandshakeFailed)?;
+    let mut side = TlsSide::new(conn);
+    if side.cin.push(peeked) != peeked.len() {
+        return Err(TlsEnd::HandshakeFailed(rustls::Error::General(
+            "client hello larger than the input buffer".into(),
+        )));
+    }
+    match handshake::run(&mut side, client, deadline).await {
+        Ok(()) => Ok(Accepted { side }),
+        Err(HsError::Timeout) => Err(TlsEnd::Timeout),
+        Err(HsError::Closed(_)) => Err(TlsEnd::ClientClosed),
+        Err(HsError::Tls(e)) => {
+            let strict = state.strict.get(options).copied().unwrap_or(false);
+            if strict && state.store.resolve(sni, true).is_none() {
+                return Err(TlsEnd::NoCertificate);
+            }
+            Err(match e {
+                rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_) => {
+                    TlsEnd::ClientCertificate(e)
+                }
+                e => TlsEnd::HandshakeFailed(e),
+            })
+        }
+    }
+}
+
+/// How to talk to the backend: TLS (`serversTransport.tls` / per-server
+/// `tls = true`) using transport `transport` of the snapshot.
+pub struct BackendTls<'a> {
     pub transport: usize,
+    /// The server's address as configured (`host:port`): its host is the
+    /// name verified when the transport sets no `serverName`.
+    pub address: &'a str,
 }
 
 impl Accepted {
@@ -62,12 +240,73 @@ impl Accepted {
     /// directions end (same promises and outcomes as `forward::duplex`).
     pub async fn forward(
         self,
-        _state: &TlsState,
-        _client: &TcpStream,
-        _backend: &TcpStream,
-        _backend_tls: Option<BackendTls>,
-        _opts: &Opts,
+        state: &TlsState,
+        client: &TcpStream,
+        backend: &TcpStream,
+        backend_tls: Option<BackendTls<'_>>,
+        opts: &Opts,
     ) -> (Report, Outcome) {
-        (Report::default(), Outcome::ClientReset)
+        let backend_peer = match backend_tls {
+            None => Peer::Plain(buf::Buf::default()),
+            Some(bt) => match connect_backend(state, backend, &bt).await {
+                Ok(side) => Peer::Client(side),
+                Err(e) => {
+                    abort_after_drain(client).await;
+                    let report = Report {
+                        error: Some(e),
+                        ..Report::default()
+                    };
+                    return (report, Outcome::BackendReset);
+                }
+            },
+        };
+        let pump = Pump::new(
+            Peer::Server(self.side),
+            backend_peer,
+            client.as_raw_fd(),
+            backend.as_raw_fd(),
+        );
+        pump::run(pump, client, backend, opts).await
+    }
+}
+
+/// The client handshake towards a TLS backend, bounded by the transport's
+/// `dialTimeout`.
+async fn connect_backend(
+    state: &TlsState,
+    backend: &TcpStream,
+    bt: &BackendTls<'_>,
+) -> io::Result<TlsSide<UnbufferedClientConnection>> {
+    let Some(cs) = state.clients.get(bt.transport).and_then(Option::as_ref) else {
+        return Err(io::Error::other("backend TLS is not configured"));
+    };
+    let name = cs
+        .server_name
+        .clone()
+        .or_else(|| options::name_from_address(bt.address))
+        .ok_or_else(|| io::Error::other("backend TLS: no server name to verify"))?;
+    let conn = UnbufferedClientConnection::new(cs.config.clone(), name).map_err(side::tls_io)?;
+    let mut side = TlsSide::new(conn);
+    let limit = state
+        .backend_timeouts
+        .get(bt.transport)
+        .copied()
+        .unwrap_or(crate::model::DEFAULT_DIAL_TIMEOUT);
+    match handshake::run(&mut side, backend, Some(Instant::now() + limit)).await {
+        Ok(()) => Ok(side),
+        Err(HsError::Tls(e)) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("backend TLS handshake: {e}"),
+        )),
+        Err(HsError::Timeout) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "backend TLS handshake timed out",
+        )),
+        Err(HsError::Closed(e)) => Err(e.unwrap_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "backend closed during the TLS handshake",
+            )
+        })),
     }
 }

@@ -420,3 +420,11 @@ pub fn require_tool(tool: &str, package: &str) -> bool {
     }
     found
 }
+
+pub mod hello;
+pub mod openssl;
+pub mod pg;
+pub mod process;
+pub mod record;
+pub mod redis;
+pub mod tls;

@@ -1,0 +1,548 @@
+//! The admin endpoints on the admin entrypoint (Traefik's `traefik`
+//! entrypoint): `GET /ping`, `GET /metrics` (Prometheus text) and the JSON API
+//! `GET /api/tcp/routers[/<name>]`, `GET /api/tcp/services[/<name>]`, each
+//! served only when its section (`[ping]`, `[metrics.prometheus]`, `[api]`)
+//! is configured.
+//!
+//! Role: a deliberately tiny HTTP/1.1 server on its own thread with blocking
+//! sockets: one request per connection, `Connection: close`, a bounded request
+//! head and an absolute deadline to receive it, so a slow or hostile client
+//! costs the admin thread at most `REQUEST_DEADLINE` and never touches the
+//! workers. It only *reads* shared state: the current snapshot, its health
+//! flags and the per-worker counters.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::log;
+use crate::model::{Admin, ServiceKind};
+use crate::worker::{Shared, Snapshot};
+
+/// Largest request head accepted (request line and headers); admin requests
+/// are a line and a few headers, and Prometheus sends about 300 bytes.
+const MAX_REQUEST: usize = 8 * 1024;
+/// Time allowed to receive the whole request head, from accept. Requests are
+/// served one at a time, so this bounds how long one client can hold the rest.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// Time allowed to write a response (a scrape is a few kilobytes).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause after a failed accept (EMFILE...): never spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Bind the admin listener (before start-up completes, so an address in use
+/// stops start-up) and log it like the TCP entrypoints.
+pub fn bind(admin: &Admin) -> io::Result<TcpListener> {
+    let l = TcpListener::bind(admin.address).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "entrypoint {}: cannot listen on {}: {e}",
+                admin.entrypoint, admin.address
+            ),
+        )
+    })?;
+    let addr = l.local_addr()?;
+    let serves: Vec<&str> = [
+        (admin.ping, "ping"),
+        (admin.metrics, "metrics"),
+        (admin.api, "api"),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, name)| *name)
+    .collect();
+    log!(
+        Info,
+        "listening",
+        entrypoint = admin.entrypoint,
+        address = addr,
+        serves = serves.join(",")
+    );
+    Ok(l)
+}
+
+/// Serve admin requests on `listener` on a thread of its own.
+pub fn spawn(listener: TcpListener, shared: Arc<Shared>) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("sluicegate-admin".into())
+        .spawn(move || loop {
+            match listener.accept() {
+                Ok((s, peer)) => {
+                    if let Err(e) = handle(s, &shared) {
+                        log!(Warn, "admin request failed", client = peer, error = e);
+                    }
+                }
+                Err(_) => std::thread::sleep(ACCEPT_BACKOFF),
+            }
+        })
+        .map(|_| ())
+}
+
+/// One request on one connection.
+fn handle(mut s: TcpStream, shared: &Shared) -> io::Result<()> {
+    let resp = match read_head(&mut s) {
+        Ok(head) => match parse_request_line(&head) {
+            Some((method, target)) => respond(method, target, shared),
+            None => Response::text(400, "bad request\n"),
+        },
+        Err(HeadError::TooLarge) => Response::text(431, "request header too large\n"),
+        Err(HeadError::Timeout) => Response::text(408, "request timeout\n"),
+        Err(HeadError::Io(e)) => return Err(e),
+    };
+    s.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    s.write_all(&resp.encode())?;
+    // Our FIN after the response; the request head was read in full, so the
+    // close does not reset the client.
+    let _ = s.shutdown(Shutdown::Write);
+    Ok(())
+}
+
+enum HeadError {
+    TooLarge,
+    Timeout,
+    Io(io::Error),
+}
+
+/// Read until the blank line that ends the head, within `MAX_REQUEST` bytes
+/// and `REQUEST_DEADLINE` (absolute: a byte-a-second client gets no more time).
+fn read_head(s: &mut TcpStream) -> Result<Vec<u8>, HeadError> {
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            buf.truncate(end);
+            return Ok(buf);
+        }
+        if buf.len() >= MAX_REQUEST {
+            return Err(HeadError::TooLarge);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(HeadError::Timeout);
+        }
+        s.set_read_timeout(Some(left)).map_err(HeadError::Io)?;
+        let want = chunk.len().min(MAX_REQUEST - buf.len());
+        match s.read(&mut chunk[..want]) {
+            Ok(0) => {
+                return Err(HeadError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed before the end of the request",
+                )))
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(HeadError::Timeout)
+            }
+            Err(e) => return Err(HeadError::Io(e)),
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `(method, path)` of `GET /path?query HTTP/1.x`; the query is dropped.
+fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
+    let line = head.split(|&b| b == b'\r').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    let mut parts = line.split(' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || !version.starts_with("HTTP/1.") || !target.starts_with('/') {
+        return None;
+    }
+    Some((method, target.split('?').next().unwrap_or(target)))
+}
+
+struct Response {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+    /// HEAD: headers only.
+    head_only: bool,
+}
+
+impl Response {
+    fn text(status: u16, body: &str) -> Response {
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.as_bytes().to_vec(),
+            head_only: false,
+        }
+    }
+
+    fn json(status: u16, body: String) -> Response {
+        Response {
+            status,
+            content_type: "application/json",
+            body: body.into_bytes(),
+            head_only: false,
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let reason = match self.status {
+            200 => "OK",
+            400 => "Bad Request",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            408 => "Request Timeout",
+            431 => "Request Header Fields Too Large",
+            503 => "Service Unavailable",
+            _ => "Error",
+        };
+        let mut out = format!(
+            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n",
+            self.status,
+            self.content_type,
+            self.body.len(),
+            if self.status == 405 { "Allow: GET, HEAD\r\n" } else { "" },
+        )
+        .into_bytes();
+        if !self.head_only {
+            out.extend_from_slice(&self.body);
+        }
+        out
+    }
+}
+
+/// Route one request.
+fn respond(method: &str, path: &str, shared: &Shared) -> Response {
+    let snap = shared.current();
+    let admin = snap.config.admin.as_ref();
+    let on = |f: fn(&Admin) -> bool| admin.is_some_and(f);
+    let not_found = || Response::text(404, "404 page not found\n");
+    let mut resp = match path {
+        "/ping" if on(|a| a.ping) => {
+            // Traefik's terminating status: load balancers in front stop
+            // sending while open connections drain.
+            if shared.stopping() {
+                Response::text(503, "Service Unavailable")
+            } else {
+                Response::text(200, "OK")
+            }
+        }
+        "/metrics" if on(|a| a.metrics) => {
+            let mut r = Response::text(200, "");
+            r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+            r.body = shared.metrics.render(&snap).into_bytes();
+            r
+        }
+        "/api/tcp/routers" if on(|a| a.api) => Response::json(200, routers_json(&snap, None)),
+        "/api/tcp/services" if on(|a| a.api) => Response::json(200, services_json(&snap, None)),
+        p if on(|a| a.api) && p.starts_with("/api/tcp/") => {
+            let rest = &p["/api/tcp/".len()..];
+            let (kind, name) = rest.split_once('/').unwrap_or((rest, ""));
+            let name = percent_decode(name);
+            // Traefik qualifies names with their provider; there is one here.
+            let name = name.strip_suffix("@file").unwrap_or(&name);
+            let one = match kind {
+                "routers" => one_item(routers_json(&snap, Some(name)), "router"),
+                "services" => one_item(services_json(&snap, Some(name)), "service"),
+                _ => None,
+            };
+            match one {
+                Some(r) => r,
+                None => not_found(),
+            }
+        }
+        _ => not_found(),
+    };
+    if resp.status == 404 {
+        return resp;
+    }
+    match method {
+        "GET" => resp,
+        "HEAD" => {
+            resp.head_only = true;
+            resp
+        }
+        _ => Response::text(405, "method not allowed\n"),
+    }
+}
+
+/// The single element of a one-name listing, or a Traefik-style 404.
+fn one_item(list: String, what: &str) -> Option<Response> {
+    let inner = list.strip_prefix('[')?.strip_suffix(']')?;
+    Some(if inner.is_empty() {
+        Response::json(404, format!("{{\"message\":\"{what} not found\"}}"))
+    } else {
+        Response::json(200, inner.to_string())
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `[{"name":..., "entryPoints":[...], "rule":..., "priority":..., "service":...,
+/// "middlewares":[...], "tls":{"passthrough":..,"options":..}, "status":"enabled",
+/// "provider":"file"}]`, sorted by name (Traefik's field names and order).
+fn routers_json(snap: &Snapshot, only: Option<&str>) -> String {
+    let cfg = &snap.config;
+    let mut routers: Vec<_> = cfg
+        .routers
+        .iter()
+        .filter(|r| only.is_none_or(|n| r.name == n))
+        .collect();
+    routers.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut out = String::from("[");
+    for (i, r) in routers.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"name\":");
+        json_str(&mut out, &r.name);
+        out.push_str(",\"entryPoints\":");
+        json_list(
+            &mut out,
+            r.entrypoints
+                .iter()
+                .map(|&e| cfg.entrypoints[e].name.as_str()),
+        );
+        out.push_str(",\"rule\":");
+        json_str(&mut out, &r.rule_text);
+        out.push_str(&format!(",\"priority\":{},\"service\":", r.priority));
+        json_str(&mut out, &cfg.services[r.service].name);
+        if !r.middlewares.is_empty() {
+            out.push_str(",\"middlewares\":");
+            json_list(
+                &mut out,
+                r.middlewares
+                    .iter()
+                    .map(|&m| cfg.middlewares[m].name.as_str()),
+            );
+        }
+        if let Some(t) = &r.tls {
+            out.push_str(&format!(
+                ",\"tls\":{{\"passthrough\":{},\"options\":",
+                t.passthrough
+            ));
+            json_str(&mut out, &cfg.tls.options[t.options].name);
+            out.push('}');
+        }
+        out.push_str(",\"status\":\"enabled\",\"provider\":\"file\"}");
+    }
+    out.push(']');
+    out
+}
+
+/// Services with their servers, weights and health (`serverStatus`: UP or
+/// DOWN per server address, as Traefik shows it), sorted by name.
+fn services_json(snap: &Snapshot, only: Option<&str>) -> String {
+    let cfg = &snap.config;
+    let mut services: Vec<(usize, &crate::model::Service)> = cfg
+        .services
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| only.is_none_or(|n| s.name == n))
+        .collect();
+    services.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+    let mut out = String::from("[");
+    for (n, (si, svc)) in services.iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"name\":");
+        json_str(&mut out, &svc.name);
+        match &svc.kind {
+            ServiceKind::LoadBalancer(lb) => {
+                out.push_str(",\"type\":\"loadbalancer\",\"loadBalancer\":{\"servers\":[");
+                for (i, s) in lb.servers.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str("{\"address\":");
+                    json_str(&mut out, &s.address_text);
+                    out.push_str(&format!(",\"weight\":{}", s.weight));
+                    if s.tls {
+                        out.push_str(",\"tls\":true");
+                    }
+                    out.push('}');
+                }
+                out.push(']');
+                if let Some(hc) = &lb.health_check {
+                    out.push_str(",\"healthCheck\":{\"interval\":");
+                    json_str(&mut out, &duration(hc.interval));
+                    out.push_str(",\"unhealthyInterval\":");
+                    json_str(&mut out, &duration(hc.unhealthy_interval));
+                    out.push_str(",\"timeout\":");
+                    json_str(&mut out, &duration(hc.timeout));
+                    if let Some(p) = hc.port {
+                        out.push_str(&format!(",\"port\":{p}"));
+                    }
+                    for (key, v) in [("send", &hc.send), ("expect", &hc.expect)] {
+                        if !v.is_empty() {
+                            out.push_str(&format!(",\"{key}\":"));
+                            json_str(&mut out, &String::from_utf8_lossy(v));
+                        }
+                    }
+                    out.push('}');
+                }
+                out.push_str("},\"serverStatus\":{");
+                for (i, s) in lb.servers.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    json_str(&mut out, &s.address_text);
+                    let up = snap.health.is_up(snap.health.id(*si, i));
+                    out.push_str(if up { ":\"UP\"" } else { ":\"DOWN\"" });
+                }
+                out.push('}');
+            }
+            ServiceKind::Weighted(children) => {
+                out.push_str(",\"type\":\"weighted\",\"weighted\":{\"services\":[");
+                for (i, c) in children.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str("{\"name\":");
+                    json_str(&mut out, &cfg.services[c.service].name);
+                    out.push_str(&format!(",\"weight\":{}}}", c.weight));
+                }
+                out.push_str("]}");
+            }
+        }
+        out.push_str(",\"usedBy\":");
+        let mut used: Vec<&str> = cfg
+            .routers
+            .iter()
+            .filter(|r| r.service == *si)
+            .map(|r| r.name.as_str())
+            .collect();
+        used.sort_unstable();
+        json_list(&mut out, used.into_iter());
+        out.push_str(",\"status\":\"enabled\",\"provider\":\"file\"}");
+    }
+    out.push(']');
+    out
+}
+
+/// Go-style short durations as Traefik prints them: `5s`, `500ms`, `1m30s`.
+fn duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if !ms.is_multiple_of(1000) || ms == 0 {
+        return format!("{ms}ms");
+    }
+    let s = ms / 1000;
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m0s"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, m, s) => format!("{h}h{m}m{s}s"),
+    }
+}
+
+fn json_list<'a>(out: &mut String, items: impl Iterator<Item = &'a str>) {
+    out.push('[');
+    for (i, s) in items.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        json_str(out, s);
+    }
+    out.push(']');
+}
+
+/// A JSON string literal (RFC 8259 escapes).
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_line_parsing() {
+        assert_eq!(
+            parse_request_line(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a"),
+            Some(("GET", "/metrics"))
+        );
+        assert_eq!(
+            parse_request_line(b"GET /ping HTTP/1.0"),
+            Some(("GET", "/ping"))
+        );
+        for bad in [
+            &b"GET /ping"[..],
+            b"GET ping HTTP/1.1",
+            b"GET / HTTP/2 x",
+            b"\xff / HTTP/1.1",
+            b"",
+        ] {
+            assert_eq!(
+                parse_request_line(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let mut s = String::new();
+        json_str(&mut s, "a\"b\\c\nd\u{1}é`");
+        assert_eq!(s, "\"a\\\"b\\\\c\\nd\\u0001é`\"");
+    }
+
+    #[test]
+    fn durations_print_like_go() {
+        let cases = [
+            (500, "500ms"),
+            (1000, "1s"),
+            (30_000, "30s"),
+            (60_000, "1m0s"),
+            (90_000, "1m30s"),
+            (3_600_000, "1h0m0s"),
+        ];
+        for (ms, want) in cases {
+            assert_eq!(duration(Duration::from_millis(ms)), want);
+        }
+    }
+
+    #[test]
+    fn percent_decoding_of_names() {
+        assert_eq!(percent_decode("r%40file"), "r@file");
+        assert_eq!(percent_decode("plain"), "plain");
+        assert_eq!(percent_decode("bad%4"), "bad%4");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+}

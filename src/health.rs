@@ -1,0 +1,452 @@
+//! Active health checks (`[tcp.services.<s>.loadBalancer.healthCheck]`) and
+//! the health state the workers read.
+//!
+//! Role: the control plane probes servers and flips one `AtomicBool` per
+//! server in the snapshot's `HealthState`; workers read those flags with
+//! relaxed loads when they pick a server (`Balancer::pick` skips a down server
+//! like one already tried). Probes run on plain threads with blocking sockets
+//! and timeouts, one thread per checked service: never on a worker, never
+//! touching a client connection.
+//!
+//! Semantics follow Traefik v3.6's TCP health check: connect to the server's
+//! address (or its host at `port`) within `timeout`, write `send` if set, and
+//! when `expect` is set require the reply to start with it, all within
+//! `timeout`. Every server starts healthy; one failed probe marks it down,
+//! after which it is probed every `unhealthyInterval`; one good probe brings
+//! it back, after which it is probed every `interval`. Two differences, both
+//! deliberate: the first probe runs at once instead of one interval after
+//! start (a dead server is found in `timeout`, not in 30 s), and a backend
+//! behind `proxyProtocol` first gets a PROXY header with the LOCAL command (v2)
+//! or `UNKNOWN` (v1), which the PROXY protocol defines for health checks, so
+//! `send`/`expect` reach the application.
+//!
+//! Across a reload the new snapshot starts with the verdicts of the old one
+//! for the same (service, server address), so a known-dead server does not
+//! get traffic while the new checks start up.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::balance::{self, ServerId};
+use crate::log;
+use crate::model::{Config, HealthCheck, LoadBalancer, ServiceKind};
+use crate::wire::proxy_protocol;
+use crate::worker::{Shared, Snapshot};
+
+/// Stack size of a checker thread: it only holds a socket and a small reply
+/// buffer.
+const CHECKER_STACK: usize = 128 * 1024;
+
+/// PROXY v1 header for a connection the proxy opened itself.
+const PROXY_V1_UNKNOWN: &[u8] = b"PROXY UNKNOWN\r\n";
+
+/// Up/down per server of one snapshot, indexed by `ServerId` (the numbering
+/// of `balance::flatten`). Written by checker threads, read by workers.
+#[derive(Debug)]
+pub struct HealthState {
+    /// `(service index, server index)` of each ServerId.
+    servers: Vec<(usize, usize)>,
+    /// First ServerId of each service (weighted services own none).
+    first: Vec<ServerId>,
+    up: Vec<AtomicBool>,
+}
+
+impl HealthState {
+    /// Every server healthy (Traefik's starting point).
+    pub fn new(cfg: &Config) -> HealthState {
+        let servers = balance::flatten(cfg);
+        let mut first = Vec::with_capacity(cfg.services.len());
+        let mut next = 0;
+        for svc in &cfg.services {
+            first.push(next);
+            if let ServiceKind::LoadBalancer(lb) = &svc.kind {
+                next += lb.servers.len();
+            }
+        }
+        let up = servers.iter().map(|_| AtomicBool::new(true)).collect();
+        HealthState { servers, first, up }
+    }
+
+    /// The ServerId of server `server` of load-balancer service `service`.
+    pub fn id(&self, service: usize, server: usize) -> ServerId {
+        self.first[service] + server
+    }
+
+    /// Whether active health checks let `id` be picked. A relaxed load: a
+    /// worker that sees a flip one connection late does no harm (a dial to a
+    /// dead server fails over).
+    pub fn is_up(&self, id: ServerId) -> bool {
+        self.up[id].load(Ordering::Relaxed)
+    }
+
+    /// Set a verdict; returns the previous one.
+    fn set(&self, id: ServerId, up: bool) -> bool {
+        self.up[id].swap(up, Ordering::Relaxed)
+    }
+
+    /// `(service index, server index, up)` for every server.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, usize, bool)> + '_ {
+        self.servers
+            .iter()
+            .zip(&self.up)
+            .map(|(&(si, i), up)| (si, i, up.load(Ordering::Relaxed)))
+    }
+}
+
+/// Copy the verdicts of `old` into `new` for every server that is still
+/// health-checked under the same service name and address. Servers whose
+/// service lost its health check stay up (nothing would bring them back).
+pub fn inherit(new: &Snapshot, old: &Snapshot) {
+    for (si, svc) in new.config.services.iter().enumerate() {
+        let Some((lb, _)) = checked(&svc.kind) else {
+            continue;
+        };
+        let Some(osi) = old.config.services.iter().position(|o| o.name == svc.name) else {
+            continue;
+        };
+        let ServiceKind::LoadBalancer(old_lb) = &old.config.services[osi].kind else {
+            continue;
+        };
+        for (i, server) in lb.servers.iter().enumerate() {
+            if let Some(oi) = old_lb
+                .servers
+                .iter()
+                .position(|o| o.address_text == server.address_text)
+            {
+                let up = old.health.is_up(old.health.id(osi, oi));
+                new.health.set(new.health.id(si, i), up);
+            }
+        }
+    }
+}
+
+/// The load balancer and its health check, when the service has one.
+fn checked(kind: &ServiceKind) -> Option<(&LoadBalancer, &HealthCheck)> {
+    match kind {
+        ServiceKind::LoadBalancer(lb) => lb.health_check.as_ref().map(|hc| (lb, hc)),
+        ServiceKind::Weighted(_) => None,
+    }
+}
+
+/// Stop the checks of the previous snapshot and start those of the current
+/// one. Called at start-up and after every publish.
+pub fn restart(shared: &Shared) {
+    let mut slot = shared
+        .health_checks
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    // Read under the lock: of two reloads racing, the one that restarts last
+    // also sees the last snapshot.
+    let snap = shared.current();
+    // Dropping the old set tells its threads to stop; a probe in flight ends
+    // within its timeout and its result is discarded.
+    *slot = None;
+    *slot = Some(Checks::start(snap));
+}
+
+/// The running checker threads of one snapshot; dropping it stops them.
+pub struct Checks {
+    stop: Arc<Stop>,
+}
+
+impl Checks {
+    /// One thread per health-checked service of `snap`.
+    pub fn start(snap: Arc<Snapshot>) -> Checks {
+        let stop = Arc::new(Stop::default());
+        for (si, svc) in snap.config.services.iter().enumerate() {
+            match checked(&svc.kind) {
+                Some((lb, _)) if !lb.servers.is_empty() => {}
+                _ => continue,
+            }
+            let (snap, stop) = (snap.clone(), stop.clone());
+            let spawned = std::thread::Builder::new()
+                .name("sluicegate-hc".into())
+                .stack_size(CHECKER_STACK)
+                .spawn(move || check_service(&snap, si, &stop));
+            if let Err(e) = spawned {
+                // The servers keep their current verdicts: traffic still
+                // flows, only the checks are missing, so say so loudly.
+                log!(
+                    Error,
+                    "cannot start health checks",
+                    service = svc.name,
+                    error = e
+                );
+            }
+        }
+        Checks { stop }
+    }
+}
+
+impl Drop for Checks {
+    fn drop(&mut self) {
+        self.stop.set();
+    }
+}
+
+/// A stop flag a sleeping checker wakes up for.
+#[derive(Default)]
+struct Stop {
+    stopped: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Stop {
+    fn set(&self) {
+        *self.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.cv.notify_all();
+    }
+
+    fn is_set(&self) -> bool {
+        *self.stopped.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sleep until `deadline`; true when stopped meanwhile.
+    fn sleep_until(&self, deadline: Instant) -> bool {
+        let mut stopped = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if *stopped {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            stopped = self
+                .cv
+                .wait_timeout(stopped, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// Probe the servers of service `si` until stopped, each on its own
+/// schedule, one at a time (a server that hangs delays the others of the
+/// same service by at most `timeout`, like Traefik's sequential checks).
+fn check_service(snap: &Snapshot, si: usize, stop: &Stop) {
+    let svc = &snap.config.services[si];
+    let Some((lb, hc)) = checked(&svc.kind) else {
+        return;
+    };
+    let start = Instant::now();
+    let mut due = vec![start; lb.servers.len()];
+    loop {
+        let Some((i, &when)) = due.iter().enumerate().min_by_key(|(_, &t)| t) else {
+            return;
+        };
+        if stop.sleep_until(when) {
+            return;
+        }
+        let server = &lb.servers[i];
+        let result = probe(server.address, hc, lb.proxy_protocol);
+        if stop.is_set() {
+            return;
+        }
+        let up = result.is_ok();
+        let was = snap.health.set(snap.health.id(si, i), up);
+        match (&result, was) {
+            (Err(why), true) => log!(
+                Warn,
+                "server unhealthy",
+                service = svc.name,
+                server = server.address_text,
+                reason = why
+            ),
+            (Ok(()), false) => log!(
+                Info,
+                "server healthy",
+                service = svc.name,
+                server = server.address_text
+            ),
+            _ => {}
+        }
+        due[i] = Instant::now()
+            + if up {
+                hc.interval
+            } else {
+                hc.unhealthy_interval
+            };
+    }
+}
+
+/// Why a probe failed (the `reason` of the log line).
+#[derive(Debug)]
+pub enum ProbeError {
+    /// The TCP connection could not be made (refused, unreachable, timeout).
+    Connect(io::Error),
+    /// Writing the PROXY header or `send` failed.
+    Send(io::Error),
+    /// No complete reply within the timeout.
+    Timeout,
+    /// The server closed after this many bytes of the reply.
+    Closed(usize),
+    /// Reading the reply failed (e.g. a reset).
+    Read(io::Error),
+    /// The reply does not start with `expect`.
+    Unexpected,
+}
+
+impl std::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeError::Connect(e) => write!(f, "connect: {e}"),
+            ProbeError::Send(e) => write!(f, "send: {e}"),
+            ProbeError::Timeout => f.write_str("timeout waiting for the reply"),
+            ProbeError::Closed(n) => write!(f, "closed after {n} bytes of the reply"),
+            ProbeError::Read(e) => write!(f, "read: {e}"),
+            ProbeError::Unexpected => f.write_str("unexpected reply"),
+        }
+    }
+}
+
+/// One health probe of the server at `addr`, bounded by `hc.timeout` in all.
+pub fn probe(
+    addr: SocketAddr,
+    hc: &HealthCheck,
+    proxy_protocol: Option<u8>,
+) -> Result<(), ProbeError> {
+    let deadline = Instant::now() + hc.timeout;
+    let target = hc.port.map_or(addr, |p| SocketAddr::new(addr.ip(), p));
+    let mut s = TcpStream::connect_timeout(&target, hc.timeout).map_err(ProbeError::Connect)?;
+    let mut out: Vec<u8> = Vec::new();
+    match proxy_protocol {
+        Some(1) => out.extend_from_slice(PROXY_V1_UNKNOWN),
+        Some(_) => out.extend(proxy_protocol::encode_v2_local()),
+        None => {}
+    }
+    out.extend_from_slice(&hc.send);
+    if !out.is_empty() {
+        let left = remaining(deadline).ok_or(ProbeError::Timeout)?;
+        s.set_write_timeout(Some(left)).map_err(ProbeError::Send)?;
+        s.write_all(&out).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ProbeError::Timeout,
+            _ => ProbeError::Send(e),
+        })?;
+    }
+    if hc.expect.is_empty() {
+        return Ok(());
+    }
+    let mut reply = vec![0u8; hc.expect.len()];
+    let mut got = 0;
+    while got < reply.len() {
+        let left = remaining(deadline).ok_or(ProbeError::Timeout)?;
+        s.set_read_timeout(Some(left)).map_err(ProbeError::Read)?;
+        match s.read(&mut reply[got..]) {
+            Ok(0) => return Err(ProbeError::Closed(got)),
+            Ok(n) => {
+                got += n;
+                // Fail on the first wrong byte rather than wait for the rest.
+                if reply[..got] != hc.expect[..got] {
+                    return Err(ProbeError::Unexpected);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(ProbeError::Timeout)
+            }
+            Err(e) => return Err(ProbeError::Read(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Time left before `deadline`, `None` when it has passed.
+fn remaining(deadline: Instant) -> Option<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    (!left.is_zero()).then_some(left)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::thread;
+
+    fn hc(send: &str, expect: &str, timeout_ms: u64) -> HealthCheck {
+        HealthCheck {
+            port: None,
+            interval: Duration::from_secs(1),
+            unhealthy_interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(timeout_ms),
+            send: send.as_bytes().to_vec(),
+            expect: expect.as_bytes().to_vec(),
+        }
+    }
+
+    /// A one-connection server: reads what the probe sends (up to `expect_in`
+    /// bytes), records it, then writes `reply` (in one byte pieces, to show
+    /// that split replies are reassembled) and keeps the socket open a while.
+    fn server(expect_in: usize, reply: &'static [u8]) -> (SocketAddr, thread::JoinHandle<Vec<u8>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let h = thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut got = vec![0u8; expect_in];
+            s.read_exact(&mut got).unwrap();
+            for b in reply {
+                let _ = s.write_all(&[*b]);
+                thread::sleep(Duration::from_millis(2));
+            }
+            thread::sleep(Duration::from_millis(300));
+            got
+        });
+        (addr, h)
+    }
+
+    #[test]
+    fn send_expect_matches_a_prefix_of_a_split_reply() {
+        let (addr, h) = server(5, b"+PONG\r\nmore");
+        probe(addr, &hc("PING\n", "+PONG", 1000), None).unwrap();
+        assert_eq!(h.join().unwrap(), b"PING\n");
+    }
+
+    #[test]
+    fn wrong_reply_fails_at_the_first_wrong_byte() {
+        let (addr, _h) = server(5, b"-ERR");
+        let e = probe(addr, &hc("PING\n", "+PONG", 1000), None).unwrap_err();
+        assert!(matches!(e, ProbeError::Unexpected), "{e}");
+    }
+
+    #[test]
+    fn silence_is_a_timeout_within_the_limit() {
+        let (addr, _h) = server(5, b"");
+        let t = Instant::now();
+        let e = probe(addr, &hc("PING\n", "+PONG", 150), None).unwrap_err();
+        assert!(matches!(e, ProbeError::Timeout), "{e}");
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(140) && took < Duration::from_millis(1000),
+            "{took:?}"
+        );
+    }
+
+    #[test]
+    fn refused_is_a_connect_error() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let e = probe(addr, &hc("", "", 500), None).unwrap_err();
+        assert!(matches!(e, ProbeError::Connect(_)), "{e}");
+    }
+
+    #[test]
+    fn proxy_protocol_backends_get_a_local_header_first() {
+        let (addr, h) = server(16 + 4, b"OK");
+        probe(addr, &hc("PING", "OK", 1000), Some(2)).unwrap();
+        let got = h.join().unwrap();
+        assert_eq!(got[..16], proxy_protocol::encode_v2_local());
+        assert_eq!(&got[16..], b"PING");
+        let (addr, h) = server(PROXY_V1_UNKNOWN.len(), b"");
+        probe(addr, &hc("", "", 1000), Some(1)).unwrap();
+        assert_eq!(h.join().unwrap(), PROXY_V1_UNKNOWN);
+    }
+}

@@ -1,0 +1,432 @@
+//! Per-worker counters, summed into Prometheus text when `/metrics` is
+//! scraped.
+//!
+//! Role: each worker registers one `WorkerMetrics` at start (allocated on its
+//! own thread, so on its own allocator pages) and keeps a thread-local handle
+//! to it; the hot path only ever touches its own worker's counters. Nothing
+//! here is shared between workers:
+//! - per-entrypoint counts (accepted, ended, accept errors) are atomics with a
+//!   single writer, bumped with a relaxed load + store (no locked
+//!   instruction); the scraper reads them relaxed;
+//! - per-name counts (outcome per router, bytes per service, dial failures per
+//!   server) are keyed by *names*, so they stay monotonic across reloads that
+//!   renumber routers and services. They sit behind this worker's own mutex,
+//!   taken once when a connection ends and once per failed dial; only a scrape
+//!   ever contends for it, for the time it takes to copy a few maps.
+//!
+//! Must never: allocate per byte, take another worker's lock, or block a
+//! worker on the scraper for longer than a map copy.
+
+use std::cell::OnceCell;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::model::Config;
+use crate::worker::Snapshot;
+
+/// Label for "no router matched" / "no service chosen" (as in the access log).
+const NONE: &str = "-";
+
+/// Every worker's counters.
+#[derive(Default)]
+pub struct Registry {
+    workers: Mutex<Vec<Arc<WorkerMetrics>>>,
+}
+
+/// One worker's counters.
+struct WorkerMetrics {
+    /// Per entrypoint index (entrypoints never change on reload).
+    accepted: Vec<AtomicU64>,
+    ended: Vec<AtomicU64>,
+    accept_errors: Vec<AtomicU64>,
+    tally: Mutex<Tally>,
+}
+
+/// Per-name counts of one worker.
+#[derive(Default, Clone)]
+struct Tally {
+    /// Entrypoint index → router name → outcome → connections.
+    outcomes: Vec<HashMap<String, HashMap<String, u64>>>,
+    /// Service name → [up (client → server), down (server → client)] bytes.
+    bytes: HashMap<String, [u64; 2]>,
+    /// Service name → server address → failed dials.
+    dial_failures: HashMap<String, HashMap<String, u64>>,
+}
+
+thread_local! {
+    /// This worker's counters; unset on threads that are not workers (then
+    /// every hook is a no-op).
+    static LOCAL: OnceCell<Arc<WorkerMetrics>> = const { OnceCell::new() };
+}
+
+/// Add `n` to a counter this thread alone writes: a relaxed load and store
+/// instead of a locked read-modify-write.
+fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
+/// The entry for `key`, inserted (allocating the key) only the first time.
+fn slot<'m, V: Default>(m: &'m mut HashMap<String, V>, key: &str) -> &'m mut V {
+    if !m.contains_key(key) {
+        m.insert(key.to_owned(), V::default());
+    }
+    m.get_mut(key).expect("just inserted")
+}
+
+fn with_local(f: impl FnOnce(&WorkerMetrics)) {
+    LOCAL.with(|l| {
+        if let Some(m) = l.get() {
+            f(m)
+        }
+    })
+}
+
+impl Registry {
+    /// Register the calling thread as a worker serving `entrypoints`
+    /// entrypoints. Call once, on the worker thread, before it accepts.
+    pub fn register_worker(&self, entrypoints: usize) {
+        let counters = || (0..entrypoints).map(|_| AtomicU64::new(0)).collect();
+        let m = Arc::new(WorkerMetrics {
+            accepted: counters(),
+            ended: counters(),
+            accept_errors: counters(),
+            tally: Mutex::new(Tally::default()),
+        });
+        if LOCAL.with(|l| l.set(m.clone())).is_ok() {
+            self.workers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(m);
+        }
+    }
+
+    /// Prometheus text exposition (format 0.0.4) of the sum over workers,
+    /// with names from `snap` (the current snapshot).
+    pub fn render(&self, snap: &Snapshot) -> String {
+        let workers: Vec<Arc<WorkerMetrics>> = self
+            .workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let eps = &snap.config.entrypoints;
+        let (mut accepted, mut open, mut errors) = (
+            vec![0u64; eps.len()],
+            vec![0u64; eps.len()],
+            vec![0u64; eps.len()],
+        );
+        let mut outcomes: BTreeMap<(usize, String, String), u64> = BTreeMap::new();
+        let mut bytes: BTreeMap<String, [u64; 2]> = BTreeMap::new();
+        let mut dials: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for w in &workers {
+            for ep in 0..eps.len() {
+                // `ended` first: a connection is counted accepted before it
+                // can end, so open never goes below zero.
+                let ended = w.ended.get(ep).map_or(0, |c| c.load(Ordering::Relaxed));
+                let acc = w.accepted.get(ep).map_or(0, |c| c.load(Ordering::Relaxed));
+                accepted[ep] += acc;
+                open[ep] += acc.saturating_sub(ended);
+                errors[ep] += w
+                    .accept_errors
+                    .get(ep)
+                    .map_or(0, |c| c.load(Ordering::Relaxed));
+            }
+            let t = w.tally.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            for (ep, routers) in t.outcomes.into_iter().enumerate() {
+                for (router, by_outcome) in routers {
+                    for (outcome, n) in by_outcome {
+                        *outcomes.entry((ep, router.clone(), outcome)).or_default() += n;
+                    }
+                }
+            }
+            for (svc, [up, down]) in t.bytes {
+                let e = bytes.entry(svc).or_default();
+                e[0] += up;
+                e[1] += down;
+            }
+            for (svc, servers) in t.dial_failures {
+                for (server, n) in servers {
+                    *dials.entry((svc.clone(), server)).or_default() += n;
+                }
+            }
+        }
+
+        let mut out = String::with_capacity(4096);
+        let ep_name = |ep: usize| eps.get(ep).map_or(NONE, |e| e.name.as_str());
+        header(
+            &mut out,
+            "sluicegate_entrypoint_connections_accepted_total",
+            "counter",
+            "Connections accepted, per entrypoint.",
+        );
+        for (ep, n) in accepted.iter().enumerate() {
+            sample(
+                &mut out,
+                "sluicegate_entrypoint_connections_accepted_total",
+                &[("entrypoint", ep_name(ep))],
+                *n,
+            );
+        }
+        header(
+            &mut out,
+            "sluicegate_entrypoint_connections_open",
+            "gauge",
+            "Connections open now, per entrypoint.",
+        );
+        for (ep, n) in open.iter().enumerate() {
+            sample(
+                &mut out,
+                "sluicegate_entrypoint_connections_open",
+                &[("entrypoint", ep_name(ep))],
+                *n,
+            );
+        }
+        header(
+            &mut out,
+            "sluicegate_entrypoint_accept_errors_total",
+            "counter",
+            "Failed accepts (EMFILE and the like; accepting pauses with backoff), per entrypoint.",
+        );
+        for (ep, n) in errors.iter().enumerate() {
+            sample(
+                &mut out,
+                "sluicegate_entrypoint_accept_errors_total",
+                &[("entrypoint", ep_name(ep))],
+                *n,
+            );
+        }
+        header(
+            &mut out,
+            "sluicegate_connections_total",
+            "counter",
+            "Connections ended, per entrypoint, router (\"-\": none matched) and outcome (the access-log outcome).",
+        );
+        for ((ep, router, outcome), n) in &outcomes {
+            let labels = [
+                ("entrypoint", ep_name(*ep)),
+                ("router", router.as_str()),
+                ("outcome", outcome.as_str()),
+            ];
+            sample(&mut out, "sluicegate_connections_total", &labels, *n);
+        }
+        header(
+            &mut out,
+            "sluicegate_service_bytes_total",
+            "counter",
+            "Bytes forwarded per service of the router: direction up = client to server, down = server to client.",
+        );
+        for (svc, [up, down]) in &bytes {
+            sample(
+                &mut out,
+                "sluicegate_service_bytes_total",
+                &[("service", svc), ("direction", "up")],
+                *up,
+            );
+            sample(
+                &mut out,
+                "sluicegate_service_bytes_total",
+                &[("service", svc), ("direction", "down")],
+                *down,
+            );
+        }
+        header(
+            &mut out,
+            "sluicegate_server_dial_failures_total",
+            "counter",
+            "Failed dials (refused, unreachable, timeout), per load-balancer service and server.",
+        );
+        for ((svc, server), n) in &dials {
+            sample(
+                &mut out,
+                "sluicegate_server_dial_failures_total",
+                &[("service", svc), ("server", server)],
+                *n,
+            );
+        }
+        header(
+            &mut out,
+            "sluicegate_server_up",
+            "gauge",
+            "Active health-check verdict per server: 1 up, 0 down (always 1 without a healthCheck).",
+        );
+        let cfg = &snap.config;
+        for (si, i, up) in snap.health.iter() {
+            if let crate::model::ServiceKind::LoadBalancer(lb) = &cfg.services[si].kind {
+                let labels = [
+                    ("service", cfg.services[si].name.as_str()),
+                    ("server", lb.servers[i].address_text.as_str()),
+                ];
+                sample(&mut out, "sluicegate_server_up", &labels, u64::from(up));
+            }
+        }
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(k);
+            out.push_str("=\"");
+            // Label values escape backslash, double quote and newline.
+            for c in v.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '"' => out.push_str("\\\""),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
+}
+
+/// A connection was accepted on entrypoint `ep` (and will end in exactly one
+/// `connection_ended`).
+pub fn accepted(ep: usize) {
+    with_local(|m| {
+        if let Some(c) = m.accepted.get(ep) {
+            bump(c, 1)
+        }
+    })
+}
+
+/// An accept on entrypoint `ep` failed.
+pub fn accept_error(ep: usize) {
+    with_local(|m| {
+        if let Some(c) = m.accept_errors.get(ep) {
+            bump(c, 1)
+        }
+    })
+}
+
+/// A connection ended with `outcome` after moving `up`/`down` bytes; called
+/// once per accepted connection, from the access-log hook.
+pub fn connection_ended(
+    cfg: &Config,
+    ep: usize,
+    router: Option<usize>,
+    service: Option<usize>,
+    outcome: &str,
+    up: u64,
+    down: u64,
+) {
+    with_local(|m| {
+        if let Some(c) = m.ended.get(ep) {
+            bump(c, 1)
+        }
+        let router = router.map_or(NONE, |r| cfg.routers[r].name.as_str());
+        let mut t = m.tally.lock().unwrap_or_else(|e| e.into_inner());
+        if t.outcomes.len() <= ep {
+            t.outcomes.resize_with(ep + 1, HashMap::new);
+        }
+        *slot(slot(&mut t.outcomes[ep], router), outcome) += 1;
+        if let Some(s) = service {
+            let b = slot(&mut t.bytes, &cfg.services[s].name);
+            b[0] += up;
+            b[1] += down;
+        }
+    })
+}
+
+/// A dial to `server` of load-balancer service `service` failed.
+pub fn dial_failed(service: &str, server: &str) {
+    with_local(|m| {
+        let mut t = m.tally.lock().unwrap_or_else(|e| e.into_inner());
+        *slot(slot(&mut t.dial_failures, service), server) += 1;
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut s = String::new();
+        sample(&mut s, "m", &[("a", "x\"y\\z\nw"), ("b", "plain")], 7);
+        assert_eq!(s, "m{a=\"x\\\"y\\\\z\\nw\",b=\"plain\"} 7\n");
+    }
+
+    #[test]
+    fn hooks_are_no_ops_off_worker_threads() {
+        // No worker registered on this thread: nothing to count, no panic.
+        accepted(0);
+        accept_error(3);
+        dial_failed("s", "a");
+    }
+
+    #[test]
+    fn workers_are_summed_by_name() {
+        let reg = Arc::new(Registry::default());
+        let cfg_text = r#"
+[entryPoints.main]
+address = "127.0.0.1:0"
+[tcp.routers.r]
+rule = "HostSNI(`*`)"
+service = "s"
+[tcp.services.s.loadBalancer]
+[[tcp.services.s.loadBalancer.servers]]
+address = "127.0.0.1:9"
+"#;
+        let dir = std::env::temp_dir().join(format!("sluicegate-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, cfg_text).unwrap();
+        let cfg = crate::config::load(&path).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = Arc::new(cfg);
+        let mut handles = Vec::new();
+        for w in 0..2u64 {
+            let (reg, cfg) = (reg.clone(), cfg.clone());
+            handles.push(std::thread::spawn(move || {
+                reg.register_worker(1);
+                for _ in 0..=w {
+                    accepted(0);
+                    connection_ended(&cfg, 0, Some(0), Some(0), "closed", 5, 7);
+                }
+                accepted(0);
+                connection_ended(&cfg, 0, None, None, "no_route", 0, 0);
+                accepted(0);
+                dial_failed("s", "127.0.0.1:9");
+            }));
+        }
+        for h in handles {
+            h.join().unwrap();
+        }
+        let snap = Snapshot::new((*cfg).clone()).unwrap();
+        let text = reg.render(&snap);
+        for line in [
+            "sluicegate_entrypoint_connections_accepted_total{entrypoint=\"main\"} 7",
+            "sluicegate_entrypoint_connections_open{entrypoint=\"main\"} 2",
+            "sluicegate_connections_total{entrypoint=\"main\",router=\"r\",outcome=\"closed\"} 3",
+            "sluicegate_connections_total{entrypoint=\"main\",router=\"-\",outcome=\"no_route\"} 2",
+            "sluicegate_service_bytes_total{service=\"s\",direction=\"up\"} 15",
+            "sluicegate_service_bytes_total{service=\"s\",direction=\"down\"} 21",
+            "sluicegate_server_dial_failures_total{service=\"s\",server=\"127.0.0.1:9\"} 2",
+            "sluicegate_server_up{service=\"s\",server=\"127.0.0.1:9\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing `{line}` in:\n{text}"
+            );
+        }
+        // Every sample has HELP and TYPE lines.
+        assert_eq!(text.matches("# HELP ").count(), 7);
+        assert_eq!(text.matches("# TYPE ").count(), 7);
+    }
+}

@@ -1,0 +1,199 @@
+//! Driving a TLS handshake over a non-blocking socket: server side towards
+//! the client (the ClientHello already peeked is fed first), client side
+//! towards a TLS backend. One absolute deadline for the whole handshake.
+//!
+//! Only readiness polls are ever in flight, so a deadline that fires loses no
+//! bytes. On a protocol failure the alert rustls produced is written (best
+//! effort, without waiting past the deadline) before the caller closes.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+use rustls::unbuffered::{ConnectionState, UnbufferedStatus};
+
+use super::side::{Conn, TlsSide};
+
+/// How long a failed handshake may spend writing its alert when no deadline
+/// was given: the alert is a courtesy, never worth holding a connection.
+const ALERT_WRITE_MAX: Duration = Duration::from_millis(500);
+
+/// Why a handshake did not complete.
+#[derive(Debug)]
+pub enum HsError {
+    /// rustls refused (the peer's alert or ours).
+    Tls(rustls::Error),
+    /// The deadline passed.
+    Timeout,
+    /// The peer closed or reset the connection.
+    Closed(Option<io::Error>),
+}
+
+enum Next {
+    Continue,
+    Flush,
+    Read,
+    Done,
+    Fail(rustls::Error),
+}
+
+/// Complete the handshake of `side` on `sock`. Application data that arrives
+/// with the peer's last flight is kept in `side.plain`.
+pub async fn run<C: Conn>(
+    side: &mut TlsSide<C>,
+    sock: &TcpStream,
+    deadline: Option<Instant>,
+) -> Result<(), HsError> {
+    let fd = sock.as_raw_fd();
+    loop {
+        let TlsSide {
+            conn,
+            cin,
+            tx,
+            plain,
+            peer_closed,
+            ..
+        } = &mut *side;
+        let UnbufferedStatus { mut discard, state } = conn.process(cin.data_mut());
+        let next = match state {
+            Err(e) => Next::Fail(e),
+            Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                let room = tx.spare();
+                match e.encode(room) {
+                    Ok(n) => {
+                        tx.commit(n);
+                        Next::Continue
+                    }
+                    Err(e) => Next::Fail(rustls::Error::General(format!(
+                        "handshake flight does not fit the output buffer: {e}"
+                    ))),
+                }
+            }
+            Ok(ConnectionState::TransmitTlsData(t)) => {
+                // Marked sent now; `Flush` writes it before rustls runs again.
+                t.done();
+                Next::Flush
+            }
+            Ok(ConnectionState::BlockedHandshake) => Next::Read,
+            Ok(ConnectionState::WriteTraffic(_)) => {
+                if conn.handshaking() {
+                    // TLS 1.3 server after its flight: the client's
+                    // Finished (and certificate) is still to come.
+                    Next::Read
+                } else {
+                    Next::Done
+                }
+            }
+            Ok(ConnectionState::ReadTraffic(mut r)) => {
+                let mut next = Next::Continue;
+                while let Some(rec) = r.next_record() {
+                    match rec {
+                        Ok(rec) => {
+                            discard += rec.discard;
+                            if plain.push(rec.payload) != rec.payload.len() {
+                                next = Next::Fail(rustls::Error::General(
+                                    "too much early application data".into(),
+                                ));
+                            }
+                        }
+                        Err(e) => next = Next::Fail(e),
+                    }
+                }
+                next
+            }
+            Ok(ConnectionState::PeerClosed) | Ok(ConnectionState::Closed) => {
+                *peer_closed = true;
+                if conn.handshaking() {
+                    Next::Fail(rustls::Error::General(
+                        "peer closed during the handshake".into(),
+                    ))
+                } else {
+                    Next::Done
+                }
+            }
+            Ok(_) => Next::Fail(rustls::Error::General(
+                "unexpected TLS state during the handshake".into(),
+            )),
+        };
+        side.cin.consume(discard);
+        match next {
+            Next::Continue => {}
+            Next::Flush => flush(side, sock, deadline).await?,
+            Next::Done => {
+                flush(side, sock, deadline).await?;
+                return Ok(());
+            }
+            Next::Read => {
+                flush(side, sock, deadline).await?;
+                loop {
+                    match side.read(fd) {
+                        Ok(0) => return Err(HsError::Closed(None)),
+                        Ok(_) => break,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            wait(sock.readable(false), deadline).await?
+                        }
+                        Err(e) => return Err(HsError::Closed(Some(e))),
+                    }
+                }
+            }
+            Next::Fail(e) => {
+                queue_alert(side);
+                let alert_deadline = Instant::now() + ALERT_WRITE_MAX;
+                let d = deadline.map_or(alert_deadline, |d| d.min(alert_deadline));
+                let _ = flush(side, sock, Some(d)).await;
+                return Err(HsError::Tls(e));
+            }
+        }
+    }
+}
+
+/// Move the alert rustls queued after an error into `tx`.
+fn queue_alert<C: Conn>(side: &mut TlsSide<C>) {
+    for _ in 0..4 {
+        // The real input buffer, not an empty one: rustls may still index
+        // into it; after an error it only hands out what it queued.
+        let UnbufferedStatus { state, .. } = side.conn.process(side.cin.data_mut());
+        match state {
+            Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                if let Ok(n) = e.encode(side.tx.spare()) {
+                    side.tx.commit(n);
+                }
+            }
+            Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+            _ => break,
+        }
+    }
+}
+
+async fn flush<C: Conn>(
+    side: &mut TlsSide<C>,
+    sock: &TcpStream,
+    deadline: Option<Instant>,
+) -> Result<(), HsError> {
+    let fd = sock.as_raw_fd();
+    loop {
+        match side.flush(fd) {
+            Ok(true) => return Ok(()),
+            Ok(false) => wait(sock.writable(false), deadline).await?,
+            Err(e) => return Err(HsError::Closed(Some(e))),
+        }
+    }
+}
+
+async fn wait(
+    ready: impl std::future::Future<Output = io::Result<()>>,
+    deadline: Option<Instant>,
+) -> Result<(), HsError> {
+    let r = match deadline {
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            match monoio::time::timeout(left, ready).await {
+                Ok(r) => r,
+                Err(_) => return Err(HsError::Timeout),
+            }
+        }
+        None => ready.await,
+    };
+    r.map_err(|e| HsError::Closed(Some(e)))
+}

@@ -1,0 +1,416 @@
+//! rustls configurations built from the model: one `ServerConfig` per
+//! `[tls.options.<name>]` (versions, cipher suites, curves, ALPN, client
+//! authentication, SNI strictness) and one `ClientConfig` per servers
+//! transport that speaks TLS to its backends (roots, `insecureSkipVerify`,
+//! client certificate).
+//!
+//! The config loader already refused names rustls cannot honour
+//! (`config/tls.rs` gives the canonical spellings matched here); what is left
+//! to fail is file IO and PEM contents. Pure apart from reading files.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{aws_lc_rs, CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme, SupportedCipherSuite, SupportedProtocolVersion,
+};
+
+use super::store::{self, CertStore, Resolver};
+use crate::model::{TlsOptions, TransportTls};
+
+/// Where Debian (and most distributions) keep the system CA bundle, used for
+/// backends with `tls = true` and no `rootCAs` (Go's default: system roots).
+const SYSTEM_CA_FILES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+];
+
+/// The crypto provider (see Cargo.toml for why aws-lc-rs).
+pub fn provider() -> CryptoProvider {
+    aws_lc_rs::default_provider()
+}
+
+/// Go / Traefik cipher suite name → rustls suite.
+fn suite_by_name(name: &str) -> Option<SupportedCipherSuite> {
+    use aws_lc_rs::cipher_suite::*;
+    Some(match name {
+        "TLS_AES_128_GCM_SHA256" => TLS13_AES_128_GCM_SHA256,
+        "TLS_AES_256_GCM_SHA384" => TLS13_AES_256_GCM_SHA384,
+        "TLS_CHACHA20_POLY1305_SHA256" => TLS13_CHACHA20_POLY1305_SHA256,
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256" => TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384" => TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256" => TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384" => TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256" => {
+            TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+        }
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256" => {
+            TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+        }
+        _ => return None,
+    })
+}
+
+/// Traefik curve name → rustls key exchange group.
+fn group_by_name(name: &str) -> Option<&'static dyn rustls::crypto::SupportedKxGroup> {
+    use aws_lc_rs::kx_group::*;
+    Some(match name {
+        "X25519" => X25519,
+        "CurveP256" => SECP256R1,
+        "CurveP384" => SECP384R1,
+        "X25519MLKEM768" => X25519MLKEM768,
+        _ => return None,
+    })
+}
+
+/// The provider restricted to an options set's suites and curves.
+///
+/// Go semantics: `cipherSuites` lists TLS 1.2 suites and TLS 1.3 suites are
+/// not configurable; as an extension, naming any TLS 1.3 suite restricts the
+/// TLS 1.3 ones too. A version whose suites the list does not mention keeps
+/// its defaults.
+fn restricted_provider(opts: &TlsOptions) -> CryptoProvider {
+    let mut p = provider();
+    if !opts.cipher_suites.is_empty() {
+        let named: Vec<SupportedCipherSuite> = opts
+            .cipher_suites
+            .iter()
+            .filter_map(|n| suite_by_name(n))
+            .collect();
+        let is13 = |s: &SupportedCipherSuite| s.version() == &rustls::version::TLS13;
+        let any13 = named.iter().any(is13);
+        let any12 = named.iter().any(|s| !is13(s));
+        p.cipher_suites.retain(|s| {
+            let listed = named.iter().any(|n| n.suite() == s.suite());
+            if is13(s) {
+                !any13 || listed
+            } else {
+                !any12 || listed
+            }
+        });
+    }
+    if !opts.curve_preferences.is_empty() {
+        p.kx_groups = opts
+            .curve_preferences
+            .iter()
+            .filter_map(|n| group_by_name(n))
+            .collect();
+    }
+    p
+}
+
+fn versions(min: Option<&str>, max: Option<&str>) -> Vec<&'static SupportedProtocolVersion> {
+    let lo = if min == Some("VersionTLS13") { 13 } else { 12 };
+    let hi = if max == Some("VersionTLS12") { 12 } else { 13 };
+    let mut v = Vec::new();
+    if lo <= 13 && hi >= 13 {
+        v.push(&rustls::version::TLS13);
+    }
+    if lo <= 12 && hi >= 12 {
+        v.push(&rustls::version::TLS12);
+    }
+    v
+}
+
+/// Certificates from PEM files as a root store; errors are `FILE: message`.
+fn roots(files: &[PathBuf]) -> Result<RootCertStore, String> {
+    let mut store = RootCertStore::empty();
+    for f in files {
+        for cert in store::read_chain(f)? {
+            store
+                .add(cert)
+                .map_err(|e| format!("{}: not a usable CA certificate: {e}", f.display()))?;
+        }
+    }
+    Ok(store)
+}
+
+fn system_roots() -> Result<RootCertStore, String> {
+    let Some(f) = SYSTEM_CA_FILES.iter().map(Path::new).find(|p| p.exists()) else {
+        return Err(format!(
+            "no rootCAs given and no system CA bundle found ({}); install ca-certificates or set rootCAs",
+            SYSTEM_CA_FILES.join(", ")
+        ));
+    };
+    let mut store = RootCertStore::empty();
+    let (_, _) = store.add_parsable_certificates(store::read_chain(f)?);
+    Ok(store)
+}
+
+/// The `ServerConfig` of one options set; errors are `FILE: message` or
+/// `tls.options.NAME: message` lines.
+pub fn server_config(
+    opts: &TlsOptions,
+    certs: &Arc<CertStore>,
+    ticketer: Option<&Arc<dyn rustls::server::ProducesTickets>>,
+) -> Result<ServerConfig, Vec<String>> {
+    let provider = Arc::new(restricted_provider(opts));
+    let what = format!("tls.options.{}", opts.name);
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions(
+            opts.min_version.as_deref(),
+            opts.max_version.as_deref(),
+        ))
+        .map_err(|e| {
+            vec![format!(
+                "{what}: {e} (no cipher suite left for these versions)"
+            )]
+        })?;
+    let verifier: Arc<dyn ClientCertVerifier> = match opts.client_auth_type.as_deref() {
+        None | Some("NoClientCert") => WebPkiClientVerifier::no_client_auth(),
+        Some(kind @ ("RequestClientCert" | "RequireAnyClientCert")) => Arc::new(AnyClientCert {
+            mandatory: kind == "RequireAnyClientCert",
+            algs: provider.signature_verification_algorithms,
+        }),
+        Some(kind) => {
+            let roots = roots(&opts.client_ca_files).map_err(|e| vec![e])?;
+            let b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+            let b = if kind == "VerifyClientCertIfGiven" {
+                b.allow_unauthenticated()
+            } else {
+                b
+            };
+            b.build()
+                .map_err(|e| vec![format!("{what}.clientAuth: {e}")])?
+        }
+    };
+    let mut config = builder
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(Resolver {
+            store: certs.clone(),
+            strict: opts.sni_strict,
+        }));
+    config.alpn_protocols = opts
+        .alpn_protocols
+        .iter()
+        .map(|p| p.as_bytes().to_vec())
+        .collect();
+    match ticketer {
+        Some(t) if !opts.disable_session_tickets => {
+            // Stateless tickets: resumption works across workers without a
+            // shared, locked session cache.
+            config.ticketer = t.clone();
+            config.session_storage = Arc::new(NoServerSessionStorage {});
+        }
+        _ => {
+            config.send_tls13_tickets = 0;
+            config.session_storage = Arc::new(NoServerSessionStorage {});
+        }
+    }
+    Ok(config)
+}
+
+/// A transport's TLS towards its backends.
+pub struct ClientSide {
+    pub config: Arc<ClientConfig>,
+    /// `serverName`; `None`: the host of the server's address.
+    pub server_name: Option<ServerName<'static>>,
+}
+
+/// The `ClientConfig` of one transport (`tls` may be absent: per-server
+/// `tls = true` with Traefik's defaults, i.e. system roots).
+pub fn client_side(tls: Option<&TransportTls>, what: &str) -> Result<ClientSide, String> {
+    let default = TransportTls::default();
+    let tls = tls.unwrap_or(&default);
+    let provider = Arc::new(provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("{what}: {e}"))?;
+    let builder = if tls.insecure_skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoServerVerification {
+                algs: provider.signature_verification_algorithms,
+            }))
+    } else {
+        let roots = if tls.root_cas.is_empty() {
+            system_roots().map_err(|e| format!("{what}: {e}"))?
+        } else {
+            roots(&tls.root_cas)?
+        };
+        let v = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| format!("{what}: {e}"))?;
+        builder.with_webpki_verifier(v)
+    };
+    let config = match tls.certificates.first() {
+        Some(pair) => {
+            let chain = store::read_chain(&pair.cert_file)?;
+            let key = store::read_key(&pair.key_file)?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                format!(
+                    "{}: unusable client certificate key: {e}",
+                    pair.key_file.display()
+                )
+            })?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let server_name = match &tls.server_name {
+        Some(n) => Some(
+            ServerName::try_from(n.clone())
+                .map_err(|_| format!("{what}.serverName: {n:?} is not a DNS name or IP address"))?,
+        ),
+        None => None,
+    };
+    Ok(ClientSide {
+        config: Arc::new(config),
+        server_name,
+    })
+}
+
+/// The server name to verify a backend against when `serverName` is not set:
+/// the host part of the server's address (Traefik does the same).
+pub fn name_from_address(address: &str) -> Option<ServerName<'static>> {
+    let host = match address.rsplit_once(':') {
+        Some((h, _)) => h,
+        None => address,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_string()).ok()
+}
+
+/// `clientAuthType` RequestClientCert / RequireAnyClientCert: ask for a
+/// certificate and accept any, but still check the handshake signature (the
+/// client must hold the key of what it presents).
+#[derive(Debug)]
+struct AnyClientCert {
+    mandatory: bool,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for AnyClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// `insecureSkipVerify = true`: any backend certificate is accepted (the
+/// handshake signature is still checked against it).
+#[derive(Debug)]
+struct NoServerVerification {
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for NoServerVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_ranges() {
+        assert_eq!(versions(None, None).len(), 2);
+        assert_eq!(
+            versions(Some("VersionTLS13"), None),
+            vec![&rustls::version::TLS13]
+        );
+        assert_eq!(
+            versions(None, Some("VersionTLS12")),
+            vec![&rustls::version::TLS12]
+        );
+    }
+
+    #[test]
+    fn suites_restrict_only_the_versions_they_name() {
+        let opts = TlsOptions {
+            cipher_suites: vec!["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256".into()],
+            ..TlsOptions::default()
+        };
+        let p = restricted_provider(&opts);
+        let n12 = p
+            .cipher_suites
+            .iter()
+            .filter(|s| s.version() == &rustls::version::TLS12)
+            .count();
+        let n13 = p.cipher_suites.len() - n12;
+        assert_eq!(n12, 1);
+        assert!(n13 >= 2, "TLS 1.3 suites are kept (Go semantics)");
+    }
+
+    #[test]
+    fn names_from_addresses() {
+        assert!(matches!(
+            name_from_address("db.internal:5432"),
+            Some(ServerName::DnsName(_))
+        ));
+        assert!(matches!(
+            name_from_address("10.0.0.5:5432"),
+            Some(ServerName::IpAddress(_))
+        ));
+        assert!(matches!(
+            name_from_address("[::1]:5432"),
+            Some(ServerName::IpAddress(_))
+        ));
+    }
+}

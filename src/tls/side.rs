@@ -1,0 +1,394 @@
+//! One TLS endpoint of a proxied connection: a rustls unbuffered connection
+//! (server towards the client, or client towards a TLS backend) and the
+//! connection's own buffers.
+//!
+//! - `cin`: ciphertext read from the socket; rustls decrypts records in place
+//!   there and we discard what it consumed.
+//! - `tx`: ciphertext to write to the socket (records we encrypted, handshake
+//!   and alert records rustls encoded), written in the order produced.
+//! - `plain`: decrypted bytes not yet delivered, filled only when the other
+//!   socket could not take a record at once (backpressure) or when rustls
+//!   decrypted a record while we were asking it for permission to encrypt.
+//!
+//! Bounds: `cin` is only refilled once `plain` is empty, so `plain` never
+//! holds more than one `cin` worth of plaintext (plaintext is never longer
+//! than its ciphertext). `tx` takes one encrypted chunk only when empty, and
+//! input that could produce control records is not processed while `tx` is
+//! above `TX_HIGH`. All buffers go back to the pool when empty.
+//!
+//! Nothing here touches a socket except `read`/`flush`, which are
+//! non-blocking and report `WouldBlock` to the caller. No `await` here.
+
+use std::io;
+use std::os::fd::RawFd;
+
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncryptError, UnbufferedStatus, WriteTraffic,
+};
+
+use super::buf::{Buf, BUF_SIZE, SLACK};
+use crate::sys;
+
+/// Largest plaintext chunk encrypted in one go: four full records, so the
+/// ciphertext (plus overhead) fits an empty `tx`.
+pub const MAX_CHUNK: usize = BUF_SIZE - SLACK;
+/// Above this many queued bytes in `tx`, input that may make rustls queue
+/// more (key updates, alerts) waits until `tx` drains: a peer that floods
+/// control messages without reading cannot grow our memory.
+const TX_HIGH: usize = BUF_SIZE - SLACK / 2;
+
+/// The two rustls unbuffered connection types, behind one interface.
+pub trait Conn {
+    type Data;
+    fn process<'c, 'i>(&'c mut self, buf: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data>;
+    fn handshaking(&self) -> bool;
+}
+
+impl Conn for UnbufferedServerConnection {
+    type Data = ServerConnectionData;
+    fn process<'c, 'i>(&'c mut self, buf: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(buf)
+    }
+    fn handshaking(&self) -> bool {
+        self.is_handshaking()
+    }
+}
+
+impl Conn for UnbufferedClientConnection {
+    type Data = ClientConnectionData;
+    fn process<'c, 'i>(&'c mut self, buf: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(buf)
+    }
+    fn handshaking(&self) -> bool {
+        self.is_handshaking()
+    }
+}
+
+/// What one `pull` achieved.
+#[derive(Debug)]
+pub enum Pull {
+    /// `n` plaintext bytes were taken by the destination (may be 0 when only
+    /// control records were handled); call again.
+    Moved(usize),
+    /// Plaintext is waiting and the destination took none.
+    DstBlocked,
+    /// No complete record is buffered: read more ciphertext.
+    NeedInput,
+    /// `tx` must drain before more input is processed.
+    TxFull,
+    /// The peer sent close_notify and every byte before it was delivered.
+    Eof,
+    /// The peer broke the protocol (an alert is queued in `tx`).
+    Failed(rustls::Error),
+    /// The destination failed.
+    DstFailed(io::Error),
+}
+
+pub struct TlsSide<C> {
+    pub conn: C,
+    pub cin: Buf,
+    pub tx: Buf,
+    pub plain: Buf,
+    /// close_notify received (rustls reports it once; we remember it).
+    pub peer_closed: bool,
+    /// close_notify queued by us.
+    pub sent_close: bool,
+}
+
+impl<C: Conn> TlsSide<C> {
+    pub fn new(conn: C) -> TlsSide<C> {
+        TlsSide {
+            conn,
+            cin: Buf::default(),
+            tx: Buf::default(),
+            plain: Buf::default(),
+            peer_closed: false,
+            sent_close: false,
+        }
+    }
+
+    /// Deliver decrypted bytes to `deliver` (which returns how many the
+    /// destination took): first what is waiting in `plain`, then the next
+    /// record decrypted from `cin`. Handles control records on the way.
+    pub fn pull(&mut self, deliver: &mut dyn FnMut(&[u8]) -> io::Result<usize>) -> Pull {
+        if !self.plain.is_empty() {
+            return match deliver(self.plain.data()) {
+                Ok(0) => Pull::DstBlocked,
+                Ok(n) => {
+                    self.plain.consume(n);
+                    Pull::Moved(n)
+                }
+                Err(e) => Pull::DstFailed(e),
+            };
+        }
+        if self.tx.len() > TX_HIGH {
+            return Pull::TxFull;
+        }
+        let TlsSide {
+            conn,
+            cin,
+            tx,
+            plain,
+            peer_closed,
+            ..
+        } = self;
+        let UnbufferedStatus { mut discard, state } = conn.process(cin.data_mut());
+        let out = match state {
+            Ok(ConnectionState::ReadTraffic(mut r)) => {
+                let mut moved = 0;
+                let mut out = None;
+                while let Some(rec) = r.next_record() {
+                    let rec = match rec {
+                        Ok(rec) => rec,
+                        Err(e) => {
+                            out = Some(Pull::Failed(e));
+                            break;
+                        }
+                    };
+                    discard += rec.discard;
+                    let payload = rec.payload;
+                    // Straight from rustls' record to the destination; only
+                    // what it cannot take now is kept.
+                    let taken = if plain.is_empty() && out.is_none() {
+                        match deliver(payload) {
+                            Ok(n) => n,
+                            Err(e) => {
+                                out = Some(Pull::DstFailed(e));
+                                0
+                            }
+                        }
+                    } else {
+                        0
+                    };
+                    moved += taken;
+                    if !stash(plain, &payload[taken..]) {
+                        out = Some(Pull::Failed(overflow()));
+                    }
+                }
+                out.unwrap_or(Pull::Moved(moved))
+            }
+            Ok(ConnectionState::EncodeTlsData(mut e)) => match encode(tx, &mut e) {
+                Ok(()) => Pull::Moved(0),
+                Err(e) => Pull::Failed(e),
+            },
+            Ok(ConnectionState::TransmitTlsData(t)) => {
+                // The records are queued in `tx`, which is written in order.
+                t.done();
+                Pull::Moved(0)
+            }
+            Ok(ConnectionState::PeerClosed) => {
+                *peer_closed = true;
+                Pull::Moved(0)
+            }
+            Ok(ConnectionState::Closed) => {
+                *peer_closed = true;
+                Pull::Eof
+            }
+            Ok(ConnectionState::WriteTraffic(_)) | Ok(ConnectionState::BlockedHandshake) => {
+                if *peer_closed {
+                    Pull::Eof
+                } else {
+                    Pull::NeedInput
+                }
+            }
+            Ok(_) => Pull::Failed(rustls::Error::General(
+                "unexpected TLS state after the handshake".into(),
+            )),
+            Err(e) => Pull::Failed(e),
+        };
+        self.cin.consume(discard);
+        if let Pull::Failed(_) = out {
+            self.queue_alert();
+        }
+        out
+    }
+
+    /// Run rustls until it allows encrypting, then call `f` with the
+    /// permission and `tx`. Records decrypted meanwhile go to `plain`.
+    /// `Ok(None)`: the connection can no longer send.
+    pub fn with_write<R>(
+        &mut self,
+        f: impl FnOnce(&mut WriteTraffic<'_, C::Data>, &mut Buf) -> R,
+    ) -> Result<Option<R>, rustls::Error> {
+        let mut f = Some(f);
+        loop {
+            let TlsSide {
+                conn,
+                cin,
+                tx,
+                plain,
+                peer_closed,
+                ..
+            } = self;
+            let UnbufferedStatus { mut discard, state } = conn.process(cin.data_mut());
+            let mut result = None;
+            let done = match state {
+                Ok(ConnectionState::WriteTraffic(mut w)) => {
+                    if let Some(f) = f.take() {
+                        result = Some(f(&mut w, tx));
+                    }
+                    Ok(true)
+                }
+                Ok(ConnectionState::ReadTraffic(mut r)) => {
+                    let mut ok = Ok(false);
+                    while let Some(rec) = r.next_record() {
+                        match rec {
+                            Ok(rec) => {
+                                discard += rec.discard;
+                                if !stash(plain, rec.payload) {
+                                    ok = Err(overflow());
+                                }
+                            }
+                            Err(e) => ok = Err(e),
+                        }
+                    }
+                    ok
+                }
+                Ok(ConnectionState::EncodeTlsData(mut e)) => encode(tx, &mut e).map(|()| false),
+                Ok(ConnectionState::TransmitTlsData(t)) => {
+                    t.done();
+                    Ok(false)
+                }
+                Ok(ConnectionState::PeerClosed) => {
+                    *peer_closed = true;
+                    Ok(false)
+                }
+                Ok(_) => Ok(true),
+                Err(e) => Err(e),
+            };
+            self.cin.consume(discard);
+            match done {
+                Ok(true) => return Ok(result),
+                Ok(false) => {}
+                Err(e) => {
+                    self.queue_alert();
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Encrypt up to `MAX_CHUNK` bytes of `data` into `tx`; returns how many
+    /// were taken (0 while `tx` is not empty: the socket is behind).
+    pub fn encrypt(&mut self, data: &[u8]) -> io::Result<usize> {
+        if !self.tx.is_empty() || data.is_empty() {
+            return Ok(0);
+        }
+        let chunk = &data[..data.len().min(MAX_CHUNK)];
+        let r = self
+            .with_write(|w, tx| {
+                let room = tx.spare();
+                match w.encrypt(chunk, room) {
+                    Ok(n) => {
+                        tx.commit(n);
+                        Ok(chunk.len())
+                    }
+                    // Control records queued first left too little room:
+                    // retry once `tx` has drained.
+                    Err(EncryptError::InsufficientSize(_)) => Ok(0),
+                    Err(e) => Err(io::Error::other(format!("TLS: {e}"))),
+                }
+            })
+            .map_err(tls_io)?;
+        r.unwrap_or_else(|| Err(io::Error::new(io::ErrorKind::BrokenPipe, "TLS closed")))
+    }
+
+    /// Queue our close_notify (once).
+    pub fn close_notify(&mut self) -> io::Result<()> {
+        if self.sent_close {
+            return Ok(());
+        }
+        self.sent_close = true;
+        self.with_write(|w, tx| {
+            if let Ok(n) = w.queue_close_notify(tx.spare()) {
+                tx.commit(n);
+            }
+        })
+        .map_err(tls_io)?;
+        Ok(())
+    }
+
+    /// After a protocol error rustls has queued an alert: move it to `tx`.
+    fn queue_alert(&mut self) {
+        // Bounded: each round either encodes a queued record or hits the
+        // stored error again.
+        for _ in 0..4 {
+            let UnbufferedStatus { discard, state } = self.conn.process(self.cin.data_mut());
+            let more = match state {
+                Ok(ConnectionState::EncodeTlsData(mut e)) => encode(&mut self.tx, &mut e).is_ok(),
+                Ok(ConnectionState::TransmitTlsData(t)) => {
+                    t.done();
+                    true
+                }
+                _ => false,
+            };
+            self.cin.consume(discard);
+            if !more {
+                break;
+            }
+        }
+    }
+
+    /// Write queued ciphertext. `Ok(true)` when `tx` is empty.
+    pub fn flush(&mut self, fd: RawFd) -> io::Result<bool> {
+        while !self.tx.is_empty() {
+            match sys::send(fd, self.tx.data()) {
+                Ok(n) => self.tx.consume(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Read ciphertext into `cin`. `Ok(0)` is EOF; `WouldBlock` is passed on.
+    pub fn read(&mut self, fd: RawFd) -> io::Result<usize> {
+        let room = self.cin.spare();
+        if room.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "TLS record larger than the input buffer",
+            ));
+        }
+        let r = sys::recv(fd, room);
+        match r {
+            Ok(n) => self.cin.commit(n),
+            Err(_) => self.cin.commit(0),
+        }
+        r
+    }
+}
+
+/// Keep undelivered plaintext; `false` if it would not fit (never expected,
+/// see the module doc; the connection is then failed, not truncated).
+fn stash(plain: &mut Buf, bytes: &[u8]) -> bool {
+    bytes.is_empty() || plain.push(bytes) == bytes.len()
+}
+
+fn overflow() -> rustls::Error {
+    rustls::Error::General("decrypted data exceeds the connection buffer".into())
+}
+
+fn encode<D>(
+    tx: &mut Buf,
+    e: &mut rustls::unbuffered::EncodeTlsData<'_, D>,
+) -> Result<(), rustls::Error> {
+    match e.encode(tx.spare()) {
+        Ok(n) => {
+            tx.commit(n);
+            Ok(())
+        }
+        Err(EncodeError::InsufficientSize(s)) => Err(rustls::Error::General(format!(
+            "TLS handshake record of {} bytes does not fit the output buffer",
+            s.required_size
+        ))),
+        Err(EncodeError::AlreadyEncoded) => Ok(()),
+    }
+}
+
+/// A rustls error as an `io::Error` (for access-log `error=`).
+pub fn tls_io(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}"))
+}

@@ -1,0 +1,229 @@
+//! The certificate store: `[[tls.certificates]]` and the default store's
+//! `defaultCertificate`, loaded from PEM files and indexed by name for SNI.
+//!
+//! Names come from each certificate's SAN DNS names and subject common name
+//! (as Traefik does); `*.example.com` matches exactly one label. A client whose
+//! SNI matches nothing (or that sends none) gets the default certificate, or
+//! nothing when the TLS options say `sniStrict`. Built once per snapshot and
+//! shared read-only by every worker (`Arc`); loading touches files, lookups
+//! never do.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use super::x509;
+use crate::log;
+use crate::model::CertPair;
+
+/// Certificates by name.
+#[derive(Default)]
+pub struct CertStore {
+    /// Exact names (lowercase, no trailing dot).
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `*.example.com` certificates, keyed by `example.com`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    /// `[tls.stores.default.defaultCertificate]`, else the first certificate
+    /// (Traefik would serve a generated self-signed one; any certificate
+    /// fails the client's name check the same way).
+    fallback: Option<Arc<CertifiedKey>>,
+}
+
+impl fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertStore")
+            .field("names", &self.exact.keys().collect::<Vec<_>>())
+            .field("wildcards", &self.wildcard.keys().collect::<Vec<_>>())
+            .field("fallback", &self.fallback.is_some())
+            .finish()
+    }
+}
+
+impl CertStore {
+    /// Load every certificate; errors are `FILE: message` lines.
+    pub fn load(
+        certificates: &[CertPair],
+        default: Option<&CertPair>,
+        provider: &CryptoProvider,
+    ) -> Result<CertStore, Vec<String>> {
+        let mut store = CertStore::default();
+        let mut errors = Vec::new();
+        for pair in certificates {
+            match load_pair(pair, provider) {
+                Ok((ck, names)) => {
+                    let ck = Arc::new(ck);
+                    store.fallback.get_or_insert_with(|| ck.clone());
+                    for name in names {
+                        store.insert(&name, &ck);
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if let Some(pair) = default {
+            match load_pair(pair, provider) {
+                Ok((ck, _)) => store.fallback = Some(Arc::new(ck)),
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(store)
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn insert(&mut self, name: &str, ck: &Arc<CertifiedKey>) {
+        let name = normalise(name);
+        let (map, key) = match name.strip_prefix("*.") {
+            Some(parent) => (&mut self.wildcard, parent.to_string()),
+            None => (&mut self.exact, name),
+        };
+        // The first certificate listed for a name wins, like Traefik's store.
+        map.entry(key).or_insert_with(|| ck.clone());
+    }
+
+    /// Whether any certificate serves `sni` by name.
+    pub fn by_name(&self, sni: &str) -> Option<&Arc<CertifiedKey>> {
+        let sni = normalise(sni);
+        if let Some(ck) = self.exact.get(&sni) {
+            return Some(ck);
+        }
+        let (_, parent) = sni.split_once('.')?;
+        self.wildcard.get(parent)
+    }
+
+    /// The certificate for a client: by name, else (unless `strict`) the
+    /// default one.
+    pub fn resolve(&self, sni: Option<&str>, strict: bool) -> Option<Arc<CertifiedKey>> {
+        if let Some(ck) = sni.and_then(|s| self.by_name(s)) {
+            return Some(ck.clone());
+        }
+        if strict {
+            return None;
+        }
+        self.fallback.clone()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fallback.is_none()
+    }
+}
+
+/// SNI is compared like rustls and the peek code normalise it: lowercase, one
+/// trailing dot removed.
+fn normalise(name: &str) -> String {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.to_ascii_lowercase()
+}
+
+/// The resolver one TLS options set hands rustls.
+#[derive(Debug)]
+pub struct Resolver {
+    pub store: Arc<CertStore>,
+    pub strict: bool,
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.store.resolve(hello.server_name(), self.strict)
+    }
+}
+
+/// Read a PEM certificate chain (leaf first).
+pub fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let iter = CertificateDer::pem_file_iter(path).map_err(|e| {
+        format!(
+            "{}: cannot read certificates: {}",
+            path.display(),
+            pem_error(e)
+        )
+    })?;
+    let chain = iter
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: bad PEM certificate: {}", path.display(), pem_error(e)))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "{}: no PEM certificate (-----BEGIN CERTIFICATE-----) found",
+            path.display()
+        ));
+    }
+    Ok(chain)
+}
+
+/// Read a PEM private key: PKCS#8, SEC1 (EC) or PKCS#1 (RSA).
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => format!(
+            "{}: no PEM private key (PKCS#8, EC or RSA) found",
+            path.display()
+        ),
+        e => format!(
+            "{}: cannot read private key: {}",
+            path.display(),
+            pem_error(e)
+        ),
+    })
+}
+
+fn pem_error(e: rustls::pki_types::pem::Error) -> String {
+    match e {
+        rustls::pki_types::pem::Error::Io(io) => io.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Load a chain and its key, check they belong together, and return the
+/// names the leaf serves. An expired leaf is a warning: Traefik serves it too.
+pub fn load_pair(
+    pair: &CertPair,
+    provider: &CryptoProvider,
+) -> Result<(CertifiedKey, Vec<String>), String> {
+    let chain = read_chain(&pair.cert_file)?;
+    let key = read_key(&pair.key_file)?;
+    let ck = CertifiedKey::from_der(chain, key, provider).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => format!(
+            "{}: the private key does not match the certificate {}",
+            pair.key_file.display(),
+            pair.cert_file.display()
+        ),
+        e => format!("{}: unusable private key: {e}", pair.key_file.display()),
+    })?;
+    let leaf = &ck.cert[0];
+    let mut names: Vec<String> = match webpki::EndEntityCert::try_from(leaf) {
+        Ok(ee) => ee.valid_dns_names().map(str::to_string).collect(),
+        Err(e) => {
+            return Err(format!(
+                "{}: not a valid X.509 certificate: {e}",
+                pair.cert_file.display()
+            ))
+        }
+    };
+    if let Some(cn) = x509::common_name(leaf) {
+        if !cn.is_empty() && !names.iter().any(|n| n.eq_ignore_ascii_case(&cn)) {
+            names.push(cn);
+        }
+    }
+    if let Some(not_after) = x509::not_after(leaf) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if not_after < now {
+            log!(
+                Warn,
+                "certificate has expired; it is served anyway",
+                file = pair.cert_file.display(),
+                expired_days_ago = (now - not_after) / 86_400
+            );
+        }
+    }
+    Ok((ck, names))
+}

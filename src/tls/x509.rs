@@ -1,0 +1,182 @@
+//! The two facts about a certificate that rustls and webpki do not expose and
+//! the store needs: its expiry (`notAfter`, to warn at load) and its subject
+//! common name (a name Traefik also serves the certificate for, besides the
+//! SAN DNS names webpki gives us).
+//!
+//! A pure, bounded DER walk over `&[u8]`: no allocation except the returned
+//! name, never panics on malformed input (it returns `None`).
+
+/// DER tags used here.
+const SEQUENCE: u8 = 0x30;
+const SET: u8 = 0x31;
+const OID: u8 = 0x06;
+const CONTEXT_0: u8 = 0xa0;
+const UTC_TIME: u8 = 0x17;
+const GENERALIZED_TIME: u8 = 0x18;
+/// OID 2.5.4.3 (commonName), DER-encoded content.
+const CN_OID: &[u8] = &[0x55, 0x04, 0x03];
+
+/// One TLV: `(tag, content, rest after it)`.
+fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, b) = b.split_first()?;
+    let (&l0, mut b) = b.split_first()?;
+    let len = if l0 < 0x80 {
+        usize::from(l0)
+    } else {
+        let n = usize::from(l0 & 0x7f);
+        if n == 0 || n > 4 || b.len() < n {
+            return None;
+        }
+        let mut len = 0usize;
+        for &x in &b[..n] {
+            len = (len << 8) | usize::from(x);
+        }
+        b = &b[n..];
+        len
+    };
+    if b.len() < len {
+        return None;
+    }
+    Some((tag, &b[..len], &b[len..]))
+}
+
+/// Expect `tag` and return its content and the rest.
+fn expect(b: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (t, content, rest) = tlv(b)?;
+    (t == tag).then_some((content, rest))
+}
+
+/// The tbsCertificate fields after the version: serial, signature,
+/// issuer, validity, subject, ...
+fn tbs_fields(cert: &[u8]) -> Option<&[u8]> {
+    let (cert, _) = expect(cert, SEQUENCE)?;
+    let (tbs, _) = expect(cert, SEQUENCE)?;
+    // Optional explicit version [0].
+    let tbs = match tlv(tbs)? {
+        (CONTEXT_0, _, rest) => rest,
+        _ => tbs,
+    };
+    Some(tbs)
+}
+
+/// `(validity content, subject content)`.
+fn validity_and_subject(cert: &[u8]) -> Option<(&[u8], &[u8])> {
+    let tbs = tbs_fields(cert)?;
+    let (_, _, rest) = tlv(tbs)?; // serialNumber
+    let (_, rest) = expect(rest, SEQUENCE)?; // signature algorithm
+    let (_, rest) = expect(rest, SEQUENCE)?; // issuer
+    let (validity, rest) = expect(rest, SEQUENCE)?;
+    let (subject, _) = expect(rest, SEQUENCE)?;
+    Some((validity, subject))
+}
+
+/// `notAfter` as seconds since the Unix epoch.
+pub fn not_after(cert: &[u8]) -> Option<i64> {
+    let (validity, _) = validity_and_subject(cert)?;
+    let (_, _, rest) = tlv(validity)?; // notBefore
+    let (tag, t, _) = tlv(rest)?;
+    parse_time(tag, t)
+}
+
+/// The subject's first commonName, when it is UTF-8.
+pub fn common_name(cert: &[u8]) -> Option<String> {
+    let (_, mut rdns) = validity_and_subject(cert)?;
+    while !rdns.is_empty() {
+        let (set, rest) = expect(rdns, SET)?;
+        rdns = rest;
+        let mut attrs = set;
+        while !attrs.is_empty() {
+            let (atv, rest) = expect(attrs, SEQUENCE)?;
+            attrs = rest;
+            let (oid, value) = expect(atv, OID)?;
+            if oid == CN_OID {
+                let (_, v, _) = tlv(value)?;
+                return std::str::from_utf8(v).ok().map(str::to_string);
+            }
+        }
+    }
+    None
+}
+
+fn digits(b: &[u8]) -> Option<i64> {
+    b.iter().try_fold(0i64, |acc, &c| {
+        c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
+    })
+}
+
+/// UTCTime `YYMMDDHHMMSSZ` (years 1950-2049) or GeneralizedTime
+/// `YYYYMMDDHHMMSSZ`, as Unix seconds.
+fn parse_time(tag: u8, t: &[u8]) -> Option<i64> {
+    let (year, rest) = match tag {
+        UTC_TIME if t.len() == 13 => {
+            let yy = digits(&t[..2])?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, &t[2..])
+        }
+        GENERALIZED_TIME if t.len() == 15 => (digits(&t[..4])?, &t[4..]),
+        _ => return None,
+    };
+    if rest.last() != Some(&b'Z') {
+        return None;
+    }
+    let f = |i: usize| digits(&rest[i..i + 2]);
+    let (month, day, h, m, s) = (f(0)?, f(2)?, f(4)?, f(6)?, f(8)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + s)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+/// algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time(UTC_TIME, b"700101000000Z"), Some(0));
+        assert_eq!(
+            parse_time(GENERALIZED_TIME, b"20240229123456Z"),
+            Some(1_709_210_096)
+        );
+        assert_eq!(parse_time(UTC_TIME, b"491231235959Z"), Some(2_524_607_999));
+        assert_eq!(parse_time(UTC_TIME, b"49123123595"), None);
+        assert_eq!(parse_time(UTC_TIME, b"4912312359xxZ"), None);
+    }
+
+    #[test]
+    fn generated_certificate() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["a.test".into()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "cn.example");
+        params.not_after = rcgen::date_time_ymd(2031, 5, 17);
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(common_name(cert.der()).as_deref(), Some("cn.example"));
+        assert_eq!(not_after(cert.der()), Some(1_936_742_400));
+    }
+
+    #[test]
+    fn garbage_is_none() {
+        for b in [
+            &[][..],
+            &[0x30],
+            &[0x30, 0x84, 0xff, 0xff, 0xff, 0xff],
+            &[0x30, 0x02, 0x30, 0x05],
+        ] {
+            assert_eq!(not_after(b), None);
+            assert_eq!(common_name(b), None);
+        }
+    }
+}

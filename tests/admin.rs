@@ -1,0 +1,312 @@
+//! The admin entrypoint through the real binary: `/ping`, `/metrics` with
+//! exact counts for a known exchange, the JSON API, and the HTTP edges
+//! (404, 405, oversized requests, 503 while draining).
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use support::*;
+
+/// Send `request` raw; returns (status, headers, body).
+fn http(addr: SocketAddr, request: &[u8]) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let (raw, err) = read_to_end(&mut s);
+    assert!(err.is_none(), "{err:?}");
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    // Every header line, the last one included, ends with CRLF.
+    let head = format!("{head}\r\n");
+    let status = head[9..12].parse().unwrap();
+    // The length is exact and the server closes after one response.
+    if !head.starts_with("HTTP/1.1 200") || !request.starts_with(b"HEAD") {
+        assert!(
+            head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())),
+            "{head}"
+        );
+    }
+    assert!(head.contains("\r\nConnection: close\r\n"), "{head}");
+    (status, head, body.to_string())
+}
+
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (status, _, body) = http(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    );
+    (status, body)
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed).
+fn sample(metrics: &str, series: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn config(echo: SocketAddr) -> String {
+    format!(
+        r#"
+[entryPoints.main]
+address = "127.0.0.1:0"
+[entryPoints.other]
+address = "127.0.0.1:0"
+[entryPoints.traefik]
+address = "127.0.0.1:0"
+[ping]
+[metrics.prometheus]
+[api]
+[tcp.routers.r]
+entryPoints = ["main"]
+rule = "HostSNI(`*`)"
+service = "s"
+[tcp.routers.only-ten]
+entryPoints = ["other"]
+rule = "ClientIP(`10.9.9.9`)"
+service = "split"
+[tcp.services.s.loadBalancer]
+[[tcp.services.s.loadBalancer.servers]]
+address = "{echo}"
+weight = 3
+[tcp.services.s.loadBalancer.healthCheck]
+interval = "10s"
+timeout = "1s"
+[tcp.services.split.weighted]
+[[tcp.services.split.weighted.services]]
+name = "s"
+weight = 90
+[runtime]
+workers = 2
+"#
+    )
+}
+
+#[test]
+fn ping_metrics_and_api_report_exactly_what_happened() {
+    let echo = Backend::echo();
+    let p = Proxy::start(&config(echo.addr));
+    let admin = p.addr("traefik");
+
+    assert_eq!(get(admin, "/ping"), (200, "OK".to_string()));
+
+    // 10 echoed exchanges of 5 bytes each way, spread over both workers,
+    // and 3 connections that match no router.
+    for _ in 0..10 {
+        let mut s = TcpStream::connect(p.addr("main")).unwrap();
+        s.write_all(b"hello").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let (got, err) = read_to_end(&mut s);
+        assert_eq!(
+            (got.as_slice(), err.map(|e| e.kind())),
+            (&b"hello"[..], None)
+        );
+    }
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(p.addr("other")).unwrap();
+        let (got, _) = read_to_end(&mut s);
+        assert!(got.is_empty());
+    }
+    // The access-log line of a connection is written after its counters.
+    p.wait_conns(13);
+
+    let (status, _, metrics) = http(admin, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 200);
+    let expect = [
+        (
+            "sluicegate_entrypoint_connections_accepted_total{entrypoint=\"main\"}",
+            10,
+        ),
+        (
+            "sluicegate_entrypoint_connections_accepted_total{entrypoint=\"other\"}",
+            3,
+        ),
+        (
+            "sluicegate_entrypoint_connections_open{entrypoint=\"main\"}",
+            0,
+        ),
+        (
+            "sluicegate_entrypoint_connections_open{entrypoint=\"other\"}",
+            0,
+        ),
+        (
+            "sluicegate_entrypoint_accept_errors_total{entrypoint=\"main\"}",
+            0,
+        ),
+        (
+            "sluicegate_connections_total{entrypoint=\"main\",router=\"r\",outcome=\"closed\"}",
+            10,
+        ),
+        (
+            "sluicegate_connections_total{entrypoint=\"other\",router=\"-\",outcome=\"no_route\"}",
+            3,
+        ),
+        (
+            "sluicegate_service_bytes_total{service=\"s\",direction=\"up\"}",
+            50,
+        ),
+        (
+            "sluicegate_service_bytes_total{service=\"s\",direction=\"down\"}",
+            50,
+        ),
+        (
+            &*format!(
+                "sluicegate_server_up{{service=\"s\",server=\"{}\"}}",
+                echo.addr
+            ),
+            1,
+        ),
+    ];
+    for (series, want) in expect {
+        assert_eq!(
+            sample(&metrics, series),
+            Some(want),
+            "{series} in:\n{metrics}"
+        );
+    }
+    // Only the outcomes that happened, and every family documented.
+    assert_eq!(
+        metrics.matches("sluicegate_connections_total{").count(),
+        2,
+        "{metrics}"
+    );
+    for family in [
+        "sluicegate_entrypoint_connections_accepted_total counter",
+        "sluicegate_entrypoint_connections_open gauge",
+        "sluicegate_connections_total counter",
+        "sluicegate_service_bytes_total counter",
+        "sluicegate_server_dial_failures_total counter",
+        "sluicegate_server_up gauge",
+    ] {
+        assert!(metrics.contains(&format!("# TYPE {family}\n")), "{family}");
+        let name = family.split(' ').next().unwrap();
+        assert!(metrics.contains(&format!("# HELP {name} ")), "{name}");
+    }
+
+    let (status, routers) = get(admin, "/api/tcp/routers");
+    assert_eq!(status, 200);
+    assert_eq!(
+        routers,
+        concat!(
+            r#"[{"name":"only-ten","entryPoints":["other"],"rule":"ClientIP(`10.9.9.9`)","priority":20,"service":"split","status":"enabled","provider":"file"},"#,
+            r#"{"name":"r","entryPoints":["main"],"rule":"HostSNI(`*`)","priority":12,"service":"s","status":"enabled","provider":"file"}]"#
+        )
+    );
+    let (status, services) = get(admin, "/api/tcp/services");
+    assert_eq!(status, 200);
+    assert_eq!(
+        services,
+        format!(
+            concat!(
+                r#"[{{"name":"s","type":"loadbalancer","loadBalancer":{{"servers":[{{"address":"{a}","weight":3}}],"#,
+                r#""healthCheck":{{"interval":"10s","unhealthyInterval":"10s","timeout":"1s"}}}},"#,
+                r#""serverStatus":{{"{a}":"UP"}},"usedBy":["r"],"status":"enabled","provider":"file"}},"#,
+                r#"{{"name":"split","type":"weighted","weighted":{{"services":[{{"name":"s","weight":90}}]}},"#,
+                r#""usedBy":["only-ten"],"status":"enabled","provider":"file"}}]"#
+            ),
+            a = echo.addr
+        )
+    );
+    // One router by its Traefik name (with the provider, '@' escaped or not).
+    let (status, one) = get(admin, "/api/tcp/routers/r%40file");
+    assert_eq!(status, 200);
+    assert!(one.starts_with(r#"{"name":"r","#), "{one}");
+    assert_eq!(get(admin, "/api/tcp/routers/r@file").1, one);
+    assert_eq!(
+        get(admin, "/api/tcp/services/nope"),
+        (404, r#"{"message":"service not found"}"#.to_string())
+    );
+}
+
+#[test]
+fn http_edges_are_bounded_and_answered() {
+    let echo = Backend::echo();
+    let p = Proxy::start(&config(echo.addr));
+    let admin = p.addr("traefik");
+
+    assert_eq!(
+        get(admin, "/nope"),
+        (404, "404 page not found\n".to_string())
+    );
+    assert_eq!(get(admin, "/metrics/x").0, 404);
+    let (status, head, _) = http(admin, b"POST /ping HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(status, 405);
+    assert!(head.contains("\r\nAllow: GET, HEAD\r\n"), "{head}");
+    let (status, head, body) = http(admin, b"HEAD /ping HTTP/1.1\r\n\r\n");
+    assert_eq!((status, body.as_str()), (200, ""));
+    assert!(head.contains("\r\nContent-Length: 2\r\n"), "{head}");
+    assert_eq!(http(admin, b"GARBAGE\r\n\r\n").0, 400);
+    // A head that never ends within the size cap.
+    let mut huge = b"GET /ping HTTP/1.1\r\n".to_vec();
+    huge.extend(std::iter::repeat_n(b'x', 9000));
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The server may stop reading (and answer) before all of it is sent.
+    let _ = s.write_all(&huge);
+    let (raw, _) = read_to_end(&mut s);
+    assert!(
+        raw.starts_with(b"HTTP/1.1 431 "),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    // A client that sends nothing is answered 408 at the deadline, and the
+    // admin keeps serving after it.
+    let mut idle = TcpStream::connect(admin).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (raw, _) = read_to_end(&mut idle);
+    assert!(
+        raw.starts_with(b"HTTP/1.1 408 "),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert_eq!(get(admin, "/ping").0, 200);
+}
+
+#[test]
+fn ping_is_503_while_draining_and_endpoints_follow_the_config() {
+    let echo = Backend::echo();
+    let cfg = format!(
+        r#"
+[entryPoints.main]
+address = "127.0.0.1:0"
+[entryPoints.main.transport.lifeCycle]
+graceTimeOut = "10s"
+[entryPoints.traefik]
+address = "127.0.0.1:0"
+[ping]
+[tcp.routers.r]
+rule = "HostSNI(`*`)"
+service = "s"
+[tcp.services.s.loadBalancer]
+[[tcp.services.s.loadBalancer.servers]]
+address = "{}"
+[runtime]
+workers = 1
+"#,
+        echo.addr
+    );
+    let mut p = Proxy::start(&cfg);
+    let admin = p.addr("traefik");
+    // Only [ping] is configured.
+    assert_eq!(get(admin, "/metrics").0, 404);
+    assert_eq!(get(admin, "/api/tcp/routers").0, 404);
+
+    // An open connection keeps the drain going.
+    let mut s = TcpStream::connect(p.addr("main")).unwrap();
+    s.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).unwrap();
+    p.signal(15);
+    p.wait_logs(1, |l| l.contains("msg=stopping"));
+    assert_eq!(
+        get(admin, "/ping"),
+        (503, "Service Unavailable".to_string())
+    );
+    s.shutdown(Shutdown::Write).unwrap();
+    let _ = read_to_end(&mut s);
+    assert_eq!(p.wait_exit(Duration::from_secs(5)), Some(0));
+}

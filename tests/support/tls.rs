@@ -1,0 +1,262 @@
+//! A Rust TLS client (rustls, buffered API over std sockets) for byte-exact
+//! tests through a terminating proxy, and rcgen certificates made at test
+//! time. The client can write and read at once (one thread each, sharing the
+//! rustls connection behind a mutex), so 64 MiB each way never deadlocks.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore};
+
+/// A rustls client config trusting `ca`, optionally presenting a client
+/// certificate, limited to `versions` (empty: rustls' defaults).
+pub fn client_config(
+    ca: &Path,
+    client_cert: Option<(&Path, &Path)>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let b = ClientConfig::builder_with_provider(provider);
+    let b = if versions.is_empty() {
+        b.with_safe_default_protocol_versions().unwrap()
+    } else {
+        b.with_protocol_versions(versions).unwrap()
+    };
+    let b = b.with_root_certificates(roots);
+    let cfg = match client_cert {
+        Some((cert, key)) => {
+            let chain: Vec<_> = CertificateDer::pem_file_iter(cert)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(key).unwrap();
+            b.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => b.with_no_client_auth(),
+    };
+    Arc::new(cfg)
+}
+
+/// One TLS connection; `write_all`/`close_write` and `read_to_end` may run on
+/// different threads (`split`).
+#[derive(Clone)]
+pub struct TlsStream {
+    conn: Arc<Mutex<ClientConnection>>,
+    sock: Arc<TcpStream>,
+}
+
+impl TlsStream {
+    /// Connect and complete the handshake (as the client sees it: with TLS
+    /// 1.3 the server may still refuse a client certificate afterwards).
+    pub fn connect(
+        addr: SocketAddr,
+        name: &str,
+        config: Arc<ClientConfig>,
+    ) -> io::Result<TlsStream> {
+        let mut sock = TcpStream::connect(addr)?;
+        sock.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let name = ServerName::try_from(name.to_string()).unwrap();
+        let mut conn = ClientConnection::new(config, name).map_err(io::Error::other)?;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock)?;
+        }
+        Ok(TlsStream {
+            conn: Arc::new(Mutex::new(conn)),
+            sock: Arc::new(sock),
+        })
+    }
+
+    /// The DNS names (SANs) of the certificate the server presented.
+    pub fn peer_names(&self) -> Vec<String> {
+        let c = self.conn.lock().unwrap();
+        let certs = c.peer_certificates().expect("server certificate");
+        let ee = webpki::EndEntityCert::try_from(&certs[0]).unwrap();
+        ee.valid_dns_names().map(String::from).collect()
+    }
+
+    /// The TCP socket (to reset it, or read raw).
+    pub fn tcp(&self) -> &TcpStream {
+        &self.sock
+    }
+
+    pub fn write_all(&self, data: &[u8]) -> io::Result<()> {
+        for chunk in data.chunks(16 * 1024) {
+            let mut out = Vec::with_capacity(chunk.len() + 64);
+            {
+                let mut c = self.conn.lock().unwrap();
+                c.writer().write_all(chunk)?;
+                while c.wants_write() {
+                    c.write_tls(&mut out)?;
+                }
+            }
+            (&*self.sock).write_all(&out)?;
+        }
+        Ok(())
+    }
+
+    /// Send close_notify, then FIN.
+    pub fn close_write(&self) -> io::Result<()> {
+        let mut out = Vec::new();
+        {
+            let mut c = self.conn.lock().unwrap();
+            c.send_close_notify();
+            while c.wants_write() {
+                c.write_tls(&mut out)?;
+            }
+        }
+        (&*self.sock).write_all(&out)?;
+        self.sock.shutdown(Shutdown::Write)
+    }
+
+    /// Read plaintext until close_notify (or a bare EOF, reported as
+    /// `UnexpectedEof`), or an error such as a reset.
+    pub fn read_to_end(&self) -> (Vec<u8>, Option<io::Error>) {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match (&*self.sock).read(&mut buf) {
+                Ok(n) => n,
+                Err(e) => return (got, Some(e)),
+            };
+            let mut c = self.conn.lock().unwrap();
+            if n == 0 {
+                // Lets rustls say whether the close was clean.
+                let _ = c.read_tls(&mut &[][..]);
+            }
+            let mut rd = &buf[..n];
+            while !rd.is_empty() {
+                if let Err(e) = c.read_tls(&mut rd) {
+                    return (got, Some(e));
+                }
+                if let Err(e) = c.process_new_packets() {
+                    return (got, Some(io::Error::new(io::ErrorKind::InvalidData, e)));
+                }
+            }
+            if n == 0 {
+                if let Err(e) = c.process_new_packets() {
+                    return (got, Some(io::Error::new(io::ErrorKind::InvalidData, e)));
+                }
+            }
+            let mut plain = [0u8; 16 * 1024];
+            loop {
+                match c.reader().read(&mut plain) {
+                    Ok(0) => return (got, None),
+                    Ok(k) => got.extend_from_slice(&plain[..k]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return (got, Some(e)),
+                }
+            }
+            if n == 0 {
+                return (got, Some(io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    /// Read exactly `len` plaintext bytes (or fail).
+    pub fn read_exact_len(&self, len: usize) -> io::Result<Vec<u8>> {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        while got.len() < len {
+            let mut c = self.conn.lock().unwrap();
+            let mut plain = [0u8; 16 * 1024];
+            loop {
+                match c.reader().read(&mut plain) {
+                    Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                    Ok(k) => got.extend_from_slice(&plain[..k]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            drop(c);
+            if got.len() >= len {
+                break;
+            }
+            let n = (&*self.sock).read(&mut buf)?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let mut c = self.conn.lock().unwrap();
+            let mut rd = &buf[..n];
+            while !rd.is_empty() {
+                c.read_tls(&mut rd)?;
+                c.process_new_packets()
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            }
+        }
+        Ok(got)
+    }
+
+    /// Send `data` then close_notify + FIN on one thread while reading to the
+    /// end on this one; returns what came back.
+    pub fn exchange(&self, data: Vec<u8>) -> (Vec<u8>, Option<io::Error>) {
+        let w = self.clone();
+        let writer = thread::spawn(move || {
+            w.write_all(&data)?;
+            w.close_write()
+        });
+        let got = self.read_to_end();
+        let wrote = writer.join().unwrap();
+        assert!(wrote.is_ok(), "writing failed: {wrote:?}");
+        got
+    }
+}
+
+/// A test certificate authority made with rcgen (in process).
+pub struct Ca {
+    key: rcgen::KeyPair,
+    cert: rcgen::Certificate,
+    pub pem: String,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Ca {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = p.self_signed(&key).unwrap();
+        let pem = cert.pem();
+        Ca { key, cert, pem }
+    }
+
+    /// A leaf for `names` (SANs; the first is also the CN), ECDSA P-256,
+    /// valid for two days (or expired when `expired`). Returns (cert, key)
+    /// PEM.
+    pub fn leaf(&self, names: &[&str], expired: bool) -> (String, String) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, names[0]);
+        if expired {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// Write the CA and a leaf for `names` into `dir`; returns (ca, cert, key).
+    pub fn write_leaf(&self, dir: &Path, names: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
+        let base = names[0].replace('*', "star");
+        let (cert, key) = self.leaf(names, false);
+        let ca = dir.join(format!("{base}-ca.crt"));
+        let c = dir.join(format!("{base}.crt"));
+        let k = dir.join(format!("{base}.key"));
+        std::fs::write(&ca, &self.pem).unwrap();
+        std::fs::write(&c, cert).unwrap();
+        std::fs::write(&k, key).unwrap();
+        (ca, c, k)
+    }
+}

@@ -1,0 +1,825 @@
+//! TLS termination through the real binary: certificates chosen by SNI (and
+//! the default one), sniStrict, exact bytes both ways (64 MiB), half-close and
+//! resets through TLS, minVersion, mutual TLS, key formats, start-up errors,
+//! reload, the handshake deadline, and real clients and servers: redis-cli
+//! --tls to a plain redis-server, psql sslmode=verify-full to a plain
+//! PostgreSQL, and re-encryption to an `openssl s_server` backend.
+
+mod support;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::thread;
+use std::time::Duration;
+
+use support::openssl::{s_client, subject, Pki, SServer};
+use support::process::run;
+use support::tls::{client_config, Ca, TlsStream};
+use support::*;
+
+/// One terminating router for every SNI (`HostSNI(*)`), towards `backend`.
+struct Cfg<'a> {
+    backend: SocketAddr,
+    /// Extra keys for `[tls.options.default]`.
+    options: &'a str,
+    /// `[[tls.certificates]]` and default store, as TOML.
+    certs: String,
+    /// Extra keys for `[tcp.serversTransports.t]` (and its `.tls` table).
+    transport: &'a str,
+    driver: &'a str,
+    read_timeout: &'a str,
+}
+
+impl Cfg<'_> {
+    fn toml(&self) -> String {
+        format!(
+            r#"
+[entryPoints.tls]
+address = "127.0.0.1:0"
+  [entryPoints.tls.transport.respondingTimeouts]
+  readTimeout = "{read_timeout}"
+
+[tcp.routers.term]
+entryPoints = ["tls"]
+rule = "HostSNI(`*`)"
+service = "svc"
+  [tcp.routers.term.tls]
+
+[tcp.services.svc.loadBalancer]
+serversTransport = "t"
+  [[tcp.services.svc.loadBalancer.servers]]
+  address = "{backend}"
+
+[tcp.serversTransports.t]
+dialTimeout = "5s"
+terminationDelay = "30s"
+{transport}
+
+{certs}
+
+[tls.options.default]
+{options}
+
+[runtime]
+workers = 2
+driver = "{driver}"
+"#,
+            read_timeout = self.read_timeout,
+            backend = self.backend,
+            transport = self.transport,
+            certs = self.certs,
+            options = self.options,
+            driver = self.driver,
+        )
+    }
+}
+
+fn cert_entry(cert: &Path, key: &Path) -> String {
+    format!(
+        "[[tls.certificates]]\ncertFile = {:?}\nkeyFile = {:?}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    )
+}
+
+fn default_entry(cert: &Path, key: &Path) -> String {
+    format!(
+        "[tls.stores.default.defaultCertificate]\ncertFile = {:?}\nkeyFile = {:?}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    )
+}
+
+fn cfg(backend: SocketAddr, certs: String) -> Cfg<'static> {
+    Cfg {
+        backend,
+        options: "",
+        certs,
+        transport: "",
+        driver: "io_uring",
+        read_timeout: "10s",
+    }
+}
+
+/// A backend that answers the first line upper-cased, then closes (so
+/// `openssl s_client -ign_eof` ends).
+fn line_backend() -> Backend {
+    Backend::start(|mut s| {
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while let Ok(1) = s.read(&mut b) {
+            line.push(b[0]);
+            if b[0] == b'\n' {
+                break;
+            }
+        }
+        let _ = s.write_all(&line.to_ascii_uppercase());
+        let _ = s.shutdown(Shutdown::Write);
+        let _ = read_to_end(&mut s);
+    })
+}
+
+/// `openssl s_client` with extra arguments; sends `input`.
+fn s_client_args(addr: SocketAddr, args: &[&str], ca: &Path, input: &str) -> support::process::Ran {
+    run(
+        Command::new("openssl")
+            .args(["s_client", "-connect", &addr.to_string()])
+            .args(args)
+            .arg("-CAfile")
+            .arg(ca)
+            .args(["-verify_return_error", "-ign_eof"]),
+        input.as_bytes(),
+        Duration::from_secs(20),
+    )
+}
+
+#[test]
+fn sni_picks_the_certificate_by_name_wildcard_and_default() {
+    if !require_tool("openssl", "openssl") {
+        return;
+    }
+    let pki = Pki::new();
+    let (a_crt, a_key) = pki.leaf("a.test", &["a.test", "alias.test"]);
+    let (w_crt, w_key) = pki.leaf("*.wild.test", &["*.wild.test"]);
+    let (d_crt, d_key) = pki.leaf("default.test", &["default.test"]);
+    let backend = line_backend();
+    let certs =
+        cert_entry(&a_crt, &a_key) + &cert_entry(&w_crt, &w_key) + &default_entry(&d_crt, &d_key);
+    let p = Proxy::start(&cfg(backend.addr, certs).toml());
+    let addr = p.addr("tls");
+    for (sni, cn) in [
+        ("a.test", "a.test"),
+        ("ALIAS.test", "a.test"),
+        ("x.wild.test", "*.wild.test"),
+        ("deeper.x.wild.test", "default.test"),
+        ("unknown.test", "default.test"),
+    ] {
+        let ran = s_client(addr, sni, &pki.ca, "hello\n");
+        assert!(ran.ok(), "{sni}: {ran:?}");
+        let subj = subject(&ran).unwrap_or_else(|| panic!("{sni}: no subject: {ran:?}"));
+        assert!(subj.ends_with(&format!("CN = {cn}")), "{sni}: got {subj}");
+        assert!(
+            ran.stdout.contains("HELLO"),
+            "{sni}: backend reply: {ran:?}"
+        );
+        assert!(ran.stdout.contains("Verify return code: 0 (ok)"), "{ran:?}");
+    }
+    // No SNI at all: the default certificate.
+    let ran = s_client_args(addr, &["-noservername"], &pki.ca, "hello\n");
+    assert!(ran.ok(), "{ran:?}");
+    assert!(
+        subject(&ran).unwrap().ends_with("CN = default.test"),
+        "{ran:?}"
+    );
+    for l in p.wait_conns(6) {
+        assert_eq!(field(&l, "outcome").as_deref(), Some("closed"), "{l}");
+        assert_eq!(field(&l, "up").as_deref(), Some("6"), "{l}");
+    }
+}
+
+#[test]
+fn sni_strict_refuses_clients_without_a_matching_certificate() {
+    if !require_tool("openssl", "openssl") {
+        return;
+    }
+    let pki = Pki::new();
+    let (a_crt, a_key) = pki.leaf("a.test", &["a.test"]);
+    let (d_crt, d_key) = pki.leaf("default.test", &["default.test"]);
+    let backend = line_backend();
+    let mut c = cfg(
+        backend.addr,
+        cert_entry(&a_crt, &a_key) + &default_entry(&d_crt, &d_key),
+    );
+    c.options = "sniStrict = true";
+    let p = Proxy::start(&c.toml());
+    let ok = s_client(p.addr("tls"), "a.test", &pki.ca, "hi\n");
+    assert!(ok.ok() && ok.stdout.contains("HI"), "{ok:?}");
+    let refused = s_client(p.addr("tls"), "other.test", &pki.ca, "hi\n");
+    assert!(!refused.ok(), "{refused:?}");
+    let none = s_client_args(p.addr("tls"), &["-noservername"], &pki.ca, "hi\n");
+    assert!(!none.ok(), "{none:?}");
+    let lines = p.wait_conns(3);
+    let outcomes: Vec<String> = lines.iter().filter_map(|l| field(l, "outcome")).collect();
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| *o == "tls_no_certificate")
+            .count(),
+        2,
+        "{lines:?}"
+    );
+    assert!(outcomes.iter().any(|o| o == "closed"), "{lines:?}");
+}
+
+#[test]
+fn exact_bytes_both_ways_64m_through_tls() {
+    let dir = TempDir::new("tls-bytes");
+    let ca = Ca::new("bytes CA");
+    let (ca_path, crt, key) = ca.write_leaf(&dir.0, &["bytes.test"]);
+    let echo = Backend::echo();
+    for driver in ["io_uring", "epoll"] {
+        let mut c = cfg(echo.addr, cert_entry(&crt, &key));
+        c.driver = driver;
+        let p = Proxy::start(&c.toml());
+        for (version, len, seed) in [
+            (&rustls::version::TLS13, 1024usize, 1u64),
+            (&rustls::version::TLS13, 64 << 20, 2),
+            (&rustls::version::TLS12, 64 << 20, 3),
+        ] {
+            let config = client_config(&ca_path, None, &[version]);
+            let s = TlsStream::connect(p.addr("tls"), "bytes.test", config).unwrap();
+            let data = pattern(len, seed);
+            let (got, err) = s.exchange(data.clone());
+            assert!(err.is_none(), "{driver} {len}: {err:?}");
+            assert_eq!(got.len(), data.len(), "{driver} {version:?} length");
+            assert_eq!(
+                checksum(&got),
+                checksum(&data),
+                "{driver} {version:?} checksum"
+            );
+        }
+        let lines = p.wait_conns(3);
+        for l in &lines {
+            assert_eq!(field(l, "outcome").as_deref(), Some("closed"), "{l}");
+        }
+        let big: Vec<_> = lines
+            .iter()
+            .filter(|l| field(l, "up").as_deref() == Some(&(64u64 << 20).to_string()))
+            .collect();
+        assert_eq!(big.len(), 2, "{lines:?}");
+        for l in big {
+            assert_eq!(field(l, "down"), Some((64u64 << 20).to_string()), "{l}");
+        }
+    }
+}
+
+#[test]
+fn half_close_through_tls_client_first() {
+    // The client sends 1 MiB then close_notify + FIN; the backend reads to
+    // EOF (the FIN was passed on), then answers 8 MiB and FIN; the client
+    // gets all of it and then close_notify.
+    let dir = TempDir::new("tls-half");
+    let ca = Ca::new("half CA");
+    let (ca_path, crt, key) = ca.write_leaf(&dir.0, &["half.test"]);
+    let backend = Backend::start(|mut s| {
+        let (got, err) = read_to_end(&mut s);
+        assert!(err.is_none());
+        assert_eq!(checksum(&got), checksum(&pattern(1 << 20, 3)));
+        s.write_all(&pattern(8 << 20, 7)).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+    });
+    let p = Proxy::start(&cfg(backend.addr, cert_entry(&crt, &key)).toml());
+    let s = TlsStream::connect(
+        p.addr("tls"),
+        "half.test",
+        client_config(&ca_path, None, &[]),
+    )
+    .unwrap();
+    s.write_all(&pattern(1 << 20, 3)).unwrap();
+    s.close_write().unwrap();
+    let (got, err) = s.read_to_end();
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(checksum(&got), checksum(&pattern(8 << 20, 7)));
+    let l = &p.wait_conns(1)[0];
+    assert_eq!(field(l, "outcome").as_deref(), Some("closed"), "{l}");
+}
+
+#[test]
+fn half_close_through_tls_backend_first() {
+    // The backend sends 1 MiB and FIN first: the client gets close_notify
+    // after the last byte, then sends 8 MiB on the still-open direction.
+    let dir = TempDir::new("tls-half2");
+    let ca = Ca::new("half2 CA");
+    let (ca_path, crt, key) = ca.write_leaf(&dir.0, &["half2.test"]);
+    let (tx, rx) = mpsc::channel::<u64>();
+    let tx = Mutex::new(tx);
+    let backend = Backend::start(move |mut s| {
+        s.write_all(&pattern(1 << 20, 11)).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let (got, _) = read_to_end(&mut s);
+        tx.lock().unwrap().send(checksum(&got)).unwrap();
+    });
+    let p = Proxy::start(&cfg(backend.addr, cert_entry(&crt, &key)).toml());
+    let s = TlsStream::connect(
+        p.addr("tls"),
+        "half2.test",
+        client_config(&ca_path, None, &[]),
+    )
+    .unwrap();
+    let (got, err) = s.read_to_end();
+    assert!(err.is_none(), "close_notify expected, got {err:?}");
+    assert_eq!(checksum(&got), checksum(&pattern(1 << 20, 11)));
+    s.write_all(&pattern(8 << 20, 12)).unwrap();
+    s.close_write().unwrap();
+    let sum = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(sum, checksum(&pattern(8 << 20, 12)));
+    let l = &p.wait_conns(1)[0];
+    assert_eq!(field(l, "outcome").as_deref(), Some("closed"), "{l}");
+}
+
+#[test]
+fn backend_reset_reaches_the_tls_client_as_a_reset() {
+    let dir = TempDir::new("tls-rst");
+    let ca = Ca::new("rst CA");
+    let (ca_path, crt, key) = ca.write_leaf(&dir.0, &["rst.test"]);
+    let backend = Backend::start(|mut s| {
+        s.write_all(&pattern(1 << 20, 5)).unwrap();
+        thread::sleep(Duration::from_millis(200));
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(s);
+    });
+    let p = Proxy::start(&cfg(backend.addr, cert_entry(&crt, &key)).toml());
+    let s = TlsStream::connect(
+        p.addr("tls"),
+        "rst.test",
+        client_config(&ca_path, None, &[]),
+    )
+    .unwrap();
+    let (got, err) = s.read_to_end();
+    assert_eq!(got.len(), 1 << 20, "every byte before the reset");
+    assert_eq!(checksum(&got), checksum(&pattern(1 << 20, 5)));
+    let err = err.expect("a reset, not a clean close_notify");
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err:?}");
+    let l = &p.wait_conns(1)[0];
+    assert_eq!(field(l, "outcome").as_deref(), Some("backend_reset"), "{l}");
+}
+
+#[test]
+fn tls_client_reset_reaches_the_backend_as_a_reset() {
+    let dir = TempDir::new("tls-crst");
+    let ca = Ca::new("crst CA");
+    let (ca_path, crt, key) = ca.write_leaf(&dir.0, &["crst.test"]);
+    let (tx, rx) = mpsc::channel::<(usize, Option<ErrorKind>)>();
+    let tx = Mutex::new(tx);
+    let backend = Backend::start(move |mut s| {
+        let (got, err) = read_to_end(&mut s);
+        tx.lock()
+            .unwrap()
+            .send((got.len(), err.map(|e| e.kind())))
+            .unwrap();
+    });
+    let p = Proxy::start(&cfg(backend.addr, cert_entry(&crt, &key)).toml());
+    let s = TlsStream::connect(
+        p.addr("tls"),
+        "crst.test",
+        client_config(&ca_path, None, &[]),
+    )
+    .unwrap();
+    s.write_all(b"partial request").unwrap();
+    thread::sleep(Duration::from_millis(100));
+    socket2::SockRef::from(s.tcp())
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+    let (n, kind) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(n, 15, "bytes before the reset arrive first");
+    assert_eq!(kind, Some(ErrorKind::ConnectionReset));
+    let l = &p.wait_conns(1)[0];
+    assert_eq!(field(l, "outcome").as_deref(), Some("client_reset"), "{l}");
+}
+
+#[test]
+fn min_version_tls13_refuses_a_tls12_client() {
+    if !require_tool("openssl", "openssl") {
+        return;
+    }
+    let pki = Pki::new();
+    let (crt, key) = pki.leaf("v.test", &["v.test"]);
+    let backend = line_backend();
+    let mut c = cfg(backend.addr, cert_entry(&crt, &key));
+    c.options = "minVersion = \"VersionTLS13\"";
+    let p = Proxy::start(&c.toml());
+    let old = s_client_args(
+        p.addr("tls"),
+        &["-servername", "v.test", "-tls1_2"],
+        &pki.ca,
+        "x\n",
+    );
+    assert!(!old.ok(), "TLS 1.2 must be refused: {old:?}");
+    let new = s_client_args(
+        p.addr("tls"),
+        &["-servername", "v.test", "-tls1_3"],
+        &pki.ca,
+        "x\n",
+    );
+    assert!(new.ok() && new.stdout.contains("TLSv1.3"), "{new:?}");
+    let lines = p.wait_conns(2);
+    assert!(
+        lines
+            .iter()
+            .any(|l| field(l, "outcome").as_deref() == Some("tls_handshake_failed")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn max_version_and_cipher_suites_are_honoured() {
+    if !require_tool("openssl", "openssl") {
+        return;
+    }
+    let pki = Pki::new();
+    let (crt, key) = pki.leaf("c.test", &["c.test"]);
+    let backend = line_backend();
+    let mut c = cfg(backend.addr, cert_entry(&crt, &key));
+    c.options = "maxVersion = \"VersionTLS12\"\ncipherSuites = [\"TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305\"]\ncurvePreferences = [\"CurveP256\"]";
+    let p = Proxy::start(&c.toml());
+    let ran = s_client_args(p.addr("tls"), &["-servername", "c.test"], &pki.ca, "x\n");
+    assert!(ran.ok(), "{ran:?}");
+    assert!(
+        ran.stdout.contains("ECDHE-ECDSA-CHACHA20-POLY1305"),
+        "{ran:?}"
+    );
+    assert!(ran.stdout.contains("TLSv1.2"), "{ran:?}");
+    let other = s_client_args(
+        p.addr("tls"),
+        &[
+            "-servername",
+            "c.test",
+            "-cipher",
+            "ECDHE-ECDSA-AES128-GCM-SHA256",
+        ],
+        &pki.ca,
+        "x\n",
+    );
+    assert!(!other.ok(), "a suite not listed must be refused: {other:?}");
+}
+
+#[test]
+fn mutual_tls_accepts_verified_clients_and_refuses_others() {
+    let dir = TempDir::new("tls-mtls");
+    let ca = Ca::new("mtls server CA");
+    let (ca_path, crt, key) = ca.write_leaf(&dir.0, &["mtls.test"]);
+    let clients = Ca::new("clients CA");
+    let (clients_ca, client_crt, client_key) = clients.write_leaf(&dir.0, &["client.one"]);
+    let rogue = Ca::new("rogue CA");
+    let (_, rogue_crt, rogue_key) = rogue.write_leaf(&dir.0, &["client.rogue"]);
+    let echo = Backend::echo();
+    let options = format!(
+        "  [tls.options.default.clientAuth]\n  caFiles = [{:?}]\n  clientAuthType = \"RequireAndVerifyClientCert\"\n",
+        clients_ca.display().to_string()
+    );
+    let mut c = cfg(echo.addr, cert_entry(&crt, &key));
+    c.options = &options;
+    let p = Proxy::start(&c.toml());
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        // A client certificate from the configured CA: accepted.
+        let good = client_config(&ca_path, Some((&client_crt, &client_key)), &[version]);
+        let s = TlsStream::connect(p.addr("tls"), "mtls.test", good).unwrap();
+        let (got, err) = s.exchange(b"ping".to_vec());
+        assert!(err.is_none(), "{version:?}: {err:?}");
+        assert_eq!(got, b"ping");
+        // No certificate, or one from another CA: refused.
+        for cert in [None, Some((rogue_crt.as_path(), rogue_key.as_path()))] {
+            let config = client_config(&ca_path, cert, &[version]);
+            let refused = match TlsStream::connect(p.addr("tls"), "mtls.test", config) {
+                Err(_) => true,
+                Ok(s) => {
+                    let _ = s.write_all(b"ping");
+                    let (got, err) = s.read_to_end();
+                    got.is_empty() && err.is_some()
+                }
+            };
+            assert!(refused, "{version:?} {cert:?} must be refused");
+        }
+    }
+    let lines = p.wait_conns(6);
+    let refused = lines
+        .iter()
+        .filter(|l| field(l, "outcome").as_deref() == Some("tls_client_certificate_refused"))
+        .count();
+    assert_eq!(refused, 4, "{lines:?}");
+}
+
+#[test]
+fn rsa_pkcs1_ec_sec1_and_ed25519_keys_are_served() {
+    if !require_tool("openssl", "openssl") {
+        return;
+    }
+    let dir = TempDir::new("tls-keys");
+    let openssl = |args: &[&str]| {
+        run(
+            Command::new("openssl").args(args),
+            b"",
+            Duration::from_secs(60),
+        )
+        .expect_ok(&format!("openssl {args:?}"));
+    };
+    let mut certs = String::new();
+    let mut names = Vec::new();
+    for (name, keygen) in [
+        (
+            "rsa.test",
+            vec!["genrsa", "-traditional", "-out", "KEY", "2048"],
+        ),
+        (
+            "ec.test",
+            vec![
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+                "KEY",
+            ],
+        ),
+        (
+            "ed.test",
+            vec!["genpkey", "-algorithm", "ed25519", "-out", "KEY"],
+        ),
+    ] {
+        let key = dir.0.join(format!("{name}.key"));
+        let crt = dir.0.join(format!("{name}.crt"));
+        let k = key.display().to_string();
+        let args: Vec<&str> = keygen
+            .iter()
+            .map(|a| if *a == "KEY" { k.as_str() } else { a })
+            .collect();
+        openssl(&args);
+        openssl(&[
+            "req",
+            "-x509",
+            "-key",
+            &k,
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            &format!("subjectAltName=DNS:{name}"),
+            "-days",
+            "2",
+            "-out",
+            &crt.display().to_string(),
+        ]);
+        let pem = std::fs::read_to_string(&key).unwrap();
+        let kind = pem.lines().next().unwrap().to_string();
+        certs += &cert_entry(&crt, &key);
+        names.push((name, crt, kind));
+    }
+    // The formats really are the three PEM kinds.
+    assert_eq!(names[0].2, "-----BEGIN RSA PRIVATE KEY-----");
+    assert_eq!(names[1].2, "-----BEGIN EC PRIVATE KEY-----");
+    assert_eq!(names[2].2, "-----BEGIN PRIVATE KEY-----");
+    let backend = line_backend();
+    let p = Proxy::start(&cfg(backend.addr, certs).toml());
+    for (name, crt, _) in &names {
+        let ran = s_client(p.addr("tls"), name, crt, "abc\n");
+        assert!(ran.ok(), "{name}: {ran:?}");
+        assert!(
+            subject(&ran).unwrap().ends_with(&format!("CN = {name}")),
+            "{ran:?}"
+        );
+        assert!(ran.stdout.contains("ABC"), "{ran:?}");
+    }
+}
+
+/// Run the binary with `config` and expect it to exit non-zero before
+/// serving; returns its stderr.
+fn start_fails(config: &str) -> String {
+    let dir = TempDir::new("tls-bad");
+    let path = dir.write("sluicegate.toml", config);
+    let ran = run(
+        Command::new(BIN).arg("-c").arg(&path),
+        b"",
+        Duration::from_secs(20),
+    );
+    assert!(!ran.ok(), "must not start: {ran:?}");
+    assert!(!ran.stderr.contains("msg=starting"), "{}", ran.stderr);
+    ran.stderr
+}
+
+#[test]
+fn bad_certificates_stop_the_start_and_expired_ones_warn() {
+    let dir = TempDir::new("tls-certs");
+    let ca = Ca::new("bad CA");
+    let (_, crt, key) = ca.write_leaf(&dir.0, &["good.test"]);
+    let (_, other_crt, _) = ca.write_leaf(&dir.0, &["other.test"]);
+    let backend = Backend::echo();
+    let missing = dir.0.join("missing.crt");
+    let err = start_fails(&cfg(backend.addr, cert_entry(&missing, &key)).toml());
+    assert!(err.contains("missing.crt"), "{err}");
+    // The key of good.test with the certificate of other.test.
+    let err = start_fails(&cfg(backend.addr, cert_entry(&other_crt, &key)).toml());
+    assert!(err.contains("does not match the certificate"), "{err}");
+    assert!(err.contains("good.test.key"), "{err}");
+    // A file without a key.
+    let err = start_fails(&cfg(backend.addr, cert_entry(&crt, &crt)).toml());
+    assert!(err.contains("no PEM private key"), "{err}");
+    // Expired: served, with a warning at start.
+    let (old_crt, old_key) = ca.leaf(&["old.test"], true);
+    let oc = dir.write("old.crt", &old_crt);
+    let ok = dir.write("old.key", &old_key);
+    let p = Proxy::start(&cfg(backend.addr, cert_entry(&oc, &ok)).toml());
+    let warn = &p.wait_logs(1, |l| l.contains("certificate has expired"))[0];
+    assert!(
+        warn.contains("level=warn") && warn.contains("old.crt"),
+        "{warn}"
+    );
+}
+
+#[test]
+fn reload_serves_new_certificates_and_keeps_old_ones_on_error() {
+    let dir = TempDir::new("tls-reload");
+    let ca = Ca::new("reload CA");
+    let ca_path = dir.write("ca.crt", &ca.pem);
+    let (c1, k1) = ca.leaf(&["r.test", "first.r"], false);
+    let crt = dir.write("r.crt", &c1);
+    let key = dir.write("r.key", &k1);
+    let echo = Backend::echo();
+    let toml = cfg(echo.addr, cert_entry(&crt, &key)).toml();
+    let p = Proxy::start(&toml);
+    let names = |s: &TlsStream| s.peer_names();
+    let s =
+        TlsStream::connect(p.addr("tls"), "r.test", client_config(&ca_path, None, &[])).unwrap();
+    assert!(names(&s).contains(&"first.r".to_string()));
+    // New certificate files, then SIGHUP.
+    let (c2, k2) = ca.leaf(&["r.test", "second.r"], false);
+    std::fs::write(&crt, &c2).unwrap();
+    std::fs::write(&key, &k2).unwrap();
+    p.signal(1);
+    p.wait_logs(1, |l| l.contains("msg=reloaded"));
+    let s2 = connect_after_reload(p.addr("tls"), &ca_path, "second.r");
+    // The session accepted before the reload still works.
+    let (got, err) = s.exchange(b"old".to_vec());
+    assert!(err.is_none() && got == b"old", "{err:?}");
+    drop(s2);
+    // A key that does not match: the reload fails, the last good one stays.
+    std::fs::write(&key, &k1).unwrap();
+    p.signal(1);
+    p.wait_logs(1, |l| {
+        l.contains("reload failed") && l.contains("does not match")
+    });
+    let s3 =
+        TlsStream::connect(p.addr("tls"), "r.test", client_config(&ca_path, None, &[])).unwrap();
+    assert!(names(&s3).contains(&"second.r".to_string()));
+}
+
+/// Workers take a new snapshot at their next accept; retry briefly until
+/// the new certificate is served.
+fn connect_after_reload(addr: SocketAddr, ca: &Path, want: &str) -> TlsStream {
+    for _ in 0..100 {
+        let s = TlsStream::connect(addr, "r.test", client_config(ca, None, &[])).unwrap();
+        if s.peer_names().iter().any(|n| n == want) {
+            return s;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{want} never served after reload");
+}
+
+#[test]
+fn a_stalled_handshake_ends_at_the_deadline() {
+    let dir = TempDir::new("tls-stall");
+    let ca = Ca::new("stall CA");
+    let (ca_path, crt, key) = ca.write_leaf(&dir.0, &["stall.test"]);
+    let echo = Backend::echo();
+    let mut c = cfg(echo.addr, cert_entry(&crt, &key));
+    c.read_timeout = "500ms";
+    let p = Proxy::start(&c.toml());
+    // A real ClientHello, then silence.
+    let config = client_config(&ca_path, None, &[]);
+    let mut conn = rustls::ClientConnection::new(config, "stall.test".try_into().unwrap()).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    let mut s = TcpStream::connect(p.addr("tls")).unwrap();
+    s.write_all(&hello).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let start = std::time::Instant::now();
+    let _ = read_to_end(&mut s);
+    assert!(start.elapsed() < Duration::from_secs(5));
+    let l = &p.wait_conns(1)[0];
+    assert_eq!(field(l, "outcome").as_deref(), Some("tls_timeout"), "{l}");
+    assert_eq!(
+        echo.accepted.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "no dial before the handshake"
+    );
+}
+
+#[test]
+fn redis_cli_tls_through_the_proxy_to_a_plain_redis() {
+    if !require_tool("redis-server", "redis-server") || !require_tool("redis-cli", "redis-tools") {
+        return;
+    }
+    let dir = TempDir::new("tls-redis");
+    let ca = Ca::new("redis CA");
+    let (ca_path, crt, key) = ca.write_leaf(&dir.0, &["redis.test"]);
+    let redis = support::redis::RedisServer::start();
+    let backend: SocketAddr = ([127, 0, 0, 1], redis.port).into();
+    let p = Proxy::start(&cfg(backend, cert_entry(&crt, &key)).toml());
+    let port = p.addr("tls").port().to_string();
+    let cli = |args: &[&str]| {
+        run(
+            Command::new("redis-cli")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "--tls",
+                    "--sni",
+                    "redis.test",
+                    "--cacert",
+                ])
+                .arg(&ca_path)
+                .args(args),
+            b"",
+            Duration::from_secs(20),
+        )
+        .expect_ok("redis-cli")
+        .stdout
+    };
+    assert_eq!(cli(&["SET", "greeting", "hello over tls"]).trim(), "OK");
+    assert_eq!(cli(&["GET", "greeting"]).trim(), "hello over tls");
+    // The value really is in the plain redis-server.
+    let mut direct = TcpStream::connect(backend).unwrap();
+    direct.write_all(b"GET greeting\r\n").unwrap();
+    let mut b = [0u8; 64];
+    let n = direct.read(&mut b).unwrap();
+    assert_eq!(&b[..n], b"$14\r\nhello over tls\r\n");
+}
+
+#[test]
+fn psql_verify_full_through_the_proxy_to_a_plain_postgresql() {
+    if !support::pg::available() {
+        return;
+    }
+    let pki = Pki::new();
+    let (crt, key) = pki.leaf("db.test", &["db.test"]);
+    // The cluster has TLS on (so it could), but the proxy talks plain to it.
+    let (pg_crt, pg_key) = pki.leaf("pg.backend", &["pg.backend"]);
+    let pg = support::pg::PgCluster::start(&pg_crt, &pg_key);
+    let backend: SocketAddr = ([127, 0, 0, 1], pg.port).into();
+    let p = Proxy::start(&cfg(backend, cert_entry(&crt, &key)).toml());
+    let conninfo = format!(
+        "host=db.test hostaddr=127.0.0.1 port={} sslmode=verify-full sslrootcert={} user=postgres dbname=postgres",
+        p.addr("tls").port(),
+        pki.ca.display()
+    );
+    let one = support::pg::psql(&conninfo, "select 1").expect_ok("psql via proxy");
+    assert_eq!(one.stdout.trim(), "1");
+    // The backend session is not encrypted: the proxy terminated TLS.
+    let ssl = support::pg::psql(
+        &conninfo,
+        "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+    )
+    .expect_ok("psql pg_stat_ssl");
+    assert_eq!(ssl.stdout.trim(), "f", "{}", pg.log());
+    // The client side was TLS, verified against the proxy's certificate
+    // (verify-full fails otherwise); a wrong name is refused.
+    let wrong = conninfo.replace("host=db.test", "host=other.test");
+    assert!(!support::pg::psql(&wrong, "select 1").ok());
+    for l in p.wait_conns(3).iter().take(2) {
+        assert_eq!(field(l, "outcome").as_deref(), Some("closed"), "{l}");
+    }
+}
+
+#[test]
+fn reencrypts_to_an_openssl_backend_with_and_without_verification() {
+    if !require_tool("openssl", "openssl") {
+        return;
+    }
+    let pki = Pki::new();
+    let (front_crt, front_key) = pki.leaf("front.test", &["front.test"]);
+    let (back_crt, back_key) = pki.leaf("backend.test", &["backend.test"]);
+    let other = Pki::new();
+    let server = SServer::start(&back_crt, &back_key);
+    let ca = pki.ca.display().to_string();
+    let wrong_ca = other.ca.display().to_string();
+    let cases: [(String, bool); 3] = [
+        (format!("  [tcp.serversTransports.t.tls]\n  serverName = \"backend.test\"\n  rootCAs = [{ca:?}]\n"), true),
+        (format!("  [tcp.serversTransports.t.tls]\n  serverName = \"backend.test\"\n  rootCAs = [{wrong_ca:?}]\n  insecureSkipVerify = true\n"), true),
+        (format!("  [tcp.serversTransports.t.tls]\n  serverName = \"backend.test\"\n  rootCAs = [{wrong_ca:?}]\n"), false),
+    ];
+    for (transport, works) in &cases {
+        let mut c = cfg(server.addr, cert_entry(&front_crt, &front_key));
+        c.transport = transport;
+        let p = Proxy::start(&c.toml());
+        let s = TlsStream::connect(
+            p.addr("tls"),
+            "front.test",
+            client_config(&pki.ca, None, &[]),
+        )
+        .unwrap();
+        s.write_all(b"abc\nCLOSE\n").unwrap();
+        let (got, err) = s.read_to_end();
+        let l = &p.wait_conns(1)[0];
+        if *works {
+            assert!(err.is_none(), "{transport}: {err:?} {l}");
+            assert_eq!(String::from_utf8_lossy(&got), "cba\n", "{transport}");
+            assert_eq!(field(l, "outcome").as_deref(), Some("closed"), "{l}");
+        } else {
+            assert!(
+                got.is_empty() && err.is_some(),
+                "{transport}: {got:?} {err:?}"
+            );
+            assert_eq!(field(l, "outcome").as_deref(), Some("backend_reset"), "{l}");
+            assert!(l.contains("certificate"), "the error says why: {l}");
+        }
+    }
+}
