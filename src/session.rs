@@ -198,7 +198,7 @@ async fn run<'a>(
     let mut untrusted_proxy = false;
     if let Some(pp) = &ep_cfg.proxy_protocol {
         if pp.insecure || pp.trusted_ips.iter().any(|n| n.contains(&client_ip)) {
-            if let Some((src, dst)) = reader.proxy_header().await.map_err(Early::Peek)? {
+            if let Some((src, dst)) = Box::pin(reader.proxy_header()).await.map_err(Early::Peek)? {
                 client_addr = SocketAddr::new(src.ip().to_canonical(), src.port());
                 acc.client = client_addr;
                 proxied_dst = Some(dst);
@@ -212,8 +212,9 @@ async fn run<'a>(
     // Peek only when a TLS router needs the ClientHello; otherwise dial at
     // once (server-speaks-first protocols).
     let peeked = if entry.needs_peek() {
-        reader
-            .hello(client_hello::DEFAULT_CAP, untrusted_proxy)
+        // Boxed, like every phase before forwarding: its memory is freed
+        // when it ends instead of staying in the connection's future.
+        Box::pin(reader.hello(client_hello::DEFAULT_CAP, untrusted_proxy))
             .await
             .map_err(Early::Peek)?
     } else {
@@ -266,23 +267,23 @@ async fn run<'a>(
 
     // TLS termination: the handshake completes before the backend is dialed.
     let terminated = match &router.tls {
-        Some(t) if !t.passthrough && peeked.hello.is_some() => Some(
-            tls::handshake(
+        Some(t) if !t.passthrough && peeked.hello.is_some() => Some(Box::new(
+            Box::pin(tls::handshake(
                 &ws.snap.tls,
                 client,
                 &peeked.buf,
                 peeked.hello.as_ref().and_then(|h| h.sni.as_deref()),
                 t.options,
                 deadline,
-            )
+            ))
             .await
             .map_err(|e| Early::Tls(e.as_str()))?,
-        ),
+        )),
         _ => None,
     };
 
     acc.service = Some(router.service);
-    let (backend, lb_service, server_idx) = dial_service(ws, router.service, acc).await?;
+    let (backend, lb_service, server_idx) = Box::pin(dial_service(ws, router.service, acc)).await?;
     let ServiceKind::LoadBalancer(lb) = &cfg.services[lb_service].kind else {
         return Err(Early::NoServer);
     };
@@ -313,20 +314,30 @@ async fn run<'a>(
     }
 
     if let Some(accepted) = terminated {
+        // The hello was consumed by the handshake; do not hold it for the
+        // connection's lifetime.
+        drop(peeked);
         let server = &lb.servers[server_idx];
         let backend_tls = (server.tls || transport.tls.is_some()).then_some(tls::BackendTls {
             transport: lb.transport,
             address: &server.address_text,
         });
-        return Ok(accepted
-            .forward(&ws.snap.tls, client, &backend, backend_tls, &opts)
-            .await);
+        // Boxed: TLS state is large, and plain connections must not carry
+        // its size in their futures.
+        return Ok(Box::pin((*accepted).forward(
+            &ws.snap.tls,
+            client,
+            &backend,
+            backend_tls,
+            &opts,
+        ))
+        .await);
     }
 
     // Passthrough of a PostgreSQL SSLRequest: ask the backend for TLS too,
     // then the ClientHello flows untouched.
     if peeked.pg_ssl {
-        pg_ssl_request(&backend, transport.dial_timeout).await?;
+        Box::pin(pg_ssl_request(&backend, transport.dial_timeout)).await?;
     }
     let replayed = peeked.buf.len() as u64;
     if replayed > 0 {

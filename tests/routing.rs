@@ -131,14 +131,20 @@ accessLog = false
         .collect();
     let ok: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
     assert_eq!(ok, 300);
-    let fails = p
-        .logs()
-        .iter()
-        .filter(|l| l.contains("msg=\"dial failed\""))
-        .count();
+    let failed = |server: std::net::SocketAddr| {
+        let server = format!(" server={server} ");
+        p.logs()
+            .iter()
+            .filter(|l| l.contains("msg=\"dial failed\"") && l.contains(&server))
+            .count()
+    };
+    let (refusals, timeouts) = (failed(refused), failed(hole.addr));
+    // Both bad servers were really tried, until passive ejection (3 failures
+    // in a row per worker, balance.rs) stopped them costing every connection
+    // a dial: without it they fail on most of the 300 connections.
     assert!(
-        fails >= 100,
-        "the bad servers were really tried ({fails} dial failures)"
+        refusals >= 3 && timeouts >= 3 && refusals + timeouts < 150,
+        "{refusals} refusals and {timeouts} dial timeouts"
     );
 }
 

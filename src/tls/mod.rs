@@ -180,7 +180,9 @@ impl TlsEnd {
 
 /// A client whose TLS handshake completed.
 pub struct Accepted {
-    side: TlsSide<UnbufferedServerConnection>,
+    /// Boxed: the connection lives as long as the session, and a session
+    /// future that held it inline would reserve its size in every state.
+    side: Box<TlsSide<UnbufferedServerConnection>>,
 }
 
 /// Complete the server handshake on `client`. `peeked` holds the bytes
@@ -201,7 +203,7 @@ pub async fn handshake(
         .or(state.servers.first())
         .ok_or(TlsEnd::NotConfigured)?;
     let conn = UnbufferedServerConnection::new(config.clone()).map_err(TlsEnd::HandshakeFailed)?;
-    let mut side = TlsSide::new(conn);
+    let mut side = Box::new(TlsSide::new(conn));
     if side.cin.push(peeked) != peeked.len() {
         return Err(TlsEnd::HandshakeFailed(rustls::Error::General(
             "client hello larger than the input buffer".into(),
@@ -276,7 +278,7 @@ async fn connect_backend(
     state: &TlsState,
     backend: &TcpStream,
     bt: &BackendTls<'_>,
-) -> io::Result<TlsSide<UnbufferedClientConnection>> {
+) -> io::Result<Box<TlsSide<UnbufferedClientConnection>>> {
     let Some(cs) = state.clients.get(bt.transport).and_then(Option::as_ref) else {
         return Err(io::Error::other("backend TLS is not configured"));
     };
@@ -286,7 +288,7 @@ async fn connect_backend(
         .or_else(|| options::name_from_address(bt.address))
         .ok_or_else(|| io::Error::other("backend TLS: no server name to verify"))?;
     let conn = UnbufferedClientConnection::new(cs.config.clone(), name).map_err(side::tls_io)?;
-    let mut side = TlsSide::new(conn);
+    let mut side = Box::new(TlsSide::new(conn));
     let limit = state
         .backend_timeouts
         .get(bt.transport)
@@ -310,3 +312,4 @@ async fn connect_backend(
         })),
     }
 }
+

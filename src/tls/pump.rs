@@ -39,10 +39,11 @@ use crate::sys;
 pub enum Peer {
     /// A plain socket; the buffer holds bytes read and not yet delivered.
     Plain(Buf),
-    /// TLS towards the client.
-    Server(TlsSide<UnbufferedServerConnection>),
+    /// TLS towards the client (boxed: a plain backend should not reserve
+    /// the size of a TLS connection).
+    Server(Box<TlsSide<UnbufferedServerConnection>>),
     /// TLS towards a backend.
-    Client(TlsSide<UnbufferedClientConnection>),
+    Client(Box<TlsSide<UnbufferedClientConnection>>),
 }
 
 /// What the last readiness poll (or syscall) said about one socket. Starts

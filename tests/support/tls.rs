@@ -122,78 +122,58 @@ impl TlsStream {
     /// `UnexpectedEof`), or an error such as a reset.
     pub fn read_to_end(&self) -> (Vec<u8>, Option<io::Error>) {
         let mut got = Vec::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match (&*self.sock).read(&mut buf) {
-                Ok(n) => n,
-                Err(e) => return (got, Some(e)),
-            };
-            let mut c = self.conn.lock().unwrap();
-            if n == 0 {
-                // Lets rustls say whether the close was clean.
-                let _ = c.read_tls(&mut &[][..]);
-            }
-            let mut rd = &buf[..n];
-            while !rd.is_empty() {
-                if let Err(e) = c.read_tls(&mut rd) {
-                    return (got, Some(e));
-                }
-                if let Err(e) = c.process_new_packets() {
-                    return (got, Some(io::Error::new(io::ErrorKind::InvalidData, e)));
-                }
-            }
-            if n == 0 {
-                if let Err(e) = c.process_new_packets() {
-                    return (got, Some(io::Error::new(io::ErrorKind::InvalidData, e)));
-                }
-            }
-            let mut plain = [0u8; 16 * 1024];
-            loop {
-                match c.reader().read(&mut plain) {
-                    Ok(0) => return (got, None),
-                    Ok(k) => got.extend_from_slice(&plain[..k]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return (got, Some(e)),
-                }
-            }
-            if n == 0 {
-                return (got, Some(io::ErrorKind::UnexpectedEof.into()));
-            }
+        match self.read_until(&mut got, usize::MAX) {
+            Ok(()) => (got, None),
+            Err(e) => (got, Some(e)),
         }
     }
 
     /// Read exactly `len` plaintext bytes (or fail).
     pub fn read_exact_len(&self, len: usize) -> io::Result<Vec<u8>> {
         let mut got = Vec::new();
+        self.read_until(&mut got, len)?;
+        if got.len() < len {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(got)
+    }
+
+    /// Append plaintext to `got` until it holds `want` bytes or the peer
+    /// sent close_notify (`Ok`); a bare EOF is `UnexpectedEof`.
+    fn read_until(&self, got: &mut Vec<u8>, want: usize) -> io::Result<()> {
         let mut buf = vec![0u8; 64 * 1024];
-        while got.len() < len {
-            let mut c = self.conn.lock().unwrap();
-            let mut plain = [0u8; 16 * 1024];
-            loop {
-                match c.reader().read(&mut plain) {
-                    Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                    Ok(k) => got.extend_from_slice(&plain[..k]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e),
-                }
-            }
-            drop(c);
-            if got.len() >= len {
-                break;
-            }
+        let mut plain = vec![0u8; 64 * 1024];
+        loop {
             let n = (&*self.sock).read(&mut buf)?;
-            if n == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
             let mut c = self.conn.lock().unwrap();
             let mut rd = &buf[..n];
-            while !rd.is_empty() {
+            loop {
+                // read_tls(empty) tells rustls about the EOF.
                 c.read_tls(&mut rd)?;
                 c.process_new_packets()
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                // Drain plaintext before feeding more (rustls bounds it).
+                loop {
+                    match c.reader().read(&mut plain) {
+                        Ok(0) => return Ok(()),
+                        Ok(k) => {
+                            got.extend_from_slice(&plain[..k]);
+                            if got.len() >= want {
+                                return Ok(());
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                if rd.is_empty() {
+                    break;
+                }
+            }
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
             }
         }
-        Ok(got)
     }
 
     /// Send `data` then close_notify + FIN on one thread while reading to the

@@ -1,0 +1,490 @@
+#!/usr/bin/env bash
+# TLS termination benchmark: haproxy | nginx (stream) | sluicegate, each
+# terminating TLS with the same ECDSA P-256 certificate and speaking plain TCP to
+# the same backends. Same conventions as scripts/bench.sh (TARGETS, SCENARIOS,
+# REPEAT interleaved, median [min, max], ratio to the best peer, proxy CPU).
+#
+#   scripts/bench-tls.sh                                  # everything (about 8 min)
+#   REPEAT=1 DURATION=3 scripts/bench-tls.sh              # quick look
+#   SCENARIOS=hs13,redis-get TARGETS=nginx,sluicegate scripts/bench-tls.sh
+#
+# Scenarios:
+#   hs13, hs12      full handshakes/s (openssl s_time -new, CONC clients, no
+#                   resumption), TLS 1.3 / TLS 1.2; each handshake makes the
+#                   proxy dial the backend (redis-server) too
+#   redis-get/-set  redis-benchmark --tls -c 50 -P 1 through the proxy to a plain
+#                   redis-server
+#   bulk-up/-down   one TLS stream (python ssl client) to / from the loadgen sink
+#   idle            IDLE_CONNS TLS connections held (handshake + one PING each):
+#                   proxy RSS delta per connection
+#
+# Knobs: WORKERS (2) REPEAT (3) DURATION (5 s) CONC (4) IDLE_CONNS (2000)
+# SCENARIOS (all) TARGETS (haproxy,nginx,sluicegate) BASE_PORT (18000)
+# SKIP_BUILD (0) KEEP_TMP (0) RESULTS_DIR (bench/results) SLUICEGATE_BIN
+# (target/release/sluicegate). Results: stdout, RESULTS_DIR/tls-latest.md,
+# RESULTS_DIR/tls-latest.jsonl.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WORKERS=${WORKERS:-2}
+REPEAT=${REPEAT:-3}
+DURATION=${DURATION:-5}
+CONC=${CONC:-4}
+IDLE_CONNS=${IDLE_CONNS:-2000}
+SCENARIOS=${SCENARIOS:-all}
+TARGETS=${TARGETS:-haproxy,nginx,sluicegate}
+BASE_PORT=${BASE_PORT:-18000}
+SKIP_BUILD=${SKIP_BUILD:-0}
+KEEP_TMP=${KEEP_TMP:-0}
+RESULTS_DIR=${RESULTS_DIR:-$ROOT/bench/results}
+SLUICEGATE_BIN=${SLUICEGATE_BIN:-$ROOT/target/release/sluicegate}
+LOADGEN=$ROOT/bench/loadgen/target/release/sluicegate-loadgen
+
+ALL_SCENARIOS=(hs13 hs12 redis-get redis-set bulk-up bulk-down idle)
+ALL_TARGETS=(haproxy nginx sluicegate)
+
+log() { printf '[bench-tls %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+for v in WORKERS REPEAT DURATION CONC IDLE_CONNS BASE_PORT; do
+    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
+done
+((IDLE_CONNS <= 6000)) || die "IDLE_CONNS must be <= 6000 (open-file limit 20000 per process)"
+if [[ $SCENARIOS == all ]]; then SCEN=("${ALL_SCENARIOS[@]}"); else IFS=, read -ra SCEN <<<"$SCENARIOS"; fi
+for s in "${SCEN[@]}"; do [[ " ${ALL_SCENARIOS[*]} " == *" $s "* ]] || die "unknown scenario '$s'"; done
+IFS=, read -ra TGTS <<<"$TARGETS"
+for t in "${TGTS[@]}"; do [[ " ${ALL_TARGETS[*]} " == *" $t "* ]] || die "unknown target '$t'"; done
+
+# ------------------------------------------------------------------ ports
+# Backends on BASE+2 (redis) and BASE+5 (sink); target k listens on
+# BASE+100k+2 / +5 and dials the backends on 127.0.0.(10+k), so the TIME_WAIT
+# sockets of one target's handshake churn never slow another target.
+declare -A TIDX=([haproxy]=1 [nginx]=3 [sluicegate]=4)
+REDIS_PORT=$((BASE_PORT + 2))
+SINK_PORT=$((BASE_PORT + 5))
+tport() { echo $((BASE_PORT + 100 * TIDX[$1] + $2)); } # tport TARGET 2|5
+bip() { echo "127.0.0.$((10 + TIDX[$1]))"; }
+BACKEND_IPS="127.0.0.1"
+for t in "${ALL_TARGETS[@]}"; do BACKEND_IPS+=" $(bip "$t")"; done
+
+# ------------------------------------------------------------------ cleanup
+TMP=""
+STARTED=()
+declare -A TPIDS TSTATUS
+cleanup() {
+    local rc=$? p
+    trap - EXIT INT TERM
+    set +e
+    for p in "${STARTED[@]}"; do kill -CONT "$p" 2>/dev/null; kill -TERM "$p" 2>/dev/null; done
+    sleep 0.5
+    for p in "${STARTED[@]}"; do kill -KILL "$p" 2>/dev/null; done
+    wait 2>/dev/null
+    if [[ -n $TMP && -d $TMP ]]; then
+        if [[ $KEEP_TMP == 1 || $rc != 0 ]]; then log "logs and configs kept in $TMP"; else rm -rf "$TMP"; fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT
+trap 'exit 143' TERM
+
+for c in haproxy nginx redis-server redis-benchmark openssl python3 jq ss; do
+    command -v "$c" >/dev/null || die "$c not found (scripts/bench.sh installs the packages)"
+done
+if [[ $SKIP_BUILD != 1 ]]; then
+    log "building sluicegate and the loadgen"
+    (cd "$ROOT" && cargo build --release --quiet) || die "sluicegate build failed"
+    cargo build --release --quiet --manifest-path "$ROOT/bench/loadgen/Cargo.toml"
+fi
+[[ -x $SLUICEGATE_BIN ]] || die "$SLUICEGATE_BIN missing"
+[[ -x $LOADGEN ]] || die "$LOADGEN missing (run without SKIP_BUILD=1)"
+
+TMP=$(mktemp -d /tmp/sluicegate-bench-tls.XXXXXX)
+chmod 755 "$TMP"
+mkdir -p "$RESULTS_DIR"
+JSONL=$RESULTS_DIR/tls-latest.jsonl
+: >"$JSONL"
+
+start_bg() {
+    local name=$1
+    shift
+    "$@" >"$TMP/$name.out" 2>"$TMP/$name.log" &
+    LAST_PID=$!
+    STARTED+=("$LAST_PID")
+}
+listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+wait_listen() {
+    local pid=$1 secs=$2 p deadline
+    shift 2
+    deadline=$((SECONDS + secs))
+    for p in "$@"; do
+        until listening "$p"; do
+            kill -0 "$pid" 2>/dev/null || return 1
+            ((SECONDS < deadline)) || return 1
+            sleep 0.1
+        done
+    done
+}
+
+# ------------------------------------------------------------------ certificate
+# One ECDSA P-256 leaf (CN/SAN bench.test) signed by a scratch CA, for every proxy.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=bench CA" -keyout "$TMP/ca.key" -out "$TMP/ca.crt" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=bench.test" \
+    -keyout "$TMP/bench.key" -out "$TMP/bench.csr" 2>/dev/null
+echo "subjectAltName=DNS:bench.test" >"$TMP/bench.ext"
+openssl x509 -req -in "$TMP/bench.csr" -CA "$TMP/ca.crt" -CAkey "$TMP/ca.key" -CAcreateserial \
+    -days 2 -extfile "$TMP/bench.ext" -out "$TMP/bench.crt" 2>/dev/null
+cat "$TMP/bench.crt" "$TMP/bench.key" >"$TMP/bench.pem" # HAProxy wants both in one file
+CRT=$TMP/bench.crt KEY=$TMP/bench.key CA=$TMP/ca.crt
+
+# ------------------------------------------------------------------ backends
+start_bg redis redis-server --port "$REDIS_PORT" --bind "$BACKEND_IPS" --save "" --appendonly no \
+    --protected-mode no --daemonize no --dir "$TMP" --maxclients 10000
+wait_listen "$LAST_PID" 10 "$REDIS_PORT" || die "redis-server did not start"
+sink_addrs=""
+for ip in $BACKEND_IPS; do sink_addrs+="${sink_addrs:+,}$ip:$SINK_PORT"; done
+start_bg sink "$LOADGEN" sink-server --listen "$sink_addrs"
+wait_listen "$LAST_PID" 10 "$SINK_PORT" || die "sink server did not start: $(cat "$TMP/sink.log")"
+
+# ------------------------------------------------------------------ proxies
+# Like for like: same worker count, no logging, connect 5 s / idle 60 s,
+# OpenSSL's (or rustls') default TLS settings, session tickets on (default).
+write_config() {
+    local t=$1 ip
+    ip=$(bip "$t")
+    case $t in
+    haproxy)
+        cat >"$TMP/haproxy.cfg" <<EOF
+global
+    nbthread $WORKERS
+    maxconn 4000
+defaults
+    mode tcp
+    maxconn 4000
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+listen redis
+    bind 127.0.0.1:$(tport haproxy 2) ssl crt $TMP/bench.pem
+    server s1 $ip:$REDIS_PORT
+listen sink
+    bind 127.0.0.1:$(tport haproxy 5) ssl crt $TMP/bench.pem
+    server s1 $ip:$SINK_PORT
+EOF
+        ;;
+    nginx)
+        cat >"$TMP/nginx.conf" <<EOF
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+user root;
+worker_processes $WORKERS;
+worker_rlimit_nofile 19000;
+pid $TMP/nginx.pid;
+error_log $TMP/nginx-error.log warn;
+daemon off;
+events { worker_connections 16000; }
+stream {
+    proxy_connect_timeout 5s;
+    proxy_timeout 60s;
+    # nginx 1.22 leaves TLS 1.3 out by default; every target offers 1.2 and 1.3.
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_certificate $CRT;
+    ssl_certificate_key $KEY;
+    server { listen 127.0.0.1:$(tport nginx 2) ssl reuseport; proxy_pass $ip:$REDIS_PORT; }
+    server { listen 127.0.0.1:$(tport nginx 5) ssl reuseport; proxy_pass $ip:$SINK_PORT; }
+}
+EOF
+        ;;
+    sluicegate)
+        {
+            printf '[runtime]\nworkers = %s\naccessLog = false\n' "$WORKERS"
+            for b in redis:2:$REDIS_PORT sink:5:$SINK_PORT; do
+                IFS=: read -r name idx port <<<"$b"
+                cat <<EOF
+[entryPoints.$name]
+address = "127.0.0.1:$(tport sluicegate "$idx")"
+[tcp.routers.$name]
+entryPoints = ["$name"]
+rule = "HostSNI(\`*\`)"
+service = "$name"
+  [tcp.routers.$name.tls]
+[tcp.services.$name.loadBalancer]
+  [[tcp.services.$name.loadBalancer.servers]]
+  address = "$ip:$port"
+EOF
+            done
+            printf '[[tls.certificates]]\ncertFile = "%s"\nkeyFile = "%s"\n' "$CRT" "$KEY"
+        } >"$TMP/sluicegate.toml"
+        ;;
+    esac
+}
+
+start_proxy() {
+    local t=$1 pid
+    write_config "$t"
+    case $t in
+    haproxy) start_bg haproxy haproxy -f "$TMP/haproxy.cfg" -db ;;
+    nginx) start_bg nginx nginx -c "$TMP/nginx.conf" ;;
+    sluicegate) start_bg sluicegate "$SLUICEGATE_BIN" -c "$TMP/sluicegate.toml" ;;
+    esac
+    pid=$LAST_PID
+    if ! wait_listen "$pid" 15 "$(tport "$t" 2)" "$(tport "$t" 5)"; then
+        TSTATUS[$t]="failed: did not listen ($(tail -c 300 "$TMP/$t.log" | tr '\n' ' '))"
+        return
+    fi
+    TPIDS[$t]=$pid
+    if [[ $t == nginx ]]; then
+        sleep 0.3
+        TPIDS[$t]="$pid $(pgrep -P "$pid" | tr '\n' ' ')"
+    fi
+    # Smoke test: PING through TLS.
+    if [[ $(redis-cli -h 127.0.0.1 -p "$(tport "$t" 2)" --tls --sni bench.test --cacert "$CA" PING 2>&1) != PONG ]]; then
+        TSTATUS[$t]="failed: smoke test (redis PING through TLS)"
+        return
+    fi
+    TSTATUS[$t]=ok
+}
+
+# ------------------------------------------------------------------ measuring
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() {
+    local sum=0 p line rest f
+    for p in "$@"; do
+        [[ -r /proc/$p/stat ]] || continue
+        line=$(<"/proc/$p/stat") || continue
+        rest=${line##*) }
+        read -ra f <<<"$rest"
+        sum=$((sum + f[11] + f[12]))
+    done
+    echo "$sum"
+}
+# Pause the other proxies so an idle one cannot take CPU from the measured one.
+focus() {
+    local o p sig
+    for o in "${!TPIDS[@]}"; do
+        sig=STOP
+        [[ $o == "$1" ]] && sig=CONT
+        for p in ${TPIDS[$o]}; do kill -"$sig" "$p" 2>/dev/null || true; done
+    done
+}
+# Let TIME_WAIT sockets of an earlier handshake run against this target drain.
+wait_tw() {
+    local t=$1 n waited=0
+    while :; do
+        n=$(ss -Htan state time-wait "( dport = :$(tport "$t" 2) or dst $(bip "$t") )" 2>/dev/null | wc -l)
+        ((n < 5000 || waited >= 65)) && break
+        ((waited == 0)) && log "  waiting for $n TIME_WAIT sockets to drain"
+        sleep 5
+        waited=$((waited + 5))
+    done
+}
+
+cat >"$TMP/tlsclient.py" <<'PY'
+# TLS client for bench-tls.sh: bulk throughput and idle-connection memory.
+import json, os, socket, ssl, sys, time
+
+def ctx(ca):
+    c = ssl.create_default_context(cafile=ca)
+    return c
+
+def rss_kib(pids):
+    total = 0
+    for p in pids:
+        try:
+            for line in open(f"/proc/{p}/status"):
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+def bulk(port, ca, seconds, direction):
+    s = ctx(ca).wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="bench.test")
+    buf = bytearray(1 << 20)
+    total = 0
+    start = time.monotonic()
+    if direction == "up":
+        s.sendall(b"U")
+        while time.monotonic() - start < seconds:
+            s.sendall(buf)
+            total += len(buf)
+    else:
+        s.sendall(b"D")
+        view = memoryview(buf)
+        while time.monotonic() - start < seconds:
+            n = s.recv_into(view)
+            if n == 0:
+                break
+            total += n
+    el = time.monotonic() - start
+    s.close()
+    print(json.dumps({"value": total * 8 / el / 1e9, "extra": {"bytes": total}}))
+
+def idle(port, ca, n, pids):
+    c = ctx(ca)
+    before = rss_kib(pids)
+    conns = []
+    for _ in range(n):
+        s = c.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="bench.test")
+        s.sendall(b"PING\r\n")
+        assert s.recv(16) == b"+PONG\r\n"
+        conns.append(s)
+    time.sleep(1.0)
+    after = rss_kib(pids)
+    for s in conns:
+        s.close()
+    print(json.dumps({"value": (after - before) / n, "extra": {"rss_before_kib": before, "rss_after_kib": after}}))
+
+mode = sys.argv[1]
+if mode == "bulk":
+    bulk(int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), sys.argv[5])
+else:
+    idle(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), [int(p) for p in sys.argv[5:]])
+PY
+
+# Each scenario prints {"value":..,"extra":{..}} on stdout or fails. $1 = target.
+sc_handshakes() {
+    local t=$1 ver=$2 i total=0 n t0 t1
+    wait_tw "$t"
+    t0=$(date +%s.%N)
+    for ((i = 0; i < CONC; i++)); do
+        timeout -k 5 $((DURATION + 30)) openssl s_time -connect "127.0.0.1:$(tport "$t" 2)" -new \
+            -time "$DURATION" "$ver" >"$TMP/s_time.$i" 2>&1 &
+    done
+    wait
+    t1=$(date +%s.%N) # s_time overruns -time by up to a second: use the wall clock
+    for ((i = 0; i < CONC; i++)); do
+        n=$(grep -oE '^[0-9]+ connections in [0-9]+ real' "$TMP/s_time.$i" | awk '{print $1}' | head -1)
+        [[ -n $n ]] || { head -c 300 "$TMP/s_time.$i" >&2; return 1; }
+        total=$((total + n))
+    done
+    echo "{\"value\": $(awk -v n="$total" -v a="$t0" -v b="$t1" 'BEGIN{print n/(b-a)}'), \"extra\": {\"requests\": $total}}"
+}
+
+sc_redis() {
+    local t=$1 cmd=$2 out rps
+    out=$(timeout -k 5 $((DURATION * 10 + 30)) redis-benchmark -h 127.0.0.1 -p "$(tport "$t" 2)" --tls \
+        --sni bench.test --cacert "$CA" -t "$cmd" -c 50 -n $((DURATION * 40000)) -q 2>&1) || return 1
+    rps=$(grep -oE '[0-9.]+ requests per second' <<<"$out" | awk '{print $1}' | tail -1)
+    [[ -n $rps ]] || { echo "$out" | head -c 300 >&2; return 1; }
+    echo "{\"value\": $rps, \"extra\": {\"requests\": $((DURATION * 40000))}}"
+}
+
+sc_bulk() { timeout -k 5 $((DURATION + 30)) python3 "$TMP/tlsclient.py" bulk "$(tport "$1" 5)" "$CA" "$DURATION" "$2"; }
+
+sc_idle() {
+    # shellcheck disable=SC2086
+    timeout -k 5 120 python3 "$TMP/tlsclient.py" idle "$(tport "$1" 2)" "$CA" "$IDLE_CONNS" ${TPIDS[$1]}
+}
+
+scen_meta() { # description|metric|unit|better|cpu normalisation
+    case $1 in
+    hs13) echo "openssl s_time -new, TLS 1.3, $CONC clients, ECDSA P-256|full handshakes/s|cps|higher|Mreq" ;;
+    hs12) echo "openssl s_time -new, TLS 1.2, $CONC clients, ECDSA P-256|full handshakes/s|cps|higher|Mreq" ;;
+    redis-get) echo "redis-benchmark --tls GET -c 50 -P 1|requests/s|rps|higher|Mreq" ;;
+    redis-set) echo "redis-benchmark --tls SET -c 50 -P 1|requests/s|rps|higher|Mreq" ;;
+    bulk-up) echo "1 TLS stream client -> proxy (decrypt) -> sink|throughput|Gbit/s|higher|GB" ;;
+    bulk-down) echo "1 TLS stream sink -> proxy (encrypt) -> client|throughput|Gbit/s|higher|GB" ;;
+    idle) echo "$IDLE_CONNS TLS connections held, one PING each|memory per idle TLS session (RSS)|KiB|lower|" ;;
+    esac
+}
+
+run_scenario() {
+    case $2 in
+    hs13) sc_handshakes "$1" -tls1_3 ;;
+    hs12) sc_handshakes "$1" -tls1_2 ;;
+    redis-get) sc_redis "$1" get ;;
+    redis-set) sc_redis "$1" set ;;
+    bulk-up) sc_bulk "$1" up ;;
+    bulk-down) sc_bulk "$1" down ;;
+    idle) sc_idle "$1" ;;
+    esac
+}
+
+# ------------------------------------------------------------------ run
+for t in "${TGTS[@]}"; do start_proxy "$t"; log "$t: ${TSTATUS[$t]}"; done
+log "scenarios: ${SCEN[*]}; targets: ${TGTS[*]}; REPEAT=$REPEAT DURATION=${DURATION}s"
+for s in "${SCEN[@]}"; do
+    IFS='|' read -r desc metric unit better norm <<<"$(scen_meta "$s")"
+    for ((r = 1; r <= REPEAT; r++)); do
+        for t in "${TGTS[@]}"; do
+            base=$(jq -nc --arg s "$s" --arg t "$t" --arg d "$desc" --arg m "$metric" --arg u "$unit" \
+                --arg b "$better" --arg n "$norm" --argjson r "$r" \
+                '{scenario:$s,target:$t,desc:$d,metric:$m,unit:$u,better:$b,cpu_norm:$n,repeat:$r}')
+            if [[ ${TSTATUS[$t]} != ok ]]; then
+                jq -c --arg e "${TSTATUS[$t]}" '. + {ok:false,error:$e}' <<<"$base" >>"$JSONL"
+                continue
+            fi
+            focus "$t"
+            # shellcheck disable=SC2086
+            c0=$(cpu_ticks ${TPIDS[$t]})
+            if out=$(run_scenario "$t" "$s" 2>"$TMP/err"); then
+                # shellcheck disable=SC2086
+                c1=$(cpu_ticks ${TPIDS[$t]})
+                cpu=$(awk -v a="$c0" -v b="$c1" -v k="$CLK_TCK" 'BEGIN{print (b-a)/k}')
+                jq -c --argjson o "$out" --argjson c "$cpu" '. + $o + {ok:true,cpu_s:$c}' <<<"$base" >>"$JSONL"
+                log "$s $t #$r: $(jq -r .value <<<"$out") $unit (cpu ${cpu}s)"
+            else
+                jq -c --arg e "$(head -c 200 "$TMP/err")" '. + {ok:false,error:$e}' <<<"$base" >>"$JSONL"
+                log "$s $t #$r: FAILED $(head -c 200 "$TMP/err")"
+            fi
+        done
+    done
+done
+for t in "${!TPIDS[@]}"; do for p in ${TPIDS[$t]}; do kill -CONT "$p" 2>/dev/null || true; done; done
+
+versions="- $(uname -r); $(nproc) cores; $(haproxy -v 2>/dev/null | head -1 | cut -c1-40); $(nginx -v 2>&1 | cut -d' ' -f3); $(openssl version); WORKERS=$WORKERS REPEAT=$REPEAT DURATION=${DURATION}s CONC=$CONC; $(date -u +%Y-%m-%dT%H:%MZ)"
+python3 - "$JSONL" "$RESULTS_DIR/tls-latest.md" "$versions" <<'PY'
+import json, statistics, sys
+jsonl, md_path, header = sys.argv[1:4]
+rows = [json.loads(l) for l in open(jsonl) if l.strip()]
+PEERS, ORDER = ["haproxy", "nginx"], ["haproxy", "nginx", "sluicegate"]
+def fmt(v, unit=""):
+    if v is None: return "-"
+    if unit in ("rps", "cps"): return f"{v/1e3:.1f}k" if v >= 1e3 else f"{v:.0f}"
+    return f"{v:.0f}" if abs(v) >= 100 else (f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}")
+out = [header]
+md = ["# sluicegate TLS termination benchmark: latest run", "", header, "",
+      "Median [min, max] over the repeats; *vs best peer* = median / best of haproxy, nginx "
+      "(for lower-is-better metrics < 1 is better); *cpu s* = the proxy's CPU seconds in one run; "
+      "*per cpu s* = units per proxy CPU second (handshakes or requests per CPU second, GB per CPU second).", ""]
+scen = []
+for r in rows:
+    if r["scenario"] not in scen: scen.append(r["scenario"])
+for s in scen:
+    rs = [r for r in rows if r["scenario"] == s]
+    m = rs[0]
+    st = {}
+    for t in ORDER:
+        tr = [r for r in rs if r["target"] == t]
+        if not tr: continue
+        good = [r for r in tr if r.get("ok") and r.get("value") is not None]
+        vals = [r["value"] for r in good]
+        per = []
+        for r in good:
+            c, x = r.get("cpu_s") or 0, r.get("extra", {})
+            if c > 0 and x.get("requests"): per.append(x["requests"] / c)
+            elif c > 0 and x.get("bytes"): per.append(x["bytes"] / 1e9 / c)
+        st[t] = dict(vals=vals, med=statistics.median(vals) if vals else None,
+                     cpu=statistics.median([r["cpu_s"] for r in good]) if good else None,
+                     per=statistics.median(per) if per else None,
+                     err=next((r.get("error", "") for r in tr if not r.get("ok")), ""))
+    peers = [st[t]["med"] for t in PEERS if t in st and st[t]["med"] is not None]
+    best = (max(peers) if m["better"] == "higher" else min(peers)) if peers else None
+    hdr = ["target", f"{m['metric']} ({m['unit']}) median [min, max]", "vs best peer", "cpu s", "per cpu s"]
+    table = []
+    for t, v in st.items():
+        if v["med"] is None:
+            table.append([t, ("failed: " + v["err"])[:80], "", "", ""]); continue
+        table.append([t, f"{fmt(v['med'], m['unit'])} [{fmt(min(v['vals']), m['unit'])}, {fmt(max(v['vals']), m['unit'])}]",
+                      f"{v['med']/best:.2f}" if best else "-", fmt(v["cpu"]), fmt(v["per"], m["unit"] if m["unit"] in ("rps", "cps") else "")])
+    title = f"{s}: {m['desc']} ({m['better']} is better)"
+    w = [max(len(str(x)) for x in col) for col in zip(hdr, *table)]
+    out += ["", title, "  ".join(h.ljust(x) for h, x in zip(hdr, w))]
+    out += ["  ".join(str(c).ljust(x) for c, x in zip(row, w)) for row in table]
+    md += [f"## {title}", "", "| " + " | ".join(hdr) + " |", "|" + "|".join("---" for _ in hdr) + "|"]
+    md += ["| " + " | ".join(str(c) for c in row) + " |" for row in table] + [""]
+print("\n".join(out))
+open(md_path, "w").write("\n".join(md) + "\n")
+PY
+log "wrote $RESULTS_DIR/tls-latest.md and $JSONL"
