@@ -22,7 +22,6 @@ fi
 # Debian starts a redis-server service on install; the tests run their own.
 if command -v systemctl >/dev/null 2>&1; then systemctl stop redis-server 2>/dev/null || true; fi
 
-cargo build --release --bins
 cargo test --all-targets "$@"
 if [ -f bench/loadgen/Cargo.toml ]; then
   cargo test --release --manifest-path bench/loadgen/Cargo.toml

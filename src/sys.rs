@@ -38,6 +38,39 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// `accept4` with SOCK_NONBLOCK | SOCK_CLOEXEC on a listening socket: the
+/// accepted stream and its peer address. EAGAIN when the backlog is empty.
+pub fn accept4(listener: RawFd) -> io::Result<(std::net::TcpStream, std::net::SocketAddr)> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: an all-zero sockaddr_storage is a valid value for the kernel
+    // to overwrite; `len` tells it the room it has.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let fd = loop {
+        // SAFETY: `storage`/`len` are valid for writes for the call.
+        let r = unsafe {
+            libc::accept4(
+                listener,
+                (&mut storage as *mut libc::sockaddr_storage).cast(),
+                &mut len,
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        match cvt(r) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => break other?,
+        }
+    };
+    // SAFETY: accept4 returned a new descriptor that nothing else owns.
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    // SAFETY: the kernel wrote a sockaddr of `len` bytes into `storage`.
+    let addr = unsafe { socket2::SockAddr::new(storage, len) };
+    let peer = addr
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "accepted a non-IP socket"))?;
+    Ok((stream, peer))
+}
+
 /// Non-blocking receive into `buf`. `Ok(0)` is EOF.
 pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     loop {

@@ -25,7 +25,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::balance::Balancer;
 use crate::model::{Config, Driver};
 use crate::route::RouteTable;
-use crate::{log, session};
+use crate::{log, session, sys};
 
 /// Listen backlog (clamped by net.core.somaxconn).
 const BACKLOG: i32 = 4096;
@@ -34,6 +34,8 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How often a worker looks at the stop flag.
 const HOUSEKEEPING: Duration = Duration::from_millis(50);
+/// Connections accepted per readiness wake-up before yielding to others.
+const ACCEPT_BURST: usize = 64;
 /// io_uring submission queue size: enough for thousands of pending polls.
 const RING_ENTRIES: u32 = 4096;
 
@@ -361,48 +363,76 @@ async fn accept_loop(
     current: Rc<Current>,
     shared: Arc<Shared>,
 ) {
+    let lfd = listener.as_raw_fd();
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut errors: u64 = 0;
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                backoff = ACCEPT_BACKOFF_MIN;
-                if shared.stopping() {
-                    // Accepted in the instant of stopping: refuse it cleanly.
-                    drop(stream);
-                    break;
+    'outer: loop {
+        // Readiness, then drain the backlog with non-blocking accept4 (up to
+        // a burst): one wake-up serves many connecting clients, and the
+        // sockets come out non-blocking already (HAProxy's way). Only a poll
+        // is ever in flight, so stopping cancels nothing that matters.
+        let ready = listener.readable(false).await;
+        if shared.stopping() {
+            break;
+        }
+        let mut failure = ready.err();
+        if failure.is_none() {
+            for _ in 0..ACCEPT_BURST {
+                match sys::accept4(lfd) {
+                    Ok((std_stream, peer)) => {
+                        backoff = ACCEPT_BACKOFF_MIN;
+                        if shared.stopping() {
+                            // Accepted in the instant of stopping: refuse it.
+                            drop(std_stream);
+                            break 'outer;
+                        }
+                        let stream = match monoio::net::TcpStream::from_std(std_stream) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                failure = Some(e);
+                                break;
+                            }
+                        };
+                        let ws = current.get(&shared);
+                        crate::metrics::accepted(ep);
+                        let guard = LiveGuard::new();
+                        let shared = shared.clone();
+                        monoio::spawn(async move {
+                            session::serve(ws, ep, stream, peer, &shared).await;
+                            drop(guard);
+                        });
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    // A client that reset while in the backlog: next one.
+                    Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => continue,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
                 }
-                let ws = current.get(&shared);
-                crate::metrics::accepted(ep);
-                let guard = LiveGuard::new();
-                let shared = shared.clone();
-                monoio::spawn(async move {
-                    session::serve(ws, ep, stream, peer, &shared).await;
-                    drop(guard);
-                });
             }
-            Err(e) => {
-                if shared.stopping() {
-                    break;
-                }
-                errors += 1;
-                crate::metrics::accept_error(ep);
-                // EMFILE/ENFILE/ENOBUFS/ENOMEM: the pending connection stays
-                // in the backlog; pause this worker's accepting instead of
-                // spinning or exiting, and count it.
-                if errors == 1 || errors.is_power_of_two() {
-                    log!(
-                        Warn,
-                        "accept failed",
-                        worker = id,
-                        error = e,
-                        count = errors,
-                        pause_ms = backoff.as_millis()
-                    );
-                }
-                monoio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+        }
+        if let Some(e) = failure {
+            if shared.stopping() {
+                break;
             }
+            errors += 1;
+            crate::metrics::accept_error(ep);
+            // EMFILE/ENFILE/ENOBUFS/ENOMEM: the pending connection stays
+            // in the backlog; pause this worker's accepting instead of
+            // spinning or exiting, and count it.
+            if errors == 1 || errors.is_power_of_two() {
+                log!(
+                    Warn,
+                    "accept failed",
+                    worker = id,
+                    error = e,
+                    count = errors,
+                    pause_ms = backoff.as_millis()
+                );
+            }
+            monoio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
         }
     }
 }

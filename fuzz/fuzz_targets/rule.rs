@@ -1,0 +1,21 @@
+//! Fuzz target for the rule language (`config::rule::parse`): never panics, an
+//! error offset stays inside the rule, and a parsed rule prints to a canonical
+//! form that parses again to the same form.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use sluicegate::config::rule::parse;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match parse(text) {
+        Ok(rule) => {
+            let canonical = rule.to_string();
+            let again = parse(&canonical).expect("canonical form parses");
+            assert_eq!(again.to_string(), canonical);
+        }
+        Err(e) => assert!(e.offset <= text.len()),
+    }
+});
