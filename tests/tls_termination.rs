@@ -436,6 +436,10 @@ fn max_version_and_cipher_suites_are_honoured() {
         "{ran:?}"
     );
     assert!(ran.stdout.contains("TLSv1.2"), "{ran:?}");
+    assert!(
+        ran.stdout.contains("Server Temp Key: ECDH, prime256v1"),
+        "{ran:?}"
+    );
     let other = s_client_args(
         p.addr("tls"),
         &[
@@ -824,4 +828,64 @@ fn reencrypts_to_an_openssl_backend_with_and_without_verification() {
             assert!(l.contains("certificate"), "the error says why: {l}");
         }
     }
+}
+
+#[test]
+fn termination_delay_after_the_clients_close_notify() {
+    // The backend never finishes after the client's close_notify (passed on
+    // as a FIN): both sides are closed once terminationDelay has passed.
+    let dir = TempDir::new("tls-delay");
+    let ca = Ca::new("delay CA");
+    let (ca_path, crt, key) = ca.write_leaf(&dir.0, &["delay.test"]);
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let tx = Mutex::new(tx);
+    let backend = Backend::start(move |mut s| {
+        let (got, _) = read_to_end(&mut s);
+        tx.lock().unwrap().send(got).unwrap();
+        thread::sleep(Duration::from_secs(10));
+    });
+    let mut c = cfg(backend.addr, cert_entry(&crt, &key));
+    c.transport = "terminationDelay = \"200ms\"";
+    let toml = c.toml().replace("terminationDelay = \"30s\"\n", "");
+    let p = Proxy::start(&toml);
+    let s = TlsStream::connect(
+        p.addr("tls"),
+        "delay.test",
+        client_config(&ca_path, None, &[]),
+    )
+    .unwrap();
+    s.write_all(b"bye").unwrap();
+    s.close_write().unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), b"bye");
+    let start = std::time::Instant::now();
+    let _ = s.read_to_end();
+    assert!(start.elapsed() < Duration::from_secs(5));
+    let l = &p.wait_conns(1)[0];
+    assert_eq!(
+        field(l, "outcome").as_deref(),
+        Some("termination_delay"),
+        "{l}"
+    );
+}
+
+#[test]
+fn alpn_protocols_are_negotiated_and_mismatches_refused() {
+    if !require_tool("openssl", "openssl") {
+        return;
+    }
+    let pki = Pki::new();
+    let (crt, key) = pki.leaf("alpn.test", &["alpn.test"]);
+    let backend = line_backend();
+    let mut c = cfg(backend.addr, cert_entry(&crt, &key));
+    c.options = "alpnProtocols = [\"postgresql\", \"redis\"]";
+    let p = Proxy::start(&c.toml());
+    let args = |alpn: &'static str| ["-servername", "alpn.test", "-alpn", alpn];
+    let ok = s_client_args(p.addr("tls"), &args("h2,redis"), &pki.ca, "x\n");
+    assert!(ok.ok(), "{ok:?}");
+    assert!(ok.stdout.contains("ALPN protocol: redis"), "{ok:?}");
+    let refused = s_client_args(p.addr("tls"), &args("h2"), &pki.ca, "x\n");
+    assert!(!refused.ok(), "{refused:?}");
+    // A client without ALPN is served.
+    let none = s_client_args(p.addr("tls"), &["-servername", "alpn.test"], &pki.ca, "x\n");
+    assert!(none.ok() && none.stdout.contains("X"), "{none:?}");
 }

@@ -128,7 +128,7 @@ pub async fn run<C: Conn>(
                 flush(side, sock, deadline).await?;
                 loop {
                     match side.read(fd) {
-                        Ok(0) => return Err(HsError::Closed(None)),
+                        Ok((0, _)) => return Err(HsError::Closed(None)),
                         Ok(_) => break,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             wait(sock.readable(false), deadline).await?

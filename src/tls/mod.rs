@@ -312,4 +312,3 @@ async fn connect_backend(
         })),
     }
 }
-

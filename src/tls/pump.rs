@@ -135,7 +135,11 @@ impl Peer {
                     return Ok(0);
                 }
                 match sys::send(fd, data) {
-                    Ok(n) => Ok(n),
+                    Ok(n) => {
+                        // A short write filled the socket buffer.
+                        io.writable = n == data.len();
+                        Ok(n)
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         io.writable = false;
                         Ok(0)
@@ -205,7 +209,10 @@ impl Peer {
                 buf.commit(*r.as_ref().unwrap_or(&0));
                 match r {
                     Ok(0) => Step::Eof,
-                    Ok(_) => Step::Moved(0),
+                    Ok(n) => {
+                        io.readable = n == len;
+                        Step::Moved(0)
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         io.readable = false;
                         Step::NeedRead
@@ -239,8 +246,13 @@ fn tls_pull<C: super::side::Conn>(
             match s.read(fd) {
                 // EOF without close_notify: passed on as an end of stream
                 // all the same (what the client sent is all there is).
-                Ok(0) => Step::Eof,
-                Ok(_) => Step::Moved(0),
+                Ok((0, _)) => Step::Eof,
+                Ok((_, full)) => {
+                    // A short read drained the socket: skip the read that
+                    // would only say EAGAIN; the next poll says when.
+                    io.readable = full;
+                    Step::Moved(0)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     io.readable = false;
                     Step::NeedRead
@@ -299,12 +311,21 @@ fn step(
                 }
             }
             DirState::Finishing => {
-                match dst.finish(dfd, dio) {
-                    Ok(true) => dir.state = DirState::Eof,
-                    Ok(false) => dir.wait = Wait::DstWrite,
-                    Err(e) => dir.state = DirState::DstFailed(e),
-                }
-                return true;
+                return match dst.finish(dfd, dio) {
+                    Ok(true) => {
+                        dir.state = DirState::Eof;
+                        true
+                    }
+                    Ok(false) => {
+                        // Not a state change: waiting for the socket.
+                        dir.wait = Wait::DstWrite;
+                        moved
+                    }
+                    Err(e) => {
+                        dir.state = DirState::DstFailed(e);
+                        true
+                    }
+                };
             }
             _ => return moved,
         }

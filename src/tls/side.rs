@@ -343,10 +343,13 @@ impl<C: Conn> TlsSide<C> {
         Ok(true)
     }
 
-    /// Read ciphertext into `cin`. `Ok(0)` is EOF; `WouldBlock` is passed on.
-    pub fn read(&mut self, fd: RawFd) -> io::Result<usize> {
+    /// Read ciphertext into `cin`: `Ok((n, full))`, `full` when the read
+    /// filled the free space (more may be waiting). `Ok((0, _))` is EOF;
+    /// `WouldBlock` is passed on.
+    pub fn read(&mut self, fd: RawFd) -> io::Result<(usize, bool)> {
         let room = self.cin.spare();
-        if room.is_empty() {
+        let len = room.len();
+        if len == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "TLS record larger than the input buffer",
@@ -354,10 +357,15 @@ impl<C: Conn> TlsSide<C> {
         }
         let r = sys::recv(fd, room);
         match r {
-            Ok(n) => self.cin.commit(n),
-            Err(_) => self.cin.commit(0),
+            Ok(n) => {
+                self.cin.commit(n);
+                Ok((n, n == len))
+            }
+            Err(e) => {
+                self.cin.commit(0);
+                Err(e)
+            }
         }
-        r
     }
 }
 
