@@ -216,7 +216,13 @@ pub async fn duplex(client: &TcpStream, backend: &TcpStream, opts: &Opts) -> (Re
     match outcome {
         Outcome::ClientReset => Box::pin(abort_after_drain(backend)).await,
         Outcome::BackendReset => Box::pin(abort_after_drain(client)).await,
-        _ => {}
+        // The direction still open was cut mid-stream: close both abortively,
+        // so a truncated reply never looks complete (a FIN would).
+        Outcome::TerminationDelay | Outcome::IdleTimeout => {
+            let _ = sys::set_linger_zero(client.as_raw_fd());
+            let _ = sys::set_linger_zero(backend.as_raw_fd());
+        }
+        Outcome::Closed => {}
     }
     (
         Report {

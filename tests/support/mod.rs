@@ -63,7 +63,17 @@ impl Proxy {
     /// Start under a wrapper command (e.g. `["prlimit", "--nofile=64"]`).
     pub fn start_with(config: &str, wrapper: &[&str]) -> Proxy {
         let dir = TempDir::new("proxy");
-        let path = dir.write("sluicegate.toml", config);
+        // Traefik's default terminationDelay (100 ms after the first FIN) can
+        // cut a reply that a loaded CI machine delivers late; tests that are
+        // not about that delay get a generous one (tests/forward.rs covers
+        // the delay itself with an explicit value).
+        let config =
+            if config.contains("terminationDelay") || config.contains("[tcpServersTransport]") {
+                config.to_string()
+            } else {
+                format!("{config}\n[tcpServersTransport]\nterminationDelay = \"30s\"\n")
+            };
+        let path = dir.write("sluicegate.toml", &config);
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
