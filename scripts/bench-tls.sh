@@ -21,7 +21,7 @@
 #   idle            IDLE_CONNS TLS connections held (handshake + one PING each):
 #                   proxy RSS delta per connection
 #
-# Knobs: WORKERS (2) REPEAT (3) DURATION (5 s) CONC (4) IDLE_CONNS (2000)
+# Knobs: WORKERS (2) REPEAT (3) DURATION (5 s) CONC (4) RB_THREADS (2) IDLE_CONNS (2000)
 # SCENARIOS (all) TARGETS (haproxy,nginx,sluicegate) BASE_PORT (18000)
 # SKIP_BUILD (0) KEEP_TMP (0) RESULTS_DIR (bench/results) SLUICEGATE_BIN
 # (target/release/sluicegate). Results: stdout, RESULTS_DIR/tls-latest.md,
@@ -33,6 +33,7 @@ WORKERS=${WORKERS:-2}
 REPEAT=${REPEAT:-3}
 DURATION=${DURATION:-5}
 CONC=${CONC:-4}
+RB_THREADS=${RB_THREADS:-2}
 IDLE_CONNS=${IDLE_CONNS:-2000}
 SCENARIOS=${SCENARIOS:-all}
 TARGETS=${TARGETS:-haproxy,nginx,sluicegate}
@@ -386,7 +387,7 @@ sc_rate() {
 sc_redis() {
     local t=$1 cmd=$2 out rps
     out=$(timeout -k 5 $((DURATION * 10 + 30)) redis-benchmark -h 127.0.0.1 -p "$(tport "$t" 2)" --tls \
-        --sni bench.test --cacert "$CA" -t "$cmd" -c 50 -n $((DURATION * 40000)) -q 2>&1) || return 1
+        --sni bench.test --cacert "$CA" --threads "$RB_THREADS" -t "$cmd" -c 50 -n $((DURATION * 40000)) -q 2>&1) || return 1
     rps=$(grep -oE '[0-9.]+ requests per second' <<<"$out" | awk '{print $1}' | tail -1)
     [[ -n $rps ]] || { echo "$out" | head -c 300 >&2; return 1; }
     echo "{\"value\": $rps, \"extra\": {\"requests\": $((DURATION * 40000))}}"
@@ -405,8 +406,8 @@ scen_meta() { # description|metric|unit|better|cpu normalisation
     hs12) echo "rustls client, $CONC threads: connect + full TLS 1.2 handshake + PING + close, ECDSA P-256|TLS connections/s|cps|higher|Mreq" ;;
     stime13) echo "openssl s_time -new, TLS 1.3, $CONC clients, ECDSA P-256|full handshakes/s|cps|higher|Mreq" ;;
     stime12) echo "openssl s_time -new, TLS 1.2, $CONC clients, ECDSA P-256|full handshakes/s|cps|higher|Mreq" ;;
-    redis-get) echo "redis-benchmark --tls GET -c 50 -P 1|requests/s|rps|higher|Mreq" ;;
-    redis-set) echo "redis-benchmark --tls SET -c 50 -P 1|requests/s|rps|higher|Mreq" ;;
+    redis-get) echo "redis-benchmark --tls GET -c 50 -P 1 --threads $RB_THREADS|requests/s|rps|higher|Mreq" ;;
+    redis-set) echo "redis-benchmark --tls SET -c 50 -P 1 --threads $RB_THREADS|requests/s|rps|higher|Mreq" ;;
     bulk-up) echo "1 TLS stream client -> proxy (decrypt) -> sink|throughput|Gbit/s|higher|GB" ;;
     bulk-down) echo "1 TLS stream sink -> proxy (encrypt) -> client|throughput|Gbit/s|higher|GB" ;;
     idle) echo "$IDLE_CONNS TLS connections held, one PING each|memory per idle TLS session (RSS)|KiB|lower|" ;;
