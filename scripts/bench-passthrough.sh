@@ -1,0 +1,587 @@
+#!/usr/bin/env bash
+# TLS passthrough benchmark: haproxy | nginx (stream) | sluicegate, each routing
+# by SNI (pt.bench.test) to the same TLS backend without touching TLS, and
+# direct (the client talks TLS straight to the backend). Same conventions as
+# scripts/bench-tls.sh (TARGETS, SCENARIOS, REPEAT interleaved, median
+# [min, max], ratio to the best peer, proxy CPU) plus a ratio to direct.
+#
+#   scripts/bench-passthrough.sh                           # about 4 min
+#   REPEAT=1 DURATION=3 scripts/bench-passthrough.sh       # quick look
+#   SCENARIOS=hs13,hs12 TARGETS=direct,sluicegate scripts/bench-passthrough.sh
+#
+# The TLS backend is a separate HAProxy (`mode tcp`, `ssl crt`, BACKEND_THREADS
+# threads) terminating TLS with an ECDSA P-256 certificate for pt.bench.test in
+# front of the loadgen sink server, so it can serve bulk data in both directions
+# and take full handshakes on several threads. It is not one of the measured
+# proxies (its own process, never paused) but it shares the machine's cores
+# with the client and the proxy under test.
+#
+# Scenarios:
+#   bulk-up/-down   one TLS stream (python ssl client, 1 MiB writes / reads)
+#                   to / from the sink behind the backend, DURATION seconds
+#   hs13/hs12       TLS handshakes/s: CONC threads of connect, full handshake
+#                   with SNI pt.bench.test (no resumption), close_notify, read
+#                   to EOF, close; TLS 1.3 / 1.2. The client is a small rustls
+#                   program (the handshake loop of examples/tls_handshakes.rs,
+#                   with SNI and no PING) that this script compiles with rustc
+#                   against the rlibs already in target/release/deps (no cargo,
+#                   ~20 s). `openssl s_time` cannot be used: OpenSSL 3.0's
+#                   s_time sends no SNI, so no SNI router can route it.
+#
+# Knobs: WORKERS (2) REPEAT (3) DURATION (4 s) CONC (4) BACKEND_THREADS (2)
+# SCENARIOS (bulk-up,bulk-down,hs13) TARGETS (direct,haproxy,nginx,sluicegate)
+# BASE_PORT (19000) KEEP_TMP (0) RESULTS_DIR (bench/results) SLUICEGATE_BIN
+# (target/release/sluicegate). Never builds anything. Results: stdout,
+# RESULTS_DIR/passthrough-latest.md, RESULTS_DIR/passthrough-latest.jsonl.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WORKERS=${WORKERS:-2}
+REPEAT=${REPEAT:-3}
+DURATION=${DURATION:-4}
+CONC=${CONC:-4}
+BACKEND_THREADS=${BACKEND_THREADS:-2}
+SCENARIOS=${SCENARIOS:-bulk-up,bulk-down,hs13}
+TARGETS=${TARGETS:-direct,haproxy,nginx,sluicegate}
+BASE_PORT=${BASE_PORT:-19000}
+KEEP_TMP=${KEEP_TMP:-0}
+RESULTS_DIR=${RESULTS_DIR:-$ROOT/bench/results}
+SLUICEGATE_BIN=${SLUICEGATE_BIN:-$ROOT/target/release/sluicegate}
+LOADGEN=$ROOT/bench/loadgen/target/release/sluicegate-loadgen
+SNI=pt.bench.test
+
+ALL_SCENARIOS=(bulk-up bulk-down hs13 hs12)
+ALL_TARGETS=(direct haproxy nginx sluicegate)
+
+log() { printf '[bench-pt %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+for v in WORKERS REPEAT DURATION CONC BACKEND_THREADS BASE_PORT; do
+    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
+done
+IFS=, read -ra SCEN <<<"$SCENARIOS"
+for s in "${SCEN[@]}"; do [[ " ${ALL_SCENARIOS[*]} " == *" $s "* ]] || die "unknown scenario '$s'"; done
+IFS=, read -ra TGTS <<<"$TARGETS"
+for t in "${TGTS[@]}"; do [[ " ${ALL_TARGETS[*]} " == *" $t "* ]] || die "unknown target '$t'"; done
+
+# ------------------------------------------------------------------ ports
+# Sink BASE+5 (127.0.0.1), TLS backend BASE+1 on 127.0.0.1 (direct) and on
+# 127.0.0.(10+k) for proxy k, which listens on 127.0.0.1:BASE+100k+1: the
+# TIME_WAIT sockets of one target's handshake churn never slow another target.
+declare -A TIDX=([direct]=0 [haproxy]=1 [nginx]=3 [sluicegate]=4)
+SINK_PORT=$((BASE_PORT + 5))
+BK_PORT=$((BASE_PORT + 1))
+tport() { if [[ $1 == direct ]]; then echo "$BK_PORT"; else echo $((BASE_PORT + 100 * TIDX[$1] + 1)); fi; }
+bip() { echo "127.0.0.$((10 + TIDX[$1]))"; }
+
+# ------------------------------------------------------------------ cleanup
+TMP=""
+STARTED=()
+declare -A TPIDS TSTATUS
+cleanup() {
+    local rc=$? p
+    trap - EXIT INT TERM
+    set +e
+    for p in "${STARTED[@]}"; do kill -CONT "$p" 2>/dev/null; kill -TERM "$p" 2>/dev/null; done
+    sleep 0.5
+    for p in "${STARTED[@]}"; do kill -KILL "$p" 2>/dev/null; done
+    wait 2>/dev/null
+    if [[ -n $TMP && -d $TMP ]]; then
+        if [[ $KEEP_TMP == 1 || $rc != 0 ]]; then log "logs and configs kept in $TMP"; else rm -rf "$TMP"; fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT
+trap 'exit 143' TERM
+
+for c in haproxy nginx openssl python3 jq ss rustc; do
+    command -v "$c" >/dev/null || die "$c not found (scripts/bench.sh installs the packages)"
+done
+[[ -x $SLUICEGATE_BIN ]] || die "$SLUICEGATE_BIN missing (cargo build --release)"
+[[ -x $LOADGEN ]] || die "$LOADGEN missing (cargo build --release --manifest-path bench/loadgen/Cargo.toml)"
+
+TMP=$(mktemp -d /tmp/sluicegate-bench-pt.XXXXXX)
+chmod 755 "$TMP"
+mkdir -p "$RESULTS_DIR"
+JSONL=$RESULTS_DIR/passthrough-latest.jsonl
+: >"$JSONL"
+
+start_bg() {
+    local name=$1
+    shift
+    "$@" >"$TMP/$name.out" 2>"$TMP/$name.log" &
+    LAST_PID=$!
+    STARTED+=("$LAST_PID")
+}
+listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+wait_listen() {
+    local pid=$1 secs=$2 p deadline
+    shift 2
+    deadline=$((SECONDS + secs))
+    for p in "$@"; do
+        until listening "$p"; do
+            kill -0 "$pid" 2>/dev/null || return 1
+            ((SECONDS < deadline)) || return 1
+            sleep 0.1
+        done
+    done
+}
+
+# ------------------------------------------------------------------ certificate
+# ECDSA P-256 leaf (CN/SAN pt.bench.test) signed by a scratch CA; only the
+# backend holds it: the proxies never see a key.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=bench CA" -keyout "$TMP/ca.key" -out "$TMP/ca.crt" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$SNI" \
+    -keyout "$TMP/pt.key" -out "$TMP/pt.csr" 2>/dev/null
+echo "subjectAltName=DNS:$SNI" >"$TMP/pt.ext"
+openssl x509 -req -in "$TMP/pt.csr" -CA "$TMP/ca.crt" -CAkey "$TMP/ca.key" -CAcreateserial \
+    -days 2 -extfile "$TMP/pt.ext" -out "$TMP/pt.crt" 2>/dev/null
+cat "$TMP/pt.crt" "$TMP/pt.key" >"$TMP/pt.pem"
+CA=$TMP/ca.crt
+
+# ------------------------------------------------------------------ backend
+start_bg sink "$LOADGEN" sink-server --listen "127.0.0.1:$SINK_PORT"
+wait_listen "$LAST_PID" 10 "$SINK_PORT" || die "sink server did not start: $(cat "$TMP/sink.log")"
+{
+    cat <<EOF
+global
+    nbthread $BACKEND_THREADS
+    maxconn 8000
+defaults
+    mode tcp
+    maxconn 8000
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+listen tlsbackend
+EOF
+    for t in "${ALL_TARGETS[@]}"; do
+        ip=127.0.0.1
+        [[ $t == direct ]] || ip=$(bip "$t")
+        echo "    bind $ip:$BK_PORT ssl crt $TMP/pt.pem"
+    done
+    echo "    server sink 127.0.0.1:$SINK_PORT"
+} >"$TMP/backend.cfg"
+start_bg backend haproxy -f "$TMP/backend.cfg" -db
+BACKEND_PID=$LAST_PID
+wait_listen "$BACKEND_PID" 10 "$BK_PORT" || die "TLS backend did not start: $(cat "$TMP/backend.log")"
+
+cat >"$TMP/tlsclient.py" <<'PY'
+# TLS client for bench-passthrough.sh: bulk throughput and a smoke test.
+import json, socket, ssl, sys, time
+
+def connect(port, ca, sni):
+    c = ssl.create_default_context(cafile=ca)
+    return c.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname=sni)
+
+def bulk(port, ca, sni, seconds, direction):
+    s = connect(port, ca, sni)
+    buf = bytearray(1 << 20)
+    total = 0
+    start = time.monotonic()
+    if direction == "up":
+        s.sendall(b"U")
+        while time.monotonic() - start < seconds:
+            s.sendall(buf)
+            total += len(buf)
+    else:
+        s.sendall(b"D")
+        view = memoryview(buf)
+        while time.monotonic() - start < seconds:
+            n = s.recv_into(view)
+            if n == 0:
+                break
+            total += n
+    el = time.monotonic() - start
+    s.close()
+    print(json.dumps({"value": total * 8 / el / 1e9, "extra": {"bytes": total}}))
+
+def smoke(port, ca, sni):
+    # Full certificate + name verification of pt.bench.test, then 64 KiB down.
+    s = connect(port, ca, sni)
+    s.settimeout(5)
+    s.sendall(b"D")
+    got = 0
+    while got < 65536:
+        n = len(s.recv(65536))
+        if n == 0:
+            raise SystemExit("eof")
+        got += n
+    s.close()
+    print("ok")
+
+if sys.argv[1] == "bulk":
+    bulk(int(sys.argv[2]), sys.argv[3], sys.argv[4], float(sys.argv[5]), sys.argv[6])
+else:
+    smoke(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+PY
+
+# ------------------------------------------------------------------ handshake client
+cat >"$TMP/pt_handshakes.rs" <<'RS'
+//! Handshake-rate client for scripts/bench-passthrough.sh: THREADS loops of
+//! connect -> full TLS handshake with SNI (no resumption) -> close_notify ->
+//! read to EOF -> close, for SECONDS. Prints {"value": handshakes_per_s, ...}.
+//! Like examples/tls_handshakes.rs: rustls + aws-lc-rs, the server's handshake
+//! signature is checked, its chain is not.
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{aws_lc_rs, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
+
+#[derive(Debug)]
+struct SignatureOnly(WebPkiSupportedAlgorithms);
+impl ServerCertVerifier for SignatureOnly {
+    fn verify_server_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0)
+    }
+    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> { self.0.supported_schemes() }
+}
+
+fn one(addr: &str, sni: &ServerName<'static>, config: &Arc<ClientConfig>) -> Result<(), String> {
+    let mut sock = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    sock.set_nodelay(true).ok();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let mut conn = ClientConnection::new(config.clone(), sni.clone()).map_err(|e| e.to_string())?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).map_err(|e| e.to_string())?;
+    }
+    conn.send_close_notify();
+    while conn.wants_write() { conn.write_tls(&mut sock).map_err(|e| e.to_string())?; }
+    sock.flush().ok();
+    // Read to EOF so the server has processed the whole handshake (TLS 1.3:
+    // it sends its session tickets after the client's Finished).
+    let mut b = [0u8; 4096];
+    loop {
+        match sock.read(&mut b) { Ok(0) | Err(_) => break, Ok(_) => {} }
+    }
+    Ok(())
+}
+
+fn main() {
+    let a: Vec<String> = std::env::args().collect();
+    if a.len() != 6 { eprintln!("usage: pt_handshakes ADDR SNI SECONDS THREADS 12|13"); std::process::exit(2); }
+    let addr = a[1].clone();
+    let sni = ServerName::try_from(a[2].clone()).expect("SNI");
+    let secs: f64 = a[3].parse().expect("SECONDS");
+    let threads: usize = a[4].parse().expect("THREADS");
+    let version = if a[5] == "12" { &rustls::version::TLS12 } else { &rustls::version::TLS13 };
+    let provider = Arc::new(aws_lc_rs::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[version]).unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SignatureOnly(provider.signature_verification_algorithms)))
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    let config = Arc::new(config);
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let hs: Vec<_> = (0..threads).map(|_| {
+        let (addr, sni, config, done, failed, stop) = (addr.clone(), sni.clone(), config.clone(), done.clone(), failed.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut first = None;
+            while !stop.load(Ordering::Relaxed) {
+                match one(&addr, &sni, &config) {
+                    Ok(()) => done.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => { first.get_or_insert(e); failed.fetch_add(1, Ordering::Relaxed) }
+                };
+            }
+            first
+        })
+    }).collect();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    stop.store(true, Ordering::Relaxed);
+    // Rate over the measured window only: a connection still in flight at the
+    // stop (e.g. a SYN being retransmitted) must not stretch the denominator.
+    let el = start.elapsed().as_secs_f64();
+    let n = done.load(Ordering::Relaxed);
+    let errs: Vec<String> = hs.into_iter().filter_map(|h| h.join().unwrap()).collect();
+    let tail = start.elapsed().as_secs_f64() - el;
+    println!("{{\"value\": {:.1}, \"extra\": {{\"requests\": {n}, \"failed\": {}, \"join_tail_s\": {:.2}, \"first_error\": {:?}}}}}",
+        n as f64 / el, failed.load(Ordering::Relaxed), tail, errs.first().cloned().unwrap_or_default());
+}
+RS
+DEPS=$(dirname "$SLUICEGATE_BIN")/deps
+log "compiling the rustls handshake client (rustc against $DEPS)"
+rlib() { local f; f=$(ls -t "$DEPS"/lib"$1"-*.rlib 2>/dev/null | head -1); [[ -n $f ]] || die "no lib$1 rlib in $DEPS"; echo "$f"; }
+rustc --edition 2021 -C opt-level=3 -C panic=abort -o "$TMP/pt_handshakes" "$TMP/pt_handshakes.rs" \
+    -L "dependency=$DEPS" --extern "rustls=$(rlib rustls)" --extern "rustls_pki_types=$(rlib rustls_pki_types)" \
+    2>"$TMP/rustc.log" || die "rustc failed: $(tail -c 400 "$TMP/rustc.log")"
+HS_BIN=$TMP/pt_handshakes
+
+# ------------------------------------------------------------------ proxies
+# Like for like: same worker count, no logging, connect 5 s / idle 60 s; each
+# waits for the ClientHello, routes SNI pt.bench.test to the backend and then
+# relays bytes untouched.
+write_config() {
+    local t=$1 ip
+    ip=$(bip "$t")
+    case $t in
+    haproxy)
+        cat >"$TMP/haproxy.cfg" <<EOF
+global
+    nbthread $WORKERS
+    maxconn 8000
+defaults
+    mode tcp
+    maxconn 8000
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend pt
+    bind 127.0.0.1:$(tport haproxy)
+    tcp-request inspect-delay 5s
+    tcp-request content accept if { req.ssl_hello_type 1 }
+    use_backend pt if { req.ssl_sni -i $SNI }
+backend pt
+    server s1 $ip:$BK_PORT
+EOF
+        ;;
+    nginx)
+        cat >"$TMP/nginx.conf" <<EOF
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+user root;
+worker_processes $WORKERS;
+worker_rlimit_nofile 19000;
+pid $TMP/nginx.pid;
+error_log $TMP/nginx-error.log warn;
+daemon off;
+events { worker_connections 16000; }
+stream {
+    proxy_connect_timeout 5s;
+    proxy_timeout 60s;
+    map \$ssl_preread_server_name \$backend {
+        $SNI $ip:$BK_PORT;
+    }
+    server {
+        listen 127.0.0.1:$(tport nginx) reuseport;
+        ssl_preread on;
+        proxy_pass \$backend;
+    }
+}
+EOF
+        ;;
+    sluicegate)
+        cat >"$TMP/sluicegate.toml" <<EOF
+[runtime]
+workers = $WORKERS
+accessLog = false
+
+[entryPoints.pt]
+address = "127.0.0.1:$(tport sluicegate)"
+
+[tcp.routers.pt]
+entryPoints = ["pt"]
+rule = "HostSNI(\`$SNI\`)"
+service = "pt"
+  [tcp.routers.pt.tls]
+  passthrough = true
+
+[tcp.services.pt.loadBalancer]
+  [[tcp.services.pt.loadBalancer.servers]]
+  address = "$ip:$BK_PORT"
+EOF
+        ;;
+    esac
+}
+
+start_proxy() {
+    local t=$1 pid
+    if [[ $t == direct ]]; then
+        TPIDS[$t]=""
+    else
+        write_config "$t"
+        case $t in
+        haproxy) start_bg haproxy haproxy -f "$TMP/haproxy.cfg" -db ;;
+        nginx) start_bg nginx nginx -c "$TMP/nginx.conf" ;;
+        sluicegate) start_bg sluicegate "$SLUICEGATE_BIN" -c "$TMP/sluicegate.toml" ;;
+        esac
+        pid=$LAST_PID
+        if ! wait_listen "$pid" 15 "$(tport "$t")"; then
+            TSTATUS[$t]="failed: did not listen ($(tail -c 300 "$TMP/$t.log" | tr '\n' ' '))"
+            return
+        fi
+        TPIDS[$t]=$pid
+        if [[ $t == nginx ]]; then
+            sleep 0.3
+            TPIDS[$t]="$pid $(pgrep -P "$pid" | tr '\n' ' ')"
+        fi
+    fi
+    if [[ $(timeout 10 python3 "$TMP/tlsclient.py" smoke "$(tport "$t")" "$CA" "$SNI" 2>&1) != ok ]]; then
+        TSTATUS[$t]="failed: smoke test (verified TLS to $SNI through the target)"
+        return
+    fi
+    TSTATUS[$t]=ok
+}
+
+# ------------------------------------------------------------------ measuring
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() {
+    local sum=0 p line rest f
+    for p in "$@"; do
+        [[ -r /proc/$p/stat ]] || continue
+        line=$(<"/proc/$p/stat") || continue
+        rest=${line##*) }
+        read -ra f <<<"$rest"
+        sum=$((sum + f[11] + f[12]))
+    done
+    echo "$sum"
+}
+# Pause the proxies not under test (never the backend).
+focus() {
+    local o p sig
+    for o in "${!TPIDS[@]}"; do
+        sig=STOP
+        [[ $o == "$1" ]] && sig=CONT
+        for p in ${TPIDS[$o]}; do kill -"$sig" "$p" 2>/dev/null || true; done
+    done
+}
+wait_tw() {
+    local t=$1 n waited=0 filt
+    filt="( dport = :$(tport "$t") )"
+    [[ $t == direct ]] || filt="( dport = :$(tport "$t") or dst $(bip "$t") )"
+    while :; do
+        n=$(ss -Htan state time-wait "$filt" 2>/dev/null | wc -l)
+        ((n < 5000 || waited >= 65)) && break
+        ((waited == 0)) && log "  waiting for $n TIME_WAIT sockets to drain"
+        sleep 5
+        waited=$((waited + 5))
+    done
+}
+
+sc_bulk() { timeout -k 5 $((DURATION + 30)) python3 "$TMP/tlsclient.py" bulk "$(tport "$1")" "$CA" "$SNI" "$DURATION" "$2"; }
+
+sc_rate() {
+    wait_tw "$1"
+    timeout -k 5 $((DURATION + 30)) "$HS_BIN" "127.0.0.1:$(tport "$1")" "$SNI" "$DURATION" "$CONC" "$2"
+}
+
+scen_meta() { # description|metric|unit|better
+    case $1 in
+    bulk-up) echo "1 TLS stream client -> proxy (SNI route, passthrough) -> TLS backend -> sink|throughput|Gbit/s|higher" ;;
+    bulk-down) echo "1 TLS stream sink -> TLS backend -> proxy (passthrough) -> client|throughput|Gbit/s|higher" ;;
+    hs13) echo "rustls client, $CONC threads: connect + full TLS 1.3 handshake (SNI $SNI) + close, ECDSA P-256, through passthrough|TLS handshakes/s|cps|higher" ;;
+    hs12) echo "rustls client, $CONC threads: connect + full TLS 1.2 handshake (SNI $SNI) + close, ECDSA P-256, through passthrough|TLS handshakes/s|cps|higher" ;;
+    esac
+}
+
+run_scenario() {
+    case $2 in
+    bulk-up) sc_bulk "$1" up ;;
+    bulk-down) sc_bulk "$1" down ;;
+    hs13) sc_rate "$1" 13 ;;
+    hs12) sc_rate "$1" 12 ;;
+    esac
+}
+
+# ------------------------------------------------------------------ run
+for t in "${TGTS[@]}"; do start_proxy "$t"; log "$t: ${TSTATUS[$t]}"; done
+log "scenarios: ${SCEN[*]}; targets: ${TGTS[*]}; REPEAT=$REPEAT DURATION=${DURATION}s"
+for s in "${SCEN[@]}"; do
+    IFS='|' read -r desc metric unit better <<<"$(scen_meta "$s")"
+    for ((r = 1; r <= REPEAT; r++)); do
+        # Rotate the target order each repeat.
+        order=("${TGTS[@]:$(((r - 1) % ${#TGTS[@]}))}" "${TGTS[@]:0:$(((r - 1) % ${#TGTS[@]}))}")
+        for t in "${order[@]}"; do
+            base=$(jq -nc --arg s "$s" --arg t "$t" --arg d "$desc" --arg m "$metric" --arg u "$unit" \
+                --arg b "$better" --argjson r "$r" \
+                '{scenario:$s,target:$t,desc:$d,metric:$m,unit:$u,better:$b,repeat:$r}')
+            if [[ ${TSTATUS[$t]} != ok ]]; then
+                jq -c --arg e "${TSTATUS[$t]}" '. + {ok:false,error:$e}' <<<"$base" >>"$JSONL"
+                continue
+            fi
+            focus "$t"
+            # shellcheck disable=SC2086
+            c0=$(cpu_ticks ${TPIDS[$t]})
+            b0=$(cpu_ticks "$BACKEND_PID")
+            if out=$(run_scenario "$t" "$s" 2>"$TMP/err"); then
+                # shellcheck disable=SC2086
+                c1=$(cpu_ticks ${TPIDS[$t]})
+                b1=$(cpu_ticks "$BACKEND_PID")
+                cpu=$(awk -v a="$c0" -v b="$c1" -v k="$CLK_TCK" 'BEGIN{print (b-a)/k}')
+                bcpu=$(awk -v a="$b0" -v b="$b1" -v k="$CLK_TCK" 'BEGIN{print (b-a)/k}')
+                [[ $t == direct ]] && cpu=null
+                [[ $(jq -r '.extra.failed // 0' <<<"$out") == 0 && $(jq -r '(.extra.join_tail_s // 0) < 1' <<<"$out") == true ]] || log "  $(jq -c .extra <<<"$out")"
+                jq -c --argjson o "$out" --argjson c "$cpu" --argjson bc "$bcpu" \
+                    '. + $o + {ok:true,cpu_s:$c,backend_cpu_s:$bc}' <<<"$base" >>"$JSONL"
+                log "$s $t #$r: $(jq -r .value <<<"$out") $unit (proxy cpu ${cpu/null/-}s, backend cpu ${bcpu}s)"
+            else
+                jq -c --arg e "$(head -c 200 "$TMP/err")" '. + {ok:false,error:$e}' <<<"$base" >>"$JSONL"
+                log "$s $t #$r: FAILED $(head -c 200 "$TMP/err")"
+            fi
+        done
+    done
+done
+for t in "${!TPIDS[@]}"; do for p in ${TPIDS[$t]}; do kill -CONT "$p" 2>/dev/null || true; done; done
+
+versions="- $(uname -r); $(nproc) cores; $(haproxy -v 2>/dev/null | head -1 | cut -c1-40); $(nginx -v 2>&1 | cut -d' ' -f3); $(openssl version); WORKERS=$WORKERS REPEAT=$REPEAT DURATION=${DURATION}s CONC=$CONC BACKEND_THREADS=$BACKEND_THREADS; $(date -u +%Y-%m-%dT%H:%MZ)"
+python3 - "$JSONL" "$RESULTS_DIR/passthrough-latest.md" "$versions" <<'PY'
+import json, statistics, sys
+jsonl, md_path, header = sys.argv[1:4]
+rows = [json.loads(l) for l in open(jsonl) if l.strip()]
+PEERS, ORDER = ["haproxy", "nginx"], ["direct", "haproxy", "nginx", "sluicegate"]
+def fmt(v, unit=""):
+    if v is None: return "-"
+    if unit in ("rps", "cps"): return f"{v/1e3:.1f}k" if v >= 1e3 else f"{v:.0f}"
+    return f"{v:.0f}" if abs(v) >= 100 else (f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}")
+out = [header]
+md = ["# sluicegate TLS passthrough benchmark: latest run", "", header, "",
+      "Median [min, max] over the repeats; *vs best peer* = median / best of haproxy, nginx; "
+      "*vs direct* = median / direct (client to the TLS backend, no proxy); *cpu s* = the proxy's "
+      "CPU seconds in one run; *backend cpu s* = the TLS backend's (HAProxy terminating TLS).", ""]
+scen = []
+for r in rows:
+    if r["scenario"] not in scen: scen.append(r["scenario"])
+for s in scen:
+    rs = [r for r in rows if r["scenario"] == s]
+    m = rs[0]
+    st = {}
+    for t in ORDER:
+        tr = [r for r in rs if r["target"] == t]
+        if not tr: continue
+        good = [r for r in tr if r.get("ok") and r.get("value") is not None]
+        vals = [r["value"] for r in good]
+        cpus = [r["cpu_s"] for r in good if r.get("cpu_s") is not None]
+        st[t] = dict(vals=vals, med=statistics.median(vals) if vals else None,
+                     nfail=len(tr) - len(good),
+                     cpu=statistics.median(cpus) if cpus else None,
+                     bcpu=statistics.median([r["backend_cpu_s"] for r in good]) if good else None,
+                     err=next((r.get("error", "") for r in tr if not r.get("ok")), ""))
+    peers = [st[t]["med"] for t in PEERS if t in st and st[t]["med"] is not None]
+    best = max(peers) if peers else None
+    direct = st.get("direct", {}).get("med")
+    hdr = ["target", f"{m['metric']} ({m['unit']}) median [min, max]", "vs best peer", "vs direct", "cpu s", "backend cpu s"]
+    table = []
+    for t, v in st.items():
+        if v["med"] is None:
+            table.append([t, ("failed: " + v["err"])[:80], "", "", "", ""]); continue
+        u = m["unit"]
+        cell = f"{fmt(v['med'], u)} [{fmt(min(v['vals']), u)}, {fmt(max(v['vals']), u)}]"
+        if v["nfail"]: cell += f" ({v['nfail']} failed)"
+        table.append([t, cell, f"{v['med']/best:.2f}" if best else "-",
+                      f"{v['med']/direct:.2f}" if direct else "-", fmt(v["cpu"]), fmt(v["bcpu"])])
+    title = f"{s}: {m['desc']} ({m['better']} is better)"
+    w = [max(len(str(x)) for x in col) for col in zip(hdr, *table)]
+    out += ["", title, "  ".join(h.ljust(x) for h, x in zip(hdr, w))]
+    out += ["  ".join(str(c).ljust(x) for c, x in zip(row, w)) for row in table]
+    md += [f"### {title}", "", "| " + " | ".join(hdr) + " |", "|" + "|".join("---" for _ in hdr) + "|"]
+    md += ["| " + " | ".join(str(c) for c in row) + " |" for row in table] + [""]
+print("\n".join(out))
+open(md_path, "w").write("\n".join(md) + "\n")
+PY
+log "wrote $RESULTS_DIR/passthrough-latest.md and $JSONL"
