@@ -22,7 +22,7 @@
 #                   proxy RSS delta per connection
 #
 # Knobs: WORKERS (2) REPEAT (3) DURATION (5 s) CONC (4) RB_THREADS (2) IDLE_CONNS (2000)
-# SCENARIOS (all) TARGETS (haproxy,nginx,sluicegate) BASE_PORT (18000)
+# PIN_CORES (true) SCENARIOS (all) TARGETS (haproxy,nginx,sluicegate) BASE_PORT (18000)
 # SKIP_BUILD (0) KEEP_TMP (0) RESULTS_DIR (bench/results) SLUICEGATE_BIN
 # (target/release/sluicegate). Results: stdout, RESULTS_DIR/tls-latest.md,
 # RESULTS_DIR/tls-latest.jsonl.
@@ -34,6 +34,7 @@ REPEAT=${REPEAT:-3}
 DURATION=${DURATION:-5}
 CONC=${CONC:-4}
 RB_THREADS=${RB_THREADS:-2}
+PIN_CORES=${PIN_CORES:-true} # sluicegate's runtime.pinCores (its default: true)
 IDLE_CONNS=${IDLE_CONNS:-2000}
 SCENARIOS=${SCENARIOS:-all}
 TARGETS=${TARGETS:-haproxy,nginx,sluicegate}
@@ -204,7 +205,7 @@ EOF
         ;;
     sluicegate)
         {
-            printf '[runtime]\nworkers = %s\naccessLog = false\n' "$WORKERS"
+            printf '[runtime]\nworkers = %s\npinCores = %s\naccessLog = false\n' "$WORKERS" "$PIN_CORES"
             for b in redis:2:$REDIS_PORT sink:5:$SINK_PORT; do
                 IFS=: read -r name idx port <<<"$b"
                 cat <<EOF

@@ -14,9 +14,10 @@
 //! before an end of stream is delivered before the end is passed on; a
 //! client's close_notify or EOF becomes a FIN to the backend, a backend's
 //! FIN becomes close_notify then FIN to the client, and the other direction
-//! keeps flowing until it ends or `terminationDelay` passes; a reset or a
-//! protocol error on one side is passed on as a reset after the bytes
-//! already queued to the other side have left.
+//! keeps flowing until it ends or `terminationDelay` passes (then both sides
+//! are reset: what was cut must not look complete); a reset or a protocol
+//! error on one side is passed on as a reset after the bytes already queued
+//! to the other side have left.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -602,9 +603,16 @@ pub async fn run(
     }
     let report = pump.into_report();
     match outcome {
-        Outcome::ClientReset => abort_after_drain(backend).await,
-        Outcome::BackendReset => abort_after_drain(client).await,
-        _ => {}
+        Outcome::ClientReset => Box::pin(abort_after_drain(backend)).await,
+        Outcome::BackendReset => Box::pin(abort_after_drain(client)).await,
+        // As `forward::duplex`: the direction still open was cut, so both
+        // sides are closed abortively; a truncated reply must never look
+        // complete (a FIN, or a close_notify, would).
+        Outcome::TerminationDelay | Outcome::IdleTimeout => {
+            let _ = sys::set_linger_zero(client.as_raw_fd());
+            let _ = sys::set_linger_zero(backend.as_raw_fd());
+        }
+        Outcome::Closed => {}
     }
     (report, outcome)
 }
