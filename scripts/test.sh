@@ -22,7 +22,17 @@ fi
 # Debian starts a redis-server service on install; the tests run their own.
 if command -v systemctl >/dev/null 2>&1; then systemctl stop redis-server 2>/dev/null || true; fi
 
+# Tests that lack a tool skip loudly (locally) or fail (CI=true); they also
+# append a line here, so the count is printed whatever the harness hides.
+SKIP_LOG="$(mktemp)"
+trap 'rm -f "$SKIP_LOG"' EXIT
+export SLUICEGATE_SKIP_LOG="$SKIP_LOG"
+
 cargo test --all-targets "$@"
 if [ -f bench/loadgen/Cargo.toml ]; then
   cargo test --release --manifest-path bench/loadgen/Cargo.toml
 fi
+
+skipped=$(sort -u "$SKIP_LOG" | wc -l)
+echo "skipped tests: $skipped"
+if [ "$skipped" -gt 0 ]; then sort -u "$SKIP_LOG" | sed 's/^/  skipped: /'; fi

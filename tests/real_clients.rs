@@ -162,7 +162,7 @@ fn smtp_server_speaks_first_through_a_catch_all_entrypoint() {
             Ok("true"),
             "python3 has no smtpd module (Debian 12's python3 3.11 has it)"
         );
-        eprintln!("\n\n*** SKIPPING: python3 has no smtpd module ***\n\n");
+        note_skip("python3 has no smtpd module");
         return;
     }
     let dir = TempDir::new("smtp");

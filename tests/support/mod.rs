@@ -426,9 +426,27 @@ pub fn require_tool(tool: &str, package: &str) -> bool {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("{tool} is missing: install the Debian package `{package}`");
         }
-        eprintln!("\n\n*** SKIPPING: {tool} not found (Debian package `{package}`) ***\n\n");
+        note_skip(&format!("{tool} not found (Debian package `{package}`)"));
     }
     found
+}
+
+/// Report a skipped test loudly, and append it to the file named by
+/// `SLUICEGATE_SKIP_LOG` so `scripts/test.sh` can print how many tests
+/// skipped (the test harness hides a passing test's stderr).
+pub fn note_skip(why: &str) {
+    eprintln!("\n\n*** SKIPPING: {why} ***\n\n");
+    if let Ok(path) = std::env::var("SLUICEGATE_SKIP_LOG") {
+        use std::io::Write;
+        let test = std::thread::current().name().unwrap_or("?").to_string();
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{test}: {why}");
+        }
+    }
 }
 
 pub mod hello;

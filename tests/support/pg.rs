@@ -28,9 +28,9 @@ pub fn available() -> bool {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("{PG_BIN}/initdb is missing: install the Debian package `postgresql`");
         }
-        eprintln!(
-            "\n\n*** SKIPPING: {PG_BIN}/initdb not found (Debian package `postgresql`) ***\n\n"
-        );
+        super::note_skip(&format!(
+            "{PG_BIN}/initdb not found (Debian package `postgresql`)"
+        ));
         return false;
     }
     super::require_tool("psql", "postgresql-client") && super::require_tool("pgbench", "postgresql")
