@@ -275,14 +275,14 @@ fn control_sigset() -> libc::sigset_t {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for s in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT] {
+        for s in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT, libc::SIGQUIT] {
             libc::sigaddset(&mut set, s);
         }
         set
     }
 }
 
-/// Wait for one of SIGHUP, SIGTERM, SIGINT (blocked beforehand).
+/// Wait for one of SIGHUP, SIGTERM, SIGINT, SIGQUIT (blocked beforehand).
 pub fn wait_signal() -> i32 {
     let set = control_sigset();
     let mut sig: libc::c_int = 0;
