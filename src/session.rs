@@ -7,6 +7,7 @@
 //! Every path out of `serve` ends in one counted outcome (reliability
 //! promise 3). Nothing here panics on peer input.
 
+use std::cell::Cell;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -37,6 +38,9 @@ enum Early {
     TooManyConnections,
     /// Every server was tried and none accepted the connection.
     DialFailed,
+    /// A dial failed for lack of a local resource (the errno): this
+    /// process's or host's shortage, not the server's.
+    LocalResource(i32),
     /// The service has no server that may be picked: none with a non-zero
     /// weight, or every one is down by its active health check.
     NoServer,
@@ -60,6 +64,7 @@ impl Early {
             Early::Denied => "denied",
             Early::TooManyConnections => "too_many_connections",
             Early::DialFailed => "dial_failed",
+            Early::LocalResource(_) => "local_resource_exhausted",
             Early::NoServer => "no_server",
             Early::ClientError => "client_error",
             Early::Peek(p) => p.as_str(),
@@ -162,6 +167,7 @@ pub async fn serve(
                 // Say what the bytes were, so an operator can tell a
                 // misconfigured plain client from a scanner.
                 Early::NotTls(reason) => Some(io::Error::new(io::ErrorKind::InvalidData, reason)),
+                Early::LocalResource(errno) => Some(io::Error::from_raw_os_error(errno)),
                 _ => None,
             };
             acc.emit(early.as_str(), 0, 0, detail.as_ref())
@@ -429,6 +435,15 @@ async fn dial_service<'a>(
             }
             Err(e) => {
                 let svc_name = &cfg.services[si].name;
+                if let Some(kind) = sys::local_resource_error(&e) {
+                    // Our own shortage (no descriptor, no buffer, no local
+                    // port): the server did nothing wrong, so it is not
+                    // ejected, and every other server would fail alike, so
+                    // there is no failover either.
+                    crate::metrics::local_resource_error(kind);
+                    log_local_resource_error(svc_name, &server.address_text, kind, &e);
+                    return Err(Early::LocalResource(e.raw_os_error().unwrap_or(0)));
+                }
                 log!(
                     Warn,
                     "dial failed",
@@ -454,6 +469,38 @@ async fn dial_service<'a>(
             }
         }
     }
+}
+
+/// At most one "local resource" warning per worker per this period: when
+/// descriptors run out every connection fails the same way, and a line per
+/// connection would flood the log (and take time the worker lacks).
+const LOCAL_ERROR_LOG_PERIOD: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// When this worker last logged a local resource error, and how many it
+    /// has not logged since.
+    static LOCAL_ERROR_LOG: Cell<(Option<Instant>, u64)> = const { Cell::new((None, 0)) };
+}
+
+fn log_local_resource_error(service: &str, server: &str, kind: usize, e: &io::Error) {
+    LOCAL_ERROR_LOG.with(|c| {
+        let (last, suppressed) = c.get();
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < LOCAL_ERROR_LOG_PERIOD) {
+            c.set((last, suppressed + 1));
+            return;
+        }
+        c.set((Some(now), 0));
+        log!(
+            Warn,
+            "dial failed: local resource exhausted (the server is not blamed)",
+            service = service,
+            server = server,
+            kind = sys::LOCAL_RESOURCE_ERRORS[kind].1,
+            error = e,
+            suppressed = suppressed
+        );
+    })
 }
 
 async fn dial(

@@ -294,3 +294,21 @@ pub fn wait_signal() -> i32 {
         }
     }
 }
+
+/// Errors of a dial that are this process's or this host's own shortage, not
+/// the server's fault, with their metric label: descriptors (per process,
+/// system-wide), socket buffers, kernel memory, local ports. A server must
+/// never be ejected for them: every other server would fail the same way.
+pub const LOCAL_RESOURCE_ERRORS: [(i32, &str); 5] = [
+    (libc::EMFILE, "emfile"),
+    (libc::ENFILE, "enfile"),
+    (libc::ENOBUFS, "enobufs"),
+    (libc::ENOMEM, "enomem"),
+    (libc::EADDRNOTAVAIL, "eaddrnotavail"),
+];
+
+/// The index in `LOCAL_RESOURCE_ERRORS` of `e`, if it is one of them.
+pub fn local_resource_error(e: &io::Error) -> Option<usize> {
+    let code = e.raw_os_error()?;
+    LOCAL_RESOURCE_ERRORS.iter().position(|&(c, _)| c == code)
+}
