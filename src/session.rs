@@ -44,8 +44,6 @@ enum Early {
     /// The service has no server that may be picked: none with a non-zero
     /// weight, or every one is down by its active health check.
     NoServer,
-    /// The client socket could not be prepared.
-    ClientError,
     /// Closed before routing (deadline, bad PROXY header, huge hello, ...).
     Peek(PeekError),
     /// The PostgreSQL backend refused or failed our SSLRequest.
@@ -66,7 +64,6 @@ impl Early {
             Early::DialFailed => "dial_failed",
             Early::LocalResource(_) => "local_resource_exhausted",
             Early::NoServer => "no_server",
-            Early::ClientError => "client_error",
             Early::Peek(p) => p.as_str(),
             Early::BackendRefusedTls => "backend_refused_tls",
             Early::BackendWrite => "backend_write_failed",
@@ -184,8 +181,10 @@ async fn run<'a>(
     acc: &mut Access<'a>,
 ) -> Result<(forward::Report, Outcome), Early> {
     let cfg = &ws.snap.config;
-    sys::set_nonblocking(client.as_raw_fd()).map_err(|_| Early::ClientError)?;
-    let _ = client.set_nodelay(true);
+    // Nothing to set on the client socket: `sys::accept4` made it
+    // non-blocking (SOCK_NONBLOCK) and it inherits TCP_NODELAY from the
+    // listener (`worker::bind_one`); sys.rs tests that the kernel does so.
+    // Setting either again cost two system calls per connection.
     // A `[::]` listener reports IPv4 clients as ::ffff:a.b.c.d; rules and
     // allow lists always see the canonical form.
     let client_ip = peer.ip().to_canonical();
@@ -503,6 +502,12 @@ fn log_local_resource_error(service: &str, server: &str, kind: usize, e: &io::Er
     })
 }
 
+thread_local! {
+    /// Whether the sockets this worker's driver dials are non-blocking
+    /// already (`None`: no dial yet on this thread).
+    static DIALS_NONBLOCKING: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
 async fn dial(
     addr: SocketAddr,
     timeout: Duration,
@@ -512,7 +517,22 @@ async fn dial(
         Ok(r) => r?,
         Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "dial timeout")),
     };
-    sys::set_nonblocking(stream.as_raw_fd())?;
+    let fd = stream.as_raw_fd();
+    // monoio's epoll driver creates the socket with SOCK_NONBLOCK, its
+    // io_uring driver without; a worker's driver never changes, so the
+    // first dial on a thread tells which, and later dials on an epoll
+    // worker skip the call.
+    match DIALS_NONBLOCKING.get() {
+        Some(true) => {}
+        Some(false) => sys::set_nonblocking(fd)?,
+        None => {
+            let already = sys::is_nonblocking(fd)?;
+            DIALS_NONBLOCKING.set(Some(already));
+            if !already {
+                sys::set_nonblocking(fd)?;
+            }
+        }
+    }
     stream.set_nodelay(true)?;
     if let Some(k) = keepalive {
         let _ = stream.set_tcp_keepalive(Some(k), Some(k), None);
