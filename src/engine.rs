@@ -37,13 +37,14 @@ pub fn run(path: &Path) -> Result<(), String> {
     if cfg.runtime.driver == crate::model::Driver::IoUring && !monoio::utils::detect_uring() {
         return Err("runtime.driver = \"io_uring\" but io_uring is not available here".into());
     }
+    // Certificates are loaded before anything is bound: a bad config never
+    // serves, not even for an instant. Still before signals are blocked: a
+    // start-up stuck reading a certificate (a FIFO, a device) must stay
+    // stoppable by SIGTERM.
+    let snapshot = Snapshot::new(cfg)?;
     // Signals are handled by one thread with sigwait; block them before any
     // other thread exists so every thread inherits the mask.
     sys::block_control_signals().map_err(|e| format!("cannot block signals: {e}"))?;
-
-    // Certificates are loaded before anything is bound: a bad config never
-    // serves, not even for an instant.
-    let snapshot = Snapshot::new(cfg)?;
     let cfg = &snapshot.config;
     let listeners = worker::bind_all(cfg, workers).map_err(|e| e.to_string())?;
     let admin_listener = match &cfg.admin {

@@ -157,6 +157,53 @@ fn sigterm_stops_the_process_while_a_reload_reads_a_fifo_certificate() {
     assert_stoppable_while_reload_blocks(&mut p, conn);
 }
 
+#[test]
+fn sigterm_stops_a_start_stuck_reading_a_fifo_certificate() {
+    let echo = Backend::echo();
+    let dir = TempDir::new("fifo-cert-start");
+    let fifo = dir.0.join("cert.fifo");
+    mkfifo(&fifo);
+    let dynamic = dir.write(
+        "dyn.toml",
+        &format!(
+            "{}\n[[tls.certificates]]\ncertFile = {:?}\nkeyFile = {:?}\n",
+            dynamic_config(echo.addr),
+            fifo.display().to_string(),
+            fifo.display().to_string()
+        ),
+    );
+    let main = dir.write("main.toml", &static_config(&dynamic));
+    let mut child = Command::new(BIN)
+        .arg("-c")
+        .arg(&main)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Give it time to get stuck in the FIFO.
+    thread::sleep(Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "still starting");
+    let st = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let deadline = Instant::now() + REACT;
+    let mut exited = false;
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            exited = true;
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(exited, "SIGTERM during a start stuck on a FIFO certificate");
+}
+
 /// Threads of a process (its /proc task count).
 fn threads(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))
