@@ -101,7 +101,10 @@ pub fn run(path: &Path) -> Result<(), String> {
         let tx = reload_tx.clone();
         std::thread::Builder::new()
             .name("sluicegate-reload".into())
-            .spawn(move || reload_loop(&path, &shared, &tx, &reload_rx))
+            .spawn(move || {
+                let loader: Loader = Arc::new(load_snapshot);
+                reload_loop(&path, &shared, &tx, &reload_rx, loader, RELOAD_DEADLINE)
+            })
             .map_err(|e| format!("cannot start reload thread: {e}"))?;
     }
     {
@@ -228,6 +231,10 @@ enum ReloadMsg {
     Loaded(u64, Box<Loaded>),
 }
 
+/// The function a loader thread runs (`load_snapshot`; tests substitute one
+/// that blocks).
+type Loader = Arc<dyn Fn(&Path) -> Loaded + Send + Sync>;
+
 /// What the loader thread produced: a compiled snapshot ready to publish
 /// with the config's warnings, or the errors (one per line).
 type Loaded = Result<(Snapshot, Vec<String>), Vec<String>>;
@@ -255,6 +262,8 @@ fn reload_loop(
     shared: &Arc<Shared>,
     tx: &mpsc::Sender<ReloadMsg>,
     rx: &mpsc::Receiver<ReloadMsg>,
+    loader: Loader,
+    deadline: Duration,
 ) {
     /// The loader's current attempt.
     struct Running {
@@ -270,7 +279,7 @@ fn reload_loop(
     loop {
         let msg = match &running {
             Some(r) if !r.expired => {
-                let left = RELOAD_DEADLINE.saturating_sub(r.started.elapsed());
+                let left = deadline.saturating_sub(r.started.elapsed());
                 rx.recv_timeout(left)
             }
             _ => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
@@ -283,7 +292,7 @@ fn reload_loop(
                 match &running {
                     None => pending = Some(why),
                     Some(r) => {
-                        if r.expired {
+                        if r.expired && pending.is_none() {
                             // The loader is stuck in a read that may never
                             // return; starting another one would only stack
                             // stuck threads.
@@ -293,7 +302,7 @@ fn reload_loop(
                                 trigger = why,
                                 blocked_ms = r.started.elapsed().as_millis()
                             );
-                        } else if pending.is_none() {
+                        } else if !r.expired && pending.is_none() {
                             log!(
                                 Info,
                                 "reload requested while one is running: it will follow",
@@ -327,8 +336,8 @@ fn reload_loop(
                         "reload failed: keeping the running config",
                         trigger = r.why,
                         error = format!(
-                            "not finished after {} s (is a configured file a FIFO or a device?)",
-                            RELOAD_DEADLINE.as_secs()
+                            "not finished after {} ms (is a configured file a FIFO or a device?)",
+                            deadline.as_millis()
                         )
                     );
                 }
@@ -339,11 +348,11 @@ fn reload_loop(
             if let Some(why) = pending.take() {
                 next_id += 1;
                 let id = next_id;
-                let (path, tx) = (path.to_path_buf(), tx.clone());
+                let (path, tx, loader) = (path.to_path_buf(), tx.clone(), loader.clone());
                 let spawned = std::thread::Builder::new()
                     .name("sluicegate-load".into())
                     .spawn(move || {
-                        let loaded = load_snapshot(&path);
+                        let loaded = loader(&path);
                         let _ = tx.send(ReloadMsg::Loaded(id, Box::new(loaded)));
                     });
                 match spawned {
@@ -453,6 +462,97 @@ fn newest_mtime(p: &Path) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    /// A compiled snapshot whose only server is `server`.
+    fn snapshot(server: &str) -> Snapshot {
+        let text = format!(
+            "[entryPoints.main]\naddress = \"127.0.0.1:0\"\n[tcp.routers.r]\nrule = \"HostSNI(`*`)\"\nservice = \"s\"\n[tcp.services.s.loadBalancer]\n[[tcp.services.s.loadBalancer.servers]]\naddress = \"{server}\"\n"
+        );
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sluicegate-engine-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let cfg = config::load(&path).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        Snapshot::new(cfg).unwrap()
+    }
+
+    fn server_of(shared: &Shared) -> String {
+        match &shared.current().config.services[0].kind {
+            crate::model::ServiceKind::LoadBalancer(lb) => lb.servers[0].address_text.clone(),
+            _ => unreachable!(),
+        }
+    }
+
+    fn wait_until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The deadline logic with a loader that blocks like a read of a FIFO:
+    /// the old config stays, triggers during the stuck load start no second
+    /// loader, the stuck load's late result is never published, and the
+    /// coalesced trigger reloads once the loader is free.
+    #[test]
+    fn a_stuck_reload_expires_and_triggers_coalesce_without_new_loaders() {
+        let shared = Shared::new(snapshot("127.0.0.1:1"));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (gate_tx, gate_rx) = mpsc::channel::<()>();
+        let gate = Mutex::new(gate_rx);
+        let loader: Loader = {
+            let calls = calls.clone();
+            Arc::new(move |_: &Path| {
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    // Stuck until the test opens the gate; then a valid
+                    // config that must not be published any more.
+                    let _ = gate.lock().unwrap().recv();
+                    return Ok((snapshot("127.0.0.1:2"), Vec::new()));
+                }
+                Ok((snapshot("127.0.0.1:3"), Vec::new()))
+            })
+        };
+        let (tx, rx) = mpsc::channel();
+        {
+            let (shared, tx) = (shared.clone(), tx.clone());
+            std::thread::spawn(move || {
+                reload_loop(
+                    Path::new("unused"),
+                    &shared,
+                    &tx,
+                    &rx,
+                    loader,
+                    Duration::from_millis(100),
+                )
+            });
+        }
+        tx.send(ReloadMsg::Trigger("test")).unwrap();
+        wait_until("the first load", || calls.load(Ordering::SeqCst) == 1);
+        // Well past the deadline, more triggers: still one loader.
+        std::thread::sleep(Duration::from_millis(300));
+        for _ in 0..5 {
+            tx.send(ReloadMsg::Trigger("test")).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "no loader stacked");
+        assert_eq!(server_of(&shared), "127.0.0.1:1", "old config kept");
+        // The stuck load returns: discarded; the coalesced trigger runs once.
+        gate_tx.send(()).unwrap();
+        wait_until("the deferred reload", || {
+            server_of(&shared) == "127.0.0.1:3"
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "five triggers, one reload");
+    }
 
     #[test]
     fn repeated_stop_signals_keep_draining_until_sigquit_or_a_late_sigint() {
