@@ -109,11 +109,16 @@ fn assert_stoppable_while_reload_blocks(p: &mut Proxy, conn: TcpStream) {
     thread::sleep(Duration::from_millis(300));
     assert_eq!(ping(admin), 200, "healthy while a reload is blocked");
     let second = hold(p.addr("main"));
+    let t = Instant::now();
     p.signal(SIGTERM);
     assert!(
         saw_log(p, REACT, |l| l.contains("msg=stopping")),
         "SIGTERM not seen while a reload is blocked; log:\n{}",
         p.logs().join("\n")
+    );
+    eprintln!(
+        "SIGTERM seen {:?} after it was sent (reload blocked)",
+        t.elapsed()
     );
     assert_eq!(ping(admin), 503, "/ping says draining");
     drop(conn);
