@@ -1,12 +1,18 @@
 //! Start-up and the control plane: load the config, bind every listener
 //! (errors stop start-up before anything is served), start one pinned worker
-//! per core, then handle signals (SIGHUP reload, SIGTERM/SIGINT drain) and
-//! file-provider changes. The control plane never touches a connection; it
-//! only publishes snapshots and flips the stop flag.
+//! per core, then handle signals (SIGHUP reload, SIGTERM/SIGINT drain,
+//! SIGQUIT stop now) and file-provider changes. The control plane never
+//! touches a connection; it only publishes snapshots and flips the stop flag
+//! (or asks the workers to cut what is left).
+//!
+//! Threads: the signal thread only waits for signals and flips flags, so a
+//! stop signal always takes effect; reloads (SIGHUP and the watcher) run on
+//! the reload thread, one at a time, each with `RELOAD_DEADLINE`, their IO on
+//! a loader thread that may block without holding anything else up.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::model::Config;
 use crate::worker::{self, Shared, Snapshot};
@@ -31,13 +37,14 @@ pub fn run(path: &Path) -> Result<(), String> {
     if cfg.runtime.driver == crate::model::Driver::IoUring && !monoio::utils::detect_uring() {
         return Err("runtime.driver = \"io_uring\" but io_uring is not available here".into());
     }
+    // Certificates are loaded before anything is bound: a bad config never
+    // serves, not even for an instant. Still before signals are blocked: a
+    // start-up stuck reading a certificate (a FIFO, a device) must stay
+    // stoppable by SIGTERM.
+    let snapshot = Snapshot::new(cfg)?;
     // Signals are handled by one thread with sigwait; block them before any
     // other thread exists so every thread inherits the mask.
     sys::block_control_signals().map_err(|e| format!("cannot block signals: {e}"))?;
-
-    // Certificates are loaded before anything is bound: a bad config never
-    // serves, not even for an instant.
-    let snapshot = Snapshot::new(cfg)?;
     let cfg = &snapshot.config;
     let listeners = worker::bind_all(cfg, workers).map_err(|e| e.to_string())?;
     let admin_listener = match &cfg.admin {
@@ -84,23 +91,39 @@ pub fn run(path: &Path) -> Result<(), String> {
         handles.push(h);
     }
 
-    let path_owned = path.to_path_buf();
+    // Three control threads, so that no stop signal waits for IO: signals
+    // (never blocks on anything but sigwait), reloads (one at a time, with a
+    // deadline) and the file watcher (stat only).
+    let (reload_tx, reload_rx) = mpsc::channel();
     {
         let shared = shared.clone();
-        let path = path_owned.clone();
+        let path = path.to_path_buf();
+        let tx = reload_tx.clone();
+        std::thread::Builder::new()
+            .name("sluicegate-reload".into())
+            .spawn(move || {
+                let loader: Loader = Arc::new(load_snapshot);
+                reload_loop(&path, &shared, &tx, &reload_rx, loader, RELOAD_DEADLINE)
+            })
+            .map_err(|e| format!("cannot start reload thread: {e}"))?;
+    }
+    {
+        let shared = shared.clone();
+        let tx = reload_tx.clone();
         std::thread::Builder::new()
             .name("sluicegate-signals".into())
-            .spawn(move || signal_loop(&path, &shared))
+            .spawn(move || signal_loop(&shared, &tx))
             .map_err(|e| format!("cannot start signal thread: {e}"))?;
     }
     if !watch.is_empty() {
         let shared = shared.clone();
-        let path = path_owned.clone();
+        let tx = reload_tx.clone();
         std::thread::Builder::new()
             .name("sluicegate-watch".into())
-            .spawn(move || watch_loop(&path, watch, &shared))
+            .spawn(move || watch_loop(watch, &shared, &tx))
             .map_err(|e| format!("cannot start watcher: {e}"))?;
     }
+    drop(reload_tx);
     for h in handles {
         let _ = h.join();
     }
@@ -108,15 +131,63 @@ pub fn run(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn signal_loop(path: &Path, shared: &Arc<Shared>) {
+/// How long a reload (reading and compiling the config, loading its
+/// certificates) may take before it is given up and the running config kept.
+/// A healthy reload of a large config takes well under a second; a reload
+/// still running after this is reading something that never ends (a FIFO,
+/// a device, a stuck network file system) and will not finish by waiting.
+pub const RELOAD_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A repeated SIGTERM/SIGINT this soon after the first stop signal is the
+/// same request delivered twice (`timeout(1)` signals the process and then
+/// its group within a millisecond; a supervisor may send one per process),
+/// not an operator insisting: it is logged and the drain goes on.
+pub const STOP_REPEAT_WINDOW: Duration = Duration::from_secs(2);
+
+/// What the stop-signal thread does with a signal, given when the first stop
+/// signal arrived (`None`: not stopping yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopAction {
+    /// Hand a reload request to the reload thread.
+    Reload,
+    /// First stop signal: stop accepting and drain.
+    Drain,
+    /// A repeated stop signal that must not cancel the drain.
+    Ignore,
+    /// End the drain now: every live connection is reset.
+    Cut,
+}
+
+fn stop_action(sig: i32, first_stop: Option<Instant>, now: Instant) -> StopAction {
+    match (sig, first_stop) {
+        (libc::SIGHUP, _) => StopAction::Reload,
+        // SIGQUIT is the "now" signal at any time, as in nginx and HAProxy.
+        (libc::SIGQUIT, _) => StopAction::Cut,
+        (_, None) => StopAction::Drain,
+        // A second SIGINT after the window is a person pressing Ctrl-C
+        // again: they want out. A second SIGTERM never cuts: supervisors
+        // send SIGTERM and escalate with SIGKILL, never with another SIGTERM.
+        (libc::SIGINT, Some(t)) if now.duration_since(t) >= STOP_REPEAT_WINDOW => StopAction::Cut,
+        _ => StopAction::Ignore,
+    }
+}
+
+/// The stop-signal thread. It never does IO beyond a log line and never
+/// waits for anything but the next signal, so a stop signal is seen however
+/// long a reload takes (the reload runs on the reload thread).
+fn signal_loop(shared: &Arc<Shared>, reloads: &mpsc::Sender<ReloadMsg>) {
+    let mut first_stop: Option<Instant> = None;
     loop {
-        match sys::wait_signal() {
-            libc::SIGHUP => reload(path, shared, "SIGHUP"),
-            sig => {
-                if shared.stopping() {
-                    log!(Warn, "second stop signal: exiting now");
-                    std::process::exit(0);
+        let sig = sys::wait_signal();
+        let now = Instant::now();
+        match stop_action(sig, first_stop, now) {
+            StopAction::Reload => {
+                if !shared.stopping() {
+                    let _ = reloads.send(ReloadMsg::Trigger("SIGHUP"));
                 }
+            }
+            StopAction::Drain => {
+                first_stop = Some(now);
                 let grace = shared
                     .current()
                     .config
@@ -128,15 +199,188 @@ fn signal_loop(path: &Path, shared: &Arc<Shared>) {
                 log!(Info, "stopping", signal = sig, grace_ms = grace.as_millis());
                 shared.stop();
             }
+            StopAction::Ignore => {
+                let since = first_stop.map_or(0, |t| now.duration_since(t).as_millis());
+                log!(
+                    Warn,
+                    "repeated stop signal ignored: draining",
+                    signal = sig,
+                    since_first_ms = since
+                );
+            }
+            StopAction::Cut => {
+                if first_stop.is_none() {
+                    first_stop = Some(now);
+                    shared.stop();
+                }
+                log!(Warn, "stop now: resetting open connections", signal = sig);
+                // Never `process::exit` here: connections still open would
+                // end with a clean FIN and look complete. Workers reset them
+                // and return; `run` then returns as after a drain.
+                shared.cut_now();
+            }
         }
     }
 }
 
-/// Load and publish a new config; an invalid one keeps the old snapshot.
-fn reload(path: &Path, shared: &Shared, why: &str) {
-    match config::load(path) {
-        Ok(cfg) => {
-            if let Err(why_not) = same_listeners(&shared.current().config, &cfg) {
+/// Messages to the reload thread.
+enum ReloadMsg {
+    /// Reload the config; the reason is logged (`SIGHUP`, `file changed`).
+    Trigger(&'static str),
+    /// The loader finished attempt `id`.
+    Loaded(u64, Box<Loaded>),
+}
+
+/// The function a loader thread runs (`load_snapshot`; tests substitute one
+/// that blocks).
+type Loader = Arc<dyn Fn(&Path) -> Loaded + Send + Sync>;
+
+/// What the loader thread produced: a compiled snapshot ready to publish
+/// with the config's warnings, or the errors (one per line).
+type Loaded = Result<(Snapshot, Vec<String>), Vec<String>>;
+
+/// Read, validate and compile the config and load its certificates: all the
+/// IO of a reload, on the loader thread, where blocking harms nothing.
+fn load_snapshot(path: &Path) -> Loaded {
+    let cfg = config::load(path)
+        .map_err(|errs| errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    let warnings = cfg.warnings.clone();
+    let snap = Snapshot::new(cfg).map_err(|e| e.lines().map(str::to_owned).collect::<Vec<_>>())?;
+    Ok((snap, warnings))
+}
+
+/// The reload thread: one reload at a time, each with `RELOAD_DEADLINE`.
+///
+/// The IO runs on a separate loader thread, because a read that blocks
+/// cannot be interrupted from outside; this thread only waits for the
+/// loader's answer with a deadline. Triggers that arrive while a reload runs
+/// (or while a timed-out loader is still stuck) are coalesced into one
+/// reload that starts when the loader is free: there is never more than one
+/// loader thread, whatever the loader does.
+fn reload_loop(
+    path: &Path,
+    shared: &Arc<Shared>,
+    tx: &mpsc::Sender<ReloadMsg>,
+    rx: &mpsc::Receiver<ReloadMsg>,
+    loader: Loader,
+    deadline: Duration,
+) {
+    /// The loader's current attempt.
+    struct Running {
+        id: u64,
+        why: &'static str,
+        started: Instant,
+        /// Past its deadline: the error is logged, its result is discarded.
+        expired: bool,
+    }
+    let mut running: Option<Running> = None;
+    let mut pending: Option<&'static str> = None;
+    let mut next_id = 0u64;
+    loop {
+        let msg = match &running {
+            Some(r) if !r.expired => {
+                let left = deadline.saturating_sub(r.started.elapsed());
+                rx.recv_timeout(left)
+            }
+            _ => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+        };
+        match msg {
+            Ok(ReloadMsg::Trigger(why)) => {
+                if shared.stopping() {
+                    continue;
+                }
+                match &running {
+                    None => pending = Some(why),
+                    Some(r) => {
+                        if r.expired && pending.is_none() {
+                            // The loader is stuck in a read that may never
+                            // return; starting another one would only stack
+                            // stuck threads.
+                            log!(
+                                Error,
+                                "reload deferred: the previous reload is still blocked",
+                                trigger = why,
+                                blocked_ms = r.started.elapsed().as_millis()
+                            );
+                        } else if !r.expired && pending.is_none() {
+                            log!(
+                                Info,
+                                "reload requested while one is running: it will follow",
+                                trigger = why,
+                                running_ms = r.started.elapsed().as_millis()
+                            );
+                        }
+                        pending = Some(why);
+                    }
+                }
+            }
+            Ok(ReloadMsg::Loaded(id, loaded)) => {
+                if let Some(r) = running.take_if(|r| r.id == id) {
+                    if r.expired {
+                        log!(
+                            Warn,
+                            "late reload result discarded",
+                            trigger = r.why,
+                            took_ms = r.started.elapsed().as_millis()
+                        );
+                    } else if !shared.stopping() {
+                        apply(shared, *loaded, r.why);
+                    }
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Some(r) = running.as_mut() {
+                    r.expired = true;
+                    log!(
+                        Error,
+                        "reload failed: keeping the running config",
+                        trigger = r.why,
+                        error = format!(
+                            "not finished after {} ms (is a configured file a FIFO or a device?)",
+                            deadline.as_millis()
+                        )
+                    );
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        if running.is_none() {
+            if let Some(why) = pending.take() {
+                next_id += 1;
+                let id = next_id;
+                let (path, tx, loader) = (path.to_path_buf(), tx.clone(), loader.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("sluicegate-load".into())
+                    .spawn(move || {
+                        let loaded = loader(&path);
+                        let _ = tx.send(ReloadMsg::Loaded(id, Box::new(loaded)));
+                    });
+                match spawned {
+                    Ok(_) => {
+                        running = Some(Running {
+                            id,
+                            why,
+                            started: Instant::now(),
+                            expired: false,
+                        })
+                    }
+                    Err(e) => log!(
+                        Error,
+                        "reload failed: keeping the running config",
+                        trigger = why,
+                        error = format!("cannot start the loader thread: {e}")
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// Publish a loaded snapshot; an invalid config keeps the old snapshot.
+fn apply(shared: &Shared, loaded: Loaded, why: &str) {
+    match loaded {
+        Ok((snap, warnings)) => {
+            if let Err(why_not) = same_listeners(&shared.current().config, &snap.config) {
                 log!(
                     Error,
                     "reload refused: keeping the running config",
@@ -144,32 +388,18 @@ fn reload(path: &Path, shared: &Shared, why: &str) {
                 );
                 return;
             }
-            let warnings = cfg.warnings.clone();
-            match Snapshot::new(cfg) {
-                Ok(snap) => {
-                    for w in &warnings {
-                        log!(Warn, "config", warning = w);
-                    }
-                    // Known-down servers stay down until the new checks say
-                    // otherwise; then the checks move to the new snapshot.
-                    health::inherit(&snap, &shared.current());
-                    shared.publish(snap);
-                    health::restart(shared);
-                    log!(Info, "reloaded", trigger = why);
-                }
-                Err(e) => {
-                    for line in e.lines() {
-                        log!(
-                            Error,
-                            "reload failed: keeping the running config",
-                            error = line
-                        );
-                    }
-                }
+            for w in &warnings {
+                log!(Warn, "config", warning = w);
             }
+            // Known-down servers stay down until the new checks say
+            // otherwise; then the checks move to the new snapshot.
+            health::inherit(&snap, &shared.current());
+            shared.publish(snap);
+            health::restart(shared);
+            log!(Info, "reloaded", trigger = why);
         }
-        Err(errs) => {
-            for e in &errs.0 {
+        Err(errors) => {
+            for e in &errors {
                 log!(
                     Error,
                     "reload failed: keeping the running config",
@@ -199,7 +429,9 @@ fn same_listeners(old: &Config, new: &Config) -> Result<(), String> {
     }
 }
 
-fn watch_loop(path: &Path, files: Vec<PathBuf>, shared: &Shared) {
+/// Looks at modification times only (a `stat` never blocks on a FIFO) and
+/// hands changes to the reload thread.
+fn watch_loop(files: Vec<PathBuf>, shared: &Shared, reloads: &mpsc::Sender<ReloadMsg>) {
     let stamp = |files: &[PathBuf]| -> Vec<Option<SystemTime>> {
         files.iter().map(|f| newest_mtime(f)).collect()
     };
@@ -209,7 +441,7 @@ fn watch_loop(path: &Path, files: Vec<PathBuf>, shared: &Shared) {
         let now = stamp(&files);
         if now != last {
             last = now;
-            reload(path, shared, "file changed");
+            let _ = reloads.send(ReloadMsg::Trigger("file changed"));
         }
     }
 }
@@ -224,5 +456,132 @@ fn newest_mtime(p: &Path) -> Option<SystemTime> {
             .max()
     } else {
         meta.modified().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    /// A compiled snapshot whose only server is `server`.
+    fn snapshot(server: &str) -> Snapshot {
+        let text = format!(
+            "[entryPoints.main]\naddress = \"127.0.0.1:0\"\n[tcp.routers.r]\nrule = \"HostSNI(`*`)\"\nservice = \"s\"\n[tcp.services.s.loadBalancer]\n[[tcp.services.s.loadBalancer.servers]]\naddress = \"{server}\"\n"
+        );
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sluicegate-engine-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let cfg = config::load(&path).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        Snapshot::new(cfg).unwrap()
+    }
+
+    fn server_of(shared: &Shared) -> String {
+        match &shared.current().config.services[0].kind {
+            crate::model::ServiceKind::LoadBalancer(lb) => lb.servers[0].address_text.clone(),
+            _ => unreachable!(),
+        }
+    }
+
+    fn wait_until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The deadline logic with a loader that blocks like a read of a FIFO:
+    /// the old config stays, triggers during the stuck load start no second
+    /// loader, the stuck load's late result is never published, and the
+    /// coalesced trigger reloads once the loader is free.
+    #[test]
+    fn a_stuck_reload_expires_and_triggers_coalesce_without_new_loaders() {
+        let shared = Shared::new(snapshot("127.0.0.1:1"));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (gate_tx, gate_rx) = mpsc::channel::<()>();
+        let gate = Mutex::new(gate_rx);
+        let loader: Loader = {
+            let calls = calls.clone();
+            Arc::new(move |_: &Path| {
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    // Stuck until the test opens the gate; then a valid
+                    // config that must not be published any more.
+                    let _ = gate.lock().unwrap().recv();
+                    return Ok((snapshot("127.0.0.1:2"), Vec::new()));
+                }
+                Ok((snapshot("127.0.0.1:3"), Vec::new()))
+            })
+        };
+        let (tx, rx) = mpsc::channel();
+        {
+            let (shared, tx) = (shared.clone(), tx.clone());
+            std::thread::spawn(move || {
+                reload_loop(
+                    Path::new("unused"),
+                    &shared,
+                    &tx,
+                    &rx,
+                    loader,
+                    Duration::from_millis(100),
+                )
+            });
+        }
+        tx.send(ReloadMsg::Trigger("test")).unwrap();
+        wait_until("the first load", || calls.load(Ordering::SeqCst) == 1);
+        // Well past the deadline, more triggers: still one loader.
+        std::thread::sleep(Duration::from_millis(300));
+        for _ in 0..5 {
+            tx.send(ReloadMsg::Trigger("test")).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "no loader stacked");
+        assert_eq!(server_of(&shared), "127.0.0.1:1", "old config kept");
+        // The stuck load returns: discarded; the coalesced trigger runs once.
+        gate_tx.send(()).unwrap();
+        wait_until("the deferred reload", || {
+            server_of(&shared) == "127.0.0.1:3"
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "five triggers, one reload");
+    }
+
+    #[test]
+    fn repeated_stop_signals_keep_draining_until_sigquit_or_a_late_sigint() {
+        let t0 = Instant::now();
+        let soon = t0 + STOP_REPEAT_WINDOW / 2;
+        let late = t0 + STOP_REPEAT_WINDOW;
+        assert_eq!(stop_action(libc::SIGHUP, None, t0), StopAction::Reload);
+        assert_eq!(stop_action(libc::SIGTERM, None, t0), StopAction::Drain);
+        assert_eq!(stop_action(libc::SIGINT, None, t0), StopAction::Drain);
+        assert_eq!(stop_action(libc::SIGQUIT, None, t0), StopAction::Cut);
+        // `timeout(1)`'s pair, or Ctrl-C and a supervisor's SIGTERM at once.
+        assert_eq!(
+            stop_action(libc::SIGTERM, Some(t0), soon),
+            StopAction::Ignore
+        );
+        assert_eq!(
+            stop_action(libc::SIGINT, Some(t0), soon),
+            StopAction::Ignore
+        );
+        // A SIGTERM never cuts; a second Ctrl-C after the window does.
+        assert_eq!(
+            stop_action(libc::SIGTERM, Some(t0), late),
+            StopAction::Ignore
+        );
+        assert_eq!(stop_action(libc::SIGINT, Some(t0), late), StopAction::Cut);
+        assert_eq!(stop_action(libc::SIGQUIT, Some(t0), soon), StopAction::Cut);
+        assert_eq!(
+            stop_action(libc::SIGHUP, Some(t0), soon),
+            StopAction::Reload
+        );
     }
 }

@@ -41,8 +41,12 @@ struct WorkerMetrics {
     accepted: Vec<AtomicU64>,
     ended: Vec<AtomicU64>,
     accept_errors: Vec<AtomicU64>,
+    /// Failed dials by local cause, indexed like `sys::LOCAL_RESOURCE_ERRORS`.
+    local_errors: [AtomicU64; LOCAL_KINDS],
     tally: Mutex<Tally>,
 }
+
+const LOCAL_KINDS: usize = crate::sys::LOCAL_RESOURCE_ERRORS.len();
 
 /// Per-name counts of one worker.
 #[derive(Default, Clone)]
@@ -92,6 +96,7 @@ impl Registry {
             accepted: counters(),
             ended: counters(),
             accept_errors: counters(),
+            local_errors: Default::default(),
             tally: Mutex::new(Tally::default()),
         });
         if LOCAL.with(|l| l.set(m.clone())).is_ok() {
@@ -119,7 +124,11 @@ impl Registry {
         let mut outcomes: BTreeMap<(usize, String, String), u64> = BTreeMap::new();
         let mut bytes: BTreeMap<String, [u64; 2]> = BTreeMap::new();
         let mut dials: BTreeMap<(String, String), u64> = BTreeMap::new();
+        let mut local = [0u64; LOCAL_KINDS];
         for w in &workers {
+            for (sum, c) in local.iter_mut().zip(&w.local_errors) {
+                *sum += c.load(Ordering::Relaxed);
+            }
             for ep in 0..eps.len() {
                 // `ended` first: a connection is counted accepted before it
                 // can end, so open never goes below zero.
@@ -234,13 +243,27 @@ impl Registry {
             &mut out,
             "sluicegate_server_dial_failures_total",
             "counter",
-            "Failed dials (refused, unreachable, timeout), per load-balancer service and server.",
+            "Failed dials (refused, unreachable, timeout), per load-balancer service and server; local resource errors are not counted here.",
         );
         for ((svc, server), n) in &dials {
             sample(
                 &mut out,
                 "sluicegate_server_dial_failures_total",
                 &[("service", svc), ("server", server)],
+                *n,
+            );
+        }
+        header(
+            &mut out,
+            "sluicegate_local_resource_errors_total",
+            "counter",
+            "Dials that failed for lack of a local resource (kind: emfile, enfile, enobufs, enomem, eaddrnotavail); never counted against the server.",
+        );
+        for (&(_, kind), n) in crate::sys::LOCAL_RESOURCE_ERRORS.iter().zip(&local) {
+            sample(
+                &mut out,
+                "sluicegate_local_resource_errors_total",
+                &[("kind", kind)],
                 *n,
             );
         }
@@ -343,6 +366,16 @@ pub fn connection_ended(
     })
 }
 
+/// A dial failed for lack of a local resource: `kind` indexes
+/// `sys::LOCAL_RESOURCE_ERRORS`.
+pub fn local_resource_error(kind: usize) {
+    with_local(|m| {
+        if let Some(c) = m.local_errors.get(kind) {
+            bump(c, 1)
+        }
+    })
+}
+
 /// A dial to `server` of load-balancer service `service` failed.
 pub fn dial_failed(service: &str, server: &str) {
     with_local(|m| {
@@ -368,6 +401,8 @@ mod tests {
         accepted(0);
         accept_error(3);
         dial_failed("s", "a");
+        local_resource_error(0);
+        local_resource_error(99);
     }
 
     #[test]
@@ -403,6 +438,7 @@ address = "127.0.0.1:9"
                 connection_ended(&cfg, 0, None, None, "no_route", 0, 0);
                 accepted(0);
                 dial_failed("s", "127.0.0.1:9");
+                local_resource_error(0);
             }));
         }
         for h in handles {
@@ -419,6 +455,8 @@ address = "127.0.0.1:9"
             "sluicegate_service_bytes_total{service=\"s\",direction=\"down\"} 21",
             "sluicegate_server_dial_failures_total{service=\"s\",server=\"127.0.0.1:9\"} 2",
             "sluicegate_server_up{service=\"s\",server=\"127.0.0.1:9\"} 1",
+            "sluicegate_local_resource_errors_total{kind=\"emfile\"} 2",
+            "sluicegate_local_resource_errors_total{kind=\"eaddrnotavail\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -426,7 +464,7 @@ address = "127.0.0.1:9"
             );
         }
         // Every sample has HELP and TYPE lines.
-        assert_eq!(text.matches("# HELP ").count(), 7);
-        assert_eq!(text.matches("# TYPE ").count(), 7);
+        assert_eq!(text.matches("# HELP ").count(), 8);
+        assert_eq!(text.matches("# TYPE ").count(), 8);
     }
 }

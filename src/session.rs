@@ -7,6 +7,7 @@
 //! Every path out of `serve` ends in one counted outcome (reliability
 //! promise 3). Nothing here panics on peer input.
 
+use std::cell::Cell;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -37,11 +38,12 @@ enum Early {
     TooManyConnections,
     /// Every server was tried and none accepted the connection.
     DialFailed,
+    /// A dial failed for lack of a local resource (the errno): this
+    /// process's or host's shortage, not the server's.
+    LocalResource(i32),
     /// The service has no server that may be picked: none with a non-zero
     /// weight, or every one is down by its active health check.
     NoServer,
-    /// The client socket could not be prepared.
-    ClientError,
     /// Closed before routing (deadline, bad PROXY header, huge hello, ...).
     Peek(PeekError),
     /// The PostgreSQL backend refused or failed our SSLRequest.
@@ -60,8 +62,8 @@ impl Early {
             Early::Denied => "denied",
             Early::TooManyConnections => "too_many_connections",
             Early::DialFailed => "dial_failed",
+            Early::LocalResource(_) => "local_resource_exhausted",
             Early::NoServer => "no_server",
-            Early::ClientError => "client_error",
             Early::Peek(p) => p.as_str(),
             Early::BackendRefusedTls => "backend_refused_tls",
             Early::BackendWrite => "backend_write_failed",
@@ -162,6 +164,7 @@ pub async fn serve(
                 // Say what the bytes were, so an operator can tell a
                 // misconfigured plain client from a scanner.
                 Early::NotTls(reason) => Some(io::Error::new(io::ErrorKind::InvalidData, reason)),
+                Early::LocalResource(errno) => Some(io::Error::from_raw_os_error(errno)),
                 _ => None,
             };
             acc.emit(early.as_str(), 0, 0, detail.as_ref())
@@ -178,8 +181,10 @@ async fn run<'a>(
     acc: &mut Access<'a>,
 ) -> Result<(forward::Report, Outcome), Early> {
     let cfg = &ws.snap.config;
-    sys::set_nonblocking(client.as_raw_fd()).map_err(|_| Early::ClientError)?;
-    let _ = client.set_nodelay(true);
+    // Nothing to set on the client socket: `sys::accept4` made it
+    // non-blocking (SOCK_NONBLOCK) and it inherits TCP_NODELAY from the
+    // listener (`worker::bind_one`); sys.rs tests that the kernel does so.
+    // Setting either again cost two system calls per connection.
     // A `[::]` listener reports IPv4 clients as ::ffff:a.b.c.d; rules and
     // allow lists always see the canonical form.
     let client_ip = peer.ip().to_canonical();
@@ -429,6 +434,15 @@ async fn dial_service<'a>(
             }
             Err(e) => {
                 let svc_name = &cfg.services[si].name;
+                if let Some(kind) = sys::local_resource_error(&e) {
+                    // Our own shortage (no descriptor, no buffer, no local
+                    // port): the server did nothing wrong, so it is not
+                    // ejected, and every other server would fail alike, so
+                    // there is no failover either.
+                    crate::metrics::local_resource_error(kind);
+                    log_local_resource_error(svc_name, &server.address_text, kind, &e);
+                    return Err(Early::LocalResource(e.raw_os_error().unwrap_or(0)));
+                }
                 log!(
                     Warn,
                     "dial failed",
@@ -456,6 +470,44 @@ async fn dial_service<'a>(
     }
 }
 
+/// At most one "local resource" warning per worker per this period: when
+/// descriptors run out every connection fails the same way, and a line per
+/// connection would flood the log (and take time the worker lacks).
+const LOCAL_ERROR_LOG_PERIOD: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// When this worker last logged a local resource error, and how many it
+    /// has not logged since.
+    static LOCAL_ERROR_LOG: Cell<(Option<Instant>, u64)> = const { Cell::new((None, 0)) };
+}
+
+fn log_local_resource_error(service: &str, server: &str, kind: usize, e: &io::Error) {
+    LOCAL_ERROR_LOG.with(|c| {
+        let (last, suppressed) = c.get();
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < LOCAL_ERROR_LOG_PERIOD) {
+            c.set((last, suppressed + 1));
+            return;
+        }
+        c.set((Some(now), 0));
+        log!(
+            Warn,
+            "dial failed: local resource exhausted (the server is not blamed)",
+            service = service,
+            server = server,
+            kind = sys::LOCAL_RESOURCE_ERRORS[kind].1,
+            error = e,
+            suppressed = suppressed
+        );
+    })
+}
+
+thread_local! {
+    /// Whether the sockets this worker's driver dials are non-blocking
+    /// already (`None`: no dial yet on this thread).
+    static DIALS_NONBLOCKING: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
 async fn dial(
     addr: SocketAddr,
     timeout: Duration,
@@ -465,7 +517,22 @@ async fn dial(
         Ok(r) => r?,
         Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "dial timeout")),
     };
-    sys::set_nonblocking(stream.as_raw_fd())?;
+    let fd = stream.as_raw_fd();
+    // monoio's epoll driver creates the socket with SOCK_NONBLOCK, its
+    // io_uring driver without; a worker's driver never changes, so the
+    // first dial on a thread tells which, and later dials on an epoll
+    // worker skip the call.
+    match DIALS_NONBLOCKING.get() {
+        Some(true) => {}
+        Some(false) => sys::set_nonblocking(fd)?,
+        None => {
+            let already = sys::is_nonblocking(fd)?;
+            DIALS_NONBLOCKING.set(Some(already));
+            if !already {
+                sys::set_nonblocking(fd)?;
+            }
+        }
+    }
     stream.set_nodelay(true)?;
     if let Some(k) = keepalive {
         let _ = stream.set_tcp_keepalive(Some(k), Some(k), None);

@@ -121,6 +121,10 @@ impl Shared {
         }
     }
 
+    pub fn cut_now(&self) {
+        self.stop()
+    } // placeholder: replaced at merge by the drain cut
+
     pub fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
     }

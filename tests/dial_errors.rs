@@ -1,0 +1,221 @@
+//! Dial errors that are the proxy's own (out of descriptors, buffers, local
+//! ports) through the real binary under `prlimit`: the healthy server is not
+//! blamed (no passive ejection, no dial-failure count), the warning is rate
+//! limited, the failures are counted in /metrics and named in the access
+//! log, and service is back as soon as descriptors are free.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// The descriptor limit the proxy runs under: small, so a test fills it fast.
+const NOFILE: usize = 64;
+/// Connections that fail at dial time while descriptors are exhausted.
+const FAILURES: usize = 40;
+
+fn config(echo: SocketAddr, driver: &str, mode: &str) -> String {
+    format!(
+        r#"
+[entryPoints.main]
+address = "127.0.0.1:0"
+[entryPoints.peek]
+address = "127.0.0.1:0"
+[entryPoints.peek.transport.respondingTimeouts]
+readTimeout = "120s"
+[entryPoints.traefik]
+address = "127.0.0.1:0"
+[metrics.prometheus]
+[tcp.routers.r]
+entryPoints = ["main"]
+rule = "HostSNI(`*`)"
+service = "s"
+[tcp.routers.p]
+entryPoints = ["peek"]
+rule = "HostSNI(`x.test`)"
+service = "s"
+[tcp.routers.p.tls]
+passthrough = true
+[tcp.services.s.loadBalancer]
+[[tcp.services.s.loadBalancer.servers]]
+address = "{echo}"
+[runtime]
+workers = 1
+driver = "{driver}"
+forwarding = "{mode}"
+"#
+    )
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Wait until the proxy holds at least `n` descriptors.
+fn wait_fds(pid: u32, n: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = open_fds(pid);
+        if now >= n || Instant::now() > deadline {
+            return now;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// One echo round trip through the proxy; the connection stays open.
+fn echo_once(addr: SocketAddr) -> Option<TcpStream> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"ping").ok()?;
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).ok()?;
+    (&b == b"ping").then_some(s)
+}
+
+fn metrics(admin: SocketAddr) -> String {
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let (raw, _) = read_to_end(&mut s);
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+fn sample(metrics: &str, series: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn running_out_of_descriptors_at_dial_does_not_blame_the_server() {
+    if !require_tool("prlimit", "util-linux") {
+        return;
+    }
+    let echo = Backend::echo();
+    for (driver, mode) in VARIANTS {
+        let what = format!("{driver}/{mode}");
+        let nofile = format!("--nofile={NOFILE}");
+        let p = Proxy::start_with(&config(echo.addr, driver, mode), &["prlimit", &nofile]);
+        let (main, peek, admin) = (p.addr("main"), p.addr("peek"), p.addr("traefik"));
+        let pid = p.pid();
+
+        // Fill the descriptor table to exactly one below the limit, so that
+        // the next connection is accepted (the last descriptor) and its dial
+        // finds none. Proxied echo connections take two or more descriptors
+        // each; connections waiting for a ClientHello take exactly one.
+        let mut held = Vec::new();
+        let mut per_echo = 2;
+        loop {
+            let fds = open_fds(pid);
+            let gap = (NOFILE - 1).saturating_sub(fds);
+            if gap == 0 {
+                break;
+            }
+            if gap >= per_echo {
+                let s = echo_once(main).unwrap_or_else(|| {
+                    panic!(
+                        "{what}: echo failed at {fds} fds; log:\n{}",
+                        p.logs().join("\n")
+                    )
+                });
+                per_echo = per_echo.max(open_fds(pid) - fds);
+                held.push(s);
+            } else {
+                held.push(TcpStream::connect(peek).unwrap());
+                wait_fds(pid, fds + 1);
+            }
+        }
+        assert_eq!(open_fds(pid), NOFILE - 1, "{what}");
+
+        // Every new connection now fails at dial time with EMFILE.
+        let t = Instant::now();
+        for i in 0..FAILURES {
+            let mut s = TcpStream::connect(main).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let _ = s.write_all(b"ping");
+            let mut b = [0u8; 4];
+            assert!(
+                s.read_exact(&mut b).is_err(),
+                "{what}: connection {i} was served with no descriptor to spare"
+            );
+        }
+        let elapsed = t.elapsed();
+        // The held connections are still open: every access-log line so far
+        // is one of the failures.
+        let ended = p.wait_conns(FAILURES);
+        let logs = p.logs();
+        assert!(
+            !logs.iter().any(|l| l.contains("server ejected")),
+            "{what}: a healthy server was ejected for our own EMFILE"
+        );
+        for l in &ended {
+            assert_eq!(
+                field(l, "outcome").as_deref(),
+                Some("local_resource_exhausted"),
+                "{what}: {l}"
+            );
+        }
+        assert!(ended[0].contains("Too many open files"), "{}", ended[0]);
+        let warnings: Vec<&String> = logs
+            .iter()
+            .filter(|l| l.contains("local resource exhausted"))
+            .collect();
+        assert!(!warnings.is_empty(), "{what}: the shortage is logged");
+        assert!(
+            warnings[0].contains("kind=emfile"),
+            "{what}: {}",
+            warnings[0]
+        );
+        // One line per second at most (LOCAL_ERROR_LOG_PERIOD), however many
+        // connections failed.
+        assert!(
+            warnings.len() as u64 <= elapsed.as_secs() + 2 && warnings.len() < FAILURES / 4,
+            "{what}: {} warnings for {FAILURES} failures in {elapsed:?}",
+            warnings.len()
+        );
+        eprintln!(
+            "{what}: {FAILURES} dial failures in {elapsed:?}, {} warning line(s)",
+            warnings.len()
+        );
+        assert!(
+            !logs.iter().any(|l| l.contains("msg=\"dial failed\"")),
+            "{what}: no per-connection dial-failure warning"
+        );
+
+        // Descriptors free again: served at once, no cool-down.
+        drop(held);
+        wait_fds_below(pid, NOFILE / 2);
+        assert!(
+            echo_once(main).is_some(),
+            "{what}: not served right after descriptors were freed"
+        );
+        let m = metrics(admin);
+        let counted = sample(
+            &m,
+            "sluicegate_local_resource_errors_total{kind=\"emfile\"}",
+        );
+        assert!(
+            counted.is_some_and(|n| n >= FAILURES as u64),
+            "{what}: counted {counted:?}\n{m}"
+        );
+        assert!(
+            !m.contains("sluicegate_server_dial_failures_total{"),
+            "{what}: the server is not charged with our failures\n{m}"
+        );
+    }
+}
+
+fn wait_fds_below(pid: u32, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_fds(pid) >= n && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+}
