@@ -159,6 +159,13 @@ address = "127.0.0.1:0"
 servers = [{ address = "127.0.0.1:5432" }]
 "#;
 
+/// A router for `PG`, where a test wants no "nothing is routed" warning.
+const PG_ROUTER: &str = r#"
+[tcp.routers.pg]
+rule = "HostSNI(`*`)"
+service = "pg"
+"#;
+
 #[test]
 fn all_errors_are_reported_at_once_in_order() {
     let (_d, r) = load_text(
@@ -242,10 +249,22 @@ watch = true
     assert_eq!(c.watch, vec![dir.0.join("dynamic/routes.toml")]);
     // Certificate paths are relative to the file that names them.
     assert_eq!(
-        c.tls.certificates[0].cert_file,
+        c.tls.certificates[0].cert_file.path,
         dir.0.join("dynamic/certs/a.crt")
     );
-    assert_eq!(c.tls.certificates[0].key_file, PathBuf::from("/abs/a.key"));
+    assert_eq!(
+        c.tls.certificates[0].key_file.path,
+        PathBuf::from("/abs/a.key")
+    );
+    // ... and remember where they are named, for errors found when read.
+    assert!(
+        c.tls.certificates[0]
+            .key_file
+            .at
+            .starts_with(&format!("{}:", dir.0.join("dynamic/routes.toml").display())),
+        "{:?}",
+        c.tls.certificates[0].key_file
+    );
 }
 
 #[test]
@@ -410,7 +429,9 @@ name = "self"
 
 #[test]
 fn traefik_sections_without_tcp_effect_warn() {
-    let text = format!("[log]\nlevel = \"DEBUG\"\n[global]\ncheckNewVersion = false\n{PG}");
+    let text = format!(
+        "[log]\nlevel = \"DEBUG\"\n[global]\ncheckNewVersion = false\n{PG}{PG_ROUTER}"
+    );
     let (_d, r) = load_text("log", &text);
     let c = r.expect("loads");
     assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);

@@ -32,6 +32,14 @@ fn split_host_port(s: &str) -> Result<(Option<&str>, &str), String> {
         let (host, after) = rest
             .split_once(']')
             .ok_or_else(|| format!("`{s}`: missing `]` after the IPv6 address"))?;
+        // An IPv6 zone (`fe80::1%eth0`) is refused rather than dropped: the
+        // system resolver accepts it, but the address kept was the bare IP,
+        // so a link-local listener or server silently lost its interface.
+        if let Some((_, zone)) = host.split_once('%') {
+            return Err(format!(
+                "`{s}`: IPv6 zones (`%{zone}`) are not supported; use an address that needs no interface (a global or unique-local one)"
+            ));
+        }
         let port = after
             .strip_prefix(':')
             .ok_or_else(|| format!("`{s}`: missing `:port` after `]`"))?;
