@@ -429,9 +429,8 @@ name = "self"
 
 #[test]
 fn traefik_sections_without_tcp_effect_warn() {
-    let text = format!(
-        "[log]\nlevel = \"DEBUG\"\n[global]\ncheckNewVersion = false\n{PG}{PG_ROUTER}"
-    );
+    let text =
+        format!("[log]\nlevel = \"DEBUG\"\n[global]\ncheckNewVersion = false\n{PG}{PG_ROUTER}");
     let (_d, r) = load_text("log", &text);
     let c = r.expect("loads");
     assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);

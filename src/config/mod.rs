@@ -240,10 +240,7 @@ impl Walk<'_> {
         };
         // Sorted, so warnings and caps do not depend on the file system's
         // order; one more than the cap is enough to know it is exceeded.
-        let mut entries: Vec<_> = entries
-            .flatten()
-            .take(MAX_DIRECTORY_ENTRIES + 1)
-            .collect();
+        let mut entries: Vec<_> = entries.flatten().take(MAX_DIRECTORY_ENTRIES + 1).collect();
         entries.sort_by_key(|e| e.file_name());
         for entry in entries {
             if self.stopped {

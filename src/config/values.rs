@@ -115,11 +115,7 @@ pub fn file_path(n: &Node<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> Option<Sp<Pat
 }
 
 /// A list of file paths (CA bundles), each with where it is named.
-pub fn path_list(
-    n: &Node<'_>,
-    ctx: FileCtx<'_>,
-    d: &mut Diags,
-) -> Option<Vec<model::ConfigPath>> {
+pub fn path_list(n: &Node<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> Option<Vec<model::ConfigPath>> {
     let list = n.str_list(d)?;
     Some(
         list.iter()

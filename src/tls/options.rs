@@ -187,10 +187,8 @@ fn system_roots(what: &str) -> Result<RootCertStore, String> {
         path: f.to_path_buf(),
         at: format!("{what} (system CA bundle)"),
     };
-    let (_, _) = store.add_parsable_certificates(store::read_chain(
-        &bundle,
-        config::MAX_CA_FILE_SIZE,
-    )?);
+    let (_, _) =
+        store.add_parsable_certificates(store::read_chain(&bundle, config::MAX_CA_FILE_SIZE)?);
     Ok(store)
 }
 
@@ -302,7 +300,8 @@ pub fn client_side(tls: Option<&TransportTls>, what: &str) -> Result<ClientSide,
             ) {
                 (Ok(chain), Ok(key)) => (chain, key),
                 (chain, key) => {
-                    let errors: Vec<String> = [chain.err(), key.err()].into_iter().flatten().collect();
+                    let errors: Vec<String> =
+                        [chain.err(), key.err()].into_iter().flatten().collect();
                     return Err(errors.join("\n"));
                 }
             };

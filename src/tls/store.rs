@@ -20,8 +20,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use super::x509;
-use crate::log;
 use crate::config;
+use crate::log;
 use crate::model::{CertPair, ConfigPath};
 
 /// Certificates by name.
@@ -196,20 +196,21 @@ pub fn load_pair(
             return Err([chain.err(), key.err()].into_iter().flatten().collect());
         }
     };
-    let ck = CertifiedKey::from_der(chain, key, provider).map_err(|e| match e {
-        rustls::Error::InconsistentKeys(_) => format!(
-            "{}: the private key `{}` does not match the certificate `{}`",
-            pair.key_file.at,
-            pair.key_file.path.display(),
-            pair.cert_file.path.display()
-        ),
-        e => format!(
-            "{}: `{}`: unusable private key: {e}",
-            pair.key_file.at,
-            pair.key_file.path.display()
-        ),
-    })
-    .map_err(|e| vec![e])?;
+    let ck = CertifiedKey::from_der(chain, key, provider)
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => format!(
+                "{}: the private key `{}` does not match the certificate `{}`",
+                pair.key_file.at,
+                pair.key_file.path.display(),
+                pair.cert_file.path.display()
+            ),
+            e => format!(
+                "{}: `{}`: unusable private key: {e}",
+                pair.key_file.at,
+                pair.key_file.path.display()
+            ),
+        })
+        .map_err(|e| vec![e])?;
     let leaf = &ck.cert[0];
     let mut names: Vec<String> = match webpki::EndEntityCert::try_from(leaf) {
         Ok(ee) => ee.valid_dns_names().map(str::to_string).collect(),
