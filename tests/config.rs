@@ -2,6 +2,8 @@
 //! with its stated message and position, and the Traefik behaviours the
 //! loader implements (providers, defaults, canonical forms) hold.
 
+mod support;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,6 +11,7 @@ use std::time::Duration;
 
 use sluicegate::config::{self, Errors};
 use sluicegate::model::{self, MiddlewareKind, ServiceKind};
+use support::process::{run, Ran};
 
 /// `*.toml` files directly in `dir`, sorted.
 fn toml_files(dir: &str) -> Vec<PathBuf> {
@@ -566,11 +569,6 @@ fn unknown_provider_reference_and_admin_without_entrypoint() {
 // Hostile inputs through the real binary's `check`: every run is bounded
 // (killed at `CHECK_LIMIT`, and its address space capped, so a regression
 // fails the test instead of hanging CI or eating the machine's memory).
-
-#[allow(dead_code)]
-mod support;
-
-use support::process::{run, Ran};
 
 /// Generous: each of these runs takes well under a second to a few seconds
 /// (debug build); before the fixes they took minutes or never ended.

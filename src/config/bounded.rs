@@ -80,7 +80,7 @@ fn too_large(cap: u64) -> io::Error {
 
 /// `4 MiB`, `1 MiB`, or bytes for other values.
 fn size(n: u64) -> String {
-    if n >= 1 << 20 && n % (1 << 20) == 0 {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
         format!("{} MiB", n >> 20)
     } else {
         format!("{n} bytes")
