@@ -300,8 +300,16 @@ fn garbage_table_goes_to_the_catch_all_or_is_closed_and_counted() {
             Expect::Closed("hello_too_large"),
         ),
         (
-            "record ending past the cap then FIN",
+            // The cap counts handshake bytes: a full 2^14 record is within
+            // it, so the proxy waits for the hello, and the FIN ends it.
+            "full record, then FIN",
             b"\x16\x03\x01\x40\x00\x01".to_vec(),
+            true,
+            Expect::Closed("client_closed"),
+        ),
+        (
+            "hello announced past the cap in a full record, then FIN",
+            b"\x16\x03\x01\x40\x00\x01\x00\x40\x00".to_vec(),
             true,
             Expect::Closed("hello_too_large"),
         ),
