@@ -868,3 +868,24 @@ fn check_warns_when_nothing_listens_or_nothing_is_routed() {
     let r = check(&path).expect_ok("ok.toml");
     assert_eq!(r.stderr, "", "{r:?}");
 }
+
+#[test]
+fn check_caps_the_configuration_files_in_all() {
+    let dir = TempDir::new("total");
+    // Each file is under the 4 MiB cap; three of them are over 8 MiB in all.
+    let big = format!("# {}\n", "x".repeat(3 << 20));
+    for name in ["a", "b", "c"] {
+        dir.write(&format!("dyn/{name}.toml"), &big);
+    }
+    let main = directory_config(&dir, "dyn");
+    let r = check(&main);
+    assert!(!r.ok(), "{r:?}");
+    assert_eq!(
+        r.stderr.trim_end(),
+        format!(
+            "{}:4:13: `{}`: the configuration files together are larger than the limit of 8 MiB",
+            main.display(),
+            dir.0.join("dyn/c.toml").display()
+        )
+    );
+}
