@@ -15,7 +15,7 @@
 //!
 //! Every problem is collected before anything is reported, so one run shows
 //! them all (a TOML syntax error stops the run: the rest of that file cannot
-//! be read).
+//! be read; beyond `diag::MAX_DIAGNOSTICS` they are counted, not listed).
 
 mod address;
 mod bounded;
