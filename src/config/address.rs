@@ -183,6 +183,14 @@ mod tests {
             .unwrap_err()
             .contains("cannot resolve"));
         assert!(parse_listen("0.0.0.0:1", true, &table).is_err());
+        // A zone is refused, not dropped (the system resolver accepts it and
+        // the interface was lost).
+        for zoned in ["[fe80::1%eth0]:5432", "[fe80::1%2]:0", "[::1%lo]:1"] {
+            let e = parse_listen(zoned, false, &table).unwrap_err();
+            assert!(e.contains("IPv6 zones"), "{e}");
+            let e = parse_server(zoned, &table).unwrap_err();
+            assert!(e.contains("IPv6 zones"), "{e}");
+        }
     }
 
     #[test]

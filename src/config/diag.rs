@@ -267,6 +267,30 @@ mod tests {
     }
 
     #[test]
+    fn diagnostics_beyond_the_cap_are_counted_not_kept() {
+        let mut s = Sources::default();
+        let f = s.add(PathBuf::from("a.toml"), "x\n".repeat(10));
+        let mut d = Diags::default();
+        for i in 0..MAX_DIAGNOSTICS + 5 {
+            d.error(
+                Pos {
+                    file: f,
+                    offset: i % 20,
+                },
+                format!("e{i}"),
+            );
+        }
+        assert!(d.has_errors() && d.errors_full());
+        let out = d.render(&s, Severity::Error);
+        assert_eq!(out.len(), MAX_DIAGNOSTICS + 1);
+        assert_eq!(
+            out[MAX_DIAGNOSTICS],
+            format!("a.toml: 5 more errors not shown (only the first {MAX_DIAGNOSTICS} are)")
+        );
+        assert!(d.render(&s, Severity::Warning).is_empty());
+    }
+
+    #[test]
     fn render_sorts_by_position() {
         let mut s = Sources::default();
         let f = s.add(PathBuf::from("a.toml"), "x\ny\n".to_string());
