@@ -189,15 +189,27 @@ pub struct Transport {
 #[derive(Debug, Clone, Default)]
 pub struct TransportTls {
     pub server_name: Option<String>,
-    pub root_cas: Vec<PathBuf>,
+    pub root_cas: Vec<ConfigPath>,
     pub insecure_skip_verify: bool,
     pub certificates: Vec<CertPair>,
 }
 
 #[derive(Debug, Clone)]
 pub struct CertPair {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
+    pub cert_file: ConfigPath,
+    pub key_file: ConfigPath,
+}
+
+/// A file the configuration names (certificate, key, CA bundle), with where
+/// it is named: files are read when the TLS state is built, after loading,
+/// and a problem found then (missing, not PEM, a key that does not match)
+/// is still reported at the key that named the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigPath {
+    /// Resolved against the directory of the file that names it.
+    pub path: PathBuf,
+    /// `FILE:LINE:COL` of the value that names it.
+    pub at: String,
 }
 
 /// `[tls]`: certificates and options for termination.
@@ -219,7 +231,7 @@ pub struct TlsOptions {
     pub curve_preferences: Vec<String>,
     pub alpn_protocols: Vec<String>,
     pub sni_strict: bool,
-    pub client_ca_files: Vec<PathBuf>,
+    pub client_ca_files: Vec<ConfigPath>,
     /// Traefik's clientAuthType value, validated.
     pub client_auth_type: Option<String>,
     /// `disableSessionTickets`: no TLS 1.2 session tickets / TLS 1.3 resumption tickets.

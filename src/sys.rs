@@ -318,6 +318,21 @@ pub fn local_resource_error(e: &io::Error) -> Option<usize> {
     LOCAL_RESOURCE_ERRORS.iter().position(|&(c, _)| c == code)
 }
 
+/// Open a file the configuration names for reading without blocking in
+/// `open` itself: `O_NONBLOCK` makes opening a FIFO return at once (instead
+/// of waiting for a writer for ever), and `O_NOCTTY` keeps a terminal device
+/// from becoming the controlling terminal. The caller then checks on the
+/// opened descriptor (`fstat`, no race with a rename) that it is a regular
+/// file; for regular files `O_NONBLOCK` changes nothing. No `unsafe`: the
+/// flags are passed through std.
+pub fn open_for_reading(path: &std::path::Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

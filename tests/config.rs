@@ -2,6 +2,8 @@
 //! with its stated message and position, and the Traefik behaviours the
 //! loader implements (providers, defaults, canonical forms) hold.
 
+mod support;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,6 +11,7 @@ use std::time::Duration;
 
 use sluicegate::config::{self, Errors};
 use sluicegate::model::{self, MiddlewareKind, ServiceKind};
+use support::process::{run, Ran};
 
 /// `*.toml` files directly in `dir`, sorted.
 fn toml_files(dir: &str) -> Vec<PathBuf> {
@@ -64,7 +67,8 @@ fn examples_load() {
 }
 
 /// Each invalid config starts with `# expect: <substring>` lines; every one
-/// must be in the errors, which must name the file.
+/// must be in the errors (of loading, or else of building the TLS state),
+/// which must name the file.
 #[test]
 fn invalid_configs_fail_with_their_message() {
     let files = toml_files("config/invalid");
@@ -81,8 +85,13 @@ fn invalid_configs_fail_with_their_message() {
             .filter_map(|l| l.strip_prefix("# expect: "))
             .collect();
         assert!(!expects.is_empty(), "{}: no `# expect:` line", f.display());
+        // Certificate problems are found when the TLS state is built, as
+        // `check` and a start do.
         let errors = match config::load(f) {
-            Ok(_) => panic!("{} should fail to load", f.display()),
+            Ok(c) => match sluicegate::worker::Snapshot::new(c) {
+                Ok(_) => panic!("{} should fail to load", f.display()),
+                Err(e) => e.lines().map(str::to_string).collect(),
+            },
             Err(Errors(errors)) => errors,
         };
         let file_name = f.file_name().and_then(|n| n.to_str()).expect("name");
@@ -157,6 +166,13 @@ const PG: &str = r#"
 address = "127.0.0.1:0"
 [tcp.services.pg.loadBalancer]
 servers = [{ address = "127.0.0.1:5432" }]
+"#;
+
+/// A router for `PG`, where a test wants no "nothing is routed" warning.
+const PG_ROUTER: &str = r#"
+[tcp.routers.pg]
+rule = "HostSNI(`*`)"
+service = "pg"
 "#;
 
 #[test]
@@ -242,10 +258,22 @@ watch = true
     assert_eq!(c.watch, vec![dir.0.join("dynamic/routes.toml")]);
     // Certificate paths are relative to the file that names them.
     assert_eq!(
-        c.tls.certificates[0].cert_file,
+        c.tls.certificates[0].cert_file.path,
         dir.0.join("dynamic/certs/a.crt")
     );
-    assert_eq!(c.tls.certificates[0].key_file, PathBuf::from("/abs/a.key"));
+    assert_eq!(
+        c.tls.certificates[0].key_file.path,
+        PathBuf::from("/abs/a.key")
+    );
+    // ... and remember where they are named, for errors found when read.
+    assert!(
+        c.tls.certificates[0]
+            .key_file
+            .at
+            .starts_with(&format!("{}:", dir.0.join("dynamic/routes.toml").display())),
+        "{:?}",
+        c.tls.certificates[0].key_file
+    );
 }
 
 #[test]
@@ -410,7 +438,8 @@ name = "self"
 
 #[test]
 fn traefik_sections_without_tcp_effect_warn() {
-    let text = format!("[log]\nlevel = \"DEBUG\"\n[global]\ncheckNewVersion = false\n{PG}");
+    let text =
+        format!("[log]\nlevel = \"DEBUG\"\n[global]\ncheckNewVersion = false\n{PG}{PG_ROUTER}");
     let (_d, r) = load_text("log", &text);
     let c = r.expect("loads");
     assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
@@ -533,5 +562,330 @@ fn unknown_provider_reference_and_admin_without_entrypoint() {
             .contains("main.toml:1:1: the API is not served: there is no [entryPoints.traefik]"),
         "{:?}",
         c.warnings
+    );
+}
+
+// ------------------------------------------------------------------
+// Hostile inputs through the real binary's `check`: every run is bounded
+// (killed at `CHECK_LIMIT`, and its address space capped, so a regression
+// fails the test instead of hanging CI or eating the machine's memory).
+
+/// Generous: each of these runs takes well under a second to a few seconds
+/// (debug build); before the fixes they took minutes or never ended.
+const CHECK_LIMIT: Duration = Duration::from_secs(30);
+
+/// Address-space cap for the checked process (KiB, `ulimit -v`): ample for
+/// `check`, small enough that reading `/dev/zero` aborts quickly.
+const CHECK_MEMORY_KIB: u64 = 2 << 20;
+
+/// `sluicegate check -c config`, bounded in time and memory.
+fn check(config: &Path) -> Ran {
+    let script = format!("ulimit -v {CHECK_MEMORY_KIB}; exec \"$0\" check -c \"$1\"");
+    run(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg(support::BIN)
+            .arg(config),
+        b"",
+        CHECK_LIMIT,
+    )
+}
+
+fn mkfifo(path: &Path) {
+    let made = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success(), "mkfifo {}", path.display());
+}
+
+#[test]
+fn check_refuses_a_ten_megabyte_config_at_once() {
+    let dir = TempDir::new("huge");
+    // One 10 MB line: parsing and locating its errors took minutes.
+    let line = format!(
+        "entryPoints = {{ web = {{ address = \"127.0.0.1:0\", {} }} }}\n",
+        (0..1_200_000)
+            .map(|i| format!("k{i}=1"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    assert!(line.len() > 10_000_000);
+    let path = dir.write("main.toml", &line);
+    let r = check(&path);
+    assert!(!r.ok(), "{r:?}");
+    assert_eq!(
+        r.stderr.trim(),
+        format!(
+            "{}: cannot read: larger than the limit of 4 MiB",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn check_locates_a_hundred_thousand_errors_on_one_long_line_in_linear_time() {
+    let dir = TempDir::new("long-line");
+    // 3 MB of string, then 100,000 unknown keys, all on line 1 (3.9 MB, under
+    // the 4 MiB cap). Each error's column was counted from the start of the
+    // line: 100,000 x 3.5 MB (about a minute before; seconds now).
+    let head = format!(
+        "entryPoints = {{ web = {{ address = \"127.0.0.1:0\", zz = \"{}\", ",
+        "x".repeat(3_000_000)
+    );
+    let keys: Vec<String> = (0..100_000).map(|i| format!("k{i}=\"\"")).collect();
+    let text = format!("{head}{} }} }}\n", keys.join(","));
+    let path = dir.write("main.toml", &text);
+    let r = check(&path);
+    assert!(!r.ok(), "{r:?}");
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    let file = path.display().to_string();
+    // The first 1000 errors (sorted by position) and a count of the rest.
+    assert_eq!(
+        lines.len(),
+        1001,
+        "{}",
+        &r.stderr[..2000.min(r.stderr.len())]
+    );
+    let zz = text.find("zz =").unwrap() + 1;
+    assert_eq!(
+        lines[0],
+        format!("{file}:1:{zz}: unknown key `zz` in [entryPoints.web]")
+    );
+    let k0 = text.find("k0=").unwrap() + 1;
+    assert_eq!(
+        lines[1],
+        format!("{file}:1:{k0}: unknown key `k0` in [entryPoints.web]")
+    );
+    assert_eq!(
+        lines[1000],
+        format!("{file}: 99001 more errors not shown (only the first 1000 are)")
+    );
+}
+
+/// A `[providers.file] directory` main config pointing at `dir`.
+fn directory_config(dir: &TempDir, directory: &str) -> PathBuf {
+    dir.write(
+        "main.toml",
+        &format!(
+            "[entryPoints.pg]\naddress = \"127.0.0.1:0\"\n[providers.file]\ndirectory = \"{directory}\"\n"
+        ),
+    )
+}
+
+#[test]
+fn check_walks_a_directory_with_symlinks_to_itself_once() {
+    let dir = TempDir::new("symlink-loop");
+    dir.write(
+        "dyn/routes.toml",
+        &format!("{PG_ROUTER}[tcp.services.pg.loadBalancer]\nservers = [{{ address = \"127.0.0.1:5432\" }}]\n"),
+    );
+    // Three links back to the directory and its parent: the old walk followed
+    // them, 3^16 directories deep (minutes, then "nested too deep").
+    for (link, target) in [("a", "."), ("b", ".."), ("c", "../dyn")] {
+        std::os::unix::fs::symlink(target, dir.0.join("dyn").join(link)).unwrap();
+    }
+    // A symbolic link to a file is read (Kubernetes ConfigMap volumes).
+    dir.write(
+        "elsewhere/extra.toml",
+        "[tcp.middlewares.m.inFlightConn]\namount = 1\n",
+    );
+    std::os::unix::fs::symlink("../elsewhere/extra.toml", dir.0.join("dyn/extra.toml")).unwrap();
+    let main = directory_config(&dir, "dyn");
+    let r = check(&main).expect_ok("check");
+    assert!(r.stdout.contains("routers (1):"), "{}", r.stdout);
+    assert!(r.stdout.contains("middlewares (1):"), "{}", r.stdout);
+    for link in ["a", "b", "c"] {
+        assert!(
+            r.stderr.contains(&format!(
+                "main.toml:4:13: `{}` is a symbolic link to a directory: not followed",
+                dir.0.join("dyn").join(link).display()
+            )),
+            "{link}: {}",
+            r.stderr
+        );
+    }
+}
+
+#[test]
+fn check_walks_dev_without_hanging() {
+    let dir = TempDir::new("dev");
+    // `/dev` has devices, FIFOs, sockets and links into /proc: before, the
+    // walk followed /dev/fd into itself and never ended. It holds no `.toml`
+    // file, so the configuration is valid and routes nothing.
+    let main = directory_config(&dir, "/dev");
+    let r = check(&main).expect_ok("check");
+    assert!(r.stdout.contains("routers (0):"), "{}", r.stdout);
+    assert!(
+        r.stderr.contains("no routers: nothing is routed"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn check_caps_the_files_of_a_directory() {
+    let dir = TempDir::new("many");
+    for i in 0..1001 {
+        dir.write(&format!("dyn/{i:04}.toml"), "");
+    }
+    let main = directory_config(&dir, "dyn");
+    let r = check(&main);
+    assert!(!r.ok(), "{r:?}");
+    assert!(
+        r.stderr.contains("main.toml:4:13: `")
+            && r.stderr
+                .contains("more than 1000 .toml files under the directory"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn check_refuses_fifos_and_devices_as_config_files() {
+    let dir = TempDir::new("fifo");
+    mkfifo(&dir.0.join("dynamic.toml"));
+    fs::create_dir_all(dir.0.join("d")).unwrap();
+    mkfifo(&dir.0.join("d/fifo.toml"));
+    // A FIFO named by `filename` blocked the loader in open() until a writer
+    // came, for ever; one in a `directory` too.
+    let ep = "[entryPoints.pg]\naddress = \"127.0.0.1:0\"\n[providers.file]\n";
+    for (name, key, file) in [
+        (
+            "by-name.toml",
+            "filename = \"dynamic.toml\"",
+            "dynamic.toml",
+        ),
+        ("by-dir.toml", "directory = \"d\"", "d/fifo.toml"),
+    ] {
+        let main = dir.write(name, &format!("{ep}{key}\n"));
+        let r = check(&main);
+        assert!(!r.ok(), "{r:?}");
+        assert_eq!(
+            r.stderr.trim_end(),
+            format!(
+                "{}:4:{}: cannot read `{}`: a FIFO, not a regular file",
+                main.display(),
+                key.find('"').unwrap() + 1,
+                dir.0.join(file).display()
+            )
+        );
+    }
+    // The main file itself.
+    let r = check(&dir.0.join("dynamic.toml"));
+    assert!(
+        r.stderr
+            .ends_with("dynamic.toml: cannot read: a FIFO, not a regular file"),
+        "{r:?}"
+    );
+    let r = check(Path::new("/dev/zero"));
+    assert_eq!(
+        r.stderr,
+        "/dev/zero: cannot read: a character device, not a regular file"
+    );
+}
+
+#[test]
+fn check_refuses_dev_zero_and_fifos_as_certificates_with_positions() {
+    let dir = TempDir::new("pem");
+    mkfifo(&dir.0.join("key.fifo"));
+    mkfifo(&dir.0.join("ca.fifo"));
+    // `/dev/zero` as a certificate grew memory at 300 MB/s until the
+    // allocator aborted; a FIFO blocked for ever.
+    let main = dir.write(
+        "main.toml",
+        r#"[entryPoints.tls]
+address = "127.0.0.1:0"
+[[tls.certificates]]
+certFile = "/dev/zero"
+keyFile = "key.fifo"
+[tls.options.default.clientAuth]
+caFiles = ["/dev/urandom", "ca.fifo"]
+[tcp.routers.r]
+rule = "HostSNI(`a.test`)"
+service = "s"
+[tcp.routers.r.tls]
+[tcp.services.s.loadBalancer]
+servers = [{ address = "127.0.0.1:5432", tls = true }]
+[tcp.serversTransports.default.tls]
+rootCAs = ["/"]
+"#,
+    );
+    let r = check(&main);
+    assert!(!r.ok(), "{r:?}");
+    let m = main.display();
+    let d = dir.0.display();
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!("{m}:4:12: cannot read certificates from `/dev/zero`: a character device, not a regular file"),
+            format!("{m}:5:11: cannot read private key from `{d}/key.fifo`: a FIFO, not a regular file"),
+            format!("{m}:7:12: cannot read certificates from `/dev/urandom`: a character device, not a regular file"),
+            format!("{m}:7:28: cannot read certificates from `{d}/ca.fifo`: a FIFO, not a regular file"),
+            format!("{m}:15:12: cannot read certificates from `/`: a directory, not a regular file"),
+        ],
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn check_warns_when_nothing_listens_or_nothing_is_routed() {
+    let dir = TempDir::new("idle");
+    // An empty (or mistyped) file passed `check` silently, as if it were a
+    // working gateway. It is still valid: exit 0, with a warning.
+    for (name, text, warning) in [
+        ("empty.toml", "", "no entrypoints: nothing listens"),
+        (
+            "comments.toml",
+            "# [entryPoints.pg]\n# address = \":5432\"\n",
+            "no entrypoints: nothing listens",
+        ),
+        (
+            "no-routers.toml",
+            PG,
+            "no routers: nothing is routed, every connection is closed unrouted",
+        ),
+        (
+            "admin-only.toml",
+            "[entryPoints.traefik]\naddress = \"127.0.0.1:0\"\n[ping]\n",
+            "no TCP entrypoints: only the admin endpoints listen, nothing is routed",
+        ),
+    ] {
+        let path = dir.write(name, text);
+        let r = check(&path).expect_ok(name);
+        assert_eq!(
+            r.stderr.trim_end(),
+            format!("warning: {}:1:1: {warning}", path.display()),
+            "{name}"
+        );
+        assert!(r.stdout.contains("1 warning(s)"), "{name}: {}", r.stdout);
+    }
+    // A configuration that routes has no such warning.
+    let path = dir.write("ok.toml", &format!("{PG}{PG_ROUTER}"));
+    let r = check(&path).expect_ok("ok.toml");
+    assert_eq!(r.stderr, "", "{r:?}");
+}
+
+#[test]
+fn check_caps_the_configuration_files_in_all() {
+    let dir = TempDir::new("total");
+    // Each file is under the 4 MiB cap; three of them are over 8 MiB in all.
+    let big = format!("# {}\n", "x".repeat(3 << 20));
+    for name in ["a", "b", "c"] {
+        dir.write(&format!("dyn/{name}.toml"), &big);
+    }
+    let main = directory_config(&dir, "dyn");
+    let r = check(&main);
+    assert!(!r.ok(), "{r:?}");
+    assert_eq!(
+        r.stderr.trim_end(),
+        format!(
+            "{}:4:13: `{}`: the configuration files together are larger than the limit of 8 MiB",
+            main.display(),
+            dir.0.join("dyn/c.toml").display()
+        )
     );
 }

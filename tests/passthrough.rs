@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use sluicegate::wire::proxy_protocol::{self, Addresses, Decoded};
 use support::hello::{
-    capture, padded_hello, python_hello, reframe, rustls_pq_hello, write_bytewise,
+    capture, padded_hello, python_hello, reframe, rustls_pq_hello, write_bytewise, RECORD_HEADER,
 };
 use support::openssl::{s_client, subject, Pki, SServer};
 use support::record::Recorder;
@@ -300,8 +300,16 @@ fn garbage_table_goes_to_the_catch_all_or_is_closed_and_counted() {
             Expect::Closed("hello_too_large"),
         ),
         (
-            "record ending past the cap then FIN",
+            // The cap counts handshake bytes: a full 2^14 record is within
+            // it, so the proxy waits for the hello, and the FIN ends it.
+            "full record, then FIN",
             b"\x16\x03\x01\x40\x00\x01".to_vec(),
+            true,
+            Expect::Closed("client_closed"),
+        ),
+        (
+            "hello announced past the cap in a full record, then FIN",
+            b"\x16\x03\x01\x40\x00\x01\x00\x40\x00".to_vec(),
             true,
             Expect::Closed("hello_too_large"),
         ),
@@ -480,8 +488,9 @@ fn slow_clients(driver: &str) {
     assert_eq!(rec.accepted(), 1, "no slow client reached the backend");
 }
 
-/// Default ClientHello cap (`wire::client_hello::DEFAULT_CAP`): bytes of
-/// records, headers included, the proxy buffers before routing.
+/// Default ClientHello cap (`wire::client_hello::DEFAULT_CAP`): handshake
+/// bytes (record payload), the 5-byte record headers not counted, so one
+/// full 2^14-byte record fits.
 const CAP: usize = 16 * 1024;
 
 #[test]
@@ -490,27 +499,48 @@ fn hellos_of_cap_minus_one_and_cap_route_and_cap_plus_one_is_refused_at_once() {
     let cfg = entrypoint("tls", "") + &tls_router("big", "tls", "HostSNI(`big.test`)", rec.addr());
     let p = Proxy::start(&cfg);
     let addr = p.addr("tls");
-    for (n, (len, routed)) in [(CAP - 1, true), (CAP, true), (CAP + 1, false)]
-        .into_iter()
-        .enumerate()
-    {
-        let hello = padded_hello("big.test", len);
+    // `padded_hello` sizes the one record it builds, header included: a
+    // record of CAP + 5 bytes carries exactly CAP handshake bytes, one full
+    // 2^14-byte record (refused before: the header counted against the cap).
+    let one_record = |payload: usize| padded_hello("big.test", payload + RECORD_HEADER);
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        ("cap - 1 in one record", one_record(CAP - 1), true),
+        ("cap: one full record", one_record(CAP), true),
+        // The same cap's worth spread across records (3 and 17 headers).
+        (
+            "cap in 8000-byte records",
+            reframe(&one_record(CAP), 8000),
+            true,
+        ),
+        (
+            "cap in 1000-byte records",
+            reframe(&one_record(CAP), 1000),
+            true,
+        ),
+        // One byte more cannot fit one record; in two it is still refused.
+        (
+            "cap + 1 in two records",
+            reframe(&one_record(CAP + 1), 8193),
+            false,
+        ),
+    ];
+    for (n, (what, hello, routed)) in cases.iter().enumerate() {
         let t = Instant::now();
-        let back = send_and_read(addr, &hello);
+        let back = send_and_read(addr, hello);
         let l = conn_line(&p, n + 1);
-        if routed {
-            assert_eq!(back, b"BIG", "{len}");
-            assert!(rec.next() == hello, "{len}: replayed exactly");
-            assert_eq!(outcome(&l), "closed", "{len}: {l}");
-            assert_eq!(field(&l, "up"), Some(len.to_string()), "{l}");
+        if *routed {
+            assert_eq!(back, b"BIG", "{what}");
+            assert!(rec.next() == *hello, "{what}: replayed exactly");
+            assert_eq!(outcome(&l), "closed", "{what}: {l}");
+            assert_eq!(field(&l, "up"), Some(hello.len().to_string()), "{l}");
         } else {
-            assert!(back.is_empty(), "{len}");
-            assert_eq!(outcome(&l), "hello_too_large", "{len}: {l}");
-            // Refused on the record header, not at the 10 s deadline.
+            assert!(back.is_empty(), "{what}");
+            assert_eq!(outcome(&l), "hello_too_large", "{what}: {l}");
+            // Refused on the headers, not at the 10 s deadline.
             assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
         }
     }
-    assert_eq!(rec.accepted(), 2);
+    assert_eq!(rec.accepted(), 4);
 }
 
 /// Resident memory of a process, in bytes.

@@ -32,6 +32,14 @@ fn split_host_port(s: &str) -> Result<(Option<&str>, &str), String> {
         let (host, after) = rest
             .split_once(']')
             .ok_or_else(|| format!("`{s}`: missing `]` after the IPv6 address"))?;
+        // An IPv6 zone (`fe80::1%eth0`) is refused rather than dropped: the
+        // system resolver accepts it, but the address kept was the bare IP,
+        // so a link-local listener or server silently lost its interface.
+        if let Some((_, zone)) = host.split_once('%') {
+            return Err(format!(
+                "`{s}`: IPv6 zones (`%{zone}`) are not supported; use an address that needs no interface (a global or unique-local one)"
+            ));
+        }
         let port = after
             .strip_prefix(':')
             .ok_or_else(|| format!("`{s}`: missing `:port` after `]`"))?;
@@ -175,6 +183,14 @@ mod tests {
             .unwrap_err()
             .contains("cannot resolve"));
         assert!(parse_listen("0.0.0.0:1", true, &table).is_err());
+        // A zone is refused, not dropped (the system resolver accepts it and
+        // the interface was lost).
+        for zoned in ["[fe80::1%eth0]:5432", "[fe80::1%2]:0", "[::1%lo]:1"] {
+            let e = parse_listen(zoned, false, &table).unwrap_err();
+            assert!(e.contains("IPv6 zones"), "{e}");
+            let e = parse_server(zoned, &table).unwrap_err();
+            assert!(e.contains("IPv6 zones"), "{e}");
+        }
     }
 
     #[test]

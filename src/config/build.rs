@@ -68,6 +68,7 @@ pub fn build(
             .collect(),
         _ => Vec::new(),
     };
+    warn_if_idle(&entrypoints, &routers, admin.is_some(), d);
     if d.has_errors() {
         return None;
     }
@@ -188,6 +189,35 @@ fn entry_points(m: &FileModel, resolve: Resolve<'_>, d: &mut Diags) -> EntryPoin
         defaults = (0..eps.len()).collect();
     }
     (eps, index, admin, defaults)
+}
+
+/// A valid configuration that listens on nothing, or routes nothing, is
+/// accepted (Traefik starts with it too) but said: `check`
+/// passing silently on an empty or mistyped file looked like success.
+fn warn_if_idle(
+    entrypoints: &[model::EntryPoint],
+    routers: &[model::Router],
+    has_admin: bool,
+    d: &mut Diags,
+) {
+    let top = Pos { file: 0, offset: 0 };
+    if entrypoints.is_empty() {
+        if has_admin {
+            d.warn(
+                top,
+                "no TCP entrypoints: only the admin endpoints listen, nothing is routed",
+            );
+        } else {
+            d.warn(top, "no entrypoints: nothing listens");
+        }
+        return;
+    }
+    if routers.is_empty() {
+        d.warn(
+            top,
+            "no routers: nothing is routed, every connection is closed unrouted",
+        );
+    }
 }
 
 /// The one entrypoint that `[metrics.prometheus]`, `[ping]` and `[api]` name,

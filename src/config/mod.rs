@@ -1,7 +1,8 @@
 //! Configuration: Traefik's TCP TOML → file model → validation → `model::Config`.
 //!
 //! `load` is the IO edge: it reads the main file and the files that
-//! `[providers.file]` names, and resolves server host names. Everything else
+//! `[providers.file]` names (through `bounded`: regular files only, size
+//! caps), and resolves server host names. Everything else
 //! is pure and works on texts and parsed documents:
 //!
 //! - `reader`: schema-checking walk over `toml_edit` (unknown keys, types)
@@ -14,9 +15,10 @@
 //!
 //! Every problem is collected before anything is reported, so one run shows
 //! them all (a TOML syntax error stops the run: the rest of that file cannot
-//! be read).
+//! be read; beyond `diag::MAX_DIAGNOSTICS` they are counted, not listed).
 
 mod address;
+mod bounded;
 mod build;
 mod diag;
 pub mod duration;
@@ -29,9 +31,12 @@ mod summary;
 mod tls;
 mod values;
 
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 pub use address::Resolve;
+pub use bounded::{read_regular, MAX_CA_FILE_SIZE, MAX_CONFIG_FILE_SIZE, MAX_PEM_FILE_SIZE};
 pub use diag::Errors;
 use diag::{Diags, Pos, Severity, Sources};
 use file::FileModel;
@@ -45,9 +50,21 @@ const DYNAMIC_EXTENSION: &str = "toml";
 /// Traefik also reads YAML there; sluicegate does not, and says so rather than
 /// silently skip routers.
 const YAML_EXTENSIONS: &[&str] = &["yaml", "yml"];
-/// Nesting limit for `directory` walks (Traefik recurses; a symlink loop must
-/// not hang the loader).
+/// Nesting limit for `directory` walks (Traefik recurses into
+/// subdirectories; a deeper tree is a mistake such as `directory = "/"`).
 const MAX_DIRECTORY_DEPTH: usize = 16;
+/// Most `.toml` files one `directory` contributes: far more than any
+/// deployment splits its routers into, few enough to load in seconds.
+const MAX_DIRECTORY_FILES: usize = 1000;
+/// Most directory entries (of any kind) one walk looks at, so a huge tree
+/// named by mistake (`/`, `/usr`) is an error at once, not a walk of minutes.
+const MAX_DIRECTORY_ENTRIES: usize = 20_000;
+/// Most bytes of configuration read in all (main file and dynamic files):
+/// each file is capped by `bounded::MAX_CONFIG_FILE_SIZE`, and this keeps
+/// `MAX_DIRECTORY_FILES` of them from adding up. The parsed document costs
+/// far more than its text (a 4 MiB file of 400,000 one-line keys takes about
+/// 540 MB to load), so the total stays at two such files.
+const MAX_CONFIG_TOTAL_SIZE: u64 = 8 << 20;
 
 /// Loads and validates a configuration: the file at `path` and the files its
 /// `[providers.file]` names. Host names of servers and entrypoints are
@@ -61,14 +78,18 @@ pub fn load_with(path: &Path, resolve: Resolve<'_>) -> Result<model::Config, Err
     let mut sources = Sources::default();
     let mut d = Diags::default();
     let mut m = FileModel::default();
-    let text = std::fs::read_to_string(path)
+    let text = bounded::read_text(path, bounded::MAX_CONFIG_FILE_SIZE)
         .map_err(|e| Errors(vec![format!("{}: cannot read: {e}", path.display())]))?;
+    let mut total = text.len() as u64;
     let main = sources.add(path.to_path_buf(), text);
     let main_doc = parse(&sources, main)?;
     let base = parent_dir(path);
     static_conf::read_main(
         Tbl::root(main, &sources.files[main].text, main_doc.as_table()),
-        FileCtx { base: &base },
+        FileCtx {
+            base: &base,
+            sources: &sources,
+        },
         &mut m,
         &mut d,
     );
@@ -76,8 +97,20 @@ pub fn load_with(path: &Path, resolve: Resolve<'_>) -> Result<model::Config, Err
     let mut syntax = Vec::new();
     let mut docs = Vec::new();
     for (file_path, at) in dynamic_files {
-        match std::fs::read_to_string(&file_path) {
+        match bounded::read_text(&file_path, bounded::MAX_CONFIG_FILE_SIZE) {
+            Ok(text) if total + text.len() as u64 > MAX_CONFIG_TOTAL_SIZE => {
+                d.error(
+                    at,
+                    format!(
+                        "`{}`: the configuration files together are larger than the limit of {} MiB",
+                        file_path.display(),
+                        MAX_CONFIG_TOTAL_SIZE >> 20
+                    ),
+                );
+                break;
+            }
             Ok(text) => {
+                total += text.len() as u64;
                 let id = sources.add(file_path, text);
                 match parse(&sources, id) {
                     Ok(doc) => docs.push((id, doc)),
@@ -94,7 +127,10 @@ pub fn load_with(path: &Path, resolve: Resolve<'_>) -> Result<model::Config, Err
         let dir = parent_dir(&sources.files[*id].path);
         static_conf::read_dynamic_file(
             Tbl::root(*id, &sources.files[*id].text, doc.as_table()),
-            FileCtx { base: &dir },
+            FileCtx {
+                base: &dir,
+                sources: &sources,
+            },
             &mut m,
             &mut d,
         );
@@ -147,8 +183,19 @@ fn provider_files(m: &FileModel, main: &Path, d: &mut Diags) -> Vec<(PathBuf, Po
         }
     }
     if let Some(dir) = &p.directory {
-        let mut files = Vec::new();
-        walk_dir(&dir.v, 0, dir.at, &mut files, d);
+        let mut walk = Walk {
+            at: dir.at,
+            d,
+            visited: HashSet::new(),
+            entries: 0,
+            files: Vec::new(),
+            stopped: false,
+        };
+        if let Ok(meta) = std::fs::metadata(&dir.v) {
+            walk.visited.insert((meta.dev(), meta.ino()));
+        }
+        walk.dir(&dir.v, 0);
+        let mut files = walk.files;
         files.sort();
         out.extend(
             files
@@ -160,52 +207,125 @@ fn provider_files(m: &FileModel, main: &Path, d: &mut Diags) -> Vec<(PathBuf, Po
     out
 }
 
-fn walk_dir(dir: &Path, depth: usize, at: Pos, out: &mut Vec<PathBuf>, d: &mut Diags) {
-    if depth > MAX_DIRECTORY_DEPTH {
-        d.error(
-            at,
-            format!(
+/// A bounded walk of a `[providers.file] directory`, as Traefik's file
+/// provider does it: every `.toml` file in the directory and, recursively, in
+/// its real subdirectories. Symbolic links to files are read (Kubernetes
+/// ConfigMap volumes are made of them); symbolic links to directories are
+/// not followed (Traefik's directory listing does not follow them either),
+/// which is what makes a loop of links impossible; a directory reached twice
+/// (bind mounts) is skipped. Depth, entries and files are capped. The file
+/// types are checked when the files are read (`bounded`): a `.toml` FIFO or
+/// device is an error there, not a hang.
+struct Walk<'d> {
+    /// The `directory` key, blamed for every problem.
+    at: Pos,
+    d: &'d mut Diags,
+    /// (device, inode) of every directory entered.
+    visited: HashSet<(u64, u64)>,
+    entries: usize,
+    files: Vec<PathBuf>,
+    /// A cap was hit and reported: stop everywhere.
+    stopped: bool,
+}
+
+impl Walk<'_> {
+    fn dir(&mut self, dir: &Path, depth: usize) {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                self.d.error(
+                    self.at,
+                    format!("cannot read directory `{}`: {e}", dir.display()),
+                );
+                return;
+            }
+        };
+        // Sorted, so warnings and caps do not depend on the file system's
+        // order; one more than the cap is enough to know it is exceeded.
+        let mut entries: Vec<_> = entries.flatten().take(MAX_DIRECTORY_ENTRIES + 1).collect();
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            if self.stopped {
+                return;
+            }
+            let path = entry.path();
+            let name = entry.file_name();
+            // Editors' and Kubernetes' hidden files (`.x.swp`, `..data`) are not config.
+            if name.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            self.entries += 1;
+            if self.entries > MAX_DIRECTORY_ENTRIES {
+                self.stop(format!(
+                    "`{}`: more than {MAX_DIRECTORY_ENTRIES} entries under the directory; name the directory that holds the dynamic files",
+                    dir.display()
+                ));
+                return;
+            }
+            // The entry's own type (not following a symbolic link).
+            let Ok(own) = entry.file_type() else {
+                continue;
+            };
+            if own.is_dir() {
+                self.subdir(&path, depth + 1);
+                continue;
+            }
+            if own.is_symlink() && std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
+                self.d.warn(
+                    self.at,
+                    format!(
+                        "`{}` is a symbolic link to a directory: not followed (as Traefik); its files are not loaded",
+                        path.display()
+                    ),
+                );
+                continue;
+            }
+            let ext = path
+                .extension()
+                .map(|e| e.to_string_lossy().to_ascii_lowercase())
+                .unwrap_or_default();
+            if ext == DYNAMIC_EXTENSION {
+                if self.files.len() == MAX_DIRECTORY_FILES {
+                    self.stop(format!(
+                        "`{}`: more than {MAX_DIRECTORY_FILES} .toml files under the directory",
+                        path.display()
+                    ));
+                    return;
+                }
+                self.files.push(path);
+            } else if YAML_EXTENSIONS.contains(&ext.as_str()) {
+                self.d.error(
+                    self.at,
+                    format!(
+                        "`{}`: YAML files are not supported (only TOML); its routers would be missing",
+                        path.display()
+                    ),
+                );
+            }
+        }
+    }
+
+    fn subdir(&mut self, dir: &Path, depth: usize) {
+        if depth > MAX_DIRECTORY_DEPTH {
+            self.stop(format!(
                 "`{}`: directories nested more than {MAX_DIRECTORY_DEPTH} deep",
                 dir.display()
-            ),
-        );
-        return;
-    }
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) => {
-            d.error(
-                at,
-                format!("cannot read directory `{}`: {e}", dir.display()),
-            );
+            ));
             return;
         }
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name();
-        // Editors' and Kubernetes' hidden files (`.x.swp`, `..data`) are not config.
-        if name.to_string_lossy().starts_with('.') {
-            continue;
+        // A directory's own metadata (it is not a link here).
+        let Ok(meta) = std::fs::symlink_metadata(dir) else {
+            return;
+        };
+        if !self.visited.insert((meta.dev(), meta.ino())) {
+            // Reached twice (a bind mount of an ancestor): once is enough.
+            return;
         }
-        if path.is_dir() {
-            walk_dir(&path, depth + 1, at, out, d);
-            continue;
-        }
-        let ext = path
-            .extension()
-            .map(|e| e.to_string_lossy().to_ascii_lowercase())
-            .unwrap_or_default();
-        if ext == DYNAMIC_EXTENSION {
-            out.push(path);
-        } else if YAML_EXTENSIONS.contains(&ext.as_str()) {
-            d.error(
-                at,
-                format!(
-                    "`{}`: YAML files are not supported (only TOML); its routers would be missing",
-                    path.display()
-                ),
-            );
-        }
+        self.dir(dir, depth);
+    }
+
+    fn stop(&mut self, message: String) {
+        self.d.error(self.at, message);
+        self.stopped = true;
     }
 }

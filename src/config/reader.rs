@@ -213,7 +213,11 @@ impl<'a> Tbl<'a> {
                 continue;
             }
             let at = pos(self.file, self.t.key(k).and_then(|k| k.span()), self.at);
-            let hint = suggest(k, &self.known)
+            // The suggestion is the costly part; skip it for errors that
+            // will not be shown.
+            let hint = (!d.errors_full())
+                .then(|| suggest(k, &self.known))
+                .flatten()
                 .map(|s| format!(" (did you mean `{s}`?)"))
                 .unwrap_or_default();
             d.error(at, format!("unknown key `{k}` in {}{hint}", self.name()));

@@ -11,15 +11,17 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::diag::{Diags, Sp};
+use super::diag::{Diags, Sources, Sp};
 use super::duration::{parse_duration, seconds};
 use super::reader::{Node, StrOrInt, Tbl};
 use crate::model;
 
-/// The file being read: the directory its relative paths are relative to.
+/// The file being read: the directory its relative paths are relative to,
+/// and the loaded files (to render where a path is named).
 #[derive(Debug, Clone, Copy)]
 pub struct FileCtx<'p> {
     pub base: &'p Path,
+    pub sources: &'p Sources,
 }
 
 /// A duration as signed nanoseconds (Traefik: integers are seconds).
@@ -112,9 +114,22 @@ pub fn file_path(n: &Node<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> Option<Sp<Pat
     Some(Sp::new(path(ctx, &s.v), s.at))
 }
 
-pub fn path_list(n: &Node<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> Option<Vec<PathBuf>> {
+/// A list of file paths (CA bundles), each with where it is named.
+pub fn path_list(n: &Node<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> Option<Vec<model::ConfigPath>> {
     let list = n.str_list(d)?;
-    Some(list.iter().map(|s| path(ctx, &s.v)).collect())
+    Some(
+        list.iter()
+            .map(|s| config_path(ctx, Sp::new(path(ctx, &s.v), s.at)))
+            .collect(),
+    )
+}
+
+/// A path with its position rendered (`FILE:LINE:COL`), for the model.
+pub fn config_path(ctx: FileCtx<'_>, p: Sp<PathBuf>) -> model::ConfigPath {
+    model::ConfigPath {
+        path: p.v,
+        at: ctx.sources.locate(p.at),
+    }
 }
 
 /// `{ certFile, keyFile }`, both required. `extra` lets the caller read more
@@ -134,8 +149,8 @@ pub fn cert_pair(
     match (cert, key) {
         (Some(c), Some(k)) => Some(Sp::new(
             model::CertPair {
-                cert_file: c.v,
-                key_file: k.v,
+                cert_file: config_path(ctx, c),
+                key_file: config_path(ctx, k),
             },
             at,
         )),

@@ -8,7 +8,7 @@
 //! (`config/tls.rs` gives the canonical spellings matched here); what is left
 //! to fail is file IO and PEM contents. Pure apart from reading files.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -23,7 +23,8 @@ use rustls::{
 };
 
 use super::store::{self, CertStore, Resolver};
-use crate::model::{TlsOptions, TransportTls};
+use crate::config;
+use crate::model::{ConfigPath, TlsOptions, TransportTls};
 
 /// Where Debian (and most distributions) keep the system CA bundle, used for
 /// backends with `tls = true` and no `rootCAs` (Go's default: system roots).
@@ -141,28 +142,53 @@ fn versions(min: Option<&str>, max: Option<&str>) -> Vec<&'static SupportedProto
     v
 }
 
-/// Certificates from PEM files as a root store; errors are `FILE: message`.
-fn roots(files: &[PathBuf]) -> Result<RootCertStore, String> {
+/// Certificates from PEM files as a root store; errors are
+/// `FILE:LINE:COL: message` at the key naming the file.
+/// Every file is tried, so one run reports all of them.
+fn roots(files: &[ConfigPath]) -> Result<RootCertStore, Vec<String>> {
     let mut store = RootCertStore::empty();
+    let mut errors = Vec::new();
     for f in files {
-        for cert in store::read_chain(f)? {
-            store
-                .add(cert)
-                .map_err(|e| format!("{}: not a usable CA certificate: {e}", f.display()))?;
+        let chain = match store::read_chain(f, config::MAX_CA_FILE_SIZE) {
+            Ok(c) => c,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        for cert in chain {
+            if let Err(e) = store.add(cert) {
+                errors.push(format!(
+                    "{}: `{}`: not a usable CA certificate: {e}",
+                    f.at,
+                    f.path.display()
+                ));
+                break;
+            }
         }
     }
-    Ok(store)
+    if errors.is_empty() {
+        Ok(store)
+    } else {
+        Err(errors)
+    }
 }
 
-fn system_roots() -> Result<RootCertStore, String> {
+/// The system CA bundle; `what` names the configuration that needs it.
+fn system_roots(what: &str) -> Result<RootCertStore, String> {
     let Some(f) = SYSTEM_CA_FILES.iter().map(Path::new).find(|p| p.exists()) else {
         return Err(format!(
-            "no rootCAs given and no system CA bundle found ({}); install ca-certificates or set rootCAs",
+            "{what}: no rootCAs given and no system CA bundle found ({}); install ca-certificates or set rootCAs",
             SYSTEM_CA_FILES.join(", ")
         ));
     };
     let mut store = RootCertStore::empty();
-    let (_, _) = store.add_parsable_certificates(store::read_chain(f)?);
+    let bundle = ConfigPath {
+        path: f.to_path_buf(),
+        at: format!("{what} (system CA bundle)"),
+    };
+    let (_, _) =
+        store.add_parsable_certificates(store::read_chain(&bundle, config::MAX_CA_FILE_SIZE)?);
     Ok(store)
 }
 
@@ -192,7 +218,7 @@ pub fn server_config(
             algs: provider.signature_verification_algorithms,
         }),
         Some(kind) => {
-            let roots = roots(&opts.client_ca_files).map_err(|e| vec![e])?;
+            let roots = roots(&opts.client_ca_files)?;
             let b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
             let b = if kind == "VerifyClientCertIfGiven" {
                 b.allow_unauthenticated()
@@ -257,9 +283,9 @@ pub fn client_side(tls: Option<&TransportTls>, what: &str) -> Result<ClientSide,
             }))
     } else {
         let roots = if tls.root_cas.is_empty() {
-            system_roots().map_err(|e| format!("{what}: {e}"))?
+            system_roots(what)?
         } else {
-            roots(&tls.root_cas)?
+            roots(&tls.root_cas).map_err(|e| e.join("\n"))?
         };
         let v = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
@@ -268,12 +294,22 @@ pub fn client_side(tls: Option<&TransportTls>, what: &str) -> Result<ClientSide,
     };
     let config = match tls.certificates.first() {
         Some(pair) => {
-            let chain = store::read_chain(&pair.cert_file)?;
-            let key = store::read_key(&pair.key_file)?;
+            let (chain, key) = match (
+                store::read_chain(&pair.cert_file, config::MAX_PEM_FILE_SIZE),
+                store::read_key(&pair.key_file),
+            ) {
+                (Ok(chain), Ok(key)) => (chain, key),
+                (chain, key) => {
+                    let errors: Vec<String> =
+                        [chain.err(), key.err()].into_iter().flatten().collect();
+                    return Err(errors.join("\n"));
+                }
+            };
             builder.with_client_auth_cert(chain, key).map_err(|e| {
                 format!(
-                    "{}: unusable client certificate key: {e}",
-                    pair.key_file.display()
+                    "{}: `{}`: unusable client certificate key: {e}",
+                    pair.key_file.at,
+                    pair.key_file.path.display()
                 )
             })?
         }

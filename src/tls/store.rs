@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,8 +20,9 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use super::x509;
+use crate::config;
 use crate::log;
-use crate::model::CertPair;
+use crate::model::{CertPair, ConfigPath};
 
 /// Certificates by name.
 #[derive(Default)]
@@ -48,7 +48,8 @@ impl fmt::Debug for CertStore {
 }
 
 impl CertStore {
-    /// Load every certificate; errors are `FILE: message` lines.
+    /// Load every certificate; errors are `FILE:LINE:COL: message` lines
+    /// (the position of the key naming the file).
     pub fn load(
         certificates: &[CertPair],
         default: Option<&CertPair>,
@@ -65,13 +66,13 @@ impl CertStore {
                         store.insert(&name, &ck);
                     }
                 }
-                Err(e) => errors.push(e),
+                Err(e) => errors.extend(e),
             }
         }
         if let Some(pair) = default {
             match load_pair(pair, provider) {
                 Ok((ck, _)) => store.fallback = Some(Arc::new(ck)),
-                Err(e) => errors.push(e),
+                Err(e) => errors.extend(e),
             }
         }
         if errors.is_empty() {
@@ -138,39 +139,37 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
-/// Read a PEM certificate chain (leaf first).
-pub fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let iter = CertificateDer::pem_file_iter(path).map_err(|e| {
-        format!(
-            "{}: cannot read certificates: {}",
-            path.display(),
-            pem_error(e)
-        )
-    })?;
-    let chain = iter
+/// Read a PEM certificate chain (leaf first) from a file the configuration
+/// names, at most `cap` bytes of a regular file (`config::read_regular`).
+/// Errors start with the position of the key that named the file.
+pub fn read_chain(file: &ConfigPath, cap: u64) -> Result<Vec<CertificateDer<'static>>, String> {
+    let at = &file.at;
+    let path = file.path.display();
+    let bytes = config::read_regular(&file.path, cap)
+        .map_err(|e| format!("{at}: cannot read certificates from `{path}`: {e}"))?;
+    let chain = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: bad PEM certificate: {}", path.display(), pem_error(e)))?;
+        .map_err(|e| format!("{at}: `{path}`: bad PEM certificate: {}", pem_error(e)))?;
     if chain.is_empty() {
         return Err(format!(
-            "{}: no PEM certificate (-----BEGIN CERTIFICATE-----) found",
-            path.display()
+            "{at}: `{path}`: no PEM certificate (-----BEGIN CERTIFICATE-----) found"
         ));
     }
     Ok(chain)
 }
 
-/// Read a PEM private key: PKCS#8, SEC1 (EC) or PKCS#1 (RSA).
-pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => format!(
-            "{}: no PEM private key (PKCS#8, EC or RSA) found",
-            path.display()
-        ),
-        e => format!(
-            "{}: cannot read private key: {}",
-            path.display(),
-            pem_error(e)
-        ),
+/// Read a PEM private key: PKCS#8, SEC1 (EC) or PKCS#1 (RSA); bounded and
+/// positioned like `read_chain`.
+pub fn read_key(file: &ConfigPath) -> Result<PrivateKeyDer<'static>, String> {
+    let at = &file.at;
+    let path = file.path.display();
+    let bytes = config::read_regular(&file.path, config::MAX_PEM_FILE_SIZE)
+        .map_err(|e| format!("{at}: cannot read private key from `{path}`: {e}"))?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            format!("{at}: `{path}`: no PEM private key (PKCS#8, EC or RSA) found")
+        }
+        e => format!("{at}: `{path}`: bad PEM private key: {}", pem_error(e)),
     })
 }
 
@@ -183,28 +182,44 @@ fn pem_error(e: rustls::pki_types::pem::Error) -> String {
 
 /// Load a chain and its key, check they belong together, and return the
 /// names the leaf serves. An expired leaf is a warning: Traefik serves it too.
+/// A problem with the certificate and one with the key are both reported.
 pub fn load_pair(
     pair: &CertPair,
     provider: &CryptoProvider,
-) -> Result<(CertifiedKey, Vec<String>), String> {
-    let chain = read_chain(&pair.cert_file)?;
-    let key = read_key(&pair.key_file)?;
-    let ck = CertifiedKey::from_der(chain, key, provider).map_err(|e| match e {
-        rustls::Error::InconsistentKeys(_) => format!(
-            "{}: the private key does not match the certificate {}",
-            pair.key_file.display(),
-            pair.cert_file.display()
-        ),
-        e => format!("{}: unusable private key: {e}", pair.key_file.display()),
-    })?;
+) -> Result<(CertifiedKey, Vec<String>), Vec<String>> {
+    let (chain, key) = match (
+        read_chain(&pair.cert_file, config::MAX_PEM_FILE_SIZE),
+        read_key(&pair.key_file),
+    ) {
+        (Ok(chain), Ok(key)) => (chain, key),
+        (chain, key) => {
+            return Err([chain.err(), key.err()].into_iter().flatten().collect());
+        }
+    };
+    let ck = CertifiedKey::from_der(chain, key, provider)
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => format!(
+                "{}: the private key `{}` does not match the certificate `{}`",
+                pair.key_file.at,
+                pair.key_file.path.display(),
+                pair.cert_file.path.display()
+            ),
+            e => format!(
+                "{}: `{}`: unusable private key: {e}",
+                pair.key_file.at,
+                pair.key_file.path.display()
+            ),
+        })
+        .map_err(|e| vec![e])?;
     let leaf = &ck.cert[0];
     let mut names: Vec<String> = match webpki::EndEntityCert::try_from(leaf) {
         Ok(ee) => ee.valid_dns_names().map(str::to_string).collect(),
         Err(e) => {
-            return Err(format!(
-                "{}: not a valid X.509 certificate: {e}",
-                pair.cert_file.display()
-            ))
+            return Err(vec![format!(
+                "{}: `{}`: not a valid X.509 certificate: {e}",
+                pair.cert_file.at,
+                pair.cert_file.path.display()
+            )])
         }
     };
     if let Some(cn) = x509::common_name(leaf) {
@@ -220,7 +235,7 @@ pub fn load_pair(
             log!(
                 Warn,
                 "certificate has expired; it is served anyway",
-                file = pair.cert_file.display(),
+                file = pair.cert_file.path.display(),
                 expired_days_ago = (now - not_after) / 86_400
             );
         }

@@ -11,7 +11,7 @@
 //! the caller later replays to the backend are exactly what the client sent.
 //!
 //! Cost: `peek` re-parses from the start of the buffer on each call, which is
-//! O(buffer) and bounded by the cap. `Peek::NeedMore { min_len }` tells the
+//! O(buffer) and bounded by `max_buffered(cap)`. `Peek::NeedMore { min_len }` tells the
 //! caller how long the buffer must be before a new call can answer anything
 //! else, so a byte-at-a-time client does not cost one parse per byte.
 //!
@@ -22,11 +22,13 @@
 use std::fmt;
 use std::net::IpAddr;
 
-/// Default cap on the bytes buffered while waiting for a ClientHello. Typical
-/// hellos are 250–600 bytes, about 1.8 KiB with a post-quantum key share
-/// (X25519MLKEM768 adds 1,216 bytes); 16 KiB is one full TLS record, which
-/// leaves room for large PSK identities and padding while 1,000 concurrent
-/// partial hellos stay within 16 MiB.
+/// Default cap on the ClientHello: the bytes of the handshake records that
+/// carry it (their payload: the hello message, its 4-byte header included),
+/// not counting the 5-byte record headers. Typical hellos are 250–600
+/// bytes, about 1.8 KiB with a post-quantum key share (X25519MLKEM768 adds
+/// 1,216 bytes); 16 KiB is one full TLS record (2^14 bytes of payload), which
+/// leaves room for large PSK identities and padding. Counting the record
+/// header against the cap refused a hello that fills exactly one record.
 pub const DEFAULT_CAP: usize = 16 * 1024;
 
 /// Largest configurable cap: four full records, more than any client sends;
@@ -40,6 +42,16 @@ pub const MIN_CAP: usize = 256;
 
 /// TLS record header: content type (1), legacy version (2), length (2).
 const RECORD_HEADER_LEN: usize = 5;
+
+/// Most bytes buffered for a hello under `cap`: the cap of handshake bytes,
+/// plus record headers worth as many bytes again. TLS lets a client split
+/// its hello into records as small as one byte (six bytes on the wire per
+/// byte of hello); allowing `cap / 5` records keeps that legal for every
+/// real hello (a 1.8 KiB post-quantum hello in 1-byte records is 10.8 KiB)
+/// while bounding the buffer at twice the cap.
+pub fn max_buffered(cap: usize) -> usize {
+    2 * cap.clamp(MIN_CAP, MAX_CAP)
+}
 /// Handshake message header: type (1), 24-bit length (3).
 const HANDSHAKE_HEADER_LEN: usize = 4;
 /// RFC 8446 §5.1: a plaintext record carries at most 2^14 bytes; more is
@@ -73,15 +85,18 @@ const MAX_DNS_LABEL_LEN: usize = 63;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Peek {
     /// Undecided: read more. Every extension of this buffer shorter than
-    /// `min_len` gets this same answer; `min_len` never exceeds the cap.
+    /// `min_len` gets this same answer; `min_len` never exceeds
+    /// `max_buffered(cap)`.
     NeedMore { min_len: usize },
     /// The bytes are not a TLS ClientHello (route as non-TLS or close).
     NotTls(NotTls),
     /// A complete, well-formed ClientHello.
     Hello(ClientHello),
-    /// The length fields announce a hello that needs at least `min_len`
-    /// buffered bytes, more than the cap; decided without waiting for them.
-    TooLarge { min_len: usize },
+    /// The hello is larger than the cap allows, decided without waiting for
+    /// its bytes: its length field announces `hello_len` handshake bytes,
+    /// more than the cap, or it is split into more records than the cap
+    /// allows headers for (`hello_len` is then what it announced).
+    TooLarge { hello_len: usize },
 }
 
 /// The routing-relevant content of a ClientHello.
@@ -180,8 +195,10 @@ impl fmt::Display for NotTls {
 impl std::error::Error for NotTls {}
 
 /// Peeks at the bytes buffered so far (from the first byte of the
-/// connection). `cap` is the most bytes the caller will buffer; it is clamped
-/// to `MIN_CAP..=MAX_CAP`. See the module doc for the cost model.
+/// connection). `cap` is the largest hello accepted, in handshake bytes
+/// (record headers not counted); it is clamped to `MIN_CAP..=MAX_CAP`, and
+/// the caller never needs to buffer more than `max_buffered(cap)` bytes. See
+/// the module doc for the cost model.
 ///
 /// Every decision depends only on bytes already in `buf` and is final: a
 /// longer buffer that starts with the same bytes gets the same answer.
@@ -242,24 +259,17 @@ fn peek_inner(buf: &[u8], cap: usize) -> Result<Peek, NotTls> {
         }
         let body_start = pos + RECORD_HEADER_LEN;
         let rec_end = body_start + len;
-        if rec_end > cap {
-            return Ok(Peek::TooLarge { min_len: rec_end });
+        // This is record number `frags.len() + 1`; its header must fit the
+        // header allowance (see `max_buffered`). The handshake header is
+        // known by now (at most 4 records carry it, and a cap allows at
+        // least `MIN_CAP / 5` records), so `need` is what it announced.
+        if (frags.len() + 1) * RECORD_HEADER_LEN > cap {
+            return Ok(Peek::TooLarge {
+                hello_len: need.unwrap_or(have),
+            });
         }
         if pos == 0 {
             record_version = u16::from_be_bytes([major, minor]);
-        }
-        // Least buffer length for a hello that still misses `missing` bytes
-        // when this record starts: the bytes beyond this record need at
-        // least one more header per 2^14 bytes.
-        let spill_bound = |missing: usize| {
-            let beyond = missing - len;
-            rec_end + beyond + RECORD_HEADER_LEN * beyond.div_ceil(MAX_RECORD_LEN)
-        };
-        let missing = need.unwrap_or(HANDSHAKE_HEADER_LEN).saturating_sub(have);
-        if missing > len && spill_bound(missing) > cap {
-            return Ok(Peek::TooLarge {
-                min_len: spill_bound(missing),
-            });
         }
 
         let available = buf
@@ -291,13 +301,12 @@ fn peek_inner(buf: &[u8], cap: usize) -> Result<Peek, NotTls> {
                 let [_, a, b, c] = hs_header;
                 let body_len = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
                 let total = HANDSHAKE_HEADER_LEN + body_len;
-                need = Some(total);
-                let missing = total - have;
-                if missing > len && spill_bound(missing) > cap {
-                    return Ok(Peek::TooLarge {
-                        min_len: spill_bound(missing),
-                    });
+                // The cap counts handshake bytes: a hello of exactly `cap`
+                // bytes fits, in one full record or spread over several.
+                if total > cap {
+                    return Ok(Peek::TooLarge { hello_len: total });
                 }
+                need = Some(total);
             }
         }
 

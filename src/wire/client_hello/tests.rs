@@ -155,19 +155,28 @@ fn summary(p: &Peek) -> String {
 /// Calls `peek` and asserts what must hold for any input.
 fn checked(buf: &[u8], cap: usize) -> Peek {
     let effective = cap.clamp(MIN_CAP, MAX_CAP);
+    let buffered = max_buffered(cap);
     let p = peek(buf, cap);
     match &p {
         Peek::NeedMore { min_len } => {
             assert!(
-                *min_len > buf.len() && *min_len <= effective,
+                *min_len > buf.len() && *min_len <= buffered,
                 "{p:?} len {}",
                 buf.len()
             )
         }
-        Peek::TooLarge { min_len } => assert!(*min_len > effective, "{p:?}"),
+        // Too many handshake bytes, or too many records for the headers'
+        // allowance (then the hello itself may be under the cap).
+        Peek::TooLarge { hello_len } => assert!(
+            *hello_len > effective
+                || buf.len() >= (effective / RECORD_HEADER_LEN + 1) * RECORD_HEADER_LEN,
+            "{p:?}"
+        ),
         Peek::NotTls(_) => {}
         Peek::Hello(h) => {
-            assert!(h.raw_len <= buf.len() && h.raw_len <= effective);
+            assert!(h.raw_len <= buf.len() && h.raw_len <= buffered);
+            assert!(h.hello_len <= effective, "{h:?}");
+            assert!(h.records * RECORD_HEADER_LEN <= effective, "{h:?}");
             assert_eq!(h.raw_len, h.hello_len + RECORD_HEADER_LEN * h.records);
             assert!(h.hello_len >= HANDSHAKE_HEADER_LEN && h.hello_len < h.raw_len);
             if let Some(sni) = &h.sni {
@@ -283,63 +292,85 @@ fn bytes_after_the_hello_are_left_alone() {
 
 // -------------------------------------------------------------------- cap
 
-/// A hello of exactly `target` framed bytes in records of `chunk` bytes.
+/// A hello of exactly `target` handshake bytes (its 4-byte header
+/// included) in records of `chunk` bytes.
 fn hello_sized(target: usize, chunk: usize) -> Vec<u8> {
     let base = hello_msg(&[host(b"big.example.com"), padding_ext(0)]).len();
-    let records = (1..=target / 5)
-        .find(|r| (target - 5 * r).div_ceil(chunk) == *r)
-        .expect("no framing reaches exactly this size");
-    let raw = frame(
-        &hello_msg(&[
-            host(b"big.example.com"),
-            padding_ext(target - 5 * records - base),
-        ]),
-        chunk,
-    );
-    assert_eq!(raw.len(), target);
-    raw
+    let msg = hello_msg(&[host(b"big.example.com"), padding_ext(target - base)]);
+    assert_eq!(msg.len(), target);
+    frame(&msg, chunk)
+}
+
+#[test]
+fn a_hello_filling_one_full_record_fits_the_default_cap() {
+    // Exactly 2^14 handshake bytes in one record: 16,389 bytes on the wire.
+    // Counting the 5-byte record header against the cap refused it.
+    let raw = hello_sized(MAX_RECORD_LEN, MAX_RECORD_LEN);
+    assert_eq!(raw.len(), MAX_RECORD_LEN + RECORD_HEADER_LEN);
+    match checked(&raw, DEFAULT_CAP) {
+        Peek::Hello(h) => {
+            assert_eq!(h.hello_len, DEFAULT_CAP);
+            assert_eq!((h.records, h.raw_len), (1, raw.len()));
+            assert_eq!(h.sni.as_deref(), Some("big.example.com"));
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
 fn cap_minus_one_and_cap_fit_cap_plus_one_is_too_large_at_once() {
     for (cap, chunk) in [
         (DEFAULT_CAP, MAX_RECORD_LEN),
+        // The cap's worth of handshake bytes spread across records.
+        (DEFAULT_CAP, 8192),
+        (DEFAULT_CAP, 1000),
         (MAX_CAP, MAX_RECORD_LEN),
         (4096, 1000),
         (2048, 64),
     ] {
         for target in [cap - 1, cap] {
-            let hello = match peek(&hello_sized(target, chunk), cap) {
+            let hello = match checked(&hello_sized(target, chunk), cap) {
                 Peek::Hello(hello) => hello,
                 other => panic!("cap {cap}, {target} bytes: {other:?}"),
             };
             assert_eq!(hello.sni.as_deref(), Some("big.example.com"));
+            assert_eq!(hello.hello_len, target);
         }
         let raw = hello_sized(cap + 1, chunk);
-        assert!(
-            matches!(checked(&raw, cap), Peek::TooLarge { .. }),
+        assert_eq!(
+            checked(&raw, cap),
+            Peek::TooLarge { hello_len: cap + 1 },
             "cap {cap}"
         );
-        // Decided without the bytes: every prefix says NeedMore or TooLarge,
-        // and NeedMore never asks for more than the cap.
+        // Decided on the headers, without the bytes: the first record
+        // header and the handshake header.
         let decided = (0..=raw.len())
             .find(|k| matches!(checked(&raw[..*k], cap), Peek::TooLarge { .. }))
             .unwrap();
-        assert!(decided <= cap, "cap {cap}: decided at {decided}");
+        assert_eq!(
+            decided,
+            RECORD_HEADER_LEN + HANDSHAKE_HEADER_LEN.min(chunk),
+            "cap {cap}"
+        );
     }
-    // Full 16 KiB records: the record and handshake headers are enough.
-    let raw = hello_sized(DEFAULT_CAP + 1, MAX_RECORD_LEN);
+}
+
+#[test]
+fn record_headers_are_allowed_up_to_the_cap_again() {
+    // 1-byte records: six wire bytes per hello byte, legal TLS. A hello of
+    // cap/5 bytes has exactly the allowed number of headers.
+    let cap = 2048;
+    let allowed = cap / RECORD_HEADER_LEN;
+    let base = hello_msg(&[host(b"big.example.com"), padding_ext(0)]).len();
+    let fits = hello_sized(allowed, 1);
+    assert!(allowed >= base);
+    assert!(matches!(checked(&fits, cap), Peek::Hello(_)));
+    assert!(fits.len() <= max_buffered(cap));
+    let over = hello_sized(allowed + 1, 1);
     assert_eq!(
-        peek(&raw[..5], DEFAULT_CAP),
+        checked(&over, cap),
         Peek::TooLarge {
-            min_len: DEFAULT_CAP + 1
-        }
-    );
-    let raw = hello_sized(MAX_CAP + 1, MAX_RECORD_LEN);
-    assert_eq!(
-        peek(&raw[..9], MAX_CAP),
-        Peek::TooLarge {
-            min_len: MAX_CAP + 1
+            hello_len: allowed + 1
         }
     );
 }
@@ -404,17 +435,23 @@ fn garbage_table() {
             nt(NotTls::RecordOverflow { len: 0xffff }),
         ),
         (
-            "record above cap",
+            // A full 2^14 record is within the cap: wait for the hello.
+            "full record",
             &[22, 3, 1, 0x40, 0x00],
+            Peek::NeedMore { min_len: 6 },
+        ),
+        (
+            "hello above the cap in a full record",
+            &[22, 3, 1, 0x40, 0x00, 1, 0, 0x40, 0x00],
             Peek::TooLarge {
-                min_len: 5 + 0x4000,
+                hello_len: 4 + 0x4000,
             },
         ),
         (
             "huge handshake length",
             &[22, 3, 1, 0, 4, 1, 0xff, 0xff, 0xff],
             Peek::TooLarge {
-                min_len: 9 + 0xff_ffff + 5 * 1024,
+                hello_len: 4 + 0xff_ffff,
             },
         ),
         (
@@ -641,6 +678,7 @@ fn corpus_replays_with_expected_outcomes() {
         ("zero_length_record.bin", "not_tls:empty_record"),
         ("huge_handshake_length.bin", "too_large"),
         ("duplicate_server_name.bin", "not_tls:duplicate_server_name"),
+        ("full_record_hello.bin", "hello sni=big.example.com alpn="),
     ];
     let files = corpus("client_hello");
     for (name, outcome) in expected {
@@ -727,6 +765,11 @@ fn write_synthetic_seeds() {
                 &hello_msg(&[sni_ext(&[(0, b"a.example"), (0, b"b.example")])]),
                 100,
             ),
+        ),
+        // One full 2^14-byte record: exactly the default cap.
+        (
+            "full_record_hello.bin",
+            hello_sized(MAX_RECORD_LEN, MAX_RECORD_LEN),
         ),
     ];
     let dir: std::path::PathBuf = [env!("CARGO_MANIFEST_DIR"), "fuzz", "corpus", "client_hello"]
