@@ -761,6 +761,89 @@ mod tests {
         }
     }
 
+    /// `n` connected pairs: (the server side, the client side).
+    fn pairs(n: usize) -> Vec<(TcpStream, TcpStream)> {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        (0..n)
+            .map(|_| {
+                let c = TcpStream::connect(addr).unwrap();
+                (l.accept().unwrap().0, c)
+            })
+            .collect()
+    }
+
+    fn slot(id: u64, server: &TcpStream, phase: u8) -> (Slot, Arc<AtomicU8>) {
+        let phase = Arc::new(AtomicU8::new(phase));
+        let slot = Slot {
+            id,
+            phase: phase.clone(),
+            evict: server.try_clone().unwrap(),
+        };
+        (slot, phase)
+    }
+
+    /// The client side sees the server shut the connection (EOF at once).
+    fn shut(client: &TcpStream) -> bool {
+        client
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        matches!((&*client).read(&mut [0u8; 1]), Ok(0))
+    }
+
+    #[test]
+    fn at_the_cap_the_oldest_idle_connection_gives_way() {
+        let conns = pairs(MAX_CONNECTIONS + 3);
+        let slots: Slots = Arc::new(Mutex::new(Vec::new()));
+        let mut phases = Vec::new();
+        for (i, (server, _)) in conns[..MAX_CONNECTIONS].iter().enumerate() {
+            // The two oldest are writing a response: never evicted.
+            let (s, p) = slot(i as u64, server, if i < 2 { WRITE } else { HEAD });
+            assert!(admit(&slots, s));
+            phases.push(p);
+        }
+        // One more: the oldest idle one (the third) is shut down.
+        let (s, _) = slot(100, &conns[MAX_CONNECTIONS].0, HEAD);
+        assert!(admit(&slots, s));
+        assert_eq!(phases[2].load(Ordering::Acquire), EVICTED);
+        assert!(shut(&conns[2].1));
+        assert!(!shut(&conns[0].1) && !shut(&conns[3].1));
+        // Its slot is held until its thread ends; then only writers are left
+        // besides the newest: with every slot writing, a newcomer is refused.
+        Registered {
+            slots: slots.clone(),
+            id: 2,
+        };
+        for s in lock(&slots).iter() {
+            s.phase.store(WRITE, Ordering::Release);
+        }
+        let (s, _) = slot(101, &conns[MAX_CONNECTIONS + 1].0, HEAD);
+        assert!(!admit(&slots, s));
+        assert_eq!(lock(&slots).len(), MAX_CONNECTIONS);
+        // A connection that finished its response (draining) gives way too.
+        lock(&slots)[5].phase.store(DRAIN, Ordering::Release);
+        let (s, _) = slot(102, &conns[MAX_CONNECTIONS + 2].0, HEAD);
+        assert!(admit(&slots, s));
+        assert_eq!(lock(&slots)[5].phase.load(Ordering::Acquire), EVICTED);
+    }
+
+    #[test]
+    fn evicted_connections_that_linger_bound_the_total() {
+        let conns = pairs(1);
+        let server = &conns[0].0;
+        let slots: Slots = Arc::new(Mutex::new(Vec::new()));
+        // Every earlier connection was evicted but its thread has not ended.
+        for i in 0..(MAX_CONNECTIONS + EVICTING_MAX) as u64 {
+            lock(&slots).push(slot(i, server, EVICTED).0);
+        }
+        assert!(!admit(&slots, slot(1000, server, HEAD).0));
+        Registered {
+            slots: slots.clone(),
+            id: 7,
+        };
+        assert!(admit(&slots, slot(1001, server, HEAD).0));
+    }
+
     #[test]
     fn percent_decoding_of_names() {
         assert_eq!(percent_decode("r%40file"), "r@file");
