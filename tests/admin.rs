@@ -456,6 +456,7 @@ fn over_the_cap_idle_connections_give_way_to_ping() {
     // evict it), for at most the cap plus as many being evicted; without a
     // cap the 200 idle connections would hold 400.
     let during = open_fds(p.pid());
+    eprintln!("proxy descriptors: {before} before, {during} with 200 idle admin connections");
     assert!(
         during <= before + 4 * ADMIN_CAP,
         "{before} descriptors before, {during} with 200 idle admin connections"
