@@ -4,30 +4,66 @@
 //! served only when its section (`[ping]`, `[metrics.prometheus]`, `[api]`)
 //! is configured.
 //!
-//! Role: a deliberately tiny HTTP/1.1 server on its own thread with blocking
-//! sockets: one request per connection, `Connection: close`, a bounded request
-//! head and an absolute deadline to receive it, so a slow or hostile client
-//! costs the admin thread at most `REQUEST_DEADLINE` and never touches the
-//! workers. It only *reads* shared state: the current snapshot, its health
-//! flags and the per-worker counters.
+//! Role: a deliberately tiny HTTP/1.1 server with blocking sockets, off the
+//! workers: one request per connection, `Connection: close`. An accept thread
+//! hands each connection to a thread of its own, at most `MAX_CONNECTIONS` at
+//! a time, so one slow or idle client never delays another (a load balancer's
+//! `/ping` must answer while someone holds idle connections open). Every
+//! phase is bounded: the request head by size (`MAX_REQUEST`) and an absolute
+//! deadline (`REQUEST_DEADLINE`), the response by an absolute deadline
+//! (`WRITE_DEADLINE`), the closing drain by bytes and time. At the cap, a new
+//! connection takes the slot of the oldest connection that has not yet sent
+//! its request head (or is only draining after its response): idle
+//! connections are what gets dropped, never a health check that has sent its
+//! request. If every slot is busy writing a response, the new connection is
+//! closed at once. It only *reads* shared state: the current snapshot, its
+//! health flags and the per-worker counters.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::Arc;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::log;
 use crate::model::{Admin, ServiceKind};
+use crate::sys;
 use crate::worker::{Shared, Snapshot};
 
 /// Largest request head accepted (request line and headers); admin requests
 /// are a line and a few headers, and Prometheus sends about 300 bytes.
 const MAX_REQUEST: usize = 8 * 1024;
-/// Time allowed to receive the whole request head, from accept. Requests are
-/// served one at a time, so this bounds how long one client can hold the rest.
+/// Connections served at once. A scrape, a few health checks and an operator
+/// need a handful; 64 leaves room for many checkers while bounding what the
+/// port can cost: one thread (`THREAD_STACK`) and two descriptors each (the
+/// socket and the accept thread's handle to evict it), plus one response.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Stack of a connection thread: it parses a head and renders JSON into heap
+/// buffers, nothing deep; the 2 MiB default would be 128 MiB of address space
+/// at the cap.
+const THREAD_STACK: usize = 256 * 1024;
+/// Time allowed to receive the whole request head, from accept (absolute: a
+/// byte-a-second client gets no more time).
 const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
-/// Time allowed to write a response (a scrape is a few kilobytes).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time allowed to write the whole response, from its first byte (absolute: a
+/// client that reads a byte now and then cannot hold a slot for ever). A
+/// multi-megabyte `/api` listing takes milliseconds on any real link.
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+/// After the response: bytes of further input (a stray CRLF, a pipelined
+/// request) read and discarded before the close, so that the close does not
+/// find unread input and reset the connection (which would destroy the
+/// response still queued). More than this and the client is abusive.
+const DRAIN_MAX: usize = 64 * 1024;
+/// ... and how long to wait for the client's FIN after ours. A client that
+/// neither closes nor sends gets a normal close at the end (nothing unread,
+/// so no reset).
+const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
+/// Kernel send buffer of an admin connection (Linux doubles it). Autotuning
+/// would grow it to `net.ipv4.tcp_wmem`'s maximum (4 MiB by default) for a
+/// client that stalls on a large listing: 256 MiB of kernel memory at the
+/// cap. This is plenty for a local scrape or listing at full speed.
+const SEND_BUFFER: usize = 256 * 1024;
 /// Pause after a failed accept (EMFILE...): never spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -63,25 +99,148 @@ pub fn bind(admin: &Admin) -> io::Result<TcpListener> {
     Ok(l)
 }
 
-/// Serve admin requests on `listener` on a thread of its own.
+/// Serve admin requests on `listener`: an accept thread, and a thread per
+/// connection up to `MAX_CONNECTIONS`.
 pub fn spawn(listener: TcpListener, shared: Arc<Shared>) -> io::Result<()> {
     std::thread::Builder::new()
         .name("sluicegate-admin".into())
-        .spawn(move || loop {
-            match listener.accept() {
-                Ok((s, peer)) => {
-                    if let Err(e) = handle(s, &shared) {
-                        log!(Warn, "admin request failed", client = peer, error = e);
-                    }
-                }
-                Err(_) => std::thread::sleep(ACCEPT_BACKOFF),
-            }
-        })
+        .spawn(move || accept_loop(listener, shared))
         .map(|_| ())
 }
 
+/// Where a connection is; the accept thread may evict one only in `HEAD`
+/// (nothing asked yet) or `DRAIN` (already answered). Transitions out of
+/// those two are compare-and-swap, so an eviction and the connection's own
+/// progress never both win: a response that started is never cut by one.
+const HEAD: u8 = 0;
+const WRITE: u8 = 1;
+const DRAIN: u8 = 2;
+const EVICTED: u8 = 3;
+
+/// Threads of evicted connections that have not exited yet may hold slots
+/// beyond `MAX_CONNECTIONS` for an instant (each exits as soon as its read
+/// sees the shutdown); past this many, a flood of connects is closed at once
+/// instead of outrunning those exits, so threads and descriptors stay
+/// bounded by `MAX_CONNECTIONS + EVICTING_MAX`.
+const EVICTING_MAX: usize = MAX_CONNECTIONS;
+
+struct Slot {
+    id: u64,
+    phase: Arc<AtomicU8>,
+    /// A second handle on the connection, for the accept thread to shut it
+    /// down (which wakes the connection thread's blocking read).
+    evict: TcpStream,
+}
+
+/// The connections being served, in accept order (oldest first).
+type Slots = Arc<Mutex<Vec<Slot>>>;
+
+fn lock(slots: &Slots) -> std::sync::MutexGuard<'_, Vec<Slot>> {
+    // Nothing panics while holding the lock; a poisoned list is still valid.
+    slots.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let slots: Slots = Arc::new(Mutex::new(Vec::with_capacity(
+        MAX_CONNECTIONS + EVICTING_MAX,
+    )));
+    let mut next_id = 0u64;
+    loop {
+        let (s, peer) = match listener.accept() {
+            Ok(c) => c,
+            Err(_) => {
+                std::thread::sleep(ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+        next_id += 1;
+        let id = next_id;
+        let phase = Arc::new(AtomicU8::new(HEAD));
+        // Out of descriptors for the handle: this connection is dropped
+        // (closed) and the next accept may fare better.
+        let Ok(evict) = s.try_clone() else { continue };
+        if !admit(
+            &slots,
+            Slot {
+                id,
+                phase: phase.clone(),
+                evict,
+            },
+        ) {
+            // Every slot is writing a response: close at once (a FIN, no
+            // bytes read, so no reset); the client may retry.
+            continue;
+        }
+        // Created before the thread so that a failed spawn (the closure is
+        // dropped unrun) frees the slot too.
+        let registered = Registered {
+            slots: slots.clone(),
+            id,
+        };
+        let shared = shared.clone();
+        let _ = std::thread::Builder::new()
+            .name("sluicegate-admin-conn".into())
+            .stack_size(THREAD_STACK)
+            .spawn(move || {
+                let _registered = registered;
+                if let Err(e) = handle(s, &shared, &phase) {
+                    // An eviction is the cap working, not a failure.
+                    if phase.load(Ordering::Acquire) != EVICTED {
+                        log!(Warn, "admin request failed", client = peer, error = e);
+                    }
+                }
+            });
+    }
+}
+
+/// Take a slot for a new connection: a free one, else the oldest idle or
+/// draining connection's. `false`: none can be had.
+fn admit(slots: &Slots, slot: Slot) -> bool {
+    let mut list = lock(slots);
+    if list.len() >= MAX_CONNECTIONS + EVICTING_MAX {
+        return false;
+    }
+    let live = list
+        .iter()
+        .filter(|s| s.phase.load(Ordering::Acquire) != EVICTED)
+        .count();
+    if live >= MAX_CONNECTIONS {
+        let evicted = list.iter().find(|s| {
+            [HEAD, DRAIN].into_iter().any(|from| {
+                s.phase
+                    .compare_exchange(from, EVICTED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            })
+        });
+        match evicted {
+            // Its thread sees EOF (or an error) and exits, freeing the slot.
+            Some(old) => {
+                let _ = old.evict.shutdown(Shutdown::Both);
+            }
+            None => return false,
+        }
+    }
+    list.push(slot);
+    true
+}
+
+/// A connection's slot, given back when its thread ends.
+struct Registered {
+    slots: Slots,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let mut list = lock(&self.slots);
+        if let Some(i) = list.iter().position(|s| s.id == self.id) {
+            list.remove(i);
+        }
+    }
+}
+
 /// One request on one connection.
-fn handle(mut s: TcpStream, shared: &Shared) -> io::Result<()> {
+fn handle(mut s: TcpStream, shared: &Shared, phase: &AtomicU8) -> io::Result<()> {
     let resp = match read_head(&mut s) {
         Ok(head) => match parse_request_line(&head) {
             Some((method, target)) => respond(method, target, shared),
@@ -91,12 +250,76 @@ fn handle(mut s: TcpStream, shared: &Shared) -> io::Result<()> {
         Err(HeadError::Timeout) => Response::text(408, "request timeout\n"),
         Err(HeadError::Io(e)) => return Err(e),
     };
-    s.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    s.write_all(&resp.encode())?;
-    // Our FIN after the response; the request head was read in full, so the
-    // close does not reset the client.
+    if phase
+        .compare_exchange(HEAD, WRITE, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        // Evicted while the head arrived: the socket is already shut down.
+        return Ok(());
+    }
+    let _ = socket2::SockRef::from(&s).set_send_buffer_size(SEND_BUFFER);
+    if let Err(e) = write_all_by(&mut s, &resp.encode(), Instant::now() + WRITE_DEADLINE) {
+        // A response cut by its deadline must not end like a complete one:
+        // the close resets instead of sending FIN.
+        let _ = sys::set_linger_zero(s.as_raw_fd());
+        return Err(e);
+    }
+    // Our FIN after the response, then read what the client still sends (a
+    // stray CRLF, a pipelined request) until its FIN: closing a socket with
+    // unread input sends a reset, and a reset destroys the part of the
+    // response still queued in the kernel.
     let _ = s.shutdown(Shutdown::Write);
+    phase.store(DRAIN, Ordering::Release);
+    drain(&mut s);
     Ok(())
+}
+
+/// `write_all` within an absolute deadline.
+fn write_all_by(s: &mut TcpStream, mut data: &[u8], deadline: Instant) -> io::Result<()> {
+    while !data.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "response not read within the write deadline",
+            ));
+        }
+        s.set_write_timeout(Some(left))?;
+        match s.write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            // The deadline check above ends the loop.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted
+                        | io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Read and discard input until EOF, `DRAIN_MAX` bytes or `DRAIN_DEADLINE`.
+fn drain(s: &mut TcpStream) {
+    let deadline = Instant::now() + DRAIN_DEADLINE;
+    let mut buf = [0u8; 4096];
+    let mut budget = DRAIN_MAX;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) if n >= budget => return,
+            Ok(n) => budget -= n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
 }
 
 enum HeadError {
@@ -536,6 +759,89 @@ mod tests {
         for (ms, want) in cases {
             assert_eq!(duration(Duration::from_millis(ms)), want);
         }
+    }
+
+    /// `n` connected pairs: (the server side, the client side).
+    fn pairs(n: usize) -> Vec<(TcpStream, TcpStream)> {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        (0..n)
+            .map(|_| {
+                let c = TcpStream::connect(addr).unwrap();
+                (l.accept().unwrap().0, c)
+            })
+            .collect()
+    }
+
+    fn slot(id: u64, server: &TcpStream, phase: u8) -> (Slot, Arc<AtomicU8>) {
+        let phase = Arc::new(AtomicU8::new(phase));
+        let slot = Slot {
+            id,
+            phase: phase.clone(),
+            evict: server.try_clone().unwrap(),
+        };
+        (slot, phase)
+    }
+
+    /// The client side sees the server shut the connection (EOF at once).
+    fn shut(client: &TcpStream) -> bool {
+        client
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        matches!((&*client).read(&mut [0u8; 1]), Ok(0))
+    }
+
+    #[test]
+    fn at_the_cap_the_oldest_idle_connection_gives_way() {
+        let conns = pairs(MAX_CONNECTIONS + 3);
+        let slots: Slots = Arc::new(Mutex::new(Vec::new()));
+        let mut phases = Vec::new();
+        for (i, (server, _)) in conns[..MAX_CONNECTIONS].iter().enumerate() {
+            // The two oldest are writing a response: never evicted.
+            let (s, p) = slot(i as u64, server, if i < 2 { WRITE } else { HEAD });
+            assert!(admit(&slots, s));
+            phases.push(p);
+        }
+        // One more: the oldest idle one (the third) is shut down.
+        let (s, _) = slot(100, &conns[MAX_CONNECTIONS].0, HEAD);
+        assert!(admit(&slots, s));
+        assert_eq!(phases[2].load(Ordering::Acquire), EVICTED);
+        assert!(shut(&conns[2].1));
+        assert!(!shut(&conns[0].1) && !shut(&conns[3].1));
+        // Its slot is held until its thread ends; then only writers are left
+        // besides the newest: with every slot writing, a newcomer is refused.
+        Registered {
+            slots: slots.clone(),
+            id: 2,
+        };
+        for s in lock(&slots).iter() {
+            s.phase.store(WRITE, Ordering::Release);
+        }
+        let (s, _) = slot(101, &conns[MAX_CONNECTIONS + 1].0, HEAD);
+        assert!(!admit(&slots, s));
+        assert_eq!(lock(&slots).len(), MAX_CONNECTIONS);
+        // A connection that finished its response (draining) gives way too.
+        lock(&slots)[5].phase.store(DRAIN, Ordering::Release);
+        let (s, _) = slot(102, &conns[MAX_CONNECTIONS + 2].0, HEAD);
+        assert!(admit(&slots, s));
+        assert_eq!(lock(&slots)[5].phase.load(Ordering::Acquire), EVICTED);
+    }
+
+    #[test]
+    fn evicted_connections_that_linger_bound_the_total() {
+        let conns = pairs(1);
+        let server = &conns[0].0;
+        let slots: Slots = Arc::new(Mutex::new(Vec::new()));
+        // Every earlier connection was evicted but its thread has not ended.
+        for i in 0..(MAX_CONNECTIONS + EVICTING_MAX) as u64 {
+            lock(&slots).push(slot(i, server, EVICTED).0);
+        }
+        assert!(!admit(&slots, slot(1000, server, HEAD).0));
+        Registered {
+            slots: slots.clone(),
+            id: 7,
+        };
+        assert!(admit(&slots, slot(1001, server, HEAD).0));
     }
 
     #[test]

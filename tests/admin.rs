@@ -302,11 +302,234 @@ workers = 1
     s.read_exact(&mut b).unwrap();
     p.signal(15);
     p.wait_logs(1, |l| l.contains("msg=stopping"));
-    assert_eq!(
-        get(admin, "/ping"),
-        (503, "Service Unavailable".to_string())
-    );
+    // The signal thread logs `stopping` an instant before it sets the flag
+    // /ping reads (a loaded machine showed a 200 in between): poll, bounded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match get(admin, "/ping") {
+            (503, body) => {
+                assert_eq!(body, "Service Unavailable");
+                break;
+            }
+            (200, _) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            other => panic!("/ping while draining: {other:?}"),
+        }
+    }
     s.shutdown(Shutdown::Write).unwrap();
     let _ = read_to_end(&mut s);
     assert_eq!(p.wait_exit(Duration::from_secs(5)), Some(0));
+}
+
+/// Connections the admin entrypoint serves at once (`admin::MAX_CONNECTIONS`).
+const ADMIN_CAP: usize = 64;
+
+/// A config whose `/api/tcp/routers` listing is large (1.6 MB for 2000): `n`
+/// routers with long rules, so that a response is far larger than what the
+/// socket buffers of a client that reads nothing can absorb.
+fn big_config(n: usize) -> String {
+    let mut cfg = format!(
+        r#"
+[entryPoints.main]
+address = "127.0.0.1:0"
+[entryPoints.traefik]
+address = "127.0.0.1:0"
+[ping]
+[api]
+[tcp.services.s.loadBalancer]
+[[tcp.services.s.loadBalancer.servers]]
+address = "{}"
+[runtime]
+workers = 1
+"#,
+        refused_addr()
+    );
+    for r in 0..n {
+        let rule: Vec<String> = (0..24)
+            .map(|i| format!("ClientIP(`10.{}.{}.{i}/32`)", r / 256, r % 256))
+            .collect();
+        cfg.push_str(&format!(
+            "[tcp.routers.router-{r:05}]\nentryPoints = [\"main\"]\nrule = \"{}\"\nservice = \"s\"\n",
+            rule.join(" || ")
+        ));
+    }
+    cfg
+}
+
+/// Send `GET path` and read nothing: the response stays queued. A small
+/// receive buffer (which also turns off its autotuning) keeps the kernel from
+/// absorbing the whole response on the reader's behalf.
+fn request_and_stall(addr: SocketAddr, path: &str) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(16 * 1024).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let mut s: TcpStream = sock.into();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    s
+}
+
+/// `GET /ping`, timed; the read timeout keeps a server that never answers
+/// from hanging the test.
+fn timed_ping(addr: SocketAddr) -> (Result<(u16, String), String>, Duration) {
+    let t = std::time::Instant::now();
+    let res = (|| {
+        let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        let (raw, err) = read_to_end(&mut s);
+        if let Some(e) = err {
+            return Err(format!("{e} after {} bytes", raw.len()));
+        }
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").ok_or(text.clone())?;
+        Ok((head[9..12].parse().unwrap_or(0), body.to_string()))
+    })();
+    (res, t.elapsed())
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Issue 8 item 6: idle connections and a reader that stalls on a large
+/// `/api` response do not delay `/ping` (they used to be served one at a
+/// time, 2 s of read deadline each: 30 idle connections delayed it by more
+/// than a minute), and a response nobody reads is cut by its write deadline
+/// with a reset, not a clean end.
+#[test]
+fn ping_answers_promptly_beside_idle_connections_and_a_stalled_reader() {
+    let p = Proxy::start(&big_config(2000));
+    let admin = p.addr("traefik");
+    let stalled = request_and_stall(admin, "/api/tcp/routers");
+    let sent = std::time::Instant::now();
+    let idle: Vec<TcpStream> = (0..30)
+        .map(|_| TcpStream::connect(admin).unwrap())
+        .collect();
+
+    let (res, took) = timed_ping(admin);
+    eprintln!("/ping beside 30 idle connections and a stalled reader: {took:?}");
+    assert_eq!(res, Ok((200, "OK".to_string())));
+    // Generous for a loaded machine; the one-at-a-time server took > 60 s.
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    // The idle ones get their 408 at the head deadline, all at once.
+    for mut s in idle {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let (raw, _) = read_to_end(&mut s);
+        assert!(
+            raw.starts_with(b"HTTP/1.1 408 "),
+            "{}",
+            String::from_utf8_lossy(&raw)
+        );
+    }
+
+    // The stalled reader, once past the write deadline (10 s), finds its
+    // response cut and the cut marked by a reset.
+    std::thread::sleep(Duration::from_secs(12).saturating_sub(sent.elapsed()));
+    let mut stalled = stalled;
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let (raw, err) = read_to_end(&mut stalled);
+    assert_eq!(
+        err.map(|e| e.kind()),
+        Some(std::io::ErrorKind::ConnectionReset),
+        "after {} bytes",
+        raw.len()
+    );
+    let full = get(admin, "/api/tcp/routers").1.len();
+    assert!(full > 1_500_000, "{full}");
+    assert!(raw.len() < full, "{} of {full}", raw.len());
+}
+
+/// Issue 8 item 6: beyond the cap, the oldest idle connections are the ones
+/// dropped, so `/ping` still answers, and the port's descriptors stay bounded.
+#[test]
+fn over_the_cap_idle_connections_give_way_to_ping() {
+    let p = Proxy::start(&config(Backend::echo().addr));
+    let admin = p.addr("traefik");
+    let before = open_fds(p.pid());
+    let idle: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(admin).unwrap())
+        .collect();
+
+    let (res, took) = timed_ping(admin);
+    eprintln!("/ping beside 200 idle connections (cap {ADMIN_CAP}): {took:?}");
+    assert_eq!(res, Ok((200, "OK".to_string())));
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // Two descriptors per served connection (the socket and the handle to
+    // evict it), for at most the cap plus as many being evicted; without a
+    // cap the 200 idle connections would hold 400.
+    let during = open_fds(p.pid());
+    eprintln!("proxy descriptors: {before} before, {during} with 200 idle admin connections");
+    assert!(
+        during <= before + 4 * ADMIN_CAP,
+        "{before} descriptors before, {during} with 200 idle admin connections"
+    );
+
+    // Every idle connection is closed by the server: the evicted ones at
+    // once with nothing, the others with a 408 at the head deadline.
+    let (mut evicted, mut timed_out) = (0, 0);
+    for mut s in idle {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let (raw, err) = read_to_end(&mut s);
+        match (raw.is_empty(), err) {
+            (true, _) => evicted += 1,
+            (false, None) if raw.starts_with(b"HTTP/1.1 408 ") => timed_out += 1,
+            (_, err) => panic!("{err:?}: {}", String::from_utf8_lossy(&raw)),
+        }
+    }
+    eprintln!("of 200 idle connections: {evicted} evicted, {timed_out} answered 408");
+    assert!(evicted >= 1 && timed_out >= 1, "{evicted} {timed_out}");
+    assert_eq!(get(admin, "/ping").0, 200);
+}
+
+/// Issue 8 item 7: bytes after the request head (a stray CRLF, a pipelined
+/// request) used to make the close reset the connection, destroying the
+/// queued end of a large response (a 3 MB listing stopped at 128 000 bytes).
+#[test]
+fn bytes_after_the_request_do_not_cut_a_large_response() {
+    let p = Proxy::start(&big_config(2000));
+    let admin = p.addr("traefik");
+    let head = &b"GET /api/tcp/routers HTTP/1.1\r\nHost: x\r\n\r\n"[..];
+    for extra in [&b"\r\n"[..], b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n"] {
+        for together in [true, false] {
+            let mut s = TcpStream::connect(admin).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            if together {
+                s.write_all(&[head, extra].concat()).unwrap();
+            } else {
+                // The extra bytes arrive after the server read the head
+                // and while it writes the response.
+                s.write_all(head).unwrap();
+                std::thread::sleep(Duration::from_millis(300));
+                s.write_all(extra).unwrap();
+            }
+            let (raw, err) = read_to_end(&mut s);
+            let what = format!(
+                "extra {:?}, sent with the head: {together}",
+                String::from_utf8_lossy(extra)
+            );
+            assert!(err.is_none(), "{what}: {err:?} after {} bytes", raw.len());
+            let end = raw
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .unwrap_or_else(|| panic!("{what}: no head in {} bytes", raw.len()))
+                + 4;
+            let head = String::from_utf8_lossy(&raw[..end]);
+            let len: usize = head
+                .split("\r\nContent-Length: ")
+                .nth(1)
+                .and_then(|v| v.split("\r\n").next()?.parse().ok())
+                .unwrap_or_else(|| panic!("{what}: {head}"));
+            assert!(len > 1_500_000, "{what}: {len}");
+            assert_eq!(raw.len() - end, len, "{what}: body bytes received");
+        }
+    }
 }
