@@ -196,8 +196,10 @@ fn signal_loop(shared: &Arc<Shared>, reloads: &mpsc::Sender<ReloadMsg>) {
                     .map(|e| e.grace_timeout)
                     .max()
                     .unwrap_or_default();
-                log!(Info, "stopping", signal = sig, grace_ms = grace.as_millis());
+                // Stop first: a test (or an operator) that sees the log line
+                // must find /ping answering 503 already.
                 shared.stop();
+                log!(Info, "stopping", signal = sig, grace_ms = grace.as_millis());
             }
             StopAction::Ignore => {
                 let since = first_stop.map_or(0, |t| now.duration_since(t).as_millis());
