@@ -254,3 +254,62 @@ fn server_speaks_first_greeting_arrives_without_client_bytes() {
         );
     }
 }
+
+/// Read everything at about `rate` bytes/s in small chunks (a slow client):
+/// returns the bytes and the error that ended the stream, if any.
+fn read_throttled(s: &mut TcpStream, rate: u64) -> (Vec<u8>, Option<std::io::Error>) {
+    let start = std::time::Instant::now();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (out, None),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => return (out, Some(e)),
+        }
+        // Sleep until the bytes read so far match the pace.
+        let due = Duration::from_secs_f64(out.len() as f64 / rate as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            thread::sleep(wait);
+        }
+    }
+}
+
+#[test]
+fn slow_reader_gets_every_byte_of_a_finished_reply() {
+    // The backend writes 16 MiB and closes cleanly; the client keeps its
+    // write side open and reads at ~8 MB/s. terminationDelay (Traefik's
+    // 100 ms) expires while MiBs are still queued towards the client: the
+    // direction that finished must keep every byte (no reset), and the
+    // access log counts what the client received.
+    const LEN: usize = 16 << 20;
+    let backend = Backend::start(|mut s| {
+        let _ = s.write_all(&pattern(LEN, 21));
+        let _ = s.shutdown(Shutdown::Write);
+    });
+    let expect = checksum(&pattern(LEN, 21));
+    for &(driver, fwd) in VARIANTS {
+        let p = Proxy::start(&config(
+            driver,
+            fwd,
+            backend.addr,
+            "terminationDelay = \"100ms\"",
+        ));
+        let mut s = TcpStream::connect(p.addr("main")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let (got, err) = read_throttled(&mut s, 8_000_000);
+        assert!(
+            err.is_none(),
+            "{driver}/{fwd}: {err:?} after {} of {LEN} bytes",
+            got.len()
+        );
+        assert_eq!(got.len(), LEN, "{driver}/{fwd}: bytes lost");
+        assert_eq!(checksum(&got), expect, "{driver}/{fwd}");
+        let l = &p.wait_conns(1)[0];
+        assert_eq!(
+            field(l, "down"),
+            Some(LEN.to_string()),
+            "{driver}/{fwd}: {l}"
+        );
+    }
+}
