@@ -58,6 +58,8 @@ pub const POOL_TRIM_PERIOD: Duration = Duration::from_secs(1);
 pub fn trim_pools() {
     buffers::trim();
     splice::trim();
+    // Also what connections freed directly (spares over the busy caps).
+    sys::allocator_collect();
 }
 
 /// How a connection is forwarded, resolved from the snapshot.
