@@ -283,8 +283,9 @@ fn slow_reader_gets_every_byte_of_a_finished_reply() {
     // direction that finished must keep every byte (no reset), and the
     // access log counts what the client received.
     const LEN: usize = 16 << 20;
-    let backend = Backend::start(|mut s| {
-        let _ = s.write_all(&pattern(LEN, 21));
+    let reply = std::sync::Arc::new(pattern(LEN, 21));
+    let backend = Backend::start(move |mut s| {
+        let _ = s.write_all(&reply);
         let _ = s.shutdown(Shutdown::Write);
     });
     let expect = checksum(&pattern(LEN, 21));
@@ -311,5 +312,53 @@ fn slow_reader_gets_every_byte_of_a_finished_reply() {
             Some(LEN.to_string()),
             "{driver}/{fwd}: {l}"
         );
+    }
+}
+
+#[test]
+fn a_reply_cut_by_termination_delay_is_reset_and_counts_what_arrived() {
+    // The client half-closes at once; the backend streams 64 MiB, far more
+    // than the client (reading slowly) takes before terminationDelay cuts
+    // the still-open direction: the client must see a reset (a cut reply
+    // never looks complete), and `down=` must not count the bytes the reset
+    // destroyed in the proxy's queue.
+    // Made once: generating 64 MiB in a debug build outlasts the delay.
+    let reply = std::sync::Arc::new(pattern(64 << 20, 31));
+    let backend = Backend::start(move |mut s| {
+        let _ = s.write_all(&reply);
+    });
+    for &(driver, fwd) in VARIANTS {
+        let p = Proxy::start(&config(
+            driver,
+            fwd,
+            backend.addr,
+            "terminationDelay = \"300ms\"",
+        ));
+        let mut s = TcpStream::connect(p.addr("main")).unwrap();
+        s.write_all(b"go").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let (got, err) = read_throttled(&mut s, 8_000_000);
+        assert_eq!(
+            err.map(|e| e.kind()),
+            Some(ErrorKind::ConnectionReset),
+            "{driver}/{fwd}: after {} bytes",
+            got.len()
+        );
+        assert!(got.len() < 64 << 20, "{driver}/{fwd}: nothing was cut");
+        let l = &p.wait_conns(1)[0];
+        assert_eq!(
+            field(l, "outcome").as_deref(),
+            Some("termination_delay"),
+            "{l}"
+        );
+        let down: usize = field(l, "down").unwrap().parse().unwrap();
+        assert!(
+            down <= got.len(),
+            "{driver}/{fwd}: down={down} but the client received {}",
+            got.len()
+        );
+        eprintln!("{driver}/{fwd}: down={down} received={}", got.len());
+        assert_eq!(field(l, "up").as_deref(), Some("2"), "{l}");
     }
 }
