@@ -362,3 +362,41 @@ fn a_reply_cut_by_termination_delay_is_reset_and_counts_what_arrived() {
         assert_eq!(field(l, "up").as_deref(), Some("2"), "{l}");
     }
 }
+
+#[test]
+fn a_reset_passed_on_after_the_drain_wait_counts_only_what_arrived() {
+    // The backend sends 2 MiB (all of it fits in the proxy's send queue and
+    // the client's receive buffer) and resets; the client reads nothing for
+    // 3 s, longer than the proxy waits (2 s) for its queue to drain before
+    // it passes the reset on. What was still queued then is lost, and
+    // `down=` must not count it.
+    let reply = std::sync::Arc::new(pattern(2 << 20, 51));
+    let backend = Backend::start(move |mut s| {
+        let _ = s.write_all(&reply);
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+    });
+    for &(driver, fwd) in VARIANTS {
+        let p = Proxy::start(&config(driver, fwd, backend.addr, ""));
+        let mut s = TcpStream::connect(p.addr("main")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        thread::sleep(Duration::from_secs(3));
+        let (got, err) = read_to_end(&mut s);
+        assert_eq!(
+            err.map(|e| e.kind()),
+            Some(ErrorKind::ConnectionReset),
+            "{driver}/{fwd}"
+        );
+        let l = &p.wait_conns(1)[0];
+        assert_eq!(field(l, "outcome").as_deref(), Some("backend_reset"), "{l}");
+        let down: usize = field(l, "down").unwrap().parse().unwrap();
+        assert!(
+            down <= got.len(),
+            "{driver}/{fwd}: down={down} but the client received {}",
+            got.len()
+        );
+        eprintln!("{driver}/{fwd}: down={down} received={}", got.len());
+        assert!(got.len() < 2 << 20, "{driver}/{fwd}: nothing was lost");
+    }
+}

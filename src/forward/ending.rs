@@ -250,3 +250,44 @@ async fn keep_drain(s: &TcpStream, cut: &Cutoff) {
     }
     discard_input(fd);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_socket_follows_the_direction_writing_into_it() {
+        use Flow::*;
+        let keep = |input_done| Fate::Keep { input_done };
+        // [client, backend]; up = client → backend, down = backend → client.
+        for outcome in [
+            Outcome::TerminationDelay,
+            Outcome::IdleTimeout,
+            Outcome::Drained,
+        ] {
+            // Backend finished first (its FIN passed on), the client's side
+            // was cut: the client keeps its bytes, the backend is reset.
+            assert_eq!(fates(outcome, Open, Finished), [keep(false), Fate::Reset]);
+            // The mirror.
+            assert_eq!(fates(outcome, Finished, Open), [Fate::Reset, keep(false)]);
+            // Both cut (idle timeout, drain).
+            assert_eq!(fates(outcome, Open, Open), [Fate::Reset, Fate::Reset]);
+        }
+        assert_eq!(
+            fates(Outcome::Closed, Finished, Finished),
+            [keep(true), keep(true)]
+        );
+        // A failure is passed on as a reset after the queue has left,
+        // whatever the other direction was doing.
+        for up in [Open, Finished, Failed] {
+            assert_eq!(
+                fates(Outcome::ClientReset, up, Open),
+                [Fate::Gone, Fate::ResetAfterDrain]
+            );
+            assert_eq!(
+                fates(Outcome::BackendReset, Open, up),
+                [Fate::ResetAfterDrain, Fate::Gone]
+            );
+        }
+    }
+}
