@@ -6,18 +6,26 @@
 //!
 //! Every path out of `serve` ends in one counted outcome (reliability
 //! promise 3). Nothing here panics on peer input.
+//!
+//! The drain's cut (`forward::Cutoff`) ends every phase: before forwarding
+//! `serve` drops the phase and resets the client (and a dialed backend);
+//! while forwarding the pumps end themselves (`Outcome::Drained`). Both are
+//! counted as `drain_cut`.
 
 use std::cell::Cell;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::pin::pin;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
 use crate::config::rule::MatchCtx;
-use crate::forward::{self, write_all, Outcome};
+use crate::forward::{self, write_all, Cutoff, Outcome};
 use crate::model::{MiddlewareKind, ServiceKind};
 use crate::peek::{PeekError, Peeked, Reader};
 use crate::wire::{client_hello, postgres, proxy_protocol};
@@ -52,6 +60,8 @@ enum Early {
     BackendWrite,
     /// TLS termination ended before forwarding.
     Tls(&'static str),
+    /// The drain's time ran out before forwarding started.
+    Drained,
 }
 
 impl Early {
@@ -68,6 +78,7 @@ impl Early {
             Early::BackendRefusedTls => "backend_refused_tls",
             Early::BackendWrite => "backend_write_failed",
             Early::Tls(s) => s,
+            Early::Drained => Outcome::Drained.as_str(),
         }
     }
 }
@@ -140,6 +151,7 @@ pub async fn serve(
     client: TcpStream,
     peer: SocketAddr,
     shared: &Shared,
+    cut: &Cutoff,
 ) {
     let mut acc = Access {
         ws: &ws,
@@ -150,7 +162,29 @@ pub async fn serve(
         service: None,
         server: None,
     };
-    match run(&ws, ep, &client, peer, shared, &mut acc).await {
+    let result = {
+        let mut phases = pin!(run(&ws, ep, &client, peer, shared, &mut acc, cut));
+        poll_fn(|cx| {
+            if let Poll::Ready(r) = phases.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
+            // Once forwarding runs, the pump ends itself on a cut (and
+            // applies the ending policy); before that, the phase in progress
+            // (peek, dial, handshake, replay) is dropped here.
+            if cut.before_forwarding() && cut.poll_cut(cx).is_ready() {
+                // Armed while the phase still owns the backend socket, so its
+                // close is a reset too.
+                if let Some(fd) = cut.backend() {
+                    let _ = sys::set_linger_zero(fd);
+                }
+                let _ = sys::set_linger_zero(client.as_raw_fd());
+                return Poll::Ready(Err(Early::Drained));
+            }
+            Poll::Pending
+        })
+        .await
+    };
+    match result {
         Ok((report, outcome)) => acc.emit(
             outcome.as_str(),
             report.up,
@@ -179,6 +213,7 @@ async fn run<'a>(
     peer: SocketAddr,
     shared: &Shared,
     acc: &mut Access<'a>,
+    cut: &Cutoff,
 ) -> Result<(forward::Report, Outcome), Early> {
     let cfg = &ws.snap.config;
     // Nothing to set on the client socket: `sys::accept4` made it
@@ -289,6 +324,7 @@ async fn run<'a>(
 
     acc.service = Some(router.service);
     let (backend, lb_service, server_idx) = Box::pin(dial_service(ws, router.service, acc)).await?;
+    cut.set_backend(backend.as_raw_fd());
     let ServiceKind::LoadBalancer(lb) = &cfg.services[lb_service].kind else {
         return Err(Early::NoServer);
     };
@@ -335,6 +371,7 @@ async fn run<'a>(
             &backend,
             backend_tls,
             &opts,
+            cut,
         ))
         .await);
     }
@@ -351,7 +388,7 @@ async fn run<'a>(
             .map_err(|_| Early::BackendWrite)?;
     }
     drop(peeked);
-    let (mut report, outcome) = forward::duplex(client, &backend, &opts).await;
+    let (mut report, outcome) = forward::duplex(client, &backend, &opts, cut).await;
     report.up += replayed;
     Ok((report, outcome))
 }

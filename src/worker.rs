@@ -7,7 +7,11 @@
 //! Lifecycle of a worker: bind (done by `Engine::bind` on the main thread so
 //! errors stop start-up) → run accept loops → on stop: the control thread
 //! shuts the listeners down (pending accepts fail), the worker waits for its
-//! connections up to the grace timeout, then returns.
+//! connections, each up to its own entrypoint's `graceTimeOut` from the stop
+//! (Traefik's meaning), then cuts the ones left (`forward::Cutoff`: a
+//! reset, never a clean end, for what was still moving) and returns once they
+//! are closed (at most `CUT_SETTLE` after the last cut). `Shared::cut_now`
+//! ends the drain at once the same way.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -23,6 +27,7 @@ use monoio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::balance::Balancer;
+use crate::forward::Cutoff;
 use crate::model::{Config, Driver};
 use crate::route::RouteTable;
 use crate::{log, session, sys};
@@ -34,6 +39,13 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How often a worker looks at the stop flag.
 const HOUSEKEEPING: Duration = Duration::from_millis(50);
+/// How often a draining worker looks at its connections' deadlines (and at
+/// `cut_now`): a cut is late by at most this.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// Longest wait after the last cut for the cut connections to apply their
+/// resets and close; a worker returns then even if some have not (their
+/// sockets are closed when the runtime is dropped).
+const CUT_SETTLE: Duration = Duration::from_secs(1);
 /// Connections accepted per readiness wake-up before yielding to others.
 const ACCEPT_BURST: usize = 64;
 /// io_uring submission queue size: enough for thousands of pending polls.
@@ -70,6 +82,8 @@ pub struct Shared {
     snapshot: Mutex<Arc<Snapshot>>,
     generation: AtomicU64,
     stopping: AtomicBool,
+    /// `cut_now`: end the drain at once.
+    cut_all: AtomicBool,
     listener_fds: Mutex<Vec<RawFd>>,
     /// `inFlightConn`: open connections per (middleware, client IP). Only
     /// touched by routers that use the middleware.
@@ -86,6 +100,7 @@ impl Shared {
             snapshot: Mutex::new(Arc::new(snap)),
             generation: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            cut_all: AtomicBool::new(false),
             listener_fds: Mutex::new(Vec::new()),
             in_flight: Mutex::new(HashMap::new()),
             metrics: crate::metrics::Registry::default(),
@@ -121,12 +136,23 @@ impl Shared {
         }
     }
 
-    pub fn cut_now(&self) {
-        self.stop()
-    } // placeholder: replaced at merge by the drain cut
-
     pub fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
+    }
+
+    /// End the drain at once (a second stop signal, SIGQUIT): stop accepting
+    /// if not yet stopped, then every worker cuts all its live connections
+    /// within `DRAIN_POLL` (a direction still moving is reset, one that had
+    /// finished keeps its bytes) and returns once they are closed (at most
+    /// `CUT_SETTLE` later). Does not wait: the main thread's join of the
+    /// workers does.
+    pub fn cut_now(&self) {
+        self.cut_all.store(true, Ordering::Release);
+        self.stop();
+    }
+
+    fn cut_requested(&self) -> bool {
+        self.cut_all.load(Ordering::Acquire)
     }
 }
 
@@ -278,25 +304,88 @@ fn uring_runtime(tuned: bool) -> io::Result<UringRuntime> {
         .build()
 }
 
-thread_local! {
-    /// Live connections on this worker (for the drain on stop).
-    static LIVE: Cell<usize> = const { Cell::new(0) };
+/// This worker's live connections: entrypoint and cut signal of each, in
+/// slots reused through a free list (registration is O(1) per connection).
+#[derive(Default)]
+struct Registry {
+    slots: Vec<Option<(usize, Rc<Cutoff>)>>,
+    free: Vec<usize>,
+    live: usize,
 }
 
-/// Counts a live connection for as long as it exists.
-pub struct LiveGuard(());
+thread_local! {
+    /// Live connections on this worker (for the drain on stop).
+    static LIVE: RefCell<Registry> = RefCell::new(Registry::default());
+}
+
+fn live_count() -> usize {
+    LIVE.with(|r| r.borrow().live)
+}
+
+/// Registers a live connection (its entrypoint and cut signal) for as long
+/// as it exists.
+pub struct LiveGuard {
+    slot: usize,
+    cut: Rc<Cutoff>,
+}
 
 impl LiveGuard {
-    fn new() -> LiveGuard {
-        LIVE.with(|l| l.set(l.get() + 1));
-        LiveGuard(())
+    fn new(ep: usize) -> LiveGuard {
+        let cut = Cutoff::new();
+        let slot = LIVE.with(|r| {
+            let mut r = r.borrow_mut();
+            r.live += 1;
+            let entry = Some((ep, cut.clone()));
+            match r.free.pop() {
+                Some(i) => {
+                    r.slots[i] = entry;
+                    i
+                }
+                None => {
+                    r.slots.push(entry);
+                    r.slots.len() - 1
+                }
+            }
+        });
+        LiveGuard { slot, cut }
     }
 }
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        LIVE.with(|l| l.set(l.get() - 1));
+        LIVE.with(|r| {
+            let mut r = r.borrow_mut();
+            r.live -= 1;
+            if let Some(s) = r.slots.get_mut(self.slot) {
+                *s = None;
+                r.free.push(self.slot);
+            }
+        });
     }
+}
+
+/// Cut the live connections whose drain time is over (all of them with
+/// `all`); returns how many were cut now, how many of those were still
+/// working (not already closing), and whether some are left to cut later.
+fn cut_due(all: bool, deadlines: &[Instant], now: Instant) -> (usize, usize, bool) {
+    let mut due = Vec::new();
+    let mut waiting = false;
+    LIVE.with(|r| {
+        for (ep, cut) in r.borrow().slots.iter().flatten() {
+            if cut.is_cut() {
+                continue;
+            }
+            // An entrypoint the stop-time snapshot does not know: cut now.
+            if all || deadlines.get(*ep).is_none_or(|d| now >= *d) {
+                due.push(cut.clone());
+            } else {
+                waiting = true;
+            }
+        }
+    });
+    // Outside the registry's borrow: a cut wakes its task (never runs it).
+    let working = due.iter().filter(|c| c.cut()).count();
+    (due.len(), working, waiting)
 }
 
 /// This worker's current snapshot, refreshed when the control plane publishes
@@ -324,10 +413,7 @@ async fn worker_main(id: usize, shared: Arc<Shared>, listeners: Listeners) -> io
         seen: Cell::new(shared.generation.load(Ordering::Acquire)),
         snap: RefCell::new(WorkerSnap::new(shared.current())),
     });
-    let mut grace = Duration::ZERO;
     for (ep, std_listener) in listeners {
-        let eg = current.snap.borrow().snap.config.entrypoints[ep].grace_timeout;
-        grace = grace.max(eg);
         shared
             .listener_fds
             .lock()
@@ -342,20 +428,56 @@ async fn worker_main(id: usize, shared: Arc<Shared>, listeners: Listeners) -> io
             shared.clone(),
         ));
     }
+    let mut trimmed = Instant::now();
     while !shared.stopping() {
         monoio::time::sleep(HOUSEKEEPING).await;
+        if trimmed.elapsed() >= crate::forward::POOL_TRIM_PERIOD {
+            trimmed = Instant::now();
+            crate::forward::trim_pools();
+        }
     }
-    // Drain: connections finish on their own up to the grace timeout.
-    let deadline = Instant::now() + grace;
-    while LIVE.with(|l| l.get()) > 0 && Instant::now() < deadline {
-        monoio::time::sleep(Duration::from_millis(20)).await;
+    // Drain: each connection finishes on its own up to its entrypoint's
+    // graceTimeOut from now, then is cut.
+    let stopped = Instant::now();
+    let deadlines: Vec<Instant> = shared
+        .current()
+        .config
+        .entrypoints
+        .iter()
+        .map(|e| stopped + e.grace_timeout)
+        .collect();
+    let mut cut_total = 0usize;
+    let mut last_cut: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        let (n, working, waiting) = cut_due(shared.cut_requested(), &deadlines, now);
+        if n > 0 {
+            last_cut = Some(now);
+        }
+        cut_total += working;
+        if live_count() == 0 {
+            break;
+        }
+        // Everything is cut: the resets take a poll or two; do not wait for
+        // ever on a connection that does not end.
+        if !waiting && last_cut.is_some_and(|t| now.duration_since(t) >= CUT_SETTLE) {
+            break;
+        }
+        monoio::time::sleep(DRAIN_POLL).await;
     }
-    let left = LIVE.with(|l| l.get());
+    if cut_total > 0 {
+        log!(
+            Warn,
+            &format!("drain ended: {cut_total} connections cut"),
+            worker = id,
+            cut = cut_total
+        );
+    }
     log!(
         Info,
         "worker stopped",
         worker = id,
-        open_connections_closed = left
+        open_connections_closed = live_count()
     );
     Ok(())
 }
@@ -399,10 +521,10 @@ async fn accept_loop(
                         };
                         let ws = current.get(&shared);
                         crate::metrics::accepted(ep);
-                        let guard = LiveGuard::new();
+                        let guard = LiveGuard::new(ep);
                         let shared = shared.clone();
                         monoio::spawn(async move {
-                            session::serve(ws, ep, stream, peer, &shared).await;
+                            session::serve(ws, ep, stream, peer, &shared, &guard.cut).await;
                             drop(guard);
                         });
                     }

@@ -254,3 +254,149 @@ fn server_speaks_first_greeting_arrives_without_client_bytes() {
         );
     }
 }
+
+/// Read everything at about `rate` bytes/s in small chunks (a slow client):
+/// returns the bytes and the error that ended the stream, if any.
+fn read_throttled(s: &mut TcpStream, rate: u64) -> (Vec<u8>, Option<std::io::Error>) {
+    let start = std::time::Instant::now();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (out, None),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => return (out, Some(e)),
+        }
+        // Sleep until the bytes read so far match the pace.
+        let due = Duration::from_secs_f64(out.len() as f64 / rate as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            thread::sleep(wait);
+        }
+    }
+}
+
+#[test]
+fn slow_reader_gets_every_byte_of_a_finished_reply() {
+    // The backend writes 16 MiB and closes cleanly; the client keeps its
+    // write side open and reads at ~8 MB/s. terminationDelay (Traefik's
+    // 100 ms) expires while MiBs are still queued towards the client: the
+    // direction that finished must keep every byte (no reset), and the
+    // access log counts what the client received.
+    const LEN: usize = 16 << 20;
+    let reply = std::sync::Arc::new(pattern(LEN, 21));
+    let backend = Backend::start(move |mut s| {
+        let _ = s.write_all(&reply);
+        let _ = s.shutdown(Shutdown::Write);
+    });
+    let expect = checksum(&pattern(LEN, 21));
+    for &(driver, fwd) in VARIANTS {
+        let p = Proxy::start(&config(
+            driver,
+            fwd,
+            backend.addr,
+            "terminationDelay = \"100ms\"",
+        ));
+        let mut s = TcpStream::connect(p.addr("main")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let (got, err) = read_throttled(&mut s, 8_000_000);
+        assert!(
+            err.is_none(),
+            "{driver}/{fwd}: {err:?} after {} of {LEN} bytes",
+            got.len()
+        );
+        assert_eq!(got.len(), LEN, "{driver}/{fwd}: bytes lost");
+        assert_eq!(checksum(&got), expect, "{driver}/{fwd}");
+        let l = &p.wait_conns(1)[0];
+        assert_eq!(
+            field(l, "down"),
+            Some(LEN.to_string()),
+            "{driver}/{fwd}: {l}"
+        );
+    }
+}
+
+#[test]
+fn a_reply_cut_by_termination_delay_is_reset_and_counts_what_arrived() {
+    // The client half-closes at once; the backend streams 64 MiB, far more
+    // than the client (reading slowly) takes before terminationDelay cuts
+    // the still-open direction: the client must see a reset (a cut reply
+    // never looks complete), and `down=` must not count the bytes the reset
+    // destroyed in the proxy's queue.
+    // Made once: generating 64 MiB in a debug build outlasts the delay.
+    let reply = std::sync::Arc::new(pattern(64 << 20, 31));
+    let backend = Backend::start(move |mut s| {
+        let _ = s.write_all(&reply);
+    });
+    for &(driver, fwd) in VARIANTS {
+        let p = Proxy::start(&config(
+            driver,
+            fwd,
+            backend.addr,
+            "terminationDelay = \"300ms\"",
+        ));
+        let mut s = TcpStream::connect(p.addr("main")).unwrap();
+        s.write_all(b"go").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let (got, err) = read_throttled(&mut s, 8_000_000);
+        assert_eq!(
+            err.map(|e| e.kind()),
+            Some(ErrorKind::ConnectionReset),
+            "{driver}/{fwd}: after {} bytes",
+            got.len()
+        );
+        assert!(got.len() < 64 << 20, "{driver}/{fwd}: nothing was cut");
+        let l = &p.wait_conns(1)[0];
+        assert_eq!(
+            field(l, "outcome").as_deref(),
+            Some("termination_delay"),
+            "{l}"
+        );
+        let down: usize = field(l, "down").unwrap().parse().unwrap();
+        assert!(
+            down <= got.len(),
+            "{driver}/{fwd}: down={down} but the client received {}",
+            got.len()
+        );
+        eprintln!("{driver}/{fwd}: down={down} received={}", got.len());
+        assert_eq!(field(l, "up").as_deref(), Some("2"), "{l}");
+    }
+}
+
+#[test]
+fn a_reset_passed_on_after_the_drain_wait_counts_only_what_arrived() {
+    // The backend sends 2 MiB (all of it fits in the proxy's send queue and
+    // the client's receive buffer) and resets; the client reads nothing for
+    // 3 s, longer than the proxy waits (2 s) for its queue to drain before
+    // it passes the reset on. What was still queued then is lost, and
+    // `down=` must not count it.
+    let reply = std::sync::Arc::new(pattern(2 << 20, 51));
+    let backend = Backend::start(move |mut s| {
+        let _ = s.write_all(&reply);
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+    });
+    for &(driver, fwd) in VARIANTS {
+        let p = Proxy::start(&config(driver, fwd, backend.addr, ""));
+        let mut s = TcpStream::connect(p.addr("main")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        thread::sleep(Duration::from_secs(3));
+        let (got, err) = read_to_end(&mut s);
+        assert_eq!(
+            err.map(|e| e.kind()),
+            Some(ErrorKind::ConnectionReset),
+            "{driver}/{fwd}"
+        );
+        let l = &p.wait_conns(1)[0];
+        assert_eq!(field(l, "outcome").as_deref(), Some("backend_reset"), "{l}");
+        let down: usize = field(l, "down").unwrap().parse().unwrap();
+        assert!(
+            down <= got.len(),
+            "{driver}/{fwd}: down={down} but the client received {}",
+            got.len()
+        );
+        eprintln!("{driver}/{fwd}: down={down} received={}", got.len());
+        assert!(got.len() < 2 << 20, "{driver}/{fwd}: nothing was lost");
+    }
+}

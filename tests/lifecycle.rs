@@ -227,3 +227,254 @@ fn sighup_reload_switches_backend_and_bad_config_keeps_old() {
     p.wait_logs(1, |l| l.contains("reload failed"));
     assert_eq!(who(), b'B');
 }
+
+/// A backend steered by the client's first byte: `s` streams 32 MiB slowly
+/// (64 KiB every 20 ms: far longer than the grace time), `f` writes
+/// `FINISHED_LEN` bytes at once and closes its side.
+fn steered_backend(finished: std::sync::Arc<Vec<u8>>) -> Backend {
+    Backend::start(move |mut s| {
+        let mut first = [0u8; 1];
+        if s.read_exact(&mut first).is_err() {
+            return;
+        }
+        if first[0] == b'f' {
+            let _ = s.write_all(&finished);
+            let _ = s.shutdown(Shutdown::Write);
+            let _ = read_to_end(&mut s);
+            return;
+        }
+        let chunk = pattern(64 * 1024, 7);
+        for _ in 0..512 {
+            if s.write_all(&chunk).is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    })
+}
+
+/// Small enough to fit in the proxy's send queue and the client's receive
+/// buffer, so the reply has been passed on whole (FIN included) well before
+/// the grace time ends, although the client has read only part of it.
+const FINISHED_LEN: usize = 1 << 20;
+
+/// Read at about `rate` bytes/s until EOF or an error.
+fn read_slowly(s: &mut TcpStream, rate: u64) -> (Vec<u8>, Option<std::io::Error>) {
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (out, None),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => return (out, Some(e)),
+        }
+        let due = Duration::from_secs_f64(out.len() as f64 / rate as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            thread::sleep(wait);
+        }
+    }
+}
+
+#[test]
+fn drain_end_resets_cut_streams_and_keeps_finished_replies() {
+    // graceTimeOut 1 s; at its end: 5 clients mid-download must get a reset
+    // (never a clean EOF: a truncated reply must not look complete); a client
+    // whose reply had been passed on whole (backend FIN forwarded) but who
+    // reads slowly gets every byte and a clean EOF; a client still before
+    // routing (no ClientHello yet) is reset. The log says how many were cut;
+    // the exit code stays 0.
+    let finished = std::sync::Arc::new(pattern(FINISHED_LEN, 9));
+    let backend = steered_backend(finished.clone());
+    let cfg = format!(
+        r#"
+[entryPoints.main]
+address = "127.0.0.1:0"
+  [entryPoints.main.transport.lifeCycle]
+  graceTimeOut = "1s"
+[entryPoints.tls]
+address = "127.0.0.1:0"
+  [entryPoints.tls.transport.lifeCycle]
+  graceTimeOut = "1s"
+[tcp.routers.r]
+entryPoints = ["main"]
+rule = "HostSNI(`*`)"
+service = "s"
+[tcp.routers.t]
+entryPoints = ["tls"]
+rule = "HostSNI(`x.test`)"
+service = "s"
+  [tcp.routers.t.tls]
+  passthrough = true
+[tcp.services.s.loadBalancer]
+[[tcp.services.s.loadBalancer.servers]]
+address = "{}"
+[runtime]
+workers = 2
+"#,
+        backend.addr
+    );
+    let mut p = Proxy::start(&cfg);
+    let streams: Vec<TcpStream> = (0..5)
+        .map(|_| {
+            let mut s = TcpStream::connect(p.addr("main")).unwrap();
+            s.write_all(b"s").unwrap();
+            let mut first = [0u8; 1];
+            s.read_exact(&mut first).unwrap();
+            s
+        })
+        .collect();
+    let mut fin = TcpStream::connect(p.addr("main")).unwrap();
+    fin.write_all(b"f").unwrap();
+    let mut first = [0u8; 1];
+    fin.read_exact(&mut first).unwrap();
+    let mut peeking = TcpStream::connect(p.addr("tls")).unwrap();
+    peeking
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    thread::sleep(Duration::from_millis(300));
+
+    p.signal(15);
+    let downloads: Vec<_> = streams
+        .into_iter()
+        .map(|mut s| {
+            thread::spawn(move || {
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                read_to_end(&mut s)
+            })
+        })
+        .collect();
+    // ~300 kB/s: most of the reply is still queued when the grace time ends.
+    let (mut got, err) = read_slowly(&mut fin, 300_000);
+    got.insert(0, first[0]);
+    assert!(
+        err.is_none(),
+        "finished reply: {err:?} after {} bytes",
+        got.len()
+    );
+    assert_eq!(got.len(), FINISHED_LEN, "finished reply: bytes lost");
+    assert!(got == *finished, "finished reply differs");
+    for d in downloads {
+        let (got, err) = d.join().unwrap();
+        let err = err.unwrap_or_else(|| {
+            panic!(
+                "a stream cut by the drain ended with a clean EOF after {} bytes",
+                got.len()
+            )
+        });
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err:?}");
+    }
+    let mut b = [0u8; 1];
+    let r = peeking.read(&mut b);
+    assert_eq!(
+        r.map_err(|e| e.kind()).err(),
+        Some(std::io::ErrorKind::ConnectionReset),
+        "a connection cut before routing is reset"
+    );
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
+    let logs = p.logs();
+    let cut: usize = logs
+        .iter()
+        .filter(|l| l.contains("drain ended"))
+        .map(|l| field(l, "cut").unwrap().parse::<usize>().unwrap())
+        .sum();
+    // 5 streams, the finished reply (its client→backend side was still
+    // open) and the one before routing.
+    assert_eq!(cut, 7, "{logs:#?}");
+    let drain_cut: Vec<_> = logs
+        .iter()
+        .filter(|l| l.contains("msg=conn") && l.contains("outcome=drain_cut"))
+        .collect();
+    assert_eq!(drain_cut.len(), 7, "{logs:#?}");
+    assert!(
+        drain_cut
+            .iter()
+            .any(|l| field(l, "entrypoint").as_deref() == Some("tls")),
+        "{drain_cut:#?}"
+    );
+    let finished_line = drain_cut
+        .iter()
+        .find(|l| field(l, "down") == Some(FINISHED_LEN.to_string()))
+        .unwrap_or_else(|| panic!("no line counts the finished reply: {drain_cut:#?}"));
+    assert_eq!(field(finished_line, "up").as_deref(), Some("1"));
+}
+
+#[test]
+fn grace_timeout_is_per_entrypoint() {
+    // Two entrypoints, graceTimeOut 1 s and 10 s, one long stream on each:
+    // at the stop, the first is reset after about 1 s while the second goes
+    // on and finishes byte-exact.
+    let chunks = 100u64;
+    let backend = Backend::start(move |mut s| {
+        for i in 0..chunks {
+            if s.write_all(&pattern(32 * 1024, 200 + i)).is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(30));
+        }
+        let _ = s.shutdown(Shutdown::Write);
+        let _ = read_to_end(&mut s);
+    });
+    let mut expect = Vec::new();
+    for i in 0..chunks {
+        expect.extend_from_slice(&pattern(32 * 1024, 200 + i));
+    }
+    let cfg = format!(
+        r#"
+[entryPoints.short]
+address = "127.0.0.1:0"
+  [entryPoints.short.transport.lifeCycle]
+  graceTimeOut = "1s"
+[entryPoints.long]
+address = "127.0.0.1:0"
+  [entryPoints.long.transport.lifeCycle]
+  graceTimeOut = "10s"
+[tcp.routers.r]
+entryPoints = ["short", "long"]
+rule = "HostSNI(`*`)"
+service = "s"
+[tcp.services.s.loadBalancer]
+[[tcp.services.s.loadBalancer.servers]]
+address = "{}"
+[runtime]
+workers = 2
+"#,
+        backend.addr
+    );
+    let mut p = Proxy::start(&cfg);
+    let start = |ep: &str| {
+        let mut s = TcpStream::connect(p.addr(ep)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut first = [0u8; 1];
+        s.read_exact(&mut first).unwrap();
+        thread::spawn(move || {
+            let (mut got, err) = read_to_end(&mut s);
+            got.insert(0, first[0]);
+            (got, err, Instant::now())
+        })
+    };
+    let short = start("short");
+    let long = start("long");
+    p.signal(15);
+    let stopped = Instant::now();
+    let (got_s, err_s, end_s) = short.join().unwrap();
+    let (got_l, err_l, end_l) = long.join().unwrap();
+    let err_s = err_s.unwrap_or_else(|| {
+        panic!(
+            "the 1 s entrypoint's stream ended cleanly after {} of {} bytes",
+            got_s.len(),
+            expect.len()
+        )
+    });
+    assert_eq!(err_s.kind(), std::io::ErrorKind::ConnectionReset);
+    assert!(got_s.len() < expect.len());
+    assert!(err_l.is_none(), "the 10 s entrypoint's stream: {err_l:?}");
+    assert!(got_l == expect, "the 10 s entrypoint's stream differs");
+    assert!(end_s < end_l, "the 1 s stream was cut first");
+    eprintln!(
+        "short cut after {:?}, long finished after {:?}",
+        end_s - stopped,
+        end_l - stopped
+    );
+    assert_eq!(p.wait_exit(Duration::from_secs(15)), Some(0));
+}

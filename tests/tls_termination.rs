@@ -891,3 +891,135 @@ fn alpn_protocols_are_negotiated_and_mismatches_refused() {
     let none = s_client_args(p.addr("tls"), &["-servername", "alpn.test"], &pki.ca, "x\n");
     assert!(none.ok() && none.stdout.contains("X"), "{none:?}");
 }
+
+/// A TLS client over a plain blocking socket (rustls' buffered API), for
+/// reading at a chosen pace.
+fn tls_client(
+    addr: SocketAddr,
+    name: &str,
+    ca: &Path,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    let conn = rustls::ClientConnection::new(client_config(ca, None, &[]), name).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, sock);
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock).unwrap();
+    }
+    s
+}
+
+/// Read plaintext at about `rate` bytes/s until close_notify (`None`) or an
+/// error (a bare EOF is `UnexpectedEof`).
+fn read_tls_throttled(
+    s: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    rate: u64,
+) -> (Vec<u8>, Option<std::io::Error>) {
+    let start = std::time::Instant::now();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (out, None),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => return (out, Some(e)),
+        }
+        let due = Duration::from_secs_f64(out.len() as f64 / rate as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            thread::sleep(wait);
+        }
+    }
+}
+
+#[test]
+fn slow_tls_reader_gets_every_byte_of_a_finished_reply() {
+    // As tests/forward.rs: the backend writes 16 MiB and closes; the TLS
+    // client keeps its side open and reads at ~8 MB/s, far behind the
+    // default 100 ms terminationDelay. The finished direction keeps every
+    // byte: close_notify after the last one, no reset.
+    const LEN: usize = 16 << 20;
+    let dir = TempDir::new("tls-slow");
+    let ca = Ca::new("slow CA");
+    let (ca_path, crt, key) = ca.write_leaf(&dir.0, &["slow.test"]);
+    let reply = std::sync::Arc::new(pattern(LEN, 41));
+    let expect = checksum(&reply);
+    let backend = {
+        let reply = reply.clone();
+        Backend::start(move |mut s| {
+            let _ = s.write_all(&reply);
+            let _ = s.shutdown(Shutdown::Write);
+        })
+    };
+    for driver in ["io_uring", "epoll"] {
+        let mut c = cfg(backend.addr, cert_entry(&crt, &key));
+        c.driver = driver;
+        let toml = c
+            .toml()
+            .replace("terminationDelay = \"30s\"", "terminationDelay = \"100ms\"");
+        let p = Proxy::start(&toml);
+        let mut s = tls_client(p.addr("tls"), "slow.test", &ca_path);
+        let (got, err) = read_tls_throttled(&mut s, 8_000_000);
+        assert!(
+            err.is_none(),
+            "{driver}: {err:?} after {} of {LEN} bytes",
+            got.len()
+        );
+        assert_eq!(got.len(), LEN, "{driver}: bytes lost");
+        assert_eq!(checksum(&got), expect, "{driver}");
+        let l = &p.wait_conns(1)[0];
+        assert_eq!(field(l, "down"), Some(LEN.to_string()), "{driver}: {l}");
+    }
+}
+
+#[test]
+fn a_tls_reply_cut_by_termination_delay_is_reset_and_counts_what_arrived() {
+    // The client sends close_notify at once; the backend streams 64 MiB and
+    // terminationDelay cuts it: a reset, never close_notify, and `down=` no
+    // more than the plaintext the client got.
+    let dir = TempDir::new("tls-cut");
+    let ca = Ca::new("cut CA");
+    let (ca_path, crt, key) = ca.write_leaf(&dir.0, &["cut.test"]);
+    let reply = std::sync::Arc::new(pattern(64 << 20, 43));
+    let backend = Backend::start(move |mut s| {
+        let _ = s.write_all(&reply);
+    });
+    for driver in ["io_uring", "epoll"] {
+        let mut c = cfg(backend.addr, cert_entry(&crt, &key));
+        c.driver = driver;
+        let toml = c
+            .toml()
+            .replace("terminationDelay = \"30s\"", "terminationDelay = \"300ms\"");
+        let p = Proxy::start(&toml);
+        let mut s = tls_client(p.addr("tls"), "cut.test", &ca_path);
+        s.write_all(b"go").unwrap();
+        s.conn.send_close_notify();
+        while s.conn.wants_write() {
+            s.conn.write_tls(&mut s.sock).unwrap();
+        }
+        s.sock.shutdown(Shutdown::Write).unwrap();
+        let (got, err) = read_tls_throttled(&mut s, 8_000_000);
+        assert_eq!(
+            err.map(|e| e.kind()),
+            Some(ErrorKind::ConnectionReset),
+            "{driver}: after {} bytes",
+            got.len()
+        );
+        assert!(got.len() < 64 << 20, "{driver}: nothing was cut");
+        let l = &p.wait_conns(1)[0];
+        assert_eq!(
+            field(l, "outcome").as_deref(),
+            Some("termination_delay"),
+            "{l}"
+        );
+        let down: usize = field(l, "down").unwrap().parse().unwrap();
+        assert!(
+            down <= got.len(),
+            "{driver}: down={down} but the client received {}",
+            got.len()
+        );
+        eprintln!("{driver}: down={down} received={}", got.len());
+        assert_eq!(field(l, "up").as_deref(), Some("2"), "{l}");
+    }
+}

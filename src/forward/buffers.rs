@@ -2,16 +2,47 @@
 //!
 //! A buffer is taken only after the source is readable and given back as soon
 //! as its bytes were written, so idle connections hold no buffer and memory
-//! grows with bytes in flight, not with connections. The pool keeps at most
-//! `POOL_KEEP` spare buffers so a burst does not pin memory forever.
+//! grows with bytes in flight, not with connections. While busy the pool
+//! keeps at most `POOL_KEEP` spares (`LARGE_KEEP` of a large `bufferSize`);
+//! spares that no connection needed for a whole `POOL_TRIM_PERIOD` are freed
+//! down to `IDLE_KEEP_BYTES` (`trim`), so a burst does not pin memory.
 
 use std::cell::RefCell;
 
-/// Spare buffers kept per worker after a burst.
+/// Spare buffers kept per worker while busy (the default 64 KiB buffers:
+/// 16 MiB at most).
 const POOL_KEEP: usize = 256;
+/// A buffer above this size is large (`bufferSize` goes up to 16 MiB): a
+/// burst of them must not leave hundreds of MiB in the pool.
+const LARGE_BUF: usize = 1024 * 1024;
+/// Spare large buffers kept per worker while busy.
+const LARGE_KEEP: usize = 4;
+/// Spare bytes kept per worker once idle: 16 default buffers, no large one.
+const IDLE_KEEP_BYTES: usize = 1024 * 1024;
+
+struct Pool {
+    spares: Vec<Box<[u8]>>,
+    /// Fewest spares since the last trim: that many were not needed during
+    /// the whole period.
+    low: usize,
+}
 
 thread_local! {
-    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+    static POOL: RefCell<Pool> = const { RefCell::new(Pool { spares: Vec::new(), low: 0 }) };
+}
+
+/// Free the spares that stayed unused for the last period, down to the idle
+/// level (`forward::trim_pools`).
+pub fn trim() {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let size = p.spares.first().map_or(1, |b| b.len().max(1));
+        let keep = IDLE_KEEP_BYTES / size;
+        let free = p.low.min(p.spares.len().saturating_sub(keep));
+        let left = p.spares.len() - free;
+        p.spares.truncate(left);
+        p.low = left;
+    });
 }
 
 /// A pooled buffer; returns itself to the pool on drop.
@@ -25,12 +56,15 @@ impl PooledBuf {
             .with(|p| {
                 let mut p = p.borrow_mut();
                 // Sizes only change on reload; drop spares of another size.
-                while let Some(b) = p.pop() {
+                let mut found = None;
+                while let Some(b) = p.spares.pop() {
                     if b.len() == size {
-                        return Some(b);
+                        found = Some(b);
+                        break;
                     }
                 }
-                None
+                p.low = p.low.min(p.spares.len());
+                found
             })
             .unwrap_or_else(|| vec![0u8; size].into_boxed_slice());
         PooledBuf { buf: Some(buf) }
@@ -44,10 +78,15 @@ impl PooledBuf {
 impl Drop for PooledBuf {
     fn drop(&mut self) {
         if let Some(b) = self.buf.take() {
+            let cap = if b.len() > LARGE_BUF {
+                LARGE_KEEP
+            } else {
+                POOL_KEEP
+            };
             POOL.with(|p| {
                 let mut p = p.borrow_mut();
-                if p.len() < POOL_KEEP {
-                    p.push(b);
+                if p.spares.len() < cap {
+                    p.spares.push(b);
                 }
             });
         }

@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use super::buffers::PooledBuf;
-use super::{pass_fin, write_all, Dir, DirEnd};
+use super::{pass_fin, Dir, DirEnd};
 use crate::sys;
 
 pub(crate) async fn pump(dir: Dir<'_>, buffer_size: usize) -> DirEnd {
@@ -43,10 +43,22 @@ pub(crate) async fn copy_once(dir: &Dir<'_>, buffer_size: usize) -> Result<Optio
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(false)),
         Err(e) => return Err(DirEnd::SrcFailed(e)),
     };
-    write_all(dir.dst, &b[..n])
-        .await
-        .map_err(DirEnd::DstFailed)?;
-    dir.bytes.set(dir.bytes.get() + n as u64);
+    // Counted as written, so a pump dropped mid-write has counted exactly
+    // what its destination socket took.
+    let dfd = dir.dst.as_raw_fd();
+    let mut rest = &b[..n];
+    while !rest.is_empty() {
+        match sys::send(dfd, rest) {
+            Ok(k) => {
+                rest = &rest[k..];
+                dir.bytes.set(dir.bytes.get() + k as u64);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                dir.dst.writable(false).await.map_err(DirEnd::DstFailed)?
+            }
+            Err(e) => return Err(DirEnd::DstFailed(e)),
+        }
+    }
     dir.last_active.set(Instant::now());
     Ok(Some(n == b.len()))
 }

@@ -13,12 +13,24 @@
 //!   `terminationDelay` (from the first FIN) expires;
 //! - a reset or error on one side is passed on as a reset to the other side,
 //!   after the bytes already written to it have left (SIOCOUTQ drains);
+//! - when a timer or the end of a drain (`Cutoff`) ends the connection, a
+//!   direction that had finished keeps every queued byte and only a direction
+//!   cut mid-stream is reset (ending.rs, shared with the TLS pump);
+//! - bytes are counted as written into the destination, minus what a reset
+//!   destroyed in the queue: the access log counts what the peer can have
+//!   received;
 //! - at most one buffer (or pipe) per direction is held, and only while bytes
-//!   are in flight: an idle connection holds none.
+//!   are in flight: an idle connection holds none; spares left by a burst
+//!   are given back within `POOL_TRIM_PERIOD`s (`trim_pools`).
 
 mod buffers;
 pub(crate) mod copy;
+mod cutoff;
+pub mod ending;
 pub mod splice;
+
+pub use cutoff::Cutoff;
+pub use ending::abort_after_drain;
 
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
@@ -33,12 +45,22 @@ use monoio::net::TcpStream;
 
 use crate::model::Forwarding;
 use crate::sys;
+use ending::{Flow, Side};
 
-/// Longest wait for a send queue to drain before an abortive close. A peer that
-/// does not read for this long loses the tail; it was being reset anyway.
-const RESET_DRAIN_MAX: Duration = Duration::from_secs(2);
-/// Poll period while waiting for a send queue to drain before a reset.
-const RESET_DRAIN_POLL: Duration = Duration::from_millis(1);
+/// How often a worker gives back pooled buffers and pipes that stayed unused
+/// for a whole period (`trim_pools`): idle memory and descriptors return to
+/// the idle level within two periods of a burst.
+pub const POOL_TRIM_PERIOD: Duration = Duration::from_secs(1);
+
+/// Give back this worker's pooled buffers and pipes that were not needed
+/// during the last period, down to the idle level (buffers.rs, splice.rs).
+/// Called by the worker every `POOL_TRIM_PERIOD`.
+pub fn trim_pools() {
+    buffers::trim();
+    splice::trim();
+    // Also what connections freed directly (spares over the busy caps).
+    sys::allocator_collect();
+}
 
 /// How a connection is forwarded, resolved from the snapshot.
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +86,9 @@ pub enum Outcome {
     TerminationDelay,
     /// Nothing moved for `idleTimeout`.
     IdleTimeout,
+    /// The drain's time ran out (`graceTimeOut` of the entrypoint, or a cut
+    /// at once): a direction still open was reset.
+    Drained,
 }
 
 impl Outcome {
@@ -74,6 +99,7 @@ impl Outcome {
             Outcome::BackendReset => "backend_reset",
             Outcome::TerminationDelay => "termination_delay",
             Outcome::IdleTimeout => "idle_timeout",
+            Outcome::Drained => "drain_cut",
         }
     }
 }
@@ -135,8 +161,25 @@ fn pump<'a>(dir: Dir<'a>, opts: &Opts) -> Pin<Box<dyn Future<Output = DirEnd> + 
     }
 }
 
-/// Forward both directions until both are done (or a reset / deadline).
-pub async fn duplex(client: &TcpStream, backend: &TcpStream, opts: &Opts) -> (Report, Outcome) {
+impl DirEnd {
+    fn flow(end: &Option<DirEnd>) -> Flow {
+        match end {
+            None => Flow::Open,
+            Some(DirEnd::Eof) => Flow::Finished,
+            Some(DirEnd::SrcFailed(_) | DirEnd::DstFailed(_)) => Flow::Failed,
+        }
+    }
+}
+
+/// Forward both directions until both are done (or a reset / deadline / the
+/// drain's `cut`).
+pub async fn duplex(
+    client: &TcpStream,
+    backend: &TcpStream,
+    opts: &Opts,
+    cut: &Cutoff,
+) -> (Report, Outcome) {
+    cut.forwarding();
     let up = Cell::new(0u64);
     let down = Cell::new(0u64);
     let last_active = Cell::new(Instant::now());
@@ -179,6 +222,7 @@ pub async fn duplex(client: &TcpStream, backend: &TcpStream, opts: &Opts) -> (Re
                 return Poll::Ready(Outcome::BackendReset)
             }
             (Some(DirEnd::Eof), Some(DirEnd::Eof)) => return Poll::Ready(Outcome::Closed),
+            _ if cut.poll_cut(cx).is_ready() => return Poll::Ready(Outcome::Drained),
             (None, None) => {}
             _ => {
                 if let Some(d) = opts.termination_delay {
@@ -204,49 +248,32 @@ pub async fn duplex(client: &TcpStream, backend: &TcpStream, opts: &Opts) -> (Re
         Poll::Pending
     })
     .await;
+    // The pumps hold nothing between writes that was counted: a buffer or
+    // pipe still holding bytes holds bytes not yet counted.
     drop(a);
     drop(b);
+    let (up_flow, down_flow) = (DirEnd::flow(&a_end), DirEnd::flow(&b_end));
     let error = [a_end, b_end].into_iter().flatten().find_map(|e| match e {
         DirEnd::SrcFailed(e) | DirEnd::DstFailed(e) => Some(e),
         DirEnd::Eof => None,
     });
-
-    // Boxed: the reset path is rare, and its timer would otherwise enlarge
-    // every connection's future for its whole life.
-    match outcome {
-        Outcome::ClientReset => Box::pin(abort_after_drain(backend)).await,
-        Outcome::BackendReset => Box::pin(abort_after_drain(client)).await,
-        // The direction still open was cut mid-stream: close both abortively,
-        // so a truncated reply never looks complete (a FIN would).
-        Outcome::TerminationDelay | Outcome::IdleTimeout => {
-            let _ = sys::set_linger_zero(client.as_raw_fd());
-            let _ = sys::set_linger_zero(backend.as_raw_fd());
-        }
-        Outcome::Closed => {}
-    }
+    let client_side = Side {
+        sock: client,
+        writer: down_flow,
+        held: 0,
+    };
+    let backend_side = Side {
+        sock: backend,
+        writer: up_flow,
+        held: 0,
+    };
+    let [down_lost, up_lost] = ending::close(outcome, client_side, backend_side, cut).await;
     (
         Report {
-            up: up.get(),
-            down: down.get(),
+            up: up.get().saturating_sub(up_lost),
+            down: down.get().saturating_sub(down_lost),
             error,
         },
         outcome,
     )
-}
-
-/// Make the next close of `s` an abortive one (RST), after the bytes already
-/// queued to the peer have left, so that a reset never truncates what was read
-/// before it and never looks like a clean end.
-pub async fn abort_after_drain(s: &TcpStream) {
-    let fd = s.as_raw_fd();
-    let start = Instant::now();
-    // Stop as soon as the queue is empty, or the peer is gone (a reset socket
-    // keeps its unacknowledged bytes queued forever).
-    while matches!(sys::unsent_bytes(fd), Ok(n) if n > 0)
-        && sys::tcp_state(fd) != Some(sys::TCP_STATE_CLOSE)
-        && start.elapsed() < RESET_DRAIN_MAX
-    {
-        monoio::time::sleep(RESET_DRAIN_POLL).await;
-    }
-    let _ = sys::set_linger_zero(fd);
 }

@@ -23,12 +23,30 @@ use crate::sys;
 pub const PIPE_SIZE: usize = 256 * 1024;
 /// Pipes busy at once per worker before falling back to copying.
 pub const MAX_PIPES_IN_USE: usize = 256;
-/// Idle pipes kept per worker.
+/// Spare pipes kept per worker while busy.
 const POOL_KEEP: usize = 64;
+/// Spare pipes kept per worker once idle (2 descriptors each): spares that
+/// no connection needed for a whole `POOL_TRIM_PERIOD` are closed down to
+/// this (`trim`).
+pub const IDLE_KEEP: usize = 2;
 
 thread_local! {
     static PIPES: RefCell<Vec<sys::Pipe>> = const { RefCell::new(Vec::new()) };
+    /// Fewest spare pipes since the last trim.
+    static LOW: Cell<usize> = const { Cell::new(0) };
     static IN_USE: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Close the spare pipes that stayed unused for the last period, down to
+/// `IDLE_KEEP` (`forward::trim_pools`).
+pub fn trim() {
+    PIPES.with(|p| {
+        let mut p = p.borrow_mut();
+        let free = LOW.with(Cell::get).min(p.len().saturating_sub(IDLE_KEEP));
+        let left = p.len() - free;
+        p.truncate(left);
+        LOW.with(|l| l.set(left));
+    });
 }
 
 /// A pipe taken from the pool; goes back on drop if it is known to be empty.
@@ -42,7 +60,13 @@ impl PooledPipe {
         if IN_USE.with(|n| n.get()) >= MAX_PIPES_IN_USE {
             return None;
         }
-        let pipe = match PIPES.with(|p| p.borrow_mut().pop()) {
+        let spare = PIPES.with(|p| {
+            let mut p = p.borrow_mut();
+            let spare = p.pop();
+            LOW.with(|l| l.set(l.get().min(p.len())));
+            spare
+        });
+        let pipe = match spare {
             Some(p) => p,
             None => sys::Pipe::new(PIPE_SIZE).ok()?,
         };
@@ -120,7 +144,11 @@ pub(crate) async fn pump(dir: Dir<'_>, buffer_size: usize, adaptive: bool) -> Di
             let mut left = n;
             while left > 0 {
                 match sys::splice(rd, dst_fd, left) {
-                    Ok(m) => left -= m,
+                    Ok(m) => {
+                        // Counted as written (see copy.rs).
+                        left -= m;
+                        dir.bytes.set(dir.bytes.get() + m as u64);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         if let Err(e) = dir.dst.writable(false).await {
                             return DirEnd::DstFailed(e);
@@ -131,7 +159,6 @@ pub(crate) async fn pump(dir: Dir<'_>, buffer_size: usize, adaptive: bool) -> Di
             }
             pp.empty = true;
             drop(pp);
-            dir.bytes.set(dir.bytes.get() + n as u64);
             dir.last_active.set(Instant::now());
             if n < cap {
                 break;

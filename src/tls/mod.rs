@@ -39,7 +39,7 @@ use rustls::client::UnbufferedClientConnection;
 use rustls::server::UnbufferedServerConnection;
 use rustls::ServerConfig;
 
-use crate::forward::{abort_after_drain, Opts, Outcome, Report};
+use crate::forward::{abort_after_drain, Cutoff, Opts, Outcome, Report};
 use crate::model::{Config, ServiceKind};
 use handshake::HsError;
 use options::ClientSide;
@@ -247,13 +247,14 @@ impl Accepted {
         backend: &TcpStream,
         backend_tls: Option<BackendTls<'_>>,
         opts: &Opts,
+        cut: &Cutoff,
     ) -> (Report, Outcome) {
         let backend_peer = match backend_tls {
             None => Peer::Plain(buf::Buf::default()),
             Some(bt) => match connect_backend(state, backend, &bt).await {
                 Ok(side) => Peer::Client(side),
                 Err(e) => {
-                    abort_after_drain(client).await;
+                    abort_after_drain(client, cut).await;
                     let report = Report {
                         error: Some(e),
                         ..Report::default()
@@ -268,7 +269,7 @@ impl Accepted {
             client.as_raw_fd(),
             backend.as_raw_fd(),
         );
-        pump::run(pump, client, backend, opts).await
+        pump::run(pump, client, backend, opts, cut).await
     }
 }
 

@@ -14,10 +14,12 @@
 //! before an end of stream is delivered before the end is passed on; a
 //! client's close_notify or EOF becomes a FIN to the backend, a backend's
 //! FIN becomes close_notify then FIN to the client, and the other direction
-//! keeps flowing until it ends or `terminationDelay` passes (then both sides
-//! are reset: what was cut must not look complete); a reset or a protocol
-//! error on one side is passed on as a reset after the bytes already queued
-//! to the other side have left.
+//! keeps flowing until it ends, `terminationDelay` or the idle timeout
+//! passes, or the drain cuts it; then the sockets are closed by the one
+//! ending policy of `forward::ending` (a direction that finished keeps its
+//! bytes, one that was cut is reset: what was cut must not look complete); a
+//! reset or a protocol error on one side is passed on as a reset after the
+//! bytes already queued to the other side have left.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -33,8 +35,15 @@ use rustls::server::UnbufferedServerConnection;
 
 use super::buf::Buf;
 use super::side::{tls_io, Pull, TlsSide, MAX_CHUNK};
-use crate::forward::{abort_after_drain, Opts, Outcome, Report};
+use crate::forward::ending::{self, Flow, Side};
+use crate::forward::{Cutoff, Opts, Outcome, Report};
 use crate::sys;
+
+/// Most plaintext one TLS record carries. When ciphertext towards a TLS peer
+/// is lost in a reset, the peer may also hold a partial record it cannot
+/// decrypt: the count drops this much more, so it never exceeds what the
+/// peer can have received.
+const MAX_RECORD_PLAINTEXT: u64 = 16 * 1024;
 
 /// One end of the connection.
 pub enum Peer {
@@ -101,9 +110,39 @@ impl Dir {
     fn running(&self) -> bool {
         matches!(self.state, DirState::Open | DirState::Finishing)
     }
+
+    /// For the ending policy: an end of stream counts as passed on only once
+    /// close_notify and FIN are written.
+    fn flow(&self) -> Flow {
+        match self.state {
+            DirState::Open | DirState::Finishing => Flow::Open,
+            DirState::Eof => Flow::Finished,
+            DirState::SrcFailed(_) | DirState::DstFailed(_) => Flow::Failed,
+        }
+    }
 }
 
 impl Peer {
+    /// Ciphertext queued and not yet written (counted as plaintext already).
+    fn tx_len(&self) -> u64 {
+        match self {
+            Peer::Plain(_) => 0,
+            Peer::Server(s) => s.tx.len() as u64,
+            Peer::Client(s) => s.tx.len() as u64,
+        }
+    }
+
+    /// Turn bytes lost in the socket towards this peer into the plaintext
+    /// count to take off (see `MAX_RECORD_PLAINTEXT`): ciphertext is never
+    /// shorter than its plaintext, so this never takes off too little.
+    fn plaintext_lost(&self, lost: u64) -> u64 {
+        match self {
+            Peer::Plain(_) => lost,
+            Peer::Server(_) | Peer::Client(_) if lost > 0 => lost + MAX_RECORD_PLAINTEXT,
+            Peer::Server(_) | Peer::Client(_) => 0,
+        }
+    }
+
     fn has_tx(&self) -> bool {
         match self {
             Peer::Plain(_) => false,
@@ -519,14 +558,17 @@ fn poll_slot<F: Future<Output = io::Result<()>>>(
     false
 }
 
-/// Forward until both directions are done, a side fails, or a deadline.
+/// Forward until both directions are done, a side fails, a deadline, or the
+/// drain's `cut`.
 pub async fn run(
     mut pump: Pump,
     client: &TcpStream,
     backend: &TcpStream,
     opts: &Opts,
+    cut: &Cutoff,
 ) -> (Report, Outcome) {
     debug_assert_eq!(pump.cfd, client.as_raw_fd());
+    cut.forwarding();
     let mut cr = pin!(slot(|| client.readable(false)));
     let mut cw = pin!(slot(|| client.writable(false)));
     let mut br = pin!(slot(|| backend.readable(false)));
@@ -575,6 +617,9 @@ pub async fn run(
                 break;
             }
         }
+        if cut.poll_cut(cx).is_ready() {
+            return Poll::Ready(Outcome::Drained);
+        }
         if pump.half_closed() {
             if let Some(d) = opts.termination_delay {
                 let sleep = fin_deadline.get_or_insert_with(|| Box::pin(monoio::time::sleep(d)));
@@ -601,18 +646,22 @@ pub async fn run(
         // A protocol error from the client left an alert for it.
         pump.flush_client_now();
     }
-    let report = pump.into_report();
-    match outcome {
-        Outcome::ClientReset => Box::pin(abort_after_drain(backend)).await,
-        Outcome::BackendReset => Box::pin(abort_after_drain(client)).await,
-        // As `forward::duplex`: the direction still open was cut, so both
-        // sides are closed abortively; a truncated reply must never look
-        // complete (a FIN, or a close_notify, would).
-        Outcome::TerminationDelay | Outcome::IdleTimeout => {
-            let _ = sys::set_linger_zero(client.as_raw_fd());
-            let _ = sys::set_linger_zero(backend.as_raw_fd());
-        }
-        Outcome::Closed => {}
-    }
+    // The one ending policy of `forward::duplex` (forward/ending.rs).
+    let client_side = Side {
+        sock: client,
+        writer: pump.down.flow(),
+        held: pump.client.tx_len(),
+    };
+    let backend_side = Side {
+        sock: backend,
+        writer: pump.up.flow(),
+        held: pump.backend.tx_len(),
+    };
+    let [down_lost, up_lost] = ending::close(outcome, client_side, backend_side, cut).await;
+    let down_lost = pump.client.plaintext_lost(down_lost);
+    let up_lost = pump.backend.plaintext_lost(up_lost);
+    let mut report = pump.into_report();
+    report.down = report.down.saturating_sub(down_lost);
+    report.up = report.up.saturating_sub(up_lost);
     (report, outcome)
 }

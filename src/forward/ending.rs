@@ -1,0 +1,293 @@
+//! How a forwarded connection's two sockets are closed: the one ending policy
+//! of `duplex` and of the TLS pump (both call `fates` then `close`).
+//!
+//! The rule (reliability promise 5): each socket's fate is decided by the
+//! direction that *writes into* it.
+//! - That direction finished (its FIN, after close_notify for TLS, was passed
+//!   on): the socket keeps every queued byte, however slowly its peer reads.
+//!   A plain `close()` keeps delivering the kernel's queue, but turns into a
+//!   reset (which discards it) if input is unread at the close or arrives
+//!   after it; so input is read and discarded until the queue has been
+//!   acknowledged (bounded by `KEEP_DRAIN_MAX`), then the socket is closed.
+//! - That direction was still open when a timer (terminationDelay, idle
+//!   timeout) or the end of a drain cut it: the socket is reset at once
+//!   (`SO_LINGER 0`), so a truncated stream never looks complete.
+//! - A reset or failure of one peer is passed on to the other peer as a reset,
+//!   after the bytes already queued to it have left (`abort_after_drain`).
+//!
+//! Counting (reliability promise 3, exact bytes): the pumps count a byte when
+//! it is written into the destination socket. When a socket is reset (or its
+//! peer is gone) with bytes still queued, `close` says how many were lost:
+//! the kernel's unacknowledged queue (SIOCOUTQ) plus what the caller still
+//! held for it in user space (`Side::held`, e.g. TLS records not yet
+//! written). The caller takes them off that direction's count, so the access
+//! log counts what the peer can have received.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::pin;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+use super::{Cutoff, Outcome};
+use crate::sys;
+
+/// Longest wait for a send queue to drain before an abortive close. A peer that
+/// does not read for this long loses the tail; it was being reset anyway.
+const RESET_DRAIN_MAX: Duration = Duration::from_secs(2);
+/// Poll period while waiting for a send queue to drain before a reset.
+const RESET_DRAIN_POLL: Duration = Duration::from_millis(1);
+/// Longest wait, on a socket whose stream finished, for its queue to be
+/// acknowledged while unread input is discarded. After it the socket is
+/// closed plainly: the kernel goes on delivering the queue (as Traefik's
+/// plain close does), unless the peer sends more input after that.
+const KEEP_DRAIN_MAX: Duration = Duration::from_secs(5);
+/// Poll period of that wait: the queue of a slow reader drains over
+/// milliseconds to seconds, so a coarse period costs little and is not late.
+const KEEP_DRAIN_POLL: Duration = Duration::from_millis(5);
+/// Reads of unread input per poll, so a peer that floods us cannot hold the
+/// worker (the rest is read at the next poll).
+const DISCARD_READS: usize = 64;
+
+/// How one direction stood when forwarding ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Still moving (or waiting for) bytes.
+    Open,
+    /// The source's end of stream was passed on.
+    Finished,
+    /// The source or the destination failed.
+    Failed,
+}
+
+/// What happens to one socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// The stream into it finished: keep every queued byte. `input_done`:
+    /// its own input ended too, so no input can arrive and a plain close is
+    /// safe at once.
+    Keep { input_done: bool },
+    /// The stream into it was cut: reset now.
+    Reset,
+    /// The other peer failed: reset once the queue has left (bounded).
+    ResetAfterDrain,
+    /// Its own peer failed: nothing queued can arrive any more.
+    Gone,
+}
+
+/// The fates of `[client, backend]` for a forwarding phase that ended with
+/// `outcome`, `up` (client → backend) and `down` (backend → client) as given.
+pub fn fates(outcome: Outcome, up: Flow, down: Flow) -> [Fate; 2] {
+    // A socket's fate follows the direction writing into it; `reader` is the
+    // direction reading from it.
+    let by = |writer: Flow, reader: Flow| match writer {
+        Flow::Finished => Fate::Keep {
+            input_done: reader == Flow::Finished,
+        },
+        Flow::Open | Flow::Failed => Fate::Reset,
+    };
+    match outcome {
+        Outcome::Closed => [
+            Fate::Keep { input_done: true },
+            Fate::Keep { input_done: true },
+        ],
+        Outcome::ClientReset => [Fate::Gone, Fate::ResetAfterDrain],
+        Outcome::BackendReset => [Fate::ResetAfterDrain, Fate::Gone],
+        Outcome::TerminationDelay | Outcome::IdleTimeout | Outcome::Drained => {
+            [by(down, up), by(up, down)]
+        }
+    }
+}
+
+/// One socket to close: how the direction writing into it stood, and what
+/// that direction still held in user space.
+pub struct Side<'a> {
+    pub sock: &'a TcpStream,
+    pub writer: Flow,
+    /// Bytes counted for the direction into this socket but not yet written
+    /// to it (lost if it is reset).
+    pub held: u64,
+}
+
+/// Close both sockets of a forwarding phase that ended with `outcome`,
+/// concurrently (a slow graceful close on one side does not delay the reset
+/// of the other). Returns the bytes lost into `[client, backend]`: the
+/// caller subtracts them from `down` / `up`.
+pub async fn close(
+    outcome: Outcome,
+    client: Side<'_>,
+    backend: Side<'_>,
+    cut: &Cutoff,
+) -> [u64; 2] {
+    cut.ending();
+    let [cf, bf] = fates(outcome, backend.writer, client.writer);
+    // Boxed: the waiting paths are the rare ones, and their timers would
+    // otherwise enlarge every connection's future for its whole life.
+    let mut c = pin!(Box::pin(close_one(cf, client, cut)));
+    let mut b = pin!(Box::pin(close_one(bf, backend, cut)));
+    let (mut cl, mut bl) = (None, None);
+    poll_fn(|cx| {
+        if cl.is_none() {
+            if let Poll::Ready(n) = c.as_mut().poll(cx) {
+                cl = Some(n);
+            }
+        }
+        if bl.is_none() {
+            if let Poll::Ready(n) = b.as_mut().poll(cx) {
+                bl = Some(n);
+            }
+        }
+        match (cl, bl) {
+            (Some(c), Some(b)) => Poll::Ready([c, b]),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
+async fn close_one(fate: Fate, side: Side<'_>, cut: &Cutoff) -> u64 {
+    let fd = side.sock.as_raw_fd();
+    // A FIN passed on takes one sequence number in the kernel's queue
+    // (SIOCOUTQ counts it until acknowledged); it is not a byte.
+    let fin = u64::from(side.writer == Flow::Finished);
+    let queued = |fd| queued(fd).saturating_sub(fin);
+    match fate {
+        Fate::Keep { input_done } => {
+            if !input_done {
+                keep_drain(side.sock, cut).await;
+            }
+            0
+        }
+        Fate::Reset => {
+            let lost = side.held + queued(fd);
+            let _ = sys::set_linger_zero(fd);
+            lost
+        }
+        Fate::ResetAfterDrain => {
+            side.held + abort_after_drain(side.sock, cut).await.saturating_sub(fin)
+        }
+        Fate::Gone => {
+            let lost = side.held + queued(fd);
+            let _ = sys::set_linger_zero(fd);
+            lost
+        }
+    }
+}
+
+fn queued(fd: RawFd) -> u64 {
+    sys::unsent_bytes(fd).map_or(0, |n| n as u64)
+}
+
+/// Make the next close of `s` an abortive one (RST), after the bytes already
+/// queued to the peer have left (bounded by `RESET_DRAIN_MAX`, cut short by
+/// a drain's cut), so that a reset never truncates what was read before it
+/// and never looks like a clean end. Returns the bytes still queued when the
+/// reset was armed: the peer never gets them.
+pub async fn abort_after_drain(s: &TcpStream, cut: &Cutoff) -> u64 {
+    let fd = s.as_raw_fd();
+    let start = Instant::now();
+    // Stop as soon as the queue is empty, or the peer is gone (a reset socket
+    // keeps its unacknowledged bytes queued forever).
+    while matches!(sys::unsent_bytes(fd), Ok(n) if n > 0)
+        && sys::tcp_state(fd) != Some(sys::TCP_STATE_CLOSE)
+        && start.elapsed() < RESET_DRAIN_MAX
+        && !cut.is_cut()
+    {
+        monoio::time::sleep(RESET_DRAIN_POLL).await;
+    }
+    let lost = queued(fd);
+    let _ = sys::set_linger_zero(fd);
+    lost
+}
+
+/// What reading a socket's pending input found.
+#[derive(PartialEq, Eq)]
+enum Input {
+    /// Nothing more for now.
+    Empty,
+    /// The peer's FIN (or an error): no input can follow.
+    Ended,
+}
+
+/// Read and discard what is pending (up to `DISCARD_READS` reads).
+fn discard_input(fd: RawFd) -> Input {
+    let mut buf = [0u8; 16 * 1024];
+    for _ in 0..DISCARD_READS {
+        match sys::recv(fd, &mut buf) {
+            Ok(0) => return Input::Ended,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Input::Empty,
+            Err(_) => return Input::Ended,
+        }
+    }
+    Input::Empty
+}
+
+/// The graceful close of a socket whose stream finished while its peer may
+/// still send: discard input until every queued byte is acknowledged (or the
+/// peer ends its side, or `KEEP_DRAIN_MAX`, or a drain's cut), then leave no
+/// unread input behind so the close is a FIN, never a reset.
+async fn keep_drain(s: &TcpStream, cut: &Cutoff) {
+    let fd = s.as_raw_fd();
+    let start = Instant::now();
+    loop {
+        if discard_input(fd) == Input::Ended {
+            // Nothing can arrive after the peer's FIN: the plain close keeps
+            // delivering the queue.
+            return;
+        }
+        if queued(fd) == 0
+            || sys::tcp_state(fd) == Some(sys::TCP_STATE_CLOSE)
+            || cut.is_cut()
+            || start.elapsed() >= KEEP_DRAIN_MAX
+        {
+            break;
+        }
+        monoio::time::sleep(KEEP_DRAIN_POLL).await;
+    }
+    discard_input(fd);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_socket_follows_the_direction_writing_into_it() {
+        use Flow::*;
+        let keep = |input_done| Fate::Keep { input_done };
+        // [client, backend]; up = client → backend, down = backend → client.
+        for outcome in [
+            Outcome::TerminationDelay,
+            Outcome::IdleTimeout,
+            Outcome::Drained,
+        ] {
+            // Backend finished first (its FIN passed on), the client's side
+            // was cut: the client keeps its bytes, the backend is reset.
+            assert_eq!(fates(outcome, Open, Finished), [keep(false), Fate::Reset]);
+            // The mirror.
+            assert_eq!(fates(outcome, Finished, Open), [Fate::Reset, keep(false)]);
+            // Both cut (idle timeout, drain).
+            assert_eq!(fates(outcome, Open, Open), [Fate::Reset, Fate::Reset]);
+        }
+        assert_eq!(
+            fates(Outcome::Closed, Finished, Finished),
+            [keep(true), keep(true)]
+        );
+        // A failure is passed on as a reset after the queue has left,
+        // whatever the other direction was doing.
+        for up in [Open, Finished, Failed] {
+            assert_eq!(
+                fates(Outcome::ClientReset, up, Open),
+                [Fate::Gone, Fate::ResetAfterDrain]
+            );
+            assert_eq!(
+                fates(Outcome::BackendReset, Open, up),
+                [Fate::ResetAfterDrain, Fate::Gone]
+            );
+        }
+    }
+}
