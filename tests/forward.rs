@@ -189,10 +189,17 @@ fn termination_delay_closes_after_first_fin() {
 
 #[test]
 fn backend_reset_mid_stream_is_passed_on_as_reset() {
-    let backend = Backend::start(|mut s| {
+    // The backend resets only once the client holds every byte: a sleep
+    // instead would race the proxy on a loaded machine (the backend's own
+    // kernel discards what it had not sent yet when it resets).
+    let (received_tx, received_rx) = std::sync::mpsc::channel::<()>();
+    let received_rx = std::sync::Mutex::new(received_rx);
+    let backend = Backend::start(move |mut s| {
         s.write_all(&pattern(1 << 20, 5)).unwrap();
-        // Wait until the bytes have left, then abort (RST).
-        thread::sleep(Duration::from_millis(200));
+        let _ = received_rx
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(30));
         let sock = socket2::SockRef::from(&s);
         sock.set_linger(Some(Duration::ZERO)).unwrap();
         drop(s);
@@ -200,12 +207,13 @@ fn backend_reset_mid_stream_is_passed_on_as_reset() {
     for &(driver, fwd) in VARIANTS {
         let p = Proxy::start(&config(driver, fwd, backend.addr, ""));
         let mut s = TcpStream::connect(p.addr("main")).unwrap();
-        let (got, err) = read_to_end(&mut s);
-        assert_eq!(
-            got.len(),
-            1 << 20,
-            "{driver}/{fwd}: every byte before the reset"
-        );
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut got = vec![0u8; 1 << 20];
+        s.read_exact(&mut got)
+            .unwrap_or_else(|e| panic!("{driver}/{fwd}: every byte before the reset: {e}"));
+        received_tx.send(()).unwrap();
+        let (rest, err) = read_to_end(&mut s);
+        assert!(rest.is_empty(), "{driver}/{fwd}: bytes after the reply");
         assert_eq!(checksum(&got), checksum(&pattern(1 << 20, 5)));
         let err = err.unwrap_or_else(|| panic!("{driver}/{fwd}: clean EOF instead of a reset"));
         assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{driver}/{fwd}");
@@ -372,6 +380,13 @@ fn a_reset_passed_on_after_the_drain_wait_counts_only_what_arrived() {
     // `down=` must not count it.
     let reply = std::sync::Arc::new(pattern(2 << 20, 51));
     let backend = Backend::start(move |mut s| {
+        // The client's "go" arrives through the proxy: only then is the
+        // proxy surely connected (a reset racing its connect would be a
+        // dial failure, not the case under test).
+        let mut go = [0u8; 2];
+        if s.read_exact(&mut go).is_err() {
+            return;
+        }
         let _ = s.write_all(&reply);
         socket2::SockRef::from(&s)
             .set_linger(Some(Duration::ZERO))
@@ -381,6 +396,7 @@ fn a_reset_passed_on_after_the_drain_wait_counts_only_what_arrived() {
         let p = Proxy::start(&config(driver, fwd, backend.addr, ""));
         let mut s = TcpStream::connect(p.addr("main")).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(b"go").unwrap();
         thread::sleep(Duration::from_secs(3));
         let (got, err) = read_to_end(&mut s);
         assert_eq!(
