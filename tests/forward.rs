@@ -263,26 +263,6 @@ fn server_speaks_first_greeting_arrives_without_client_bytes() {
     }
 }
 
-/// Read everything at about `rate` bytes/s in small chunks (a slow client):
-/// returns the bytes and the error that ended the stream, if any.
-fn read_throttled(s: &mut TcpStream, rate: u64) -> (Vec<u8>, Option<std::io::Error>) {
-    let start = std::time::Instant::now();
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return (out, None),
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) => return (out, Some(e)),
-        }
-        // Sleep until the bytes read so far match the pace.
-        let due = Duration::from_secs_f64(out.len() as f64 / rate as f64);
-        if let Some(wait) = due.checked_sub(start.elapsed()) {
-            thread::sleep(wait);
-        }
-    }
-}
-
 #[test]
 fn slow_reader_gets_every_byte_of_a_finished_reply() {
     // The backend writes 16 MiB and closes cleanly; the client keeps its

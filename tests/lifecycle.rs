@@ -258,24 +258,6 @@ fn steered_backend(finished: std::sync::Arc<Vec<u8>>) -> Backend {
 /// the grace time ends, although the client has read only part of it.
 const FINISHED_LEN: usize = 1 << 20;
 
-/// Read at about `rate` bytes/s until EOF or an error.
-fn read_slowly(s: &mut TcpStream, rate: u64) -> (Vec<u8>, Option<std::io::Error>) {
-    let start = Instant::now();
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return (out, None),
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) => return (out, Some(e)),
-        }
-        let due = Duration::from_secs_f64(out.len() as f64 / rate as f64);
-        if let Some(wait) = due.checked_sub(start.elapsed()) {
-            thread::sleep(wait);
-        }
-    }
-}
-
 #[test]
 fn drain_end_resets_cut_streams_and_keeps_finished_replies() {
     // graceTimeOut 1 s; at its end: 5 clients mid-download must get a reset
@@ -345,7 +327,7 @@ workers = 2
         })
         .collect();
     // ~300 kB/s: most of the reply is still queued when the grace time ends.
-    let (mut got, err) = read_slowly(&mut fin, 300_000);
+    let (mut got, err) = read_throttled(&mut fin, 300_000);
     got.insert(0, first[0]);
     assert!(
         err.is_none(),

@@ -911,28 +911,6 @@ fn tls_client(
     s
 }
 
-/// Read plaintext at about `rate` bytes/s until close_notify (`None`) or an
-/// error (a bare EOF is `UnexpectedEof`).
-fn read_tls_throttled(
-    s: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
-    rate: u64,
-) -> (Vec<u8>, Option<std::io::Error>) {
-    let start = std::time::Instant::now();
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return (out, None),
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) => return (out, Some(e)),
-        }
-        let due = Duration::from_secs_f64(out.len() as f64 / rate as f64);
-        if let Some(wait) = due.checked_sub(start.elapsed()) {
-            thread::sleep(wait);
-        }
-    }
-}
-
 #[test]
 fn slow_tls_reader_gets_every_byte_of_a_finished_reply() {
     // As tests/forward.rs: the backend writes 16 MiB and closes; the TLS
@@ -960,7 +938,7 @@ fn slow_tls_reader_gets_every_byte_of_a_finished_reply() {
             .replace("terminationDelay = \"30s\"", "terminationDelay = \"100ms\"");
         let p = Proxy::start(&toml);
         let mut s = tls_client(p.addr("tls"), "slow.test", &ca_path);
-        let (got, err) = read_tls_throttled(&mut s, 8_000_000);
+        let (got, err) = read_throttled(&mut s, 8_000_000);
         assert!(
             err.is_none(),
             "{driver}: {err:?} after {} of {LEN} bytes",
@@ -999,7 +977,7 @@ fn a_tls_reply_cut_by_termination_delay_is_reset_and_counts_what_arrived() {
             s.conn.write_tls(&mut s.sock).unwrap();
         }
         s.sock.shutdown(Shutdown::Write).unwrap();
-        let (got, err) = read_tls_throttled(&mut s, 8_000_000);
+        let (got, err) = read_throttled(&mut s, 8_000_000);
         assert_eq!(
             err.map(|e| e.kind()),
             Some(ErrorKind::ConnectionReset),

@@ -431,6 +431,26 @@ pub fn require_tool(tool: &str, package: &str) -> bool {
     found
 }
 
+/// Read everything at about `rate` bytes/s in 16 KiB reads (a slow client):
+/// the bytes, and the error that ended the stream, if any (`None`: clean EOF).
+pub fn read_throttled<R: Read>(s: &mut R, rate: u64) -> (Vec<u8>, Option<std::io::Error>) {
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (out, None),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => return (out, Some(e)),
+        }
+        // Sleep until the bytes read so far match the pace.
+        let due = Duration::from_secs_f64(out.len() as f64 / rate as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            thread::sleep(wait);
+        }
+    }
+}
+
 /// Report a skipped test loudly, and append it to the file named by
 /// `SLUICEGATE_SKIP_LOG` so `scripts/test.sh` can print how many tests
 /// skipped (the test harness hides a passing test's stderr).
