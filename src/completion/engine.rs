@@ -33,6 +33,9 @@ pub struct Engine {
     returned: usize,
     scratch: Vec<Completion>,
     touched: Vec<u32>,
+    /// The first ENOBUFS was logged (once per worker: a hint to give the
+    /// ring more buffers, not an error).
+    dry_logged: bool,
 }
 
 /// The `Ops` of one round: pushes to the ring, records parks and returns.
@@ -81,6 +84,7 @@ impl Engine {
             returned: 0,
             scratch: Vec::new(),
             touched: Vec::new(),
+            dry_logged: false,
         }
     }
 
@@ -191,6 +195,14 @@ impl Engine {
         }
         self.touched = touched;
         self.touched.clear();
+        if !self.parked.is_empty() && !self.dry_logged {
+            self.dry_logged = true;
+            log!(
+                Info,
+                "completion buffers ran out; receives wait for buffers to come back",
+                buffers = self.ring.buffer_count()
+            );
+        }
         if self.returned > 0 && !self.parked.is_empty() {
             // Re-arm every parked direction: a re-armed RECV waits without a
             // buffer until bytes arrive, and one that finds the ring empty
