@@ -98,7 +98,9 @@ fn enobufs_tiny_ring_500_connections_all_byte_exact() {
         assert_eq!(field(l, "down").as_deref(), Some("65536"), "{l}");
     }
     // The path under test did run, with the tiny ring, and it did run dry.
-    p.wait_logs(1, |l| l.contains("completion ring ready") && l.contains("buffers=8"));
+    p.wait_logs(1, |l| {
+        l.contains("completion ring ready") && l.contains("buffers=8")
+    });
     p.wait_logs(1, |l| l.contains("completion buffers ran out"));
 }
 
@@ -134,7 +136,7 @@ fn short_sends_to_a_slow_reader_keep_every_byte_in_order() {
         reads += 1;
         // Slow at the start (the proxy's queue fills, sends go short),
         // then fast enough to finish in reasonable time.
-        if reads < 400 && reads % 4 == 0 {
+        if reads < 400 && reads.is_multiple_of(4) {
             thread::sleep(Duration::from_millis(2));
         }
     }
@@ -150,25 +152,26 @@ fn short_sends_to_a_slow_reader_keep_every_byte_in_order() {
     );
 }
 
-/// Bytes the backend sends before its reset: more than the client's small
-/// receive window, so most of them are still queued in the proxy (and its
-/// SEND to the client in flight) when the reset arrives.
-const BEFORE_RESET: usize = 1 << 20;
+/// Bytes the backend sends before its reset: more than the proxy's socket
+/// send buffer towards a slow reader can hold, so that when the reset
+/// arrives the proxy still has buffers queued and a SEND in flight.
+const BEFORE_RESET: usize = 8 << 20;
 
 #[test]
 fn reset_in_the_middle_of_a_queued_send_comes_after_the_bytes_before_it() {
     let backend = Backend::start(|mut s| {
         s.write_all(&pattern(BEFORE_RESET, 31)).unwrap();
         // Every byte is in the proxy's hands once our send queue is empty
-        // (acknowledged); then abort.
-        let sock = socket2::SockRef::from(&s);
-        for _ in 0..1000 {
+        // (acknowledged); then abort. (Bounded: reset anyway after 10 s.)
+        for _ in 0..2000 {
             if outq(&s) == 0 {
                 break;
             }
             thread::sleep(Duration::from_millis(5));
         }
-        sock.set_linger(Some(Duration::ZERO)).unwrap();
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
         drop(s);
     });
     let p = Proxy::start(&config(backend.addr, 1));
@@ -177,10 +180,18 @@ fn reset_in_the_middle_of_a_queued_send_comes_after_the_bytes_before_it() {
     sock.connect(&p.addr("main").into()).unwrap();
     let mut s: TcpStream = sock.into();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    // Not reading while the backend sends and resets: the proxy holds the
-    // bytes in its queue with a SEND to us in flight.
-    thread::sleep(Duration::from_millis(500));
-    let (got, err) = read_to_end(&mut s);
+    // A slow reader all along: the proxy's queue towards us stays full, so
+    // the backend's reset arrives while SENDs are queued.
+    let mut got = Vec::with_capacity(BEFORE_RESET);
+    let mut buf = vec![0u8; 16 * 1024];
+    let err = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break Some(e),
+        }
+        thread::sleep(Duration::from_millis(1));
+    };
     assert_eq!(got.len(), BEFORE_RESET, "every byte before the reset");
     assert_eq!(checksum(&got), checksum(&pattern(BEFORE_RESET, 31)));
     let err = err.expect("a clean EOF instead of a reset");

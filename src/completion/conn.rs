@@ -577,7 +577,10 @@ mod tests {
         let (mut c, mut ops) = start();
         c.complete(0, Kind::Recv, &cqe(-libc::ENOBUFS), &mut ops);
         assert_eq!(ops.parked, [(7, 0)]);
-        assert!(ops.pushed.is_empty(), "not re-armed while the ring is empty");
+        assert!(
+            ops.pushed.is_empty(),
+            "not re-armed while the ring is empty"
+        );
         c.unpark(0, &mut ops);
         assert_eq!(ops.pushed, ["recv 10"]);
         assert!(c.outcome().is_none());
@@ -594,7 +597,11 @@ mod tests {
         c.complete(0, Kind::CancelRecv, &cqe(0), &mut ops);
         ops.pushed.clear();
         c.complete(0, Kind::Send, &cqe(1), &mut ops);
-        assert!(ops.pushed.contains(&"recv 10".to_string()), "{:?}", ops.pushed);
+        assert!(
+            ops.pushed.contains(&"recv 10".to_string()),
+            "{:?}",
+            ops.pushed
+        );
     }
 
     #[test]
@@ -606,7 +613,11 @@ mod tests {
         assert_eq!(ops.given, [2], "the head is still the kernel's");
         c.complete(0, Kind::Send, &cqe(-libc::ECANCELED), &mut ops);
         assert_eq!(ops.given, [2, 1]);
-        for (dir, kind) in [(0, Kind::CancelRecv), (1, Kind::CancelRecv), (0, Kind::CancelSend)] {
+        for (dir, kind) in [
+            (0, Kind::CancelRecv),
+            (1, Kind::CancelRecv),
+            (0, Kind::CancelSend),
+        ] {
             c.complete(dir, kind, &cqe(0), &mut ops);
         }
         assert!(c.outcome().is_none());

@@ -78,7 +78,8 @@ fn ring_size() -> (u16, u32) {
 fn make_ring() -> std::io::Result<Ring> {
     let (count, size) = ring_size();
     // Kernels before 6.0 lack SINGLE_ISSUER / COOP_TASKRUN.
-    Ring::new(RING_ENTRIES, count, size, true).or_else(|_| Ring::new(RING_ENTRIES, count, size, false))
+    Ring::new(RING_ENTRIES, count, size, true)
+        .or_else(|_| Ring::new(RING_ENTRIES, count, size, false))
 }
 
 /// This worker's engine, if the completion path can run here.
