@@ -52,8 +52,8 @@ impl Ops for RingOps<'_> {
     fn send(&mut self, fd: RawFd, bid: u16, off: u32, len: u32, ud: u64) -> io::Result<()> {
         self.ring.push_send(fd, bid, off, len, ud)
     }
-    fn shutdown(&mut self, fd: RawFd, ud: u64) -> io::Result<()> {
-        self.ring.push_shutdown(fd, ud)
+    fn shutdown(&mut self, fd: RawFd) -> io::Result<()> {
+        crate::sys::shutdown(fd, std::net::Shutdown::Write)
     }
     fn cancel(&mut self, target: u64, ud: u64) -> io::Result<()> {
         self.ring.push_cancel(target, ud)
@@ -113,7 +113,12 @@ impl Engine {
         };
         self.conns[slot as usize] = Some(Conn::new(slot, client, backend));
         self.touch(slot);
-        self.flush()?;
+        if let Err(e) = self.flush() {
+            // The receives may be queued already: never hand these sockets
+            // to another forwarding path; wind this connection down here.
+            self.orphan(slot);
+            return Err(e);
+        }
         Ok(slot)
     }
 
@@ -301,7 +306,8 @@ async fn drive(engine: Rc<RefCell<Engine>>, efd: monoio::fs::File) {
             log!(Warn, "completion eventfd read failed", error = e);
             monoio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
-        for _ in 0..ROUNDS_PER_WAKE {
+        let mut rounds = 0;
+        loop {
             let n = engine.borrow_mut().round(&mut wake);
             for w in wake.drain(..) {
                 w.wake();
@@ -309,6 +315,31 @@ async fn drive(engine: Rc<RefCell<Engine>>, efd: monoio::fs::File) {
             if n == 0 {
                 break;
             }
+            rounds += 1;
+            if rounds % ROUNDS_PER_WAKE == 0 {
+                // Let the other tasks run, then carry on: completions
+                // already counted by the eventfd would not wake us again.
+                YieldNow(false).await;
+            }
         }
+    }
+}
+
+/// Returns `Pending` once (after asking to be polled again), then `Ready`.
+struct YieldNow(bool);
+
+impl std::future::Future for YieldNow {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
     }
 }

@@ -134,8 +134,22 @@ pub async fn duplex(client: &TcpStream, backend: &TcpStream, opts: &Opts) -> (Re
     let slot = match registered {
         Ok(s) => s,
         Err(e) => {
-            log!(Warn, "completion forwarding failed to start", error = e);
-            return forward::duplex(client, backend, &fallback).await;
+            // The ring refused a submit: it is unusable. This connection's
+            // receives may be queued on it, so it must not be forwarded by
+            // another path too; it ends here, new ones use readiness.
+            BROKEN.with(|b| b.set(true));
+            log!(
+                Warn,
+                "completion ring failed; using readiness forwarding",
+                error = e
+            );
+            let _ = sys::set_linger_zero(client.as_raw_fd());
+            let _ = sys::set_linger_zero(backend.as_raw_fd());
+            let report = Report {
+                error: Some(e),
+                ..Report::default()
+            };
+            return (report, Outcome::ClientReset);
         }
     };
     let mut reg = Registered {

@@ -232,7 +232,7 @@ impl Ring {
     fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
         loop {
             // SAFETY: every entry built in this module either carries no
-            // pointer (RECV with buffer select, SHUTDOWN, ASYNC_CANCEL) or a
+            // pointer (RECV with buffer select, ASYNC_CANCEL) or a
             // pointer into `buffers` (SEND), which outlives the operation
             // (see the module doc).
             let pushed = unsafe { self.ring.submission().push(&entry) };
@@ -279,14 +279,6 @@ impl Ring {
         self.push(e)
     }
 
-    /// SHUTDOWN(SHUT_WR) of `fd`: pass a FIN on.
-    pub fn push_shutdown(&mut self, fd: RawFd, user_data: u64) -> io::Result<()> {
-        let e = opcode::Shutdown::new(types::Fd(fd), libc::SHUT_WR)
-            .build()
-            .user_data(user_data);
-        self.push(e)
-    }
-
     /// ASYNC_CANCEL of the operation with `target` user data.
     pub fn push_cancel(&mut self, target: u64, user_data: u64) -> io::Result<()> {
         let e = opcode::AsyncCancel::new(target)
@@ -300,10 +292,17 @@ impl Ring {
     /// completions are moved to the stash to make room, and it is retried.
     pub fn submit(&mut self) -> io::Result<()> {
         loop {
-            if self.ring.submission().is_empty() {
+            // With nothing queued, enter only to flush completions the
+            // kernel kept aside for a full completion queue (the crate's
+            // submit asks for them when the overflow flag is set).
+            let sq = self.ring.submission();
+            if sq.is_empty() && !sq.cq_overflow() {
                 return Ok(());
             }
+            let idle = sq.is_empty();
+            drop(sq);
             match self.ring.submit() {
+                Ok(_) if idle => return Ok(()),
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => self.stash_completions(),
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
