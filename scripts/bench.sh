@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces the whole proxy comparison in one command:
-#   direct | haproxy | haproxy-splice | nginx (stream) | sluicegate
+#   direct | haproxy | haproxy-splice | nginx (stream) | sluicegate (readiness
+#   forwarding, today's default) | sluicegate-completion (forwarding = "completion")
 # over iperf3, redis-benchmark, pgbench and sluicegate-loadgen scenarios, REPEAT
 # times, interleaved; prints median [min, max], the ratio to the best peer and to
 # direct, and the proxy's CPU seconds per scenario.
@@ -11,7 +12,7 @@
 #
 # Knobs (environment): WORKERS (2) REPEAT (3) DURATION (5 s) SCENARIOS (all)
 # TARGETS (all) SKIP_BUILD (0) SKIP_INSTALL (0) BASE_PORT (17000) IDLE_CONNS (5000)
-# LAT_FRACTION (0.25) LOADGEN_THREADS (1) PAUSE_IDLE (1) PIN_PEERS (0) KEEP_TMP (0)
+# LAT_FRACTION (0.25) LOADGEN_THREADS (1) PAUSE_IDLE (1) PIN_PEERS (0) KEEP_TMP (0) SYSCALLS (0)
 # RESULTS_DIR (bench/results) SLUICEGATE_BIN (target/release/sluicegate).
 # See bench/README.md. Results: stdout, RESULTS_DIR/latest.md, RESULTS_DIR/latest.jsonl.
 set -euo pipefail
@@ -21,7 +22,7 @@ WORKERS=${WORKERS:-2}
 REPEAT=${REPEAT:-3}
 DURATION=${DURATION:-5}
 SCENARIOS=${SCENARIOS:-all}
-TARGETS=${TARGETS:-direct,haproxy,haproxy-splice,nginx,sluicegate}
+TARGETS=${TARGETS:-direct,haproxy,haproxy-splice,nginx,sluicegate,sluicegate-completion}
 BASE_PORT=${BASE_PORT:-17000}
 SKIP_BUILD=${SKIP_BUILD:-0}
 SKIP_INSTALL=${SKIP_INSTALL:-0}
@@ -30,6 +31,9 @@ LAT_FRACTION=${LAT_FRACTION:-0.25}
 LOADGEN_THREADS=${LOADGEN_THREADS:-1}
 PAUSE_IDLE=${PAUSE_IDLE:-1}
 PIN_PEERS=${PIN_PEERS:-0}
+# 1: count the proxy's system calls and context switches during each run (perf
+# stat; adds a little CPU per system call, so keep CPU comparisons from SYSCALLS=0).
+SYSCALLS=${SYSCALLS:-0}
 KEEP_TMP=${KEEP_TMP:-0}
 RESULTS_DIR=${RESULTS_DIR:-$ROOT/bench/results}
 SLUICEGATE_BIN=${SLUICEGATE_BIN:-$ROOT/target/release/sluicegate}
@@ -38,7 +42,7 @@ PEERS=$ROOT/bench/peers
 
 ALL_SCENARIOS=(iperf1 iperf1r iperf4 redis-set redis-get redis-set-p16 redis-get-p16
     pgbench-s pgbench-sc pingpong churn latency idle)
-ALL_TARGETS=(direct haproxy haproxy-splice nginx sluicegate)
+ALL_TARGETS=(direct haproxy haproxy-splice nginx sluicegate sluicegate-completion)
 
 log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -48,7 +52,7 @@ for v in WORKERS REPEAT DURATION BASE_PORT IDLE_CONNS LOADGEN_THREADS; do
 done
 [[ $LAT_FRACTION =~ ^(0?\.[0-9]+|1(\.0*)?)$ ]] || die "LAT_FRACTION must be in (0, 1], got '$LAT_FRACTION'"
 ((IDLE_CONNS <= 6000)) || die "IDLE_CONNS must be <= 6000 (open-file limit 20000 per process)"
-((BASE_PORT >= 1024 && BASE_PORT + 500 < 32768)) || die "BASE_PORT must leave room below the ephemeral range (32768)"
+((BASE_PORT >= 1024 && BASE_PORT + 600 < 32768)) || die "BASE_PORT must leave room below the ephemeral range (32768)"
 
 if [[ $SCENARIOS == all ]]; then
     SCEN=("${ALL_SCENARIOS[@]}")
@@ -70,7 +74,7 @@ has_target() { [[ " ${TGTS[*]} " == *" $1 "* ]]; }
 # backend address 127.0.0.(10+k), so TIME_WAIT sockets left by one target's churn do
 # not slow another target's connects. iperf3 only listens on 127.0.0.1.
 declare -A BIDX=([iperf]=1 [redis]=2 [pg]=3 [echo]=4)
-declare -A TIDX=([direct]=0 [haproxy]=1 [haproxy-splice]=2 [nginx]=3 [sluicegate]=4)
+declare -A TIDX=([direct]=0 [haproxy]=1 [haproxy-splice]=2 [nginx]=3 [sluicegate]=4 [sluicegate-completion]=5)
 BACKENDS=(iperf redis pg echo)
 bport() { echo $((BASE_PORT + BIDX[$1])); }
 tport() { echo $((BASE_PORT + 100 * TIDX[$1] + BIDX[$2])); }
@@ -79,7 +83,7 @@ baddr() { # backend address a target dials
     if [[ $t == direct || $b == iperf ]]; then echo "127.0.0.1:$(bport "$b")"; else echo "127.0.0.$((10 + TIDX[$t])):$(bport "$b")"; fi
 }
 BACKEND_IPS="127.0.0.1"
-for t in haproxy haproxy-splice nginx sluicegate; do BACKEND_IPS+=" 127.0.0.$((10 + TIDX[$t]))"; done
+for t in haproxy haproxy-splice nginx sluicegate sluicegate-completion; do BACKEND_IPS+=" 127.0.0.$((10 + TIDX[$t]))"; done
 
 # ------------------------------------------------------------------ cleanup
 TMP=""
@@ -146,7 +150,7 @@ done
 if [[ $SKIP_BUILD != 1 ]]; then
     log "building sluicegate-loadgen"
     cargo build --release --quiet --manifest-path "$ROOT/bench/loadgen/Cargo.toml"
-    if has_target sluicegate; then
+    if has_target sluicegate || has_target sluicegate-completion; then
         log "building sluicegate"
         (cd "$ROOT" && cargo build --release --quiet) || log "sluicegate build FAILED: its rows will show 'failed'"
     fi
@@ -273,9 +277,11 @@ write_configs() {
         done
         fill "$PEERS/nginx.conf.in" WORKERS "$WORKERS" TMP "$TMP" SERVERS "$servers" CPUAFFINITY "$aff" >"$cfg"
         ;;
-    sluicegate)
-        cfg=$TMP/sluicegate.toml
+    sluicegate | sluicegate-completion)
+        cfg=$TMP/$t.toml
         fill "$PEERS/sluicegate.toml.in" WORKERS "$WORKERS" >"$cfg"
+        # The completion path (io_uring completions, provided-buffer ring).
+        [[ $t == sluicegate-completion ]] && echo 'forwarding = "completion"' >>"$cfg"
         for b in "${BACKENDS[@]}"; do
             fill "$PEERS/sluicegate-entry.in" LNAME "$b" PORT "$(tport "$t" "$b")" BACKEND "$(baddr "$t" "$b")" >>"$cfg"
         done
@@ -296,7 +302,7 @@ start_proxy() {
         start_bg "$t" haproxy -f "$cfg" -db
         ;;
     nginx) start_bg "$t" nginx -c "$cfg" ;;
-    sluicegate)
+    sluicegate | sluicegate-completion)
         if [[ ! -x $SLUICEGATE_BIN ]]; then
             TSTATUS[$t]="failed: $SLUICEGATE_BIN not built"
             return
@@ -566,10 +572,29 @@ run_one() {
         sample_threads $pids &
         SAMPLER_PID=$!
     fi
+    local perf_pid=""
+    if [[ -n $pids && $SYSCALLS == 1 ]]; then
+        # -p takes every thread of the processes listed.
+        perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$(tr -s ' ' ',' <<<"$pids")" \
+            -o "$TMP/perf.out" 2>/dev/null &
+        perf_pid=$!
+    fi
     if ! res=$(run_scenario "$s" "$t" 2>"$TMP/last.err"); then
         ok=false
         err=$(tr '\n' ' ' <"$TMP/last.err" | head -c 400)
         res='{}'
+    fi
+    if [[ -n $perf_pid ]]; then
+        kill -INT "$perf_pid" 2>/dev/null || true
+        wait "$perf_pid" 2>/dev/null || true
+        local sc cs
+        sc=$(awk -F, '$3 ~ /raw_syscalls:sys_enter/ { print $1 }' "$TMP/perf.out" 2>/dev/null)
+        cs=$(awk -F, '$3 ~ /context-switches/ { print $1 }' "$TMP/perf.out" 2>/dev/null)
+        if [[ $sc =~ ^[0-9]+$ && $cs =~ ^[0-9]+$ && $ok == true ]]; then
+            res=$(jq -c --argjson sc "$sc" --argjson cs "$cs" '.extra += {syscalls: $sc, csw: $cs}
+                | if (.extra.requests // 0) > 0 then .extra += {syscalls_per_req: ($sc / .extra.requests),
+                    csw_per_req: ($cs / .extra.requests)} else . end' <<<"$res")
+        fi
     fi
     if [[ -n $pids ]]; then
         kill "$SAMPLER_PID" 2>/dev/null || true
@@ -637,7 +662,7 @@ versions=$(
     echo "- machine: $(nproc) cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)), $(free -g | awk '/Mem:/{print $2}') GiB, kernel $(uname -r)"
     echo "- haproxy $(haproxy -v | head -1 | awk '{print $3}'), nginx $(nginx -v 2>&1 | sed 's|.*/||'), redis $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/'), PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), iperf3 $(iperf3 --version | head -1 | awk '{print $2}')"
     echo "- sluicegate $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)${TSTATUS[sluicegate]:+ (${TSTATUS[sluicegate]})}"
-    echo "- WORKERS=$WORKERS REPEAT=$REPEAT DURATION=${DURATION}s LOADGEN_THREADS=$LOADGEN_THREADS PAUSE_IDLE=$PAUSE_IDLE PIN_PEERS=$PIN_PEERS; $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo "- WORKERS=$WORKERS REPEAT=$REPEAT DURATION=${DURATION}s LOADGEN_THREADS=$LOADGEN_THREADS PAUSE_IDLE=$PAUSE_IDLE PIN_PEERS=$PIN_PEERS SYSCALLS=$SYSCALLS; $(date -u +%Y-%m-%dT%H:%MZ)"
 )
 python3 - "$JSONL" "$RESULTS_DIR/latest.md" "$versions" <<'PY'
 import json, sys, statistics
@@ -645,7 +670,7 @@ import json, sys, statistics
 jsonl, md_path, header = sys.argv[1], sys.argv[2], sys.argv[3]
 rows = [json.loads(l) for l in open(jsonl) if l.strip()]
 PEERS = ["haproxy", "haproxy-splice", "nginx"]
-ORDER = ["direct", "haproxy", "haproxy-splice", "nginx", "sluicegate"]
+ORDER = ["direct", "haproxy", "haproxy-splice", "nginx", "sluicegate", "sluicegate-completion"]
 
 def fmt(v, unit):
     if v is None:
@@ -703,6 +728,9 @@ for s in scen_order:
     peer_meds = [stats[t]["med"] for t in PEERS if t in stats and stats[t]["med"] is not None]
     best = (max(peer_meds) if better == "higher" else min(peer_meds)) if peer_meds else None
     direct = stats.get("direct", {}).get("med")
+    # CPU per unit against the thriftiest peer (lowest CPU per GB / request).
+    peer_pers = [stats[t]["per"] for t in PEERS if t in stats and stats[t]["per"]]
+    best_per = min(peer_pers) if peer_pers else None
     extra_keys = []
     for t in targets:
         for k in stats[t]["extras"]:
@@ -711,7 +739,7 @@ for s in scen_order:
     if s == "latency":
         extra_keys = [k for k in ["p50_us", "p999_us", "rps"] if k in extra_keys]
     hdr = ["target", f"{m['metric']} ({unit}) median [min, max]", "vs best peer", "vs direct", "cpu s",
-           f"cpu/{norm}" if norm else "cpu/unit", "threads"] + extra_keys
+           f"cpu/{norm}" if norm else "cpu/unit", "cpu/unit vs best peer", "threads"] + extra_keys
     if s == "latency":
         hdr += ["added p50 us", "added p99 us"]
     title = f"{s}: {m['desc']} ({better} is better)"
@@ -730,6 +758,7 @@ for s in scen_order:
             cell += f" ({st['n'] - ok_n} failed)"
         row = [t, cell, vs_best, vs_dir, fmt(st["cpu"], "") if st["cpu"] is not None else "-",
                fmt(st["per"], "") if st["per"] is not None else "-",
+               f"{st['per']/best_per:.2f}" if (st["per"] is not None and best_per) else "-",
                str(st["thr"]) if st["thr"] is not None else "-"]
         row += [fmt(st["extras"].get(k), "") for k in extra_keys]
         if s == "latency":

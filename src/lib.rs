@@ -16,6 +16,7 @@
 
 pub mod admin;
 pub mod balance;
+pub mod completion;
 pub mod config;
 pub mod engine;
 pub mod forward;

@@ -250,6 +250,8 @@ pub enum Forwarding {
     Auto,
     Splice,
     Copy,
+    /// io_uring completions (`crate::completion`); `auto` on epoll.
+    Completion,
 }
 
 /// `[runtime]` (sluicegate extension).

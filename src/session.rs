@@ -388,7 +388,11 @@ async fn run<'a>(
             .map_err(|_| Early::BackendWrite)?;
     }
     drop(peeked);
-    let (mut report, outcome) = forward::duplex(client, &backend, &opts, cut).await;
+    let (mut report, outcome) = if opts.mode == crate::model::Forwarding::Completion {
+        crate::completion::duplex(client, &backend, &opts, cut).await
+    } else {
+        forward::duplex(client, &backend, &opts, cut).await
+    };
     report.up += replayed;
     Ok((report, outcome))
 }

@@ -10,6 +10,8 @@
 use std::io;
 use std::os::fd::RawFd;
 
+pub mod uring;
+
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
         Err(io::Error::last_os_error())

@@ -277,6 +277,7 @@ pub fn run(id: usize, driver: Driver, shared: Arc<Shared>, listeners: Listeners)
             // Kernels before 6.0 lack SINGLE_ISSUER / COOP_TASKRUN.
             Err(_) => uring_runtime(false)?,
         };
+        crate::completion::enable_on_this_thread();
         rt.block_on(worker_main(id, shared, listeners))
     } else {
         let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()

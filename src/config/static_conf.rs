@@ -365,10 +365,11 @@ fn runtime(mut t: Tbl<'_>, d: &mut Diags) -> model::Runtime {
             "auto" => Forwarding::Auto,
             "splice" => Forwarding::Splice,
             "copy" => Forwarding::Copy,
+            "completion" => Forwarding::Completion,
             other => {
                 d.error(
                     s.at,
-                    format!("`runtime.forwarding` must be \"auto\", \"splice\" or \"copy\", not {other:?}"),
+                    format!("`runtime.forwarding` must be \"auto\", \"splice\", \"copy\" or \"completion\", not {other:?}"),
                 );
                 r.forwarding
             }

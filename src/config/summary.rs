@@ -222,6 +222,7 @@ impl Config {
             Forwarding::Auto => "auto",
             Forwarding::Splice => "splice",
             Forwarding::Copy => "copy",
+            Forwarding::Completion => "completion",
         };
         writeln!(
             s,

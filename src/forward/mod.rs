@@ -157,7 +157,10 @@ fn pump<'a>(dir: Dir<'a>, opts: &Opts) -> Pin<Box<dyn Future<Output = DirEnd> + 
     match opts.mode {
         Forwarding::Copy => Box::pin(copy::pump(dir, opts.buffer_size)),
         Forwarding::Splice => Box::pin(splice::pump(dir, opts.buffer_size, false)),
-        Forwarding::Auto => Box::pin(splice::pump(dir, opts.buffer_size, true)),
+        // `completion` on a driver without it (crate::completion) is `auto`.
+        Forwarding::Auto | Forwarding::Completion => {
+            Box::pin(splice::pump(dir, opts.buffer_size, true))
+        }
     }
 }
 

@@ -408,6 +408,7 @@ pub fn connect_from(local: &str, to: SocketAddr) -> TcpStream {
 pub const VARIANTS: &[(&str, &str)] = &[
     ("io_uring", "copy"),
     ("io_uring", "splice"),
+    ("io_uring", "completion"),
     ("epoll", "copy"),
     ("epoll", "splice"),
 ];

@@ -1,0 +1,350 @@
+//! The per-worker completion engine: the ring (`sys::uring::Ring`), the
+//! connections' state machines, and the monoio task that drives them.
+//!
+//! One round (`Engine::round`): take every completion, apply each to its
+//! connection, re-arm the directions parked on ENOBUFS if buffers came back,
+//! publish the returned buffers, submit once. The driving task awaits the
+//! ring's eventfd with a read on monoio's ring, then runs rounds until no
+//! completion is left, so one wake-up serves every connection that has work.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::task::Waker;
+
+use super::conn::{parse_user_data, Conn, Ops, Stop};
+use crate::forward::ending::Flow;
+use crate::log;
+use crate::sys::uring::{Completion, Ring};
+
+/// Rounds per wake-up before yielding to monoio's other tasks (accepts,
+/// handshakes, timers), so a flood of completions cannot starve them.
+const ROUNDS_PER_WAKE: usize = 8;
+
+/// The ring and the connections on it.
+pub struct Engine {
+    ring: Ring,
+    conns: Vec<Option<Conn>>,
+    free: Vec<u32>,
+    parked: VecDeque<(u32, usize)>,
+    /// Buffers given back in the current round (parked directions are
+    /// re-armed only when some came back).
+    returned: usize,
+    scratch: Vec<Completion>,
+    touched: Vec<u32>,
+    /// The first ENOBUFS was logged (once per worker: a hint to give the
+    /// ring more buffers, not an error).
+    dry_logged: bool,
+}
+
+/// The `Ops` of one round: pushes to the ring, records parks and returns.
+struct RingOps<'a> {
+    ring: &'a mut Ring,
+    parked: &'a mut VecDeque<(u32, usize)>,
+    returned: &'a mut usize,
+}
+
+impl Ops for RingOps<'_> {
+    fn recv(&mut self, fd: RawFd, ud: u64) -> io::Result<()> {
+        self.ring.push_recv_multi(fd, ud)
+    }
+    fn send(&mut self, fd: RawFd, bid: u16, off: u32, len: u32, ud: u64) -> io::Result<()> {
+        self.ring.push_send(fd, bid, off, len, ud)
+    }
+    fn shutdown(&mut self, fd: RawFd) -> io::Result<()> {
+        crate::sys::shutdown(fd, std::net::Shutdown::Write)
+    }
+    fn cancel(&mut self, target: u64, ud: u64) -> io::Result<()> {
+        self.ring.push_cancel(target, ud)
+    }
+    fn give_back(&mut self, bid: u16) {
+        self.ring.give_back(bid);
+        *self.returned += 1;
+    }
+    fn park(&mut self, slot: u32, dir: usize) {
+        self.parked.push_back((slot, dir));
+    }
+}
+
+/// What the owner of a connection sees when it polls.
+pub struct View {
+    pub done: Option<(crate::forward::Outcome, Option<io::Error>)>,
+    pub first_fin: Option<std::time::Instant>,
+    pub last_active: std::time::Instant,
+}
+
+impl Engine {
+    pub fn new(ring: Ring) -> Engine {
+        Engine {
+            ring,
+            conns: Vec::new(),
+            free: Vec::new(),
+            parked: VecDeque::new(),
+            returned: 0,
+            scratch: Vec::new(),
+            touched: Vec::new(),
+            dry_logged: false,
+        }
+    }
+
+    fn ops(&mut self) -> (RingOps<'_>, &mut Vec<Option<Conn>>) {
+        (
+            RingOps {
+                ring: &mut self.ring,
+                parked: &mut self.parked,
+                returned: &mut self.returned,
+            },
+            &mut self.conns,
+        )
+    }
+
+    /// Start forwarding between two open sockets; the caller keeps them open
+    /// until `finish` (or `orphan` and the final completions).
+    pub fn register(&mut self, client: RawFd, backend: RawFd) -> io::Result<u32> {
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                let s = u32::try_from(self.conns.len())
+                    .map_err(|_| io::Error::other("too many connections"))?;
+                self.conns.push(None);
+                s
+            }
+        };
+        self.conns[slot as usize] = Some(Conn::new(slot, client, backend));
+        self.touch(slot);
+        if let Err(e) = self.flush() {
+            // The receives may be queued already: never hand these sockets
+            // to another forwarding path; wind this connection down here.
+            self.orphan(slot);
+            return Err(e);
+        }
+        Ok(slot)
+    }
+
+    /// Poll a connection: its end if it is done, its timers' inputs, and
+    /// the waker to use when that changes.
+    pub fn view(&mut self, slot: u32, waker: &Waker) -> Option<View> {
+        let c = self.conns.get_mut(slot as usize)?.as_mut()?;
+        match &c.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => c.waker = Some(waker.clone()),
+        }
+        Some(View {
+            done: c.outcome(),
+            first_fin: c.first_fin,
+            last_active: c.last_active,
+        })
+    }
+
+    /// Wind a connection down (timer); `view` reports it done once the last
+    /// operation completed.
+    pub fn stop(&mut self, slot: u32, why: Stop) {
+        let (mut ops, conns) = self.ops();
+        if let Some(Some(c)) = conns.get_mut(slot as usize) {
+            c.stop(why, &mut ops);
+        }
+        let _ = self.flush();
+        self.reap(slot);
+    }
+
+    /// Remove a finished connection and return its byte counts and how each
+    /// direction stood.
+    pub fn finish(&mut self, slot: u32) -> (u64, u64, [Flow; 2]) {
+        let bytes = match self.conns.get(slot as usize) {
+            Some(Some(c)) if c.outcome().is_some() => {
+                let (up, down) = c.bytes();
+                (up, down, c.flows())
+            }
+            _ => return (0, 0, [Flow::Failed; 2]),
+        };
+        self.conns[slot as usize] = None;
+        self.free.push(slot);
+        bytes
+    }
+
+    /// The owner went away before the end: cancel everything; the slot is
+    /// freed when the final completions have arrived.
+    pub fn orphan(&mut self, slot: u32) {
+        self.stop(slot, Stop::Orphan);
+    }
+
+    /// Free an orphan whose operations are all done.
+    fn reap(&mut self, slot: u32) {
+        if let Some(Some(c)) = self.conns.get(slot as usize) {
+            if c.is_orphan() && c.outcome().is_some() {
+                self.conns[slot as usize] = None;
+                self.free.push(slot);
+            }
+        }
+    }
+
+    fn touch(&mut self, slot: u32) {
+        if let Some(Some(c)) = self.conns.get_mut(slot as usize) {
+            if !c.touched {
+                c.touched = true;
+                self.touched.push(slot);
+            }
+        }
+    }
+
+    /// Step the touched connections, re-arm parked directions, publish the
+    /// returned buffers and submit.
+    fn flush(&mut self) -> io::Result<()> {
+        // New connections: their first step arms the receives.
+        let touched = std::mem::take(&mut self.touched);
+        for &slot in &touched {
+            let (mut ops, conns) = self.ops();
+            if let Some(Some(c)) = conns.get_mut(slot as usize) {
+                if c.touched {
+                    c.touched = false;
+                    c.kick(&mut ops);
+                }
+            }
+        }
+        self.touched = touched;
+        self.touched.clear();
+        if !self.parked.is_empty() && !self.dry_logged {
+            self.dry_logged = true;
+            log!(
+                Info,
+                "completion buffers ran out; receives wait for buffers to come back",
+                buffers = self.ring.buffer_count()
+            );
+        }
+        if self.returned > 0 && !self.parked.is_empty() {
+            // Re-arm every parked direction: a re-armed RECV waits without a
+            // buffer until bytes arrive, and one that finds the ring empty
+            // again parks again, until the next buffer comes back. Re-arming
+            // all of them (not one per returned buffer) is what guarantees
+            // that none stays parked while the ring has buffers.
+            let parked = std::mem::take(&mut self.parked);
+            for (slot, dir) in parked {
+                let (mut ops, conns) = self.ops();
+                if let Some(Some(c)) = conns.get_mut(slot as usize) {
+                    c.unpark(dir, &mut ops);
+                }
+            }
+        }
+        self.returned = 0;
+        self.ring.publish_buffers();
+        self.ring.submit()
+    }
+
+    /// One round: apply every available completion, then flush. Returns the
+    /// number of completions applied; wakers to call go into `wake`.
+    pub fn round(&mut self, wake: &mut Vec<Waker>) -> usize {
+        let mut cqes = std::mem::take(&mut self.scratch);
+        cqes.clear();
+        self.ring.completions(&mut cqes);
+        let n = cqes.len();
+        for c in &cqes {
+            let Some((slot, dir, kind)) = parse_user_data(c.user_data) else {
+                continue;
+            };
+            let (mut ops, conns) = self.ops();
+            let Some(Some(conn)) = conns.get_mut(slot as usize) else {
+                // Not ours any more (cannot happen: a slot is freed only
+                // after its last completion); give a stray buffer back.
+                if let Some(bid) = c.buffer() {
+                    ops.give_back(bid);
+                }
+                continue;
+            };
+            let fin_before = conn.first_fin.is_some();
+            conn.complete(dir, kind, c, &mut ops);
+            let done = conn.outcome().is_some();
+            if done || (!fin_before && conn.first_fin.is_some()) {
+                if let Some(w) = conn.waker.take() {
+                    wake.push(w);
+                }
+            }
+            if done {
+                self.reap(slot);
+            }
+        }
+        self.scratch = cqes;
+        if let Err(e) = self.flush() {
+            log!(Warn, "completion ring submit failed", error = e);
+        }
+        n
+    }
+}
+
+thread_local! {
+    /// This worker's engine; created on first use on an io_uring worker.
+    static ENGINE: RefCell<Option<Rc<RefCell<Engine>>>> = const { RefCell::new(None) };
+}
+
+/// This worker's engine, created (and its driving task spawned) on first use.
+pub fn get(make: impl FnOnce() -> io::Result<Ring>) -> io::Result<Rc<RefCell<Engine>>> {
+    if let Some(e) = ENGINE.with(|e| e.borrow().clone()) {
+        return Ok(e);
+    }
+    let mut ring = make()?;
+    let efd = ring
+        .take_eventfd()
+        .ok_or_else(|| io::Error::other("ring without eventfd"))?;
+    let efd = monoio::fs::File::from_std(efd)?;
+    log!(
+        Info,
+        "completion ring ready",
+        buffers = ring.buffer_count(),
+        buffer_size = ring.buffer_size()
+    );
+    let engine = Rc::new(RefCell::new(Engine::new(ring)));
+    ENGINE.with(|e| *e.borrow_mut() = Some(engine.clone()));
+    monoio::spawn(drive(engine.clone(), efd));
+    Ok(engine)
+}
+
+/// The driving task: wait for the eventfd, then run rounds.
+async fn drive(engine: Rc<RefCell<Engine>>, efd: monoio::fs::File) {
+    let mut buf = vec![0u8; 8];
+    let mut wake = Vec::new();
+    loop {
+        let (res, b) = efd.read_at(buf, 0).await;
+        buf = b;
+        if let Err(e) = res {
+            // An eventfd read does not fail; if it ever does, do not spin.
+            log!(Warn, "completion eventfd read failed", error = e);
+            monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let mut rounds = 0;
+        loop {
+            let n = engine.borrow_mut().round(&mut wake);
+            for w in wake.drain(..) {
+                w.wake();
+            }
+            if n == 0 {
+                break;
+            }
+            rounds += 1;
+            if rounds % ROUNDS_PER_WAKE == 0 {
+                // Let the other tasks run, then carry on: completions
+                // already counted by the eventfd would not wake us again.
+                YieldNow(false).await;
+            }
+        }
+    }
+}
+
+/// Returns `Pending` once (after asking to be polled again), then `Ready`.
+struct YieldNow(bool);
+
+impl std::future::Future for YieldNow {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
