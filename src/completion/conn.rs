@@ -15,8 +15,8 @@
 //! - a FIN is passed on after every byte before it; the other direction keeps
 //!   flowing;
 //! - a read error (reset) on one side is passed on only after the bytes
-//!   received before it were sent (the caller then closes both sockets by
-//!   after its send queue drained: the shared ending policy, `forward::ending`);
+//!   received before it were sent; the caller then closes both sockets by the
+//!   shared ending policy, `forward::ending`);
 //! - byte counts are bytes the destination accepted (counted at SEND
 //!   completion), so the access log never counts what was dropped;
 //! - an idle direction holds no buffer: a multishot RECV waits for data

@@ -247,7 +247,20 @@ impl Backend {
     where
         F: Fn(TcpStream) + Send + Sync + 'static,
     {
-        let l = TcpListener::bind(bind).unwrap();
+        // A deep accept queue: std's default backlog (128) overflows when
+        // hundreds of proxied connections arrive at once, and the kernel then
+        // resets some of them, which tests would blame on the proxy.
+        let want: SocketAddr = bind.parse().unwrap();
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(want),
+            socket2::Type::STREAM,
+            None,
+        )
+        .unwrap();
+        sock.set_reuse_address(true).unwrap();
+        sock.bind(&want.into()).unwrap();
+        sock.listen(4096).unwrap();
+        let l: TcpListener = sock.into();
         let addr = l.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicUsize::new(0));
