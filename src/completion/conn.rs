@@ -16,7 +16,7 @@
 //!   flowing;
 //! - a read error (reset) on one side is passed on only after the bytes
 //!   received before it were sent; the caller then closes both sockets by the
-//!   shared ending policy, `forward::ending`);
+//!   shared ending policy, `forward::ending`;
 //! - byte counts are bytes the destination accepted (counted at SEND
 //!   completion), so the access log never counts what was dropped;
 //! - an idle direction holds no buffer: a multishot RECV waits for data
