@@ -1,4 +1,4 @@
-//! The command line (design.md §2): `sluicegate [-c FILE]` runs,
+//! The command line (the contract in README.md): `sluicegate [-c FILE]` runs,
 //! `sluicegate check [-c FILE]` validates and prints a summary.
 
 use std::path::PathBuf;

@@ -92,7 +92,7 @@ impl<'a> Reader<'a> {
     /// The buffer grows by doubling from `INITIAL_BUF` towards `min_len`, and
     /// only once more bytes are waiting: a length field is only a claim, so a
     /// peer that announces a 16 KiB hello and sends 9 bytes (or 8 KiB) holds
-    /// about what it sent, not the cap (reliability.md: buffers grow from
+    /// about what it sent, not the cap (RELIABILITY.md: buffers grow from
     /// small). Reserving `min_len` at once pinned 16 KiB per 9-byte client.
     async fn fill(&mut self, min_len: usize) -> Result<(), PeekError> {
         let fd = self.client.as_raw_fd();

@@ -38,7 +38,7 @@ enum Early {
     /// No router matched.
     NoRoute,
     /// A TLS router needed a ClientHello, the bytes were something else, and
-    /// no non-TLS router took them (the garbage cases of reliability.md).
+    /// no non-TLS router took them (the garbage cases of RELIABILITY.md).
     NotTls(client_hello::NotTls),
     /// An ipAllowList middleware refused the client.
     Denied,

@@ -349,7 +349,7 @@ extern "C" {
 /// Return memory this thread freed to the OS now. mimalloc purges freed
 /// memory lazily, on its next allocation call in the thread that freed it;
 /// an idle worker makes none, so what a burst freed would otherwise stay
-/// resident until the next burst (issue 8: 218 MB after bursts with a
+/// resident until the next burst (218 MB stayed resident after bursts with a
 /// 16 MiB `bufferSize`). Cheap on an idle heap: called once per pool trim.
 pub fn allocator_collect() {
     // SAFETY: mi_collect takes no pointers and may be called at any time from

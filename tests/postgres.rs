@@ -1,4 +1,4 @@
-//! PostgreSQL through SNI passthrough (design.md §5, issue 4): libpq opens
+//! PostgreSQL through SNI passthrough (README.md, PostgreSQL row): libpq opens
 //! with an 8-byte SSLRequest in clear, the proxy answers `S`, routes on the
 //! ClientHello's SNI, asks the chosen backend for TLS itself and replays the
 //! hello, so the TLS session runs from psql to the server untouched.
@@ -55,7 +55,7 @@ fn conninfo(host: &str, port: u16, ca: &std::path::Path) -> String {
 ///
 /// libpq and the server each send a TLS close_notify and close at once;
 /// whichever closes with the other's close_notify still unread makes Linux
-/// send a RST, and the proxy passes a reset on as a reset (reliability.md,
+/// send a RST, and the proxy passes a reset on as a reset (RELIABILITY.md,
 /// promise 2). So a finished session is logged `closed`, `client_reset` or
 /// `backend_reset` by timing alone; what is checked is that it was routed
 /// and forwarded both ways (no early outcome).

@@ -7,7 +7,7 @@
 //! operations ever left in flight are readiness polls, dropping a pump (on a
 //! reset or a deadline) never loses bytes that were already read.
 //!
-//! Promises kept here (reliability.md):
+//! Promises kept here (RELIABILITY.md):
 //! - a FIN is passed on with `shutdown(SHUT_WR)` after every byte before it,
 //!   and the other direction keeps flowing until it ends too or
 //!   `terminationDelay` (from the first FIN) expires;

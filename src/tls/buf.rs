@@ -4,8 +4,8 @@
 //! flight (ciphertext in, ciphertext out, plaintext not yet delivered), and
 //! none while idle: a buffer is taken when bytes arrive and given back as soon
 //! as it is empty. So memory grows with bytes in flight, not with open
-//! connections (performance.md: "memory per idle TLS session below every
-//! peer"). The pool keeps at most `POOL_KEEP` spares so a burst does not pin
+//! connections (an idle TLS session must cost less memory than in
+//! HAProxy or nginx; measured in PERFORMANCE.md). The pool keeps at most `POOL_KEEP` spares so a burst does not pin
 //! memory forever.
 
 use std::cell::RefCell;

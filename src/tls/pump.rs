@@ -10,7 +10,7 @@
 //! armed until it fires. Only polls are in flight, so ending the pump (reset,
 //! deadline) never loses bytes that were read.
 //!
-//! Promises, as `forward::duplex` (reliability.md): every plaintext byte
+//! Promises, as `forward::duplex` (RELIABILITY.md): every plaintext byte
 //! before an end of stream is delivered before the end is passed on; a
 //! client's close_notify or EOF becomes a FIN to the backend, a backend's
 //! FIN becomes close_notify then FIN to the client, and the other direction
