@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -26,7 +26,10 @@ address = "127.0.0.1:0"
 [entryPoints.peek]
 address = "127.0.0.1:0"
 [entryPoints.peek.transport.respondingTimeouts]
-readTimeout = "120s"
+# No routing deadline: the connections held here must stay open for the
+# whole test, however slow the machine (a deadline freeing one descriptor
+# would let a "failing" connection be served).
+readTimeout = "0s"
 [entryPoints.traefik]
 address = "127.0.0.1:0"
 [metrics.prometheus]
@@ -49,6 +52,43 @@ driver = "{driver}"
 forwarding = "{mode}"
 "#
     )
+}
+
+/// The proxy's descriptors and what each one is, for failure messages.
+fn fd_listing(pid: u32) -> String {
+    let mut out: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| {
+                let e = e.ok()?;
+                let target = std::fs::read_link(e.path()).ok()?;
+                Some(format!(
+                    "{} -> {}",
+                    e.file_name().to_string_lossy(),
+                    target.display()
+                ))
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out.join("\n")
+}
+
+/// Wait until the proxy holds exactly `n` descriptors (a connection that
+/// just ended may still be closing); panics, saying what is open, if the
+/// count does not settle.
+fn settle_fds(pid: u32, n: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_fds(pid) != n {
+        if Instant::now() > deadline {
+            panic!(
+                "{what}: the proxy holds {} descriptors, expected {n}:\n{}",
+                open_fds(pid),
+                fd_listing(pid)
+            );
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
 }
 
 fn open_fds(pid: u32) -> usize {
@@ -135,17 +175,33 @@ fn running_out_of_descriptors_at_dial_does_not_blame_the_server() {
         }
         assert_eq!(open_fds(pid), NOFILE - 1, "{what}");
 
-        // Every new connection now fails at dial time with EMFILE.
+        // Every new connection now fails at dial time with EMFILE, and the
+        // proxy says so at once by closing it: a client left waiting would be
+        // a hang (and a sign the accept, not the dial, ran out).
         let t = Instant::now();
         for i in 0..FAILURES {
+            settle_fds(pid, NOFILE - 1, &what);
             let mut s = TcpStream::connect(main).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             let _ = s.write_all(b"ping");
             let mut b = [0u8; 4];
-            assert!(
-                s.read_exact(&mut b).is_err(),
-                "{what}: connection {i} was served with no descriptor to spare"
-            );
+            let asked = Instant::now();
+            match s.read_exact(&mut b) {
+                Ok(()) => panic!(
+                    "{what}: connection {i} was served with no descriptor to spare; fds:\n{}\nlog:\n{}",
+                    fd_listing(pid),
+                    p.logs().join("\n")
+                ),
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    panic!(
+                        "{what}: connection {i} left waiting {:?} instead of being closed; fds:\n{}\nlog:\n{}",
+                        asked.elapsed(),
+                        fd_listing(pid),
+                        p.logs().join("\n")
+                    )
+                }
+                Err(_) => {}
+            }
         }
         let elapsed = t.elapsed();
         // The held connections are still open: every access-log line so far
