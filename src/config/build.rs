@@ -404,7 +404,13 @@ fn services(
                     servers,
                     transport,
                     proxy_protocol,
-                    termination_delay: lb.termination_delay,
+                    // As Traefik: the deprecated key counts only for a
+                    // service that names no transport.
+                    termination_delay: if lb.servers_transport.is_some() {
+                        None
+                    } else {
+                        lb.termination_delay
+                    },
                     health_check: lb.health_check.clone(),
                 })
             }
