@@ -83,7 +83,8 @@ pub struct Router {
     pub entrypoints: Vec<usize>,
     pub rule: Rule,
     pub rule_text: String,
-    /// Explicit priority, or the rule's length when 0/absent (Traefik). Higher wins.
+    /// Explicit priority, or when 0/absent (Traefik) -1 for the catch-all
+    /// `HostSNI(`*`)` and the rule's length for any other rule. Higher wins.
     pub priority: i64,
     /// Index into `Config::services`.
     pub service: usize,

@@ -2,10 +2,13 @@
 //! Built once per snapshot (pure, off the hot path), shared read-only by all
 //! workers.
 //!
-//! Matching follows Traefik's TCP router: a TLS connection is offered to the
-//! routers with `tls` first (highest priority first), then falls back to the
-//! non-TLS routers (a `HostSNI(`*`)` catch-all); a connection that is not TLS
-//! only ever matches non-TLS routers.
+//! Matching follows Traefik's TCP router: a TLS connection (a ClientHello
+//! was peeked) is offered only to the routers with `tls`, highest priority
+//! first; a connection that is not TLS only to the routers without. There is
+//! no fallback from one kind to the other: a TLS client that no TLS router
+//! takes is refused (the session answers it as Traefik does), never handed
+//! as raw TLS bytes to a plain `HostSNI(`*`)` router. A catch-all's default
+//! priority is -1 (`config::build`), so it comes after specific routers.
 
 use crate::config::rule::MatchCtx;
 use crate::model::Config;
@@ -70,10 +73,108 @@ impl RouteTable {
                 .find(|&ri| cfg.routers[ri].rule.matches(ctx))
         };
         if ctx.tls {
-            if let Some(ri) = first(&e.tls) {
-                return Some(ri);
-            }
+            first(&e.tls)
+        } else {
+            first(&e.plain)
         }
-        first(&e.plain)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::rule::MatchCtx;
+
+    /// Loads `routers` (TOML router tables) on one entrypoint `e`, every
+    /// router to one service.
+    fn load(routers: &str) -> Config {
+        let dir = std::env::temp_dir().join(format!(
+            "sluicegate-route-{}-{}",
+            std::process::id(),
+            std::thread::current()
+                .name()
+                .unwrap_or("t")
+                .replace(':', "_")
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("c.toml");
+        let text = format!(
+            "[entryPoints.e]\naddress = \"127.0.0.1:0\"\n{routers}\n\
+             [tcp.services.s.loadBalancer]\nservers = [{{ address = \"127.0.0.1:1\" }}]\n"
+        );
+        std::fs::write(&path, text).expect("write config");
+        let cfg = crate::config::load(&path).unwrap_or_else(|e| panic!("{e:?}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        cfg
+    }
+
+    fn routed<'a>(cfg: &'a Config, ctx: &MatchCtx<'_>) -> Option<&'a str> {
+        RouteTable::new(cfg)
+            .route(cfg, 0, ctx)
+            .map(|ri| cfg.routers[ri].name.as_str())
+    }
+
+    fn tls<'a>(sni: Option<&'a str>, alpn: &'a [&'a [u8]]) -> MatchCtx<'a> {
+        MatchCtx {
+            sni,
+            alpn,
+            client_ip: "10.0.0.1".parse().expect("ip"),
+            tls: true,
+        }
+    }
+
+    const PLAIN: MatchCtx<'static> = MatchCtx {
+        sni: None,
+        alpn: &[],
+        client_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)),
+        tls: false,
+    };
+
+    #[test]
+    fn tls_never_falls_back_to_a_plain_router() {
+        let cfg = load(
+            "[tcp.routers.db]\nrule = \"HostSNI(`db.test`)\"\nservice = \"s\"\n\
+             [tcp.routers.db.tls]\npassthrough = true\n\
+             [tcp.routers.plain]\nrule = \"HostSNI(`*`)\"\nservice = \"s\"\n",
+        );
+        assert_eq!(routed(&cfg, &tls(Some("db.test"), &[])), Some("db"));
+        assert_eq!(routed(&cfg, &tls(Some("other.test"), &[])), None);
+        assert_eq!(routed(&cfg, &tls(None, &[])), None);
+        assert_eq!(routed(&cfg, &PLAIN), Some("plain"));
+    }
+
+    #[test]
+    fn a_tls_catch_all_comes_after_specific_tls_routers() {
+        let cfg = load(
+            "[tcp.routers.any]\nrule = \"HostSNI(`*`)\"\nservice = \"s\"\n\
+             [tcp.routers.any.tls]\npassthrough = true\n\
+             [tcp.routers.h2]\nrule = \"ALPN(`h2`)\"\nservice = \"s\"\n\
+             [tcp.routers.h2.tls]\npassthrough = true\n\
+             [tcp.routers.one]\nrule = \"HostSNI(`one.test`)\"\nservice = \"s\"\npriority = 1\n\
+             [tcp.routers.one.tls]\npassthrough = true\n",
+        );
+        let prio: Vec<(&str, i64)> = cfg
+            .routers
+            .iter()
+            .map(|r| (r.name.as_str(), r.priority))
+            .collect();
+        assert_eq!(prio, [("any", -1), ("h2", 10), ("one", 1)]);
+        assert_eq!(routed(&cfg, &tls(Some("x.test"), &[b"h2"])), Some("h2"));
+        assert_eq!(routed(&cfg, &tls(Some("one.test"), &[])), Some("one"));
+        assert_eq!(routed(&cfg, &tls(Some("x.test"), &[])), Some("any"));
+        // Plain connections never see the TLS routers.
+        assert_eq!(routed(&cfg, &PLAIN), None);
+    }
+
+    #[test]
+    fn plain_routers_may_use_hostsniregexp_and_alpn() {
+        let cfg = load(
+            "[tcp.routers.alpn]\nrule = \"ALPN(`h2`)\"\nservice = \"s\"\npriority = 100\n\
+             [tcp.routers.empty]\nrule = \"HostSNIRegexp(`^$`)\"\nservice = \"s\"\npriority = 50\n\
+             [tcp.routers.any]\nrule = \"HostSNI(`*`)\"\nservice = \"s\"\n",
+        );
+        // ALPN never matches a plain connection; the regexp sees "".
+        assert_eq!(routed(&cfg, &PLAIN), Some("empty"));
+        assert!(!RouteTable::new(&cfg).entries[0].needs_peek());
     }
 }

@@ -35,7 +35,7 @@ use crate::{log, sys, tls};
 /// How a connection ended before forwarding started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Early {
-    /// No router matched.
+    /// No router matched (a TLS client is refused as Traefik refuses it).
     NoRoute,
     /// A TLS router needed a ClientHello, the bytes were something else, and
     /// no non-TLS router took them (the garbage cases of RELIABILITY.md).
@@ -274,8 +274,31 @@ async fn run<'a>(
         client_ip,
         tls: peeked.hello.is_some(),
     };
+    // After answering `S` to an SSLRequest only TLS may follow, and only a
+    // TLS router may take it: plain bytes there are closed, as Traefik does,
+    // not offered to a plain router with our SSLRequest in front of them.
+    if peeked.pg_ssl && peeked.hello.is_none() {
+        return Err(peeked.not_tls.map_or(Early::NoRoute, Early::NotTls));
+    }
     let router_idx = match ws.snap.routes.route(cfg, ep, &ctx) {
         Some(ri) => ri,
+        // A TLS client no TLS router takes is refused, never handed to a
+        // plain router (route.rs). Traefik completes the handshake with its
+        // default certificate and closes; after a PostgreSQL SSLRequest it
+        // closes without one, and so do we.
+        None if peeked.hello.is_some() => {
+            if !peeked.pg_ssl {
+                Box::pin(tls::refuse(
+                    &ws.snap.tls,
+                    client,
+                    &peeked.buf,
+                    ctx.sni,
+                    deadline,
+                ))
+                .await;
+            }
+            return Err(Early::NoRoute);
+        }
         // Bytes that were not the ClientHello a TLS router waited for are
         // counted as such, with the reason, rather than as a name miss.
         None => return Err(peeked.not_tls.map_or(Early::NoRoute, Early::NotTls)),

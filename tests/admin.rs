@@ -192,7 +192,7 @@ fn ping_metrics_and_api_report_exactly_what_happened() {
         routers,
         concat!(
             r#"[{"name":"only-ten","entryPoints":["other"],"rule":"ClientIP(`10.9.9.9`)","priority":20,"service":"split","status":"enabled","provider":"file"},"#,
-            r#"{"name":"r","entryPoints":["main"],"rule":"HostSNI(`*`)","priority":12,"service":"s","status":"enabled","provider":"file"}]"#
+            r#"{"name":"r","entryPoints":["main"],"rule":"HostSNI(`*`)","priority":-1,"service":"s","status":"enabled","provider":"file"}]"#
         )
     );
     let (status, services) = get(admin, "/api/tcp/services");

@@ -362,14 +362,14 @@ fn ipv4_mapped_ranges_become_ipv4() {
 }
 
 #[test]
-fn default_priority_is_the_rule_length() {
+fn default_priority_is_the_rule_length_and_minus_one_for_the_catch_all() {
     let text = format!(
         "{PG}[tcp.routers.a]\nrule = \"HostSNI(`*`)\"\nservice = \"pg\"\n[tcp.routers.b]\nrule = \"HostSNI(`*`) && ClientIP(`10.0.0.0/8`)\"\nservice = \"pg\"\npriority = 0\n[tcp.routers.c]\nrule = \"HostSNI(`*`)\"\nservice = \"pg\"\npriority = 7\n"
     );
     let (_d, r) = load_text("priority", &text);
     let c = r.expect("loads");
     let prio: Vec<i64> = c.routers.iter().map(|r| r.priority).collect();
-    assert_eq!(prio, [12, 38, 7]);
+    assert_eq!(prio, [-1, 38, 7]);
 }
 
 #[test]

@@ -248,3 +248,289 @@ address = "{}"
     let denied = p.wait_logs(2, |l| l.contains("outcome=denied"));
     assert_eq!(denied.len(), 2);
 }
+
+// ---- Issue 10: TLS never falls back, catch-all priority, rule casings ----
+
+use std::net::Shutdown;
+use std::process::Command;
+
+use support::hello::capture;
+use support::process::run;
+use support::record::Recorder;
+use support::tls::{client_config, Ca, TlsStream};
+
+/// A router on entrypoint `main` to its own one-server service `name`;
+/// `passthrough` makes it a TLS passthrough router.
+fn router(name: &str, rule: &str, passthrough: bool, extra: &str, backend: SocketAddr) -> String {
+    let tls = if passthrough {
+        format!("[tcp.routers.{name}.tls]\npassthrough = true\n")
+    } else {
+        String::new()
+    };
+    format!(
+        "\n[tcp.routers.{name}]\nentryPoints = [\"main\"]\nrule = \"{rule}\"\nservice = \"{name}\"\n{extra}\n{tls}\
+         [tcp.services.{name}.loadBalancer]\n[[tcp.services.{name}.loadBalancer.servers]]\naddress = \"{backend}\"\n"
+    )
+}
+
+const MAIN: &str = "[entryPoints.main]\naddress = \"127.0.0.1:0\"\n  [entryPoints.main.transport.respondingTimeouts]\n  readTimeout = \"10s\"\n";
+
+/// A ClientHello from rustls with SNI `server_name` and ALPN `alpn`.
+fn rustls_hello(server_name: &str, alpn: &[&[u8]]) -> Vec<u8> {
+    use rustls::pki_types::ServerName;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let name = ServerName::try_from(server_name.to_string()).unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).unwrap();
+    }
+    out
+}
+
+/// Send `data`, half-close, read until EOF or reset.
+fn send_fin_read(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(data).unwrap();
+    let _ = s.shutdown(Shutdown::Write);
+    read_to_end(&mut s).0
+}
+
+#[test]
+fn tls_with_an_unknown_sni_is_refused_with_the_default_certificate_not_sent_to_the_plain_catch_all()
+{
+    let dir = TempDir::new("refuse");
+    let ca = Ca::new("refusal CA");
+    // The default certificate names the SNI the client sends, so the client
+    // can verify the handshake it gets; the store serves it only as the
+    // default (defaultCertificate names are not looked up by SNI).
+    let (ca_file, crt, key) = ca.write_leaf(&dir.0, &["unknown.test"]);
+    let tls_backend = Recorder::start(b"TLS");
+    let plain = Recorder::start(b"PLAIN");
+    let cfg = format!(
+        "{MAIN}{}{}[tls.stores.default.defaultCertificate]\ncertFile = {:?}\nkeyFile = {:?}\n",
+        router("db", "HostSNI(`db.test`)", true, "", tls_backend.addr()),
+        router("plain", "HostSNI(`*`)", false, "", plain.addr()),
+        crt.display().to_string(),
+        key.display().to_string()
+    );
+    let p = Proxy::start(&cfg);
+    let addr = p.addr("main");
+
+    let c = TlsStream::connect(addr, "unknown.test", client_config(&ca_file, None, &[]))
+        .expect("the refusal completes a handshake with the default certificate");
+    assert_eq!(c.peer_names(), ["unknown.test"]);
+    // Then close_notify (a clean end, not a bare EOF or a reset), no data.
+    let (got, err) = c.read_to_end();
+    assert!(got.is_empty() && err.is_none(), "{got:?} {err:?}");
+    let l = &p.wait_conns(1)[0];
+    assert_eq!(field(l, "outcome").as_deref(), Some("no_route"), "{l}");
+    assert_eq!(field(l, "router").as_deref(), Some("-"), "{l}");
+    assert_eq!(field(l, "up").as_deref(), Some("0"), "{l}");
+
+    // A plain client on the same entrypoint still reaches the catch-all.
+    assert_eq!(send_fin_read(addr, b"plain bytes"), b"PLAIN");
+    assert_eq!(plain.next(), b"plain bytes");
+    let l = &p.wait_conns(2)[1];
+    assert_eq!(field(l, "router").as_deref(), Some("plain"), "{l}");
+
+    assert_eq!(
+        plain.accepted(),
+        1,
+        "the TLS client never reached the plain backend"
+    );
+    assert_eq!(tls_backend.accepted(), 0);
+}
+
+#[test]
+fn tls_without_any_certificate_is_closed_after_the_hello_and_never_reaches_the_catch_all() {
+    let tls_backend = Recorder::start(b"TLS");
+    let plain = Recorder::start(b"PLAIN");
+    let cfg = format!(
+        "{MAIN}{}{}",
+        router("db", "HostSNI(`db.test`)", true, "", tls_backend.addr()),
+        router("plain", "HostSNI(`*`)", false, "", plain.addr()),
+    );
+    let p = Proxy::start(&cfg);
+    let addr = p.addr("main");
+    for (n, hello) in [
+        capture("openssl_sni.bin"),
+        capture("openssl_nosni.bin"),
+        rustls_hello("other.test", &[b"h2"]),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(hello).unwrap();
+        // No FIN from the client: the proxy decides on the hello alone.
+        let (back, _) = read_to_end(&mut s);
+        // With no certificate the proxy has nothing to handshake with and
+        // closes. (A generated default certificate, when one exists, makes
+        // it a handshake instead: then the reply is a TLS handshake record.)
+        assert!(
+            back.is_empty() || back.starts_with(&[0x16, 0x03, 0x03]),
+            "hello {n}: {back:?}"
+        );
+        assert!(!back.ends_with(b"PLAIN"), "hello {n}");
+        let l = &p.wait_conns(n + 1)[n];
+        assert_eq!(field(l, "outcome").as_deref(), Some("no_route"), "{l}");
+        assert_eq!(field(l, "router").as_deref(), Some("-"), "{l}");
+    }
+    assert_eq!(
+        plain.accepted(),
+        0,
+        "no TLS bytes reached the plain backend"
+    );
+    assert_eq!(tls_backend.accepted(), 0);
+}
+
+#[test]
+fn hostsniregexp_sees_an_empty_name_when_the_hello_has_no_sni() {
+    let empty = Recorder::start(b"EMPTY");
+    let named = Recorder::start(b"NAMED");
+    let cfg = format!(
+        "{MAIN}{}{}",
+        router("empty", "HostSNIRegexp(`^$`)", true, "", empty.addr()),
+        router("named", "HostSNIRegexp(`.`)", true, "", named.addr()),
+    );
+    let p = Proxy::start(&cfg);
+    let addr = p.addr("main");
+    let nosni = capture("openssl_nosni.bin");
+    assert_eq!(send_fin_read(addr, &nosni), b"EMPTY");
+    assert!(empty.next() == nosni, "hello replayed exactly");
+    let sni = capture("openssl_sni.bin");
+    assert_eq!(send_fin_read(addr, &sni), b"NAMED");
+    assert!(named.next() == sni, "hello replayed exactly");
+    let routers: Vec<String> = p
+        .wait_conns(2)
+        .iter()
+        .map(|l| field(l, "router").unwrap_or_default())
+        .collect();
+    assert_eq!(routers, ["empty", "named"]);
+}
+
+#[test]
+fn a_catch_all_has_priority_minus_one_below_an_alpn_router_and_check_shows_it() {
+    let any = Recorder::start(b"ANY");
+    let h2 = Recorder::start(b"H2");
+    let one = Recorder::start(b"ONE");
+    let cfg = format!(
+        "{MAIN}{}{}{}",
+        router("any", "HostSNI(`*`)", true, "priority = 0", any.addr()),
+        router("h2", "ALPN(`h2`)", true, "", h2.addr()),
+        router(
+            "one",
+            "HostSNI(`one.test`)",
+            true,
+            "priority = 1",
+            one.addr()
+        ),
+    );
+    let p = Proxy::start(&cfg);
+    let addr = p.addr("main");
+    let cases = [
+        (rustls_hello("x.test", &[b"h2", b"http/1.1"]), &b"H2"[..]),
+        (rustls_hello("one.test", &[]), b"ONE"),
+        (rustls_hello("x.test", &[b"http/1.1"]), b"ANY"),
+    ];
+    for (hello, want) in &cases {
+        assert_eq!(send_fin_read(addr, hello), *want);
+    }
+    assert!(h2.next() == cases[0].0 && one.next() == cases[1].0 && any.next() == cases[2].0);
+
+    // `sluicegate check` lists the effective priorities, highest first.
+    let dir = TempDir::new("check-prio");
+    let path = dir.write("c.toml", &cfg);
+    let ran = run(
+        Command::new(BIN).arg("check").arg("-c").arg(&path),
+        b"",
+        Duration::from_secs(20),
+    )
+    .expect_ok("check");
+    let prios: Vec<(String, String)> = ran
+        .stdout
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let name = w.next()?;
+            (w.next()? == "prio").then(|| (name.to_string(), w.next().unwrap_or("").to_string()))
+        })
+        .collect();
+    let want = [("h2", "10"), ("one", "1"), ("any", "-1")];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(prios, want, "{}", ran.stdout);
+}
+
+#[test]
+fn matcher_names_load_and_match_in_traefiks_casings() {
+    let two = Backend::greeting(b"2");
+    let rest = Backend::greeting(b"R");
+    let named = Recorder::start(b"N");
+    let cfg = format!(
+        "{MAIN}{}{}{}",
+        router(
+            "two",
+            "hostsni(`*`) && CLIENTIP(`127.0.0.2`)",
+            false,
+            "",
+            two.addr
+        ),
+        router("rest", "HOSTSNI(`*`)", false, "", rest.addr),
+        router(
+            "named",
+            "Hostsni(`db.prod.example.com`) || Alpn(`h2`)",
+            true,
+            "",
+            named.addr()
+        ),
+    );
+    let p = Proxy::start(&cfg);
+    let addr = p.addr("main");
+    let read1 = |mut s: TcpStream| {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+        b[0]
+    };
+    // The entrypoint peeks (it has a TLS router), so the plain clients send
+    // first.
+    let mut s = connect_from("127.0.0.2", addr);
+    s.write_all(b"x").unwrap();
+    assert_eq!(read1(s), b'2');
+    let mut s = connect_from("127.0.0.3", addr);
+    s.write_all(b"x").unwrap();
+    assert_eq!(read1(s), b'R');
+    let hello = capture("openssl_sni.bin");
+    assert_eq!(send_fin_read(addr, &hello), b"N");
+    assert!(named.next() == hello);
+}
+
+#[test]
+fn plain_routers_accept_hostsniregexp_and_alpn_with_traefiks_meaning() {
+    let alpn = Backend::greeting(b"A");
+    let empty = Backend::greeting(b"E");
+    let cfg = format!(
+        "{MAIN}{}{}",
+        // Higher priority, but a plain connection offers no ALPN.
+        router("alpn", "ALPN(`h2`)", false, "priority = 100", alpn.addr),
+        // A plain connection has no server name: matched as "".
+        router("empty", "HostSNIRegexp(`^$`)", false, "", empty.addr),
+    );
+    let p = Proxy::start(&cfg);
+    // Neither needs a ClientHello: the proxy dials at once (the backend
+    // speaks first).
+    assert_eq!(who(p.addr("main")), b'E');
+    let l = &p.wait_conns(1)[0];
+    assert_eq!(field(l, "router").as_deref(), Some("empty"), "{l}");
+}

@@ -582,7 +582,7 @@ fn routers(m: &FileModel, refs: &Refs<'_>, sources: &Sources, d: &mut Diags) -> 
             d.error(
                 rule.at,
                 format!(
-                    "router `{}`: a rule with a host name (HostSNI other than `*`, HostSNIRegexp) or ALPN needs TLS; add a [tcp.routers.{}.tls] section (Traefik refuses this too)",
+                    "router `{}`: a rule with a host name (HostSNI other than `*`) needs TLS; add a [tcp.routers.{}.tls] section (Traefik refuses this too)",
                     r.name.v, r.name.v
                 ),
             );
@@ -596,7 +596,9 @@ fn routers(m: &FileModel, refs: &Refs<'_>, sources: &Sources, d: &mut Diags) -> 
                 continue;
             }
             Some(p) if p.v != 0 => p.v,
-            // Traefik: the rule's length in bytes.
+            // Traefik: -1 for its catch-all `HostSNI(`*`)`, so that it comes
+            // after every computed priority; else the rule's length in bytes.
+            _ if compiled.is_catch_all() => -1,
             _ => i64::try_from(text.len()).unwrap_or(MAX_PRIORITY),
         };
         let Some(service) = service else { continue };

@@ -123,19 +123,29 @@ impl Rule {
         eval(&self.expr, ctx)
     }
 
-    /// True when the rule can be decided without peeking at client bytes (no
-    /// HostSNI other than `*`, no HostSNIRegexp, no ALPN).
+    /// True when the rule is Traefik's catch-all: a single `HostSNI(`*`)`,
+    /// whatever the parentheses and spacing around it. Such a router's
+    /// default priority is -1 rather than the rule's length, so it is tried
+    /// after every router with a computed priority. Traefik looks only at the
+    /// matcher and its argument, not at a `!` in front of it, so neither does
+    /// this (`!HostSNI(`*`)` matches nothing, whatever its priority).
     pub fn is_catch_all(&self) -> bool {
-        // Exactly the complement: anything that needs the ClientHello.
-        !self.needs_tls()
+        let mut e = &self.expr;
+        while let Expr::Not(inner) = e {
+            e = inner;
+        }
+        matches!(e, Expr::Matcher(Matcher::AnySni))
     }
 
-    /// True when the rule names a host (non-`*` HostSNI or HostSNIRegexp) or
-    /// ALPN, which is only possible on a router with `tls`.
+    /// True when the rule names a host with HostSNI (anything but `*`), which
+    /// Traefik only accepts on a router with `tls`. HostSNIRegexp and ALPN
+    /// are allowed without `tls`: a plain connection has no server name (a
+    /// regexp is matched against "") and offers no protocol (ALPN never
+    /// matches), as in Traefik.
     pub fn needs_tls(&self) -> bool {
         let mut found = false;
         visit(&self.expr, &mut |m| {
-            found |= !matches!(m, Matcher::AnySni | Matcher::ClientIp(_));
+            found |= matches!(m, Matcher::Sni(_) | Matcher::WildcardSni(_));
         });
         found
     }
@@ -185,7 +195,10 @@ impl Matcher {
                     .is_some_and(|label| !label.is_empty() && !label.contains('.')),
                 _ => false,
             },
-            Matcher::SniRegexp(re) => ctx.sni.is_some_and(|sni| re.is_match(sni)),
+            // Traefik matches the regexp against the server name, "" when
+            // there is none (a plain connection, or a hello without SNI), so
+            // `.*` or `^$` match those too.
+            Matcher::SniRegexp(re) => re.is_match(ctx.sni.unwrap_or("")),
             Matcher::ClientIp(net) => net.contains(&ctx.client_ip),
             Matcher::Alpn(proto) => ctx.alpn.contains(&proto.as_bytes()),
         }
@@ -458,7 +471,7 @@ impl<'a> Parser<'a> {
     }
 
     fn matcher(&mut self, name: &str, at: usize) -> Result<Expr, RuleError> {
-        let Some(&(_, which)) = NAMES.iter().find(|(n, _)| *n == name) else {
+        let Some(&(_, which)) = NAMES.iter().find(|(n, _)| accepted_casing(n, name)) else {
             return Err(unknown_matcher(name, at));
         };
         let open = self.next()?;
@@ -501,11 +514,39 @@ impl<'a> Parser<'a> {
     }
 }
 
+/// Whether `name` spells matcher `canonical` in one of the four casings
+/// Traefik's rule parser registers for each matcher: as documented
+/// (`HostSNI`), all lower (`hostsni`), all upper (`HOSTSNI`), and the first
+/// letter upper with the rest lower (`Hostsni`). Any other mix is unknown.
+fn accepted_casing(canonical: &str, name: &str) -> bool {
+    if name == canonical {
+        return true;
+    }
+    if !name.eq_ignore_ascii_case(canonical) {
+        return false;
+    }
+    let rest = name.get(1..).unwrap_or("");
+    let first_upper = name.starts_with(|c: char| c.is_ascii_uppercase());
+    let all = |upper: bool| {
+        name.chars()
+            .filter(char::is_ascii_alphabetic)
+            .all(|c| c.is_ascii_uppercase() == upper)
+    };
+    let rest_lower = !rest.chars().any(|c| c.is_ascii_uppercase());
+    all(false) || all(true) || (first_upper && rest_lower)
+}
+
 fn unknown_matcher(name: &str, at: usize) -> RuleError {
     let msg = match NAMES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
-        Some((known, _)) => format!(
-            "unknown matcher `{name}` (matcher names are case sensitive: did you mean `{known}`?)"
-        ),
+        Some((known, _)) => {
+            let lower = known.to_ascii_lowercase();
+            let title =
+                lower.get(..1).unwrap_or("").to_ascii_uppercase() + lower.get(1..).unwrap_or("");
+            format!(
+                "unknown matcher `{name}` (a matcher name is written `{known}`, `{lower}`, `{}` or `{title}`)",
+                known.to_ascii_uppercase()
+            )
+        }
         None => format!(
             "unknown matcher `{name}` (TCP rules know HostSNI, HostSNIRegexp, ClientIP, ALPN)"
         ),
@@ -699,7 +740,12 @@ mod tests {
             ("HostSNIRegexp(`^[a-z]+\\.example\\.com$`)", Some("foo.example.com"), &[], "10.0.0.1", true),
             ("HostSNIRegexp(`^[a-z]+\\.example\\.com$`)", Some("a.b.example.com"), &[], "10.0.0.1", false),
             ("HostSNIRegexp(`example`)", Some("www.example.org"), &[], "10.0.0.1", true),
-            ("HostSNIRegexp(`.*`)", None, &[], "10.0.0.1", false),
+            // No server name (plain, or a hello without SNI) is matched as "".
+            ("HostSNIRegexp(`.*`)", None, &[], "10.0.0.1", true),
+            ("HostSNIRegexp(`^$`)", None, &[], "10.0.0.1", true),
+            ("HostSNIRegexp(`^$`)", Some("a.com"), &[], "10.0.0.1", false),
+            ("HostSNIRegexp(`.`)", None, &[], "10.0.0.1", false),
+            ("!HostSNIRegexp(`.`)", None, &[], "10.0.0.1", true),
             ("ClientIP(`10.0.0.0/8`)", None, &[], "10.1.2.3", true),
             ("ClientIP(`10.0.0.0/8`)", None, &[], "11.0.0.1", false),
             ("ClientIP(`10.0.0.1`)", None, &[], "10.0.0.1", true),
@@ -716,6 +762,20 @@ mod tests {
             ("ALPN(`h2`)", Some("a.com"), H1, "10.0.0.1", false),
             ("ALPN(`h2`)", None, &[], "10.0.0.1", false),
             ("ALPN(`H2`)", Some("a.com"), H2, "10.0.0.1", false),
+            // Matcher names in each casing Traefik's parser registers.
+            ("hostsni(`a.com`)", Some("a.com"), &[], "10.0.0.1", true),
+            ("HOSTSNI(`a.com`)", Some("a.com"), &[], "10.0.0.1", true),
+            ("Hostsni(`a.com`)", Some("a.com"), &[], "10.0.0.1", true),
+            ("Hostsni(`a.com`)", Some("b.com"), &[], "10.0.0.1", false),
+            ("hostsniregexp(`^a`)", Some("a.com"), &[], "10.0.0.1", true),
+            ("HOSTSNIREGEXP(`^a`)", Some("a.com"), &[], "10.0.0.1", true),
+            ("Hostsniregexp(`^a`)", Some("a.com"), &[], "10.0.0.1", true),
+            ("clientip(`10.0.0.1`)", None, &[], "10.0.0.1", true),
+            ("CLIENTIP(`10.0.0.1`)", None, &[], "10.0.0.1", true),
+            ("Clientip(`10.0.0.1`)", None, &[], "10.0.0.2", false),
+            ("alpn(`h2`)", Some("a.com"), H2, "10.0.0.1", true),
+            ("Alpn(`h2`)", Some("a.com"), H2, "10.0.0.1", true),
+            ("hostsni(`*`) && !Clientip(`10.0.0.0/8`)", None, &[], "10.0.0.1", false),
             // Operators and precedence.
             ("HostSNI(`a.com`) || HostSNI(`b.com`)", Some("b.com"), &[], "10.0.0.1", true),
             ("HostSNI(`a.com`) && HostSNI(`b.com`)", Some("b.com"), &[], "10.0.0.1", false),
@@ -757,6 +817,7 @@ mod tests {
             ("(HostSNI(`a`) || HostSNI(`b`)) && ALPN(`h2`)", "(HostSNI(`a`) || HostSNI(`b`)) && ALPN(`h2`)"),
             ("HostSNI(`a`) || (HostSNI(`b`) || HostSNI(`c`))", "HostSNI(`a`) || HostSNI(`b`) || HostSNI(`c`)"),
             ("((HostSNI(`a`)))", "HostSNI(`a`)"),
+            ("hostsni(`a`) || CLIENTIP(`::1`) || Alpn(`h2`)", "HostSNI(`a`) || ClientIP(`::1`) || ALPN(`h2`)"),
             ("!(HostSNI(`a`) && HostSNI(`b`))", "!(HostSNI(`a`) && HostSNI(`b`))"),
             ("!(ClientIP(`::ffff:10.0.0.1`))", "!ClientIP(`10.0.0.1`)"),
             ("ClientIP(`10.1.2.3/8`)", "ClientIP(`10.0.0.0/8`)"),
@@ -775,16 +836,24 @@ mod tests {
 
     #[test]
     fn catch_all_needs_tls_and_host_snis() {
+        // (rule, Traefik's catch-all, needs a router with tls)
         #[rustfmt::skip]
         let cases = [
             ("HostSNI(`*`)", true, false),
-            ("ClientIP(`10.0.0.0/8`)", true, false),
-            ("HostSNI(`*`) && !ClientIP(`10.0.0.0/8`)", true, false),
+            ("   HostSNI ( `*` )       ", true, false),
+            ("((HostSNI(`*`)))", true, false),
+            ("hostsni(`*`,)", true, false),
+            ("HOSTSNI(\"*\")", true, false),
+            ("!HostSNI(`*`)", true, false),
+            ("ClientIP(`10.0.0.0/8`)", false, false),
+            ("HostSNI(`*`) && !ClientIP(`10.0.0.0/8`)", false, false),
+            ("HostSNI(`*`) || HostSNI(`*`)", false, false),
             ("HostSNI(`a.com`)", false, true),
             ("!HostSNI(`a.com`)", false, true),
             ("HostSNI(`*.a.com`) || ClientIP(`::1`)", false, true),
-            ("HostSNI(`*`) || ALPN(`h2`)", false, true),
-            ("HostSNIRegexp(`.`)", false, true),
+            ("HostSNI(`*`) || ALPN(`h2`)", false, false),
+            ("HostSNIRegexp(`.`)", false, false),
+            ("ALPN(`h2`)", false, false),
         ];
         for (rule, catch_all, tls) in cases {
             let r = parse(rule).expect(rule);
@@ -814,7 +883,11 @@ mod tests {
             ("", 0, "empty rule"),
             (" \n ", 0, "empty rule"),
             ("Host(`a`)", 0, "unknown matcher `Host` (TCP rules know HostSNI, HostSNIRegexp, ClientIP, ALPN)"),
-            ("hostsni(`a`)", 0, "did you mean `HostSNI`"),
+            ("hostSNI(`a`)", 0, "unknown matcher `hostSNI` (a matcher name is written `HostSNI`, `hostsni`, `HOSTSNI` or `Hostsni`)"),
+            ("HostSni(`a`)", 0, "unknown matcher `HostSni`"),
+            ("HostSNIregexp(`a`)", 0, "`HostSNIRegexp`, `hostsniregexp`, `HOSTSNIREGEXP` or `Hostsniregexp`"),
+            ("ClientIp(`::1`)", 0, "unknown matcher `ClientIp`"),
+            ("aLPN(`h2`)", 0, "`ALPN`, `alpn`, `ALPN` or `Alpn`"),
             ("HostSNI(`a`) && Foo(`b`)", 16, "unknown matcher `Foo`"),
             ("HostSNI(`a`) && ", 16, "unexpected end of rule, expected a matcher"),
             ("HostSNI(`a` `b`)", 12, "expected `)` after argument"),

@@ -313,3 +313,49 @@ async fn connect_backend(
         })),
     }
 }
+
+/// The longest a refused client may take to complete its handshake when the
+/// entrypoint sets no readTimeout: a courtesy, never worth holding a
+/// connection for.
+const REFUSE_HANDSHAKE_MAX: Duration = Duration::from_secs(10);
+
+/// Refuse a TLS client that no router takes, as Traefik does: complete the
+/// handshake with what the `default` TLS options serve a name no router asked
+/// for (the default certificate, or none under `sniStrict`), then send
+/// close_notify. With no certificate at all there is nothing to serve, and
+/// the caller closes after the ClientHello. Errors end it quietly: the
+/// client is refused either way.
+pub async fn refuse(
+    state: &TlsState,
+    client: &TcpStream,
+    peeked: &[u8],
+    sni: Option<&str>,
+    deadline: Option<Instant>,
+) {
+    if state.store.is_empty() {
+        return;
+    }
+    let limit = Instant::now() + REFUSE_HANDSHAKE_MAX;
+    let deadline = deadline.map_or(limit, |d| d.min(limit));
+    let Ok(accepted) = handshake(state, client, peeked, sni, 0, Some(deadline)).await else {
+        return;
+    };
+    let mut side = accepted.side;
+    if side.close_notify().is_err() {
+        return;
+    }
+    let fd = client.as_raw_fd();
+    loop {
+        match side.flush(fd) {
+            Ok(false) => {}
+            Ok(true) | Err(_) => return,
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !matches!(
+            monoio::time::timeout(left, client.writable(false)).await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
+    }
+}
