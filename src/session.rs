@@ -392,16 +392,18 @@ async fn run<'a>(
             transport: lb.transport,
             address: &server.address_text,
         };
-        // Copied, so the rest of the peek (the parsed hello) is freed now
-        // rather than held for the connection's lifetime.
-        let replay = peeked.buf.to_vec();
-        drop(peeked);
+        // The bytes move on; the rest of the peek (the parsed hello) is
+        // freed at the end of this block, not held for the connection.
+        let replay = {
+            let p = peeked;
+            p.buf
+        };
         return Ok(Box::pin(tls::originate(
             &ws.snap.tls,
             client,
             &backend,
             bt,
-            &replay,
+            replay,
             &opts,
             cut,
         ))

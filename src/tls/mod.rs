@@ -4,7 +4,10 @@
 //! The session calls `TlsState::build` when a snapshot is built (a bad
 //! certificate fails the start, or keeps the old snapshot on reload),
 //! `handshake` for a router with `tls` and no `passthrough` (before dialing
-//! the backend), then `Accepted::forward` once the backend is connected.
+//! the backend), then `Accepted::forward` once the backend is connected;
+//! `originate` when a plain client (a router without termination) reaches a
+//! `tls = true` server. Every built state has a default certificate: the
+//! configured one or a self-signed one generated once per process.
 //!
 //! Module map: `store` (certificates, SNI), `options` (rustls configs),
 //! `handshake` (server and client handshakes under one deadline), `side`
@@ -205,13 +208,14 @@ impl TlsState {
 
 /// TLS origination: a plain client (a router without termination) to a
 /// `tls = true` server. The client's bytes already read (`replay`: a
-/// peeked ClientHello or PostgreSQL request) go first, inside TLS.
+/// peeked ClientHello or PostgreSQL request) go first, inside TLS; they are
+/// moved to a pooled buffer and their own allocation freed at once.
 pub async fn originate(
     state: &TlsState,
     client: &TcpStream,
     backend: &TcpStream,
     bt: BackendTls<'_>,
-    replay: &[u8],
+    replay: Vec<u8>,
     opts: &Opts,
     cut: &Cutoff,
 ) -> (Report, Outcome) {
@@ -227,7 +231,9 @@ pub async fn originate(
         }
     };
     let mut pending = buf::Buf::default();
-    if pending.push(replay) != replay.len() {
+    let fits = pending.push(&replay) == replay.len();
+    drop(replay);
+    if !fits {
         abort_after_drain(client, cut).await;
         let report = Report {
             error: Some(io::Error::other("peeked bytes larger than the buffer")),

@@ -3,8 +3,9 @@
 //!
 //! Names come from each certificate's SAN DNS names and subject common name
 //! (as Traefik does); `*.example.com` matches exactly one label. A client whose
-//! SNI matches nothing (or that sends none) gets the default certificate, or
-//! nothing when the TLS options say `sniStrict`. Built once per snapshot and
+//! SNI matches nothing (or that sends none) gets the default certificate (the
+//! configured `defaultCertificate`, else Traefik's generated self-signed
+//! one), or nothing when the TLS options say `sniStrict`. Built once per snapshot and
 //! shared read-only by every worker (`Arc`); loading touches files, lookups
 //! never do.
 
