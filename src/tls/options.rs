@@ -589,6 +589,86 @@ mod tests {
         );
     }
 
+    /// A CA and a leaf it signed with DNS `dns` and URI `uri` SANs (DER).
+    fn ca_and_leaf(dns: &str, uri: &str) -> (CertificateDer<'static>, CertificateDer<'static>) {
+        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut leaf = rcgen::CertificateParams::new(vec![dns.to_string()]).unwrap();
+        leaf.subject_alt_names.push(rcgen::SanType::URI(
+            rcgen::Ia5String::try_from(uri).unwrap(),
+        ));
+        let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+        (ca.der().clone(), leaf.der().clone())
+    }
+
+    fn san_verifier(
+        ca: &CertificateDer<'static>,
+        sans: Vec<PeerSan>,
+        check_name: bool,
+    ) -> PeerSanVerifier {
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone()).unwrap();
+        let roots = Arc::new(roots);
+        let p = Arc::new(provider());
+        PeerSanVerifier {
+            inner: WebPkiServerVerifier::builder_with_provider(roots.clone(), p.clone())
+                .build()
+                .unwrap(),
+            roots,
+            sans,
+            check_name,
+            algs: p.signature_verification_algorithms,
+        }
+    }
+
+    #[test]
+    fn peer_cert_sans_match_dns_and_uri_names_over_a_verified_chain() {
+        let (ca, leaf) = ca_and_leaf("db.internal", "spiffe://example.org/db");
+        let (other_ca, _) = ca_and_leaf("x.test", "spiffe://x");
+        let ip = ServerName::try_from("10.0.0.5").unwrap();
+        let now = UnixTime::now();
+        let verify = |v: &PeerSanVerifier, name: &ServerName<'_>| {
+            v.verify_server_cert(&leaf, &[], name, &[], now).is_ok()
+        };
+        let uri = |u: &str| PeerSan::Uri(u.into());
+        let dns = |d: &str| PeerSan::Dns(d.into());
+        // insecureSkipVerify: the SANs replace the name (an IP here).
+        assert!(verify(
+            &san_verifier(&ca, vec![uri("SPIFFE://example.org/db")], false),
+            &ip
+        ));
+        assert!(verify(
+            &san_verifier(&ca, vec![dns("x.test"), dns("db.internal")], false),
+            &ip
+        ));
+        assert!(!verify(
+            &san_verifier(&ca, vec![uri("spiffe://example.org/other")], false),
+            &ip
+        ));
+        assert!(!verify(
+            &san_verifier(&ca, vec![dns("other.internal")], false),
+            &ip
+        ));
+        // The chain must verify, even for URI SANs.
+        assert!(!verify(
+            &san_verifier(&other_ca, vec![uri("spiffe://example.org/db")], false),
+            &ip
+        ));
+        // Without insecureSkipVerify the name must verify as well.
+        assert!(!verify(
+            &san_verifier(&ca, vec![uri("spiffe://example.org/db")], true),
+            &ip
+        ));
+        let db = ServerName::try_from("db.internal").unwrap();
+        assert!(verify(
+            &san_verifier(&ca, vec![uri("spiffe://example.org/db")], true),
+            &db
+        ));
+    }
+
     #[test]
     fn names_from_addresses() {
         assert!(matches!(

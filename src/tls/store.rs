@@ -327,3 +327,38 @@ pub fn load_pair(
     }
     Ok((ck, names))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generated_default_is_traefiks_and_made_once() {
+        let p = super::super::options::provider();
+        let a = generated_default(&p).unwrap();
+        let b = generated_default(&p).unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "one certificate per process");
+        assert_eq!(x509::common_name(&a.cert[0]).as_deref(), Some(GENERATED_CN));
+        let ee = webpki::EndEntityCert::try_from(&a.cert[0]).unwrap();
+        let names: Vec<&str> = ee.valid_dns_names().collect();
+        assert_eq!(names.len(), 1);
+        assert!(names[0].ends_with(".traefik.default"), "{names:?}");
+        assert_eq!(names[0].len(), 32 + 1 + 32 + ".traefik.default".len());
+        // Valid now, for a year.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let left = x509::not_after(&a.cert[0]).unwrap() - now;
+        assert!((363 * 86_400..=366 * 86_400).contains(&left), "{left}");
+        // A store without a defaultCertificate serves it.
+        let store = CertStore::load(&[], None, &p).unwrap();
+        assert!(store.default_is_generated());
+        assert!(Arc::ptr_eq(store.default_certificate().unwrap(), &a));
+        assert!(Arc::ptr_eq(
+            &store.resolve(Some("x.test"), false).unwrap(),
+            &a
+        ));
+        assert!(store.resolve(Some("x.test"), true).is_none());
+    }
+}
