@@ -1061,4 +1061,10 @@ servers = [{ address = "127.0.0.1:5433" }]
     assert!(!flag("plain"));
     assert!(!flag("a"));
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let summary = c.summary();
+    assert!(
+        summary.contains("  w (weighted, healthCheck: down children skipped):\n"),
+        "{summary}"
+    );
+    assert!(summary.contains("  plain (weighted):\n"), "{summary}");
 }
