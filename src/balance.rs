@@ -14,6 +14,12 @@
 //! - this worker saw `EJECT_AFTER_FAILURES` dial failures in a row to it
 //!   (passive ejection) less than `EJECT_COOLDOWN` ago.
 //!
+//! A weighted child is passed over when it has no server left to try; its
+//! servers' active health counts there only when the weighted service has a
+//! `healthCheck` (Traefik: without one, the children's status is not
+//! propagated, so a child whose servers are all down is still chosen by
+//! weight and that connection finds no server).
+//!
 //! Skipping never disturbs the rotation of the others. Passive ejection is a
 //! preference, not a verdict: when every server left is ejected, they are
 //! tried anyway (nginx never marks the only server of a group down, Envoy
@@ -57,6 +63,9 @@ struct Node {
     weights: Vec<i64>,
     current: Vec<i64>,
     leaf: bool,
+    /// Weighted node with `healthCheck`: children are judged by their
+    /// servers' active health too, not only by what is left to try.
+    health_aware: bool,
 }
 
 /// This worker's recent dial results for one server.
@@ -93,6 +102,7 @@ impl Balancer {
                         children,
                         weights: lb.servers.iter().map(|s| i64::from(s.weight)).collect(),
                         leaf: true,
+                        health_aware: true,
                     }
                 }
                 ServiceKind::Weighted(ws) => Node {
@@ -100,6 +110,7 @@ impl Balancer {
                     weights: ws.iter().map(|w| i64::from(w.weight)).collect(),
                     current: vec![0; ws.len()],
                     leaf: false,
+                    health_aware: svc.weighted_health_check,
                 },
             };
             nodes.push(node);
@@ -133,10 +144,18 @@ impl Balancer {
         now: Instant,
     ) -> Option<ServerId> {
         let passive = &self.passive;
-        let usable = |id: ServerId| !tried.contains(&id) && up(id);
-        let fresh = |id: ServerId| usable(id) && passive[id].ejected_until.is_none_or(|t| now >= t);
-        pick_in(&mut self.nodes, service, &fresh)
-            .or_else(|| pick_in(&mut self.nodes, service, &usable))
+        let untried = |id: ServerId| !tried.contains(&id);
+        let rested =
+            |id: ServerId| untried(id) && passive[id].ejected_until.is_none_or(|t| now >= t);
+        let usable = |id: ServerId| untried(id) && up(id);
+        let fresh = |id: ServerId| rested(id) && up(id);
+        let tests = Tests {
+            fresh: &fresh,
+            fresh_reach: &rested,
+            usable: &usable,
+            usable_reach: &untried,
+        };
+        pick_in(&mut self.nodes, service, &tests)
     }
 
     /// Record a dial result. Returns true when this failure ejects the server
@@ -164,27 +183,46 @@ impl Balancer {
     }
 }
 
-/// Walk down from `service` to a server, choosing among the children that
-/// still have a server `ok` accepts.
-fn pick_in(nodes: &mut [Node], service: usize, ok: &impl Fn(ServerId) -> bool) -> Option<ServerId> {
+/// What a server must pass to be picked: the preferred test, and the last
+/// resort when no child of a node passes it (ejected servers); each with a
+/// `reach` form without the health verdicts, for children of a weighted node
+/// that does not follow its children's health.
+struct Tests<'t> {
+    fresh: &'t dyn Fn(ServerId) -> bool,
+    fresh_reach: &'t dyn Fn(ServerId) -> bool,
+    usable: &'t dyn Fn(ServerId) -> bool,
+    usable_reach: &'t dyn Fn(ServerId) -> bool,
+}
+
+/// Walk down from `service` to a server. At each node the children with a
+/// server passing `fresh` are eligible, else those with one passing
+/// `usable`. Preferring at every level is the same as preferring over the
+/// whole tree: a child is eligible only if a server below it passes.
+fn pick_in(nodes: &mut [Node], service: usize, t: &Tests<'_>) -> Option<ServerId> {
     // The config build step rejects cycles, so the depth is bounded by the
     // number of services.
     let mut node_idx = service;
     for _ in 0..=nodes.len() {
         let slot = {
-            let eligible: Vec<bool> = {
-                let node = &nodes[node_idx];
+            let node = &nodes[node_idx];
+            let eligible_by = |ok: &dyn Fn(ServerId) -> bool, reach: &dyn Fn(ServerId) -> bool| {
                 (0..node.children.len())
                     .map(|i| {
                         node.weights[i] > 0
                             && if node.leaf {
                                 ok(node.children[i])
-                            } else {
+                            } else if node.health_aware {
                                 has_candidate(nodes, node.children[i], ok, 0)
+                            } else {
+                                has_candidate(nodes, node.children[i], reach, 0)
                             }
                     })
-                    .collect()
+                    .collect::<Vec<bool>>()
             };
+            let mut eligible = eligible_by(t.fresh, t.fresh_reach);
+            if !eligible.contains(&true) {
+                eligible = eligible_by(t.usable, t.usable_reach);
+            }
             smooth_pick(&mut nodes[node_idx], &eligible)?
         };
         let node = &nodes[node_idx];
@@ -199,7 +237,7 @@ fn pick_in(nodes: &mut [Node], service: usize, ok: &impl Fn(ServerId) -> bool) -
 fn has_candidate(
     nodes: &[Node],
     service: usize,
-    ok: &impl Fn(ServerId) -> bool,
+    ok: &dyn Fn(ServerId) -> bool,
     depth: usize,
 ) -> bool {
     if depth > nodes.len() {
@@ -246,6 +284,7 @@ mod tests {
             weights: weights.to_vec(),
             current: vec![0; weights.len()],
             leaf: true,
+            health_aware: true,
         }
     }
 
@@ -262,6 +301,11 @@ mod tests {
     }
 
     fn tree_90_10() -> Balancer {
+        tree_90_10_health(true)
+    }
+
+    /// `health_aware`: the weighted root has a `healthCheck`.
+    fn tree_90_10_health(health_aware: bool) -> Balancer {
         Balancer::from_parts(
             vec![
                 Node {
@@ -269,6 +313,7 @@ mod tests {
                     weights: vec![90, 10],
                     current: vec![0, 0],
                     leaf: false,
+                    health_aware,
                 },
                 lb_node(&[1], 0),
                 lb_node(&[1], 1),
@@ -347,6 +392,20 @@ mod tests {
             counts[b.pick(0, &[], &all_up, now).unwrap()] += 1;
         }
         assert_eq!(counts, [900, 100]);
+    }
+
+    #[test]
+    fn without_a_weighted_health_check_a_down_child_is_still_chosen_by_weight() {
+        // Traefik: no status propagation, so the 90:10 split goes on and the
+        // connections that land on the down child find no server.
+        let mut b = tree_90_10_health(false);
+        let now = Instant::now();
+        let up = |id: ServerId| id != 0;
+        let picks: Vec<Option<ServerId>> = (0..10).map(|_| b.pick(0, &[], &up, now)).collect();
+        assert_eq!(picks.iter().filter(|p| p.is_none()).count(), 9);
+        assert_eq!(picks.iter().filter(|p| **p == Some(1)).count(), 1);
+        // Failover after dial failures still moves to the other child.
+        assert_eq!(b.pick(0, &[0], &all_up, now), Some(1));
     }
 
     #[test]

@@ -18,7 +18,9 @@
 //! start (a dead server is found in `timeout`, not in 30 s), and a backend
 //! behind `proxyProtocol` first gets a PROXY header with the LOCAL command (v2)
 //! or `UNKNOWN` (v1), which the PROXY protocol defines for health checks, so
-//! `send`/`expect` reach the application.
+//! `send`/`expect` reach the application. A `tls = true` server is probed
+//! through a TLS handshake made with its transport's TLS config (as Traefik
+//! dials it), and `send`/`expect` travel inside TLS.
 //!
 //! Across a reload the new snapshot starts with the verdicts of the old one
 //! for the same (service, server address), so a known-dead server does not
@@ -242,7 +244,16 @@ fn check_service(snap: &Snapshot, si: usize, stop: &Stop) {
             return;
         }
         let server = &lb.servers[i];
-        let result = probe(server.address, hc, lb.proxy_protocol);
+        let result = if server.tls {
+            // The handshake is part of the check, with the transport's TLS
+            // config: a server whose certificate no longer verifies is down.
+            match snap.tls.probe_tls(lb.transport, &server.address_text) {
+                Ok(tls) => probe(server.address, hc, lb.proxy_protocol, Some(&tls)),
+                Err(e) => Err(ProbeError::Tls(e)),
+            }
+        } else {
+            probe(server.address, hc, lb.proxy_protocol, None)
+        };
         if stop.is_set() {
             return;
         }
@@ -288,6 +299,8 @@ pub enum ProbeError {
     Read(io::Error),
     /// The reply does not start with `expect`.
     Unexpected,
+    /// The TLS handshake with a `tls = true` server failed.
+    Tls(String),
 }
 
 impl std::fmt::Display for ProbeError {
@@ -299,32 +312,129 @@ impl std::fmt::Display for ProbeError {
             ProbeError::Closed(n) => write!(f, "closed after {n} bytes of the reply"),
             ProbeError::Read(e) => write!(f, "read: {e}"),
             ProbeError::Unexpected => f.write_str("unexpected reply"),
+            ProbeError::Tls(e) => write!(f, "tls: {e}"),
         }
     }
 }
 
+/// The client config and name a probe of a `tls = true` server uses.
+pub type ProbeTls = (
+    Arc<rustls::ClientConfig>,
+    rustls::pki_types::ServerName<'static>,
+);
+
+/// The probe's connection: plain, or TLS over it.
+enum ProbeConn {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl ProbeConn {
+    fn sock(&self) -> &TcpStream {
+        match self {
+            ProbeConn::Plain(s) => s,
+            ProbeConn::Tls(t) => t.get_ref(),
+        }
+    }
+}
+
+impl Read for ProbeConn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            ProbeConn::Plain(s) => s.read(buf),
+            ProbeConn::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for ProbeConn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            ProbeConn::Plain(s) => s.write(buf),
+            ProbeConn::Tls(t) => t.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            ProbeConn::Plain(s) => s.flush(),
+            ProbeConn::Tls(t) => t.flush(),
+        }
+    }
+}
+
+fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
 /// One health probe of the server at `addr`, bounded by `hc.timeout` in all.
+/// With `tls`, the TLS handshake comes first (after any PROXY header, which
+/// precedes TLS as on a proxied connection) and `send`/`expect` go inside it.
 pub fn probe(
     addr: SocketAddr,
     hc: &HealthCheck,
     proxy_protocol: Option<u8>,
+    tls: Option<&ProbeTls>,
 ) -> Result<(), ProbeError> {
     let deadline = Instant::now() + hc.timeout;
     let target = hc.port.map_or(addr, |p| SocketAddr::new(addr.ip(), p));
     let mut s = TcpStream::connect_timeout(&target, hc.timeout).map_err(ProbeError::Connect)?;
+    let header: &[u8] = match proxy_protocol {
+        Some(1) => PROXY_V1_UNKNOWN,
+        Some(_) => &proxy_protocol::encode_v2_local(),
+        None => &[],
+    };
     let mut out: Vec<u8> = Vec::new();
-    match proxy_protocol {
-        Some(1) => out.extend_from_slice(PROXY_V1_UNKNOWN),
-        Some(_) => out.extend(proxy_protocol::encode_v2_local()),
-        None => {}
+    match &tls {
+        // The header in clear, before the handshake.
+        Some(_) if !header.is_empty() => {
+            let left = remaining(deadline).ok_or(ProbeError::Timeout)?;
+            s.set_write_timeout(Some(left)).map_err(ProbeError::Send)?;
+            s.write_all(header).map_err(|e| {
+                if timed_out(&e) {
+                    ProbeError::Timeout
+                } else {
+                    ProbeError::Send(e)
+                }
+            })?;
+        }
+        Some(_) => {}
+        None => out.extend_from_slice(header),
     }
+    let mut s = match tls {
+        None => ProbeConn::Plain(s),
+        Some((config, name)) => {
+            let mut conn = rustls::ClientConnection::new(config.clone(), name.clone())
+                .map_err(|e| ProbeError::Tls(e.to_string()))?;
+            while conn.is_handshaking() {
+                let left = remaining(deadline).ok_or(ProbeError::Timeout)?;
+                s.set_read_timeout(Some(left)).map_err(ProbeError::Read)?;
+                s.set_write_timeout(Some(left)).map_err(ProbeError::Send)?;
+                match conn.complete_io(&mut s) {
+                    Ok((0, 0)) if conn.is_handshaking() => return Err(ProbeError::Closed(0)),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if timed_out(&e) => return Err(ProbeError::Timeout),
+                    Err(e) => return Err(ProbeError::Tls(e.to_string())),
+                }
+            }
+            ProbeConn::Tls(Box::new(rustls::StreamOwned::new(conn, s)))
+        }
+    };
     out.extend_from_slice(&hc.send);
     if !out.is_empty() {
         let left = remaining(deadline).ok_or(ProbeError::Timeout)?;
-        s.set_write_timeout(Some(left)).map_err(ProbeError::Send)?;
-        s.write_all(&out).map_err(|e| match e.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ProbeError::Timeout,
-            _ => ProbeError::Send(e),
+        s.sock()
+            .set_write_timeout(Some(left))
+            .map_err(ProbeError::Send)?;
+        s.write_all(&out).and_then(|()| s.flush()).map_err(|e| {
+            if timed_out(&e) {
+                ProbeError::Timeout
+            } else {
+                ProbeError::Send(e)
+            }
         })?;
     }
     if hc.expect.is_empty() {
@@ -334,7 +444,9 @@ pub fn probe(
     let mut got = 0;
     while got < reply.len() {
         let left = remaining(deadline).ok_or(ProbeError::Timeout)?;
-        s.set_read_timeout(Some(left)).map_err(ProbeError::Read)?;
+        s.sock()
+            .set_read_timeout(Some(left))
+            .map_err(ProbeError::Read)?;
         match s.read(&mut reply[got..]) {
             Ok(0) => return Err(ProbeError::Closed(got)),
             Ok(n) => {
@@ -345,13 +457,10 @@ pub fn probe(
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(ProbeError::Timeout)
+            Err(e) if timed_out(&e) => return Err(ProbeError::Timeout),
+            // A TLS server that closes without close_notify, or an alert.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(ProbeError::Closed(got))
             }
             Err(e) => return Err(ProbeError::Read(e)),
         }
@@ -405,14 +514,14 @@ mod tests {
     #[test]
     fn send_expect_matches_a_prefix_of_a_split_reply() {
         let (addr, h) = server(5, b"+PONG\r\nmore");
-        probe(addr, &hc("PING\n", "+PONG", 1000), None).unwrap();
+        probe(addr, &hc("PING\n", "+PONG", 1000), None, None).unwrap();
         assert_eq!(h.join().unwrap(), b"PING\n");
     }
 
     #[test]
     fn wrong_reply_fails_at_the_first_wrong_byte() {
         let (addr, _h) = server(5, b"-ERR");
-        let e = probe(addr, &hc("PING\n", "+PONG", 1000), None).unwrap_err();
+        let e = probe(addr, &hc("PING\n", "+PONG", 1000), None, None).unwrap_err();
         assert!(matches!(e, ProbeError::Unexpected), "{e}");
     }
 
@@ -420,7 +529,7 @@ mod tests {
     fn silence_is_a_timeout_within_the_limit() {
         let (addr, _h) = server(5, b"");
         let t = Instant::now();
-        let e = probe(addr, &hc("PING\n", "+PONG", 150), None).unwrap_err();
+        let e = probe(addr, &hc("PING\n", "+PONG", 150), None, None).unwrap_err();
         assert!(matches!(e, ProbeError::Timeout), "{e}");
         let took = t.elapsed();
         assert!(
@@ -434,19 +543,19 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         drop(l);
-        let e = probe(addr, &hc("", "", 500), None).unwrap_err();
+        let e = probe(addr, &hc("", "", 500), None, None).unwrap_err();
         assert!(matches!(e, ProbeError::Connect(_)), "{e}");
     }
 
     #[test]
     fn proxy_protocol_backends_get_a_local_header_first() {
         let (addr, h) = server(16 + 4, b"OK");
-        probe(addr, &hc("PING", "OK", 1000), Some(2)).unwrap();
+        probe(addr, &hc("PING", "OK", 1000), Some(2), None).unwrap();
         let got = h.join().unwrap();
         assert_eq!(got[..16], proxy_protocol::encode_v2_local());
         assert_eq!(&got[16..], b"PING");
         let (addr, h) = server(PROXY_V1_UNKNOWN.len(), b"");
-        probe(addr, &hc("", "", 1000), Some(1)).unwrap();
+        probe(addr, &hc("", "", 1000), Some(1), None).unwrap();
         assert_eq!(h.join().unwrap(), PROXY_V1_UNKNOWN);
     }
 }

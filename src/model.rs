@@ -105,6 +105,10 @@ pub struct RouterTls {
 pub struct Service {
     pub name: String,
     pub kind: ServiceKind,
+    /// `weighted.healthCheck` is set: a child with no healthy server is
+    /// passed over (Traefik's status propagation). Without it, active health
+    /// verdicts do not steer the choice between children, as in Traefik.
+    pub weighted_health_check: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -135,7 +139,9 @@ pub struct Server {
     pub address: SocketAddr,
     /// Extension: Traefik has no per-server weight. Default 1; 0 = never picked.
     pub weight: u32,
-    /// Traefik's per-server `tls = true`: speak TLS to this server.
+    /// Traefik's per-server `tls = true`: speak TLS to this server, whatever
+    /// the router (terminating, passthrough or plain TCP), configured by the
+    /// transport's `tls` table. The table alone never turns TLS on.
     pub tls: bool,
 }
 
@@ -193,6 +199,19 @@ pub struct TransportTls {
     pub root_cas: Vec<ConfigPath>,
     pub insecure_skip_verify: bool,
     pub certificates: Vec<CertPair>,
+    /// `peerCertSANs`: the backend certificate must carry one of these
+    /// names; they replace `serverName` (or the address's host) in the check.
+    pub peer_cert_sans: Vec<PeerSan>,
+}
+
+/// One `peerCertSANs` entry (`{ type = "DNSName" | "URI", value = ... }`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerSan {
+    /// Matched as a host name against the certificate's DNS SANs (wildcards
+    /// in the certificate apply).
+    Dns(String),
+    /// Compared, ignoring case, with the certificate's URI SANs.
+    Uri(String),
 }
 
 #[derive(Debug, Clone)]
@@ -205,13 +224,21 @@ pub struct CertPair {
 /// it is named: files are read when the TLS state is built, after loading,
 /// and a problem found then (missing, not PEM, a key that does not match)
 /// is still reported at the key that named the file.
+///
+/// Traefik also takes the PEM content itself in place of a path; `inline`
+/// then holds it, and `path` is only a label for messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigPath {
     /// Resolved against the directory of the file that names it.
     pub path: PathBuf,
     /// `FILE:LINE:COL` of the value that names it.
     pub at: String,
+    /// PEM content given in the configuration instead of a path.
+    pub inline: Option<String>,
 }
+
+/// The label `ConfigPath::path` holds for inline PEM content.
+pub const INLINE_PEM_LABEL: &str = "(inline PEM)";
 
 /// `[tls]`: certificates and options for termination.
 #[derive(Debug, Clone, Default)]

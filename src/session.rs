@@ -382,7 +382,9 @@ async fn run<'a>(
         // connection's lifetime.
         drop(peeked);
         let server = &lb.servers[server_idx];
-        let backend_tls = (server.tls || transport.tls.is_some()).then_some(tls::BackendTls {
+        // The server's `tls` decides, as in Traefik; the transport's `tls`
+        // table only configures it.
+        let backend_tls = server.tls.then_some(tls::BackendTls {
             transport: lb.transport,
             address: &server.address_text,
         });
@@ -403,6 +405,32 @@ async fn run<'a>(
     // then the ClientHello flows untouched.
     if peeked.pg_ssl {
         Box::pin(pg_ssl_request(&backend, transport.dial_timeout)).await?;
+    }
+    let server = &lb.servers[server_idx];
+    if server.tls {
+        // TLS origination (Traefik dials every `tls = true` server with TLS,
+        // whatever the router): the client's bytes, peeked ones first, are
+        // carried inside TLS. Boxed like the terminated path.
+        let bt = tls::BackendTls {
+            transport: lb.transport,
+            address: &server.address_text,
+        };
+        // The bytes move on; the rest of the peek (the parsed hello) is
+        // freed at the end of this block, not held for the connection.
+        let replay = {
+            let p = peeked;
+            p.buf
+        };
+        return Ok(Box::pin(tls::originate(
+            &ws.snap.tls,
+            client,
+            &backend,
+            bt,
+            replay,
+            &opts,
+            cut,
+        ))
+        .await);
     }
     let replayed = peeked.buf.len() as u64;
     if replayed > 0 {

@@ -889,3 +889,182 @@ fn check_caps_the_configuration_files_in_all() {
         )
     );
 }
+
+#[test]
+fn pem_values_may_be_inline_content_everywhere_traefik_takes_them() {
+    let dir = support::TempDir::new("inline-pem");
+    let ca = support::tls::Ca::new("inline CA");
+    let (cert, key) = ca.leaf(&["inline.test"], false);
+    let (client_cert, client_key) = ca.leaf(&["client.test"], false);
+    let main = dir.write(
+        "main.toml",
+        &format!(
+            r#"
+[entryPoints.tls]
+address = "127.0.0.1:0"
+
+[tcp.routers.r]
+rule = "HostSNI(`inline.test`)"
+service = "s"
+  [tcp.routers.r.tls]
+
+[tcp.services.s.loadBalancer]
+serversTransport = "t"
+servers = [{{ address = "127.0.0.1:5432", tls = true }}]
+
+[tcp.serversTransports.t.tls]
+serverName = "db.test"
+rootCAs = ['''{ca_pem}''', "relative-ca.pem"]
+certificates = [{{ certFile = '''{client_cert}''', keyFile = '''{client_key}''' }}]
+
+[[tls.certificates]]
+certFile = '''{cert}'''
+keyFile = '''{key}'''
+
+[tls.stores.default.defaultCertificate]
+certFile = '''{cert}'''
+keyFile = "default.key"
+
+[tls.options.default.clientAuth]
+caFiles = ['''{ca_pem}''']
+"#,
+            ca_pem = ca.pem,
+        ),
+    );
+    let c = load_ok(&main);
+    let inline = |p: &model::ConfigPath, want: &str| {
+        assert_eq!(p.inline.as_deref(), Some(want), "{p:?}");
+        assert_eq!(p.path, Path::new(model::INLINE_PEM_LABEL));
+        assert!(p.at.starts_with(&format!("{}:", main.display())), "{p:?}");
+    };
+    inline(&c.tls.certificates[0].cert_file, &cert);
+    inline(&c.tls.certificates[0].key_file, &key);
+    let default = c.tls.default_certificate.as_ref().unwrap();
+    inline(&default.cert_file, &cert);
+    // A value without a PEM armour line stays a path, relative to the file.
+    assert_eq!(default.key_file.inline, None);
+    assert_eq!(default.key_file.path, dir.0.join("default.key"));
+    inline(&c.tls.options[0].client_ca_files[0], &ca.pem);
+    let t = c.transports[1].tls.as_ref().unwrap();
+    inline(&t.root_cas[0], &ca.pem);
+    assert_eq!(t.root_cas[1].path, dir.0.join("relative-ca.pem"));
+    inline(&t.certificates[0].cert_file, &client_cert);
+    inline(&t.certificates[0].key_file, &client_key);
+    // Built as a start would: the inline ones load; the two files that do
+    // not exist are reported at the keys that name them.
+    let Err(err) = sluicegate::worker::Snapshot::new(c) else {
+        panic!("the missing files must fail the build");
+    };
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{}:", main.display()))
+                && l.contains(":11: cannot read private key from `")
+                && l.contains("default.key")),
+        "{err}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(":6: cannot read certificates from `")
+                && l.contains("relative-ca.pem")),
+        "{err}"
+    );
+}
+
+#[test]
+fn peer_cert_sans_and_the_deprecated_peer_cert_uri_are_read() {
+    let dir = support::TempDir::new("peer-sans");
+    let main = dir.write(
+        "main.toml",
+        r#"
+[entryPoints.e]
+address = "127.0.0.1:0"
+
+[tcp.routers.r]
+rule = "HostSNI(`*`)"
+service = "s"
+
+[tcp.services.s.loadBalancer]
+serversTransport = "t"
+servers = [{ address = "127.0.0.1:5432", tls = true }]
+
+[tcp.serversTransports.t.tls]
+insecureSkipVerify = true
+peerCertSANs = [{type = "DNSName", value = "foo.com"}, {type = "URI", value = "spiffe://example.org/peer"}]
+peerCertURI = "spiffe://example.org/old"
+"#,
+    );
+    let c = load_ok(&main);
+    let t = c.transports[1].tls.as_ref().unwrap();
+    assert_eq!(
+        t.peer_cert_sans,
+        vec![
+            model::PeerSan::Dns("foo.com".into()),
+            model::PeerSan::Uri("spiffe://example.org/peer".into()),
+            model::PeerSan::Uri("spiffe://example.org/old".into()),
+        ]
+    );
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(
+        c.warnings[0]
+            .contains("main.toml:16:15: `tcp.serversTransports.t.tls.peerCertURI` is deprecated"),
+        "{:?}",
+        c.warnings
+    );
+}
+
+#[test]
+fn weighted_health_check_is_an_empty_table_that_marks_the_service() {
+    let dir = support::TempDir::new("weighted-hc");
+    let main = dir.write(
+        "main.toml",
+        r#"
+[entryPoints.e]
+address = "127.0.0.1:0"
+
+[tcp.routers.r]
+rule = "HostSNI(`*`)"
+service = "w"
+
+[tcp.services.w.weighted]
+services = [{ name = "inner", weight = 2 }, { name = "a" }]
+  [tcp.services.w.weighted.healthCheck]
+
+[tcp.services.inner.weighted]
+services = [{ name = "a" }]
+healthCheck = {}
+
+[tcp.services.plain.weighted]
+services = [{ name = "b" }]
+
+[tcp.services.a.loadBalancer]
+servers = [{ address = "127.0.0.1:5432" }]
+healthCheck = {}
+
+[tcp.services.b.loadBalancer]
+servers = [{ address = "127.0.0.1:5433" }]
+"#,
+    );
+    let c = load_ok(&main);
+    let flag = |name: &str| {
+        c.services
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap()
+            .weighted_health_check
+    };
+    assert!(flag("w"));
+    assert!(flag("inner"));
+    assert!(!flag("plain"));
+    assert!(!flag("a"));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let summary = c.summary();
+    assert!(
+        summary.contains("  w (weighted, healthCheck: down children skipped):\n"),
+        "{summary}"
+    );
+    assert!(summary.contains("  plain (weighted):\n"), "{summary}");
+}

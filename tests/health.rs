@@ -476,3 +476,226 @@ workers = 1
         1
     );
 }
+
+/// Connect through the proxy: the backend's tag, or `None` when the proxy
+/// closed without one (no server).
+fn try_who(addr: SocketAddr) -> Option<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).ok().map(|()| b[0])
+}
+
+/// Two children `sa` (server A, checked on host A's `port`) and `sb`, 1:1,
+/// under weighted `w`; `weighted_hc` adds `[weighted.healthCheck]`.
+fn weighted_config(a: SocketAddr, b: SocketAddr, port: u16, weighted_hc: bool) -> String {
+    let hc = if weighted_hc {
+        "[tcp.services.w.weighted.healthCheck]\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"
+[entryPoints.main]
+address = "127.0.0.1:0"
+[tcp.routers.r]
+rule = "HostSNI(`*`)"
+service = "w"
+[[tcp.services.w.weighted.services]]
+name = "sa"
+weight = 1
+[[tcp.services.w.weighted.services]]
+name = "sb"
+weight = 1
+{hc}
+[[tcp.services.sa.loadBalancer.servers]]
+address = "{a}"
+[tcp.services.sa.loadBalancer.healthCheck]
+port = {port}
+interval = "100ms"
+unhealthyInterval = "50ms"
+timeout = "1s"
+[[tcp.services.sb.loadBalancer.servers]]
+address = "{b}"
+[tcp.services.sb.loadBalancer.healthCheck]
+port = {port}
+interval = "100ms"
+timeout = "1s"
+[runtime]
+workers = 1
+"#
+    )
+}
+
+#[test]
+fn weighted_health_check_skips_a_child_whose_only_server_is_down() {
+    let a = tagged("127.0.0.1", b"A");
+    let b = tagged("127.0.0.2", b"B");
+    let (ha, _hb) = health_ports();
+    let with = Proxy::start(&weighted_config(a.addr, b.addr, ha.addr.port(), true));
+    let without = Proxy::start(&weighted_config(a.addr, b.addr, ha.addr.port(), false));
+    assert_eq!(whos(with.addr("main"), 4), "ABAB");
+    assert_eq!(whos(without.addr("main"), 4), "ABAB");
+    // A's check port closes: A goes down in both proxies.
+    ha.set_open(false);
+    with.wait_logs(1, |l| is_transition(l, "server unhealthy", a.addr));
+    without.wait_logs(1, |l| is_transition(l, "server unhealthy", a.addr));
+    // With weighted.healthCheck, the child whose only server is down is
+    // passed over: every connection goes to B.
+    assert_eq!(whos(with.addr("main"), 6), "BBBBBB");
+    // Without it (Traefik: no status propagation), the 1:1 split goes on
+    // and the connections that land on `sa` find no server.
+    let got: Vec<Option<u8>> = (0..6).map(|_| try_who(without.addr("main"))).collect();
+    assert_eq!(
+        got.iter().filter(|g| **g == Some(b'B')).count(),
+        3,
+        "{got:?}"
+    );
+    assert_eq!(got.iter().filter(|g| g.is_none()).count(), 3, "{got:?}");
+    let conns = without.wait_conns(10);
+    let no_server = conns
+        .iter()
+        .filter(|l| field(l, "outcome").as_deref() == Some("no_server"))
+        .count();
+    assert_eq!(no_server, 3, "{conns:?}");
+    // A back: both proxies split again.
+    ha.set_open(true);
+    with.wait_logs(1, |l| is_transition(l, "server healthy", a.addr));
+    let split = whos(with.addr("main"), 4);
+    assert_eq!(split.matches('A').count(), 2, "{split}");
+}
+
+/// A TLS server (rustls, certificate for `backend.test` from `ca`) that
+/// answers a line with `PONG` when `good`, else with `NOPE`: the answer is
+/// only readable through TLS.
+struct TlsProbed {
+    addr: SocketAddr,
+    good: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl TlsProbed {
+    fn start(ca: &support::tls::Ca) -> TlsProbed {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let (cert, key) = ca.leaf(&["backend.test"], false);
+        let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap(),
+        );
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        let good = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (g, st) = (good.clone(), stop.clone());
+        thread::spawn(move || {
+            while !st.load(Ordering::Acquire) {
+                let Ok((s, _)) = l.accept() else {
+                    thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let (config, g) = (config.clone(), g.clone());
+                thread::spawn(move || {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    let conn = rustls::ServerConnection::new(config).unwrap();
+                    let mut tls = rustls::StreamOwned::new(conn, s);
+                    let mut line = Vec::new();
+                    let mut b = [0u8; 1];
+                    while let Ok(1) = tls.read(&mut b) {
+                        line.push(b[0]);
+                        if b[0] == b'\n' {
+                            break;
+                        }
+                    }
+                    let reply: &[u8] = if g.load(Ordering::Acquire) {
+                        b"PONG"
+                    } else {
+                        b"NOPE"
+                    };
+                    let _ = tls.write_all(reply);
+                    let _ = tls.flush();
+                    thread::sleep(Duration::from_millis(100));
+                });
+            }
+        });
+        TlsProbed { addr, good, stop }
+    }
+}
+
+impl Drop for TlsProbed {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+fn tls_probe_config(server: SocketAddr, ca: &std::path::Path) -> String {
+    format!(
+        r#"
+[entryPoints.main]
+address = "127.0.0.1:0"
+[tcp.routers.r]
+rule = "HostSNI(`*`)"
+service = "s"
+[tcp.services.s.loadBalancer]
+serversTransport = "t"
+[[tcp.services.s.loadBalancer.servers]]
+address = "{server}"
+tls = true
+[tcp.services.s.loadBalancer.healthCheck]
+send = "PING\n"
+expect = "PONG"
+interval = "100ms"
+unhealthyInterval = "50ms"
+timeout = "2s"
+[tcp.serversTransports.t.tls]
+serverName = "backend.test"
+rootCAs = [{ca:?}]
+[runtime]
+workers = 1
+"#,
+        ca = ca.display().to_string()
+    )
+}
+
+#[test]
+fn a_tls_server_is_probed_through_tls_with_its_transport() {
+    let dir = TempDir::new("health-tls");
+    let ca = support::tls::Ca::new("health CA");
+    let ca_path = dir.write("ca.crt", &ca.pem);
+    let backend = TlsProbed::start(&ca);
+    let p = Proxy::start(&tls_probe_config(backend.addr, &ca_path));
+    // The reply is read inside TLS: a wrong one is "unexpected reply", not
+    // a handshake failure.
+    let down = p.wait_logs(1, |l| is_transition(l, "server unhealthy", backend.addr));
+    assert_eq!(
+        field(&down[0], "reason").as_deref(),
+        Some("unexpected reply"),
+        "{}",
+        down[0]
+    );
+    backend.good.store(true, Ordering::Release);
+    p.wait_logs(1, |l| is_transition(l, "server healthy", backend.addr));
+    // The handshake uses the transport's roots: another CA fails it.
+    let other = support::tls::Ca::new("other CA");
+    let other_path = dir.write("other.crt", &other.pem);
+    let q = Proxy::start(&tls_probe_config(backend.addr, &other_path));
+    let down = q.wait_logs(1, |l| is_transition(l, "server unhealthy", backend.addr));
+    let reason = field(&down[0], "reason").unwrap();
+    assert!(
+        reason.starts_with("tls: ") && reason.contains("certificate"),
+        "{}",
+        down[0]
+    );
+}

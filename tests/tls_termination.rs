@@ -30,6 +30,8 @@ struct Cfg<'a> {
     certs: String,
     /// Extra keys for `[tcp.serversTransports.t]` (and its `.tls` table).
     transport: &'a str,
+    /// Extra keys for the one server (e.g. `tls = true`).
+    server: &'a str,
     driver: &'a str,
     read_timeout: &'a str,
 }
@@ -53,6 +55,7 @@ service = "svc"
 serversTransport = "t"
   [[tcp.services.svc.loadBalancer.servers]]
   address = "{backend}"
+  {server}
 
 [tcp.serversTransports.t]
 dialTimeout = "5s"
@@ -71,6 +74,7 @@ driver = "{driver}"
             read_timeout = self.read_timeout,
             backend = self.backend,
             transport = self.transport,
+            server = self.server,
             certs = self.certs,
             options = self.options,
             driver = self.driver,
@@ -100,6 +104,7 @@ fn cfg(backend: SocketAddr, certs: String) -> Cfg<'static> {
         options: "",
         certs,
         transport: "",
+        server: "",
         driver: "io_uring",
         read_timeout: "10s",
     }
@@ -803,6 +808,8 @@ fn reencrypts_to_an_openssl_backend_with_and_without_verification() {
     for (transport, works) in &cases {
         let mut c = cfg(server.addr, cert_entry(&front_crt, &front_key));
         c.transport = transport;
+        // The server's `tls` turns TLS on; the transport only configures it.
+        c.server = "tls = true";
         let p = Proxy::start(&c.toml());
         let s = TlsStream::connect(
             p.addr("tls"),
@@ -1000,4 +1007,435 @@ fn a_tls_reply_cut_by_termination_delay_is_reset_and_counts_what_arrived() {
         eprintln!("{driver}: down={down} received={}", got.len());
         assert_eq!(field(l, "up").as_deref(), Some("2"), "{l}");
     }
+}
+
+/// `openssl s_client` without verification: what a client is served when no
+/// certificate is configured (stdout has the subject and the PEM).
+fn s_client_unverified(addr: SocketAddr, sni: &str, input: &str) -> support::process::Ran {
+    run(
+        Command::new("openssl").args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            sni,
+            "-ign_eof",
+        ]),
+        input.as_bytes(),
+        Duration::from_secs(20),
+    )
+}
+
+/// The server certificate s_client printed, PEM.
+fn served_pem(ran: &support::process::Ran) -> String {
+    let out = &ran.stdout;
+    let start = out
+        .find("-----BEGIN CERTIFICATE-----")
+        .unwrap_or_else(|| panic!("no certificate printed: {ran:?}"));
+    let end = out[start..].find("-----END CERTIFICATE-----").unwrap() + start;
+    out[start..end].to_string()
+}
+
+#[test]
+fn without_certificates_a_generated_default_is_served_with_a_warning() {
+    if !require_tool("openssl", "openssl") {
+        return;
+    }
+    let backend = line_backend();
+    let toml = cfg(backend.addr, String::new()).toml();
+    let p = Proxy::start(&toml);
+    // The config warning, at the router's tls table, in the log.
+    let warn = &p.wait_logs(1, |l| l.contains("TRAEFIK DEFAULT CERT"))[0];
+    assert!(warn.contains("level=warn"), "{warn}");
+    assert!(warn.contains("router `term` terminates TLS"), "{warn}");
+    assert!(warn.contains(".toml:11:3"), "{warn}");
+    let ran = s_client_unverified(p.addr("tls"), "any.test", "hello\n");
+    let subj = subject(&ran).unwrap_or_else(|| panic!("no subject: {ran:?}"));
+    assert!(subj.ends_with("CN = TRAEFIK DEFAULT CERT"), "{subj}");
+    // Self-signed: a verifying client refuses it; bytes still flow here.
+    assert!(
+        ran.stdout.contains("Verify return code: 18"),
+        "{}",
+        ran.stdout
+    );
+    assert!(ran.stdout.contains("HELLO"), "{ran:?}");
+    let first = served_pem(&ran);
+    // No SNI at all: the same certificate.
+    let no_sni = run(
+        Command::new("openssl").args([
+            "s_client",
+            "-connect",
+            &p.addr("tls").to_string(),
+            "-noservername",
+            "-ign_eof",
+        ]),
+        b"x\n",
+        Duration::from_secs(20),
+    );
+    assert_eq!(served_pem(&no_sni), first);
+    // A reload keeps the certificate: it is generated once per process.
+    p.signal(1);
+    p.wait_logs(1, |l| l.contains("msg=reloaded"));
+    let again = s_client_unverified(p.addr("tls"), "any.test", "x\n");
+    assert_eq!(served_pem(&again), first, "a reload made a new certificate");
+    // `check` says it too, with the position, and passes.
+    let dir = TempDir::new("tls-generated");
+    let path = dir.write("config.toml", &toml);
+    let ran = run(
+        Command::new(support::BIN).arg("check").arg("-c").arg(&path),
+        b"",
+        Duration::from_secs(30),
+    );
+    assert!(ran.ok(), "{ran:?}");
+    assert!(
+        ran.stderr.contains("warning: ")
+            && ran.stderr.contains("config.toml:11:3")
+            && ran.stderr.contains("TRAEFIK DEFAULT CERT"),
+        "{}",
+        ran.stderr
+    );
+}
+
+#[test]
+fn a_name_no_certificate_covers_gets_the_generated_default_not_the_first_certificate() {
+    if !require_tool("openssl", "openssl") {
+        return;
+    }
+    let pki = Pki::new();
+    let (a_crt, a_key) = pki.leaf("a.test", &["a.test"]);
+    let backend = line_backend();
+    let p = Proxy::start(&cfg(backend.addr, cert_entry(&a_crt, &a_key)).toml());
+    let warn = &p.wait_logs(1, |l| l.contains("no defaultCertificate"))[0];
+    assert!(
+        warn.contains("level=warn") && warn.contains("routers=term"),
+        "{warn}"
+    );
+    let named = s_client(p.addr("tls"), "a.test", &pki.ca, "hi\n");
+    assert!(
+        subject(&named).unwrap().ends_with("CN = a.test"),
+        "{named:?}"
+    );
+    let other = s_client_unverified(p.addr("tls"), "b.test", "hi\n");
+    assert!(
+        subject(&other)
+            .unwrap()
+            .ends_with("CN = TRAEFIK DEFAULT CERT"),
+        "{other:?}"
+    );
+}
+
+#[test]
+fn inline_pem_certificates_and_root_cas_are_loaded() {
+    if !require_tool("openssl", "openssl") {
+        return;
+    }
+    let pki = Pki::new();
+    let (crt, key) = pki.leaf("inline.test", &["inline.test"]);
+    let (back_crt, back_key) = pki.leaf("backend.test", &["backend.test"]);
+    let server = SServer::start(&back_crt, &back_key);
+    let pem = |p: &Path| std::fs::read_to_string(p).unwrap();
+    // TOML multi-line literal strings, as a user pastes PEM.
+    let certs = format!(
+        "[[tls.certificates]]\ncertFile = '''\n{}'''\nkeyFile = '''\n{}'''\n",
+        pem(&crt),
+        pem(&key)
+    );
+    let transport = format!(
+        "  [tcp.serversTransports.t.tls]\n  serverName = \"backend.test\"\n  rootCAs = ['''\n{}''']\n",
+        pem(&pki.ca)
+    );
+    let mut c = cfg(server.addr, certs);
+    c.transport = &transport;
+    c.server = "tls = true";
+    let p = Proxy::start(&c.toml());
+    let ran = s_client(p.addr("tls"), "inline.test", &pki.ca, "abc\nCLOSE\n");
+    assert!(ran.ok(), "{ran:?}");
+    assert!(
+        subject(&ran).unwrap().ends_with("CN = inline.test"),
+        "{ran:?}"
+    );
+    assert!(ran.stdout.contains("cba"), "{ran:?}");
+    assert!(ran.stdout.contains("Verify return code: 0 (ok)"), "{ran:?}");
+}
+
+/// One plain router (`HostSNI(*)` without tls) to one server, with
+/// `server` keys and a `[tcp.serversTransports.t.tls]` body.
+fn plain_router(backend: SocketAddr, server: &str, transport_tls: &str) -> String {
+    format!(
+        r#"
+[entryPoints.plain]
+address = "127.0.0.1:0"
+
+[tcp.routers.plain]
+entryPoints = ["plain"]
+rule = "HostSNI(`*`)"
+service = "svc"
+
+[tcp.services.svc.loadBalancer]
+serversTransport = "t"
+  [[tcp.services.svc.loadBalancer.servers]]
+  address = "{backend}"
+  {server}
+
+[tcp.serversTransports.t]
+dialTimeout = "5s"
+  [tcp.serversTransports.t.tls]
+  {transport_tls}
+
+[runtime]
+workers = 2
+"#
+    )
+}
+
+/// Plain bytes in, TLS to the server: `abc` comes back reversed from the
+/// s_server backend through the proxy's TLS.
+fn originated(addr: SocketAddr) -> (Vec<u8>, Option<std::io::Error>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"abc\nCLOSE\n").unwrap();
+    read_to_end(&mut s)
+}
+
+#[test]
+fn plain_routers_originate_tls_to_tls_servers_and_not_to_the_others() {
+    if !require_tool("openssl", "openssl") {
+        return;
+    }
+    let pki = Pki::new();
+    let (back_crt, back_key) = pki.leaf("backend.test", &["backend.test"]);
+    let server = SServer::start(&back_crt, &back_key);
+    let ca = pki.ca.display().to_string();
+    let verify = format!("serverName = \"backend.test\"\n  rootCAs = [{ca:?}]");
+    let p = Proxy::start(&plain_router(server.addr, "tls = true", &verify));
+    let (got, err) = originated(p.addr("plain"));
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(String::from_utf8_lossy(&got), "cba\n");
+    let l = &p.wait_conns(1)[0];
+    assert_eq!(field(l, "outcome").as_deref(), Some("closed"), "{l}");
+    assert_eq!(field(l, "up").as_deref(), Some("10"), "{l}");
+    assert_eq!(field(l, "down").as_deref(), Some("4"), "{l}");
+    drop(p);
+    // The same server without `tls`: the proxy sends plain bytes, which
+    // s_server refuses as a handshake: nothing comes back.
+    let p = Proxy::start(&plain_router(server.addr, "", &verify));
+    let (got, _) = originated(p.addr("plain"));
+    assert!(got.is_empty(), "{got:?}");
+    drop(p);
+    // A plain echo server behind the same transport (a `tls` table) gets
+    // the client's bytes exactly, in clear.
+    let echo = Backend::echo();
+    let p = Proxy::start(&plain_router(echo.addr, "tls = false", &verify));
+    let mut s = TcpStream::connect(p.addr("plain")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"\x16\x03\x01 not TLS").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let (got, err) = read_to_end(&mut s);
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(got, b"\x16\x03\x01 not TLS");
+    drop(p);
+    // Verification applies: a server whose certificate the CA did not sign
+    // is refused and nothing reaches the client.
+    let other = Pki::new();
+    let wrong = format!(
+        "serverName = \"backend.test\"\n  rootCAs = [{:?}]",
+        other.ca.display().to_string()
+    );
+    let p = Proxy::start(&plain_router(server.addr, "tls = true", &wrong));
+    let (got, _) = originated(p.addr("plain"));
+    assert!(got.is_empty(), "{got:?}");
+    let l = &p.wait_conns(1)[0];
+    assert_eq!(field(l, "outcome").as_deref(), Some("backend_reset"), "{l}");
+    assert!(l.contains("certificate"), "{l}");
+}
+
+#[test]
+fn terminated_clients_reach_a_plain_server_behind_a_transport_with_a_tls_table() {
+    let dir = TempDir::new("tls-table-plain");
+    let ca = Ca::new("front CA");
+    let (ca_path, crt, key) = ca.write_leaf(&dir.0, &["front.test"]);
+    let backend = line_backend();
+    let mut c = cfg(backend.addr, cert_entry(&crt, &key));
+    // Before, this table alone made the proxy speak TLS to the server.
+    c.transport = "  [tcp.serversTransports.t.tls]\n  insecureSkipVerify = true\n";
+    c.server = "tls = false";
+    let p = Proxy::start(&c.toml());
+    let s = TlsStream::connect(
+        p.addr("tls"),
+        "front.test",
+        client_config(&ca_path, None, &[]),
+    )
+    .unwrap();
+    s.write_all(b"plain please\n").unwrap();
+    let (got, err) = s.read_to_end();
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(got, b"PLAIN PLEASE\n");
+}
+
+/// A rustls server on 127.0.0.1 for one connection: it reads the decrypted
+/// stream to its end (close_notify), sends it all back, and closes.
+fn tls_echo_once(ca: &Ca, name: &str) -> (SocketAddr, thread::JoinHandle<Vec<u8>>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key) = ca.leaf(&[name], false);
+    let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let h = thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let conn = rustls::ServerConnection::new(std::sync::Arc::new(config)).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, s);
+        let mut got = Vec::new();
+        let _ = tls.read_to_end(&mut got);
+        let _ = tls.write_all(&got);
+        tls.conn.send_close_notify();
+        let _ = tls.flush();
+        got
+    });
+    (addr, h)
+}
+
+#[test]
+fn passthrough_routers_originate_tls_too() {
+    // Traefik dials a `tls = true` server with TLS whatever the router: what
+    // a passthrough router's client sends (its own TLS records) travels
+    // inside the proxy's TLS, byte for byte.
+    let dir = TempDir::new("tls-passthrough-origination");
+    let ca = Ca::new("backend CA");
+    let ca_path = dir.write("ca.crt", &ca.pem);
+    let (addr, backend) = tls_echo_once(&ca, "backend.test");
+    let toml = format!(
+        r#"
+[entryPoints.pt]
+address = "127.0.0.1:0"
+
+[tcp.routers.pt]
+entryPoints = ["pt"]
+rule = "HostSNI(`db.test`)"
+service = "svc"
+  [tcp.routers.pt.tls]
+  passthrough = true
+
+[tcp.services.svc.loadBalancer]
+serversTransport = "t"
+  [[tcp.services.svc.loadBalancer.servers]]
+  address = "{addr}"
+  tls = true
+
+[tcp.serversTransports.t.tls]
+serverName = "backend.test"
+rootCAs = [{ca:?}]
+
+[runtime]
+workers = 1
+"#,
+        ca = ca_path.display().to_string()
+    );
+    let p = Proxy::start(&toml);
+    let mut sent = support::hello::rustls_pq_hello("db.test");
+    sent.extend_from_slice(b"and some bytes after the hello");
+    let mut s = TcpStream::connect(p.addr("pt")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&sent).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let (got, err) = read_to_end(&mut s);
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(backend.join().unwrap(), sent, "the server decrypted");
+    assert_eq!(got, sent, "the client got the echo back in clear");
+    let l = &p.wait_conns(1)[0];
+    assert_eq!(field(l, "router").as_deref(), Some("pt"), "{l}");
+    assert_eq!(field(l, "outcome").as_deref(), Some("closed"), "{l}");
+}
+
+/// A terminating router to the s_server backend with these transport keys:
+/// the backend's answer to `abc`, or the access-log line when none came.
+fn through_sans(server: SocketAddr, transport: &str) -> Result<String, String> {
+    let dir = TempDir::new("tls-sans");
+    let ca = Ca::new("front CA");
+    let (ca_path, crt, key) = ca.write_leaf(&dir.0, &["front.test"]);
+    let mut c = cfg(server, cert_entry(&crt, &key));
+    c.transport = transport;
+    c.server = "tls = true";
+    let p = Proxy::start(&c.toml());
+    let s = TlsStream::connect(
+        p.addr("tls"),
+        "front.test",
+        client_config(&ca_path, None, &[]),
+    )
+    .unwrap();
+    s.write_all(b"abc\nCLOSE\n").unwrap();
+    let (got, _) = s.read_to_end();
+    let _ = s.close_write();
+    let l = p.wait_conns(1).remove(0);
+    if got.is_empty() {
+        Err(l)
+    } else {
+        Ok(String::from_utf8_lossy(&got).into_owned())
+    }
+}
+
+#[test]
+fn peer_cert_sans_accept_and_refuse_backend_certificates() {
+    if !require_tool("openssl", "openssl") {
+        return;
+    }
+    let pki = Pki::new();
+    let (back_crt, back_key) = pki.leaf("backend.test", &["backend.test", "alt.test"]);
+    let server = SServer::start(&back_crt, &back_key);
+    let ca = pki.ca.display().to_string();
+    let other = Pki::new();
+    let wrong_ca = other.ca.display().to_string();
+    let t = |body: String| format!("  [tcp.serversTransports.t.tls]\n{body}\n");
+    // insecureSkipVerify: the SANs replace the name check (the address is
+    // 127.0.0.1, which the certificate does not carry).
+    let sans_only = t(format!(
+        "  insecureSkipVerify = true\n  rootCAs = [{ca:?}]\n  peerCertSANs = [{{ type = \"DNSName\", value = \"nope.test\" }}, {{ type = \"DNSName\", value = \"alt.test\" }}]"
+    ));
+    assert_eq!(
+        through_sans(server.addr, &sans_only).as_deref(),
+        Ok("cba\n")
+    );
+    // No listed name in the certificate: refused.
+    let missing = t(format!(
+        "  insecureSkipVerify = true\n  rootCAs = [{ca:?}]\n  peerCertSANs = [{{ type = \"DNSName\", value = \"other.test\" }}]"
+    ));
+    let l = through_sans(server.addr, &missing).unwrap_err();
+    assert_eq!(
+        field(&l, "outcome").as_deref(),
+        Some("backend_reset"),
+        "{l}"
+    );
+    assert!(l.contains("certificate"), "{l}");
+    // The chain is still verified (Traefik verifies it even with
+    // insecureSkipVerify when SANs are listed).
+    let untrusted = t(format!(
+        "  insecureSkipVerify = true\n  rootCAs = [{wrong_ca:?}]\n  peerCertSANs = [{{ type = \"DNSName\", value = \"alt.test\" }}]"
+    ));
+    assert!(through_sans(server.addr, &untrusted).is_err());
+    // A URI SAN the certificate lacks: refused.
+    let uri = t(format!(
+        "  insecureSkipVerify = true\n  rootCAs = [{ca:?}]\n  peerCertSANs = [{{ type = \"URI\", value = \"spiffe://example.org/db\" }}]"
+    ));
+    assert!(through_sans(server.addr, &uri).is_err());
+    // Without insecureSkipVerify the server name is checked too.
+    let both = t(format!(
+        "  serverName = \"backend.test\"\n  rootCAs = [{ca:?}]\n  peerCertSANs = [{{ type = \"DNSName\", value = \"alt.test\" }}]"
+    ));
+    assert_eq!(through_sans(server.addr, &both).as_deref(), Ok("cba\n"));
+    let wrong_name = t(format!(
+        "  serverName = \"wrong.test\"\n  rootCAs = [{ca:?}]\n  peerCertSANs = [{{ type = \"DNSName\", value = \"alt.test\" }}]"
+    ));
+    assert!(through_sans(server.addr, &wrong_name).is_err());
 }

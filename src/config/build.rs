@@ -414,10 +414,22 @@ fn services(
                     health_check: lb.health_check.clone(),
                 })
             }
-            Some(ServiceKindF::Weighted(children)) => {
+            Some(ServiceKindF::Weighted(w)) => {
+                let children = &w.children;
                 let mut out_children = Vec::with_capacity(children.len());
                 for c in children {
                     if let Some(j) = lookup(svc_index, &c.name, "service", d) {
+                        if w.health_check.is_some() && !reports_health(&m.services[j]) {
+                            // Traefik refuses the service: a child without a
+                            // health check has no status to report up.
+                            d.error(
+                                c.name.at,
+                                format!(
+                                    "weighted service `{}` has a healthCheck, so its child `{}` needs one too (Traefik: cannot register {} as updater for {}: healthCheck not enabled in config for this weighted service)",
+                                    s.name.v, c.name.v, c.name.v, s.name.v
+                                ),
+                            );
+                        }
                         edges[i].push((j, &c.name));
                         out_children.push(model::WeightedChild {
                             service: j,
@@ -447,10 +459,26 @@ fn services(
         out.push(model::Service {
             name: s.name.v.clone(),
             kind,
+            weighted_health_check: matches!(
+                &s.kind,
+                Some(ServiceKindF::Weighted(w)) if w.health_check.is_some()
+            ),
         });
     }
     report_cycles(&out, &edges, d);
     out
+}
+
+/// Whether a service has health to report to a weighted parent with a
+/// healthCheck: a load balancer with a healthCheck, or a weighted service
+/// with one (whose own children are checked where it is built).
+fn reports_health(s: &super::file::ServiceF) -> bool {
+    match &s.kind {
+        Some(ServiceKindF::LoadBalancer(lb)) => lb.health_check.is_some(),
+        Some(ServiceKindF::Weighted(w)) => w.health_check.is_some(),
+        // Already reported as broken.
+        None => true,
+    }
 }
 
 /// Depth-first search over weighted services; each back edge is a cycle,
@@ -565,7 +593,7 @@ fn routers(m: &FileModel, refs: &Refs<'_>, sources: &Sources, d: &mut Diags) -> 
                 d.warn(
                     t.at,
                     format!(
-                        "router `{}` terminates TLS but no certificate is configured ([[tls.certificates]] or tls.stores.default.defaultCertificate)",
+                        "router `{}` terminates TLS but no certificate is configured ([[tls.certificates]] or tls.stores.default.defaultCertificate): its clients get a self-signed certificate generated at start (CN TRAEFIK DEFAULT CERT), as in Traefik",
                         r.name.v
                     ),
                 );

@@ -8,7 +8,7 @@
 use super::diag::{Diags, Pos, Sp};
 use super::file::{
     FileModel, LoadBalancerF, Named, RouterF, RouterTlsF, ServerF, ServiceF, ServiceKindF,
-    WeightedChildF,
+    WeightedChildF, WeightedF,
 };
 use super::reader::{Node, Tbl};
 use super::rule;
@@ -347,7 +347,7 @@ fn health_check(mut t: Tbl<'_>, d: &mut Diags) -> model::HealthCheck {
     }
 }
 
-fn weighted(mut t: Tbl<'_>, d: &mut Diags) -> Vec<WeightedChildF> {
+fn weighted(mut t: Tbl<'_>, d: &mut Diags) -> WeightedF {
     let mut out = Vec::new();
     if let Some(n) = t.get("services", d) {
         for mut ct in n.tables(d) {
@@ -364,8 +364,18 @@ fn weighted(mut t: Tbl<'_>, d: &mut Diags) -> Vec<WeightedChildF> {
     } else {
         d.error(t.at, format!("[{}] needs `services`", t.path));
     }
+    // Traefik's weighted `healthCheck` has no keys: its presence makes the
+    // children report their health up (unknown keys inside are reported).
+    let health_check = t.table("healthCheck", d).map(|h| {
+        let at = h.at;
+        h.finish(d);
+        at
+    });
     t.finish(d);
-    out
+    WeightedF {
+        children: out,
+        health_check,
+    }
 }
 
 fn middleware(name: &Sp<String>, mut t: Tbl<'_>, d: &mut Diags) -> Option<model::MiddlewareKind> {
@@ -524,11 +534,27 @@ fn transport_tls(mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> model::Tran
             }
         }
     }
-    t.unsupported(
-        "peerCertURI",
-        "SPIFFE peer verification is not supported; use serverName and rootCAs",
-        d,
-    );
+    let mut peer_cert_sans = Vec::new();
+    if let Some(n) = t.get("peerCertSANs", d) {
+        for st in n.tables(d) {
+            if let Some(san) = peer_san(st, d) {
+                peer_cert_sans.push(san);
+            }
+        }
+    }
+    if let Some(uri) = t.str("peerCertURI", d) {
+        // Traefik keeps the deprecated key as one more URI SAN.
+        d.warn(
+            uri.at,
+            format!(
+                "`{}.peerCertURI` is deprecated in Traefik: use peerCertSANs = [{{ type = \"URI\", value = ... }}]",
+                t.path
+            ),
+        );
+        if !uri.v.is_empty() {
+            peer_cert_sans.push(model::PeerSan::Uri(uri.v));
+        }
+    }
     t.unsupported(
         "spiffe",
         "SPIFFE is not supported; use rootCAs and certificates",
@@ -540,6 +566,54 @@ fn transport_tls(mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> model::Tran
         root_cas,
         insecure_skip_verify,
         certificates,
+        peer_cert_sans,
+    }
+}
+
+/// One `peerCertSANs` entry: `{ type = "DNSName" | "URI", value = "..." }`.
+fn peer_san(mut t: Tbl<'_>, d: &mut Diags) -> Option<model::PeerSan> {
+    let kind = t.str("type", d);
+    let value = t.str("value", d);
+    let at = t.at;
+    let path = t.path.clone();
+    t.finish(d);
+    let value = match value {
+        Some(v) if !v.v.is_empty() => v,
+        Some(v) => {
+            d.error(v.at, format!("`{path}.value` must not be empty"));
+            return None;
+        }
+        None => {
+            d.error(at, format!("`{path}` needs a `value`"));
+            return None;
+        }
+    };
+    let Some(kind) = kind else {
+        d.error(
+            at,
+            format!("`{path}` needs a `type` (\"DNSName\" or \"URI\")"),
+        );
+        return None;
+    };
+    match kind.v.as_str() {
+        "DNSName" => {
+            if rustls::pki_types::DnsName::try_from(value.v.as_str()).is_err() {
+                d.error(
+                    value.at,
+                    format!("`{path}.value` {:?} is not a DNS name", value.v),
+                );
+                return None;
+            }
+            Some(model::PeerSan::Dns(value.v))
+        }
+        "URI" => Some(model::PeerSan::Uri(value.v)),
+        other => {
+            d.error(
+                kind.at,
+                format!("`{path}.type` must be \"DNSName\" or \"URI\", not {other:?}"),
+            );
+            None
+        }
     }
 }
 

@@ -113,7 +113,14 @@ pub struct ServiceF {
 #[derive(Debug)]
 pub enum ServiceKindF {
     LoadBalancer(LoadBalancerF),
-    Weighted(Vec<WeightedChildF>),
+    Weighted(WeightedF),
+}
+
+#[derive(Debug)]
+pub struct WeightedF {
+    pub children: Vec<WeightedChildF>,
+    /// Where `weighted.healthCheck` is, when given.
+    pub health_check: Option<Pos>,
 }
 
 #[derive(Debug)]

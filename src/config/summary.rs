@@ -134,7 +134,12 @@ impl Config {
                     }
                 }
                 ServiceKind::Weighted(children) => {
-                    writeln!(s, "  {} (weighted):", svc.name)?;
+                    let hc = if svc.weighted_health_check {
+                        ", healthCheck: down children skipped"
+                    } else {
+                        ""
+                    };
+                    writeln!(s, "  {} (weighted{hc}):", svc.name)?;
                     let total: u64 = children.iter().map(|c| u64::from(c.weight)).sum();
                     for c in children {
                         let name = self
@@ -194,6 +199,9 @@ impl Config {
                         ""
                     }
                 )?;
+                if !tls.peer_cert_sans.is_empty() {
+                    write!(s, " peerCertSANs {}", tls.peer_cert_sans.len())?;
+                }
             }
             writeln!(s)?;
         }

@@ -93,17 +93,13 @@ pub fn path(ctx: FileCtx<'_>, s: &str) -> PathBuf {
     }
 }
 
-/// A file path value. Traefik also accepts PEM content in place of a path;
-/// sluicegate wants files (certificates are reloaded from disk).
+/// A file path value (a configuration file or directory: never PEM).
 pub fn file_path(n: &Node<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> Option<Sp<PathBuf>> {
     let s = n.str(d)?;
     if s.v.contains("-----BEGIN") {
         d.error(
             s.at,
-            format!(
-                "`{}`: inline PEM content is not supported, put it in a file and give its path",
-                n.path
-            ),
+            format!("`{}`: expected a path, found PEM content", n.path),
         );
         return None;
     }
@@ -114,12 +110,42 @@ pub fn file_path(n: &Node<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> Option<Sp<Pat
     Some(Sp::new(path(ctx, &s.v), s.at))
 }
 
-/// A list of file paths (CA bundles), each with where it is named.
+/// A certificate, key or CA value: a path, or (as Traefik's FileOrContent)
+/// the PEM content itself. Traefik takes a value as a path when a file of
+/// that name exists; here a value holding a PEM armour line is content and
+/// anything else a path, so a mistyped path is reported as a missing file
+/// rather than as bad PEM.
+pub fn pem_value(n: &Node<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> Option<model::ConfigPath> {
+    let s = n.str(d)?;
+    pem_source(ctx, s, &n.path, d)
+}
+
+fn pem_source(
+    ctx: FileCtx<'_>,
+    s: Sp<String>,
+    what: &str,
+    d: &mut Diags,
+) -> Option<model::ConfigPath> {
+    if s.v.contains("-----BEGIN") {
+        return Some(model::ConfigPath {
+            path: PathBuf::from(model::INLINE_PEM_LABEL),
+            at: ctx.sources.locate(s.at),
+            inline: Some(s.v),
+        });
+    }
+    if s.v.trim().is_empty() {
+        d.error(s.at, format!("`{what}` must not be empty"));
+        return None;
+    }
+    Some(config_path(ctx, Sp::new(path(ctx, &s.v), s.at)))
+}
+
+/// A list of CA bundles (paths or PEM content), each with where it is named.
 pub fn path_list(n: &Node<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> Option<Vec<model::ConfigPath>> {
     let list = n.str_list(d)?;
     Some(
-        list.iter()
-            .map(|s| config_path(ctx, Sp::new(path(ctx, &s.v), s.at)))
+        list.into_iter()
+            .filter_map(|s| pem_source(ctx, s, &n.path, d))
             .collect(),
     )
 }
@@ -129,10 +155,11 @@ pub fn config_path(ctx: FileCtx<'_>, p: Sp<PathBuf>) -> model::ConfigPath {
     model::ConfigPath {
         path: p.v,
         at: ctx.sources.locate(p.at),
+        inline: None,
     }
 }
 
-/// `{ certFile, keyFile }`, both required. `extra` lets the caller read more
+/// `{ certFile, keyFile }`, both required, each a path or PEM content. `extra` lets the caller read more
 /// keys of the same table (e.g. `stores`) before unknown keys are reported.
 pub fn cert_pair(
     mut t: Tbl<'_>,
@@ -140,8 +167,8 @@ pub fn cert_pair(
     d: &mut Diags,
     extra: impl FnOnce(&mut Tbl<'_>, &mut Diags),
 ) -> Option<Sp<model::CertPair>> {
-    let cert = t.get("certFile", d).and_then(|n| file_path(&n, ctx, d));
-    let key = t.get("keyFile", d).and_then(|n| file_path(&n, ctx, d));
+    let cert = t.get("certFile", d).and_then(|n| pem_value(&n, ctx, d));
+    let key = t.get("keyFile", d).and_then(|n| pem_value(&n, ctx, d));
     extra(&mut t, d);
     let at = t.at;
     let table = t.name();
@@ -149,8 +176,8 @@ pub fn cert_pair(
     match (cert, key) {
         (Some(c), Some(k)) => Some(Sp::new(
             model::CertPair {
-                cert_file: config_path(ctx, c),
-                key_file: config_path(ctx, k),
+                cert_file: c,
+                key_file: k,
             },
             at,
         )),

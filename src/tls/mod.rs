@@ -4,7 +4,10 @@
 //! The session calls `TlsState::build` when a snapshot is built (a bad
 //! certificate fails the start, or keeps the old snapshot on reload),
 //! `handshake` for a router with `tls` and no `passthrough` (before dialing
-//! the backend), then `Accepted::forward` once the backend is connected.
+//! the backend), then `Accepted::forward` once the backend is connected;
+//! `originate` when a plain client (a router without termination) reaches a
+//! `tls = true` server. Every built state has a default certificate: the
+//! configured one or a self-signed one generated once per process.
 //!
 //! Module map: `store` (certificates, SNI), `options` (rustls configs),
 //! `handshake` (server and client handshakes under one deadline), `side`
@@ -91,18 +94,8 @@ impl TlsState {
                 Arc::new(CertStore::default())
             }
         };
-        let terminating: Vec<&str> = cfg
-            .routers
-            .iter()
-            .filter(|r| r.tls.as_ref().is_some_and(|t| !t.passthrough))
-            .map(|r| r.name.as_str())
-            .collect();
-        if errors.is_empty() && store.is_empty() && !terminating.is_empty() {
-            errors.push(format!(
-                "{}: router {} terminates TLS but no certificate is configured ([[tls.certificates]] or [tls.stores.default.defaultCertificate])",
-                cfg.source.display(),
-                terminating.join(", ")
-            ));
+        if errors.is_empty() && store.default_is_generated() {
+            warn_generated_default(cfg, &store);
         }
         // Stateless session tickets shared by every options set.
         let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().ok();
@@ -121,6 +114,9 @@ impl TlsState {
                 }
                 ServiceKind::Weighted(_) => false,
             });
+            // A `tls` table alone switches nothing on (the servers' `tls`
+            // does), but it is still built, so a bad CA file fails the
+            // start rather than the first server that says `tls = true`.
             if t.tls.is_none() && !used_by_tls_server {
                 clients.push(None);
                 continue;
@@ -145,6 +141,113 @@ impl TlsState {
             backend_timeouts: cfg.transports.iter().map(|t| t.dial_timeout).collect(),
         })
     }
+}
+
+/// Say which terminating routers may serve the generated certificate: those
+/// whose rule names no host a configured certificate covers (a catch-all, a
+/// regexp, a name no certificate has). With no certificate at all the
+/// config loader already warned at each router.
+fn warn_generated_default(cfg: &Config, store: &CertStore) {
+    if store.names() == 0 {
+        return;
+    }
+    let uncovered: Vec<&str> = cfg
+        .routers
+        .iter()
+        .filter(|r| r.tls.as_ref().is_some_and(|t| !t.passthrough))
+        .filter(|r| {
+            let names = r.rule.host_snis();
+            names.is_empty() || names.iter().any(|n| store.by_name(n).is_none())
+        })
+        .map(|r| r.name.as_str())
+        .collect();
+    if !uncovered.is_empty() {
+        crate::log!(
+            Warn,
+            "no defaultCertificate: clients of these routers whose server name matches no certificate get a generated self-signed certificate (CN TRAEFIK DEFAULT CERT)",
+            routers = uncovered.join(",")
+        );
+    }
+}
+
+impl TlsState {
+    /// The certificate served to a client whose server name matches none
+    /// (the configured `defaultCertificate`, else the generated one). Set in
+    /// every state `build` returns.
+    pub fn default_certificate(&self) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.store.default_certificate().cloned()
+    }
+
+    /// What a health probe of a `tls = true` server needs: the transport's
+    /// client config and the name to verify (its `serverName`, else the host
+    /// of the server's address).
+    pub fn probe_tls(
+        &self,
+        transport: usize,
+        address: &str,
+    ) -> Result<
+        (
+            Arc<rustls::ClientConfig>,
+            rustls::pki_types::ServerName<'static>,
+        ),
+        String,
+    > {
+        let cs = self
+            .clients
+            .get(transport)
+            .and_then(Option::as_ref)
+            .ok_or("backend TLS is not configured")?;
+        let name = cs
+            .server_name
+            .clone()
+            .or_else(|| options::name_from_address(address))
+            .ok_or("backend TLS: no server name to verify")?;
+        Ok((cs.config.clone(), name))
+    }
+}
+
+/// TLS origination: a plain client (a router without termination) to a
+/// `tls = true` server. The client's bytes already read (`replay`: a
+/// peeked ClientHello or PostgreSQL request) go first, inside TLS; they are
+/// moved to a pooled buffer and their own allocation freed at once.
+pub async fn originate(
+    state: &TlsState,
+    client: &TcpStream,
+    backend: &TcpStream,
+    bt: BackendTls<'_>,
+    replay: Vec<u8>,
+    opts: &Opts,
+    cut: &Cutoff,
+) -> (Report, Outcome) {
+    let side = match connect_backend(state, backend, &bt).await {
+        Ok(side) => side,
+        Err(e) => {
+            abort_after_drain(client, cut).await;
+            let report = Report {
+                error: Some(e),
+                ..Report::default()
+            };
+            return (report, Outcome::BackendReset);
+        }
+    };
+    let mut pending = buf::Buf::default();
+    let fits = pending.push(&replay) == replay.len();
+    drop(replay);
+    if !fits {
+        abort_after_drain(client, cut).await;
+        let report = Report {
+            error: Some(io::Error::other("peeked bytes larger than the buffer")),
+            ..Report::default()
+        };
+        return (report, Outcome::BackendReset);
+    }
+    let pump = Pump::new(
+        Peer::Plain(pending),
+        Peer::Client(side),
+        client.as_raw_fd(),
+        backend.as_raw_fd(),
+    );
+    pump::run(pump, client, backend, opts, cut).await
 }
 
 /// Why a terminated connection ended before forwarding.
@@ -228,8 +331,8 @@ pub async fn handshake(
     }
 }
 
-/// How to talk to the backend: TLS (`serversTransport.tls` / per-server
-/// `tls = true`) using transport `transport` of the snapshot.
+/// How to talk to a `tls = true` server: TLS configured by transport
+/// `transport` of the snapshot (its `tls` table, or Traefik's defaults).
 pub struct BackendTls<'a> {
     pub transport: usize,
     /// The server's address as configured (`host:port`): its host is the

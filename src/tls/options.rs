@@ -24,7 +24,7 @@ use rustls::{
 
 use super::store::{self, CertStore, Resolver};
 use crate::config;
-use crate::model::{ConfigPath, TlsOptions, TransportTls};
+use crate::model::{ConfigPath, PeerSan, TlsOptions, TransportTls};
 
 /// Where Debian (and most distributions) keep the system CA bundle, used for
 /// backends with `tls = true` and no `rootCAs` (Go's default: system roots).
@@ -186,6 +186,7 @@ fn system_roots(what: &str) -> Result<RootCertStore, String> {
     let bundle = ConfigPath {
         path: f.to_path_buf(),
         at: format!("{what} (system CA bundle)"),
+        inline: None,
     };
     let (_, _) =
         store.add_parsable_certificates(store::read_chain(&bundle, config::MAX_CA_FILE_SIZE)?);
@@ -275,22 +276,34 @@ pub fn client_side(tls: Option<&TransportTls>, what: &str) -> Result<ClientSide,
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("{what}: {e}"))?;
-    let builder = if tls.insecure_skip_verify {
+    let builder = if tls.insecure_skip_verify && tls.peer_cert_sans.is_empty() {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoServerVerification {
                 algs: provider.signature_verification_algorithms,
             }))
     } else {
-        let roots = if tls.root_cas.is_empty() {
+        let roots = Arc::new(if tls.root_cas.is_empty() {
             system_roots(what)?
         } else {
             roots(&tls.root_cas).map_err(|e| e.join("\n"))?
-        };
-        let v = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        });
+        let v = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
             .build()
             .map_err(|e| format!("{what}: {e}"))?;
-        builder.with_webpki_verifier(v)
+        if tls.peer_cert_sans.is_empty() {
+            builder.with_webpki_verifier(v)
+        } else {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PeerSanVerifier {
+                    inner: v,
+                    roots,
+                    sans: tls.peer_cert_sans.clone(),
+                    check_name: !tls.insecure_skip_verify,
+                    algs: provider.signature_verification_algorithms,
+                }))
+        }
     };
     let config = match tls.certificates.first() {
         Some(pair) => {
@@ -365,6 +378,104 @@ impl ClientCertVerifier for AnyClientCert {
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         Ok(ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// `peerCertSANs`, as Traefik checks them: the chain must verify against
+/// the transport's roots (system roots without `rootCAs`), even with
+/// `insecureSkipVerify`, and the leaf must carry one of the listed names
+/// (DNS names with the usual wildcard rules, URIs ignoring case). Without
+/// `insecureSkipVerify` the server name must verify as well: Go runs its
+/// own check before Traefik's callback, so the SANs add to it there and
+/// replace it only when `insecureSkipVerify` switches Go's check off.
+#[derive(Debug)]
+struct PeerSanVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    roots: Arc<RootCertStore>,
+    sans: Vec<PeerSan>,
+    check_name: bool,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl PeerSanVerifier {
+    /// The chain alone, for any name (URI SANs).
+    fn chain_verifies(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> bool {
+        let Ok(ee) = webpki::EndEntityCert::try_from(end_entity) else {
+            return false;
+        };
+        ee.verify_for_usage(
+            self.algs.all,
+            &self.roots.roots,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .is_ok()
+    }
+}
+
+impl ServerCertVerifier for PeerSanVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.check_name {
+            self.inner
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        }
+        let mut chain = None;
+        for san in &self.sans {
+            let matched = match san {
+                PeerSan::Dns(name) => ServerName::try_from(name.as_str()).is_ok_and(|n| {
+                    self.inner
+                        .verify_server_cert(end_entity, intermediates, &n, ocsp, now)
+                        .is_ok()
+                }),
+                PeerSan::Uri(uri) => {
+                    *chain
+                        .get_or_insert_with(|| self.chain_verifies(end_entity, intermediates, now))
+                        && super::x509::uri_sans(end_entity)
+                            .iter()
+                            .any(|u| u.eq_ignore_ascii_case(uri))
+                }
+            };
+            if matched {
+                return Ok(ServerCertVerified::assertion());
+            }
+        }
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::ApplicationVerificationFailure,
+        ))
     }
     fn verify_tls12_signature(
         &self,
@@ -476,6 +587,86 @@ mod tests {
             first12.suite(),
             rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
         );
+    }
+
+    /// A CA and a leaf it signed with DNS `dns` and URI `uri` SANs (DER).
+    fn ca_and_leaf(dns: &str, uri: &str) -> (CertificateDer<'static>, CertificateDer<'static>) {
+        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut leaf = rcgen::CertificateParams::new(vec![dns.to_string()]).unwrap();
+        leaf.subject_alt_names.push(rcgen::SanType::URI(
+            rcgen::Ia5String::try_from(uri).unwrap(),
+        ));
+        let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+        (ca.der().clone(), leaf.der().clone())
+    }
+
+    fn san_verifier(
+        ca: &CertificateDer<'static>,
+        sans: Vec<PeerSan>,
+        check_name: bool,
+    ) -> PeerSanVerifier {
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone()).unwrap();
+        let roots = Arc::new(roots);
+        let p = Arc::new(provider());
+        PeerSanVerifier {
+            inner: WebPkiServerVerifier::builder_with_provider(roots.clone(), p.clone())
+                .build()
+                .unwrap(),
+            roots,
+            sans,
+            check_name,
+            algs: p.signature_verification_algorithms,
+        }
+    }
+
+    #[test]
+    fn peer_cert_sans_match_dns_and_uri_names_over_a_verified_chain() {
+        let (ca, leaf) = ca_and_leaf("db.internal", "spiffe://example.org/db");
+        let (other_ca, _) = ca_and_leaf("x.test", "spiffe://x");
+        let ip = ServerName::try_from("10.0.0.5").unwrap();
+        let now = UnixTime::now();
+        let verify = |v: &PeerSanVerifier, name: &ServerName<'_>| {
+            v.verify_server_cert(&leaf, &[], name, &[], now).is_ok()
+        };
+        let uri = |u: &str| PeerSan::Uri(u.into());
+        let dns = |d: &str| PeerSan::Dns(d.into());
+        // insecureSkipVerify: the SANs replace the name (an IP here).
+        assert!(verify(
+            &san_verifier(&ca, vec![uri("SPIFFE://example.org/db")], false),
+            &ip
+        ));
+        assert!(verify(
+            &san_verifier(&ca, vec![dns("x.test"), dns("db.internal")], false),
+            &ip
+        ));
+        assert!(!verify(
+            &san_verifier(&ca, vec![uri("spiffe://example.org/other")], false),
+            &ip
+        ));
+        assert!(!verify(
+            &san_verifier(&ca, vec![dns("other.internal")], false),
+            &ip
+        ));
+        // The chain must verify, even for URI SANs.
+        assert!(!verify(
+            &san_verifier(&other_ca, vec![uri("spiffe://example.org/db")], false),
+            &ip
+        ));
+        // Without insecureSkipVerify the name must verify as well.
+        assert!(!verify(
+            &san_verifier(&ca, vec![uri("spiffe://example.org/db")], true),
+            &ip
+        ));
+        let db = ServerName::try_from("db.internal").unwrap();
+        assert!(verify(
+            &san_verifier(&ca, vec![uri("spiffe://example.org/db")], true),
+            &db
+        ));
     }
 
     #[test]

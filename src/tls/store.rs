@@ -3,8 +3,9 @@
 //!
 //! Names come from each certificate's SAN DNS names and subject common name
 //! (as Traefik does); `*.example.com` matches exactly one label. A client whose
-//! SNI matches nothing (or that sends none) gets the default certificate, or
-//! nothing when the TLS options say `sniStrict`. Built once per snapshot and
+//! SNI matches nothing (or that sends none) gets the default certificate (the
+//! configured `defaultCertificate`, else Traefik's generated self-signed
+//! one), or nothing when the TLS options say `sniStrict`. Built once per snapshot and
 //! shared read-only by every worker (`Arc`); loading touches files, lookups
 //! never do.
 
@@ -31,10 +32,12 @@ pub struct CertStore {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// `*.example.com` certificates, keyed by `example.com`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
-    /// `[tls.stores.default.defaultCertificate]`, else the first certificate
-    /// (Traefik would serve a generated self-signed one; any certificate
-    /// fails the client's name check the same way).
+    /// `[tls.stores.default.defaultCertificate]`, else the generated
+    /// self-signed one (`generated_default`), as Traefik. Always set in a
+    /// loaded store.
     fallback: Option<Arc<CertifiedKey>>,
+    /// The fallback is the generated certificate.
+    generated: bool,
 }
 
 impl fmt::Debug for CertStore {
@@ -61,7 +64,6 @@ impl CertStore {
             match load_pair(pair, provider) {
                 Ok((ck, names)) => {
                     let ck = Arc::new(ck);
-                    store.fallback.get_or_insert_with(|| ck.clone());
                     for name in names {
                         store.insert(&name, &ck);
                     }
@@ -69,11 +71,18 @@ impl CertStore {
                 Err(e) => errors.extend(e),
             }
         }
-        if let Some(pair) = default {
-            match load_pair(pair, provider) {
+        match default {
+            Some(pair) => match load_pair(pair, provider) {
                 Ok((ck, _)) => store.fallback = Some(Arc::new(ck)),
                 Err(e) => errors.extend(e),
-            }
+            },
+            None => match generated_default(provider) {
+                Ok(ck) => {
+                    store.fallback = Some(ck);
+                    store.generated = true;
+                }
+                Err(e) => errors.push(e),
+            },
         }
         if errors.is_empty() {
             Ok(store)
@@ -114,9 +123,76 @@ impl CertStore {
         self.fallback.clone()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.fallback.is_none()
+    /// How many names the configured certificates serve.
+    pub fn names(&self) -> usize {
+        self.exact.len() + self.wildcard.len()
     }
+
+    /// The certificate served when no name matches: the configured default,
+    /// else the generated one.
+    pub fn default_certificate(&self) -> Option<&Arc<CertifiedKey>> {
+        self.fallback.as_ref()
+    }
+
+    /// Whether the default certificate is the generated self-signed one.
+    pub fn default_is_generated(&self) -> bool {
+        self.generated
+    }
+}
+
+/// The common name of the generated default certificate (Traefik's).
+pub const GENERATED_CN: &str = "TRAEFIK DEFAULT CERT";
+
+/// Validity of the generated certificate, as Traefik's: one year from start.
+const GENERATED_DAYS: i64 = 365;
+
+/// The self-signed default certificate, made once per process: a reload
+/// serves the same one, so clients that pinned it keep working. Like
+/// Traefik's: CN "TRAEFIK DEFAULT CERT", one random DNS name under
+/// `traefik.default`, server authentication, one year. An ECDSA P-256 key
+/// instead of Traefik's RSA 2048: generated in a millisecond, and every
+/// client that verifies refuses the certificate alike.
+pub fn generated_default(provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, String> {
+    static GENERATED: std::sync::OnceLock<Arc<CertifiedKey>> = std::sync::OnceLock::new();
+    if let Some(ck) = GENERATED.get() {
+        return Ok(ck.clone());
+    }
+    let ck = Arc::new(
+        generate(provider)
+            .map_err(|e| format!("cannot generate the default self-signed certificate: {e}"))?,
+    );
+    // Two threads racing here both generated one; the first stored wins and
+    // both return it.
+    Ok(GENERATED.get_or_init(|| ck).clone())
+}
+
+fn generate(provider: &CryptoProvider) -> Result<CertifiedKey, String> {
+    let mut random = [0u8; 32];
+    provider
+        .secure_random
+        .fill(&mut random)
+        .map_err(|_| "no random bytes".to_string())?;
+    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let name = format!("{}.{}.traefik.default", &hex[..32], &hex[32..]);
+    let key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+    let mut params = rcgen::CertificateParams::new(vec![name]).map_err(|e| e.to_string())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, GENERATED_CN);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let (y, m, d) = x509::civil_from_days(now.div_euclid(86_400));
+    params.not_before = rcgen::date_time_ymd(y as i32, m as u8, d as u8);
+    let (y, m, d) = x509::civil_from_days(now.div_euclid(86_400) + GENERATED_DAYS);
+    params.not_after = rcgen::date_time_ymd(y as i32, m as u8, d as u8);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let der = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
+    CertifiedKey::from_der(vec![cert.der().clone()], der.into(), provider)
+        .map_err(|e| e.to_string())
 }
 
 /// SNI is compared like rustls and the peek code normalise it: lowercase, one
@@ -139,13 +215,22 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
+/// The PEM bytes of a configured value: its inline content, or at most `cap`
+/// bytes of the regular file it names (`config::read_regular`).
+fn pem_bytes(file: &ConfigPath, cap: u64) -> std::io::Result<std::borrow::Cow<'_, [u8]>> {
+    match &file.inline {
+        Some(text) => Ok(std::borrow::Cow::Borrowed(text.as_bytes())),
+        None => config::read_regular(&file.path, cap).map(std::borrow::Cow::Owned),
+    }
+}
+
 /// Read a PEM certificate chain (leaf first) from a file the configuration
-/// names, at most `cap` bytes of a regular file (`config::read_regular`).
+/// names (or its inline content), at most `cap` bytes of a regular file.
 /// Errors start with the position of the key that named the file.
 pub fn read_chain(file: &ConfigPath, cap: u64) -> Result<Vec<CertificateDer<'static>>, String> {
     let at = &file.at;
     let path = file.path.display();
-    let bytes = config::read_regular(&file.path, cap)
+    let bytes = pem_bytes(file, cap)
         .map_err(|e| format!("{at}: cannot read certificates from `{path}`: {e}"))?;
     let chain = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
@@ -163,7 +248,7 @@ pub fn read_chain(file: &ConfigPath, cap: u64) -> Result<Vec<CertificateDer<'sta
 pub fn read_key(file: &ConfigPath) -> Result<PrivateKeyDer<'static>, String> {
     let at = &file.at;
     let path = file.path.display();
-    let bytes = config::read_regular(&file.path, config::MAX_PEM_FILE_SIZE)
+    let bytes = pem_bytes(file, config::MAX_PEM_FILE_SIZE)
         .map_err(|e| format!("{at}: cannot read private key from `{path}`: {e}"))?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => {
@@ -241,4 +326,39 @@ pub fn load_pair(
         }
     }
     Ok((ck, names))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generated_default_is_traefiks_and_made_once() {
+        let p = super::super::options::provider();
+        let a = generated_default(&p).unwrap();
+        let b = generated_default(&p).unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "one certificate per process");
+        assert_eq!(x509::common_name(&a.cert[0]).as_deref(), Some(GENERATED_CN));
+        let ee = webpki::EndEntityCert::try_from(&a.cert[0]).unwrap();
+        let names: Vec<&str> = ee.valid_dns_names().collect();
+        assert_eq!(names.len(), 1);
+        assert!(names[0].ends_with(".traefik.default"), "{names:?}");
+        assert_eq!(names[0].len(), 32 + 1 + 32 + ".traefik.default".len());
+        // Valid now, for a year.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let left = x509::not_after(&a.cert[0]).unwrap() - now;
+        assert!((363 * 86_400..=366 * 86_400).contains(&left), "{left}");
+        // A store without a defaultCertificate serves it.
+        let store = CertStore::load(&[], None, &p).unwrap();
+        assert!(store.default_is_generated());
+        assert!(Arc::ptr_eq(store.default_certificate().unwrap(), &a));
+        assert!(Arc::ptr_eq(
+            &store.resolve(Some("x.test"), false).unwrap(),
+            &a
+        ));
+        assert!(store.resolve(Some("x.test"), true).is_none());
+    }
 }

@@ -98,6 +98,65 @@ pub fn common_name(cert: &[u8]) -> Option<String> {
     None
 }
 
+/// subjectAltName (2.5.29.17).
+const SAN_OID: &[u8] = &[0x55, 0x1d, 0x11];
+/// Context tag [3] of the TBS certificate: its extensions.
+const EXTENSIONS: u8 = 0xa3;
+/// GeneralName `uniformResourceIdentifier` ([6] IMPLICIT IA5String).
+const URI_NAME: u8 = 0x86;
+const BOOLEAN: u8 = 0x01;
+const OCTET_STRING: u8 = 0x04;
+
+/// The URI subject alternative names of a DER certificate (`peerCertSANs`
+/// of type URI; webpki exposes only DNS names). Empty when the certificate
+/// has none or cannot be read.
+pub fn uri_sans(cert: &[u8]) -> Vec<String> {
+    uri_sans_inner(cert).unwrap_or_default()
+}
+
+fn uri_sans_inner(cert: &[u8]) -> Option<Vec<String>> {
+    let tbs = tbs_fields(cert)?;
+    let (_, _, rest) = tlv(tbs)?; // serialNumber
+    let (_, rest) = expect(rest, SEQUENCE)?; // signature algorithm
+    let (_, rest) = expect(rest, SEQUENCE)?; // issuer
+    let (_, rest) = expect(rest, SEQUENCE)?; // validity
+    let (_, rest) = expect(rest, SEQUENCE)?; // subject
+    let (_, mut rest) = expect(rest, SEQUENCE)?; // subjectPublicKeyInfo
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let (tag, content, more) = tlv(rest)?;
+        rest = more;
+        if tag != EXTENSIONS {
+            continue; // issuerUniqueID, subjectUniqueID
+        }
+        let (mut exts, _) = expect(content, SEQUENCE)?;
+        while !exts.is_empty() {
+            let (ext, more) = expect(exts, SEQUENCE)?;
+            exts = more;
+            let (oid, body) = expect(ext, OID)?;
+            if oid != SAN_OID {
+                continue;
+            }
+            let body = match tlv(body)? {
+                (BOOLEAN, _, after) => after,
+                _ => body,
+            };
+            let (names, _) = expect(body, OCTET_STRING)?;
+            let (mut names, _) = expect(names, SEQUENCE)?;
+            while !names.is_empty() {
+                let (tag, v, more) = tlv(names)?;
+                names = more;
+                if tag == URI_NAME {
+                    if let Ok(s) = std::str::from_utf8(v) {
+                        out.push(s.to_string());
+                    }
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
 fn digits(b: &[u8]) -> Option<i64> {
     b.iter().try_fold(0i64, |acc, &c| {
         c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
@@ -138,6 +197,21 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// The inverse of `days_from_civil`: (year, month, day) of a day number
+/// counted from 1970-01-01 (same algorithm, run backwards).
+pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +239,31 @@ mod tests {
         let cert = params.self_signed(&key).unwrap();
         assert_eq!(common_name(cert.der()).as_deref(), Some("cn.example"));
         assert_eq!(not_after(cert.der()), Some(1_936_742_400));
+    }
+
+    #[test]
+    fn civil_dates_round_trip() {
+        for (y, m, d) in [(1970, 1, 1), (2000, 2, 29), (2024, 12, 31), (2027, 3, 1)] {
+            assert_eq!(civil_from_days(days_from_civil(y, m, d)), (y, m, d));
+        }
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+    }
+
+    #[test]
+    fn uri_sans_are_read() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["a.test".into()]).unwrap();
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            rcgen::Ia5String::try_from("spiffe://example.org/peer").unwrap(),
+        ));
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(uri_sans(cert.der()), vec!["spiffe://example.org/peer"]);
+        let plain = rcgen::CertificateParams::new(vec!["a.test".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        assert!(uri_sans(plain.der()).is_empty());
+        assert!(uri_sans(b"garbage").is_empty());
     }
 
     #[test]
