@@ -435,7 +435,9 @@ pub async fn refuse(
     sni: Option<&str>,
     deadline: Option<Instant>,
 ) {
-    if state.store.is_empty() {
+    // Every built state has a default certificate (configured or generated
+    // once per process); without one there is nothing to serve.
+    if state.default_certificate().is_none() {
         return;
     }
     let limit = Instant::now() + REFUSE_HANDSHAKE_MAX;
