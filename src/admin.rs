@@ -145,9 +145,19 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         MAX_CONNECTIONS + EVICTING_MAX,
     )));
     let mut next_id = 0u64;
+    // Wait in poll, then accept without blocking: a thread parked in a
+    // blocking accept holds a reserved descriptor slot the whole time (see
+    // `sys::wait_readable`), which would leave the data path one short.
+    // Accepted sockets do not inherit O_NONBLOCK on Linux; they stay blocking.
+    let nonblocking = listener.set_nonblocking(true).is_ok();
     loop {
+        if nonblocking && sys::wait_readable(listener.as_raw_fd()).is_err() {
+            std::thread::sleep(ACCEPT_BACKOFF);
+            continue;
+        }
         let (s, peer) = match listener.accept() {
             Ok(c) => c,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(_) => {
                 std::thread::sleep(ACCEPT_BACKOFF);
                 continue;

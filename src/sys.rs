@@ -45,6 +45,28 @@ pub fn is_nonblocking(fd: RawFd) -> io::Result<bool> {
     Ok(flags & libc::O_NONBLOCK != 0)
 }
 
+/// Block the calling thread until `fd` is readable (or has an error or
+/// hang-up pending). For threads that must not sit in a blocking `accept`:
+/// Linux reserves the new connection's descriptor number *before* it waits,
+/// so a thread parked in `accept` holds one slot of the descriptor table
+/// that `/proc/self/fd` does not show, and the data path runs out one
+/// descriptor early. Waiting in `poll` reserves nothing.
+pub fn wait_readable(fd: RawFd) -> io::Result<()> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one pollfd, valid for reads and writes for the call.
+        match cvt(unsafe { libc::poll(&mut pfd, 1, -1) }) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// `accept4` with SOCK_NONBLOCK | SOCK_CLOEXEC on a listening socket: the
 /// accepted stream and its peer address. EAGAIN when the backlog is empty.
 pub fn accept4(listener: RawFd) -> io::Result<(std::net::TcpStream, std::net::SocketAddr)> {
