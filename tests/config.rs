@@ -492,6 +492,46 @@ graceTimeOut = "1m30s"
     assert_eq!(c.transports[0].dial_timeout, model::DEFAULT_DIAL_TIMEOUT);
 }
 
+/// Traefik reads the deprecated `loadBalancer.terminationDelay` only for a
+/// service that names no serversTransport; a named transport's own value
+/// (here its 100 ms default) wins even when the service sets the old key.
+#[test]
+fn deprecated_termination_delay_yields_to_a_named_transport() {
+    let text = format!(
+        r#"{PG}
+[tcp.serversTransports.t]
+dialTimeout = "5s"
+[tcp.services.named.loadBalancer]
+serversTransport = "t"
+terminationDelay = 250
+servers = [{{ address = "127.0.0.1:5432" }}]
+[tcp.services.bare.loadBalancer]
+terminationDelay = 250
+servers = [{{ address = "127.0.0.1:5432" }}]
+"#
+    );
+    let (_d, r) = load_text("termination-precedence", &text);
+    let c = r.expect("loads");
+    let lb = |name: &str| {
+        let s = c.services.iter().find(|s| s.name == name).expect(name);
+        let ServiceKind::LoadBalancer(lb) = &s.kind else {
+            panic!("{name}: lb")
+        };
+        lb.clone()
+    };
+    let named = lb("named");
+    assert_eq!(named.termination_delay, None, "the named transport decides");
+    assert_eq!(
+        c.transports[named.transport].termination_delay,
+        Some(model::DEFAULT_TERMINATION_DELAY)
+    );
+    assert_eq!(
+        lb("bare").termination_delay,
+        Some(Some(Duration::from_millis(250))),
+        "no transport named: the deprecated key counts"
+    );
+}
+
 #[test]
 fn static_tcp_servers_transport_sets_the_default_transport() {
     let text = format!("[tcpServersTransport]\ndialTimeout = \"2s\"\nterminationDelay = 0\n{PG}");
