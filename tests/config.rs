@@ -776,7 +776,7 @@ fn check_caps_the_files_of_a_directory() {
     assert!(
         r.stderr.contains("main.toml:4:13: `")
             && r.stderr
-                .contains("more than 1000 .toml files under the directory"),
+                .contains("more than 1000 configuration files under the directory"),
         "{}",
         r.stderr
     );

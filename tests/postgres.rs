@@ -460,14 +460,21 @@ service = "pg-plain"
     assert!(!ran.ok(), "db.nope.test must not connect: {}", ran.stdout);
     let l = &p.wait_conns(1)[0];
     assert_eq!(field(l, "outcome").as_deref(), Some("no_route"), "{l}");
-    assert_eq!(field(l, "router").as_deref(), Some("-"), "routed nowhere: {l}");
+    assert_eq!(
+        field(l, "router").as_deref(),
+        Some("-"),
+        "routed nowhere: {l}"
+    );
 
     let ran = psql(&conninfo("db.prod.test", port, &pki.ca), "select 'tls'");
     assert!(ran.ok(), "known name: {}", ran.stderr);
     assert_session_forwarded(&p.wait_conns(2)[1], "pg-tls");
 
     let plain = format!("host=127.0.0.1 port={port} sslmode=disable user=postgres dbname=postgres");
-    let ran = psql(&plain, "select ssl from pg_stat_ssl where pid = pg_backend_pid()");
+    let ran = psql(
+        &plain,
+        "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+    );
     assert!(ran.ok(), "plain client: {}\n{}", ran.stderr, db.log());
     assert_eq!(ran.stdout.trim(), "f", "a plain session, by the catch-all");
     assert_session_forwarded(&p.wait_conns(3)[2], "pg-plain");

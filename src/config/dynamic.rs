@@ -135,9 +135,7 @@ fn read_rule(n: &Node<'_>, d: &mut Diags) -> Option<Sp<(String, Option<rule::Rul
     match rule::parse(&s.v) {
         Ok(r) => Some(Sp::new((s.v, Some(r)), s.at)),
         Err(e) => {
-            let inner = n
-                .raw()
-                .map_or(1 + e.offset, |raw| raw_offset(raw, e.offset));
+            let inner = n.offset_in_string(e.offset).unwrap_or(0);
             let at = Pos {
                 file: s.at.file,
                 offset: s.at.offset + inner,
@@ -146,60 +144,6 @@ fn read_rule(n: &Node<'_>, d: &mut Diags) -> Option<Sp<(String, Option<rule::Rul
             Some(Sp::new((s.v, None), s.at))
         }
     }
-}
-
-/// Maps a byte offset in a decoded TOML string to the byte offset in its
-/// source text (quotes included). Escapes are walked for basic strings; for
-/// the rare line-ending backslash of multi-line strings the result is close,
-/// not exact.
-pub fn raw_offset(raw: &str, decoded: usize) -> usize {
-    let (open, basic) = if raw.starts_with("\"\"\"") {
-        (3, true)
-    } else if raw.starts_with("'''") {
-        (3, false)
-    } else if raw.starts_with('"') {
-        (1, true)
-    } else {
-        (1, false)
-    };
-    let mut i = open;
-    // A newline right after a multi-line opening delimiter is not part of the value.
-    if open == 3 {
-        let rest = raw.get(i..).unwrap_or("");
-        if rest.starts_with("\r\n") {
-            i += 2;
-        } else if rest.starts_with('\n') {
-            i += 1;
-        }
-    }
-    let bytes = raw.as_bytes();
-    let mut out = 0;
-    while out < decoded && i < raw.len() {
-        if basic && bytes[i] == b'\\' {
-            let (raw_len, dec_len) = match bytes.get(i + 1) {
-                Some(b'u') => (6, escaped_len(raw.get(i + 2..i + 6))),
-                Some(b'U') => (10, escaped_len(raw.get(i + 2..i + 10))),
-                _ => (2, 1),
-            };
-            i += raw_len;
-            out += dec_len;
-        } else {
-            let len = raw
-                .get(i..)
-                .and_then(|r| r.chars().next())
-                .map_or(1, char::len_utf8);
-            i += len;
-            out += len;
-        }
-    }
-    i.min(raw.len())
-}
-
-/// UTF-8 length of the character a `\u`/`\U` escape stands for.
-fn escaped_len(hex: Option<&str>) -> usize {
-    hex.and_then(|h| u32::from_str_radix(h, 16).ok())
-        .and_then(char::from_u32)
-        .map_or(1, char::len_utf8)
 }
 
 fn service(name: Sp<String>, mut t: Tbl<'_>, d: &mut Diags) -> ServiceF {
@@ -614,19 +558,5 @@ fn peer_san(mut t: Tbl<'_>, d: &mut Diags) -> Option<model::PeerSan> {
             );
             None
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::raw_offset;
-
-    #[test]
-    fn raw_offsets_walk_quotes_and_escapes() {
-        assert_eq!(raw_offset("\"abc\"", 2), 3);
-        assert_eq!(raw_offset("'abc'", 0), 1);
-        assert_eq!(raw_offset("\"a\\\"b\"", 2), 4);
-        assert_eq!(raw_offset("\"\\u00e9x\"", 2), 7);
-        assert_eq!(raw_offset("\"\"\"\nab\"\"\"", 1), 5);
     }
 }

@@ -74,6 +74,16 @@ impl Proxy {
                 format!("{config}\n[tcpServersTransport]\nterminationDelay = \"30s\"\n")
             };
         let path = dir.write("sluicegate.toml", &config);
+        Self::spawn(dir, path, wrapper)
+    }
+
+    /// Start with a config file already written (any syntax, e.g. YAML),
+    /// kept alive with the proxy through `dir`.
+    pub fn start_file(dir: TempDir, path: PathBuf) -> Proxy {
+        Self::spawn(dir, path, &[])
+    }
+
+    fn spawn(dir: TempDir, path: PathBuf, wrapper: &[&str]) -> Proxy {
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
