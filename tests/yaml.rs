@@ -269,3 +269,29 @@ fn yaml_alias_bombs_and_deep_nesting_are_refused() {
         r.stderr
     );
 }
+
+/// Every example ships in both syntaxes, and each YAML twin is the same
+/// configuration: `check` prints the same summary for both (all but the
+/// line naming the file).
+#[test]
+fn every_example_reads_the_same_in_yaml_and_toml() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let toml = e.unwrap().path();
+        if toml.extension().is_none_or(|x| x != "toml") {
+            continue;
+        }
+        let yaml = toml.with_extension("yml");
+        assert!(yaml.exists(), "{} has no YAML twin", toml.display());
+        let summary = |p: &Path| {
+            let r = check(p).expect_ok(&p.display().to_string());
+            r.stdout.lines().skip(1).collect::<Vec<_>>().join("\n")
+        };
+        let (t, y) = (summary(&toml), summary(&yaml));
+        assert!(t.contains("routers ("), "{t}");
+        assert_eq!(t, y, "{} and its YAML twin differ", toml.display());
+        n += 1;
+    }
+    assert!(n >= 9, "only {n} examples found");
+}
