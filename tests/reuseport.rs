@@ -397,3 +397,94 @@ fn reuse_port_warns_without_tcp_migrate_req() {
         "no warning without reusePort"
     );
 }
+
+/// `check` reads both keys (no "ignored" warning any more), prints them in
+/// the summary, and a bad requestAcceptGraceTimeout is an error at its value.
+#[test]
+fn check_reads_reuse_port_and_request_accept_grace_timeout() {
+    let echo = Backend::echo();
+    let dir = TempDir::new("reuseport-check");
+    let good = dir.write(
+        "good.toml",
+        &config(
+            5432,
+            echo.addr,
+            true,
+            "requestAcceptGraceTimeout = \"2s\"\ngraceTimeOut = \"5s\"",
+        ),
+    );
+    let ran = run(
+        Command::new(BIN).arg("check").arg("-c").arg(&good),
+        b"",
+        Duration::from_secs(20),
+    )
+    .expect_ok("check");
+    assert!(!ran.stderr.contains("warning"), "stderr:\n{}", ran.stderr);
+    assert!(
+        ran.stdout
+            .contains("graceTimeOut 5s requestAcceptGraceTimeout 2s  reusePort"),
+        "stdout:\n{}",
+        ran.stdout
+    );
+    let text = config(
+        5432,
+        echo.addr,
+        true,
+        "requestAcceptGraceTimeout = \"soon\"",
+    );
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("requestAcceptGraceTimeout"))
+        .unwrap()
+        + 1;
+    let bad = dir.write("bad.toml", &text);
+    let ran = run(
+        Command::new(BIN).arg("check").arg("-c").arg(&bad),
+        b"",
+        Duration::from_secs(20),
+    );
+    assert_eq!(ran.status.code(), Some(1));
+    let prefix = format!("{}:{line}:29: ", bad.display());
+    assert!(
+        ran.stderr.starts_with(&prefix) && ran.stderr.contains("requestAcceptGraceTimeout"),
+        "want {prefix}...; stderr:\n{}",
+        ran.stderr
+    );
+}
+
+/// SIGQUIT during a long requestAcceptGraceTimeout ends it at once: the
+/// listener closes, the open connection is cut and the process exits 0,
+/// long before the 60 s the grace would have lasted.
+#[test]
+fn sigquit_ends_the_accept_grace_at_once() {
+    let echo = Backend::echo();
+    let cfg = config(
+        0,
+        echo.addr,
+        false,
+        "requestAcceptGraceTimeout = \"60s\"\ngraceTimeOut = \"60s\"",
+    );
+    let mut p = Proxy::start(&cfg);
+    let addr = p.addr("main");
+    let mut held = TcpStream::connect(addr).unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    held.write_all(b"held").unwrap();
+    let mut b = [0u8; 4];
+    held.read_exact(&mut b).unwrap();
+    p.signal(SIGTERM);
+    p.wait_logs(1, |l| l.contains("msg=stopping"));
+    round_trip(addr, b"still accepting");
+    p.signal(3);
+    assert_eq!(p.wait_exit(Duration::from_secs(15)), Some(0));
+    assert!(p
+        .logs()
+        .iter()
+        .any(|l| l.contains("stopped accepting") && l.contains("entrypoint=main")));
+    let (_, err) = read_to_end(&mut held);
+    assert_eq!(
+        err.map(|e| e.kind()),
+        Some(ErrorKind::ConnectionReset),
+        "the open connection is cut"
+    );
+}
