@@ -5,10 +5,11 @@
 //! connection keeps the snapshot it was accepted with until it closes.
 //!
 //! Lifecycle of a worker: bind (done by `Engine::bind` on the main thread so
-//! errors stop start-up) → run accept loops → on stop: the control thread
-//! shuts the listeners down (pending accepts fail), the worker waits for its
-//! connections, each up to its own entrypoint's `graceTimeOut` from the stop
-//! (Traefik's meaning), then cuts the ones left (`forward::Cutoff`: a
+//! errors stop start-up) → run accept loops → on stop: the control plane
+//! shuts each entrypoint's listeners down (pending accepts fail) at once, or
+//! after its `requestAcceptGraceTimeout` (it accepts until then), the worker
+//! waits for its connections, each up to its own entrypoint's `graceTimeOut`
+//! after that (Traefik's meaning), then cuts the ones left (`forward::Cutoff`: a
 //! reset, never a clean end, for what was still moving) and returns once they
 //! are closed (at most `CUT_SETTLE` after the last cut). `Shared::cut_now`
 //! ends the drain at once the same way.

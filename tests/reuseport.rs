@@ -488,3 +488,20 @@ fn sigquit_ends_the_accept_grace_at_once() {
         "the open connection is cut"
     );
 }
+
+/// Listeners are bound once: a reload that flips reusePort is refused (the
+/// running config stays), as one that moves an address is.
+#[test]
+fn a_reload_cannot_flip_reuse_port() {
+    let echo = Backend::echo();
+    let p = Proxy::start(&config(0, echo.addr, false, ""));
+    std::fs::write(&p.config_path, config(0, echo.addr, true, "")).unwrap();
+    p.signal(1);
+    let refused = p
+        .wait_logs(1, |l| l.contains("reload refused"))
+        .pop()
+        .unwrap();
+    assert!(refused.contains("reusePort"), "{refused}");
+    assert!(!p.logs().iter().any(|l| l.contains("msg=reloaded")));
+    round_trip(p.addr("main"), b"old config serves");
+}
