@@ -505,3 +505,31 @@ fn a_reload_cannot_flip_reuse_port() {
     assert!(!p.logs().iter().any(|l| l.contains("msg=reloaded")));
     round_trip(p.addr("main"), b"old config serves");
 }
+
+/// The admin entrypoint follows its own reusePort: a successor process can
+/// serve /ping on the same address only when it is set.
+#[test]
+fn the_admin_entrypoint_shares_its_port_only_with_reuse_port() {
+    let echo = Backend::echo();
+    let (port, admin_port) = (free_port(), free_port());
+    let with_admin = |reuse: bool| {
+        format!(
+            "{}\n[entryPoints.traefik]\naddress = \"127.0.0.1:{admin_port}\"\nreusePort = {reuse}\n[ping]\n",
+            config(port, echo.addr, true, "")
+        )
+    };
+    let a = Proxy::start(&with_admin(false));
+    let (code, stderr) = start_fails(&with_admin(false));
+    assert_eq!(code, Some(1), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "entrypoint traefik: cannot listen on 127.0.0.1:{admin_port}: Address already in use"
+        )),
+        "stderr:\n{stderr}"
+    );
+    drop(a);
+    let a = Proxy::start(&with_admin(true));
+    let b = Proxy::start(&with_admin(true));
+    assert_eq!(a.addr("traefik"), b.addr("traefik"));
+    assert_eq!(ping(b.addr("traefik")), 200);
+}
