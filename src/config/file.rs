@@ -54,6 +54,9 @@ pub struct EntryPointF {
     pub v6only: bool,
     pub read_timeout: Duration,
     pub grace_timeout: Duration,
+    /// `transport.lifeCycle.requestAcceptGraceTimeout`.
+    pub accept_grace: Duration,
+    pub reuse_port: bool,
     pub proxy_protocol: Option<model::ProxyProtocolIn>,
     /// Traefik v3 `asDefault`: routers without entryPoints attach only to
     /// entrypoints marked so (all of them when none is).
