@@ -376,6 +376,8 @@ fn bind_one(addr: SocketAddr, v6only: bool, reuse_port: bool) -> io::Result<std:
         sock.set_only_v6(v6only)?;
     }
     sock.set_nodelay(true)?;
+    // Inherited by every accepted client socket (sys.rs), as TCP_NODELAY is.
+    sys::set_client_keepalive(&sock)?;
     sock.bind(&addr.into())?;
     sock.listen(BACKLOG)?;
     // Non-blocking: the epoll driver calls accept() after a readiness edge and

@@ -207,9 +207,7 @@ fn load_balancer(mut t: Tbl<'_>, d: &mut Diags) -> LoadBalancerF {
                 pp.path
             ),
         );
-        proxy_protocol = pp
-            .get("version", d)
-            .and_then(|n| values::proxy_version(&n, d));
+        proxy_protocol = proxy_protocol_version(&mut pp, d);
         pp.finish(d);
     }
     let mut termination_delay = None;
@@ -400,6 +398,18 @@ fn source_range(t: &mut Tbl<'_>, d: &mut Diags) -> Option<model::MiddlewareKind>
 
 /// A `[tcp.serversTransports.<name>]` (also Traefik's static
 /// `[tcpServersTransport]`, which shares the keys).
+/// The version of a `proxyProtocol` table, in both places Traefik reads one
+/// (`[tcp.serversTransports.<t>.proxyProtocol]` and the deprecated
+/// `[tcp.services.<s>.loadBalancer.proxyProtocol]`): an empty table means
+/// version 2, as Traefik's `ProxyProtocol.SetDefaults` sets it
+/// (`pkg/config/dynamic/tcp_config.go`). `None` after an error.
+fn proxy_protocol_version(pp: &mut Tbl<'_>, d: &mut Diags) -> Option<u8> {
+    match pp.get("version", d) {
+        Some(n) => values::proxy_version(&n, d),
+        None => Some(2),
+    }
+}
+
 pub fn transport(name: &str, mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> model::Transport {
     let dial_timeout = or_default(
         &mut t,
@@ -430,12 +440,7 @@ pub fn transport(name: &str, mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) ->
     );
     let mut proxy_protocol = None;
     if let Some(mut pp) = t.table("proxyProtocol", d) {
-        proxy_protocol = pp
-            .get("version", d)
-            .and_then(|n| values::proxy_version(&n, d));
-        if !pp.has("version") {
-            d.error(pp.at, format!("[{}] needs `version` (1 or 2)", pp.path));
-        }
+        proxy_protocol = proxy_protocol_version(&mut pp, d);
         pp.finish(d);
     }
     let tls = t.table("tls", d).map(|tt| transport_tls(tt, ctx, d));
