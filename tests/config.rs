@@ -1108,3 +1108,24 @@ servers = [{ address = "127.0.0.1:5433" }]
     );
     assert!(summary.contains("  plain (weighted):\n"), "{summary}");
 }
+
+#[test]
+fn rule_syntax_is_v2_or_v3_and_v2_errors_point_inside_the_rule() {
+    let text = format!(
+        "{PG}[tcp.routers.r]\nrule = \"HostSNI(`*`)\"\nruleSyntax = \"v4\"\nservice = \"pg\"\n[tcp.routers.w]\nruleSyntax = \"v2\"\nrule = \"HostSNI(`*.a.com`)\"\nservice = \"pg\"\n[tcp.routers.w.tls]\n"
+    );
+    let errors = errors_of(load_text("rule-syntax", &text).1);
+    assert!(
+        errors.iter().any(|e| e.contains(
+            "main.toml:8:14: `tcp.routers.r.ruleSyntax` must be \"v3\" or \"v2\", not \"v4\""
+        )),
+        "{errors:?}"
+    );
+    // v2 has no `*.` wildcards; the error points at the argument (col 8 + 1 + 8).
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("main.toml:12:17: invalid rule: invalid value for HostSNI")),
+        "{errors:?}"
+    );
+}

@@ -24,7 +24,8 @@ pub fn read_tcp(mut t: Tbl<'_>, ctx: FileCtx<'_>, m: &mut FileModel, d: &mut Dia
     if let Some(routers) = t.table("routers", d) {
         for (name, node) in routers.entries() {
             if let Some(rt) = node.table(d) {
-                m.routers.push(router(name, rt, d));
+                let syntax = m.default_rule_syntax;
+                m.routers.push(router(name, rt, syntax, d));
             }
         }
     }
@@ -61,9 +62,14 @@ pub fn read_tcp(mut t: Tbl<'_>, ctx: FileCtx<'_>, m: &mut FileModel, d: &mut Dia
     t.finish(d);
 }
 
-fn router(name: Sp<String>, mut t: Tbl<'_>, d: &mut Diags) -> RouterF {
+fn router(name: Sp<String>, mut t: Tbl<'_>, syntax: rule::Syntax, d: &mut Diags) -> RouterF {
     let entry_points = t.str_list("entryPoints", d).unwrap_or_default();
-    let rule = t.get("rule", d).and_then(|n| read_rule(&n, d));
+    let path = format!("{}.ruleSyntax", t.path);
+    let syntax = t
+        .str("ruleSyntax", d)
+        .and_then(|s| rule_syntax(&s, &path, d))
+        .unwrap_or(syntax);
+    let rule = t.get("rule", d).and_then(|n| read_rule(&n, syntax, d));
     if !t.has("rule") {
         d.error(
             name.at,
@@ -72,9 +78,6 @@ fn router(name: Sp<String>, mut t: Tbl<'_>, d: &mut Diags) -> RouterF {
                 name.v
             ),
         );
-    }
-    if let Some(s) = t.str("ruleSyntax", d) {
-        check_rule_syntax(&s, &format!("{}.ruleSyntax", t.path), d);
     }
     let priority = t.int("priority", d);
     let service = t.str("service", d);
@@ -115,24 +118,30 @@ fn router(name: Sp<String>, mut t: Tbl<'_>, d: &mut Diags) -> RouterF {
     }
 }
 
-/// Rules are Traefik v3 syntax only. A v2 rule can parse as v3 and mean
-/// something else (v2 `HostSNIRegexp` patterns such as `{sub:[a-z]+}`), so
-/// asking for v2 is an error, not a warning.
-pub fn check_rule_syntax(s: &Sp<String>, path: &str, d: &mut Diags) {
+/// `ruleSyntax` / `core.defaultRuleSyntax`: `v3` (Traefik's default) or
+/// `v2`; anything else is an error.
+pub fn rule_syntax(s: &Sp<String>, path: &str, d: &mut Diags) -> Option<rule::Syntax> {
     match s.v.as_str() {
-        "v3" => {}
-        "v2" => d.error(
-            s.at,
-            format!("`{path}` = \"v2\" is not supported: write the rule in Traefik v3 syntax"),
-        ),
-        other => d.error(s.at, format!("`{path}` must be \"v3\", not {other:?}")),
+        "v3" => Some(rule::Syntax::V3),
+        "v2" => Some(rule::Syntax::V2),
+        other => {
+            d.error(
+                s.at,
+                format!("`{path}` must be \"v3\" or \"v2\", not {other:?}"),
+            );
+            None
+        }
     }
 }
 
 /// Reads and compiles a rule; a syntax error points inside the string.
-fn read_rule(n: &Node<'_>, d: &mut Diags) -> Option<Sp<(String, Option<rule::Rule>)>> {
+fn read_rule(
+    n: &Node<'_>,
+    syntax: rule::Syntax,
+    d: &mut Diags,
+) -> Option<Sp<(String, Option<rule::Rule>)>> {
     let s = n.str(d)?;
-    match rule::parse(&s.v) {
+    match rule::parse_with(&s.v, syntax) {
         Ok(r) => Some(Sp::new((s.v, Some(r)), s.at)),
         Err(e) => {
             let inner = n.offset_in_string(e.offset).unwrap_or(0);

@@ -28,6 +28,8 @@ pub struct FileModel {
     pub runtime: model::Runtime,
     /// `[tcpServersTransport]`: Traefik's defaults for the `default` transport.
     pub default_transport: Option<Sp<model::Transport>>,
+    /// `core.defaultRuleSyntax`: the syntax of rules without `ruleSyntax`.
+    pub default_rule_syntax: super::rule::Syntax,
 
     // Dynamic configuration (any file).
     pub routers: Vec<RouterF>,

@@ -78,7 +78,9 @@ pub fn read_main(mut root: Tbl<'_>, ctx: FileCtx<'_>, m: &mut FileModel, d: &mut
     }
     if let Some(mut core) = root.table("core", d) {
         if let Some(s) = core.str("defaultRuleSyntax", d) {
-            dynamic::check_rule_syntax(&s, "core.defaultRuleSyntax", d);
+            if let Some(syntax) = dynamic::rule_syntax(&s, "core.defaultRuleSyntax", d) {
+                m.default_rule_syntax = syntax;
+            }
         }
         core.finish(d);
     }

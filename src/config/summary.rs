@@ -104,6 +104,10 @@ impl Config {
                 if !mws.is_empty() {
                     write!(s, " via {}", mws.join(", "))?;
                 }
+                if r.rule.is_v2() {
+                    // What to write to migrate: the same rule in v3 syntax.
+                    write!(s, "\n      ruleSyntax v2; in v3: {}", r.rule)?;
+                }
                 writeln!(s)?;
             }
         }
