@@ -351,3 +351,247 @@ fn wrr_three_to_one() {
         .collect();
     assert_eq!(calls, want);
 }
+
+// ---- fixtures/tcp/multi-tls-options.toml (TestTLSOptions) ----
+
+const TLS12: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+const TLS13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+#[test]
+fn multi_tls_options() {
+    let w = Whoami::local(Opts::named("whoami-no-cert"));
+    let vars = [("WhoamiNoCert", w.addr.to_string())];
+    // Deliberately different: Traefik keeps the router whose options are
+    // broken (mTLS without CA files) and fails only its handshakes;
+    // sluicegate refuses the whole file, at the broken key.
+    let as_is = render("tcp/multi-tls-options.toml", &vars, |t| t);
+    assert_check_errors(
+        &as_is,
+        &[(
+            "59:22",
+            "`tls.options.invalid.clientAuth.clientAuthType` verifies client certificates but no `caFiles` are given",
+        )],
+    );
+    // The rest of upstream's assertions, without the broken router.
+    let r = render("tcp/multi-tls-options.toml", &vars, |t| {
+        let t = cut(
+            &t,
+            "    [tcp.routers.to-whoami-invalid-tls]",
+            Some("    [tcp.services.whoami-no-cert]"),
+        );
+        cut(&t, "  [tls.options.invalid.clientAuth]", None)
+    });
+    let p = Proxy::start_file(&r.path);
+    let ep = p.addr("tcp");
+    // whoami-c.test: options foo (minVersion 1.2): a TLS 1.2 client is served.
+    let (out, t) = who_tls(ep, "whoami-c.test", TLS12).unwrap();
+    assert_eq!(name_of(&out), Some("whoami-no-cert"), "{out}");
+    assert_eq!(t.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+    // whoami-d.test: options bar (minVersion 1.3): TLS 1.3 served ...
+    let (out, t) = who_tls(ep, "whoami-d.test", TLS13).unwrap();
+    assert_eq!(name_of(&out), Some("whoami-no-cert"), "{out}");
+    assert_eq!(t.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+    // ... and a TLS 1.2-only client refused with a protocol_version alert
+    // (Go reports it as "protocol version not supported").
+    let err = who_tls(ep, "whoami-d.test", TLS12).err();
+    assert!(
+        err.as_ref()
+            .is_some_and(|e| e.to_string().contains("ProtocolVersion")),
+        "expected a protocol_version alert, got {err:?}"
+    );
+    // whoami-i.test now matches no router: the handshake is completed with
+    // the default certificate, then closed; nothing reaches the backend.
+    let before = w.connections();
+    let out = who_tls(ep, "whoami-i.test", &[]).map(|(o, _)| o);
+    assert!(
+        out.as_ref().map_or(true, |o| o.is_empty()),
+        "whoami-i.test must not be served: {out:?}"
+    );
+    assert_eq!(w.connections(), before, "whoami-i.test reached the backend");
+}
+
+// ---- fixtures/tcp/wildcard-hostsni-tls-options.toml (SimpleSuite
+// TestTCPWildcardHostSNI / TestTCPWildcardHostSNITLSOptions) ----
+
+/// Handshake only (then close), as upstream.
+fn handshake(
+    addr: SocketAddr,
+    sni: &str,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> std::io::Result<TlsStream> {
+    TlsStream::connect(addr, sni, insecure_client_config(versions))
+}
+
+#[test]
+fn wildcard_hostsni_tls_options() {
+    let w = Whoami::local(Opts::named("backend"));
+    let vars = [("Backend", w.addr.to_string())];
+    // Deliberately different: the default options are TLS 1.1 only, which
+    // rustls cannot serve; sluicegate refuses them at load.
+    let as_is = render("tcp/wildcard-hostsni-tls-options.toml", &vars, |t| t);
+    let why = "rustls supports TLS 1.2 and 1.3 only (VersionTLS12, VersionTLS13)";
+    assert_check_errors(
+        &as_is,
+        &[
+            (
+                "56:18",
+                &format!("`tls.options.default.minVersion` VersionTLS11: {why}"),
+            ),
+            (
+                "57:18",
+                &format!("`tls.options.default.maxVersion` VersionTLS11: {why}"),
+            ),
+        ],
+    );
+    // Without the TLS 1.1 default options (and so without the TLS 1.1 row).
+    let r = render("tcp/wildcard-hostsni-tls-options.toml", &vars, |t| {
+        cut(&t, "  [tls.options.default]", Some("  [tls.options.foo]"))
+    });
+    let p = Proxy::start_file(&r.path);
+    let ep = p.addr("tcp");
+    for (sni, versions, want) in [
+        // The wildcard router (options foo: TLS 1.2 only).
+        ("foo.snitest.com", &[][..], rustls::ProtocolVersion::TLSv1_2),
+        ("foo.snitest.com", TLS12, rustls::ProtocolVersion::TLSv1_2),
+        // The specific router wins over the wildcard (options bar: 1.3 only).
+        ("bar.snitest.com", &[][..], rustls::ProtocolVersion::TLSv1_3),
+        ("bar.snitest.com", TLS13, rustls::ProtocolVersion::TLSv1_3),
+        // Default options (here rustls' defaults).
+        (
+            "other.snitest.com",
+            &[][..],
+            rustls::ProtocolVersion::TLSv1_3,
+        ),
+    ] {
+        let t = handshake(ep, sni, versions).unwrap_or_else(|e| panic!("{sni}: {e}"));
+        assert_eq!(t.protocol_version(), Some(want), "{sni}");
+        assert_eq!(cn_of(&t), "*.snitest.com", "{sni}");
+    }
+    // And the options are really per router: each refuses the other version.
+    for (sni, versions) in [("foo.snitest.com", TLS13), ("bar.snitest.com", TLS12)] {
+        let err = handshake(ep, sni, versions).err();
+        assert!(
+            err.as_ref()
+                .is_some_and(|e| e.to_string().contains("ProtocolVersion")),
+            "{sni}: expected a protocol_version alert, got {err:?}"
+        );
+    }
+}
+
+// ---- fixtures/simple_ddos.toml (SimpleSuite TestDDOS) ----
+
+#[test]
+fn ddos_stalled_record_closed_by_read_timeout() {
+    let r = render("simple_ddos.toml", &[], |t| t);
+    let p = Proxy::start_file(&r.path);
+    for ep in ["web", "tcp"] {
+        let mut s = TcpStream::connect(p.addr(ep)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // A TLS record header announcing 16 bytes that never come.
+        s.write_all(&[0x16, 0x03, 0x03, 0x00, 0x10]).unwrap();
+        let start = Instant::now();
+        let mut buf = [0u8; 64];
+        let got = s.read(&mut buf);
+        let took = start.elapsed();
+        assert_eq!(got.ok(), Some(0), "{ep}: a clean EOF expected");
+        // readTimeout is 200 ms; upstream allows 500 ms.
+        assert!(
+            took < Duration::from_millis(500),
+            "{ep}: closed after {took:?}"
+        );
+        assert!(
+            took >= Duration::from_millis(150),
+            "{ep}: closed after {took:?}, before readTimeout"
+        );
+    }
+}
+
+// ---- Deliberately different: whole-file errors ----
+
+#[test]
+fn mixed_http_routers_are_an_error() {
+    let r = render(
+        "tcp/mixed.toml",
+        &[
+            ("Whoami", "http://127.0.0.1:9".into()),
+            ("WhoamiA", "127.0.0.1:9".into()),
+            ("WhoamiB", "127.0.0.1:9".into()),
+            ("WhoamiNoCert", "127.0.0.1:9".into()),
+        ],
+        |t| t,
+    );
+    assert_check_errors(
+        &r,
+        &[(
+            "21:2",
+            "`http` is not supported: sluicegate proxies TCP only",
+        )],
+    );
+}
+
+#[test]
+fn catch_all_with_https_router_is_an_error() {
+    let r = render(
+        "tcp/catch-all-no-tls-with-https.toml",
+        &[
+            ("WhoamiNoTLSAddress", "127.0.0.1:9".into()),
+            ("WhoamiURL", "http://127.0.0.1:9".into()),
+        ],
+        |t| t,
+    );
+    assert_check_errors(
+        &r,
+        &[(
+            "33:2",
+            "`http` is not supported: sluicegate proxies TCP only",
+        )],
+    );
+}
+
+#[test]
+fn service_errors_are_whole_file_errors() {
+    let r = render("tcp/service_errors.toml", &[], |t| t);
+    assert_check_errors(
+        &r,
+        &[
+            (
+                "13:15",
+                "entrypoint `udp`: `:4443/udp`: UDP entrypoints are not supported",
+            ),
+            (
+                "35:17",
+                "service `service1` needs `loadBalancer` or `weighted`",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn router_errors_are_whole_file_errors() {
+    let r = render("router_errors.toml", &[], |t| t);
+    assert_check_errors(
+        &r,
+        &[
+            ("21:2", "`http` is not supported"),
+            ("56:18", "unknown entrypoint `unknown-entrypoint`"),
+            ("62:13", "invalid rule: unknown matcher `Host`"),
+            ("70:2", "`udp` is not supported"),
+        ],
+    );
+}
+
+#[test]
+fn proxy_protocol_fixture_http_router_is_an_error() {
+    let r = render(
+        "proxy-protocol/proxy-protocol.toml",
+        &[("WhoamiIP", "127.0.0.1:9".into())],
+        |t| t,
+    );
+    assert_check_errors(
+        &r,
+        &[(
+            "27:2",
+            "`http` is not supported: sluicegate proxies TCP only",
+        )],
+    );
+}
