@@ -595,3 +595,258 @@ fn proxy_protocol_fixture_http_router_is_an_error() {
         )],
     );
 }
+
+// ---- fixtures/tcp/postgres-starttls.toml, postgres-starttls-passthrough.toml
+// (TestPostgresSTARTTLS, TestPostgresSTARTTLSPassthrough) ----
+
+/// PostgreSQL's SSLRequest: int32 8, int32 80877103.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 4, 210, 22, 47];
+
+/// SSLRequest in clear, `S` within 2 s, then a TLS handshake with `sni`
+/// (any certificate accepted), as upstream.
+fn starttls(addr: SocketAddr, sni: &str) -> TlsStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(&SSL_REQUEST).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut reply = [0u8; 1];
+    s.read_exact(&mut reply)
+        .expect("an answer to the SSLRequest");
+    assert_eq!(reply[0], b'S', "SSLRequest answer");
+    let t = TlsStream::over(s, sni, insecure_client_config(&[])).expect("TLS handshake");
+    t.tcp()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    t
+}
+
+/// Backend messages `(type, body)` up to and including ReadyForQuery.
+fn pg_until_ready(t: &TlsStream, buf: &mut Vec<u8>) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    loop {
+        while buf.len() >= 5 {
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if buf.len() < 1 + len {
+                break;
+            }
+            let msg: Vec<u8> = buf.drain(..1 + len).collect();
+            let ty = msg[0];
+            out.push((ty, msg[5..].to_vec()));
+            if ty == b'Z' {
+                return out;
+            }
+        }
+        let more = t
+            .read_some()
+            .unwrap_or_else(|e| panic!("after {out:?}: {e}"));
+        buf.extend_from_slice(&more);
+    }
+}
+
+/// Upstream's StartupMessage (user and database `test`): the first reply
+/// must be an Authentication message (`R`). Then one query the upstream
+/// test does not make: whether the server's side of this session is TLS
+/// (`pg_stat_ssl`), which tells terminated from passed-through.
+fn startup_then_server_ssl(t: &TlsStream) -> String {
+    let params = b"user\0test\0database\0test\0\0";
+    let mut startup = ((8 + params.len()) as u32).to_be_bytes().to_vec();
+    startup.extend_from_slice(&196608u32.to_be_bytes());
+    startup.extend_from_slice(params);
+    t.write_all(&startup).unwrap();
+    let mut buf = Vec::new();
+    let msgs = pg_until_ready(t, &mut buf);
+    assert_eq!(msgs[0].0, b'R', "first reply: {msgs:?}");
+    assert_eq!(
+        msgs[0].1,
+        [0, 0, 0, 0],
+        "AuthenticationOk expected: {msgs:?}"
+    );
+    let sql = b"SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()\0";
+    let mut q = vec![b'Q'];
+    q.extend_from_slice(&((4 + sql.len()) as u32).to_be_bytes());
+    q.extend_from_slice(sql);
+    t.write_all(&q).unwrap();
+    let msgs = pg_until_ready(t, &mut buf);
+    // DataRow: int16 columns, int32 length, value.
+    let row = msgs
+        .iter()
+        .find(|(ty, _)| *ty == b'D')
+        .unwrap_or_else(|| panic!("no DataRow in {msgs:?}"));
+    String::from_utf8_lossy(&row.1[6..]).into_owned()
+}
+
+#[test]
+fn postgres_starttls_terminated_and_passthrough() {
+    if !support::pg::available() {
+        return;
+    }
+    let dir = support::TempDir::new("traefik-pg");
+    let ca = support::tls::Ca::new("traefik scenarios CA");
+    // The upstream postgres-ssl container makes a self-signed CN=postgres-ssl.
+    let (_, c, k) = ca.write_leaf(&dir.0, &["postgres-ssl"]);
+    let cluster = support::pg::PgCluster::start(&c, &k);
+    cluster.sql("CREATE ROLE test LOGIN");
+    cluster.sql("CREATE DATABASE test OWNER test");
+    let backend = format!("127.0.0.1:{}", cluster.port);
+
+    // Terminated by the proxy (no certificate configured: the generated
+    // default); the backend gets the startup in clear.
+    let r = render(
+        "tcp/postgres-starttls.toml",
+        &[("PostgresAddr", backend.clone())],
+        |t| t,
+    );
+    let p = Proxy::start_file(&r.path);
+    let t = starttls(p.addr("tcp"), "postgres-starttls");
+    assert_eq!(cn_of(&t), "TRAEFIK DEFAULT CERT");
+    assert_eq!(startup_then_server_ssl(&t), "f", "{}", cluster.log());
+    drop(t);
+    drop(p);
+
+    // Passed through: the proxy asks the backend for TLS itself, swallows
+    // its `S`, and the session's TLS is the server's.
+    let r = render(
+        "tcp/postgres-starttls-passthrough.toml",
+        &[("PostgresSSLAddr", backend)],
+        |t| t,
+    );
+    let p = Proxy::start_file(&r.path);
+    let t = starttls(p.addr("tcp"), "postgres-starttls-passthrough");
+    assert_eq!(cn_of(&t), "postgres-ssl");
+    assert_eq!(startup_then_server_ssl(&t), "t", "{}", cluster.log());
+}
+
+// ---- fixtures/tcp_healthcheck/simple.toml (TCPHealthCheckSuite
+// TestSimpleConfiguration) ----
+
+#[test]
+fn tcp_healthcheck_weighted() {
+    // The template appends `:8080`: each backend on its own 127.0.0.x.
+    let w1 = Whoami::on_8080(221..=230, Opts::named("whoamitcp1"));
+    let mut w2 = Whoami::on_8080(231..=240, Opts::named("whoamitcp2"));
+    let r = render(
+        "tcp_healthcheck/simple.toml",
+        &[
+            ("Server1", w1.ip().to_string()),
+            ("Server2", w2.ip().to_string()),
+        ],
+        workers_1,
+    );
+    let p = Proxy::start_file(&r.path);
+    let ep = p.addr("tcp");
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..4 {
+        let out = who_plain(ep);
+        *counts
+            .entry(name_of(&out).unwrap_or("unknown").to_string())
+            .or_default() += 1;
+    }
+    let want: HashMap<String, usize> =
+        [("whoamitcp1".to_string(), 2), ("whoamitcp2".to_string(), 2)]
+            .into_iter()
+            .collect();
+    assert_eq!(counts, want);
+    // Stop whoamitcp2 (an idle connection to it held open, as upstream),
+    // and wait for the health check to see it (upstream sleeps 1 s).
+    let _idle = TcpStream::connect(w2.addr).unwrap();
+    w2.stop();
+    let down = w2.addr.to_string();
+    p.wait_logs(1, |l| l.contains("server unhealthy") && l.contains(&down));
+    for _ in 0..3 {
+        let out = who_plain(ep);
+        assert_eq!(name_of(&out), Some("whoamitcp1"), "{out}");
+    }
+}
+
+// ---- fixtures/proxy-protocol/proxy-protocol.toml (ProxyProtocolSuite
+// TestProxyProtocolTrusted / NotTrusted), translated to TCP ----
+
+/// The PROXY header upstream sends: TCP4, 1.2.3.4:62541 -> 127.0.0.1:8000.
+fn upstream_proxy_header(version: u8) -> Vec<u8> {
+    if version == 1 {
+        return b"PROXY TCP4 1.2.3.4 127.0.0.1 62541 8000\r\n".to_vec();
+    }
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12, 1, 2, 3, 4, 127, 0, 0, 1]);
+    h.extend_from_slice(&62541u16.to_be_bytes());
+    h.extend_from_slice(&8000u16.to_be_bytes());
+    h
+}
+
+/// Optionally a PROXY header, then `WHO`; the `Proxy Protocol Source:` the
+/// backend reports, and the client's own address.
+fn who_behind_proxy_header(addr: SocketAddr, version: Option<u8>) -> (String, SocketAddr) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    if let Some(v) = version {
+        s.write_all(&upstream_proxy_header(v)).unwrap();
+    }
+    s.write_all(b"WHO").unwrap();
+    let mut buf = [0u8; 2048];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let me = s.local_addr().unwrap();
+    (answer, me)
+}
+
+fn source_of(answer: &str) -> Option<&str> {
+    answer
+        .lines()
+        .find_map(|l| l.strip_prefix("Proxy Protocol Source: "))
+}
+
+#[test]
+fn proxy_protocol_trusted_and_not_trusted() {
+    let w = Whoami::local(Opts {
+        proxy_protocol: true,
+        ..Opts::named("whoami-pp")
+    });
+    // The upstream fixture's entrypoints (trust: trustedIPs 127.0.0.1,
+    // nottrust: trustedIPs 1.2.3.4) unchanged; its HTTP router becomes a
+    // TCP catch-all to a whoamitcp -proxyprotocol behind a PROXY v2
+    // transport, so the backend reports the client address the proxy
+    // believed.
+    let backend = w.addr.to_string();
+    let r = render(
+        "proxy-protocol/proxy-protocol.toml",
+        &[("WhoamiIP", backend.clone())],
+        |t| {
+            let t = cut(&t, "[http.routers]", None);
+            format!(
+                "{t}[tcp.routers.router1]\n  service = \"service1\"\n  rule = \"HostSNI(`*`)\"\n\
+                 [tcp.services.service1.loadBalancer]\n  serversTransport = \"pp\"\n\
+                 [[tcp.services.service1.loadBalancer.servers]]\n  address = \"{backend}\"\n\
+                 [tcp.serversTransports.pp.proxyProtocol]\n  version = 2\n"
+            )
+        },
+    );
+    let p = Proxy::start_file(&r.path);
+    let mut failures = Vec::new();
+    let mut expect = |what: &str, (answer, me): (String, SocketAddr), want: String| {
+        if source_of(&answer) != Some(want.as_str()) {
+            failures.push(format!(
+                "{what}: want source {want}, backend answered {answer:?} (client {me})"
+            ));
+        }
+    };
+    // Upstream's readiness request: a trusted source may omit the header.
+    let got = who_behind_proxy_header(p.addr("trust"), None);
+    let me = got.1.to_string();
+    expect("trust, no header", got, me);
+    for v in [1, 2] {
+        let got = who_behind_proxy_header(p.addr("trust"), Some(v));
+        expect(&format!("trust, v{v}"), got, "1.2.3.4:62541".into());
+    }
+    // Untrusted: the header is parsed, stripped and ignored; the
+    // connection is served with the real client address.
+    for v in [1, 2] {
+        let got = who_behind_proxy_header(p.addr("nottrust"), Some(v));
+        let me = got.1.to_string();
+        expect(&format!("nottrust, v{v}"), got, me);
+    }
+    assert!(
+        failures.is_empty(),
+        "PROXY protocol differs from Traefik's (needs the untrusted-header \
+         strip / optional-trusted-header change):\n{}",
+        failures.join("\n")
+    );
+}
