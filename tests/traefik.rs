@@ -529,6 +529,65 @@ fn mixed_http_routers_are_an_error() {
     );
 }
 
+/// The TCP part of `mixed.toml` (its `[http]` block removed): the proxy
+/// terminates whoami-c.test with the fixture's X.509 v1 certificate.
+#[test]
+fn mixed_tcp_part() {
+    let (ca, ka) = cert("whoami-a");
+    let (cb, kb) = cert("whoami-b");
+    let a = Whoami::local(Opts::named("whoami-a").with_tls(ca, ka));
+    let b = Whoami::local(Opts::named("whoami-b").with_tls(cb, kb));
+    let no_cert = Whoami::local(Opts::named("whoami-no-cert"));
+    let r = render(
+        "tcp/mixed.toml",
+        &[
+            ("Whoami", "http://127.0.0.1:9".into()),
+            ("WhoamiA", a.addr.to_string()),
+            ("WhoamiB", b.addr.to_string()),
+            ("WhoamiNoCert", no_cert.addr.to_string()),
+        ],
+        |t| cut(&t, "[http]", Some("[tcp]")),
+    );
+    let p = Proxy::start_file(&r.path);
+    let ep = p.addr("tcp");
+    let out = who_passthrough(ep, "whoami-a.test").unwrap();
+    assert_eq!(name_of(&out), Some("whoami-a"), "{out}");
+    let out = who_passthrough(ep, "whoami-b.test").unwrap();
+    assert_eq!(name_of(&out), Some("whoami-b"), "{out}");
+    let (out, t) = who_tls(ep, "whoami-c.test", &[]).unwrap();
+    assert_eq!(name_of(&out), Some("whoami-no-cert"), "{out}");
+    assert_eq!(cn_of(&t), "whoami-c.test", "the configured certificate");
+}
+
+/// A v1 certificate is served (above), but its key is still checked.
+#[test]
+fn v1_certificate_with_another_key_is_an_error() {
+    let r = render(
+        "tcp/mixed.toml",
+        &[
+            ("Whoami", "http://127.0.0.1:9".into()),
+            ("WhoamiA", "127.0.0.1:9".into()),
+            ("WhoamiB", "127.0.0.1:9".into()),
+            ("WhoamiNoCert", "127.0.0.1:9".into()),
+        ],
+        |t| cut(&t, "[http]", Some("[tcp]")).replace("whoami-c.key", "whoami-a.key"),
+    );
+    let text = std::fs::read_to_string(&r.path).unwrap();
+    let (line, l) = text
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.contains("keyFile"))
+        .unwrap();
+    let pos = format!("{}:{}", line + 1, l.find('"').unwrap() + 1);
+    assert_check_errors(
+        &r,
+        &[(
+            &pos,
+            "the private key `fixtures/tcp/whoami-a.key` does not match the certificate `fixtures/tcp/whoami-c.crt`",
+        )],
+    );
+}
+
 #[test]
 fn catch_all_with_https_router_is_an_error() {
     let r = render(
