@@ -151,6 +151,11 @@ fn check(r: &Rendered) -> Ran {
 fn assert_check_errors(r: &Rendered, want: &[(&str, &str)]) {
     let ran = check(r);
     assert!(!ran.ok(), "check passed:\n{}{}", ran.stdout, ran.stderr);
+    assert!(
+        ran.stderr.ends_with('\n'),
+        "the error list must end with a newline: {:?}",
+        ran.stderr
+    );
     let all = format!("{}{}", ran.stdout, ran.stderr);
     for (pos, msg) in want {
         let line = format!("{}:{pos}: {msg}", r.name);
@@ -493,6 +498,7 @@ fn ddos_stalled_record_closed_by_read_timeout() {
         let mut buf = [0u8; 64];
         let got = s.read(&mut buf);
         let took = start.elapsed();
+        eprintln!("{ep}: stalled record closed after {took:?}");
         assert_eq!(got.ok(), Some(0), "{ep}: a clean EOF expected");
         // readTimeout is 200 ms; upstream allows 500 ms.
         assert!(
@@ -808,8 +814,13 @@ fn tcp_healthcheck_weighted() {
     // and wait for the health check to see it (upstream sleeps 1 s).
     let _idle = TcpStream::connect(w2.addr).unwrap();
     w2.stop();
+    let stopped = Instant::now();
     let down = w2.addr.to_string();
     p.wait_logs(1, |l| l.contains("server unhealthy") && l.contains(&down));
+    eprintln!(
+        "whoamitcp2 seen down {:?} after it stopped",
+        stopped.elapsed()
+    );
     for _ in 0..3 {
         let out = who_plain(ep);
         assert_eq!(name_of(&out), Some("whoamitcp1"), "{out}");
