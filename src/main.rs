@@ -54,7 +54,7 @@ fn main() -> ExitCode {
                 }
             }
             Err(errs) => {
-                eprint!("{errs}");
+                eprintln!("{errs}");
                 ExitCode::FAILURE
             }
         },

@@ -816,13 +816,13 @@ fn check_refuses_fifos_and_devices_as_config_files() {
     let r = check(&dir.0.join("dynamic.toml"));
     assert!(
         r.stderr
-            .ends_with("dynamic.toml: cannot read: a FIFO, not a regular file"),
+            .ends_with("dynamic.toml: cannot read: a FIFO, not a regular file\n"),
         "{r:?}"
     );
     let r = check(Path::new("/dev/zero"));
     assert_eq!(
         r.stderr,
-        "/dev/zero: cannot read: a character device, not a regular file"
+        "/dev/zero: cannot read: a character device, not a regular file\n"
     );
 }
 

@@ -106,7 +106,7 @@ fn a_traefik_yml_with_mixed_dynamic_files_routes_traffic() {
         c.stdout
     );
 
-    let p = Proxy::start_file(dir, path);
+    let p = Proxy::start_file(&path);
     assert_eq!(
         echo(p.addr("postgres"), b"select 1").as_deref(),
         Some(&b"select 1"[..]),
@@ -144,7 +144,7 @@ fn a_yaml_dynamic_file_reloads_on_sighup() {
         )
     };
     let dyn_path = dir.write("dynamic.yml", &dynamic(a.addr));
-    let p = Proxy::start_file(dir, path);
+    let p = Proxy::start_file(&path);
     let first = |addr| {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
