@@ -54,6 +54,7 @@ pub fn run(path: &Path) -> Result<(), String> {
     let pin = cfg.runtime.pin_cores && !cores.is_empty();
     let rt = cfg.runtime.clone();
     let watch = cfg.watch.clone();
+    let kv = cfg.kv.clone();
     let shared = Shared::new(snapshot);
     shared
         .register_listeners(&listeners)
@@ -125,6 +126,15 @@ pub fn run(path: &Path) -> Result<(), String> {
             .name("sluicegate-watch".into())
             .spawn(move || watch_loop(watch, &shared, &tx))
             .map_err(|e| format!("cannot start watcher: {e}"))?;
+    }
+    if !kv.is_empty() {
+        let (stop, tx) = (shared.clone(), reload_tx.clone());
+        crate::kv::watch(
+            kv,
+            move || stop.stopping(),
+            move || tx.send(ReloadMsg::Trigger("kv changed")).is_ok(),
+        )
+        .map_err(|e| format!("cannot start the KV watcher: {e}"))?;
     }
     drop(reload_tx);
     for h in handles {

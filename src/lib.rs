@@ -21,6 +21,7 @@ pub mod config;
 pub mod engine;
 pub mod forward;
 pub mod health;
+pub mod kv;
 pub mod log;
 pub mod metrics;
 pub mod model;

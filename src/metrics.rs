@@ -283,6 +283,22 @@ impl Registry {
                 sample(&mut out, "sluicegate_server_up", &labels, u64::from(up));
             }
         }
+        if !cfg.kv_revisions.is_empty() {
+            header(
+                &mut out,
+                "sluicegate_kv_applied_revision",
+                "gauge",
+                "The KV read the running configuration was built from, per provider: etcd's store revision, a content hash for Redis. Instances of a fleet showing different values have not applied the same configuration.",
+            );
+            for (provider, rev) in &cfg.kv_revisions {
+                sample(
+                    &mut out,
+                    "sluicegate_kv_applied_revision",
+                    &[("provider", provider)],
+                    *rev,
+                );
+            }
+        }
         out
     }
 }

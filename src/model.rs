@@ -46,8 +46,36 @@ pub struct Config {
     pub admin: Option<Admin>,
     /// Files to watch when `providers.file.watch = true` (empty otherwise).
     pub watch: Vec<PathBuf>,
+    /// `[providers.etcd]`, `[providers.redis]`: KV stores holding dynamic
+    /// configuration, watched.
+    pub kv: Vec<KvProvider>,
+    /// The KV reads this configuration was built from: provider id and
+    /// revision (etcd's store revision; a content hash for Redis), shown in
+    /// `/metrics` so a fleet's drift is visible.
+    pub kv_revisions: Vec<(String, u64)>,
     /// Warnings already formatted as `FILE:LINE:COL: message`.
     pub warnings: Vec<String>,
+}
+
+/// Which KV store a provider reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvKind {
+    Etcd,
+    Redis,
+}
+
+/// A KV provider (Traefik's `[providers.etcd]` / `[providers.redis]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvProvider {
+    pub kind: KvKind,
+    /// `host:port`, tried in order.
+    pub endpoints: Vec<String>,
+    /// Traefik's `rootKey` (default `traefik`).
+    pub root_key: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Redis database number (`db`).
+    pub db: i64,
 }
 
 /// An `[entryPoints.<name>]` that carries TCP traffic.

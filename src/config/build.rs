@@ -83,6 +83,8 @@ pub fn build(
         runtime: m.runtime,
         admin,
         watch,
+        kv: m.kv,
+        kv_revisions: m.kv_revisions,
         warnings: Vec::new(),
     })
 }

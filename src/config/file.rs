@@ -23,6 +23,10 @@ pub struct FileModel {
     // Static configuration (main file only).
     pub entry_points: Vec<EntryPointF>,
     pub provider: Option<ProviderFileF>,
+    /// `[providers.etcd]`, `[providers.redis]`.
+    pub kv: Vec<model::KvProvider>,
+    /// The KV reads loaded (provider id, revision).
+    pub kv_revisions: Vec<(String, u64)>,
     /// Admin endpoints asked for: which one, and the entrypoint it names.
     pub admin: Vec<AdminUse>,
     pub runtime: model::Runtime,

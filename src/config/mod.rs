@@ -123,6 +123,30 @@ pub fn load_with(path: &Path, resolve: Resolve<'_>) -> Result<model::Config, Err
             Err(e) => d.error(at, format!("cannot read `{}`: {e}", file_path.display())),
         }
     }
+    // KV providers: each store's last consistent read, as one more source.
+    let mut kv_trees = Vec::new();
+    for p in m.kv.clone() {
+        let id = p.id();
+        match crate::kv::tree_for_load(&p) {
+            Ok(t) => {
+                let listing = tree::kv_listing(&t.pairs);
+                let sid = sources.add(PathBuf::from(&id), listing);
+                let table = tree::from_pairs(&t.pairs, &sources.files[sid].text);
+                m.kv_revisions.push((id, t.revision));
+                kv_trees.push((sid, table));
+            }
+            // Unreachable at start-up: serve without it, and the watcher
+            // applies it when the store answers (Traefik does the same).
+            Err(e) => d.warn(
+                Pos {
+                    file: main,
+                    offset: 0,
+                },
+                format!("no configuration from the KV store yet: {e}"),
+            ),
+        }
+    }
+    docs.extend(kv_trees);
     if !syntax.is_empty() {
         return Err(Errors(syntax));
     }

@@ -172,6 +172,11 @@ impl<'a> Tbl<'a> {
             at: n.at,
             known: Vec::new(),
         };
+        match n.untyped().map(str::to_ascii_lowercase).as_deref() {
+            Some("true") => return Some(empty(&n)),
+            Some("false") => return None,
+            _ => {}
+        }
         match n.item.v {
             V::Bool(b) => b.then(|| empty(&n)),
             V::Other("null") => Some(empty(&n)),
@@ -243,7 +248,20 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// A KV value (text the schema types as it reads it).
+    fn untyped(&self) -> Option<&'a str> {
+        match (&self.item.v, &self.item.raw) {
+            (V::Str(s), Some((_, Style::Untyped))) => Some(s),
+            _ => None,
+        }
+    }
+
     pub fn bool(&self, d: &mut Diags) -> Option<Sp<bool>> {
+        match self.untyped().map(str::to_ascii_lowercase).as_deref() {
+            Some("true") => return Some(Sp::new(true, self.at)),
+            Some("false") => return Some(Sp::new(false, self.at)),
+            _ => {}
+        }
         match self.item.v {
             V::Bool(b) => Some(Sp::new(b, self.at)),
             _ => {
@@ -254,6 +272,9 @@ impl<'a> Node<'a> {
     }
 
     pub fn int(&self, d: &mut Diags) -> Option<Sp<i64>> {
+        if let Some(i) = self.untyped().and_then(|s| s.trim().parse().ok()) {
+            return Some(Sp::new(i, self.at));
+        }
         match self.item.v {
             V::Int(i) => Some(Sp::new(i, self.at)),
             _ => {
@@ -265,6 +286,9 @@ impl<'a> Node<'a> {
 
     /// A string or an integer (durations, sizes and counts accept both).
     pub fn str_or_int(&self, d: &mut Diags) -> Option<Sp<StrOrInt>> {
+        if let Some(i) = self.untyped().and_then(|s| s.trim().parse().ok()) {
+            return Some(Sp::new(StrOrInt::Int(i), self.at));
+        }
         match &self.item.v {
             V::Str(s) => Some(Sp::new(StrOrInt::Str(s.clone()), self.at)),
             V::Int(i) => Some(Sp::new(StrOrInt::Int(*i), self.at)),
@@ -284,6 +308,7 @@ impl<'a> Node<'a> {
             Style::Toml => Some(tree::raw_offset(self.src.get(range)?, decoded)),
             Style::Plain => Some(decoded),
             Style::Quoted => Some(1 + decoded),
+            Style::Untyped => Some(decoded),
         }
     }
 

@@ -219,6 +219,56 @@ fn entry_point(name: Sp<String>, mut t: Tbl<'_>, d: &mut Diags) -> EntryPointF {
     }
 }
 
+/// `[providers.etcd]` and `[providers.redis]` (Traefik's KV providers).
+fn kv_providers(t: &mut Tbl<'_>, m: &mut FileModel, d: &mut Diags) {
+    for (key, kind, port) in [
+        ("etcd", model::KvKind::Etcd, 2379),
+        ("redis", model::KvKind::Redis, 6379),
+    ] {
+        let Some(mut p) = t.table(key, d) else {
+            continue;
+        };
+        let endpoints: Vec<String> = p
+            .str_list("endpoints", d)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e.v)
+            .collect();
+        let endpoints = if endpoints.is_empty() {
+            vec![format!("127.0.0.1:{port}")]
+        } else {
+            endpoints
+        };
+        let root_key = p
+            .str("rootKey", d)
+            .map_or_else(|| "traefik".to_string(), |s| s.v);
+        let username = p.str("username", d).map(|s| s.v);
+        let password = p.str("password", d).map(|s| s.v);
+        let db = if kind == model::KvKind::Redis {
+            p.int("db", d).map_or(0, |i| i.v)
+        } else {
+            0
+        };
+        p.unsupported(
+            "tls",
+            "TLS to the KV store is not supported yet; reach it on loopback or through a local tunnel",
+            d,
+        );
+        if kind == model::KvKind::Redis {
+            p.unsupported("sentinel", "Redis Sentinel discovery is not supported", d);
+        }
+        p.finish(d);
+        m.kv.push(model::KvProvider {
+            kind,
+            endpoints,
+            root_key,
+            username,
+            password,
+            db,
+        });
+    }
+}
+
 fn providers(mut t: Tbl<'_>, ctx: FileCtx<'_>, m: &mut FileModel, d: &mut Diags) {
     if let Some(mut f) = t.table("file", d) {
         let filename = f
@@ -250,6 +300,7 @@ fn providers(mut t: Tbl<'_>, ctx: FileCtx<'_>, m: &mut FileModel, d: &mut Diags)
         });
         f.finish(d);
     }
+    kv_providers(&mut t, m, d);
     t.ignored(
         "providersThrottleDuration",
         "file changes are applied as they are seen",
@@ -257,8 +308,9 @@ fn providers(mut t: Tbl<'_>, ctx: FileCtx<'_>, m: &mut FileModel, d: &mut Diags)
     );
     // Every other provider is an error naming it; the schema knows `file` only.
     for (name, node) in t.entries() {
-        if name.v.eq_ignore_ascii_case("file")
-            || name.v.eq_ignore_ascii_case("providersThrottleDuration")
+        if ["file", "providersThrottleDuration", "etcd", "redis"]
+            .iter()
+            .any(|k| name.v.eq_ignore_ascii_case(k))
         {
             continue;
         }

@@ -61,6 +61,10 @@ pub enum Style {
     Plain,
     /// YAML quoted scalar: one quote, then the value (escapes ignored).
     Quoted,
+    /// A KV store's value: text with no type of its own, read as whatever
+    /// the schema asks for (`true`, `3`, `10s`), as Traefik's KV decoder
+    /// does.
+    Untyped,
 }
 
 impl V {
@@ -219,6 +223,118 @@ fn escaped_len(hex: Option<&str>) -> usize {
     hex.and_then(|h| u32::from_str_radix(h, 16).ok())
         .and_then(char::from_u32)
         .map_or(1, char::len_utf8)
+}
+
+// ---------------------------------------------------------------- KV
+
+/// A KV store's pairs under a root key as a tree: `tcp/routers/r/rule`
+/// becomes `tcp.routers.r.rule`; a node whose children are all numbered
+/// (`servers/0/address`, `servers/1/address`) is an array in index order.
+/// `listing` is the text the positions refer to (one `key = value` line per
+/// pair, in the given order, as `kv_listing` writes it), so errors point at
+/// the pair's line.
+pub fn from_pairs(pairs: &[(String, String)], listing: &str) -> Table {
+    #[derive(Default)]
+    struct Node {
+        children: Vec<(String, Node)>,
+        value: Option<(String, usize, usize)>,
+        at: usize,
+    }
+    fn child<'n>(n: &'n mut Node, key: &str, at: usize) -> &'n mut Node {
+        let i = match n.children.iter().position(|(k, _)| k == key) {
+            Some(i) => i,
+            None => {
+                n.children.push((
+                    key.to_string(),
+                    Node {
+                        at,
+                        ..Node::default()
+                    },
+                ));
+                n.children.len() - 1
+            }
+        };
+        &mut n.children[i].1
+    }
+    fn convert(n: Node) -> Item {
+        if let Some((v, at, value_at)) = n.value {
+            if n.children.is_empty() {
+                return Item {
+                    v: V::Str(v),
+                    at: value_at,
+                    raw: Some((value_at..value_at, Style::Untyped)),
+                };
+            }
+            let _ = at;
+        }
+        let at = n.at;
+        let numbered = !n.children.is_empty()
+            && n.children
+                .iter()
+                .all(|(k, _)| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()));
+        if numbered {
+            let mut items: Vec<(u64, Item)> = n
+                .children
+                .into_iter()
+                .map(|(k, c)| (k.parse().unwrap_or(u64::MAX), convert(c)))
+                .collect();
+            items.sort_by_key(|(i, _)| *i);
+            return Item {
+                v: V::Array(items.into_iter().map(|(_, i)| i).collect()),
+                at,
+                raw: None,
+            };
+        }
+        Item {
+            v: V::Table(Table {
+                entries: n
+                    .children
+                    .into_iter()
+                    .map(|(k, c)| {
+                        let key_at = c.at;
+                        Entry {
+                            key: k,
+                            key_at,
+                            item: convert(c),
+                        }
+                    })
+                    .collect(),
+            }),
+            at,
+            raw: None,
+        }
+    }
+    let mut root = Node::default();
+    let mut line_at = 0;
+    for (key, value) in pairs {
+        let line_len = key.len() + 3 + value.len() + 1;
+        let value_at = line_at + key.len() + 3;
+        let mut n = &mut root;
+        let mut seg_at = line_at;
+        for seg in key.split('/').filter(|s| !s.is_empty()) {
+            n = child(n, seg, seg_at);
+            seg_at += seg.len() + 1;
+        }
+        n.value = Some((value.clone(), line_at, value_at));
+        line_at += line_len;
+    }
+    debug_assert!(line_at <= listing.len() + 1);
+    match convert(root).v {
+        V::Table(t) => t,
+        _ => Table::default(),
+    }
+}
+
+/// The listing `from_pairs` positions refer to: `key = value` per line.
+pub fn kv_listing(pairs: &[(String, String)]) -> String {
+    let mut s = String::new();
+    for (k, v) in pairs {
+        s.push_str(k);
+        s.push_str(" = ");
+        s.push_str(v);
+        s.push('\n');
+    }
+    s
 }
 
 // ---------------------------------------------------------------- YAML

@@ -501,6 +501,7 @@ pub fn note_skip(why: &str) {
     }
 }
 
+pub mod etcd;
 pub mod hello;
 pub mod openssl;
 pub mod pg;
