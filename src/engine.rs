@@ -124,6 +124,7 @@ pub fn run(path: &Path) -> Result<(), String> {
             .map_err(|e| format!("cannot start watcher: {e}"))?;
     }
     drop(reload_tx);
+    crate::notify::start(&shared, workers);
     for h in handles {
         let _ = h.join();
     }
@@ -199,6 +200,7 @@ fn signal_loop(shared: &Arc<Shared>, reloads: &mpsc::Sender<ReloadMsg>) {
                 // Stop first: a test (or an operator) that sees the log line
                 // must find /ping answering 503 already.
                 shared.stop();
+                crate::notify::stopping(shared);
                 log!(Info, "stopping", signal = sig, grace_ms = grace.as_millis());
             }
             StopAction::Ignore => {
@@ -214,6 +216,7 @@ fn signal_loop(shared: &Arc<Shared>, reloads: &mpsc::Sender<ReloadMsg>) {
                 if first_stop.is_none() {
                     first_stop = Some(now);
                     shared.stop();
+                    crate::notify::stopping(shared);
                 }
                 log!(Warn, "stop now: resetting open connections", signal = sig);
                 // Never `process::exit` here: connections still open would
@@ -350,6 +353,7 @@ fn reload_loop(
             if let Some(why) = pending.take() {
                 next_id += 1;
                 let id = next_id;
+                crate::notify::reloading();
                 let (path, tx, loader) = (path.to_path_buf(), tx.clone(), loader.clone());
                 let spawned = std::thread::Builder::new()
                     .name("sluicegate-load".into())
@@ -374,6 +378,10 @@ fn reload_loop(
                     ),
                 }
             }
+        }
+        // No reload in progress (or one given up): the manager may know.
+        if running.as_ref().is_none_or(|r| r.expired) {
+            crate::notify::reloaded();
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod health;
 pub mod log;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod peek;
 pub mod route;
 pub mod session;
