@@ -20,4 +20,6 @@ rm -rf "$assets"
 # Debian policy: man pages compressed, reproducibly (no name or time stamp).
 gzip -9n "$assets"/man/*.1
 
-cargo deb --no-build --locked | tail -n 1
+# Stripped: the release profile keeps line tables for profiling, which would
+# triple the installed size.
+cargo deb --no-build --locked --strip | tail -n 1

@@ -110,7 +110,7 @@ const MAN_EXTRA: &[(&str, &[(&str, &str)])] = &[
         "FILES",
         &[
             ("/etc/sluicegate/sluicegate.toml", "The configuration the packaged service runs with (Traefik's TCP configuration, TOML). Paths in it are relative to its directory."),
-            ("/lib/systemd/system/sluicegate.service", "The service unit: systemctl start, reload (checks first, then SIGHUP) and stop (drain)."),
+            ("/usr/lib/systemd/system/sluicegate.service", "The service unit: systemctl start, reload (checks first, then SIGHUP) and stop (drain)."),
         ],
     ),
 ];
