@@ -4,11 +4,16 @@
 # pages and completions; then, unpacked into a scratch directory, that the
 # binary runs and accepts the shipped config, that the man page renders and
 # that the unpacked unit passes `systemd-analyze verify`.
+# With --install (root, a throwaway machine such as CI): `dpkg -i` for real,
+# then the account, the config's directory permissions, `sluicegate check`
+# as the service user, a reinstall (the upgrade path), and `dpkg --purge`.
 # A release build with fat LTO takes minutes, hence a script of its own for
 # CI (.ci/run) rather than a test in the suite. Needs dpkg-deb, man and
 # systemd-analyze (Debian packages dpkg, man-db, systemd).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+install=no
+[ "${1:-}" = "--install" ] && install=yes
 
 deb="$(scripts/package.sh | tail -n 1)"
 [ -f "$deb" ] || { echo "package.sh did not name a .deb (got: $deb)"; exit 1; }
@@ -54,4 +59,18 @@ sed "s#/usr/bin/sluicegate#$root/usr/bin/sluicegate#g" \
   "$root/usr/lib/systemd/system/sluicegate.service" >"$unit_dir/sluicegate.service"
 systemd-analyze verify --man=no "$unit_dir/sluicegate.service" \
   || fail "systemd-analyze verify on the unpacked unit"
+
+if [ "$install" = yes ]; then
+  dpkg -i "$deb" >/dev/null
+  getent passwd sluicegate >/dev/null || fail "dpkg -i created no sluicegate user"
+  [ "$(stat -c %U:%G:%a /etc/sluicegate)" = "root:sluicegate:750" ] \
+    || fail "/etc/sluicegate is $(stat -c %U:%G:%a /etc/sluicegate), want root:sluicegate:750"
+  su -s /bin/sh sluicegate -c 'sluicegate check -c /etc/sluicegate/sluicegate.toml' >/dev/null \
+    || fail "the service user cannot check the installed config"
+  [ "$(man -w sluicegate)" = /usr/share/man/man1/sluicegate.1.gz ] || fail "man -w sluicegate"
+  dpkg -i "$deb" >/dev/null || fail "reinstall (upgrade path)"
+  dpkg --purge sluicegate >/dev/null
+  [ ! -e /usr/bin/sluicegate ] && [ ! -e /etc/sluicegate ] || fail "purge left files"
+  echo "installed, reinstalled and purged"
+fi
 echo "package check ok: $(wc -l <<<"$listing") entries"
