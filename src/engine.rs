@@ -189,6 +189,7 @@ fn signal_loop(shared: &Arc<Shared>, reloads: &mpsc::Sender<ReloadMsg>) {
             }
             StopAction::Drain => {
                 first_stop = Some(now);
+                crate::notify::stopping(shared);
                 let grace = shared
                     .current()
                     .config
@@ -200,7 +201,6 @@ fn signal_loop(shared: &Arc<Shared>, reloads: &mpsc::Sender<ReloadMsg>) {
                 // Stop first: a test (or an operator) that sees the log line
                 // must find /ping answering 503 already.
                 shared.stop();
-                crate::notify::stopping(shared);
                 log!(Info, "stopping", signal = sig, grace_ms = grace.as_millis());
             }
             StopAction::Ignore => {
