@@ -70,7 +70,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Bind the admin listener (before start-up completes, so an address in use
 /// stops start-up) and log it like the TCP entrypoints.
 pub fn bind(admin: &Admin) -> io::Result<TcpListener> {
-    let l = TcpListener::bind(admin.address).map_err(|e| {
+    let l = listen(admin).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!(
@@ -97,6 +97,20 @@ pub fn bind(admin: &Admin) -> io::Result<TcpListener> {
         serves = serves.join(",")
     );
     Ok(l)
+}
+
+/// Listen on the admin address; with `reusePort`, in an SO_REUSEPORT group
+/// that another process (a handover's successor) may join. It stays open
+/// until the process exits, so `/ping` answers 503 for the whole drain.
+fn listen(admin: &Admin) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let addr = admin.address;
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(admin.reuse_port)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    Ok(sock.into())
 }
 
 /// Serve admin requests on `listener`: an accept thread, and a thread per

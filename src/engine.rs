@@ -55,6 +55,9 @@ pub fn run(path: &Path) -> Result<(), String> {
     let rt = cfg.runtime.clone();
     let watch = cfg.watch.clone();
     let shared = Shared::new(snapshot);
+    shared
+        .register_listeners(&listeners)
+        .map_err(|e| format!("cannot keep a handle on the listeners: {e}"))?;
     health::restart(&shared);
     if let Some(l) = admin_listener {
         admin::spawn(l, shared.clone()).map_err(|e| format!("cannot start admin thread: {e}"))?;
@@ -200,8 +203,15 @@ fn signal_loop(shared: &Arc<Shared>, reloads: &mpsc::Sender<ReloadMsg>) {
                     .unwrap_or_default();
                 // Stop first: a test (or an operator) that sees the log line
                 // must find /ping answering 503 already.
-                shared.stop();
-                log!(Info, "stopping", signal = sig, grace_ms = grace.as_millis());
+                let at = shared.stop();
+                let accept_ms = close_after_accept_grace(shared, at);
+                log!(
+                    Info,
+                    "stopping",
+                    signal = sig,
+                    accept_grace_ms = accept_ms,
+                    grace_ms = grace.as_millis()
+                );
             }
             StopAction::Ignore => {
                 let since = first_stop.map_or(0, |t| now.duration_since(t).as_millis());
@@ -226,6 +236,50 @@ fn signal_loop(shared: &Arc<Shared>, reloads: &mpsc::Sender<ReloadMsg>) {
             }
         }
     }
+}
+
+/// Entrypoints with a `requestAcceptGraceTimeout` keep accepting that long
+/// after the stop at `at` (Traefik's: a load balancer that has seen /ping
+/// turn 503 stops sending, connections already on their way are still
+/// served); a timer thread then closes each one, so the signal thread stays
+/// free for SIGQUIT. Returns the longest accept grace, in milliseconds.
+fn close_after_accept_grace(shared: &Arc<Shared>, at: Instant) -> u128 {
+    let mut pending: Vec<(Duration, usize)> = shared
+        .current()
+        .config
+        .entrypoints
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| !e.accept_grace.is_zero())
+        .map(|(i, e)| (e.accept_grace, i))
+        .collect();
+    pending.sort();
+    let Some(&(longest, _)) = pending.last() else {
+        return 0;
+    };
+    let timer = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name("sluicegate-stop".into())
+        .spawn(move || {
+            for (after, ep) in pending {
+                if let Some(left) = (at + after).checked_duration_since(Instant::now()) {
+                    std::thread::sleep(left);
+                }
+                timer.close_entrypoint(ep);
+            }
+        });
+    if let Err(e) = spawned {
+        // Never keep accepting for ever: close now instead.
+        log!(
+            Error,
+            "cannot start the stop timer: accepting ends now",
+            error = e
+        );
+        for ep in 0..shared.current().config.entrypoints.len() {
+            shared.close_entrypoint(ep);
+        }
+    }
+    longest.as_millis()
 }
 
 /// Messages to the reload thread.
@@ -422,20 +476,20 @@ fn apply(shared: &Shared, loaded: Loaded, why: &str) {
 
 /// Listeners are bound once at start; a reload may change everything else.
 fn same_listeners(old: &Config, new: &Config) -> Result<(), String> {
-    let admin_addr = |c: &Config| c.admin.as_ref().map(|a| a.address);
+    let admin_addr = |c: &Config| c.admin.as_ref().map(|a| (a.address, a.reuse_port));
     if admin_addr(old) != admin_addr(new) {
         return Err("the admin entrypoint was added, removed or moved; restart to apply".into());
     }
-    let key = |c: &Config| -> Vec<(String, std::net::SocketAddr, bool)> {
+    let key = |c: &Config| -> Vec<(String, std::net::SocketAddr, bool, bool)> {
         c.entrypoints
             .iter()
-            .map(|e| (e.name.clone(), e.address, e.v6only))
+            .map(|e| (e.name.clone(), e.address, e.v6only, e.reuse_port))
             .collect()
     };
     if key(old) == key(new) {
         Ok(())
     } else {
-        Err("entrypoints changed (names or addresses); restart to apply".into())
+        Err("entrypoints changed (names, addresses or reusePort); restart to apply".into())
     }
 }
 

@@ -73,7 +73,7 @@ fn main() -> ExitCode {
                 }
             }
             Err(errs) => {
-                eprint!("{errs}");
+                eprintln!("{errs}");
                 ExitCode::FAILURE
             }
         },

@@ -61,8 +61,16 @@ pub struct EntryPoint {
     pub v6only: bool,
     /// `transport.respondingTimeouts.readTimeout`: accept → routing deadline.
     pub read_timeout: Duration,
-    /// `transport.lifeCycle.graceTimeOut`: drain time on SIGTERM.
+    /// `transport.lifeCycle.graceTimeOut`: drain time on SIGTERM, counted
+    /// from the end of `accept_grace` (Traefik's order).
     pub grace_timeout: Duration,
+    /// `transport.lifeCycle.requestAcceptGraceTimeout`: how long the
+    /// entrypoint keeps accepting after SIGTERM (default 0, Traefik's).
+    pub accept_grace: Duration,
+    /// `reusePort`: other processes may listen on the same address
+    /// (SO_REUSEPORT across processes). Default false: a second process
+    /// binding the address fails with "address in use".
+    pub reuse_port: bool,
     /// `proxyProtocol`: accept PROXY v1/v2 headers from these sources only.
     pub proxy_protocol: Option<ProxyProtocolIn>,
 }
@@ -319,4 +327,7 @@ pub struct Admin {
     pub metrics: bool,
     pub ping: bool,
     pub api: bool,
+    /// The admin entrypoint's `reusePort` (so a second process started for
+    /// a zero-downtime handover can serve `/ping` on the same address).
+    pub reuse_port: bool,
 }

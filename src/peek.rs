@@ -1,8 +1,9 @@
 //! Reading what a connection sends before it can be routed: a PROXY protocol
-//! header (trusted sources only), a PostgreSQL SSLRequest / GSSENCRequest, and
-//! the TLS ClientHello. All under one absolute deadline from accept
-//! (`readTimeout`), never reset per byte, so a slow client costs one idle task
-//! and never blocks the accept loop or other connections.
+//! header (on entrypoints with a `proxyProtocol` table), a PostgreSQL
+//! SSLRequest / GSSENCRequest, and the TLS ClientHello. All under one
+//! absolute deadline from accept (`readTimeout`), never reset per byte, so a
+//! slow client costs one idle task and never blocks the accept loop or other
+//! connections.
 //!
 //! The decisions are the pure codecs' (`wire::*`); this module only reads and
 //! answers. Every byte that belongs to the client's stream (the hello and
@@ -10,7 +11,6 @@
 //! exactly.
 
 use std::io;
-use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
@@ -20,7 +20,7 @@ use crate::forward::write_all;
 use crate::sys;
 use crate::wire::client_hello::{self, ClientHello, NotTls, Peek};
 use crate::wire::postgres::{self, PgFirst};
-use crate::wire::proxy_protocol::{self, Addresses, Decoded};
+use crate::wire::proxy_protocol::{self, Decoded, Header};
 
 /// First allocation for pre-routing bytes: a typical ClientHello (≈ 500 B, up
 /// to ≈ 1.8 KiB with a post-quantum key share) fits; larger ones grow it.
@@ -35,10 +35,8 @@ pub enum PeekError {
     ClientClosed,
     /// The ClientHello announced more bytes than the cap.
     HelloTooLarge,
-    /// A PROXY header from a trusted source was malformed.
+    /// A connection started with a PROXY signature but not a valid header.
     ProxyInvalid,
-    /// A PROXY header arrived from a source that is not trusted.
-    ProxyUntrusted,
     /// Bytes were sent after a PostgreSQL request before its reply.
     PgInjection,
 }
@@ -50,7 +48,6 @@ impl PeekError {
             PeekError::ClientClosed => "client_closed",
             PeekError::HelloTooLarge => "hello_too_large",
             PeekError::ProxyInvalid => "proxy_protocol_invalid",
-            PeekError::ProxyUntrusted => "proxy_protocol_untrusted",
             PeekError::PgInjection => "pg_bytes_after_request",
         }
     }
@@ -95,12 +92,21 @@ impl<'a> Reader<'a> {
     /// about what it sent, not the cap (RELIABILITY.md: buffers grow from
     /// small). Reserving `min_len` at once pinned 16 KiB per 9-byte client.
     async fn fill(&mut self, min_len: usize) -> Result<(), PeekError> {
+        self.fill_by(min_len, self.deadline).await
+    }
+
+    /// `fill` under `deadline` instead of the reader's own.
+    async fn fill_by(
+        &mut self,
+        min_len: usize,
+        deadline: Option<Instant>,
+    ) -> Result<(), PeekError> {
         let fd = self.client.as_raw_fd();
         while self.buf.len() < min_len {
             let len = self.buf.len();
             if len == self.buf.capacity() {
                 if len > 0 {
-                    self.wait_readable().await?;
+                    self.wait_readable(deadline).await?;
                 }
                 let target = if len < INITIAL_BUF {
                     INITIAL_BUF
@@ -120,7 +126,7 @@ impl<'a> Reader<'a> {
                 Ok(n) => self.buf.truncate(len + n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.buf.truncate(len);
-                    self.wait_readable().await?;
+                    self.wait_readable(deadline).await?;
                 }
                 Err(_) => {
                     self.buf.truncate(len);
@@ -131,9 +137,9 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    async fn wait_readable(&self) -> Result<(), PeekError> {
+    async fn wait_readable(&self, deadline: Option<Instant>) -> Result<(), PeekError> {
         // Only a readiness poll is in flight, so a timeout loses no bytes.
-        let ready = match self.deadline {
+        let ready = match deadline {
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
                 match monoio::time::timeout(left, self.client.readable(false)).await {
@@ -146,48 +152,69 @@ impl<'a> Reader<'a> {
         ready.map_err(|_| PeekError::ClientClosed)
     }
 
-    /// Read a PROXY protocol header (the source was checked as trusted).
-    /// Returns the client address it carries and the address that client
-    /// connected to, or `None` for LOCAL/UNKNOWN. Both are passed on in our
-    /// own PROXY header to the backend, as Traefik (go-proxyproto's
-    /// `LocalAddr`) and HAProxy do: the backend learns the original
-    /// destination, not the address of the hop in between.
-    pub async fn proxy_header(&mut self) -> Result<Option<(SocketAddr, SocketAddr)>, PeekError> {
+    /// Look for a PROXY protocol header at the start of the stream and take
+    /// it out of the buffer, on an entrypoint with a `proxyProtocol` table
+    /// (Traefik's go-proxyproto listener). Whether its addresses count is the
+    /// caller's decision (the source's trust), not this one's: every source
+    /// may send a header, and every header is stripped, so none ever reaches
+    /// a backend as data.
+    ///
+    /// The stream is direct (no header) as soon as its first bytes cannot
+    /// start a signature (`PROXY ` or the v2 signature): one byte is enough
+    /// for a TLS, PostgreSQL or other binary client, two for `PING`. A client
+    /// that sends nothing (a server-speaks-first protocol) is direct once
+    /// `undecided_by` passes with the signature still undecided, and its
+    /// bytes so far are data; `None` waits under the reader's deadline (a
+    /// router that peeks waits for the client's bytes anyway). Once a full
+    /// signature has arrived the header must complete and be valid under the
+    /// reader's deadline, or the connection is closed (`ProxyInvalid`,
+    /// `Timeout`), as go-proxyproto fails the connection on a malformed header.
+    pub async fn proxy_header(
+        &mut self,
+        undecided_by: Option<Instant>,
+    ) -> Result<Option<Header>, PeekError> {
+        let wait = match (undecided_by, self.deadline) {
+            (Some(u), Some(d)) => Some(u.min(d)),
+            (u, d) => u.or(d),
+        };
+        loop {
+            match proxy_prefix(&self.buf) {
+                Some(false) => return Ok(None),
+                Some(true) => break,
+                None => {
+                    let n = self.buf.len() + 1;
+                    match self.fill_by(n, wait).await {
+                        Ok(()) => {}
+                        Err(PeekError::Timeout) if undecided_by.is_some() => return Ok(None),
+                        // A client that closes before deciding sent data (or
+                        // nothing), not a header; the close is seen again
+                        // when its bytes are forwarded.
+                        Err(PeekError::ClientClosed) if undecided_by.is_some() => return Ok(None),
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
         loop {
             match proxy_protocol::decode(&self.buf) {
                 Decoded::NeedMore { min_len } => self.fill(min_len).await?,
                 Decoded::Invalid(_) => return Err(PeekError::ProxyInvalid),
                 Decoded::Header(h) => {
                     self.buf.drain(..h.consumed_len);
-                    return Ok(match h.addresses {
-                        Addresses::Proxied { src, dst } => Some((src, dst)),
-                        Addresses::Local | Addresses::Unknown => None,
-                    });
+                    return Ok(Some(h));
                 }
             }
         }
     }
 
     /// Peek the ClientHello, answering PostgreSQL's SSLRequest (`S`) and
-    /// GSSENCRequest (`N`) on the way. `untrusted_proxy`: close a connection
-    /// that starts with a PROXY header (its source is not trusted).
-    pub async fn hello(mut self, cap: usize, untrusted_proxy: bool) -> Result<Peeked, PeekError> {
+    /// GSSENCRequest (`N`) on the way.
+    pub async fn hello(mut self, cap: usize) -> Result<Peeked, PeekError> {
         let mut pg_ssl = false;
         if self.buf.is_empty() {
             self.fill(1).await?;
         }
         loop {
-            if untrusted_proxy {
-                match proxy_prefix(&self.buf) {
-                    Some(true) => return Err(PeekError::ProxyUntrusted),
-                    Some(false) => {}
-                    None => {
-                        let n = self.buf.len() + 1;
-                        self.fill(n).await?;
-                        continue;
-                    }
-                }
-            }
             if !pg_ssl {
                 match postgres::classify(&self.buf) {
                     PgFirst::NeedMore => {

@@ -32,6 +32,25 @@ use crate::wire::{client_hello, postgres, proxy_protocol};
 use crate::worker::{Shared, WorkerSnap};
 use crate::{log, sys, tls};
 
+/// How long a connection on a `proxyProtocol` entrypoint whose routers dial
+/// at once may leave undecided whether it starts with a PROXY header before
+/// it is taken as direct (its bytes so far are then data).
+///
+/// A sender of PROXY headers (HAProxy, a cloud load balancer) writes the
+/// header at connect, in its first segment: it arrives within a round trip,
+/// or a retransmission (200 ms minimum RTO on Linux) after that. A client
+/// that sends nothing is a server-speaks-first protocol waiting for its
+/// greeting, and gets it this much later. Traefik waits the whole
+/// `readTimeout` here (go-proxyproto's ReadHeaderTimeout: 60 s by default,
+/// for ever with 0), which makes such protocols unusable behind a
+/// `proxyProtocol` entrypoint. One second covers a lost first segment on
+/// any path and delays a greeting well within any client's connect timeout;
+/// the price is that a header arriving later than that (a sender stalled for
+/// a second between connect and its first write) is forwarded as data, as
+/// go-proxyproto does after its timeout. Bounded by `readTimeout` when that
+/// is shorter.
+const PROXY_UNDECIDED_WAIT: Duration = Duration::from_secs(1);
+
 /// How a connection ended before forwarding started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Early {
@@ -217,9 +236,10 @@ async fn run<'a>(
 ) -> Result<(forward::Report, Outcome), Early> {
     let cfg = &ws.snap.config;
     // Nothing to set on the client socket: `sys::accept4` made it
-    // non-blocking (SOCK_NONBLOCK) and it inherits TCP_NODELAY from the
-    // listener (`worker::bind_one`); sys.rs tests that the kernel does so.
-    // Setting either again cost two system calls per connection.
+    // non-blocking (SOCK_NONBLOCK) and it inherits TCP_NODELAY and the
+    // client keep-alive from the listener (`worker::bind_one`); sys.rs tests
+    // that the kernel does so. Setting them again cost system calls per
+    // connection.
     // A `[::]` listener reports IPv4 clients as ::ffff:a.b.c.d; rules and
     // allow lists always see the canonical form.
     let client_ip = peer.ip().to_canonical();
@@ -231,20 +251,33 @@ async fn run<'a>(
     let deadline = (!ep_cfg.read_timeout.is_zero()).then(|| acc.start + ep_cfg.read_timeout);
     let mut reader = Reader::new(client, deadline);
 
-    // PROXY protocol from trusted sources only; never guessed.
+    // PROXY protocol, with Traefik's meaning (go-proxyproto's listener,
+    // policy USE for trustedIPs or `insecure`, IGNORE for other sources): on
+    // an entrypoint with a `proxyProtocol` table a header is read and
+    // stripped from every source; its addresses count only when the source
+    // is trusted, and a trusted source may also send none (a direct client).
+    // Without the table nothing is parsed: the bytes are the client's data.
     let mut client_addr = SocketAddr::new(client_ip, peer.port());
     // The address the client connected to, when a trusted PROXY header says.
     let mut proxied_dst = None;
-    let mut untrusted_proxy = false;
     if let Some(pp) = &ep_cfg.proxy_protocol {
-        if pp.insecure || pp.trusted_ips.iter().any(|n| n.contains(&client_ip)) {
-            if let Some((src, dst)) = Box::pin(reader.proxy_header()).await.map_err(Early::Peek)? {
+        // A router that peeks waits for the client's first bytes anyway. One
+        // that dials at once must still see whether they start a header, but
+        // a server-speaks-first client (MySQL, SMTP, a redis banner) sends
+        // nothing until it has the greeting: after `PROXY_UNDECIDED_WAIT`
+        // without a byte that settles it, the connection is direct.
+        let undecided_by = (!entry.needs_peek()).then(|| acc.start + PROXY_UNDECIDED_WAIT);
+        let header = Box::pin(reader.proxy_header(undecided_by))
+            .await
+            .map_err(Early::Peek)?;
+        let trusted = pp.insecure || pp.trusted_ips.iter().any(|n| n.contains(&client_ip));
+        if let Some(h) = header.filter(|_| trusted) {
+            // LOCAL / UNKNOWN: the sender's own connection, taken as direct.
+            if let proxy_protocol::Addresses::Proxied { src, dst } = h.addresses {
                 client_addr = SocketAddr::new(src.ip().to_canonical(), src.port());
                 acc.client = client_addr;
                 proxied_dst = Some(dst);
             }
-        } else {
-            untrusted_proxy = true;
         }
     }
     let client_ip = client_addr.ip();
@@ -254,7 +287,7 @@ async fn run<'a>(
     let peeked = if entry.needs_peek() {
         // Boxed, like every phase before forwarding: its memory is freed
         // when it ends instead of staying in the connection's future.
-        Box::pin(reader.hello(client_hello::DEFAULT_CAP, untrusted_proxy))
+        Box::pin(reader.hello(client_hello::DEFAULT_CAP))
             .await
             .map_err(Early::Peek)?
     } else {

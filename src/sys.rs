@@ -100,6 +100,34 @@ pub fn accept4(listener: RawFd) -> io::Result<(std::net::TcpStream, std::net::So
     Ok((stream, peer))
 }
 
+/// TCP keep-alive on accepted client sockets, with Traefik's effective
+/// values. Traefik wraps every entrypoint listener in `tcpKeepAliveListener`
+/// (`pkg/server/server_entrypoint_tcp.go`): `SetKeepAlive(true)` and
+/// `SetKeepAlivePeriod(3 * time.Minute)` per accepted connection. Since Go
+/// 1.23 (Traefik builds with 1.26) `SetKeepAlivePeriod` sets only the idle
+/// time (`TCP_KEEPIDLE`); the interval and the count stay as Go's accept set
+/// them with its `KeepAliveConfig` defaults: 15 s between probes
+/// (`TCP_KEEPINTVL`) and 9 probes (`TCP_KEEPCNT`). A peer that vanished
+/// without FIN or RST is dropped after 180 + 9 × 15 = 315 s of silence.
+pub const CLIENT_KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(180);
+/// See `CLIENT_KEEPALIVE_IDLE`.
+pub const CLIENT_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+/// See `CLIENT_KEEPALIVE_IDLE`.
+pub const CLIENT_KEEPALIVE_COUNT: u32 = 9;
+
+/// Enable client keep-alive (`CLIENT_KEEPALIVE_*`) on a listening socket.
+/// Linux copies SO_KEEPALIVE and the three TCP_KEEP* values into every
+/// socket accepted from it (the child is a clone of the listener), so no
+/// accepted socket needs a system call of its own; the unit test below
+/// checks that the kernel does so.
+pub fn set_client_keepalive(listener: &socket2::Socket) -> io::Result<()> {
+    let params = socket2::TcpKeepalive::new()
+        .with_time(CLIENT_KEEPALIVE_IDLE)
+        .with_interval(CLIENT_KEEPALIVE_INTERVAL)
+        .with_retries(CLIENT_KEEPALIVE_COUNT);
+    listener.set_tcp_keepalive(&params)
+}
+
 /// Non-blocking receive into `buf`. `Ok(0)` is EOF.
 pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     loop {
@@ -423,6 +451,44 @@ mod tests {
             assert!(is_nonblocking(accepted.as_raw_fd()).unwrap());
             assert_eq!(accepted.nodelay().unwrap(), nodelay, "inherited");
         }
+    }
+
+    /// Client keep-alive is set once on the listener and inherited by every
+    /// accepted socket, values included (the accept path relies on it).
+    #[test]
+    fn accepted_sockets_inherit_client_keepalive() {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let l = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        set_client_keepalive(&l).unwrap();
+        l.bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+        l.listen(8).unwrap();
+        let addr = l.local_addr().unwrap().as_socket().unwrap();
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        let (accepted, _) = accept4(l.as_raw_fd()).unwrap();
+        let a = Socket::from(accepted);
+        assert!(a.keepalive().unwrap(), "SO_KEEPALIVE inherited");
+        assert_eq!(a.keepalive_time().unwrap(), CLIENT_KEEPALIVE_IDLE);
+        assert_eq!(a.keepalive_interval().unwrap(), CLIENT_KEEPALIVE_INTERVAL);
+        assert_eq!(a.keepalive_retries().unwrap(), CLIENT_KEEPALIVE_COUNT);
+        assert_eq!(
+            (
+                CLIENT_KEEPALIVE_IDLE.as_secs(),
+                CLIENT_KEEPALIVE_INTERVAL.as_secs()
+            ),
+            (180, 15),
+            "Traefik's effective values"
+        );
+        // Without it, an accepted socket has no keep-alive at all.
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _c = std::net::TcpStream::connect(plain.local_addr().unwrap()).unwrap();
+        let (s, _) = accept4(plain.as_raw_fd()).unwrap();
+        assert!(!Socket::from(s).keepalive().unwrap());
     }
 
     #[test]

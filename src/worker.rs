@@ -5,10 +5,11 @@
 //! connection keeps the snapshot it was accepted with until it closes.
 //!
 //! Lifecycle of a worker: bind (done by `Engine::bind` on the main thread so
-//! errors stop start-up) → run accept loops → on stop: the control thread
-//! shuts the listeners down (pending accepts fail), the worker waits for its
-//! connections, each up to its own entrypoint's `graceTimeOut` from the stop
-//! (Traefik's meaning), then cuts the ones left (`forward::Cutoff`: a
+//! errors stop start-up) → run accept loops → on stop: the control plane
+//! shuts each entrypoint's listeners down (pending accepts fail) at once, or
+//! after its `requestAcceptGraceTimeout` (it accepts until then), the worker
+//! waits for its connections, each up to its own entrypoint's `graceTimeOut`
+//! after that (Traefik's meaning), then cuts the ones left (`forward::Cutoff`: a
 //! reset, never a clean end, for what was still moving) and returns once they
 //! are closed (at most `CUT_SETTLE` after the last cut). `Shared::cut_now`
 //! ends the drain at once the same way.
@@ -17,7 +18,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -82,9 +83,17 @@ pub struct Shared {
     snapshot: Mutex<Arc<Snapshot>>,
     generation: AtomicU64,
     stopping: AtomicBool,
+    /// When the stop was asked (drain deadlines count from it).
+    stopped_at: Mutex<Option<Instant>>,
     /// `cut_now`: end the drain at once.
     cut_all: AtomicBool,
-    listener_fds: Mutex<Vec<RawFd>>,
+    /// Per entrypoint: its listeners are shut down (accepting is over).
+    closed: Vec<AtomicBool>,
+    /// A second handle on every worker's listening socket, by entrypoint, to
+    /// shut them down from the control plane. Owned here (not raw numbers),
+    /// so a descriptor shut down is always the listener: never a number the
+    /// worker closed and the kernel gave to a new connection.
+    listeners: Mutex<Vec<(usize, std::net::TcpListener)>>,
     /// `inFlightConn`: open connections per (middleware, client IP). Only
     /// touched by routers that use the middleware.
     pub in_flight: Mutex<HashMap<(usize, IpAddr), u32>>,
@@ -96,12 +105,15 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(snap: Snapshot) -> Arc<Shared> {
+        let entrypoints = snap.config.entrypoints.len();
         Arc::new(Shared {
             snapshot: Mutex::new(Arc::new(snap)),
             generation: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            stopped_at: Mutex::new(None),
             cut_all: AtomicBool::new(false),
-            listener_fds: Mutex::new(Vec::new()),
+            closed: (0..entrypoints).map(|_| AtomicBool::new(false)).collect(),
+            listeners: Mutex::new(Vec::new()),
             in_flight: Mutex::new(HashMap::new()),
             metrics: crate::metrics::Registry::default(),
             health_checks: Mutex::new(None),
@@ -121,19 +133,77 @@ impl Shared {
         self.generation.fetch_add(1, Ordering::Release);
     }
 
-    /// Stop accepting everywhere: shutting a listening socket down makes its
-    /// pending accept fail at once (io_uring and epoll alike), and new
-    /// connection attempts are refused.
-    pub fn stop(&self) {
-        self.stopping.store(true, Ordering::Release);
-        for &fd in self
-            .listener_fds
+    /// Keep a handle on every worker's listeners (before the workers start,
+    /// so a stop signal never misses one).
+    pub fn register_listeners(&self, all: &[Listeners]) -> io::Result<()> {
+        let mut held = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        for (ep, l) in all.iter().flatten() {
+            held.push((*ep, l.try_clone()?));
+        }
+        Ok(())
+    }
+
+    /// The stop (first SIGTERM/SIGINT): from now on `/ping` answers 503 and
+    /// reloads are refused. Entrypoints without `requestAcceptGraceTimeout`
+    /// stop accepting at once; the others keep accepting for that long (the
+    /// caller closes them with `close_entrypoint` when it is over). Returns
+    /// the stop instant.
+    pub fn stop(&self) -> Instant {
+        let now = Instant::now();
+        let at = *self
+            .stopped_at
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let _ = crate::sys::shutdown(fd, std::net::Shutdown::Both);
+            .get_or_insert(now);
+        self.stopping.store(true, Ordering::Release);
+        let snap = self.current();
+        for (ep, e) in snap.config.entrypoints.iter().enumerate() {
+            if e.accept_grace.is_zero() {
+                self.close_entrypoint(ep);
+            }
         }
+        at
+    }
+
+    /// Stop accepting on entrypoint `ep` in every worker: shutting a
+    /// listening socket down makes its pending accept fail at once (io_uring
+    /// and epoll alike), takes it out of its SO_REUSEPORT group (new
+    /// connections go to the other sockets of the group, in this process or
+    /// another one) and, with `net.ipv4.tcp_migrate_req = 1`, hands the
+    /// connections still waiting in its accept queue to another socket of the
+    /// group; without it (or without another socket), the kernel resets them.
+    /// Idempotent.
+    pub fn close_entrypoint(&self, ep: usize) {
+        let Some(flag) = self.closed.get(ep) else {
+            return;
+        };
+        let held = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        if flag.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        for (_, l) in held.iter().filter(|(e, _)| *e == ep) {
+            let _ = crate::sys::shutdown(l.as_raw_fd(), std::net::Shutdown::Both);
+        }
+        drop(held);
+        let name = self
+            .current()
+            .config
+            .entrypoints
+            .get(ep)
+            .map(|e| e.name.clone())
+            .unwrap_or_default();
+        log!(Info, "stopped accepting", entrypoint = name);
+    }
+
+    /// Whether entrypoint `ep` has stopped accepting.
+    pub fn is_closed(&self, ep: usize) -> bool {
+        self.closed
+            .get(ep)
+            .is_none_or(|c| c.load(Ordering::Acquire))
+    }
+
+    fn stopped_at(&self) -> Option<Instant> {
+        *self.stopped_at.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn stopping(&self) -> bool {
@@ -141,14 +211,17 @@ impl Shared {
     }
 
     /// End the drain at once (a second stop signal, SIGQUIT): stop accepting
-    /// if not yet stopped, then every worker cuts all its live connections
-    /// within `DRAIN_POLL` (a direction still moving is reset, one that had
-    /// finished keeps its bytes) and returns once they are closed (at most
-    /// `CUT_SETTLE` later). Does not wait: the main thread's join of the
-    /// workers does.
+    /// everywhere (also where `requestAcceptGraceTimeout` still runs), then
+    /// every worker cuts all its live connections within `DRAIN_POLL` (a
+    /// direction still moving is reset, one that had finished keeps its
+    /// bytes) and returns once they are closed (at most `CUT_SETTLE` later).
+    /// Does not wait: the main thread's join of the workers does.
     pub fn cut_now(&self) {
         self.cut_all.store(true, Ordering::Release);
         self.stop();
+        for ep in 0..self.closed.len() {
+            self.close_entrypoint(ep);
+        }
     }
 
     fn cut_requested(&self) -> bool {
@@ -172,32 +245,60 @@ impl WorkerSnap {
 /// Listening sockets for one worker: `(entrypoint index, socket)`.
 pub type Listeners = Vec<(usize, std::net::TcpListener)>;
 
-/// Bind one SO_REUSEPORT socket per entrypoint per worker. With port 0 the
+/// Bind one socket per entrypoint per worker, all in one SO_REUSEPORT group
+/// (the kernel spreads new connections over the workers). With port 0 the
 /// first socket picks the port and the others join it, so all workers share
 /// one ephemeral port (tests rely on this).
+///
+/// Whether another process may join the group is `reusePort`:
+///
+/// - `false` (Traefik's default): the first socket is bound and listening
+///   *without* SO_REUSEPORT, so the bind fails with EADDRINUSE if anything
+///   listens on the address, and while it listens so does any other socket's
+///   bind without SO_REUSEPORT. Only then is SO_REUSEPORT set on it (the
+///   kernel checks the option of each bound socket at every later bind, and
+///   makes the first listener of the address the group's first member when
+///   the next one listens), and the other workers' sockets join. There is no
+///   window in which the address is free: a probe socket closed before the
+///   group is bound would leave one, in which a second process could probe
+///   too, and both would then share the port silently. What the kernel
+///   cannot tell apart is our workers and another process of the same user
+///   that sets SO_REUSEPORT itself (a `reusePort = true` sluicegate or
+///   Traefik): such a process can still join once there are two workers or
+///   more. With one worker the socket stays exclusive, as Traefik's.
+/// - `true`: every socket has SO_REUSEPORT from the start, so other processes
+///   of the same user with `reusePort = true` listen on the same address and
+///   the kernel spreads connections over all of them (canary, zero-downtime
+///   handover). A process without it still gets EADDRINUSE.
 pub fn bind_all(cfg: &Config, workers: usize) -> io::Result<Vec<Listeners>> {
     let mut per_worker: Vec<Listeners> = (0..workers).map(|_| Vec::new()).collect();
     for (ei, ep) in cfg.entrypoints.iter().enumerate() {
         let mut addr = ep.address;
         let mut v6only = ep.v6only;
-        // SO_REUSEPORT would let a second sluicegate (or anything else of the
-        // same user) share a port silently: probe once without it, so a port
-        // already in use is an error, as operators expect.
-        if addr.port() != 0 {
-            let probe = match probe_bind(addr, v6only) {
-                // `:port` means both families; on a host without IPv6 use IPv4.
-                Err(e) if addr.ip().is_unspecified() && addr.is_ipv6() && ipv6_missing(&e) => {
-                    addr = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), addr.port());
-                    v6only = false;
-                    probe_bind(addr, v6only)
-                }
-                other => other,
-            };
-            probe.map_err(|e| listen_error(&ep.name, addr, e))?;
+        let first = match bind_one(addr, v6only, ep.reuse_port) {
+            // `:port` means both families; on a host without IPv6 use IPv4.
+            Err(e) if addr.ip().is_unspecified() && addr.is_ipv6() && ipv6_missing(&e) => {
+                addr = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), addr.port());
+                v6only = false;
+                bind_one(addr, v6only, ep.reuse_port)
+            }
+            other => other,
         }
-        for slot in per_worker.iter_mut() {
-            let sock = bind_one(addr, v6only).map_err(|e| listen_error(&ep.name, addr, e))?;
-            addr = sock.local_addr()?;
+        .map_err(|e| listen_error(&ep.name, addr, ep.reuse_port, e))?;
+        addr = first.local_addr()?;
+        if workers > 1 && !ep.reuse_port {
+            // Exclusive until now; let our other workers join.
+            socket2::SockRef::from(&first)
+                .set_reuse_port(true)
+                .map_err(|e| listen_error(&ep.name, addr, false, e))?;
+        }
+        let mut slots = per_worker.iter_mut();
+        if let Some(slot) = slots.next() {
+            slot.push((ei, first));
+        }
+        for slot in slots {
+            let sock =
+                bind_one(addr, v6only, true).map_err(|e| listen_error(&ep.name, addr, true, e))?;
             slot.push((ei, sock));
         }
         log!(
@@ -205,16 +306,58 @@ pub fn bind_all(cfg: &Config, workers: usize) -> io::Result<Vec<Listeners>> {
             "listening",
             entrypoint = ep.name,
             address = addr,
-            workers = workers
+            workers = workers,
+            reuse_port = ep.reuse_port
         );
+    }
+    if cfg.entrypoints.iter().any(|e| e.reuse_port) {
+        warn_without_migration();
     }
     Ok(per_worker)
 }
 
-fn listen_error(ep: &str, addr: SocketAddr, e: io::Error) -> io::Error {
+/// Where Linux (5.14+) says whether a closing listener's accept queue moves
+/// to another socket of its SO_REUSEPORT group (per network namespace).
+const MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+
+/// With `reusePort`, another process takes over the connections this one
+/// stops accepting; but connections already in this process's accept queues
+/// when its listeners close are reset by the kernel unless
+/// `net.ipv4.tcp_migrate_req = 1` (Linux 5.14+) moves them to the other
+/// listeners. No user-space drain closes that gap: new connections keep
+/// being hashed to a socket until it leaves the group, and leaving the group
+/// is the close. The setting belongs to the operator (it is per network
+/// namespace and changes every program's listeners), so it is only checked.
+fn warn_without_migration() {
+    let value = std::fs::read_to_string(MIGRATE_REQ);
+    if value.as_ref().map(|v| v.trim() == "1").ok() != Some(true) {
+        let seen = match &value {
+            Ok(v) => format!("is {}", v.trim()),
+            Err(_) => "is missing (Linux before 5.14)".to_string(),
+        };
+        log!(
+            Warn,
+            &format!(
+                "reusePort: net.ipv4.tcp_migrate_req {seen}: connections waiting in this process's accept queues when it stops accepting are reset instead of passed to the other processes on the port; set net.ipv4.tcp_migrate_req = 1"
+            ),
+            sysctl = "net.ipv4.tcp_migrate_req"
+        );
+    }
+}
+
+fn listen_error(ep: &str, addr: SocketAddr, reuse_port: bool, e: io::Error) -> io::Error {
+    let hint = match (e.raw_os_error() == Some(libc::EADDRINUSE), reuse_port) {
+        (false, _) => "",
+        (true, false) => {
+            " (another process listens there; to share the address between processes, set reusePort = true in each)"
+        }
+        (true, true) => {
+            " (another process listens there without SO_REUSEPORT, or as another user)"
+        }
+    };
     io::Error::new(
         e.kind(),
-        format!("entrypoint {ep}: cannot listen on {addr}: {e}"),
+        format!("entrypoint {ep}: cannot listen on {addr}: {e}{hint}"),
     )
 }
 
@@ -225,26 +368,16 @@ fn ipv6_missing(e: &io::Error) -> bool {
     )
 }
 
-/// Bind (and drop) a socket without SO_REUSEPORT: fails if the port is taken.
-fn probe_bind(addr: SocketAddr, v6only: bool) -> io::Result<()> {
+fn bind_one(addr: SocketAddr, v6only: bool, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        sock.set_only_v6(v6only)?;
-    }
-    sock.bind(&addr.into())?;
-    sock.listen(1)?;
-    Ok(())
-}
-
-fn bind_one(addr: SocketAddr, v6only: bool) -> io::Result<std::net::TcpListener> {
-    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    sock.set_reuse_address(true)?;
-    sock.set_reuse_port(true)?;
+    sock.set_reuse_port(reuse_port)?;
     if addr.is_ipv6() {
         sock.set_only_v6(v6only)?;
     }
     sock.set_nodelay(true)?;
+    // Inherited by every accepted client socket (sys.rs), as TCP_NODELAY is.
+    sys::set_client_keepalive(&sock)?;
     sock.bind(&addr.into())?;
     sock.listen(BACKLOG)?;
     // Non-blocking: the epoll driver calls accept() after a readiness edge and
@@ -414,12 +547,8 @@ async fn worker_main(id: usize, shared: Arc<Shared>, listeners: Listeners) -> io
         seen: Cell::new(shared.generation.load(Ordering::Acquire)),
         snap: RefCell::new(WorkerSnap::new(shared.current())),
     });
+    let mine: Vec<usize> = listeners.iter().map(|(ep, _)| *ep).collect();
     for (ep, std_listener) in listeners {
-        shared
-            .listener_fds
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(std_listener.as_raw_fd());
         let listener = TcpListener::from_std(std_listener)?;
         monoio::spawn(accept_loop(
             id,
@@ -438,15 +567,18 @@ async fn worker_main(id: usize, shared: Arc<Shared>, listeners: Listeners) -> io
             crate::forward::trim_pools();
         }
     }
-    // Drain: each connection finishes on its own up to its entrypoint's
-    // graceTimeOut from now, then is cut.
-    let stopped = Instant::now();
+    // Drain: each entrypoint accepts for its requestAcceptGraceTimeout from
+    // the stop (the control plane closes it then), and each connection
+    // finishes on its own up to its entrypoint's graceTimeOut after that
+    // (Traefik counts graceTimeOut from the end of the accept grace), then
+    // is cut.
+    let stopped = shared.stopped_at().unwrap_or_else(Instant::now);
     let deadlines: Vec<Instant> = shared
         .current()
         .config
         .entrypoints
         .iter()
-        .map(|e| stopped + e.grace_timeout)
+        .map(|e| stopped + e.accept_grace + e.grace_timeout)
         .collect();
     let mut cut_total = 0usize;
     let mut last_cut: Option<Instant> = None;
@@ -457,12 +589,15 @@ async fn worker_main(id: usize, shared: Arc<Shared>, listeners: Listeners) -> io
             last_cut = Some(now);
         }
         cut_total += working;
-        if live_count() == 0 {
+        // Still accepting somewhere (requestAcceptGraceTimeout): more
+        // connections may come, however few are open now.
+        let accepting = mine.iter().any(|&ep| !shared.is_closed(ep));
+        if live_count() == 0 && !accepting {
             break;
         }
         // Everything is cut: the resets take a poll or two; do not wait for
         // ever on a connection that does not end.
-        if !waiting && last_cut.is_some_and(|t| now.duration_since(t) >= CUT_SETTLE) {
+        if !waiting && !accepting && last_cut.is_some_and(|t| now.duration_since(t) >= CUT_SETTLE) {
             break;
         }
         monoio::time::sleep(DRAIN_POLL).await;
@@ -494,13 +629,13 @@ async fn accept_loop(
     let lfd = listener.as_raw_fd();
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut errors: u64 = 0;
-    'outer: loop {
+    loop {
         // Readiness, then drain the backlog with non-blocking accept4 (up to
         // a burst): one wake-up serves many connecting clients, and the
         // sockets come out non-blocking already (HAProxy's way). Only a poll
         // is ever in flight, so stopping cancels nothing that matters.
         let ready = listener.readable(false).await;
-        if shared.stopping() {
+        if shared.is_closed(ep) {
             break;
         }
         let mut failure = ready.err();
@@ -508,12 +643,10 @@ async fn accept_loop(
             for _ in 0..ACCEPT_BURST {
                 match sys::accept4(lfd) {
                     Ok((std_stream, peer)) => {
+                        // Accepted, even in the instant the listener shuts
+                        // down: served (and drained) like any other; closing
+                        // it would end a connection the client saw open.
                         backoff = ACCEPT_BACKOFF_MIN;
-                        if shared.stopping() {
-                            // Accepted in the instant of stopping: refuse it.
-                            drop(std_stream);
-                            break 'outer;
-                        }
                         let stream = match monoio::net::TcpStream::from_std(std_stream) {
                             Ok(s) => s,
                             Err(e) => {
@@ -541,7 +674,7 @@ async fn accept_loop(
             }
         }
         if let Some(e) = failure {
-            if shared.stopping() {
+            if shared.is_closed(ep) {
                 break;
             }
             errors += 1;

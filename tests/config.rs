@@ -492,6 +492,46 @@ graceTimeOut = "1m30s"
     assert_eq!(c.transports[0].dial_timeout, model::DEFAULT_DIAL_TIMEOUT);
 }
 
+/// Traefik reads the deprecated `loadBalancer.terminationDelay` only for a
+/// service that names no serversTransport; a named transport's own value
+/// (here its 100 ms default) wins even when the service sets the old key.
+#[test]
+fn deprecated_termination_delay_yields_to_a_named_transport() {
+    let text = format!(
+        r#"{PG}
+[tcp.serversTransports.t]
+dialTimeout = "5s"
+[tcp.services.named.loadBalancer]
+serversTransport = "t"
+terminationDelay = 250
+servers = [{{ address = "127.0.0.1:5432" }}]
+[tcp.services.bare.loadBalancer]
+terminationDelay = 250
+servers = [{{ address = "127.0.0.1:5432" }}]
+"#
+    );
+    let (_d, r) = load_text("termination-precedence", &text);
+    let c = r.expect("loads");
+    let lb = |name: &str| {
+        let s = c.services.iter().find(|s| s.name == name).expect(name);
+        let ServiceKind::LoadBalancer(lb) = &s.kind else {
+            panic!("{name}: lb")
+        };
+        lb.clone()
+    };
+    let named = lb("named");
+    assert_eq!(named.termination_delay, None, "the named transport decides");
+    assert_eq!(
+        c.transports[named.transport].termination_delay,
+        Some(model::DEFAULT_TERMINATION_DELAY)
+    );
+    assert_eq!(
+        lb("bare").termination_delay,
+        Some(Some(Duration::from_millis(250))),
+        "no transport named: the deprecated key counts"
+    );
+}
+
 #[test]
 fn static_tcp_servers_transport_sets_the_default_transport() {
     let text = format!("[tcpServersTransport]\ndialTimeout = \"2s\"\nterminationDelay = 0\n{PG}");
@@ -736,7 +776,7 @@ fn check_caps_the_files_of_a_directory() {
     assert!(
         r.stderr.contains("main.toml:4:13: `")
             && r.stderr
-                .contains("more than 1000 .toml files under the directory"),
+                .contains("more than 1000 configuration files under the directory"),
         "{}",
         r.stderr
     );
@@ -776,13 +816,13 @@ fn check_refuses_fifos_and_devices_as_config_files() {
     let r = check(&dir.0.join("dynamic.toml"));
     assert!(
         r.stderr
-            .ends_with("dynamic.toml: cannot read: a FIFO, not a regular file"),
+            .ends_with("dynamic.toml: cannot read: a FIFO, not a regular file\n"),
         "{r:?}"
     );
     let r = check(Path::new("/dev/zero"));
     assert_eq!(
         r.stderr,
-        "/dev/zero: cannot read: a character device, not a regular file"
+        "/dev/zero: cannot read: a character device, not a regular file\n"
     );
 }
 
@@ -1067,4 +1107,25 @@ servers = [{ address = "127.0.0.1:5433" }]
         "{summary}"
     );
     assert!(summary.contains("  plain (weighted):\n"), "{summary}");
+}
+
+#[test]
+fn rule_syntax_is_v2_or_v3_and_v2_errors_point_inside_the_rule() {
+    let text = format!(
+        "{PG}[tcp.routers.r]\nrule = \"HostSNI(`*`)\"\nruleSyntax = \"v4\"\nservice = \"pg\"\n[tcp.routers.w]\nruleSyntax = \"v2\"\nrule = \"HostSNI(`*.a.com`)\"\nservice = \"pg\"\n[tcp.routers.w.tls]\n"
+    );
+    let errors = errors_of(load_text("rule-syntax", &text).1);
+    assert!(
+        errors.iter().any(|e| e.contains(
+            "main.toml:8:14: `tcp.routers.r.ruleSyntax` must be \"v3\" or \"v2\", not \"v4\""
+        )),
+        "{errors:?}"
+    );
+    // v2 has no `*.` wildcards; the error points at the argument (col 8 + 1 + 8).
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("main.toml:12:17: invalid rule: invalid value for HostSNI")),
+        "{errors:?}"
+    );
 }

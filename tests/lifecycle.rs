@@ -460,3 +460,64 @@ workers = 2
     );
     assert_eq!(p.wait_exit(Duration::from_secs(15)), Some(0));
 }
+
+/// Seconds left on a keep-alive timer as `ss -o` prints it (`2min59sec`,
+/// `59sec`, `1min`); `None` for another form.
+fn ss_timer_secs(timer: &str) -> Option<u64> {
+    let (min, rest) = match timer.split_once("min") {
+        Some((m, rest)) => (m.parse::<u64>().ok()?, rest),
+        None => (0, timer),
+    };
+    let sec = match rest.split_once("sec") {
+        Some((s, _)) => s.split('.').next()?.parse::<u64>().ok()?,
+        None if rest.is_empty() || rest.ends_with("ms") => 0,
+        None => return None,
+    };
+    Some(min * 60 + sec)
+}
+
+#[test]
+fn accepted_client_sockets_have_traefiks_keepalive_on_both_drivers() {
+    // Traefik's effective client keep-alive: idle 3 min (interval 15 s and
+    // 9 probes are not shown by ss; sys.rs's unit test reads them back).
+    if !require_tool("ss", "iproute2") {
+        return;
+    }
+    let echo = Backend::echo();
+    for driver in ["io_uring", "epoll"] {
+        let cfg = one_service(echo.addr, "").replace(
+            "workers = 2",
+            &format!("workers = 2\ndriver = \"{driver}\""),
+        );
+        let p = Proxy::start(&cfg);
+        let port = p.addr("main").port();
+        let mut s = TcpStream::connect(p.addr("main")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // Accepted and forwarding: the echo came back through the proxy.
+        s.write_all(b"ka").unwrap();
+        let mut b = [0u8; 2];
+        s.read_exact(&mut b).unwrap();
+        let me = s.local_addr().unwrap().to_string();
+        let out = Command::new("ss")
+            .args(["-tnoH", "state", "established"])
+            .arg(format!("( sport = :{port} )"))
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&out.stdout).to_string();
+        // The proxy's side of this client's connection.
+        let line = out
+            .lines()
+            .find(|l| l.split_whitespace().any(|f| f == me))
+            .unwrap_or_else(|| panic!("{driver}: no socket to {me} in:\n{out}"));
+        let timer = line
+            .split("timer:(keepalive,")
+            .nth(1)
+            .and_then(|t| t.split(',').next())
+            .unwrap_or_else(|| panic!("{driver}: no keep-alive timer: {line}"));
+        let left = ss_timer_secs(timer).unwrap_or_else(|| panic!("{driver}: {line}"));
+        assert!(
+            (150..=180).contains(&left),
+            "{driver}: keep-alive fires in {left} s, want 3 min: {line}"
+        );
+    }
+}

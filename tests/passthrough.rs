@@ -690,17 +690,38 @@ fn proxy_protocol_from_trusted_sources_only_in_front_of_a_tls_router() {
     n += 1;
     assert_eq!(outcome(&conn_line(&p, n)), "closed");
 
-    // Closed: an untrusted source sending a valid header; a trusted source
-    // sending malformed headers or none at all.
+    // Served, with the real peer in our header (Traefik's go-proxyproto
+    // policy IGNORE for other sources, USE for trusted ones that may also
+    // send none): an untrusted source's header is stripped and ignored, and
+    // a trusted source without a header is direct.
     let v2 = proxy_protocol::encode_v2(spoofed, vip);
-    let rows: [(&str, &str, &[u8], &str); 5] = [
-        ("127.0.0.3", "untrusted v2", &v2, "proxy_protocol_untrusted"),
+    let served: [(&str, &str, &[u8]); 3] = [
+        ("127.0.0.3", "untrusted v2", &v2),
         (
             "127.0.0.3",
             "untrusted v1",
             b"PROXY TCP4 203.0.113.9 198.51.100.1 51234 5432\r\n",
-            "proxy_protocol_untrusted",
         ),
+        ("127.0.0.2", "trusted without header", b""),
+    ];
+    for (from, what, header) in served {
+        let mut s = connect_from(from, addr);
+        let me = s.local_addr().unwrap();
+        s.write_all(header).unwrap();
+        s.write_all(&hello).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(read_to_end(&mut s).0, b"PP", "{what}");
+        let (src, dst, rest) = backend_view(rec.next());
+        assert_eq!((src, dst), (me, addr), "{what}: the real peer");
+        assert!(rest == hello, "{what}: never the header as data");
+        n += 1;
+        let l = conn_line(&p, n);
+        assert_eq!(field(&l, "client"), Some(me.to_string()), "{what}: {l}");
+        assert_eq!(outcome(&l), "closed", "{what}: {l}");
+    }
+
+    // Closed: a trusted source sending malformed headers.
+    let rows: [(&str, &str, &[u8], &str); 2] = [
         (
             "127.0.0.2",
             "v1 LF without CR",
@@ -711,12 +732,6 @@ fn proxy_protocol_from_trusted_sources_only_in_front_of_a_tls_router() {
             "127.0.0.2",
             "v1 bad protocol",
             b"PROXY TCP5 203.0.113.9 198.51.100.1 51234 5432\r\n",
-            "proxy_protocol_invalid",
-        ),
-        (
-            "127.0.0.2",
-            "trusted without header",
-            &hello[..20],
             "proxy_protocol_invalid",
         ),
     ];
@@ -733,7 +748,7 @@ fn proxy_protocol_from_trusted_sources_only_in_front_of_a_tls_router() {
     }
     assert_eq!(
         rec.accepted(),
-        2,
+        5,
         "no refused connection reached the backend"
     );
 }
@@ -766,10 +781,11 @@ fn proxy_protocol_on_a_catch_all_only_entrypoint_never_trusts_other_sources() {
     assert_eq!(&got[..want_v1.len()], &want_v1[..]);
     assert_eq!(&got[want_v1.len()..], b"payload after the header");
 
-    // Untrusted: with only catch-all routers the proxy dials at once
-    // (server-speaks-first protocols never send first), so it cannot wait
-    // for a header to refuse. The header is then just client data: the
-    // backend's PROXY header carries the real source, never the spoofed one.
+    // Untrusted: the proxy dials only once the first bytes show whether a
+    // header starts the stream (a client that sends nothing is direct after
+    // a bound, session.rs); the header is stripped and ignored, so the
+    // backend's PROXY header carries the real source, never the spoofed one,
+    // and the header never reaches it as data.
     let mut s = connect_from("127.0.0.3", addr);
     let local = s.local_addr().unwrap();
     s.write_all(&header_and_payload).unwrap();
@@ -782,7 +798,7 @@ fn proxy_protocol_on_a_catch_all_only_entrypoint_never_trusts_other_sources() {
                 panic!("{:?}", h.addresses)
             };
             assert_eq!(src, local, "the real client address");
-            assert!(got[h.consumed_len..] == header_and_payload[..]);
+            assert_eq!(&got[h.consumed_len..], b"payload after the header");
         }
         other => panic!("{other:?}"),
     }

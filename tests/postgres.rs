@@ -426,3 +426,56 @@ fn backend_answering_n_to_the_ssl_request_closes_the_client() {
         );
     }
 }
+
+/// A TLS client is only ever offered to TLS routers (as Traefik): with a
+/// plain catch-all on the same entrypoint, psql asking for TLS with a name
+/// no TLS router knows is answered `S` and closed (`no_route`), not handed
+/// as raw TLS bytes to the catch-all's server; a plain psql still reaches
+/// the catch-all, and a known name its TLS router.
+#[test]
+fn an_unknown_name_never_falls_back_to_the_plain_catch_all() {
+    if !pg::available() {
+        return;
+    }
+    let pki = Pki::new();
+    let db = cluster(&pki, "db.prod.test", "prod");
+    let addr = SocketAddr::from(([127, 0, 0, 1], db.port));
+    let cfg = PG_ENTRYPOINT.to_string()
+        + &pg_router("pg-tls", "HostSNI(`db.prod.test`)", addr)
+        + &format!(
+            r#"
+[tcp.routers.pg-plain]
+entryPoints = ["pg"]
+rule = "HostSNI(`*`)"
+service = "pg-plain"
+[tcp.services.pg-plain.loadBalancer]
+  [[tcp.services.pg-plain.loadBalancer.servers]]
+  address = "{addr}"
+"#
+        );
+    let p = Proxy::start(&cfg);
+    let port = p.addr("pg").port();
+
+    let ran = psql(&conninfo("db.nope.test", port, &pki.ca), "select 1");
+    assert!(!ran.ok(), "db.nope.test must not connect: {}", ran.stdout);
+    let l = &p.wait_conns(1)[0];
+    assert_eq!(field(l, "outcome").as_deref(), Some("no_route"), "{l}");
+    assert_eq!(
+        field(l, "router").as_deref(),
+        Some("-"),
+        "routed nowhere: {l}"
+    );
+
+    let ran = psql(&conninfo("db.prod.test", port, &pki.ca), "select 'tls'");
+    assert!(ran.ok(), "known name: {}", ran.stderr);
+    assert_session_forwarded(&p.wait_conns(2)[1], "pg-tls");
+
+    let plain = format!("host=127.0.0.1 port={port} sslmode=disable user=postgres dbname=postgres");
+    let ran = psql(
+        &plain,
+        "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+    );
+    assert!(ran.ok(), "plain client: {}\n{}", ran.stderr, db.log());
+    assert_eq!(ran.stdout.trim(), "f", "a plain session, by the catch-all");
+    assert_session_forwarded(&p.wait_conns(3)[2], "pg-plain");
+}

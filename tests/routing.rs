@@ -534,3 +534,87 @@ fn plain_routers_accept_hostsniregexp_and_alpn_with_traefiks_meaning() {
     let l = &p.wait_conns(1)[0];
     assert_eq!(field(l, "router").as_deref(), Some("empty"), "{l}");
 }
+
+/// Traefik v2 rule syntax, per router (`ruleSyntax = "v2"`) and as the
+/// default (`core.defaultRuleSyntax`): several values per matcher and mux
+/// templates route real ClientHellos; `check` prints the v3 equivalent; a
+/// v3 router next to them keeps v3 meaning.
+#[test]
+fn v2_rules_route_as_traefik_v2_and_check_prints_their_v3_form() {
+    let ab = Backend::greeting(b"A");
+    let tpl = Backend::greeting(b"T");
+    let v3 = Backend::greeting(b"3");
+    let plain = Backend::greeting(b"P");
+    let cfg = format!(
+        "[core]\ndefaultRuleSyntax = \"v2\"\n{MAIN}{}{}{}{}",
+        router(
+            "ab",
+            "HostSNI(`a.example.com`, `b.example.com`)",
+            true,
+            "",
+            ab.addr
+        ),
+        router(
+            "tpl",
+            "HostSNIRegexp(`{tenant:[a-z]+}.db.example.com`)",
+            true,
+            "",
+            tpl.addr
+        ),
+        router(
+            "v3",
+            "HostSNIRegexp(`^v3-[0-9]+\\\\.example\\\\.com$`)",
+            true,
+            "ruleSyntax = \"v3\"",
+            v3.addr
+        ),
+        router(
+            "plain",
+            "ClientIP(`127.0.0.2`, `127.0.0.3`)",
+            false,
+            "",
+            plain.addr
+        ),
+    );
+    let p = Proxy::start(&cfg);
+    let addr = p.addr("main");
+    for (sni, want) in [
+        ("a.example.com", &b"A"[..]),
+        ("b.example.com", b"A"),
+        ("orders.db.example.com", b"T"),
+        ("v3-7.example.com", b"3"),
+    ] {
+        // The greeting, then the hello echoed back.
+        let got = send_fin_read(addr, &rustls_hello(sni, &[]));
+        assert_eq!(got.get(..1), Some(want), "{sni}");
+    }
+    // Not a label of letters: no v2 router, no TLS catch-all: refused.
+    let got = send_fin_read(addr, &rustls_hello("a1.db.example.com", &[]));
+    assert!(!got.starts_with(b"T"), "{got:?}");
+    // v2 ClientIP with two values, for a plain client from either.
+    for from in ["127.0.0.2", "127.0.0.3"] {
+        let mut s = connect_from(from, addr);
+        s.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"P", "{from}");
+    }
+
+    let dir = TempDir::new("v2-check");
+    let path = dir.write("v2.toml", &cfg);
+    let out = std::process::Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    for want in [
+        "ruleSyntax v2; in v3: HostSNI(`a.example.com`) || HostSNI(`b.example.com`)",
+        "ruleSyntax v2; in v3: HostSNIRegexp(`(?i)^([a-z]+)\\.db\\.example\\.com$`)",
+        "ruleSyntax v2; in v3: ClientIP(`127.0.0.2`) || ClientIP(`127.0.0.3`)",
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
+    }
+    assert_eq!(stdout.matches("ruleSyntax v2").count(), 3, "{stdout}");
+}

@@ -169,6 +169,7 @@ fn entry_points(m: &FileModel, resolve: Resolve<'_>, d: &mut Diags) -> EntryPoin
                 metrics: uses(AdminKind::Metrics),
                 ping: uses(AdminKind::Ping),
                 api: uses(AdminKind::Api),
+                reuse_port: ep.reuse_port,
             });
             continue;
         }
@@ -182,6 +183,8 @@ fn entry_points(m: &FileModel, resolve: Resolve<'_>, d: &mut Diags) -> EntryPoin
             v6only: listen.v6only,
             read_timeout: ep.read_timeout,
             grace_timeout: ep.grace_timeout,
+            accept_grace: ep.accept_grace,
+            reuse_port: ep.reuse_port,
             proxy_protocol: ep.proxy_protocol.clone(),
         });
     }

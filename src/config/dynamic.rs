@@ -24,7 +24,8 @@ pub fn read_tcp(mut t: Tbl<'_>, ctx: FileCtx<'_>, m: &mut FileModel, d: &mut Dia
     if let Some(routers) = t.table("routers", d) {
         for (name, node) in routers.entries() {
             if let Some(rt) = node.table(d) {
-                m.routers.push(router(name, rt, d));
+                let syntax = m.default_rule_syntax;
+                m.routers.push(router(name, rt, syntax, d));
             }
         }
     }
@@ -61,9 +62,14 @@ pub fn read_tcp(mut t: Tbl<'_>, ctx: FileCtx<'_>, m: &mut FileModel, d: &mut Dia
     t.finish(d);
 }
 
-fn router(name: Sp<String>, mut t: Tbl<'_>, d: &mut Diags) -> RouterF {
+fn router(name: Sp<String>, mut t: Tbl<'_>, syntax: rule::Syntax, d: &mut Diags) -> RouterF {
     let entry_points = t.str_list("entryPoints", d).unwrap_or_default();
-    let rule = t.get("rule", d).and_then(|n| read_rule(&n, d));
+    let path = format!("{}.ruleSyntax", t.path);
+    let syntax = t
+        .str("ruleSyntax", d)
+        .and_then(|s| rule_syntax(&s, &path, d))
+        .unwrap_or(syntax);
+    let rule = t.get("rule", d).and_then(|n| read_rule(&n, syntax, d));
     if !t.has("rule") {
         d.error(
             name.at,
@@ -72,9 +78,6 @@ fn router(name: Sp<String>, mut t: Tbl<'_>, d: &mut Diags) -> RouterF {
                 name.v
             ),
         );
-    }
-    if let Some(s) = t.str("ruleSyntax", d) {
-        check_rule_syntax(&s, &format!("{}.ruleSyntax", t.path), d);
     }
     let priority = t.int("priority", d);
     let service = t.str("service", d);
@@ -115,29 +118,33 @@ fn router(name: Sp<String>, mut t: Tbl<'_>, d: &mut Diags) -> RouterF {
     }
 }
 
-/// Rules are Traefik v3 syntax only. A v2 rule can parse as v3 and mean
-/// something else (v2 `HostSNIRegexp` patterns such as `{sub:[a-z]+}`), so
-/// asking for v2 is an error, not a warning.
-pub fn check_rule_syntax(s: &Sp<String>, path: &str, d: &mut Diags) {
+/// `ruleSyntax` / `core.defaultRuleSyntax`: `v3` (Traefik's default) or
+/// `v2`; anything else is an error.
+pub fn rule_syntax(s: &Sp<String>, path: &str, d: &mut Diags) -> Option<rule::Syntax> {
     match s.v.as_str() {
-        "v3" => {}
-        "v2" => d.error(
-            s.at,
-            format!("`{path}` = \"v2\" is not supported: write the rule in Traefik v3 syntax"),
-        ),
-        other => d.error(s.at, format!("`{path}` must be \"v3\", not {other:?}")),
+        "v3" => Some(rule::Syntax::V3),
+        "v2" => Some(rule::Syntax::V2),
+        other => {
+            d.error(
+                s.at,
+                format!("`{path}` must be \"v3\" or \"v2\", not {other:?}"),
+            );
+            None
+        }
     }
 }
 
 /// Reads and compiles a rule; a syntax error points inside the string.
-fn read_rule(n: &Node<'_>, d: &mut Diags) -> Option<Sp<(String, Option<rule::Rule>)>> {
+fn read_rule(
+    n: &Node<'_>,
+    syntax: rule::Syntax,
+    d: &mut Diags,
+) -> Option<Sp<(String, Option<rule::Rule>)>> {
     let s = n.str(d)?;
-    match rule::parse(&s.v) {
+    match rule::parse_with(&s.v, syntax) {
         Ok(r) => Some(Sp::new((s.v, Some(r)), s.at)),
         Err(e) => {
-            let inner = n
-                .raw()
-                .map_or(1 + e.offset, |raw| raw_offset(raw, e.offset));
+            let inner = n.offset_in_string(e.offset).unwrap_or(0);
             let at = Pos {
                 file: s.at.file,
                 offset: s.at.offset + inner,
@@ -146,60 +153,6 @@ fn read_rule(n: &Node<'_>, d: &mut Diags) -> Option<Sp<(String, Option<rule::Rul
             Some(Sp::new((s.v, None), s.at))
         }
     }
-}
-
-/// Maps a byte offset in a decoded TOML string to the byte offset in its
-/// source text (quotes included). Escapes are walked for basic strings; for
-/// the rare line-ending backslash of multi-line strings the result is close,
-/// not exact.
-pub fn raw_offset(raw: &str, decoded: usize) -> usize {
-    let (open, basic) = if raw.starts_with("\"\"\"") {
-        (3, true)
-    } else if raw.starts_with("'''") {
-        (3, false)
-    } else if raw.starts_with('"') {
-        (1, true)
-    } else {
-        (1, false)
-    };
-    let mut i = open;
-    // A newline right after a multi-line opening delimiter is not part of the value.
-    if open == 3 {
-        let rest = raw.get(i..).unwrap_or("");
-        if rest.starts_with("\r\n") {
-            i += 2;
-        } else if rest.starts_with('\n') {
-            i += 1;
-        }
-    }
-    let bytes = raw.as_bytes();
-    let mut out = 0;
-    while out < decoded && i < raw.len() {
-        if basic && bytes[i] == b'\\' {
-            let (raw_len, dec_len) = match bytes.get(i + 1) {
-                Some(b'u') => (6, escaped_len(raw.get(i + 2..i + 6))),
-                Some(b'U') => (10, escaped_len(raw.get(i + 2..i + 10))),
-                _ => (2, 1),
-            };
-            i += raw_len;
-            out += dec_len;
-        } else {
-            let len = raw
-                .get(i..)
-                .and_then(|r| r.chars().next())
-                .map_or(1, char::len_utf8);
-            i += len;
-            out += len;
-        }
-    }
-    i.min(raw.len())
-}
-
-/// UTF-8 length of the character a `\u`/`\U` escape stands for.
-fn escaped_len(hex: Option<&str>) -> usize {
-    hex.and_then(|h| u32::from_str_radix(h, 16).ok())
-        .and_then(char::from_u32)
-        .map_or(1, char::len_utf8)
 }
 
 fn service(name: Sp<String>, mut t: Tbl<'_>, d: &mut Diags) -> ServiceF {
@@ -263,9 +216,7 @@ fn load_balancer(mut t: Tbl<'_>, d: &mut Diags) -> LoadBalancerF {
                 pp.path
             ),
         );
-        proxy_protocol = pp
-            .get("version", d)
-            .and_then(|n| values::proxy_version(&n, d));
+        proxy_protocol = proxy_protocol_version(&mut pp, d);
         pp.finish(d);
     }
     let mut termination_delay = None;
@@ -456,6 +407,18 @@ fn source_range(t: &mut Tbl<'_>, d: &mut Diags) -> Option<model::MiddlewareKind>
 
 /// A `[tcp.serversTransports.<name>]` (also Traefik's static
 /// `[tcpServersTransport]`, which shares the keys).
+/// The version of a `proxyProtocol` table, in both places Traefik reads one
+/// (`[tcp.serversTransports.<t>.proxyProtocol]` and the deprecated
+/// `[tcp.services.<s>.loadBalancer.proxyProtocol]`): an empty table means
+/// version 2, as Traefik's `ProxyProtocol.SetDefaults` sets it
+/// (`pkg/config/dynamic/tcp_config.go`). `None` after an error.
+fn proxy_protocol_version(pp: &mut Tbl<'_>, d: &mut Diags) -> Option<u8> {
+    match pp.get("version", d) {
+        Some(n) => values::proxy_version(&n, d),
+        None => Some(2),
+    }
+}
+
 pub fn transport(name: &str, mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> model::Transport {
     let dial_timeout = or_default(
         &mut t,
@@ -486,12 +449,7 @@ pub fn transport(name: &str, mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) ->
     );
     let mut proxy_protocol = None;
     if let Some(mut pp) = t.table("proxyProtocol", d) {
-        proxy_protocol = pp
-            .get("version", d)
-            .and_then(|n| values::proxy_version(&n, d));
-        if !pp.has("version") {
-            d.error(pp.at, format!("[{}] needs `version` (1 or 2)", pp.path));
-        }
+        proxy_protocol = proxy_protocol_version(&mut pp, d);
         pp.finish(d);
     }
     let tls = t.table("tls", d).map(|tt| transport_tls(tt, ctx, d));
@@ -614,19 +572,5 @@ fn peer_san(mut t: Tbl<'_>, d: &mut Diags) -> Option<model::PeerSan> {
             );
             None
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::raw_offset;
-
-    #[test]
-    fn raw_offsets_walk_quotes_and_escapes() {
-        assert_eq!(raw_offset("\"abc\"", 2), 3);
-        assert_eq!(raw_offset("'abc'", 0), 1);
-        assert_eq!(raw_offset("\"a\\\"b\"", 2), 4);
-        assert_eq!(raw_offset("\"\\u00e9x\"", 2), 7);
-        assert_eq!(raw_offset("\"\"\"\nab\"\"\"", 1), 5);
     }
 }

@@ -28,6 +28,8 @@ pub struct FileModel {
     pub runtime: model::Runtime,
     /// `[tcpServersTransport]`: Traefik's defaults for the `default` transport.
     pub default_transport: Option<Sp<model::Transport>>,
+    /// `core.defaultRuleSyntax`: the syntax of rules without `ruleSyntax`.
+    pub default_rule_syntax: super::rule::Syntax,
 
     // Dynamic configuration (any file).
     pub routers: Vec<RouterF>,
@@ -54,6 +56,9 @@ pub struct EntryPointF {
     pub v6only: bool,
     pub read_timeout: Duration,
     pub grace_timeout: Duration,
+    /// `transport.lifeCycle.requestAcceptGraceTimeout`.
+    pub accept_grace: Duration,
+    pub reuse_port: bool,
     pub proxy_protocol: Option<model::ProxyProtocolIn>,
     /// Traefik v3 `asDefault`: routers without entryPoints attach only to
     /// entrypoints marked so (all of them when none is).

@@ -1,11 +1,13 @@
-//! Configuration: Traefik's TCP TOML → file model → validation → `model::Config`.
+//! Configuration: Traefik's TCP TOML or YAML → file model → validation → `model::Config`.
 //!
 //! `load` is the IO edge: it reads the main file and the files that
 //! `[providers.file]` names (through `bounded`: regular files only, size
 //! caps), and resolves server host names. Everything else
 //! is pure and works on texts and parsed documents:
 //!
-//! - `reader`: schema-checking walk over `toml_edit` (unknown keys, types)
+//! - `tree`: TOML (`toml_edit`) and YAML (`yaml-rust2`) parsed into one tree
+//!   with a position for every key and value
+//! - `reader`: schema-checking walk over that tree (unknown keys, types)
 //! - `static_conf`, `dynamic`, `tls`: Traefik's sections → `file` model
 //! - `build`: references, defaults, overlaps, cycles → `model::Config`
 //! - `diag`: positions and `FILE:LINE:COL: message` rendering
@@ -14,7 +16,7 @@
 //! - `rule`: the rule language
 //!
 //! Every problem is collected before anything is reported, so one run shows
-//! them all (a TOML syntax error stops the run: the rest of that file cannot
+//! them all (a syntax error stops the run: the rest of that file cannot
 //! be read; beyond `diag::MAX_DIAGNOSTICS` they are counted, not listed).
 
 mod address;
@@ -29,6 +31,7 @@ pub mod rule;
 mod static_conf;
 mod summary;
 mod tls;
+mod tree;
 mod values;
 
 use std::collections::HashSet;
@@ -45,15 +48,15 @@ use values::FileCtx;
 
 use crate::model;
 
-/// Extension of the files a `[providers.file] directory` contributes.
-const DYNAMIC_EXTENSION: &str = "toml";
-/// Traefik also reads YAML there; sluicegate does not, and says so rather than
-/// silently skip routers.
+/// Extensions of the files a `[providers.file] directory` contributes (as
+/// Traefik's file provider: TOML and YAML, mixed freely); a file named
+/// directly (`-c`, `filename`) is YAML by these extensions, else TOML.
+const TOML_EXTENSION: &str = "toml";
 const YAML_EXTENSIONS: &[&str] = &["yaml", "yml"];
 /// Nesting limit for `directory` walks (Traefik recurses into
 /// subdirectories; a deeper tree is a mistake such as `directory = "/"`).
 const MAX_DIRECTORY_DEPTH: usize = 16;
-/// Most `.toml` files one `directory` contributes: far more than any
+/// Most configuration files one `directory` contributes: far more than any
 /// deployment splits its routers into, few enough to load in seconds.
 const MAX_DIRECTORY_FILES: usize = 1000;
 /// Most directory entries (of any kind) one walk looks at, so a huge tree
@@ -85,7 +88,7 @@ pub fn load_with(path: &Path, resolve: Resolve<'_>) -> Result<model::Config, Err
     let main_doc = parse(&sources, main)?;
     let base = parent_dir(path);
     static_conf::read_main(
-        Tbl::root(main, &sources.files[main].text, main_doc.as_table()),
+        Tbl::root(main, &sources.files[main].text, &main_doc),
         FileCtx {
             base: &base,
             sources: &sources,
@@ -126,7 +129,7 @@ pub fn load_with(path: &Path, resolve: Resolve<'_>) -> Result<model::Config, Err
     for (id, doc) in &docs {
         let dir = parent_dir(&sources.files[*id].path);
         static_conf::read_dynamic_file(
-            Tbl::root(*id, &sources.files[*id].text, doc.as_table()),
+            Tbl::root(*id, &sources.files[*id].text, doc),
             FileCtx {
                 base: &dir,
                 sources: &sources,
@@ -145,22 +148,36 @@ pub fn load_with(path: &Path, resolve: Resolve<'_>) -> Result<model::Config, Err
     }
 }
 
-type Doc = toml_edit::ImDocument<String>;
-
-/// Parses one loaded file; a syntax error is the only thing reported for it.
-fn parse(sources: &Sources, id: usize) -> Result<Doc, Errors> {
-    let text = sources.files[id].text.clone();
-    Doc::parse(text).map_err(|e| {
+/// Parses one loaded file, TOML or YAML by its extension (`.yml`/`.yaml`,
+/// as Traefik decides); a syntax error is the only thing reported for it.
+fn parse(sources: &Sources, id: usize) -> Result<tree::Table, Errors> {
+    let file = &sources.files[id];
+    let (parsed, syntax) = if is_yaml(&file.path) {
+        (tree::parse_yaml(&file.text), "YAML")
+    } else {
+        (tree::parse_toml(&file.text), "TOML")
+    };
+    parsed.map_err(|e| {
         let at = Pos {
             file: id,
-            offset: e.span().map_or(0, |s| s.start),
+            offset: e.offset.min(file.text.len()),
         };
-        let message = e.message().trim().replace('\n', "; ");
         Errors(vec![format!(
-            "{}: TOML syntax error: {message}",
-            sources.locate(at)
+            "{}: {syntax} syntax error: {}",
+            sources.locate(at),
+            e.message
         )])
     })
+}
+
+fn extension(path: &Path) -> String {
+    path.extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+fn is_yaml(path: &Path) -> bool {
+    YAML_EXTENSIONS.contains(&extension(path).as_str())
 }
 
 fn parent_dir(path: &Path) -> PathBuf {
@@ -280,27 +297,16 @@ impl Walk<'_> {
                 );
                 continue;
             }
-            let ext = path
-                .extension()
-                .map(|e| e.to_string_lossy().to_ascii_lowercase())
-                .unwrap_or_default();
-            if ext == DYNAMIC_EXTENSION {
+            let ext = extension(&path);
+            if ext == TOML_EXTENSION || YAML_EXTENSIONS.contains(&ext.as_str()) {
                 if self.files.len() == MAX_DIRECTORY_FILES {
                     self.stop(format!(
-                        "`{}`: more than {MAX_DIRECTORY_FILES} .toml files under the directory",
+                        "`{}`: more than {MAX_DIRECTORY_FILES} configuration files under the directory",
                         path.display()
                     ));
                     return;
                 }
                 self.files.push(path);
-            } else if YAML_EXTENSIONS.contains(&ext.as_str()) {
-                self.d.error(
-                    self.at,
-                    format!(
-                        "`{}`: YAML files are not supported (only TOML); its routers would be missing",
-                        path.display()
-                    ),
-                );
             }
         }
     }

@@ -1,5 +1,5 @@
-//! A schema-checking walk over a parsed TOML document (`toml_edit` keeps a
-//! span for every key and value).
+//! A schema-checking walk over a parsed document (`tree`: TOML or YAML, a
+//! position for every key and value).
 //!
 //! Serde with `deny_unknown_fields` stops at the first problem; this walker
 //! records every unknown key, every value of the wrong type and every
@@ -13,11 +13,8 @@
 //!
 //! Pure: no IO.
 
-use std::sync::OnceLock;
-
-use toml_edit::{ArrayOfTables, InlineTable, Item, Table, TableLike, Value};
-
 use super::diag::{Diags, Pos, Sp};
+use super::tree::{self, Item, Style, V};
 
 /// Largest edit distance at which an unknown key is considered a typo of a
 /// known one (short keys: 2 edits, long keys a third of their length).
@@ -25,11 +22,12 @@ fn max_typo_distance(len: usize) -> usize {
     (len / 3).max(2)
 }
 
-/// A TOML table (standard, implicit or inline) being read against a schema.
+/// A table (TOML standard, implicit or inline; a YAML mapping) being read
+/// against a schema.
 pub struct Tbl<'a> {
     file: usize,
     src: &'a str,
-    t: &'a dyn TableLike,
+    t: &'a tree::Table,
     /// Dotted path for messages (`entryPoints.pg`); empty at the top level.
     pub path: String,
     /// Where the table is written (its header, or its key when implicit).
@@ -37,34 +35,17 @@ pub struct Tbl<'a> {
     known: Vec<&'static str>,
 }
 
-/// What a key holds.
-#[derive(Clone, Copy)]
-enum Kind<'a> {
-    Value(&'a Value),
-    Table(&'a Table),
-    Tables(&'a ArrayOfTables),
-    /// `Item::None`: never produced by the parser, handled for completeness.
-    Missing,
-}
-
 /// One value found under a key or in an array.
 pub struct Node<'a> {
     file: usize,
     src: &'a str,
-    kind: Kind<'a>,
+    item: &'a Item,
     /// Dotted path for messages (`entryPoints.pg.address`).
     pub path: String,
     /// Where the value is written (falls back to its key).
     pub at: Pos,
     /// Where its key is written (the value itself for array elements).
     pub key_at: Pos,
-}
-
-fn pos(file: usize, span: Option<std::ops::Range<usize>>, fallback: Pos) -> Pos {
-    span.map_or(fallback, |r| Pos {
-        file,
-        offset: r.start,
-    })
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -77,7 +58,7 @@ fn join(path: &str, key: &str) -> String {
 
 impl<'a> Tbl<'a> {
     /// The top level of a document.
-    pub fn root(file: usize, src: &'a str, t: &'a Table) -> Self {
+    pub fn root(file: usize, src: &'a str, t: &'a tree::Table) -> Self {
         Tbl {
             file,
             src,
@@ -85,6 +66,13 @@ impl<'a> Tbl<'a> {
             path: String::new(),
             at: Pos { file, offset: 0 },
             known: Vec::new(),
+        }
+    }
+
+    fn pos(&self, offset: usize) -> Pos {
+        Pos {
+            file: self.file,
+            offset,
         }
     }
 
@@ -101,17 +89,17 @@ impl<'a> Tbl<'a> {
     pub fn get(&mut self, key: &'static str, d: &mut Diags) -> Option<Node<'a>> {
         self.known.push(key);
         let mut found: Option<Node<'a>> = None;
-        for (k, item) in self.t.iter() {
-            if !k.eq_ignore_ascii_case(key) {
+        for e in &self.t.entries {
+            if !e.key.eq_ignore_ascii_case(key) {
                 continue;
             }
-            let node = self.node(k, item);
+            let node = self.node(e);
             if found.is_some() {
                 d.error(
                     node.key_at,
                     format!(
                         "duplicate key `{}` in {}: Traefik matches keys case-insensitively, so this is `{}` again; spell them the same",
-                        k,
+                        e.key,
                         self.name(),
                         key
                     ),
@@ -123,38 +111,35 @@ impl<'a> Tbl<'a> {
         found
     }
 
-    fn node(&self, k: &str, item: &'a Item) -> Node<'a> {
-        let key_at = pos(self.file, self.t.key(k).and_then(|k| k.span()), self.at);
-        let kind = match item {
-            Item::Value(v) => Kind::Value(v),
-            Item::Table(t) => Kind::Table(t),
-            Item::ArrayOfTables(a) => Kind::Tables(a),
-            Item::None => Kind::Missing,
-        };
+    fn node(&self, e: &'a tree::Entry) -> Node<'a> {
         Node {
             file: self.file,
             src: self.src,
-            kind,
-            path: join(&self.path, k),
-            at: pos(self.file, item.span(), key_at),
-            key_at,
+            item: &e.item,
+            path: join(&self.path, &e.key),
+            at: self.pos(e.item.at),
+            key_at: self.pos(e.key_at),
         }
     }
 
     /// All entries of a map table (routers by name, ...), in document order.
     pub fn entries(&self) -> Vec<(Sp<String>, Node<'a>)> {
         self.t
+            .entries
             .iter()
-            .map(|(k, item)| {
-                let node = self.node(k, item);
-                (Sp::new(k.to_string(), node.key_at), node)
+            .map(|e| {
+                let node = self.node(e);
+                (Sp::new(e.key.clone(), node.key_at), node)
             })
             .collect()
     }
 
     /// Whether `key` is present (case-insensitively), whatever its type.
     pub fn has(&self, key: &str) -> bool {
-        self.t.iter().any(|(k, _)| k.eq_ignore_ascii_case(key))
+        self.t
+            .entries
+            .iter()
+            .any(|e| e.key.eq_ignore_ascii_case(key))
     }
 
     // Shorthands: look a key up and read it as one type.
@@ -175,19 +160,21 @@ impl<'a> Tbl<'a> {
     }
 
     /// A section that Traefik also lets one switch on with `key = true`
-    /// (paerser fills a pointer-to-struct from "true" with its defaults);
-    /// `false` means absent.
+    /// (paerser fills a pointer-to-struct from "true" with its defaults),
+    /// or, in YAML, with the key alone (`tls:`); `false` means absent.
     pub fn section(&mut self, key: &'static str, d: &mut Diags) -> Option<Tbl<'a>> {
         let n = self.get(key, d)?;
-        match n.kind {
-            Kind::Value(Value::Boolean(b)) => (*b.value()).then(|| Tbl {
-                file: self.file,
-                src: self.src,
-                t: empty_table(),
-                path: n.path.clone(),
-                at: n.at,
-                known: Vec::new(),
-            }),
+        let empty = |n: &Node<'a>| Tbl {
+            file: self.file,
+            src: self.src,
+            t: &tree::EMPTY,
+            path: n.path.clone(),
+            at: n.at,
+            known: Vec::new(),
+        };
+        match n.item.v {
+            V::Bool(b) => b.then(|| empty(&n)),
+            V::Other("null") => Some(empty(&n)),
             _ => n.table(d),
         }
     }
@@ -208,34 +195,22 @@ impl<'a> Tbl<'a> {
 
     /// Reports every key the schema did not ask for.
     pub fn finish(self, d: &mut Diags) {
-        for (k, _) in self.t.iter() {
-            if self.known.iter().any(|n| n.eq_ignore_ascii_case(k)) {
+        for e in &self.t.entries {
+            if self.known.iter().any(|n| n.eq_ignore_ascii_case(&e.key)) {
                 continue;
             }
-            let at = pos(self.file, self.t.key(k).and_then(|k| k.span()), self.at);
             // The suggestion is the costly part; skip it for errors that
             // will not be shown.
             let hint = (!d.errors_full())
-                .then(|| suggest(k, &self.known))
+                .then(|| suggest(&e.key, &self.known))
                 .flatten()
                 .map(|s| format!(" (did you mean `{s}`?)"))
                 .unwrap_or_default();
-            d.error(at, format!("unknown key `{k}` in {}{hint}", self.name()));
+            d.error(
+                self.pos(e.key_at),
+                format!("unknown key `{}` in {}{hint}", e.key, self.name()),
+            );
         }
-    }
-}
-
-fn empty_table() -> &'static InlineTable {
-    static EMPTY: OnceLock<InlineTable> = OnceLock::new();
-    EMPTY.get_or_init(InlineTable::new)
-}
-
-fn type_name(kind: Kind<'_>) -> &'static str {
-    match kind {
-        Kind::Value(v) => v.type_name(),
-        Kind::Table(_) => "table",
-        Kind::Tables(_) => "array of tables",
-        Kind::Missing => "nothing",
     }
 }
 
@@ -246,21 +221,21 @@ impl<'a> Node<'a> {
             format!(
                 "`{}` must be {expected}, not {}",
                 self.path,
-                type_name(self.kind)
+                self.item.v.type_name()
             ),
         );
     }
 
-    fn value(&self) -> Option<&'a Value> {
-        match self.kind {
-            Kind::Value(v) => Some(v),
-            _ => None,
+    fn pos(&self, offset: usize) -> Pos {
+        Pos {
+            file: self.file,
+            offset,
         }
     }
 
     pub fn str(&self, d: &mut Diags) -> Option<Sp<String>> {
-        match self.value() {
-            Some(Value::String(s)) => Some(Sp::new(s.value().clone(), self.at)),
+        match &self.item.v {
+            V::Str(s) => Some(Sp::new(s.clone(), self.at)),
             _ => {
                 self.wrong("a string", d);
                 None
@@ -269,8 +244,8 @@ impl<'a> Node<'a> {
     }
 
     pub fn bool(&self, d: &mut Diags) -> Option<Sp<bool>> {
-        match self.value() {
-            Some(Value::Boolean(b)) => Some(Sp::new(*b.value(), self.at)),
+        match self.item.v {
+            V::Bool(b) => Some(Sp::new(b, self.at)),
             _ => {
                 self.wrong("a boolean (true or false)", d);
                 None
@@ -279,8 +254,8 @@ impl<'a> Node<'a> {
     }
 
     pub fn int(&self, d: &mut Diags) -> Option<Sp<i64>> {
-        match self.value() {
-            Some(Value::Integer(i)) => Some(Sp::new(*i.value(), self.at)),
+        match self.item.v {
+            V::Int(i) => Some(Sp::new(i, self.at)),
             _ => {
                 self.wrong("an integer", d);
                 None
@@ -290,9 +265,9 @@ impl<'a> Node<'a> {
 
     /// A string or an integer (durations, sizes and counts accept both).
     pub fn str_or_int(&self, d: &mut Diags) -> Option<Sp<StrOrInt>> {
-        match self.value() {
-            Some(Value::String(s)) => Some(Sp::new(StrOrInt::Str(s.value().clone()), self.at)),
-            Some(Value::Integer(i)) => Some(Sp::new(StrOrInt::Int(*i.value()), self.at)),
+        match &self.item.v {
+            V::Str(s) => Some(Sp::new(StrOrInt::Str(s.clone()), self.at)),
+            V::Int(i) => Some(Sp::new(StrOrInt::Int(*i), self.at)),
             _ => {
                 self.wrong("a string or an integer", d);
                 None
@@ -300,22 +275,28 @@ impl<'a> Node<'a> {
         }
     }
 
-    /// The source text of the value as written, quotes and escapes included.
-    pub fn raw(&self) -> Option<&'a str> {
-        let span = self.value()?.span()?;
-        self.src.get(span)
+    /// Where the character at `decoded` (a byte offset into the string's
+    /// value) is written, relative to the value's start; `None` when the
+    /// syntax does not say (a YAML block scalar).
+    pub fn offset_in_string(&self, decoded: usize) -> Option<usize> {
+        let (range, style) = self.item.raw.clone()?;
+        match style {
+            Style::Toml => Some(tree::raw_offset(self.src.get(range)?, decoded)),
+            Style::Plain => Some(decoded),
+            Style::Quoted => Some(1 + decoded),
+        }
     }
 
     pub fn str_list(&self, d: &mut Diags) -> Option<Vec<Sp<String>>> {
-        let Some(Value::Array(a)) = self.value() else {
+        let V::Array(a) = &self.item.v else {
             self.wrong("an array of strings", d);
             return None;
         };
         let mut out = Vec::new();
         for (i, v) in a.iter().enumerate() {
-            let at = pos(self.file, v.span(), self.at);
-            match v {
-                Value::String(s) => out.push(Sp::new(s.value().clone(), at)),
+            let at = self.pos(v.at);
+            match &v.v {
+                V::Str(s) => out.push(Sp::new(s.clone(), at)),
                 other => d.error(
                     at,
                     format!(
@@ -330,13 +311,9 @@ impl<'a> Node<'a> {
     }
 
     pub fn table(&self, d: &mut Diags) -> Option<Tbl<'a>> {
-        let t: &'a dyn TableLike = match self.kind {
-            Kind::Table(t) => t,
-            Kind::Value(Value::InlineTable(t)) => t,
-            _ => {
-                self.wrong("a table", d);
-                return None;
-            }
+        let V::Table(t) = &self.item.v else {
+            self.wrong("a table", d);
+            return None;
         };
         Some(Tbl {
             file: self.file,
@@ -348,46 +325,34 @@ impl<'a> Node<'a> {
         })
     }
 
-    /// An array of tables: `[[a.b]]` sections or an array of inline tables.
+    /// An array of tables: `[[a.b]]` sections or an array of inline tables
+    /// (a YAML sequence of mappings).
     pub fn tables(&self, d: &mut Diags) -> Vec<Tbl<'a>> {
+        let (V::Tables(a) | V::Array(a)) = &self.item.v else {
+            self.wrong("an array of tables", d);
+            return Vec::new();
+        };
         let mut out = Vec::new();
-        match self.kind {
-            Kind::Tables(a) => {
-                for (i, t) in a.iter().enumerate() {
-                    out.push(Tbl {
-                        file: self.file,
-                        src: self.src,
-                        t,
-                        path: format!("{}[{i}]", self.path),
-                        at: pos(self.file, t.span(), self.at),
-                        known: Vec::new(),
-                    });
-                }
+        for (i, v) in a.iter().enumerate() {
+            let at = self.pos(v.at);
+            match &v.v {
+                V::Table(t) => out.push(Tbl {
+                    file: self.file,
+                    src: self.src,
+                    t,
+                    path: format!("{}[{i}]", self.path),
+                    at,
+                    known: Vec::new(),
+                }),
+                other => d.error(
+                    at,
+                    format!(
+                        "`{}[{i}]` must be a table, not {}",
+                        self.path,
+                        other.type_name()
+                    ),
+                ),
             }
-            Kind::Value(Value::Array(a)) => {
-                for (i, v) in a.iter().enumerate() {
-                    let at = pos(self.file, v.span(), self.at);
-                    match v {
-                        Value::InlineTable(t) => out.push(Tbl {
-                            file: self.file,
-                            src: self.src,
-                            t,
-                            path: format!("{}[{i}]", self.path),
-                            at,
-                            known: Vec::new(),
-                        }),
-                        other => d.error(
-                            at,
-                            format!(
-                                "`{}[{i}]` must be a table, not {}",
-                                self.path,
-                                other.type_name()
-                            ),
-                        ),
-                    }
-                }
-            }
-            _ => self.wrong("an array of tables", d),
         }
         out
     }
@@ -444,9 +409,9 @@ mod tests {
     #[test]
     fn walks_and_reports_unknown_and_wrong_types() {
         let src = "[a]\nname = 1\nadress = \"x\"\nName = \"dup\"\n";
-        let doc = toml_edit::ImDocument::parse(src.to_string()).expect("valid toml");
+        let doc = tree::parse_toml(src).expect("valid toml");
         let mut d = Diags::default();
-        let mut root = Tbl::root(0, src, doc.as_table());
+        let mut root = Tbl::root(0, src, &doc);
         let mut a = root.table("a", &mut d).expect("table a");
         assert!(a.str("name", &mut d).is_none());
         assert!(a.str("address", &mut d).is_none());

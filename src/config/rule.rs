@@ -34,6 +34,22 @@ pub struct MatchCtx<'a> {
 #[derive(Debug, Clone)]
 pub struct Rule {
     expr: Expr,
+    /// Written in Traefik's v2 syntax (`Display` prints the v3 equivalent).
+    v2: bool,
+}
+
+/// Which of Traefik's two rule languages a rule is written in
+/// (`ruleSyntax` on a router, `core.defaultRuleSyntax`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Syntax {
+    /// Traefik v2: a matcher takes several arguments (any may match);
+    /// `HostSNIRegexp` takes gorilla/mux templates (`{sub:[a-z]+}.a.com`),
+    /// anchored and case-insensitive.
+    V2,
+    /// Traefik v3: one argument per matcher; `HostSNIRegexp` takes a Go
+    /// regular expression as is.
+    #[default]
+    V3,
 }
 
 /// A rule syntax or validation error. `offset` is a byte offset into the rule
@@ -98,13 +114,21 @@ const NAMES: [(&str, Name); 4] = [
     ("ALPN", Name::Alpn),
 ];
 
-/// Parses and validates a rule.
+/// Parses and validates a rule in Traefik v3 syntax.
 pub fn parse(src: &str) -> Result<Rule, RuleError> {
+    parse_with(src, Syntax::V3)
+}
+
+/// Parses and validates a rule in the given syntax. Both compile to the
+/// same matchers; a v2 rule's `Display` is its v3 equivalent.
+pub fn parse_with(src: &str, syntax: Syntax) -> Result<Rule, RuleError> {
+    let v2 = syntax == Syntax::V2;
     let mut p = Parser {
         src,
         pos: 0,
         peeked: None,
         depth: 0,
+        v2,
     };
     if matches!(p.peek()?.kind, Kind::End) {
         return Err(err(0, "empty rule"));
@@ -112,13 +136,18 @@ pub fn parse(src: &str) -> Result<Rule, RuleError> {
     let expr = p.chain(true)?;
     let t = p.next()?;
     match t.kind {
-        Kind::End => Ok(Rule { expr }),
+        Kind::End => Ok(Rule { expr, v2 }),
         Kind::RParen => fail(t.at, "unexpected `)` without a matching `(`"),
         _ => Err(p.expected(&t, "`&&`, `||` or end of rule")),
     }
 }
 
 impl Rule {
+    /// Whether the rule was written in v2 syntax.
+    pub fn is_v2(&self) -> bool {
+        self.v2
+    }
+
     pub fn matches(&self, ctx: &MatchCtx<'_>) -> bool {
         eval(&self.expr, ctx)
     }
@@ -255,6 +284,94 @@ fn build(name: Name, arg: &str) -> Result<Matcher, String> {
     }
 }
 
+/// One argument of a v2 matcher, as Traefik's v2 matchers read it.
+/// `first`: the argument is the matcher's first (v2 `HostSNI` treats a `*`
+/// there as "everything", elsewhere as "any server name").
+fn build_v2(name: Name, arg: &str, first: bool) -> Result<Matcher, String> {
+    match name {
+        Name::HostSni => {
+            if arg == "*" {
+                return Ok(if first {
+                    Matcher::AnySni
+                } else {
+                    // Only connections that sent a name, as Traefik v2.
+                    Matcher::SniRegexp(Regex::new("^.+$").map_err(|e| e.to_string())?)
+                });
+            }
+            // v2 accepts word characters, `.`, `-` and `:` (IP literals), so
+            // no `*.a.com` wildcards; names compare lowercase, trailing dot
+            // trimmed.
+            if arg.is_empty()
+                || !arg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | ':'))
+            {
+                return Err(format!(
+                    "invalid value for HostSNI: `{arg}` is not a valid hostname or IP (Traefik v2 has no `*.` wildcards: use HostSNIRegexp(`{{sub:[^.]+}}.example.com`))"
+                ));
+            }
+            let name = arg.strip_suffix('.').unwrap_or(arg).to_lowercase();
+            Ok(Matcher::Sni(name))
+        }
+        Name::HostSniRegexp => {
+            let pattern = mux_template(arg)?;
+            Regex::new(&pattern)
+                .map(Matcher::SniRegexp)
+                .map_err(|e| format!("invalid HostSNIRegexp `{arg}`: {e}"))
+        }
+        Name::ClientIp | Name::Alpn => build(name, arg),
+    }
+}
+
+/// A v2 `HostSNIRegexp` template (gorilla/mux host syntax) as a regular
+/// expression: literal text is quoted, `{name}` is one label (`[^.]+`),
+/// `{name:pattern}` is `pattern`; anchored and case-insensitive, as Traefik
+/// v2 builds it.
+fn mux_template(template: &str) -> Result<String, String> {
+    let mut out = String::from("(?i)^");
+    let mut level = 0usize;
+    let mut literal_from = 0;
+    let mut open = 0;
+    for (i, c) in template.char_indices() {
+        match c {
+            '{' => {
+                level += 1;
+                if level == 1 {
+                    out.push_str(&regex::escape(&template[literal_from..i]));
+                    open = i;
+                }
+            }
+            '}' => {
+                if level == 0 {
+                    return Err(format!("unbalanced braces in HostSNIRegexp `{template}`"));
+                }
+                level -= 1;
+                if level == 0 {
+                    let inner = &template[open + 1..i];
+                    let (name, pattern) = match inner.split_once(':') {
+                        Some((n, p)) => (n, p),
+                        None => (inner, "[^.]+"),
+                    };
+                    if name.is_empty() || pattern.is_empty() {
+                        return Err(format!(
+                            "missing name or pattern in `{{{inner}}}` of HostSNIRegexp `{template}`"
+                        ));
+                    }
+                    let _ = write!(out, "({pattern})");
+                    literal_from = i + 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    if level != 0 {
+        return Err(format!("unbalanced braces in HostSNIRegexp `{template}`"));
+    }
+    out.push_str(&regex::escape(&template[literal_from..]));
+    out.push('$');
+    Ok(out)
+}
+
 fn host_sni(arg: &str) -> Result<Matcher, String> {
     if arg == "*" {
         return Ok(Matcher::AnySni);
@@ -361,6 +478,8 @@ struct Parser<'a> {
     pos: usize,
     peeked: Option<Tok<'a>>,
     depth: usize,
+    /// Traefik v2 syntax: several arguments per matcher.
+    v2: bool,
 }
 
 impl<'a> Parser<'a> {
@@ -494,6 +613,17 @@ impl<'a> Parser<'a> {
                 Kind::RParen => break,
                 _ => return Err(self.expected(&t, "`)` after argument")),
             }
+        }
+        if self.v2 {
+            if args.is_empty() {
+                return fail(at, format!("`{name}` needs at least one argument"));
+            }
+            let mut any = Vec::with_capacity(args.len());
+            for (i, (arg, arg_at)) in args.into_iter().enumerate() {
+                let m = build_v2(which, &arg, i == 0).map_err(|m| err(arg_at, m))?;
+                any.push(Expr::Matcher(m));
+            }
+            return Ok(join(any, true));
         }
         let count = args.len();
         let mut args = args.into_iter();
@@ -716,6 +846,207 @@ mod tests {
 
     /// Rule, SNI, offered ALPN, client IP, expected match.
     type Case<'a> = (&'a str, Option<&'a str>, &'a [&'a [u8]], &'a str, bool);
+
+    /// Traefik v2's matchers (pkg/muxer/tcp/matcher_v2.go semantics), rule
+    /// by rule: several values per matcher, mux templates, `*` positions.
+    #[test]
+    fn v2_rules_match_as_traefik_v2() {
+        let cases: &[Case<'_>] = &[
+            ("HostSNI(`foobar`)", Some("foobar"), &[], "10.0.0.1", true),
+            ("hostsni(`foobar`)", Some("foobar"), &[], "10.0.0.1", true),
+            ("HostSNI(`foobar`)", Some("bar"), &[], "10.0.0.1", false),
+            (
+                "HostSNI(`Foo.Example.com.`)",
+                Some("foo.example.com"),
+                &[],
+                "10.0.0.1",
+                true,
+            ),
+            (
+                "HostSNI(`a.test`, `b.test`)",
+                Some("b.test"),
+                &[],
+                "10.0.0.1",
+                true,
+            ),
+            (
+                "HostSNI(`a.test`, `b.test`)",
+                Some("c.test"),
+                &[],
+                "10.0.0.1",
+                false,
+            ),
+            // `*` first: everything, even without a name; later: any name.
+            ("HostSNI(`*`)", None, &[], "10.0.0.1", true),
+            (
+                "HostSNI(`a.test`, `*`)",
+                Some("z.test"),
+                &[],
+                "10.0.0.1",
+                true,
+            ),
+            ("HostSNI(`a.test`, `*`)", None, &[], "10.0.0.1", false),
+            (
+                "HostSNIRegexp(`{subdomain:[a-z]+}.foobar`)",
+                Some("sub.foobar"),
+                &[],
+                "10.0.0.1",
+                true,
+            ),
+            (
+                "HostSNIRegexp(`{subdomain:[a-z]+}.foobar`)",
+                Some("sub.foobar.com"),
+                &[],
+                "10.0.0.1",
+                false,
+            ),
+            (
+                "HostSNIRegexp(`{subdomain:[a-z]*}`)",
+                None,
+                &[],
+                "10.0.0.1",
+                true,
+            ),
+            (
+                "HostSNIRegexp(`{dummy}`)",
+                Some("toto"),
+                &[],
+                "10.0.0.1",
+                true,
+            ),
+            (
+                "HostSNIRegexp(`{dummy}`)",
+                Some("toto.com"),
+                &[],
+                "10.0.0.1",
+                false,
+            ),
+            // Literal text is literal: the dot is not "any character".
+            (
+                "HostSNIRegexp(`a.{x}`)",
+                Some("abc"),
+                &[],
+                "10.0.0.1",
+                false,
+            ),
+            ("HostSNIRegexp(`A.{x}`)", Some("a.b"), &[], "10.0.0.1", true),
+            (
+                "HostSNIRegexp(`x.test`, `{n}.db.test`)",
+                Some("pg.db.test"),
+                &[],
+                "10.0.0.1",
+                true,
+            ),
+            (
+                "!HostSNIRegexp(`bar`)",
+                Some("foobar"),
+                &[],
+                "10.0.0.1",
+                true,
+            ),
+            (
+                "ClientIP(`10.0.0.1`, `10.0.0.0`)",
+                None,
+                &[],
+                "10.0.0.0",
+                true,
+            ),
+            (
+                "ClientIP(`11.0.0.0/16`, `10.0.0.0/16`)",
+                None,
+                &[],
+                "10.0.5.5",
+                true,
+            ),
+            (
+                "ClientIP(`11.0.0.0/16`, `10.0.0.0/16`)",
+                None,
+                &[],
+                "12.0.0.1",
+                false,
+            ),
+            ("ClientIP(`10::10`)", None, &[], "10::10", true),
+            (
+                "ALPN(`h2`, `postgresql`)",
+                Some("x"),
+                &[b"postgresql"],
+                "10.0.0.1",
+                true,
+            ),
+            (
+                "ALPN(`h2`, `postgresql`)",
+                Some("x"),
+                &[b"http/1.1"],
+                "10.0.0.1",
+                false,
+            ),
+            (
+                "HostSNI(`foobar`) && !ClientIP(`10.0.0.2`)",
+                Some("foobar"),
+                &[],
+                "10.0.0.1",
+                true,
+            ),
+        ];
+        for &(rule, sni, alpn, ip, want) in cases {
+            let r = parse_with(rule, Syntax::V2).unwrap_or_else(|e| panic!("{rule}: {e}"));
+            assert!(r.is_v2());
+            assert_eq!(
+                r.matches(&ctx(sni, alpn, ip)),
+                want,
+                "{rule} with {sni:?}/{ip}"
+            );
+        }
+    }
+
+    #[test]
+    fn v2_rules_refuse_what_traefik_v2_refuses() {
+        for (rule, says) in [
+            ("HostSNI()", "at least one argument"),
+            ("HostSNI(``)", "not a valid hostname"),
+            ("HostSNI(`*.example.com`)", "no `*.` wildcards"),
+            ("HostSNIRegexp()", "at least one argument"),
+            ("HostSNIRegexp(`{sub`)", "unbalanced braces"),
+            ("HostSNIRegexp(`{:[a-z]+}.a`)", "missing name or pattern"),
+            ("HostSNIRegexp(`{x:[}.a`)", "invalid HostSNIRegexp"),
+            ("ClientIP(`invalid`)", "invalid ClientIP"),
+            ("ALPN(`h2`, `acme-tls/1`)", "reserved"),
+        ] {
+            let e = parse_with(rule, Syntax::V2).expect_err(rule);
+            assert!(e.message.contains(says), "{rule}: {}", e.message);
+        }
+        // v3 keeps one argument per matcher, and v2 templates mean
+        // something else there (a regexp repetition), so they must not be
+        // read as v3 silently: the router's syntax decides.
+        assert!(parse("HostSNI(`a.test`, `b.test`)").is_err());
+    }
+
+    #[test]
+    fn v2_rules_print_as_their_v3_equivalent() {
+        for (v2, v3) in [
+            (
+                "HostSNI(`a.test`, `B.test.`) && ClientIP(`10.0.0.0/8`, `1.2.3.4`)",
+                "(HostSNI(`a.test`) || HostSNI(`b.test`)) && (ClientIP(`10.0.0.0/8`) || ClientIP(`1.2.3.4`))",
+            ),
+            (
+                "HostSNIRegexp(`{sub:[a-z]+}.example.org`)",
+                "HostSNIRegexp(`(?i)^([a-z]+)\\.example\\.org$`)",
+            ),
+            ("HostSNI(`*`)", "HostSNI(`*`)"),
+        ] {
+            let r = parse_with(v2, Syntax::V2).expect(v2);
+            assert_eq!(r.to_string(), v3, "{v2}");
+            // The printed rule is valid v3 and matches the same way.
+            let again = parse(&r.to_string()).expect("v3 parses");
+            for sni in ["a.test", "b.test", "sub.example.org", "x.y"] {
+                let c = ctx(Some(sni), &[], "10.1.2.3");
+                assert_eq!(r.matches(&c), again.matches(&c), "{v2} on {sni}");
+            }
+        }
+        assert!(parse_with("HostSNI(`*`)", Syntax::V2)
+            .expect("*")
+            .is_catch_all());
+    }
 
     #[test]
     fn match_table() {

@@ -78,7 +78,9 @@ pub fn read_main(mut root: Tbl<'_>, ctx: FileCtx<'_>, m: &mut FileModel, d: &mut
     }
     if let Some(mut core) = root.table("core", d) {
         if let Some(s) = core.str("defaultRuleSyntax", d) {
-            dynamic::check_rule_syntax(&s, "core.defaultRuleSyntax", d);
+            if let Some(syntax) = dynamic::rule_syntax(&s, "core.defaultRuleSyntax", d) {
+                m.default_rule_syntax = syntax;
+            }
         }
         core.finish(d);
     }
@@ -141,6 +143,7 @@ fn entry_point(name: Sp<String>, mut t: Tbl<'_>, d: &mut Diags) -> EntryPointF {
     }
     let v6only = t.bool("ipv6Only", d).is_some_and(|b| b.v);
     let as_default = t.bool("asDefault", d).is_some_and(|b| b.v);
+    let reuse_port = t.bool("reusePort", d).is_some_and(|b| b.v);
     let proxy_protocol = t.table("proxyProtocol", d).map(|mut pp| {
         let trusted_ips = or_default(&mut pp, "trustedIPs", d, Vec::new(), values::ip_ranges);
         let insecure = pp.bool("insecure", d).is_some_and(|b| b.v);
@@ -161,6 +164,7 @@ fn entry_point(name: Sp<String>, mut t: Tbl<'_>, d: &mut Diags) -> EntryPointF {
     });
     let mut read_timeout = model::DEFAULT_READ_TIMEOUT;
     let mut grace_timeout = model::DEFAULT_GRACE_TIMEOUT;
+    let mut accept_grace = std::time::Duration::ZERO;
     if let Some(mut tr) = t.table("transport", d) {
         if let Some(mut rt) = tr.table("respondingTimeouts", d) {
             read_timeout = or_default(&mut rt, "readTimeout", d, read_timeout, values::duration);
@@ -174,10 +178,12 @@ fn entry_point(name: Sp<String>, mut t: Tbl<'_>, d: &mut Diags) -> EntryPointF {
         }
         if let Some(mut lc) = tr.table("lifeCycle", d) {
             grace_timeout = or_default(&mut lc, "graceTimeOut", d, grace_timeout, values::duration);
-            lc.ignored(
+            accept_grace = or_default(
+                &mut lc,
                 "requestAcceptGraceTimeout",
-                "sluicegate stops accepting as soon as it is asked to stop",
                 d,
+                accept_grace,
+                values::duration,
             );
             lc.finish(d);
         }
@@ -196,10 +202,6 @@ fn entry_point(name: Sp<String>, mut t: Tbl<'_>, d: &mut Diags) -> EntryPointF {
             "metrics and logs are always on for every entrypoint",
         ),
         ("allowACMEByPass", NO_ACME),
-        (
-            "reusePort",
-            "sluicegate always binds one SO_REUSEPORT socket per worker",
-        ),
     ] {
         t.ignored(key, why, d);
     }
@@ -210,6 +212,8 @@ fn entry_point(name: Sp<String>, mut t: Tbl<'_>, d: &mut Diags) -> EntryPointF {
         v6only,
         read_timeout,
         grace_timeout,
+        accept_grace,
+        reuse_port,
         proxy_protocol,
         as_default,
     }

@@ -26,12 +26,20 @@ impl Config {
                 Some(p) => format!("  proxyProtocol from {}", join(p.trusted_ips.iter())),
                 None => String::new(),
             };
+            let mut life = format!("  graceTimeOut {}", dur(ep.grace_timeout));
+            if !ep.accept_grace.is_zero() {
+                life += &format!(" requestAcceptGraceTimeout {}", dur(ep.accept_grace));
+            }
+            if ep.reuse_port {
+                life += "  reusePort";
+            }
             writeln!(
                 s,
-                "  {:<16} {:<24} readTimeout {}{}",
+                "  {:<16} {:<24} readTimeout {}{}{}",
                 ep.name,
                 ep.address.to_string() + if ep.v6only { " v6only" } else { "" },
                 dur(ep.read_timeout),
+                life,
                 pp
             )?;
         }
@@ -95,6 +103,10 @@ impl Config {
                 )?;
                 if !mws.is_empty() {
                     write!(s, " via {}", mws.join(", "))?;
+                }
+                if r.rule.is_v2() {
+                    // What to write to migrate: the same rule in v3 syntax.
+                    write!(s, "\n      ruleSyntax v2; in v3: {}", r.rule)?;
                 }
                 writeln!(s)?;
             }

@@ -281,24 +281,31 @@ pub fn load_pair(
             return Err([chain.err(), key.err()].into_iter().flatten().collect());
         }
     };
-    let ck = CertifiedKey::from_der(chain, key, provider)
-        .map_err(|e| match e {
-            rustls::Error::InconsistentKeys(_) => format!(
-                "{}: the private key `{}` does not match the certificate `{}`",
-                pair.key_file.at,
-                pair.key_file.path.display(),
-                pair.cert_file.path.display()
-            ),
-            e => format!(
-                "{}: `{}`: unusable private key: {e}",
-                pair.key_file.at,
-                pair.key_file.path.display()
-            ),
-        })
-        .map_err(|e| vec![e])?;
+    let v1 = chain.first().is_some_and(|c| x509::is_v1(c));
+    let ck = if v1 {
+        v1_pair(pair, chain, key, provider)?
+    } else {
+        CertifiedKey::from_der(chain, key, provider)
+            .map_err(|e| match e {
+                rustls::Error::InconsistentKeys(_) => format!(
+                    "{}: the private key `{}` does not match the certificate `{}`",
+                    pair.key_file.at,
+                    pair.key_file.path.display(),
+                    pair.cert_file.path.display()
+                ),
+                e => format!(
+                    "{}: `{}`: unusable private key: {e}",
+                    pair.key_file.at,
+                    pair.key_file.path.display()
+                ),
+            })
+            .map_err(|e| vec![e])?
+    };
     let leaf = &ck.cert[0];
     let mut names: Vec<String> = match webpki::EndEntityCert::try_from(leaf) {
         Ok(ee) => ee.valid_dns_names().map(str::to_string).collect(),
+        // v1 has no extensions, so no SANs: its names are its CN (below).
+        Err(_) if v1 => Vec::new(),
         Err(e) => {
             return Err(vec![format!(
                 "{}: `{}`: not a valid X.509 certificate: {e}",
@@ -326,6 +333,38 @@ pub fn load_pair(
         }
     }
     Ok((ck, names))
+}
+
+/// An X.509 v1 leaf: rustls' key check (`CertifiedKey::from_der`) parses
+/// the certificate with webpki, which refuses v1, and says "unusable private
+/// key". Go and Traefik serve v1 certificates, so the key is loaded alone and
+/// its public half compared with the certificate's subjectPublicKeyInfo here.
+fn v1_pair(
+    pair: &CertPair,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, Vec<String>> {
+    let signer = provider.key_provider.load_private_key(key).map_err(|e| {
+        vec![format!(
+            "{}: `{}`: unusable private key: {e}",
+            pair.key_file.at,
+            pair.key_file.path.display()
+        )]
+    })?;
+    // A key type that cannot give its public half is accepted, as rustls
+    // does (`InconsistentKeys::Unknown`).
+    if let Some(public) = signer.public_key() {
+        if x509::spki(&chain[0]) != Some(public.as_ref()) {
+            return Err(vec![format!(
+                "{}: the private key `{}` does not match the certificate `{}`",
+                pair.key_file.at,
+                pair.key_file.path.display(),
+                pair.cert_file.path.display()
+            )]);
+        }
+    }
+    Ok(CertifiedKey::new(chain, signer))
 }
 
 #[cfg(test)]

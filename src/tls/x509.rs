@@ -10,6 +10,7 @@
 const SEQUENCE: u8 = 0x30;
 const SET: u8 = 0x31;
 const OID: u8 = 0x06;
+const INTEGER: u8 = 0x02;
 const CONTEXT_0: u8 = 0xa0;
 const UTC_TIME: u8 = 0x17;
 const GENERALIZED_TIME: u8 = 0x18;
@@ -96,6 +97,36 @@ pub fn common_name(cert: &[u8]) -> Option<String> {
         }
     }
     None
+}
+
+/// Whether the certificate is X.509 v1: no explicit version field, or
+/// version 0. webpki (so rustls' key check) refuses v1; Go, so Traefik,
+/// serves it (Traefik's own test certificates `whoami-*.crt` are v1).
+pub fn is_v1(cert: &[u8]) -> bool {
+    let Some((cert, _)) = expect(cert, SEQUENCE) else {
+        return false;
+    };
+    let Some((tbs, _)) = expect(cert, SEQUENCE) else {
+        return false;
+    };
+    match tlv(tbs) {
+        Some((CONTEXT_0, version, _)) => version == [INTEGER, 0x01, 0x00],
+        Some((INTEGER, _, _)) => true, // the serial comes first: no version
+        _ => false,
+    }
+}
+
+/// The subjectPublicKeyInfo, whole (tag and length included): what the
+/// public half of a private key (`SigningKey::public_key`) is compared with.
+pub fn spki(cert: &[u8]) -> Option<&[u8]> {
+    let tbs = tbs_fields(cert)?;
+    let (_, _, rest) = tlv(tbs)?; // serialNumber
+    let (_, rest) = expect(rest, SEQUENCE)?; // signature algorithm
+    let (_, rest) = expect(rest, SEQUENCE)?; // issuer
+    let (_, rest) = expect(rest, SEQUENCE)?; // validity
+    let (_, rest) = expect(rest, SEQUENCE)?; // subject
+    let (_, after) = expect(rest, SEQUENCE)?; // subjectPublicKeyInfo
+    Some(&rest[..rest.len() - after.len()])
 }
 
 /// subjectAltName (2.5.29.17).
@@ -229,6 +260,23 @@ mod tests {
     }
 
     #[test]
+    fn v1_certificate() {
+        // Traefik's integration-test certificate (X.509 v1, RSA 2048).
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/traefik/fixtures/tcp/whoami-a.crt"
+        );
+        let pem = std::fs::read(path).unwrap();
+        use rustls::pki_types::pem::PemObject;
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+        assert!(is_v1(&der));
+        assert_eq!(common_name(&der).as_deref(), Some("whoami-a.test"));
+        let spki = spki(&der).unwrap();
+        assert_eq!(spki[0], SEQUENCE);
+        assert!(spki.len() > 256, "an RSA 2048 key: {} bytes", spki.len());
+    }
+
+    #[test]
     fn generated_certificate() {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut params = rcgen::CertificateParams::new(vec!["a.test".into()]).unwrap();
@@ -239,6 +287,8 @@ mod tests {
         let cert = params.self_signed(&key).unwrap();
         assert_eq!(common_name(cert.der()).as_deref(), Some("cn.example"));
         assert_eq!(not_after(cert.der()), Some(1_936_742_400));
+        assert!(!is_v1(cert.der()), "rcgen makes v3");
+        assert_eq!(spki(cert.der()), Some(&key.public_key_der()[..]));
     }
 
     #[test]

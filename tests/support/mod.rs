@@ -50,7 +50,7 @@ pub struct Proxy {
     pub config_path: PathBuf,
     pub addrs: HashMap<String, SocketAddr>,
     logs: Arc<Mutex<Vec<String>>>,
-    _dir: TempDir,
+    _dir: Option<TempDir>,
 }
 
 impl Proxy {
@@ -74,6 +74,16 @@ impl Proxy {
                 format!("{config}\n[tcpServersTransport]\nterminationDelay = \"30s\"\n")
             };
         let path = dir.write("sluicegate.toml", &config);
+        Self::spawn(path, Some(dir), wrapper)
+    }
+
+    /// Start with a config file the test wrote itself (e.g. next to the
+    /// certificates its relative paths name); it is used as it is.
+    pub fn start_file(path: &std::path::Path) -> Proxy {
+        Self::spawn(path.to_path_buf(), None, &[])
+    }
+
+    fn spawn(path: PathBuf, dir: Option<TempDir>, wrapper: &[&str]) -> Proxy {
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
@@ -247,6 +257,15 @@ impl Backend {
     where
         F: Fn(TcpStream) + Send + Sync + 'static,
     {
+        Self::try_start_on(bind, handler).unwrap_or_else(|e| panic!("bind {bind}: {e}"))
+    }
+
+    /// `start_on`, with the bind error returned (to try another address when
+    /// a fixed port is taken).
+    pub fn try_start_on<F>(bind: &str, handler: F) -> std::io::Result<Backend>
+    where
+        F: Fn(TcpStream) + Send + Sync + 'static,
+    {
         // A deep accept queue: std's default backlog (128) overflows when
         // hundreds of proxied connections arrive at once, and the kernel then
         // resets some of them, which tests would blame on the proxy.
@@ -255,13 +274,12 @@ impl Backend {
             socket2::Domain::for_address(want),
             socket2::Type::STREAM,
             None,
-        )
-        .unwrap();
-        sock.set_reuse_address(true).unwrap();
-        sock.bind(&want.into()).unwrap();
-        sock.listen(4096).unwrap();
+        )?;
+        sock.set_reuse_address(true)?;
+        sock.bind(&want.into())?;
+        sock.listen(4096)?;
         let l: TcpListener = sock.into();
-        let addr = l.local_addr().unwrap();
+        let addr = l.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicUsize::new(0));
         let handler = Arc::new(handler);
@@ -280,11 +298,11 @@ impl Backend {
                 }
             });
         }
-        Backend {
+        Ok(Backend {
             addr,
             stop,
             accepted,
-        }
+        })
     }
 
     /// Echo every byte back; pass the FIN on after the last one.
@@ -490,3 +508,4 @@ pub mod process;
 pub mod record;
 pub mod redis;
 pub mod tls;
+pub mod whoami;

@@ -63,7 +63,17 @@ impl TlsStream {
         name: &str,
         config: Arc<ClientConfig>,
     ) -> io::Result<TlsStream> {
-        let mut sock = TcpStream::connect(addr)?;
+        let sock = TcpStream::connect(addr)?;
+        Self::over(sock, name, config)
+    }
+
+    /// The handshake on a socket already connected (and perhaps already
+    /// used in the clear, as after a PostgreSQL SSLRequest).
+    pub fn over(
+        mut sock: TcpStream,
+        name: &str,
+        config: Arc<ClientConfig>,
+    ) -> io::Result<TlsStream> {
         sock.set_read_timeout(Some(Duration::from_secs(60)))?;
         let name = ServerName::try_from(name.to_string()).unwrap();
         let mut conn = ClientConnection::new(config, name).map_err(io::Error::other)?;
@@ -82,6 +92,27 @@ impl TlsStream {
         let certs = c.peer_certificates().expect("server certificate");
         let ee = webpki::EndEntityCert::try_from(&certs[0]).unwrap();
         ee.valid_dns_names().map(String::from).collect()
+    }
+
+    /// The certificates the server sent (leaf first), as DER.
+    pub fn peer_certificates(&self) -> Vec<CertificateDer<'static>> {
+        let c = self.conn.lock().unwrap();
+        c.peer_certificates()
+            .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The negotiated protocol version.
+    pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
+        self.conn.lock().unwrap().protocol_version()
+    }
+
+    /// One read as a Go client does it: whatever plaintext the next
+    /// record(s) carry, at least one byte (or the error / EOF).
+    pub fn read_some(&self) -> io::Result<Vec<u8>> {
+        let mut got = Vec::new();
+        self.read_until(&mut got, 1)?;
+        Ok(got)
     }
 
     /// The TCP socket (to reset it, or read raw).
@@ -239,4 +270,112 @@ impl Ca {
         std::fs::write(&k, key).unwrap();
         (ca, c, k)
     }
+}
+
+/// A client that accepts any server certificate without looking at it, as
+/// Go's `InsecureSkipVerify` (it also takes X.509 v1 certificates, which
+/// webpki cannot parse): for checks that only read the peer certificate.
+pub fn insecure_client_config(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let schemes = provider
+        .signature_verification_algorithms
+        .supported_schemes();
+    let b = ClientConfig::builder_with_provider(provider);
+    let b = if versions.is_empty() {
+        b.with_safe_default_protocol_versions().unwrap()
+    } else {
+        b.with_protocol_versions(versions).unwrap()
+    };
+    let cfg = b
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(schemes)))
+        .with_no_client_auth();
+    Arc::new(cfg)
+}
+
+#[derive(Debug)]
+struct AcceptAny(Vec<rustls::SignatureScheme>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.clone()
+    }
+}
+
+/// The subject commonName of a DER certificate (any X.509 version), by a
+/// small DER walk: Certificate -> tbsCertificate -> [version] serial
+/// signature issuer validity subject -> RDN sets -> (OID 2.5.4.3, value).
+pub fn subject_cn(der: &[u8]) -> Option<String> {
+    fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, b) = b.split_first()?;
+        let (&l0, b) = b.split_first()?;
+        let (len, b) = if l0 < 0x80 {
+            (usize::from(l0), b)
+        } else {
+            let n = usize::from(l0 & 0x7f);
+            if n == 0 || n > 4 || b.len() < n {
+                return None;
+            }
+            let len = b[..n]
+                .iter()
+                .fold(0usize, |a, &x| (a << 8) | usize::from(x));
+            (len, &b[n..])
+        };
+        (b.len() >= len).then(|| (tag, &b[..len], &b[len..]))
+    }
+    let (_, cert, _) = tlv(der)?;
+    let (_, tbs, _) = tlv(cert)?;
+    let (tag, _, after) = tlv(tbs)?;
+    let mut rest = if tag == 0xa0 { after } else { tbs };
+    // serial, signature, issuer, validity
+    for _ in 0..4 {
+        rest = tlv(rest)?.2;
+    }
+    let (_, mut rdns, _) = tlv(rest)?;
+    while !rdns.is_empty() {
+        let (_, set, next) = tlv(rdns)?;
+        rdns = next;
+        let mut attrs = set;
+        while !attrs.is_empty() {
+            let (_, atv, next) = tlv(attrs)?;
+            attrs = next;
+            let (_, oid, value) = tlv(atv)?;
+            if oid == [0x55, 0x04, 0x03] {
+                let (_, v, _) = tlv(value)?;
+                return String::from_utf8(v.to_vec()).ok();
+            }
+        }
+    }
+    None
 }
