@@ -137,6 +137,7 @@ pub fn run(path: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot start the KV watcher: {e}"))?;
     }
     drop(reload_tx);
+    crate::notify::start(&shared, workers);
     for h in handles {
         let _ = h.join();
     }
@@ -201,6 +202,7 @@ fn signal_loop(shared: &Arc<Shared>, reloads: &mpsc::Sender<ReloadMsg>) {
             }
             StopAction::Drain => {
                 first_stop = Some(now);
+                crate::notify::stopping(shared);
                 let grace = shared
                     .current()
                     .config
@@ -234,6 +236,7 @@ fn signal_loop(shared: &Arc<Shared>, reloads: &mpsc::Sender<ReloadMsg>) {
                 if first_stop.is_none() {
                     first_stop = Some(now);
                     shared.stop();
+                    crate::notify::stopping(shared);
                 }
                 log!(Warn, "stop now: resetting open connections", signal = sig);
                 // Never `process::exit` here: connections still open would
@@ -414,6 +417,7 @@ fn reload_loop(
             if let Some(why) = pending.take() {
                 next_id += 1;
                 let id = next_id;
+                crate::notify::reloading();
                 let (path, tx, loader) = (path.to_path_buf(), tx.clone(), loader.clone());
                 let spawned = std::thread::Builder::new()
                     .name("sluicegate-load".into())
@@ -438,6 +442,10 @@ fn reload_loop(
                     ),
                 }
             }
+        }
+        // No reload in progress (or one given up): the manager may know.
+        if running.as_ref().is_none_or(|r| r.expired) {
+            crate::notify::reloaded();
         }
     }
 }

@@ -28,7 +28,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,6 +54,9 @@ pub struct HealthState {
     /// First ServerId of each service (weighted services own none).
     first: Vec<ServerId>,
     up: Vec<AtomicBool>,
+    /// Health-checked servers whose first probe has not ended yet (readiness
+    /// waits for it: every server starts up, a dead one would get traffic).
+    unprobed: AtomicUsize,
 }
 
 impl HealthState {
@@ -69,7 +72,18 @@ impl HealthState {
             }
         }
         let up = servers.iter().map(|_| AtomicBool::new(true)).collect();
-        HealthState { servers, first, up }
+        let unprobed = cfg
+            .services
+            .iter()
+            .filter_map(|s| checked(&s.kind))
+            .map(|(lb, _)| lb.servers.len())
+            .sum();
+        HealthState {
+            servers,
+            first,
+            up,
+            unprobed: AtomicUsize::new(unprobed),
+        }
     }
 
     /// The ServerId of server `server` of load-balancer service `service`.
@@ -87,6 +101,11 @@ impl HealthState {
     /// Set a verdict; returns the previous one.
     fn set(&self, id: ServerId, up: bool) -> bool {
         self.up[id].swap(up, Ordering::Relaxed)
+    }
+
+    /// How many health-checked servers have no verdict of their own yet.
+    pub fn first_verdicts_pending(&self) -> usize {
+        self.unprobed.load(Ordering::Acquire)
     }
 
     /// `(service index, server index, up)` for every server.
@@ -236,6 +255,7 @@ fn check_service(snap: &Snapshot, si: usize, stop: &Stop) {
     };
     let start = Instant::now();
     let mut due = vec![start; lb.servers.len()];
+    let mut probed = vec![false; lb.servers.len()];
     loop {
         let Some((i, &when)) = due.iter().enumerate().min_by_key(|(_, &t)| t) else {
             return;
@@ -274,6 +294,11 @@ fn check_service(snap: &Snapshot, si: usize, stop: &Stop) {
                 server = server.address_text
             ),
             _ => {}
+        }
+        // After the log line: whoever sees the count drop sees the verdict's
+        // line before its own.
+        if !std::mem::replace(&mut probed[i], true) {
+            snap.health.unprobed.fetch_sub(1, Ordering::AcqRel);
         }
         due[i] = Instant::now()
             + if up {

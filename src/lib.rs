@@ -10,7 +10,8 @@
 //! Control plane: `engine` (start-up, signals, reload, drain), `config`
 //! (Traefik TOML → validated `model::Config`), `health` (active checks on
 //! their own threads, publishing up/down flags), `admin` (`/ping`,
-//! `/metrics`, `/api`) and `metrics` (per-worker counters, summed on scrape).
+//! `/metrics`, `/api`), `metrics` (per-worker counters, summed on scrape) and
+//! `notify` (readiness, reload, stop and watchdog messages to systemd).
 //!
 //! `sys` is the only module with `unsafe`.
 
@@ -25,6 +26,7 @@ pub mod kv;
 pub mod log;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod peek;
 pub mod route;
 pub mod session;

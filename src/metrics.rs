@@ -107,6 +107,22 @@ impl Registry {
         }
     }
 
+    /// `(accepted, open)` connections over every worker and entrypoint (the
+    /// service manager's status line). Read like `render`: `ended` first.
+    pub fn connection_totals(&self) -> (u64, u64) {
+        let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut accepted, mut open) = (0u64, 0u64);
+        for w in workers.iter() {
+            for (acc, ended) in w.accepted.iter().zip(&w.ended) {
+                let ended = ended.load(Ordering::Relaxed);
+                let acc = acc.load(Ordering::Relaxed);
+                accepted += acc;
+                open += acc.saturating_sub(ended);
+            }
+        }
+        (accepted, open)
+    }
+
     /// Prometheus text exposition (format 0.0.4) of the sum over workers,
     /// with names from `snap` (the current snapshot).
     pub fn render(&self, snap: &Snapshot) -> String {

@@ -407,6 +407,20 @@ pub fn allocator_collect() {
     unsafe { mi_collect(false) }
 }
 
+/// `clock_gettime(CLOCK_MONOTONIC)` in microseconds: the clock systemd's
+/// `MONOTONIC_USEC=` (sent with `RELOADING=1`) is read on. `Instant` uses the
+/// same clock but does not expose its value.
+pub fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always
+    // exists on Linux, so the call cannot fail (it would leave zeros).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

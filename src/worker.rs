@@ -561,6 +561,7 @@ async fn worker_main(id: usize, shared: Arc<Shared>, listeners: Listeners) -> io
     let mut trimmed = Instant::now();
     while !shared.stopping() {
         monoio::time::sleep(HOUSEKEEPING).await;
+        crate::notify::worker_alive(id);
         if trimmed.elapsed() >= crate::forward::POOL_TRIM_PERIOD {
             trimmed = Instant::now();
             crate::forward::trim_pools();
