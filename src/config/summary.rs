@@ -19,7 +19,8 @@ impl Config {
     fn write_summary(&self, s: &mut String) -> std::fmt::Result {
         writeln!(s, "config {}", self.source.display())?;
 
-        writeln!(s, "\nentrypoints ({}):", self.entrypoints.len())?;
+        let listed = self.entrypoints.len() + usize::from(self.admin.is_some());
+        writeln!(s, "\nentrypoints ({listed}):")?;
         for ep in &self.entrypoints {
             let pp = match &ep.proxy_protocol {
                 Some(p) if p.insecure => "  proxyProtocol from anyone".to_string(),
