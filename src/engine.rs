@@ -106,7 +106,9 @@ pub fn run(path: &Path) -> Result<(), String> {
         std::thread::Builder::new()
             .name("sluicegate-reload".into())
             .spawn(move || {
-                let loader: Loader = Arc::new(load_snapshot);
+                let base = shared.clone();
+                let loader: Loader =
+                    Arc::new(move |p: &Path| load_aligned(p, &base.current().config));
                 reload_loop(&path, &shared, &tx, &reload_rx, loader, RELOAD_DEADLINE)
             })
             .map_err(|e| format!("cannot start reload thread: {e}"))?;
@@ -300,7 +302,7 @@ enum ReloadMsg {
     Loaded(u64, Box<Loaded>),
 }
 
-/// The function a loader thread runs (`load_snapshot`; tests substitute one
+/// The function a loader thread runs (`load_aligned`; tests substitute one
 /// that blocks).
 type Loader = Arc<dyn Fn(&Path) -> Loaded + Send + Sync>;
 
@@ -310,9 +312,12 @@ type Loaded = Result<(Snapshot, Vec<String>), Vec<String>>;
 
 /// Read, validate and compile the config and load its certificates: all the
 /// IO of a reload, on the loader thread, where blocking harms nothing.
-fn load_snapshot(path: &Path) -> Loaded {
-    let cfg = config::load(path)
+/// Entrypoints keep the slots they have in `running` (see
+/// `align_entrypoints`).
+fn load_aligned(path: &Path, running: &Config) -> Loaded {
+    let mut cfg = config::load(path)
         .map_err(|errs| errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    align_entrypoints(&mut cfg, running).map_err(|e| vec![e])?;
     let warnings = cfg.warnings.clone();
     let snap = Snapshot::new(cfg).map_err(|e| e.lines().map(str::to_owned).collect::<Vec<_>>())?;
     Ok((snap, warnings))
@@ -454,7 +459,8 @@ fn reload_loop(
 fn apply(shared: &Shared, loaded: Loaded, why: &str) {
     match loaded {
         Ok((snap, warnings)) => {
-            if let Err(why_not) = same_listeners(&shared.current().config, &snap.config) {
+            let old = shared.current();
+            if let Err(why_not) = same_listeners(&old.config, &snap.config) {
                 log!(
                     Error,
                     "reload refused: keeping the running config",
@@ -462,14 +468,61 @@ fn apply(shared: &Shared, loaded: Loaded, why: &str) {
                 );
                 return;
             }
+            // Entrypoints the reload adds are bound before anything changes:
+            // one that cannot listen keeps the running config.
+            let (added, removed) = entrypoint_changes(&old.config, &snap.config);
+            let mut bound = Vec::with_capacity(added.len());
+            for &ep in &added {
+                match worker::bind_entrypoint(&snap.config.entrypoints[ep], shared.workers()) {
+                    Ok(socks) => bound.push((ep, socks)),
+                    Err(e) => {
+                        log!(
+                            Error,
+                            "reload refused: keeping the running config",
+                            reason = e
+                        );
+                        return;
+                    }
+                }
+            }
             for w in &warnings {
                 log!(Warn, "config", warning = w);
             }
             // Known-down servers stay down until the new checks say
             // otherwise; then the checks move to the new snapshot.
-            health::inherit(&snap, &shared.current());
+            health::inherit(&snap, &old);
+            let graces: Vec<Duration> = removed
+                .iter()
+                .map(|&ep| old.config.entrypoints[ep].grace_timeout)
+                .collect();
+            let names = |eps: &[usize], c: &Config| -> Vec<String> {
+                eps.iter().map(|&e| c.entrypoints[e].name.clone()).collect()
+            };
+            let (added_names, removed_names) =
+                (names(&added, &snap.config), names(&removed, &old.config));
             shared.publish(snap);
+            // After the publish: a worker never accepts on an entrypoint its
+            // snapshot does not have.
+            for (ep, socks) in bound {
+                if let Err(e) = shared.add_listeners(ep, socks) {
+                    log!(
+                        Error,
+                        "cannot hand an added entrypoint to the workers",
+                        error = e
+                    );
+                }
+            }
+            let now = Instant::now();
+            for (&ep, grace) in removed.iter().zip(graces) {
+                shared.remove_entrypoint(ep, now + grace);
+            }
             health::restart(shared);
+            for n in &added_names {
+                log!(Info, "entrypoint added", entrypoint = n);
+            }
+            for n in &removed_names {
+                log!(Info, "entrypoint removed: draining", entrypoint = n);
+            }
             log!(Info, "reloaded", trigger = why);
         }
         Err(errors) => {
@@ -484,23 +537,92 @@ fn apply(shared: &Shared, loaded: Loaded, why: &str) {
     }
 }
 
-/// Listeners are bound once at start; a reload may change everything else.
+/// The admin listener is bound once at start; entrypoints may change (see
+/// `align_entrypoints`), with one exception: `reusePort` of an entrypoint
+/// that stays.
 fn same_listeners(old: &Config, new: &Config) -> Result<(), String> {
     let admin_addr = |c: &Config| c.admin.as_ref().map(|a| (a.address, a.reuse_port));
     if admin_addr(old) != admin_addr(new) {
         return Err("the admin entrypoint was added, removed or moved; restart to apply".into());
     }
-    let key = |c: &Config| -> Vec<(String, std::net::SocketAddr, bool, bool)> {
-        c.entrypoints
-            .iter()
-            .map(|e| (e.name.clone(), e.address, e.v6only, e.reuse_port))
-            .collect()
-    };
-    if key(old) == key(new) {
-        Ok(())
-    } else {
-        Err("entrypoints changed (names, addresses or reusePort); restart to apply".into())
+    // Slots are aligned: the same slot is the same listener.
+    for (o, n) in old.entrypoints.iter().zip(&new.entrypoints) {
+        if !o.removed && !n.removed && o.reuse_port != n.reuse_port {
+            return Err(format!(
+                "entrypoint `{}`: reusePort changed ({} -> {}); restart to apply",
+                n.name, o.reuse_port, n.reuse_port
+            ));
+        }
     }
+    Ok(())
+}
+
+/// What a listener is: an entrypoint whose address changes is removed and
+/// added again (a new socket); one that keeps its address keeps its slot
+/// and listener, even renamed, with every other setting reloaded.
+fn listener_key(e: &crate::model::EntryPoint) -> (std::net::SocketAddr, bool) {
+    (e.address, e.v6only)
+}
+
+/// Reorders a reloaded config's entrypoints so that every entrypoint that
+/// stays keeps its slot (index) of the running config: workers, metrics and
+/// live connections name entrypoints by index, and a slot never changes
+/// meaning while the process runs. Entrypoints that went away stay as
+/// `removed` tombstones (no router, no listener) while they drain; new ones
+/// take a tombstone of the same name and address, else a new slot at the
+/// end. Router entrypoint indices are remapped to match.
+fn align_entrypoints(new: &mut Config, old: &Config) -> Result<(), String> {
+    let incoming = std::mem::take(&mut new.entrypoints);
+    let mut slots: Vec<Option<crate::model::EntryPoint>> = vec![None; old.entrypoints.len()];
+    let mut remap = vec![usize::MAX; incoming.len()];
+    let mut appended = Vec::new();
+    for (i, e) in incoming.into_iter().enumerate() {
+        match old
+            .entrypoints
+            .iter()
+            .position(|o| listener_key(o) == listener_key(&e))
+        {
+            Some(at) if slots[at].is_none() => {
+                remap[i] = at;
+                slots[at] = Some(e);
+            }
+            _ => appended.push((i, e)),
+        }
+    }
+    let mut out: Vec<crate::model::EntryPoint> = Vec::with_capacity(slots.len() + appended.len());
+    for (at, slot) in slots.into_iter().enumerate() {
+        out.push(slot.unwrap_or_else(|| crate::model::EntryPoint {
+            removed: true,
+            ..old.entrypoints[at].clone()
+        }));
+    }
+    for (i, e) in appended {
+        remap[i] = out.len();
+        out.push(e);
+    }
+    if out.len() > worker::MAX_ENTRYPOINT_SLOTS {
+        return Err(format!(
+            "more than {} entrypoints added and removed since start; restart to apply",
+            worker::MAX_ENTRYPOINT_SLOTS
+        ));
+    }
+    for r in &mut new.routers {
+        for ep in &mut r.entrypoints {
+            *ep = remap[*ep];
+        }
+    }
+    new.entrypoints = out;
+    Ok(())
+}
+
+/// Entrypoint slots a reload adds (no listener in the running config) and
+/// removes (one that had a listener became a tombstone).
+fn entrypoint_changes(old: &Config, new: &Config) -> (Vec<usize>, Vec<usize>) {
+    let live = |c: &Config, i: usize| c.entrypoints.get(i).is_some_and(|e| !e.removed);
+    let n = old.entrypoints.len().max(new.entrypoints.len());
+    let added = (0..n).filter(|&i| live(new, i) && !live(old, i)).collect();
+    let removed = (0..n).filter(|&i| live(old, i) && !live(new, i)).collect();
+    (added, removed)
 }
 
 /// Looks at modification times only (a `stat` never blocks on a FIFO) and

@@ -78,6 +78,12 @@ impl Snapshot {
     }
 }
 
+/// Entrypoint slots a process has over its lifetime: entrypoints added by
+/// reloads take new slots (a removed one keeps its slot while it drains, and
+/// gives it back to an entrypoint of the same name and address); beyond this
+/// a reload that adds one is refused (restart to apply).
+pub const MAX_ENTRYPOINT_SLOTS: usize = 256;
+
 /// State shared between the control thread and the workers.
 pub struct Shared {
     snapshot: Mutex<Arc<Snapshot>>,
@@ -94,6 +100,14 @@ pub struct Shared {
     /// so a descriptor shut down is always the listener: never a number the
     /// worker closed and the kernel gave to a new connection.
     listeners: Mutex<Vec<(usize, std::net::TcpListener)>>,
+    /// Listeners a reload added, per worker id, until the worker takes
+    /// them (within `HOUSEKEEPING`).
+    pending: Mutex<HashMap<usize, Listeners>>,
+    /// Entrypoints a reload removed: their connections are cut at the
+    /// deadline (the removed entrypoint's graceTimeOut after the reload).
+    removed: Mutex<Vec<(usize, Instant)>>,
+    /// How many workers run (set with their listeners).
+    workers: std::sync::atomic::AtomicUsize,
     /// `inFlightConn`: open connections per (middleware, client IP). Only
     /// touched by routers that use the middleware.
     pub in_flight: Mutex<HashMap<(usize, IpAddr), u32>>,
@@ -105,15 +119,19 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(snap: Snapshot) -> Arc<Shared> {
-        let entrypoints = snap.config.entrypoints.len();
         Arc::new(Shared {
             snapshot: Mutex::new(Arc::new(snap)),
             generation: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             stopped_at: Mutex::new(None),
             cut_all: AtomicBool::new(false),
-            closed: (0..entrypoints).map(|_| AtomicBool::new(false)).collect(),
+            closed: (0..MAX_ENTRYPOINT_SLOTS)
+                .map(|_| AtomicBool::new(false))
+                .collect(),
             listeners: Mutex::new(Vec::new()),
+            pending: Mutex::new(HashMap::new()),
+            removed: Mutex::new(Vec::new()),
+            workers: std::sync::atomic::AtomicUsize::new(0),
             in_flight: Mutex::new(HashMap::new()),
             metrics: crate::metrics::Registry::default(),
             health_checks: Mutex::new(None),
@@ -136,6 +154,7 @@ impl Shared {
     /// Keep a handle on every worker's listeners (before the workers start,
     /// so a stop signal never misses one).
     pub fn register_listeners(&self, all: &[Listeners]) -> io::Result<()> {
+        self.workers.store(all.len(), Ordering::Release);
         let mut held = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         for (ep, l) in all.iter().flatten() {
             held.push((*ep, l.try_clone()?));
@@ -195,6 +214,61 @@ impl Shared {
         log!(Info, "stopped accepting", entrypoint = name);
     }
 
+    /// How many workers run.
+    pub fn workers(&self) -> usize {
+        self.workers.load(Ordering::Acquire).max(1)
+    }
+
+    /// A reload added entrypoint `ep`: `socks` holds one listener per worker
+    /// (worker `i` gets `socks[i]`). Call after publishing the snapshot that
+    /// has it, so a worker never accepts on an entrypoint its snapshot lacks.
+    pub fn add_listeners(&self, ep: usize, socks: Vec<std::net::TcpListener>) -> io::Result<()> {
+        let mut held = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for (worker, s) in socks.into_iter().enumerate() {
+            held.push((ep, s.try_clone()?));
+            pending.entry(worker).or_default().push((ep, s));
+        }
+        // A slot given back to its entrypoint: not draining any more.
+        self.removed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(e, _)| *e != ep);
+        if let Some(flag) = self.closed.get(ep) {
+            flag.store(false, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// A reload removed entrypoint `ep`: stop accepting on it now; its
+    /// connections may finish until `deadline`, then they are cut.
+    pub fn remove_entrypoint(&self, ep: usize, deadline: Instant) {
+        self.close_entrypoint(ep);
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(e, _)| *e != ep);
+        self.removed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((ep, deadline));
+    }
+
+    fn take_pending(&self, worker: usize) -> Listeners {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&worker)
+            .unwrap_or_default()
+    }
+
+    fn removal_deadlines(&self) -> Vec<(usize, Instant)> {
+        self.removed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Whether entrypoint `ep` has stopped accepting.
     pub fn is_closed(&self, ep: usize) -> bool {
         self.closed
@@ -219,7 +293,7 @@ impl Shared {
     pub fn cut_now(&self) {
         self.cut_all.store(true, Ordering::Release);
         self.stop();
-        for ep in 0..self.closed.len() {
+        for ep in 0..self.current().config.entrypoints.len() {
             self.close_entrypoint(ep);
         }
     }
@@ -273,6 +347,23 @@ pub type Listeners = Vec<(usize, std::net::TcpListener)>;
 pub fn bind_all(cfg: &Config, workers: usize) -> io::Result<Vec<Listeners>> {
     let mut per_worker: Vec<Listeners> = (0..workers).map(|_| Vec::new()).collect();
     for (ei, ep) in cfg.entrypoints.iter().enumerate() {
+        for (slot, sock) in per_worker.iter_mut().zip(bind_entrypoint(ep, workers)?) {
+            slot.push((ei, sock));
+        }
+    }
+    if cfg.entrypoints.iter().any(|e| e.reuse_port) {
+        warn_without_migration();
+    }
+    Ok(per_worker)
+}
+
+/// One entrypoint's listeners, one per worker (see `bind_all`).
+pub fn bind_entrypoint(
+    ep: &crate::model::EntryPoint,
+    workers: usize,
+) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut socks = Vec::with_capacity(workers);
+    {
         let mut addr = ep.address;
         let mut v6only = ep.v6only;
         let first = match bind_one(addr, v6only, ep.reuse_port) {
@@ -292,14 +383,11 @@ pub fn bind_all(cfg: &Config, workers: usize) -> io::Result<Vec<Listeners>> {
                 .set_reuse_port(true)
                 .map_err(|e| listen_error(&ep.name, addr, false, e))?;
         }
-        let mut slots = per_worker.iter_mut();
-        if let Some(slot) = slots.next() {
-            slot.push((ei, first));
-        }
-        for slot in slots {
+        socks.push(first);
+        for _ in 1..workers {
             let sock =
                 bind_one(addr, v6only, true).map_err(|e| listen_error(&ep.name, addr, true, e))?;
-            slot.push((ei, sock));
+            socks.push(sock);
         }
         log!(
             Info,
@@ -310,10 +398,7 @@ pub fn bind_all(cfg: &Config, workers: usize) -> io::Result<Vec<Listeners>> {
             reuse_port = ep.reuse_port
         );
     }
-    if cfg.entrypoints.iter().any(|e| e.reuse_port) {
-        warn_without_migration();
-    }
-    Ok(per_worker)
+    Ok(socks)
 }
 
 /// Where Linux (5.14+) says whether a closing listener's accept queue moves
@@ -522,6 +607,20 @@ fn cut_due(all: bool, deadlines: &[Instant], now: Instant) -> (usize, usize, boo
     (due.len(), working, waiting)
 }
 
+/// Cut the live connections of removed entrypoints whose deadline passed;
+/// how many were still working.
+fn cut_removed(removed: &[(usize, Instant)], now: Instant) -> usize {
+    let mut due = Vec::new();
+    LIVE.with(|r| {
+        for (ep, cut) in r.borrow().slots.iter().flatten() {
+            if !cut.is_cut() && removed.iter().any(|(e, d)| e == ep && now >= *d) {
+                due.push(cut.clone());
+            }
+        }
+    });
+    due.iter().filter(|c| c.cut()).count()
+}
+
 /// This worker's current snapshot, refreshed when the control plane publishes
 /// a new one (checked at every accept: one atomic load).
 struct Current {
@@ -541,13 +640,12 @@ impl Current {
 }
 
 async fn worker_main(id: usize, shared: Arc<Shared>, listeners: Listeners) -> io::Result<()> {
-    let entrypoints = shared.current().config.entrypoints.len();
-    shared.metrics.register_worker(entrypoints);
+    shared.metrics.register_worker(MAX_ENTRYPOINT_SLOTS);
     let current = Rc::new(Current {
         seen: Cell::new(shared.generation.load(Ordering::Acquire)),
         snap: RefCell::new(WorkerSnap::new(shared.current())),
     });
-    let mine: Vec<usize> = listeners.iter().map(|(ep, _)| *ep).collect();
+    let mut mine: Vec<usize> = listeners.iter().map(|(ep, _)| *ep).collect();
     for (ep, std_listener) in listeners {
         let listener = TcpListener::from_std(std_listener)?;
         monoio::spawn(accept_loop(
@@ -561,6 +659,40 @@ async fn worker_main(id: usize, shared: Arc<Shared>, listeners: Listeners) -> io
     let mut trimmed = Instant::now();
     while !shared.stopping() {
         monoio::time::sleep(HOUSEKEEPING).await;
+        // Entrypoints a reload added, and connections of removed ones whose
+        // drain time is over.
+        for (ep, std_listener) in shared.take_pending(id) {
+            match TcpListener::from_std(std_listener) {
+                Ok(listener) => {
+                    mine.push(ep);
+                    monoio::spawn(accept_loop(
+                        id,
+                        ep,
+                        listener,
+                        current.clone(),
+                        shared.clone(),
+                    ));
+                }
+                Err(e) => log!(
+                    Error,
+                    "cannot accept on an added entrypoint",
+                    worker = id,
+                    error = e
+                ),
+            }
+        }
+        let removed = shared.removal_deadlines();
+        if !removed.is_empty() {
+            let cut = cut_removed(&removed, Instant::now());
+            if cut > 0 {
+                log!(
+                    Warn,
+                    "removed entrypoint drained: connections cut",
+                    worker = id,
+                    cut = cut
+                );
+            }
+        }
         crate::notify::worker_alive(id);
         if trimmed.elapsed() >= crate::forward::POOL_TRIM_PERIOD {
             trimmed = Instant::now();

@@ -188,6 +188,7 @@ fn entry_points(m: &FileModel, resolve: Resolve<'_>, d: &mut Diags) -> EntryPoin
             accept_grace: ep.accept_grace,
             reuse_port: ep.reuse_port,
             proxy_protocol: ep.proxy_protocol.clone(),
+            removed: false,
         });
     }
     if defaults.is_empty() {
