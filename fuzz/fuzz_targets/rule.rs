@@ -1,10 +1,11 @@
 //! Fuzz target for the rule language (`config::rule::parse`): never panics, an
 //! error offset stays inside the rule, and a parsed rule prints to a canonical
-//! form that parses again to the same form.
+//! form that parses again to the same form. Rules in v2 syntax print as v3
+//! rules that parse.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sluicegate::config::rule::parse;
+use sluicegate::config::rule::{parse, parse_with, Syntax};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -15,6 +16,12 @@ fuzz_target!(|data: &[u8]| {
             let canonical = rule.to_string();
             let again = parse(&canonical).expect("canonical form parses");
             assert_eq!(again.to_string(), canonical);
+        }
+        Err(e) => assert!(e.offset <= text.len()),
+    }
+    match parse_with(text, Syntax::V2) {
+        Ok(rule) => {
+            parse(&rule.to_string()).expect("a v2 rule's v3 form parses");
         }
         Err(e) => assert!(e.offset <= text.len()),
     }

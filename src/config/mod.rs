@@ -31,7 +31,7 @@ pub mod rule;
 mod static_conf;
 mod summary;
 mod tls;
-mod tree;
+pub mod tree;
 mod values;
 
 use std::collections::HashSet;

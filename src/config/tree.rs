@@ -732,6 +732,69 @@ mod tests {
         assert!(e.message.contains("expand"), "{}", e.message);
     }
 
+    /// The fuzz target's seeds (fuzz/corpus/config_tree) through both
+    /// parsers and the KV conversion: no panic, positions inside the text.
+    #[test]
+    fn fuzz_corpus_replays() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/config_tree");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("fuzz/corpus/config_tree exists") {
+            let bytes = std::fs::read(entry.expect("dir entry").path()).expect("readable");
+            let text = String::from_utf8_lossy(&bytes);
+            for parsed in [parse_yaml(&text), parse_toml(&text)] {
+                if let Err(e) = parsed {
+                    assert!(e.offset <= text.len());
+                }
+            }
+            let pairs: Vec<(String, String)> = text
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let listing = kv_listing(&pairs);
+            let _ = from_pairs(&pairs, &listing);
+            n += 1;
+        }
+        assert!(n >= 5, "only {n} seed files in {}", dir.display());
+    }
+
+    #[test]
+    fn kv_pairs_become_tables_and_numbered_arrays() {
+        let pairs = vec![
+            ("tcp/routers/r/entrypoints/1".to_string(), "b".to_string()),
+            ("tcp/routers/r/entrypoints/0".to_string(), "a".to_string()),
+            ("tcp/routers/r/rule".to_string(), "HostSNI(`*`)".to_string()),
+        ];
+        let listing = kv_listing(&pairs);
+        let t = from_pairs(&pairs, &listing);
+        let V::Table(tcp) = &get(&t, "tcp").v else {
+            panic!("tcp")
+        };
+        let V::Table(routers) = &get(tcp, "routers").v else {
+            panic!("routers")
+        };
+        let V::Table(r) = &get(routers, "r").v else {
+            panic!("r")
+        };
+        let V::Array(eps) = &get(r, "entrypoints").v else {
+            panic!("array")
+        };
+        let names: Vec<&str> = eps
+            .iter()
+            .map(|i| match &i.v {
+                V::Str(s) => s.as_str(),
+                _ => "?",
+            })
+            .collect();
+        assert_eq!(names, ["a", "b"], "in index order");
+        let rule = get(r, "rule");
+        assert_eq!(
+            &listing[rule.at..rule.at + 7],
+            "HostSNI",
+            "positions point into the listing"
+        );
+    }
+
     #[test]
     fn yaml_rejects_what_is_not_one_mapping() {
         assert!(parse_yaml("- a\n- b\n").is_err());
