@@ -23,6 +23,8 @@ pub struct FileModel {
     // Static configuration (main file only).
     pub entry_points: Vec<EntryPointF>,
     pub provider: Option<ProviderFileF>,
+    /// `[providers.kubernetesCRD]` (manifest files).
+    pub kubernetes: Option<super::k8s::Settings>,
     /// Admin endpoints asked for: which one, and the entrypoint it names.
     pub admin: Vec<AdminUse>,
     pub runtime: model::Runtime,
