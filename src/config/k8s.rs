@@ -714,13 +714,17 @@ fn ingress_route(
             continue;
         };
         let service_name = make_id(ns, &route_key(&rule.v.0, &meta.name.v));
+        // Router-level messages (a name defined twice) point at the rule.
+        let at = rule.at;
         if services.is_empty() {
             d.error(at, format!("`{route_path}` needs `services`"));
         }
         let single = services.len() == 1;
         let mut children = Vec::new();
+        let mut failed = false;
         for st in services {
             let Some(s) = service_ref(c, ns, st, d) else {
+                failed = true;
                 continue;
             };
             if single {
@@ -740,7 +744,14 @@ fn ingress_route(
                 weight: s.weight.unwrap_or(1),
             });
         }
-        if !single && !children.is_empty() {
+        if failed {
+            // Reported already: defined without a kind, so the router's
+            // reference is not a second, misleading error.
+            m.services.push(ServiceF {
+                name: Sp::new(service_name.clone(), at),
+                kind: None,
+            });
+        } else if !single && !children.is_empty() {
             m.services.push(ServiceF {
                 name: Sp::new(service_name.clone(), at),
                 kind: Some(ServiceKindF::Weighted(WeightedF {
