@@ -619,3 +619,177 @@ spec:
         )
     );
 }
+
+/// Termination with the default TLSStore's certificate and a TLSOption,
+/// re-encrypted to the backend through a ServersTransportTCP whose CA is a
+/// Secret (`stringData`), the objects spread over both API groups and a
+/// `kind: List` (what `kubectl get -o yaml` writes).
+fn store_options_transport(cert_b64: &str, key_b64: &str, backend_ca: &str) -> String {
+    let ca = backend_ca
+        .lines()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata:
+  name: default-cert
+  namespace: edge
+type: kubernetes.io/tls
+data:
+  tls.crt: {cert_b64}
+  tls.key: {key_b64}
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: backend-ca
+  namespace: edge
+stringData:
+  ca.crt: |
+{ca}
+---
+apiVersion: traefik.io/v1alpha1
+kind: TLSStore
+metadata:
+  name: default
+  namespace: edge
+spec:
+  defaultCertificate:
+    secretName: default-cert
+---
+apiVersion: v1
+kind: List
+items:
+  - apiVersion: traefik.containo.us/v1alpha1
+    kind: TLSOption
+    metadata:
+      name: modern
+      namespace: edge
+    spec:
+      minVersion: VersionTLS13
+  - apiVersion: traefik.containo.us/v1alpha1
+    kind: ServersTransportTCP
+    metadata:
+      name: backend.tls
+      namespace: edge
+    spec:
+      dialTimeout: 5s
+      tls:
+        serverName: backend.internal
+        rootCAs:
+          - secret: backend-ca
+---
+apiVersion: traefik.io/v1alpha1
+kind: IngressRouteTCP
+metadata:
+  name: edge
+  namespace: edge
+spec:
+  entryPoints: [tcp-generic]
+  routes:
+    - match: HostSNI(`*`)
+      services:
+        - name: backend
+          port: 443
+          tls: true
+          serversTransport: backend.tls
+  tls:
+    options:
+      name: modern
+"#
+    )
+}
+
+#[test]
+fn tls_store_options_and_servers_transport_from_manifests() {
+    let ca = Ca::new("edge CA");
+    let (crt, key) = ca.leaf(&["edge.example.com"], false);
+    let pki = Pki::new();
+    let (be_crt, be_key) = pki.leaf("backend.internal", &["backend.internal"]);
+    let backend = SServer::start(&be_crt, &be_key);
+    let backend_ca = std::fs::read_to_string(&pki.ca).unwrap();
+    let s = Setup::new(
+        &[(
+            "edge.yaml",
+            &store_options_transport(&b64(&crt), &b64(&key), &backend_ca),
+        )],
+        &map("edge/backend", &[backend.addr]),
+    );
+    let check = s.check();
+    assert!(check.ok(), "{}", check.stderr);
+    assert!(
+        check.stdout.contains("edge-backend-tls"),
+        "the transport keeps Traefik's normalized name: {}",
+        check.stdout
+    );
+    let p = s.start();
+    let ca_file = s.dir.write("edge-ca.crt", &ca.pem);
+    let addr = p.addr("tcp-generic");
+    // TLSOption `modern`: TLS 1.2 is refused.
+    let old = TlsStream::connect(
+        addr,
+        "edge.example.com",
+        client_config(&ca_file, None, &[&rustls::version::TLS12]),
+    );
+    assert!(old.is_err(), "TLS 1.2 must be refused by minVersion");
+    let c = TlsStream::connect(addr, "edge.example.com", client_config(&ca_file, None, &[]))
+        .expect("TLS 1.3 with the store's default certificate");
+    assert_eq!(c.peer_names(), vec!["edge.example.com"]);
+    assert_eq!(c.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+    // s_server -rev answers each line reversed, over the verified
+    // re-encrypted connection (serverName and the CA from the Secret).
+    c.write_all(b"k8s edge\n").unwrap();
+    let got = c.read_exact_len(9).unwrap();
+    assert_eq!(got, b"egde s8k\n");
+}
+
+#[test]
+fn a_traefik_yml_names_the_provider_and_the_guides_empty_section_is_explained() {
+    let backend = Backend::echo();
+    let dir = TempDir::new("k8s-yml");
+    std::fs::create_dir_all(dir.0.join("manifests")).unwrap();
+    dir.write(
+        "manifests/postgres-tcp-route.yaml",
+        &fixture("postgres-tcp-route.yaml"),
+    );
+    let cfg = dir.write(
+        "traefik.yml",
+        &format!(
+            r#"entryPoints:
+  postgres:
+    address: "127.0.0.1:0"
+providers:
+  kubernetesCRD:
+    directory: manifests
+    services:
+      default/postgres-service:
+        servers: ["{}"]
+tcpServersTransport:
+  terminationDelay: 30s
+"#,
+            backend.addr
+        ),
+    );
+    let p = Proxy::start_file(&cfg);
+    assert!(echoes(p.addr("postgres"), None));
+
+    // The guide's static configuration says `kubernetesCRD: {}` (the API).
+    let empty = dir.write(
+        "empty.yml",
+        "entryPoints:\n  postgres:\n    address: \"127.0.0.1:0\"\nproviders:\n  kubernetesCRD: {}\n",
+    );
+    let ran = run(
+        Command::new(BIN).arg("check").arg("-c").arg(&empty),
+        b"",
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        ran.stderr,
+        format!(
+            "{}:5:18: [providers.kubernetesCRD] needs `directory`, the manifest files to read (sluicegate does not read the Kubernetes API)\n",
+            empty.display()
+        )
+    );
+}
