@@ -793,3 +793,104 @@ tcpServersTransport:
         )
     );
 }
+
+#[test]
+fn provider_options_namespaces_ingress_class_external_names_json_and_v2_rules() {
+    let manifests = [
+        (
+            "external.json",
+            r#"{"apiVersion": "v1", "kind": "Service",
+ "metadata": {"name": "legacy", "namespace": "prod"},
+ "spec": {"type": "ExternalName", "externalName": "localhost", "ports": [{"name": "pg", "port": 5432}]}}
+"#,
+        ),
+        (
+            "routes.yaml",
+            r#"apiVersion: traefik.io/v1alpha1
+kind: IngressRouteTCP
+metadata:
+  name: legacy
+  namespace: prod
+spec:
+  entryPoints: [postgres]
+  routes:
+    - match: HostSNI(`a.example.com`, `b.example.com`)
+      syntax: v2
+      priority: 7
+      services:
+        - name: legacy
+          port: pg
+  tls:
+    passthrough: true
+---
+apiVersion: traefik.io/v1alpha1
+kind: IngressRouteTCP
+metadata:
+  name: other-class
+  namespace: prod
+  annotations:
+    kubernetes.io/ingress.class: nginx
+spec:
+  routes:
+    - match: HostSNI(`*`)
+      services:
+        - name: nowhere
+          port: 1
+---
+apiVersion: traefik.io/v1alpha1
+kind: IngressRouteTCP
+metadata:
+  name: elsewhere
+  namespace: staging
+spec:
+  routes:
+    - match: HostSNI(`*`)
+      services:
+        - name: nowhere
+          port: 1
+"#,
+        ),
+    ];
+    // Without allowExternalNameServices the ExternalName Service is refused.
+    let s = Setup::new(&manifests, "namespaces = [\"prod\"]\n");
+    let ran = s.check();
+    let f = s.manifest("routes.yaml").display().to_string();
+    assert_eq!(
+        ran.stderr,
+        format!("{f}:13:17: Service `prod/legacy` is an ExternalName Service: set allowExternalNameServices = true in [providers.kubernetesCRD] to use it (as Traefik)\n")
+    );
+    // Allowed: only the `prod` route of the default class is read; its v2
+    // rule (two names) and priority are kept; the port name `pg` is the
+    // Service's 5432.
+    let s = Setup::new(
+        &manifests,
+        "namespaces = [\"prod\"]\nallowExternalNameServices = true\n",
+    );
+    let ran = s.check();
+    assert!(ran.ok(), "{}", ran.stderr);
+    assert!(ran.stdout.contains("routers (1):"), "{}", ran.stdout);
+    let router = ran
+        .stdout
+        .lines()
+        .find(|l| l.contains("prod-legacy-"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(router.contains("prio 7"), "{router}");
+    assert!(
+        router.contains("HostSNI(`a.example.com`, `b.example.com`)"),
+        "{router}"
+    );
+    assert!(
+        ran.stdout
+            .contains("ruleSyntax v2; in v3: HostSNI(`a.example.com`) || HostSNI(`b.example.com`)"),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        ran.stdout
+            .lines()
+            .any(|l| l.trim().starts_with("localhost:5432 (")),
+        "{}",
+        ran.stdout
+    );
+}
