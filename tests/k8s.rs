@@ -894,3 +894,39 @@ spec:
         ran.stdout
     );
 }
+
+/// Sets a file's modification time `secs` seconds in the past.
+fn age(path: &Path, secs: u64) {
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(secs))
+        .unwrap();
+}
+
+#[test]
+fn deleting_an_older_manifest_removes_its_routes() {
+    let redis = Backend::echo();
+    let pg = Backend::echo();
+    let s = Setup::new(
+        &[
+            ("tcp-load-balance.yaml", &fixture("tcp-load-balance.yaml")),
+            (
+                "postgres-tcp-route.yaml",
+                &fixture("postgres-tcp-route.yaml"),
+            ),
+        ],
+        &(map("default/redis-service", &[redis.addr])
+            + &map("default/postgres-service", &[pg.addr])),
+    );
+    // The file removed is not the directory's newest entry.
+    age(&s.manifest("tcp-load-balance.yaml"), 60);
+    let p = s.start();
+    assert!(echoes(p.addr("redis"), None));
+    assert!(echoes(p.addr("postgres"), None));
+    std::fs::remove_file(s.manifest("tcp-load-balance.yaml")).unwrap();
+    p.wait_logs(1, |l| l.contains("msg=reloaded"));
+    assert!(
+        !echoes(p.addr("redis"), None),
+        "the deleted route still serves"
+    );
+    assert!(echoes(p.addr("postgres"), None));
+}

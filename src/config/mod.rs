@@ -150,7 +150,15 @@ pub fn load_with(path: &Path, resolve: Resolve<'_>) -> Result<model::Config, Err
                 .filter(|k| k.watch)
                 .and_then(|k| k.directory.as_ref())
             {
+                // The directory (a file added) and each manifest (changed or
+                // deleted: a directory's newest entry can stay the same when
+                // an older file is removed).
                 c.watch.push(dir.v.clone());
+                c.watch.extend(
+                    manifests
+                        .iter()
+                        .map(|(id, _)| sources.files[*id].path.clone()),
+                );
             }
             c.warnings = d.render(&sources, Severity::Warning);
             Ok(c)
