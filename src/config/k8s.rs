@@ -912,7 +912,7 @@ fn service_addresses(
                 // does not list.
                 (None, StrOrInt::Int(i)) if s.external_name.is_some() => Some((None, *i)),
                 (None, _) => {
-                    if !mapped(c, ns, &name.v, None, port) {
+                    if mapping(c, ns, &name.v, None, port).is_none() {
                         d.error(
                             port.at,
                             format!(
@@ -980,18 +980,6 @@ fn port_display(p: &StrOrInt) -> String {
         StrOrInt::Int(i) => i.to_string(),
         StrOrInt::Str(s) => format!("{s:?}"),
     }
-}
-
-/// Whether some mapping names this Service (at any port when `svc_port` is
-/// unknown).
-fn mapped(
-    c: &Cluster<'_>,
-    ns: &str,
-    name: &str,
-    svc_port: Option<(Option<&str>, i64)>,
-    port: &Sp<StrOrInt>,
-) -> bool {
-    mapping(c, ns, name, svc_port, port).is_some()
 }
 
 /// The mapping of a Service reference: one for its port (by the number or
@@ -1274,5 +1262,78 @@ mod tests {
         assert_eq!(decode_base64("aGVs\n bG8=").unwrap(), "hello");
         assert!(decode_base64("<base64-encoded-certificate>").is_err());
         assert!(decode_base64("/w==").is_err());
+    }
+
+    /// Without a mapping, a Service is its cluster DNS name, resolved at
+    /// load (here by a fixed table, as the cluster's DNS would answer); a
+    /// mapping for the port wins over one for the whole Service.
+    #[test]
+    fn services_resolve_by_cluster_dns_name_or_mapping() {
+        let dir = std::env::temp_dir().join(format!("sluicegate-k8s-unit-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("m")).unwrap();
+        std::fs::write(
+            dir.join("m/r.yaml"),
+            "apiVersion: traefik.io/v1alpha1\nkind: IngressRouteTCP\nmetadata: {name: r}\nspec:\n  routes:\n  - match: HostSNI(`*`)\n    services:\n    - {name: pg, port: 5432, weight: 3}\n    - {name: cache, namespace: default, port: 6379}\n",
+        )
+        .unwrap();
+        let main = dir.join("s.toml");
+        std::fs::write(
+            &main,
+            "[entryPoints.e]\naddress = \"127.0.0.1:0\"\n[providers.kubernetesCRD]\ndirectory = \"m\"\n[providers.kubernetesCRD.services.\"default/cache\"]\nservers = [\"127.0.0.1:1\"]\n[providers.kubernetesCRD.services.\"default/cache:6379\"]\nservers = [\"127.0.0.1:2\"]\n",
+        )
+        .unwrap();
+        let resolve = |host: &str, port: u16| -> Result<Vec<std::net::SocketAddr>, String> {
+            match host {
+                "pg.default.svc.cluster.local" => Ok(vec![([10, 96, 0, 7], port).into()]),
+                "127.0.0.1" => Ok(vec![([127, 0, 0, 1], port).into()]),
+                other => Err(format!("unknown {other}")),
+            }
+        };
+        let cfg = super::super::load_with(&main, &resolve);
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = cfg.expect("loads");
+        let servers: Vec<(String, String, String)> = cfg
+            .services
+            .iter()
+            .flat_map(|s| match &s.kind {
+                model::ServiceKind::LoadBalancer(lb) => lb
+                    .servers
+                    .iter()
+                    .map(|v| {
+                        (
+                            s.name.clone(),
+                            v.address_text.clone(),
+                            v.address.to_string(),
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let base = "default-r-673acf455cb2dab0b43a";
+        let want = |svc: &str, text: &str, addr: &str| {
+            (format!("{base}-{svc}"), text.to_string(), addr.to_string())
+        };
+        assert_eq!(
+            servers,
+            vec![
+                want(
+                    "pg-5432",
+                    "pg.default.svc.cluster.local:5432",
+                    "10.96.0.7:5432"
+                ),
+                want("cache-6379", "127.0.0.1:2", "127.0.0.1:2"),
+            ]
+        );
+        let weighted = cfg
+            .services
+            .iter()
+            .find(|s| s.name == base)
+            .expect("weighted");
+        let model::ServiceKind::Weighted(children) = &weighted.kind else {
+            panic!("{:?}", weighted.kind)
+        };
+        let weights: Vec<u32> = children.iter().map(|c| c.weight).collect();
+        assert_eq!(weights, vec![3, 1]);
     }
 }
