@@ -558,8 +558,9 @@ fn same_listeners(old: &Config, new: &Config) -> Result<(), String> {
 }
 
 /// What a listener is: an entrypoint whose address changes is removed and
-/// added again (a new socket); one that keeps its address keeps its slot
-/// and listener, even renamed, with every other setting reloaded.
+/// added again (a new socket); one that keeps its name and address keeps its
+/// slot and listener, with every other setting reloaded (also when renamed,
+/// except on port 0).
 fn listener_key(e: &crate::model::EntryPoint) -> (std::net::SocketAddr, bool) {
     (e.address, e.v6only)
 }
@@ -577,16 +578,28 @@ fn align_entrypoints(new: &mut Config, old: &Config) -> Result<(), String> {
     let mut remap = vec![usize::MAX; incoming.len()];
     let mut appended = Vec::new();
     for (i, e) in incoming.into_iter().enumerate() {
-        match old
-            .entrypoints
-            .iter()
-            .position(|o| listener_key(o) == listener_key(&e))
-        {
-            Some(at) if slots[at].is_none() => {
+        let free = |at: &usize| slots[*at].is_none();
+        let same = |o: &crate::model::EntryPoint| listener_key(o) == listener_key(&e);
+        // The same name on the same address; else (renamed) the same
+        // address, unless it is port 0, which names no particular socket.
+        let at = (0..old.entrypoints.len())
+            .filter(free)
+            .find(|&at| same(&old.entrypoints[at]) && old.entrypoints[at].name == e.name)
+            .or_else(|| {
+                (e.address.port() != 0)
+                    .then(|| {
+                        (0..old.entrypoints.len())
+                            .filter(free)
+                            .find(|&at| same(&old.entrypoints[at]))
+                    })
+                    .flatten()
+            });
+        match at {
+            Some(at) => {
                 remap[i] = at;
                 slots[at] = Some(e);
             }
-            _ => appended.push((i, e)),
+            None => appended.push((i, e)),
         }
     }
     let mut out: Vec<crate::model::EntryPoint> = Vec::with_capacity(slots.len() + appended.len());
@@ -642,13 +655,17 @@ fn watch_loop(files: Vec<PathBuf>, shared: &Shared, reloads: &mpsc::Sender<Reloa
     }
 }
 
-/// A file's mtime, or the newest mtime of the entries of a directory.
+/// A file's mtime, or for a directory the newest of its own mtime (which
+/// moves when an entry is created, renamed or deleted: deleting a file that
+/// is not the newest must be seen too) and its entries' (a file edited in
+/// place, a subdirectory whose entries changed).
 fn newest_mtime(p: &Path) -> Option<SystemTime> {
     let meta = std::fs::metadata(p).ok()?;
     if meta.is_dir() {
         std::fs::read_dir(p)
             .ok()?
             .filter_map(|e| e.ok()?.metadata().ok()?.modified().ok())
+            .chain(meta.modified().ok())
             .max()
     } else {
         meta.modified().ok()

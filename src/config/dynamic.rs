@@ -135,7 +135,7 @@ pub fn rule_syntax(s: &Sp<String>, path: &str, d: &mut Diags) -> Option<rule::Sy
 }
 
 /// Reads and compiles a rule; a syntax error points inside the string.
-fn read_rule(
+pub(super) fn read_rule(
     n: &Node<'_>,
     syntax: rule::Syntax,
     d: &mut Diags,
@@ -329,7 +329,11 @@ fn weighted(mut t: Tbl<'_>, d: &mut Diags) -> WeightedF {
     }
 }
 
-fn middleware(name: &Sp<String>, mut t: Tbl<'_>, d: &mut Diags) -> Option<model::MiddlewareKind> {
+pub(super) fn middleware(
+    name: &Sp<String>,
+    mut t: Tbl<'_>,
+    d: &mut Diags,
+) -> Option<model::MiddlewareKind> {
     let mut kinds: Vec<(Pos, Option<model::MiddlewareKind>)> = Vec::new();
     if let Some(mut a) = t.table("ipAllowList", d) {
         kinds.push((a.at, source_range(&mut a, d)));
@@ -419,7 +423,19 @@ fn proxy_protocol_version(pp: &mut Tbl<'_>, d: &mut Diags) -> Option<u8> {
     }
 }
 
-pub fn transport(name: &str, mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> model::Transport {
+pub fn transport(name: &str, t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> model::Transport {
+    transport_with(name, t, d, |tt, d| transport_tls(tt, ctx, d))
+}
+
+/// `transport` with the reader of its `tls` table given: the Kubernetes
+/// ServersTransportTCP shares every key but names its CAs and
+/// certificates by Secret.
+pub(super) fn transport_with(
+    name: &str,
+    mut t: Tbl<'_>,
+    d: &mut Diags,
+    read_tls: impl FnOnce(Tbl<'_>, &mut Diags) -> model::TransportTls,
+) -> model::Transport {
     let dial_timeout = or_default(
         &mut t,
         "dialTimeout",
@@ -452,7 +468,7 @@ pub fn transport(name: &str, mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) ->
         proxy_protocol = proxy_protocol_version(&mut pp, d);
         pp.finish(d);
     }
-    let tls = t.table("tls", d).map(|tt| transport_tls(tt, ctx, d));
+    let tls = t.table("tls", d).map(|tt| read_tls(tt, d));
     let idle_timeout = t
         .get("idleTimeout", d)
         .and_then(|n| values::duration(&n, d));
@@ -529,7 +545,7 @@ fn transport_tls(mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> model::Tran
 }
 
 /// One `peerCertSANs` entry: `{ type = "DNSName" | "URI", value = "..." }`.
-fn peer_san(mut t: Tbl<'_>, d: &mut Diags) -> Option<model::PeerSan> {
+pub(super) fn peer_san(mut t: Tbl<'_>, d: &mut Diags) -> Option<model::PeerSan> {
     let kind = t.str("type", d);
     let value = t.str("value", d);
     let at = t.at;

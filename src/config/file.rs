@@ -27,6 +27,8 @@ pub struct FileModel {
     pub kv: Vec<model::KvProvider>,
     /// The KV reads loaded (provider id, revision).
     pub kv_revisions: Vec<(String, u64)>,
+    /// `[providers.kubernetesCRD]` (manifest files).
+    pub kubernetes: Option<super::k8s::Settings>,
     /// Admin endpoints asked for: which one, and the entrypoint it names.
     pub admin: Vec<AdminUse>,
     pub runtime: model::Runtime,

@@ -9,6 +9,7 @@
 //!   with a position for every key and value
 //! - `reader`: schema-checking walk over that tree (unknown keys, types)
 //! - `static_conf`, `dynamic`, `tls`: Traefik's sections → `file` model
+//! - `k8s`: `[providers.kubernetesCRD]`, Kubernetes objects → `file` model
 //! - `build`: references, defaults, overlaps, cycles → `model::Config`
 //! - `diag`: positions and `FILE:LINE:COL: message` rendering
 //! - `duration`, `address`, `values`: value parsers
@@ -26,6 +27,7 @@ mod diag;
 pub mod duration;
 mod dynamic;
 mod file;
+mod k8s;
 mod reader;
 pub mod rule;
 mod static_conf;
@@ -51,8 +53,10 @@ use crate::model;
 /// Extensions of the files a `[providers.file] directory` contributes (as
 /// Traefik's file provider: TOML and YAML, mixed freely); a file named
 /// directly (`-c`, `filename`) is YAML by these extensions, else TOML.
-const TOML_EXTENSION: &str = "toml";
 const YAML_EXTENSIONS: &[&str] = &["yaml", "yml"];
+const DYNAMIC_EXTENSIONS: &[&str] = &["toml", "yaml", "yml"];
+/// Kubernetes manifest files (`kubectl apply -f DIR` reads these).
+const MANIFEST_EXTENSIONS: &[&str] = &["yaml", "yml", "json"];
 /// Nesting limit for `directory` walks (Traefik recurses into
 /// subdirectories; a deeper tree is a mistake such as `directory = "/"`).
 const MAX_DIRECTORY_DEPTH: usize = 16;
@@ -98,31 +102,20 @@ pub fn load_with(path: &Path, resolve: Resolve<'_>) -> Result<model::Config, Err
     );
     let dynamic_files = provider_files(&m, path, &mut d);
     let mut syntax = Vec::new();
-    let mut docs = Vec::new();
-    for (file_path, at) in dynamic_files {
-        match bounded::read_text(&file_path, bounded::MAX_CONFIG_FILE_SIZE) {
-            Ok(text) if total + text.len() as u64 > MAX_CONFIG_TOTAL_SIZE => {
-                d.error(
-                    at,
-                    format!(
-                        "`{}`: the configuration files together are larger than the limit of {} MiB",
-                        file_path.display(),
-                        MAX_CONFIG_TOTAL_SIZE >> 20
-                    ),
-                );
-                break;
-            }
-            Ok(text) => {
-                total += text.len() as u64;
-                let id = sources.add(file_path, text);
-                match parse(&sources, id) {
-                    Ok(doc) => docs.push((id, doc)),
-                    Err(e) => syntax.extend(e.0),
-                }
-            }
-            Err(e) => d.error(at, format!("cannot read `{}`: {e}", file_path.display())),
-        }
-    }
+    let mut reading = Reading {
+        sources: &mut sources,
+        total: &mut total,
+        d: &mut d,
+        syntax: &mut syntax,
+    };
+    let mut docs = reading.files(dynamic_files, parse);
+    // `[providers.kubernetesCRD]`: every document of its manifest files.
+    let kubernetes = m.kubernetes.take();
+    let manifest_files = kubernetes
+        .as_ref()
+        .map(|k| manifest_files(k, reading.d))
+        .unwrap_or_default();
+    let manifests = reading.files(manifest_files, parse_manifests);
     // KV providers: each store's last consistent read, as one more source.
     let mut kv_trees = Vec::new();
     for p in m.kv.clone() {
@@ -162,9 +155,35 @@ pub fn load_with(path: &Path, resolve: Resolve<'_>) -> Result<model::Config, Err
             &mut d,
         );
     }
+    if let Some(k) = &kubernetes {
+        let mut objects = Vec::new();
+        for (id, file_docs) in &manifests {
+            for doc in file_docs {
+                let mut t = Tbl::root(*id, &sources.files[*id].text, &doc.table);
+                t.at.offset = doc.at;
+                objects.push(t);
+            }
+        }
+        k8s::read(objects, k, &sources, &mut m, &mut d);
+    }
     let config = build::build(m, &sources, resolve, &mut d);
     match config {
         Some(mut c) if !d.has_errors() => {
+            if let Some(dir) = kubernetes
+                .as_ref()
+                .filter(|k| k.watch)
+                .and_then(|k| k.directory.as_ref())
+            {
+                // The directory (a file added) and each manifest (changed or
+                // deleted: a directory's newest entry can stay the same when
+                // an older file is removed).
+                c.watch.push(dir.v.clone());
+                c.watch.extend(
+                    manifests
+                        .iter()
+                        .map(|(id, _)| sources.files[*id].path.clone()),
+                );
+            }
             c.warnings = d.render(&sources, Severity::Warning);
             Ok(c)
         }
@@ -176,22 +195,92 @@ pub fn load_with(path: &Path, resolve: Resolve<'_>) -> Result<model::Config, Err
 /// as Traefik decides); a syntax error is the only thing reported for it.
 fn parse(sources: &Sources, id: usize) -> Result<tree::Table, Errors> {
     let file = &sources.files[id];
-    let (parsed, syntax) = if is_yaml(&file.path) {
-        (tree::parse_yaml(&file.text), "YAML")
+    if is_yaml(&file.path) {
+        tree::parse_yaml(&file.text).map_err(|e| syntax_error(sources, id, "YAML", e))
     } else {
-        (tree::parse_toml(&file.text), "TOML")
+        tree::parse_toml(&file.text).map_err(|e| syntax_error(sources, id, "TOML", e))
+    }
+}
+
+/// Parses a Kubernetes manifest file: a YAML stream (JSON is YAML too).
+fn parse_manifests(sources: &Sources, id: usize) -> Result<Vec<tree::Document>, Errors> {
+    tree::parse_yaml_stream(&sources.files[id].text)
+        .map_err(|e| syntax_error(sources, id, "YAML", e))
+}
+
+fn syntax_error(sources: &Sources, id: usize, syntax: &str, e: tree::SyntaxError) -> Errors {
+    let at = Pos {
+        file: id,
+        offset: e.offset.min(sources.files[id].text.len()),
     };
-    parsed.map_err(|e| {
-        let at = Pos {
-            file: id,
-            offset: e.offset.min(file.text.len()),
-        };
-        Errors(vec![format!(
-            "{}: {syntax} syntax error: {}",
-            sources.locate(at),
-            e.message
-        )])
-    })
+    Errors(vec![format!(
+        "{}: {syntax} syntax error: {}",
+        sources.locate(at),
+        e.message
+    )])
+}
+
+/// Reading the files the providers name, under one total size cap.
+struct Reading<'r> {
+    sources: &'r mut Sources,
+    total: &'r mut u64,
+    d: &'r mut Diags,
+    /// Syntax errors: they stop the load once every file is read.
+    syntax: &'r mut Vec<String>,
+}
+
+impl Reading<'_> {
+    /// Reads and parses `files`, each blamed at its position when it cannot be read.
+    fn files<T>(
+        &mut self,
+        files: Vec<(PathBuf, Pos)>,
+        parse: fn(&Sources, usize) -> Result<T, Errors>,
+    ) -> Vec<(usize, T)> {
+        let mut docs = Vec::new();
+        for (file_path, at) in files {
+            match bounded::read_text(&file_path, bounded::MAX_CONFIG_FILE_SIZE) {
+                Ok(text) if *self.total + text.len() as u64 > MAX_CONFIG_TOTAL_SIZE => {
+                    self.d.error(
+                        at,
+                        format!(
+                            "`{}`: the configuration files together are larger than the limit of {} MiB",
+                            file_path.display(),
+                            MAX_CONFIG_TOTAL_SIZE >> 20
+                        ),
+                    );
+                    break;
+                }
+                Ok(text) => {
+                    *self.total += text.len() as u64;
+                    let id = self.sources.add(file_path, text);
+                    match parse(self.sources, id) {
+                        Ok(doc) => docs.push((id, doc)),
+                        Err(e) => self.syntax.extend(e.0),
+                    }
+                }
+                Err(e) => self
+                    .d
+                    .error(at, format!("cannot read `{}`: {e}", file_path.display())),
+            }
+        }
+        docs
+    }
+}
+
+/// The manifest files of `[providers.kubernetesCRD] directory`: `.yaml`,
+/// `.yml` and `.json`, walked as the file provider's directory.
+fn manifest_files(k: &k8s::Settings, d: &mut Diags) -> Vec<(PathBuf, Pos)> {
+    let Some(dir) = &k.directory else {
+        return Vec::new();
+    };
+    let mut walk = Walk::new(dir.at, d, MANIFEST_EXTENSIONS);
+    if let Ok(meta) = std::fs::metadata(&dir.v) {
+        walk.visited.insert((meta.dev(), meta.ino()));
+    }
+    walk.dir(&dir.v, 0);
+    let mut files = walk.files;
+    files.sort();
+    files.into_iter().map(|f| (f, dir.at)).collect()
 }
 
 fn extension(path: &Path) -> String {
@@ -224,14 +313,7 @@ fn provider_files(m: &FileModel, main: &Path, d: &mut Diags) -> Vec<(PathBuf, Po
         }
     }
     if let Some(dir) = &p.directory {
-        let mut walk = Walk {
-            at: dir.at,
-            d,
-            visited: HashSet::new(),
-            entries: 0,
-            files: Vec::new(),
-            stopped: false,
-        };
+        let mut walk = Walk::new(dir.at, d, DYNAMIC_EXTENSIONS);
         if let Ok(meta) = std::fs::metadata(&dir.v) {
             walk.visited.insert((meta.dev(), meta.ino()));
         }
@@ -267,9 +349,23 @@ struct Walk<'d> {
     files: Vec<PathBuf>,
     /// A cap was hit and reported: stop everywhere.
     stopped: bool,
+    /// The extensions of the files collected.
+    extensions: &'static [&'static str],
 }
 
-impl Walk<'_> {
+impl<'d> Walk<'d> {
+    fn new(at: Pos, d: &'d mut Diags, extensions: &'static [&'static str]) -> Self {
+        Walk {
+            at,
+            d,
+            visited: HashSet::new(),
+            entries: 0,
+            files: Vec::new(),
+            stopped: false,
+            extensions,
+        }
+    }
+
     fn dir(&mut self, dir: &Path, depth: usize) {
         let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
@@ -322,7 +418,7 @@ impl Walk<'_> {
                 continue;
             }
             let ext = extension(&path);
-            if ext == TOML_EXTENSION || YAML_EXTENSIONS.contains(&ext.as_str()) {
+            if self.extensions.contains(&ext.as_str()) {
                 if self.files.len() == MAX_DIRECTORY_FILES {
                     self.stop(format!(
                         "`{}`: more than {MAX_DIRECTORY_FILES} configuration files under the directory",

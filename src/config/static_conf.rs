@@ -30,7 +30,7 @@ const NO_ACME: &str = "sluicegate has no ACME client";
 
 /// Traefik providers other than the file provider (their routers would be lost).
 const OTHER_PROVIDERS: &str =
-    "sluicegate reads only [providers.file]; routers from this provider would be missing";
+    "sluicegate reads only [providers.file] and [providers.kubernetesCRD] (manifest files); routers from this provider would be missing";
 
 /// Reads the main file: static keys and any dynamic sections it holds.
 pub fn read_main(mut root: Tbl<'_>, ctx: FileCtx<'_>, m: &mut FileModel, d: &mut Diags) {
@@ -301,6 +301,9 @@ fn providers(mut t: Tbl<'_>, ctx: FileCtx<'_>, m: &mut FileModel, d: &mut Diags)
         f.finish(d);
     }
     kv_providers(&mut t, m, d);
+    if let Some(k) = t.section("kubernetesCRD", d) {
+        m.kubernetes = Some(super::k8s::read_settings(k, ctx, d));
+    }
     t.ignored(
         "providersThrottleDuration",
         "file changes are applied as they are seen",
@@ -308,9 +311,15 @@ fn providers(mut t: Tbl<'_>, ctx: FileCtx<'_>, m: &mut FileModel, d: &mut Diags)
     );
     // Every other provider is an error naming it; the schema knows `file` only.
     for (name, node) in t.entries() {
-        if ["file", "providersThrottleDuration", "etcd", "redis"]
-            .iter()
-            .any(|k| name.v.eq_ignore_ascii_case(k))
+        if [
+            "file",
+            "providersThrottleDuration",
+            "etcd",
+            "redis",
+            "kubernetesCRD",
+        ]
+        .iter()
+        .any(|k| name.v.eq_ignore_ascii_case(k))
         {
             continue;
         }

@@ -135,7 +135,11 @@ pub fn read_tls(mut t: Tbl<'_>, ctx: FileCtx<'_>, m: &mut FileModel, d: &mut Dia
     if let Some(opts) = t.table("options", d) {
         for (name, node) in opts.entries() {
             if let Some(ot) = node.table(d) {
-                let v = options(&name.v, ot, ctx, d);
+                let v = options(&name.v, ot, d, "caFiles", |ca, d| {
+                    ca.get("caFiles", d)
+                        .and_then(|n| values::path_list(&n, ctx, d))
+                        .unwrap_or_default()
+                });
                 m.tls_options.push(Named { name, v });
             }
         }
@@ -143,7 +147,16 @@ pub fn read_tls(mut t: Tbl<'_>, ctx: FileCtx<'_>, m: &mut FileModel, d: &mut Dia
     t.finish(d);
 }
 
-fn options(name: &str, mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> model::TlsOptions {
+/// One TLS options table; `read_cas` reads the client CAs of its
+/// `clientAuth` (`caFiles` here, Secrets named by `ca_key` for Kubernetes'
+/// TLSOption).
+pub(super) fn options(
+    name: &str,
+    mut t: Tbl<'_>,
+    d: &mut Diags,
+    ca_key: &str,
+    read_cas: impl FnOnce(&mut Tbl<'_>, &mut Diags) -> Vec<model::ConfigPath>,
+) -> model::TlsOptions {
     let min = t.get("minVersion", d).and_then(|n| version(&n, d));
     let max = t.get("maxVersion", d).and_then(|n| version(&n, d));
     if let (Some(lo), Some(hi)) = (&min, &max) {
@@ -174,10 +187,7 @@ fn options(name: &str, mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> model
     let mut client_ca_files = Vec::new();
     let mut client_auth_type = None;
     if let Some(mut ca) = t.table("clientAuth", d) {
-        client_ca_files = ca
-            .get("caFiles", d)
-            .and_then(|n| values::path_list(&n, ctx, d))
-            .unwrap_or_default();
+        client_ca_files = read_cas(&mut ca, d);
         let kind = ca.str("clientAuthType", d);
         if let Some(k) = &kind {
             if CLIENT_AUTH_TYPES.contains(&k.v.as_str()) {
@@ -205,7 +215,7 @@ fn options(name: &str, mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> model
             d.error(
                 kind.as_ref().map_or(ca.at, |k| k.at),
                 format!(
-                    "`{}.clientAuthType` verifies client certificates but no `caFiles` are given",
+                    "`{}.clientAuthType` verifies client certificates but no `{ca_key}` are given",
                     ca.path
                 ),
             );

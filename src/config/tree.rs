@@ -351,6 +351,68 @@ const MAX_YAML_DEPTH: usize = 128;
 /// loader reads it) into a tree. The top level must be a mapping; an
 /// empty document is an empty table.
 pub fn parse_yaml(text: &str) -> Result<Table, SyntaxError> {
+    match yaml_documents(text, false)?.pop() {
+        None => Ok(Table::default()),
+        Some(doc) => top_table(doc.root).map(|t| t.unwrap_or_default()),
+    }
+}
+
+/// One document of a YAML stream: where it starts and its top-level mapping.
+#[derive(Debug)]
+pub struct Document {
+    /// Byte offset of the document's first value (or of its `---`).
+    pub at: usize,
+    pub table: Table,
+}
+
+/// Parses a YAML stream of any number of documents separated by `---` (as
+/// `kubectl apply -f` reads a manifest file). Empty documents (a trailing
+/// `---`, a document of comments) are left out; every other document must
+/// be a mapping. Anchors are per document, as YAML defines them; the value
+/// and depth caps hold for the whole stream.
+pub fn parse_yaml_stream(text: &str) -> Result<Vec<Document>, SyntaxError> {
+    let mut out = Vec::new();
+    for doc in yaml_documents(text, true)? {
+        if let Some(table) = top_table(doc.root)? {
+            // A block mapping's own mark is past its first key: the first
+            // key is where the document visibly starts.
+            let at = table.entries.first().map_or(doc.start, |e| e.key_at);
+            out.push(Document { at, table });
+        }
+    }
+    Ok(out)
+}
+
+/// A document's top-level value as a table; `None` for an empty document.
+fn top_table(root: Option<Item>) -> Result<Option<Table>, SyntaxError> {
+    match root {
+        None => Ok(None),
+        Some(Item { v: V::Table(t), .. }) => Ok(Some(t)),
+        // `key:` alone at the top (null) or an empty document.
+        Some(Item {
+            v: V::Other("null"),
+            ..
+        }) => Ok(None),
+        Some(other) => Err(SyntaxError {
+            offset: other.at,
+            message: format!(
+                "the top level must be a mapping (key: value), not {}",
+                other.v.type_name()
+            ),
+        }),
+    }
+}
+
+/// A document as the event walk leaves it.
+struct RawDocument {
+    /// Where its `---` (or first event) is.
+    start: usize,
+    root: Option<Item>,
+}
+
+/// The documents of a YAML stream; with `multi` false a second document is
+/// an error (a Traefik configuration file is one document).
+fn yaml_documents(text: &str, multi: bool) -> Result<Vec<RawDocument>, SyntaxError> {
     use yaml_rust2::parser::{Event, Parser};
 
     /// A collection being built.
@@ -373,6 +435,8 @@ pub fn parse_yaml(text: &str) -> Result<Table, SyntaxError> {
     let mut stack: Vec<Open> = Vec::new();
     let mut root: Option<Item> = None;
     let mut documents = 0;
+    let mut docs: Vec<RawDocument> = Vec::new();
+    let mut doc_start = 0;
     // Anchored values, kept as the events that rebuild them (aliases are
     // replayed through the same code).
     let mut anchors: std::collections::HashMap<usize, Vec<(Event, usize)>> = Default::default();
@@ -408,14 +472,21 @@ pub fn parse_yaml(text: &str) -> Result<Table, SyntaxError> {
             Event::StreamStart | Event::Nothing => {}
             Event::DocumentStart => {
                 documents += 1;
-                if documents > 1 {
+                if documents > 1 && !multi {
                     return Err(err(
                         at,
                         "more than one YAML document in the file (Traefik reads one)".into(),
                     ));
                 }
+                // Anchors belong to their document.
+                anchors.clear();
+                recording.clear();
+                doc_start = at;
             }
-            Event::DocumentEnd => {}
+            Event::DocumentEnd => docs.push(RawDocument {
+                start: doc_start,
+                root: root.take(),
+            }),
             Event::StreamEnd => break,
             Event::Alias(id) => {
                 let Some(events) = anchors.get(&id) else {
@@ -545,22 +616,14 @@ pub fn parse_yaml(text: &str) -> Result<Table, SyntaxError> {
             },
         }
     }
-    match root {
-        None => Ok(Table::default()),
-        Some(Item { v: V::Table(t), .. }) => Ok(t),
-        // `key:` alone at the top (null) or an empty document.
-        Some(Item {
-            v: V::Other("null"),
-            ..
-        }) => Ok(Table::default()),
-        Some(other) => Err(err(
-            other.at,
-            format!(
-                "the top level must be a mapping (key: value), not {}",
-                other.v.type_name()
-            ),
-        )),
+    if root.is_some() {
+        // A stream cut short (the parser reports that first; kept for safety).
+        docs.push(RawDocument {
+            start: doc_start,
+            root,
+        });
     }
+    Ok(docs)
 }
 
 /// yaml-rust2's markers count characters; positions here are bytes. The
@@ -802,5 +865,20 @@ mod tests {
         assert!(parse_yaml(&"[".repeat(100_000)).is_err());
         assert!(parse_yaml("a: [1\n").is_err());
         assert!(parse_yaml("").expect("empty").entries.is_empty());
+    }
+
+    #[test]
+    fn yaml_streams_give_every_document_with_its_own_anchors() {
+        let src = "# c\na: &x 1\nb: *x\n---\n---\nc: 2\n...\n---\n# only a comment\n";
+        let docs = parse_yaml_stream(src).expect("parses");
+        assert_eq!(docs.len(), 2);
+        assert!(matches!(get(&docs[0].table, "b").v, V::Int(1)));
+        assert_eq!(&src[docs[1].at..docs[1].at + 4], "c: 2");
+        assert!(matches!(get(&docs[1].table, "c").v, V::Int(2)));
+        // An anchor of the first document is unknown in the second.
+        assert!(parse_yaml_stream("a: &x 1\n---\nb: *x\n").is_err());
+        let e = parse_yaml_stream("a: 1\n---\n- x\n").expect_err("a sequence");
+        assert!(e.message.contains("must be a mapping"), "{}", e.message);
+        assert!(parse_yaml_stream("").expect("empty").is_empty());
     }
 }
