@@ -295,3 +295,47 @@ fn every_example_reads_the_same_in_yaml_and_toml() {
     }
     assert!(n >= 9, "only {n} examples found");
 }
+
+/// A watched `directory`: deleting a file that is not the newest one is a
+/// change too (the directory's own mtime moves; the newest entry's does not).
+#[test]
+fn a_watched_directory_sees_an_older_file_deleted() {
+    let a = Backend::greeting(b"A");
+    let b = Backend::greeting(b"B");
+    let dir = TempDir::new("yaml-watch");
+    std::fs::create_dir_all(dir.0.join("dyn")).unwrap();
+    let path = dir.write(
+        "traefik.yml",
+        "entryPoints:\n  a:\n    address: 127.0.0.1:0\n  b:\n    address: 127.0.0.1:0\nproviders:\n  file:\n    directory: dyn\n    watch: true\n",
+    );
+    let route = |name: &str, to: SocketAddr| {
+        format!(
+            "tcp:\n  routers:\n    {name}:\n      entryPoints: [{name}]\n      rule: HostSNI(`*`)\n      service: {name}\n  services:\n    {name}:\n      loadBalancer:\n        servers:\n          - address: {to}\n"
+        )
+    };
+    let old = dir.write("dyn/a.yml", &route("a", a.addr));
+    dir.write("dyn/b.yml", &route("b", b.addr));
+    // a.yml an hour older than b.yml.
+    let ran = Command::new("touch")
+        .args(["-d", "1 hour ago"])
+        .arg(&old)
+        .status()
+        .unwrap();
+    assert!(ran.success());
+    let p = Proxy::start_file(&path);
+    let first = |addr| {
+        let mut s = TcpStream::connect(addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one).ok().map(|_| one[0])
+    };
+    assert_eq!(first(p.addr("a")), Some(b'A'));
+    std::fs::remove_file(&old).unwrap();
+    p.wait_logs(1, |l| l.contains("msg=reloaded"));
+    assert_eq!(
+        first(p.addr("a")),
+        None,
+        "the deleted file's router is gone"
+    );
+    assert_eq!(first(p.addr("b")), Some(b'B'));
+}
