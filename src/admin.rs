@@ -485,6 +485,7 @@ fn respond(method: &str, path: &str, shared: &Shared) -> Response {
             r.body = shared.metrics.render(&snap).into_bytes();
             r
         }
+        "/api/providers" if on(|a| a.api) => Response::json(200, providers_json(&snap)),
         "/api/tcp/routers" if on(|a| a.api) => Response::json(200, routers_json(&snap, None)),
         "/api/tcp/services" if on(|a| a.api) => Response::json(200, services_json(&snap, None)),
         p if on(|a| a.api) && p.starts_with("/api/tcp/") => {
@@ -550,6 +551,22 @@ fn percent_decode(s: &str) -> String {
 /// `[{"name":..., "entryPoints":[...], "rule":..., "priority":..., "service":...,
 /// "middlewares":[...], "tls":{"passthrough":..,"options":..}, "status":"enabled",
 /// "provider":"file"}]`, sorted by name (Traefik's field names and order).
+/// `/api/providers` (sluicegate's own): the KV reads the running
+/// configuration was built from, so operators can compare a fleet.
+fn providers_json(snap: &Snapshot) -> String {
+    let mut out = String::from("[");
+    for (i, (provider, rev)) in snap.config.kv_revisions.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"provider\":");
+        json_str(&mut out, provider);
+        out.push_str(&format!(",\"appliedRevision\":{rev}}}"));
+    }
+    out.push(']');
+    out
+}
+
 fn routers_json(snap: &Snapshot, only: Option<&str>) -> String {
     let cfg = &snap.config;
     let mut routers: Vec<_> = cfg

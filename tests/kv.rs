@@ -44,7 +44,7 @@ fn until_all(proxies: &[&Proxy], want: Option<u8>, what: &str) -> Duration {
 
 fn static_config(provider: &str) -> String {
     format!(
-        "[entryPoints.db]\naddress = \"127.0.0.1:0\"\n[entryPoints.traefik]\naddress = \"127.0.0.1:0\"\n[metrics.prometheus]\n{provider}"
+        "[entryPoints.db]\naddress = \"127.0.0.1:0\"\n[entryPoints.traefik]\naddress = \"127.0.0.1:0\"\n[metrics.prometheus]\n[api]\n{provider}"
     )
 }
 
@@ -115,6 +115,21 @@ fn a_fleet_follows_one_etcd() {
     let revs: Vec<String> = all.iter().map(|p| applied_revision(p)).collect();
     assert!(!revs[0].is_empty(), "{}", metrics(all[0]));
     assert!(revs.iter().all(|r| *r == revs[0]), "{revs:?}");
+    // The same revision in the API.
+    let rev: String = revs[0].rsplit(' ').next().unwrap().to_string();
+    for p in &all {
+        let mut s = TcpStream::connect(p.addr("traefik")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /api/providers HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let (raw, _) = read_to_end(&mut s);
+        let body = String::from_utf8_lossy(&raw);
+        let want = format!(
+            "[{{\"provider\":\"etcd://{}/traefik\",\"appliedRevision\":{rev}}}]",
+            etcd.endpoint()
+        );
+        assert!(body.ends_with(&want), "{body}");
+    }
 
     // A 50-server service and its router, swapped in one transaction while
     // clients connect: every connection sees the old config or the new one,
