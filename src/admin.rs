@@ -649,7 +649,27 @@ fn services_json(snap: &Snapshot, only: Option<&str>) -> String {
                             json_str(&mut out, &String::from_utf8_lossy(v));
                         }
                     }
+                    // Extensions (never the password).
+                    let kind = match &hc.probe {
+                        crate::model::Probe::Tcp => "tcp",
+                        crate::model::Probe::Postgres { .. } => "postgres",
+                        crate::model::Probe::Redis { .. } => "redis",
+                        crate::model::Probe::Http { .. } => "http",
+                    };
+                    out.push_str(&format!(
+                        ",\"check\":\"{kind}\",\"role\":\"{}\",\"rise\":{},\"fall\":{}",
+                        crate::health::role_str(hc.role),
+                        hc.rise,
+                        hc.fall
+                    ));
                     out.push('}');
+                }
+                if svc.on_server_down == crate::model::OnServerDown::Close {
+                    out.push_str(",\"onServerDown\":\"close\"");
+                }
+                if let Some(h) = svc.hold {
+                    out.push_str(",\"switchoverHold\":");
+                    json_str(&mut out, &duration(h));
                 }
                 out.push_str("},\"serverStatus\":{");
                 for (i, s) in lb.servers.iter().enumerate() {
@@ -660,6 +680,26 @@ fn services_json(snap: &Snapshot, only: Option<&str>) -> String {
                     let up = snap.health.is_up(snap.health.id(*si, i));
                     out.push_str(if up { ":\"UP\"" } else { ":\"DOWN\"" });
                 }
+                // Extension: the verdict behind UP/DOWN, so a healthy
+                // replica of a primary-only service is not shown as dead.
+                if lb.health_check.is_some() {
+                    out.push_str("},\"serverVerdict\":{");
+                    for (i, s) in lb.servers.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        json_str(&mut out, &s.address_text);
+                        let v = snap.health.verdict(snap.health.id(*si, i));
+                        out.push_str(&format!(":\"{}\"", v.as_str()));
+                    }
+                }
+                out.push('}');
+            }
+            ServiceKind::Weighted(children) if svc.failover && children.len() == 2 => {
+                out.push_str(",\"type\":\"failover\",\"failover\":{\"service\":");
+                json_str(&mut out, &cfg.services[children[0].service].name);
+                out.push_str(",\"fallback\":");
+                json_str(&mut out, &cfg.services[children[1].service].name);
                 out.push('}');
             }
             ServiceKind::Weighted(children) => {
