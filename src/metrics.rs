@@ -551,7 +551,7 @@ address = "127.0.0.1:9"
             );
         }
         // Every sample has HELP and TYPE lines.
-        assert_eq!(text.matches("# HELP ").count(), 8);
-        assert_eq!(text.matches("# TYPE ").count(), 8);
+        assert_eq!(text.matches("# HELP ").count(), 11);
+        assert_eq!(text.matches("# TYPE ").count(), 11);
     }
 }
