@@ -649,19 +649,23 @@ fn services_json(snap: &Snapshot, only: Option<&str>) -> String {
                             json_str(&mut out, &String::from_utf8_lossy(v));
                         }
                     }
-                    // Extensions (never the password).
+                    // Extensions, only when used, so a Traefik check reads
+                    // as Traefik shows it (never the password).
                     let kind = match &hc.probe {
-                        crate::model::Probe::Tcp => "tcp",
-                        crate::model::Probe::Postgres { .. } => "postgres",
-                        crate::model::Probe::Redis { .. } => "redis",
-                        crate::model::Probe::Http { .. } => "http",
+                        crate::model::Probe::Tcp => None,
+                        crate::model::Probe::Postgres { .. } => Some("postgres"),
+                        crate::model::Probe::Redis { .. } => Some("redis"),
+                        crate::model::Probe::Http { .. } => Some("http"),
                     };
-                    out.push_str(&format!(
-                        ",\"check\":\"{kind}\",\"role\":\"{}\",\"rise\":{},\"fall\":{}",
-                        crate::health::role_str(hc.role),
-                        hc.rise,
-                        hc.fall
-                    ));
+                    if let Some(kind) = kind {
+                        out.push_str(&format!(
+                            ",\"check\":\"{kind}\",\"role\":\"{}\"",
+                            crate::health::role_str(hc.role)
+                        ));
+                    }
+                    if (hc.rise, hc.fall) != (1, 1) {
+                        out.push_str(&format!(",\"rise\":{},\"fall\":{}", hc.rise, hc.fall));
+                    }
                     out.push('}');
                 }
                 if svc.on_server_down == crate::model::OnServerDown::Close {
@@ -682,7 +686,13 @@ fn services_json(snap: &Snapshot, only: Option<&str>) -> String {
                 }
                 // Extension: the verdict behind UP/DOWN, so a healthy
                 // replica of a primary-only service is not shown as dead.
-                if lb.health_check.is_some() {
+                let finds_role = lb.health_check.as_ref().is_some_and(|hc| {
+                    matches!(
+                        hc.probe,
+                        crate::model::Probe::Postgres { .. } | crate::model::Probe::Redis { .. }
+                    )
+                });
+                if finds_role {
                     out.push_str("},\"serverVerdict\":{");
                     for (i, s) in lb.servers.iter().enumerate() {
                         if i > 0 {

@@ -373,7 +373,8 @@ fn health_check(mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> model::Healt
             ),
         );
     }
-    let role = match t.str("role", d) {
+    let role_v = t.str("role", d);
+    let role = match &role_v {
         None => model::Role::Any,
         Some(r) => match r.v.as_str() {
             "any" => model::Role::Any,
@@ -391,14 +392,15 @@ fn health_check(mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> model::Healt
             }
         },
     };
-    if role != model::Role::Any
-        && !matches!(
-            probe,
-            model::Probe::Postgres { .. } | model::Probe::Redis { .. }
-        )
-    {
+    if let Some(r) = role_v.filter(|_| {
+        role != model::Role::Any
+            && !matches!(
+                probe,
+                model::Probe::Postgres { .. } | model::Probe::Redis { .. }
+            )
+    }) {
         d.error(
-            t.at,
+            r.at,
             format!(
                 "`{}.role` needs a check that finds the role (postgres or redis); with http, the endpoint decides (Patroni's /primary, /replica)",
                 t.path
