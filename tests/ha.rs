@@ -693,3 +693,136 @@ servers = [{ address = "127.0.0.1:5432" }]
         "{errors}"
     );
 }
+
+/// A backend that greets with `tag`, then echoes.
+fn tagged_echo(ip: &str, tag: &'static [u8]) -> Backend {
+    Backend::start_on(&format!("{ip}:0"), move |mut s| {
+        let _ = s.write_all(tag);
+        let mut buf = [0u8; 64];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    })
+}
+
+/// A session through `addr`: its greeting tag.
+fn open_tagged(addr: SocketAddr) -> (TcpStream, char) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).unwrap();
+    (s, b[0] as char)
+}
+
+/// Whether the session still echoes.
+fn echoes(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 4];
+    s.write_all(b"ping").is_ok() && s.read_exact(&mut b).is_ok() && &b == b"ping"
+}
+
+/// Whether the proxy ended the session (end of stream or reset) within the
+/// read timeout.
+fn ended(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 8];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    }
+}
+
+#[test]
+fn close_cuts_sessions_of_removed_and_down_servers_even_from_an_earlier_config_keep_does_not() {
+    let a = tagged_echo("127.0.0.1", b"A");
+    let b = tagged_echo("127.0.0.2", b"B");
+    let (la, lb) = (0..20)
+        .find_map(|_| {
+            let la = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = la.local_addr().unwrap().port();
+            TcpListener::bind(("127.0.0.2", port))
+                .ok()
+                .map(|lb| (la, lb))
+        })
+        .expect("a port free on 127.0.0.1 and 127.0.0.2");
+    let port = la.local_addr().unwrap().port();
+    let (ha, hb) = (http_health(la), http_health(lb));
+    let cfg = |close_servers: &str| {
+        format!(
+            r#"
+[entryPoints.close]
+address = "127.0.0.1:0"
+[entryPoints.keep]
+address = "127.0.0.1:0"
+[tcp.routers.c]
+entryPoints = ["close"]
+rule = "HostSNI(`*`)"
+service = "c"
+[tcp.routers.k]
+entryPoints = ["keep"]
+rule = "HostSNI(`*`)"
+service = "k"
+[tcp.services.c.loadBalancer]
+onServerDown = "close"
+servers = [{close_servers}]
+[tcp.services.c.loadBalancer.healthCheck]
+port = {port}
+interval = "50ms"
+http = {{ path = "/health" }}
+[tcp.services.k.loadBalancer]
+servers = [{{ address = "{a}" }}]
+[tcp.services.k.loadBalancer.healthCheck]
+port = {port}
+interval = "50ms"
+http = {{ path = "/health" }}
+[runtime]
+workers = 2
+"#,
+            a = a.addr
+        )
+    };
+    let both = format!(
+        "{{ address = \"{}\" }}, {{ address = \"{}\" }}",
+        a.addr, b.addr
+    );
+    let p = Proxy::start(&cfg(&both));
+    let (close, keep) = (p.addr("close"), p.addr("keep"));
+    let (mut c1, t1) = open_tagged(close);
+    let (mut c2, t2) = open_tagged(close);
+    let (mut k, tk) = open_tagged(keep);
+    assert_eq!((t1, t2, tk), ('A', 'B', 'A'));
+    let (mut ca, mut cb) = (c1.try_clone().unwrap(), c2.try_clone().unwrap());
+    drop((c1, c2));
+    assert!(echoes(&mut ca) && echoes(&mut cb) && echoes(&mut k));
+
+    // A reload removes A from `c`: its session there is closed, the one on
+    // B stays, and `k` (keep, A still in it) is untouched.
+    let only_b = format!("{{ address = \"{}\" }}", b.addr);
+    std::fs::write(&p.config_path, cfg(&only_b)).unwrap();
+    p.signal(1);
+    p.wait_logs(1, |l| l.contains("msg=reloaded"));
+    assert!(ended(&mut ca), "the session on the removed server stayed");
+    assert!(echoes(&mut cb) && echoes(&mut k));
+    let (_, t) = open_tagged(close);
+    assert_eq!(t, 'B');
+
+    // B goes down: its session, accepted under the first config, is closed
+    // by the verdict of the checks the reload started.
+    hb.status.store(503, Ordering::SeqCst);
+    assert!(ended(&mut cb), "the session on the down server stayed");
+    // A goes down: `k` keeps its session (Traefik's behaviour).
+    ha.status.store(503, Ordering::SeqCst);
+    p.wait_logs(1, |l| {
+        l.contains("msg=\"server unhealthy\"") && field(l, "service").as_deref() == Some("k")
+    });
+    thread::sleep(Duration::from_millis(200));
+    assert!(echoes(&mut k), "keep closed a session");
+    let closed: u64 = p
+        .logs()
+        .iter()
+        .filter(|l| l.contains("msg=\"sessions closed: server down\""))
+        .map(|l| field(l, "closed").unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(closed, 2);
+}
