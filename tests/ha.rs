@@ -826,3 +826,58 @@ workers = 2
         .sum();
     assert_eq!(closed, 2);
 }
+
+#[test]
+fn redis_check_authenticates_as_an_acl_user_and_a_wrong_password_is_down() {
+    if !require_tool("redis-server", "redis-server") {
+        return;
+    }
+    // The check's user may run ROLE only; clients need the default password.
+    let r = RedisServer::start_with(&[
+        "--requirepass",
+        "client-pw",
+        "--user",
+        "health",
+        "on",
+        ">check pw",
+        "+role",
+    ]);
+    let dir = TempDir::new("ha-redis-auth");
+    let good = dir.write("good", "check pw\n");
+    let bad = dir.write("bad", "not it\n");
+    let cfg = |pw: &std::path::Path| {
+        format!(
+            r#"
+[entryPoints.main]
+address = "127.0.0.1:0"
+[tcp.routers.r]
+rule = "HostSNI(`*`)"
+service = "s"
+[tcp.services.s.loadBalancer]
+servers = [{{ address = "127.0.0.1:{}" }}]
+[tcp.services.s.loadBalancer.healthCheck]
+interval = "100ms"
+role = "primary"
+[tcp.services.s.loadBalancer.healthCheck.redis]
+username = "health"
+passwordFile = "{}"
+"#,
+            r.port,
+            pw.display()
+        )
+    };
+    let p = Proxy::start(&cfg(&good));
+    let up = p.wait_logs(1, |l| l.contains("msg=\"server healthy\""));
+    assert_eq!(field(&up[0], "verdict").as_deref(), Some("primary"));
+    drop(p);
+    let p = Proxy::start(&cfg(&bad));
+    let down = p.wait_logs(1, |l| l.contains("msg=\"server unhealthy\""));
+    assert!(
+        down[0].contains(
+            r#"reason="redis: AUTH answered \"-WRONGPASS invalid username-password pair"#
+        ),
+        "{}",
+        down[0]
+    );
+    assert!(!p.logs().iter().any(|l| l.contains("not it")));
+}
