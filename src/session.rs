@@ -205,7 +205,12 @@ pub async fn serve(
     };
     match result {
         Ok((report, outcome)) => acc.emit(
-            outcome.as_str(),
+            // A cut for onServerDown = "close" is not a drain: say which.
+            if outcome == forward::Outcome::Drained && cut.was_server_down() {
+                "server_down"
+            } else {
+                outcome.as_str()
+            },
             report.up,
             report.down,
             report.error.as_ref(),
@@ -220,7 +225,11 @@ pub async fn serve(
                 Early::LocalResource(errno) => Some(io::Error::from_raw_os_error(errno)),
                 _ => None,
             };
-            acc.emit(early.as_str(), 0, 0, detail.as_ref())
+            let outcome = match early {
+                Early::Drained if cut.was_server_down() => "server_down",
+                _ => early.as_str(),
+            };
+            acc.emit(outcome, 0, 0, detail.as_ref())
         }
     }
 }

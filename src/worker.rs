@@ -530,11 +530,10 @@ fn cut_due(all: bool, deadlines: &[Instant], now: Instant) -> (usize, usize, boo
 /// pays two atomic loads per housekeeping tick; a cut lands within
 /// `HOUSEKEEPING` of the verdict.
 fn close_gone_servers(id: usize, shared: &Shared, seen: &mut (u64, u64)) {
+    // The generation first: a publish in between is then seen next tick.
+    let generation = shared.generation.load(Ordering::Acquire);
     let snap = shared.current();
-    let now = (
-        shared.generation.load(Ordering::Acquire),
-        snap.health.changes(),
-    );
+    let now = (generation, snap.health.changes());
     if *seen == now {
         return;
     }
@@ -578,7 +577,7 @@ fn close_gone_servers(id: usize, shared: &Shared, seen: &mut (u64, u64)) {
     // Outside the registry's borrow: a cut wakes its task (never runs it).
     let mut by_service: HashMap<String, u64> = HashMap::new();
     for cut in &due {
-        if cut.cut() {
+        if cut.cut_server_down() {
             cut.target_is(|svc, _| {
                 *by_service.entry(svc.to_string()).or_default() += 1;
                 true

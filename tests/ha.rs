@@ -291,6 +291,12 @@ fn postgres_primary_and_replica_reads_fail_over_writes_follow_and_old_sessions_c
             == 0),
         "the session on the old primary is still open"
     );
+    // Its access-log line says why it ended.
+    p.wait_logs(1, |l| {
+        l.contains("msg=conn")
+            && l.contains("outcome=server_down")
+            && field(l, "server").as_deref() == Some(sa.as_str())
+    });
     drop(s);
 
     // No primary now: a new write connection waits (switchoverHold)
@@ -788,12 +794,23 @@ workers = 2
     );
     let p = Proxy::start(&cfg(&both));
     let (close, keep) = (p.addr("close"), p.addr("keep"));
-    let (mut c1, t1) = open_tagged(close);
-    let (mut c2, t2) = open_tagged(close);
+    // Two workers, each with its own rotation: open sessions until one is
+    // on A and one on B (the others close at once).
+    let (mut ca, mut cb) = (None, None);
+    let mut dropped = 0;
+    for _ in 0..20 {
+        let (s, t) = open_tagged(close);
+        match t {
+            'A' if ca.is_none() => ca = Some(s),
+            'B' if cb.is_none() => cb = Some(s),
+            _ => dropped += 1,
+        }
+    }
+    // The dropped ones have ended before anything is cut.
+    p.wait_conns(dropped);
+    let (mut ca, mut cb) = (ca.expect("no session on A"), cb.expect("no session on B"));
     let (mut k, tk) = open_tagged(keep);
-    assert_eq!((t1, t2, tk), ('A', 'B', 'A'));
-    let (mut ca, mut cb) = (c1.try_clone().unwrap(), c2.try_clone().unwrap());
-    drop((c1, c2));
+    assert_eq!(tk, 'A');
     assert!(echoes(&mut ca) && echoes(&mut cb) && echoes(&mut k));
 
     // A reload removes A from `c`: its session there is closed, the one on
@@ -803,6 +820,12 @@ workers = 2
     p.signal(1);
     p.wait_logs(1, |l| l.contains("msg=reloaded"));
     assert!(ended(&mut ca), "the session on the removed server stayed");
+    let a_addr = a.addr.to_string();
+    p.wait_logs(1, |l| {
+        l.contains("msg=conn")
+            && l.contains("outcome=server_down")
+            && field(l, "server").as_deref() == Some(a_addr.as_str())
+    });
     assert!(echoes(&mut cb) && echoes(&mut k));
     let (_, t) = open_tagged(close);
     assert_eq!(t, 'B');

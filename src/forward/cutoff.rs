@@ -42,6 +42,9 @@ pub struct Cutoff {
     /// stops being pickable in the current snapshot. Names, not indices,
     /// so a session outlives a reload that renumbers services.
     target: RefCell<Option<(String, String)>>,
+    /// The cut came from `onServerDown = "close"`, not from a drain (the
+    /// access log then says `server_down`).
+    server_down: Cell<bool>,
 }
 
 impl Default for Cutoff {
@@ -52,6 +55,7 @@ impl Default for Cutoff {
             waker: Cell::new(None),
             backend: Cell::new(None),
             target: RefCell::new(None),
+            server_down: Cell::new(false),
         }
     }
 }
@@ -112,6 +116,20 @@ impl Cutoff {
 
     pub fn backend(&self) -> Option<RawFd> {
         self.backend.get()
+    }
+
+    /// Cut because the server went away (onServerDown = "close"); same
+    /// return as `cut`.
+    pub fn cut_server_down(&self) -> bool {
+        if !self.cut.get() {
+            self.server_down.set(true);
+        }
+        self.cut()
+    }
+
+    /// Whether the cut was `cut_server_down`.
+    pub fn was_server_down(&self) -> bool {
+        self.server_down.get()
     }
 
     /// Mark this session as one to close when its server goes away.
