@@ -546,8 +546,9 @@ async fn dial_service<'a>(
     let mut tried = Vec::new();
     let health = &ws.snap.health;
     // switchoverHold: when the service has no pickable server (say, no
-    // primary during a switchover), wait for one up to the hold, looking
-    // again every HOLD_POLL. A cut (drain) drops this phase like any other.
+    // primary during a switchover) or none accepted the dial, wait for one
+    // up to the hold, looking again every HOLD_POLL. A cut (drain) drops
+    // this phase like any other.
     let mut held: Option<Instant> = None;
     loop {
         let now = Instant::now();
@@ -556,10 +557,15 @@ async fn dial_service<'a>(
             .borrow_mut()
             .pick(service, &tried, &|id| health.is_up(id), now);
         let Some(id) = picked else {
-            if let (true, Some(hold)) = (tried.is_empty(), cfg.services[service].hold) {
+            // Also after failed dials: in a switchover the old primary stops
+            // taking connections a little before its check says so; its
+            // refusals are retried (each server once per round) until the
+            // check catches up and the new primary appears.
+            if let Some(hold) = cfg.services[service].hold {
                 let since = *held.get_or_insert(now);
                 if now.duration_since(since) < hold {
                     monoio::time::sleep(HOLD_POLL).await;
+                    tried.clear();
                     continue;
                 }
                 crate::metrics::held(&cfg.services[service].name, false);

@@ -904,3 +904,162 @@ passwordFile = "{}"
     );
     assert!(!p.logs().iter().any(|l| l.contains("not it")));
 }
+
+/// The address of the PostgreSQL server a new connection through `addr`
+/// reaches (`inet_server_addr()`): 127.0.0.1 is node 1, 127.0.0.2 node 2.
+fn pg_host_via(addr: SocketAddr) -> String {
+    sql_via(addr, "select host(inet_server_addr())")
+}
+
+#[test]
+fn patroni_switchover_moves_writes_behind_the_http_check() {
+    if !support::patroni::available() {
+        return;
+    }
+    let cluster = support::patroni::Patroni::start();
+    let (pg_port, rest) = (cluster.pg_port, cluster.rest_port);
+    let svc = |name: &str, path: &str, extra: &str| {
+        format!(
+            r#"
+[tcp.services.{name}.loadBalancer]
+{extra}
+servers = [{{ address = "127.0.0.1:{pg_port}" }}, {{ address = "127.0.0.2:{pg_port}" }}]
+[tcp.services.{name}.loadBalancer.healthCheck]
+port = {rest}
+interval = "100ms"
+timeout = "2s"
+http = {{ path = "{path}" }}
+"#
+        )
+    };
+    let cfg = format!(
+        r#"
+[entryPoints.writes]
+address = "127.0.0.1:0"
+[entryPoints.reads]
+address = "127.0.0.1:0"
+[tcp.routers.w]
+entryPoints = ["writes"]
+rule = "HostSNI(`*`)"
+service = "primary"
+[tcp.routers.r]
+entryPoints = ["reads"]
+rule = "HostSNI(`*`)"
+service = "reads"
+[tcp.services.reads.failover]
+service = "replica"
+fallback = "primary"
+{}
+{}
+"#,
+        svc(
+            "primary",
+            "/primary",
+            "onServerDown = \"close\"\nswitchoverHold = \"30s\""
+        ),
+        svc("replica", "/replica", "")
+    );
+    let p = Proxy::start(&cfg);
+    let (writes, reads) = (p.addr("writes"), p.addr("reads"));
+    let n1 = format!("127.0.0.1:{pg_port}");
+    let n2 = format!("127.0.0.2:{pg_port}");
+    p.wait_logs(1, |l| {
+        l.contains("msg=\"server unhealthy\"")
+            && field(l, "server").as_deref() == Some(n2.as_str())
+            && field(l, "service").as_deref() == Some("primary")
+    });
+    assert_eq!(pg_host_via(writes), "127.0.0.1");
+    assert!(eventually(Duration::from_secs(10), || pg_host_via(reads)
+        == "127.0.0.2"));
+    sql_via(writes, "create table w(i int, at text)");
+
+    // One writer, a new connection per write (as pgbench -C), through the
+    // switchover: each write either lands (and says where) or fails.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut results: Vec<(Instant, Result<String, String>)> = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                let r = psql(
+                    &conninfo(writes, "ha-writer"),
+                    &format!("insert into w values ({i}, host(inet_server_addr())) returning at"),
+                );
+                // The returned row, then psql's "INSERT 0 1".
+                let out = if r.ok() {
+                    Ok(r.stdout.lines().next().unwrap_or("").trim().to_string())
+                } else {
+                    Err(r.stderr.trim().to_string())
+                };
+                results.push((Instant::now(), out));
+            }
+            results
+        })
+    };
+    thread::sleep(Duration::from_millis(1000));
+    let t0 = Instant::now();
+    let out = cluster.switchover(2);
+    let switched = Instant::now();
+    cluster.wait_leader(2, Duration::from_secs(60));
+    // Writes keep going a while on the new primary.
+    assert!(
+        eventually(Duration::from_secs(30), || pg_host_via(writes)
+            == "127.0.0.2"),
+        "writes did not follow; patroni:\n{out}\n{}",
+        cluster.logs()
+    );
+    thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::SeqCst);
+    let results = writer.join().unwrap();
+    let failed: Vec<&String> = results
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().err())
+        .collect();
+    let last_old = results
+        .iter()
+        .rev()
+        .find(|(_, r)| r.as_deref() == Ok("127.0.0.1"))
+        .map(|(t, _)| *t);
+    let first_new = results
+        .iter()
+        .find(|(_, r)| r.as_deref() == Ok("127.0.0.2"))
+        .map(|(t, _)| *t)
+        .expect("no write landed on the new primary");
+    let gap = last_old.map_or(Duration::ZERO, |t| first_new.saturating_duration_since(t));
+    eprintln!(
+        "ha: patroni switchover: patronictl took {} ms; {} writes, {} failed; no write landed for {} ms (last on n1 to first on n2); first write on n2 {} ms after patronictl started",
+        switched.duration_since(t0).as_millis(),
+        results.len(),
+        failed.len(),
+        gap.as_millis(),
+        first_new.duration_since(t0).as_millis()
+    );
+    for f in &failed {
+        eprintln!("ha: failed write: {f}");
+    }
+    // Writes were never split: everything after the first write on n2 went
+    // to n2.
+    let after: Vec<&str> = results
+        .iter()
+        .filter(|(t, _)| *t > first_new)
+        .filter_map(|(_, r)| r.as_deref().ok())
+        .collect();
+    assert!(after.iter().all(|a| *a == "127.0.0.2"), "{after:?}");
+    // The writer makes one write at a time: the one in flight when the old
+    // primary shut down, plus the ones the check had not yet caught up
+    // with (at most an interval's worth), may fail; not more.
+    assert!(failed.len() <= 10, "{} failed: {failed:?}", failed.len());
+    let n = sql_via(writes, "select count(*) from w");
+    let ok = results.iter().filter(|(_, r)| r.is_ok()).count();
+    assert_eq!(n.parse::<usize>().unwrap(), ok);
+    // Reads follow too: the old primary came back as a replica.
+    assert!(eventually(Duration::from_secs(30), || pg_host_via(reads)
+        == "127.0.0.1"));
+    p.wait_logs(1, |l| {
+        l.contains("msg=\"server healthy\"")
+            && field(l, "service").as_deref() == Some("replica")
+            && field(l, "server").as_deref() == Some(n1.as_str())
+    });
+}

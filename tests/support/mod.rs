@@ -503,6 +503,7 @@ pub fn note_skip(why: &str) {
 
 pub mod hello;
 pub mod openssl;
+pub mod patroni;
 pub mod pg;
 pub mod process;
 pub mod record;

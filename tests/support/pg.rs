@@ -36,14 +36,14 @@ pub fn available() -> bool {
     super::require_tool("psql", "postgresql-client") && super::require_tool("pgbench", "postgresql")
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // /proc/self belongs to the process's effective user.
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").unwrap().uid() == 0
 }
 
 /// Run a shell command line as the PostgreSQL owner.
-fn as_owner(script: &str) -> Ran {
+pub fn as_owner(script: &str) -> Ran {
     let mut cmd = if is_root() {
         let mut c = Command::new("su");
         c.args(["postgres", "-s", "/bin/sh", "-c", script]);
