@@ -25,6 +25,30 @@
 //! Across a reload the new snapshot starts with the verdicts of the old one
 //! for the same (service, server address), so a known-dead server does not
 //! get traffic while the new checks start up.
+//!
+//! Extensions (sluicegate's, documented as such; Traefik's keys keep their
+//! meaning):
+//! - a protocol table instead of `send`/`expect`: `postgres` (startup as
+//!   `user` on `database`, trust, cleartext or SCRAM-SHA-256, then
+//!   `select pg_is_in_recovery()`, in `health/pg.rs`), `redis` (`AUTH` if a
+//!   password is set, then `ROLE`, `health/redis.rs`) or `http` (one
+//!   request, the status decides: Patroni's `/primary`, `/replica`,
+//!   `health/http.rs`). `mysql` is refused at load with the reason.
+//! - the verdict is `down`, `up`, `primary` or `replica`; `role` (`any`,
+//!   `primary`, `replica`) says which verdicts make a server pickable. A
+//!   healthy server in the other role is "healthy, not in the wanted role"
+//!   (a warning, `sluicegate_server_verdict`, `/api` `serverVerdict`), never
+//!   "down". Until a role check first answers, its servers are `up` and not
+//!   pickable by a `primary`/`replica` service.
+//! - `rise`/`fall` (default 1/1, Traefik's): a changed verdict counts once
+//!   seen that many probes in a row (`fall` for down, `rise` otherwise); the
+//!   first answer of a role check counts at once.
+//! - `HealthState::changes` moves whenever a server's pickability does; the
+//!   workers close the sessions of servers gone for services with
+//!   `onServerDown = "close"` (worker.rs).
+//!
+//! Probes that speak a protocol hold the password only in memory and on the
+//! wire; no message carries it.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -751,6 +775,22 @@ mod tests {
             got
         });
         (addr, h)
+    }
+
+    #[test]
+    fn verdicts_are_pickable_only_in_the_wanted_role() {
+        use Verdict::*;
+        let table = [
+            (Down, [false, false, false]),
+            (Up, [true, false, false]),
+            (Primary, [true, true, false]),
+            (Replica, [true, false, true]),
+        ];
+        for (v, want) in table {
+            let got = [Role::Any, Role::Primary, Role::Replica].map(|r| v.pickable(r));
+            assert_eq!(got, want, "{v:?}");
+            assert_eq!(Verdict::from_u8(v.to_u8()), v);
+        }
     }
 
     #[test]

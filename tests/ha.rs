@@ -1063,3 +1063,53 @@ fallback = "primary"
             && field(l, "server").as_deref() == Some(n1.as_str())
     });
 }
+
+#[test]
+fn a_hold_is_bounded_and_counted_when_no_server_comes() {
+    // The only server is down by its check: a new connection waits the
+    // hold out, then is refused as `no_server`; both holds are counted.
+    let dead = refused_addr();
+    let cfg = format!(
+        r#"
+[entryPoints.main]
+address = "127.0.0.1:0"
+[entryPoints.traefik]
+address = "127.0.0.1:0"
+[metrics.prometheus]
+[tcp.routers.r]
+rule = "HostSNI(`*`)"
+service = "s"
+[tcp.services.s.loadBalancer]
+switchoverHold = "400ms"
+servers = [{{ address = "{dead}" }}]
+[tcp.services.s.loadBalancer.healthCheck]
+interval = "100ms"
+"#
+    );
+    let p = Proxy::start(&cfg);
+    p.wait_logs(1, |l| l.contains("msg=\"server unhealthy\""));
+    for _ in 0..2 {
+        let t = Instant::now();
+        let mut s = TcpStream::connect(p.addr("main")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = [0u8; 1];
+        assert!(matches!(s.read(&mut b), Ok(0) | Err(_)));
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(390) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+    }
+    let conns = p.wait_conns(2);
+    assert!(
+        conns.iter().all(|l| l.contains("outcome=no_server")),
+        "{conns:?}"
+    );
+    let (_, metrics) = get(p.addr("traefik"), "/metrics");
+    for l in [
+        "sluicegate_service_hold_total{service=\"s\",outcome=\"served\"} 0",
+        "sluicegate_service_hold_total{service=\"s\",outcome=\"timeout\"} 2",
+    ] {
+        assert!(has_line(&metrics, l), "missing `{l}` in:\n{metrics}");
+    }
+}
