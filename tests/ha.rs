@@ -1113,3 +1113,62 @@ interval = "100ms"
         assert!(has_line(&metrics, l), "missing `{l}` in:\n{metrics}");
     }
 }
+
+#[test]
+fn postgres_check_logs_in_with_trust_cleartext_md5_and_scram() {
+    if !pg::available() {
+        return;
+    }
+    let pki = Pki::new();
+    let (crt, key) = pki.leaf("pg", &["pg"]);
+    let a = PgCluster::start(&crt, &key);
+    a.sql("create role u_trust login");
+    a.sql("create role u_clear login password 'pw clear'");
+    a.sql("set password_encryption = 'md5'; create role u_md5 login password 'pw md5'");
+    a.sql("create role u_scram login password 'pw scram'");
+    for (user, method) in [
+        ("u_clear", "password"),
+        ("u_md5", "md5"),
+        ("u_scram", "scram-sha-256"),
+    ] {
+        a.hba_first(&format!("host all {user} 127.0.0.1/32 {method}"));
+    }
+    let dir = TempDir::new("ha-auth");
+    let mut cfg = String::from(
+        "[entryPoints.main]\naddress = \"127.0.0.1:0\"\n[tcp.routers.r]\nrule = \"HostSNI(`*`)\"\nservice = \"u_trust\"\n",
+    );
+    for (user, pw) in [
+        ("u_trust", None),
+        ("u_clear", Some("pw clear")),
+        ("u_md5", Some("pw md5")),
+        ("u_scram", Some("pw scram")),
+    ] {
+        let pw_line = pw.map_or(String::new(), |pw| {
+            format!("passwordFile = \"{}\"\n", dir.write(user, pw).display())
+        });
+        cfg.push_str(&format!(
+            "[tcp.services.{user}.loadBalancer]\nservers = [{{ address = \"127.0.0.1:{}\" }}]\n\
+             [tcp.services.{user}.loadBalancer.healthCheck]\ninterval = \"10s\"\n\
+             [tcp.services.{user}.loadBalancer.healthCheck.postgres]\nuser = \"{user}\"\ndatabase = \"postgres\"\n{pw_line}",
+            a.port
+        ));
+    }
+    let p = Proxy::start(&cfg);
+    for user in ["u_trust", "u_clear", "u_md5", "u_scram"] {
+        let l = p.wait_logs(1, |l| {
+            l.contains("msg=\"server healthy\"") && field(l, "service").as_deref() == Some(user)
+        });
+        assert_eq!(
+            field(&l[0], "verdict").as_deref(),
+            Some("primary"),
+            "{user}"
+        );
+    }
+    assert!(
+        !p.logs().iter().any(|l| l.contains("unhealthy")),
+        "{:?}",
+        p.logs()
+    );
+    // The server saw each method: its log has no failed authentication.
+    assert!(!a.log().contains("authentication failed"), "{}", a.log());
+}

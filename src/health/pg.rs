@@ -1,6 +1,6 @@
 //! The PostgreSQL health probe: a startup message as `user` on `database`,
-//! the authentication the server asks for (trust, cleartext, MD5 is refused
-//! with its name, SCRAM-SHA-256), then `select pg_is_in_recovery()`:
+//! the authentication the server asks for (trust, cleartext, md5,
+//! SCRAM-SHA-256), then `select pg_is_in_recovery()`:
 //! `f` is a primary, `t` a replica (hot standby). A server that refuses the
 //! login, is starting up or shutting down (57P03), or answers anything else
 //! is down, with the server's message as the reason. The password is sent
@@ -40,7 +40,7 @@ pub fn probe(
     let mut startup = ((body.len() + 4) as u32).to_be_bytes().to_vec();
     startup.extend_from_slice(&body);
     c.send(&startup)?;
-    authenticate(c, password)?;
+    authenticate(c, user, password)?;
     // ParameterStatus, BackendKeyData, notices until ReadyForQuery.
     loop {
         let (t, m) = read_message(c)?;
@@ -72,7 +72,7 @@ pub fn probe(
     }
 }
 
-fn authenticate(c: &mut Timed, password: Option<&Secret>) -> Result<(), ProbeError> {
+fn authenticate(c: &mut Timed, user: &str, password: Option<&Secret>) -> Result<(), ProbeError> {
     let need = |what: &str| {
         ProbeError::Refused(format!(
             "postgres: the server asks for {what} and no password is configured (passwordFile or passwordEnv)"
@@ -99,17 +99,21 @@ fn authenticate(c: &mut Timed, password: Option<&Secret>) -> Result<(), ProbeErr
                 c.send(&message(b'p', &b))?;
             }
             5 => {
-                return Err(ProbeError::Refused(
-                    "postgres: the server asks for md5 authentication, which the check does not speak; use scram-sha-256 (PostgreSQL's default since 14) or trust for the check's user".into(),
-                ))
+                let pw = password.ok_or_else(|| need("an md5 password"))?;
+                let salt = m.get(4..8).ok_or_else(|| {
+                    ProbeError::Refused("postgres: md5 request without a salt".into())
+                })?;
+                // "md5" + md5(md5(password + user) in hex + salt) in hex.
+                let inner = hex(&md5(&[pw.0.as_bytes(), user.as_bytes()].concat()));
+                let outer = hex(&md5(&[inner.as_bytes(), salt].concat()));
+                let mut b = format!("md5{outer}").into_bytes();
+                b.push(0);
+                c.send(&message(b'p', &b))?;
             }
             10 => {
                 let pw = password.ok_or_else(|| need("SCRAM-SHA-256"))?;
                 let mechanisms = &m[4..];
-                if !mechanisms
-                    .split(|&b| b == 0)
-                    .any(|x| x == b"SCRAM-SHA-256")
-                {
+                if !mechanisms.split(|&b| b == 0).any(|x| x == b"SCRAM-SHA-256") {
                     return Err(ProbeError::Refused(
                         "postgres: no SASL mechanism the check speaks (SCRAM-SHA-256)".into(),
                     ));
@@ -283,9 +287,75 @@ fn server_error(m: &[u8]) -> ProbeError {
     ProbeError::Refused(format!("postgres: {code} {text}"))
 }
 
+/// Lower-case hex.
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// MD5 (RFC 1321), only for PostgreSQL's legacy `md5` password exchange:
+/// the crypto library rustls links offers no MD5, and this is a few lines.
+fn md5(data: &[u8]) -> [u8; 16] {
+    const S: [u32; 16] = [7, 12, 17, 22, 5, 9, 14, 20, 4, 11, 16, 23, 6, 10, 15, 21];
+    // K[i] = floor(|sin(i + 1)| * 2^32), exact in f64 for these i.
+    let k: Vec<u32> = (0..64)
+        .map(|i| ((f64::from(i + 1)).sin().abs() * 4_294_967_296.0) as u32)
+        .collect();
+    let mut msg = data.to_vec();
+    msg.push(0x80);
+    while msg.len() % 64 != 56 {
+        msg.push(0);
+    }
+    msg.extend_from_slice(&((data.len() as u64).wrapping_mul(8)).to_le_bytes());
+    let mut h: [u32; 4] = [0x6745_2301, 0xefcd_ab89, 0x98ba_dcfe, 0x1032_5476];
+    for chunk in msg.chunks_exact(64) {
+        let m: Vec<u32> = chunk
+            .chunks_exact(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .collect();
+        let [mut a, mut b, mut c, mut d] = h;
+        for i in 0..64 {
+            let (f, g) = match i / 16 {
+                0 => ((b & c) | (!b & d), i),
+                1 => ((d & b) | (!d & c), (5 * i + 1) % 16),
+                2 => (b ^ c ^ d, (3 * i + 5) % 16),
+                _ => (c ^ (b | !d), (7 * i) % 16),
+            };
+            let f = f.wrapping_add(a).wrapping_add(k[i]).wrapping_add(m[g]);
+            a = d;
+            d = c;
+            c = b;
+            b = b.wrapping_add(f.rotate_left(S[(i / 16) * 4 + i % 4]));
+        }
+        for (x, y) in h.iter_mut().zip([a, b, c, d]) {
+            *x = x.wrapping_add(y);
+        }
+    }
+    let mut out = [0u8; 16];
+    for (o, w) in out.chunks_exact_mut(4).zip(h) {
+        o.copy_from_slice(&w.to_le_bytes());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn md5_matches_the_rfc_1321_test_suite() {
+        for (input, want) in [
+            ("", "d41d8cd98f00b204e9800998ecf8427e"),
+            ("a", "0cc175b9c0f1b6a831c399e269772661"),
+            ("abc", "900150983cd24fb0d6963f7d28e17f72"),
+            ("message digest", "f96b697d7cb7938d525a2f31aaf161d0"),
+            (
+                "12345678901234567890123456789012345678901234567890123456789012345678901234567890",
+                "57edf4a22be3c955ac49da2e2107b67a",
+            ),
+        ] {
+            assert_eq!(hex(&md5(input.as_bytes())), want, "{input:?}");
+        }
+    }
 
     #[test]
     fn data_row_first_column() {
