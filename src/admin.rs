@@ -666,7 +666,31 @@ fn services_json(snap: &Snapshot, only: Option<&str>) -> String {
                             json_str(&mut out, &String::from_utf8_lossy(v));
                         }
                     }
+                    // Extensions, only when used, so a Traefik check reads
+                    // as Traefik shows it (never the password).
+                    let kind = match &hc.probe {
+                        crate::model::Probe::Tcp => None,
+                        crate::model::Probe::Postgres { .. } => Some("postgres"),
+                        crate::model::Probe::Redis { .. } => Some("redis"),
+                        crate::model::Probe::Http { .. } => Some("http"),
+                    };
+                    if let Some(kind) = kind {
+                        out.push_str(&format!(
+                            ",\"check\":\"{kind}\",\"role\":\"{}\"",
+                            crate::health::role_str(hc.role)
+                        ));
+                    }
+                    if (hc.rise, hc.fall) != (1, 1) {
+                        out.push_str(&format!(",\"rise\":{},\"fall\":{}", hc.rise, hc.fall));
+                    }
                     out.push('}');
+                }
+                if svc.on_server_down == crate::model::OnServerDown::Close {
+                    out.push_str(",\"onServerDown\":\"close\"");
+                }
+                if let Some(h) = svc.hold {
+                    out.push_str(",\"switchoverHold\":");
+                    json_str(&mut out, &duration(h));
                 }
                 out.push_str("},\"serverStatus\":{");
                 for (i, s) in lb.servers.iter().enumerate() {
@@ -677,6 +701,32 @@ fn services_json(snap: &Snapshot, only: Option<&str>) -> String {
                     let up = snap.health.is_up(snap.health.id(*si, i));
                     out.push_str(if up { ":\"UP\"" } else { ":\"DOWN\"" });
                 }
+                // Extension: the verdict behind UP/DOWN, so a healthy
+                // replica of a primary-only service is not shown as dead.
+                let finds_role = lb.health_check.as_ref().is_some_and(|hc| {
+                    matches!(
+                        hc.probe,
+                        crate::model::Probe::Postgres { .. } | crate::model::Probe::Redis { .. }
+                    )
+                });
+                if finds_role {
+                    out.push_str("},\"serverVerdict\":{");
+                    for (i, s) in lb.servers.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        json_str(&mut out, &s.address_text);
+                        let v = snap.health.verdict(snap.health.id(*si, i));
+                        out.push_str(&format!(":\"{}\"", v.as_str()));
+                    }
+                }
+                out.push('}');
+            }
+            ServiceKind::Weighted(children) if svc.failover && children.len() == 2 => {
+                out.push_str(",\"type\":\"failover\",\"failover\":{\"service\":");
+                json_str(&mut out, &cfg.services[children[0].service].name);
+                out.push_str(",\"fallback\":");
+                json_str(&mut out, &cfg.services[children[1].service].name);
                 out.push('}');
             }
             ServiceKind::Weighted(children) => {

@@ -66,6 +66,8 @@ struct Node {
     /// Weighted node with `healthCheck`: children are judged by their
     /// servers' active health too, not only by what is left to try.
     health_aware: bool,
+    /// A failover service (extension): only the first eligible child.
+    failover: bool,
 }
 
 /// This worker's recent dial results for one server.
@@ -103,6 +105,7 @@ impl Balancer {
                         weights: lb.servers.iter().map(|s| i64::from(s.weight)).collect(),
                         leaf: true,
                         health_aware: true,
+                        failover: false,
                     }
                 }
                 ServiceKind::Weighted(ws) => Node {
@@ -111,6 +114,7 @@ impl Balancer {
                     current: vec![0; ws.len()],
                     leaf: false,
                     health_aware: svc.weighted_health_check,
+                    failover: svc.failover,
                 },
             };
             nodes.push(node);
@@ -223,6 +227,12 @@ fn pick_in(nodes: &mut [Node], service: usize, t: &Tests<'_>) -> Option<ServerId
             if !eligible.contains(&true) {
                 eligible = eligible_by(t.usable, t.usable_reach);
             }
+            if node.failover {
+                // `service` while it has a server to give, else `fallback`.
+                if let Some(first) = eligible.iter().position(|&e| e) {
+                    eligible.iter_mut().skip(first + 1).for_each(|e| *e = false);
+                }
+            }
             smooth_pick(&mut nodes[node_idx], &eligible)?
         };
         let node = &nodes[node_idx];
@@ -285,6 +295,7 @@ mod tests {
             current: vec![0; weights.len()],
             leaf: true,
             health_aware: true,
+            failover: false,
         }
     }
 
@@ -314,6 +325,7 @@ mod tests {
                     current: vec![0, 0],
                     leaf: false,
                     health_aware,
+                    failover: false,
                 },
                 lb_node(&[1], 0),
                 lb_node(&[1], 1),

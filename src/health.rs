@@ -25,16 +25,44 @@
 //! Across a reload the new snapshot starts with the verdicts of the old one
 //! for the same (service, server address), so a known-dead server does not
 //! get traffic while the new checks start up.
+//!
+//! Extensions (sluicegate's, documented as such; Traefik's keys keep their
+//! meaning):
+//! - a protocol table instead of `send`/`expect`: `postgres` (startup as
+//!   `user` on `database`, trust, cleartext or SCRAM-SHA-256, then
+//!   `select pg_is_in_recovery()`, in `health/pg.rs`), `redis` (`AUTH` if a
+//!   password is set, then `ROLE`, `health/redis.rs`) or `http` (one
+//!   request, the status decides: Patroni's `/primary`, `/replica`,
+//!   `health/http.rs`). `mysql` is refused at load with the reason.
+//! - the verdict is `down`, `up`, `primary` or `replica`; `role` (`any`,
+//!   `primary`, `replica`) says which verdicts make a server pickable. A
+//!   healthy server in the other role is "healthy, not in the wanted role"
+//!   (a warning, `sluicegate_server_verdict`, `/api` `serverVerdict`), never
+//!   "down". Until a role check first answers, its servers are `up` and not
+//!   pickable by a `primary`/`replica` service.
+//! - `rise`/`fall` (default 1/1, Traefik's): a changed verdict counts once
+//!   seen that many probes in a row (`fall` for down, `rise` otherwise); the
+//!   first answer of a role check counts at once.
+//! - `HealthState::changes` moves whenever a server's pickability does; the
+//!   workers close the sessions of servers gone for services with
+//!   `onServerDown = "close"` (worker.rs).
+//!
+//! Probes that speak a protocol hold the password only in memory and on the
+//! wire; no message carries it.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::balance::{self, ServerId};
 use crate::log;
-use crate::model::{Config, HealthCheck, LoadBalancer, ServiceKind};
+use crate::model::{Config, HealthCheck, LoadBalancer, Probe, Role, ServiceKind};
+
+mod http;
+mod pg;
+mod redis;
 use crate::wire::proxy_protocol;
 use crate::worker::{Shared, Snapshot};
 
@@ -45,7 +73,71 @@ const CHECKER_STACK: usize = 128 * 1024;
 /// PROXY v1 header for a connection the proxy opened itself.
 const PROXY_V1_UNKNOWN: &[u8] = b"PROXY UNKNOWN\r\n";
 
-/// Up/down per server of one snapshot, indexed by `ServerId` (the numbering
+/// A server's last verdict, as stored (one byte per server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The probe failed (`fall` times in a row).
+    Down,
+    /// Healthy; the check does not tell a role (plain TCP, http), or a role
+    /// check has not answered yet.
+    Up,
+    /// Healthy and primary (PostgreSQL not in recovery, Redis `master`).
+    Primary,
+    /// Healthy and replica (in recovery, Redis `slave`).
+    Replica,
+}
+
+/// Every verdict, in the order /metrics lists them.
+pub const VERDICTS: [Verdict; 4] = [
+    Verdict::Down,
+    Verdict::Up,
+    Verdict::Primary,
+    Verdict::Replica,
+];
+
+impl Verdict {
+    fn from_u8(v: u8) -> Verdict {
+        match v {
+            0 => Verdict::Down,
+            2 => Verdict::Primary,
+            3 => Verdict::Replica,
+            _ => Verdict::Up,
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            Verdict::Down => 0,
+            Verdict::Up => 1,
+            Verdict::Primary => 2,
+            Verdict::Replica => 3,
+        }
+    }
+
+    /// `down`, `up`, `primary`, `replica` (logs, /metrics, /api).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Down => "down",
+            Verdict::Up => "up",
+            Verdict::Primary => "primary",
+            Verdict::Replica => "replica",
+        }
+    }
+
+    /// Whether a server with this verdict may take connections for a
+    /// service whose check wants `role`. A role check that has not answered
+    /// yet (`Up`) gives no server of a `primary` or `replica` service.
+    pub fn pickable(self, role: Role) -> bool {
+        match (self, role) {
+            (Verdict::Down, _) => false,
+            (_, Role::Any) => true,
+            (v, Role::Primary) => v == Verdict::Primary,
+            (v, Role::Replica) => v == Verdict::Replica,
+        }
+    }
+}
+
+/// Verdict per server of one snapshot, indexed by `ServerId` (the numbering
 /// of `balance::flatten`). Written by checker threads, read by workers.
 #[derive(Debug)]
 pub struct HealthState {
@@ -53,14 +145,23 @@ pub struct HealthState {
     servers: Vec<(usize, usize)>,
     /// First ServerId of each service (weighted services own none).
     first: Vec<ServerId>,
-    up: Vec<AtomicBool>,
+    /// `Verdict` as a byte, per ServerId.
+    verdict: Vec<AtomicU8>,
+    /// The role the server's service wants, per ServerId.
+    want: Vec<Role>,
+    /// Bumped whenever a server's pickability changes: workers that close
+    /// sessions of servers gone (`onServerDown = "close"`) look again when
+    /// it moves.
+    changes: AtomicU64,
     /// Health-checked servers whose first probe has not ended yet (readiness
     /// waits for it: every server starts up, a dead one would get traffic).
     unprobed: AtomicUsize,
 }
 
 impl HealthState {
-    /// Every server healthy (Traefik's starting point).
+    /// Every server healthy (Traefik's starting point); a server of a
+    /// service that wants a role is `Up` (role unknown, not pickable) until
+    /// its first probe.
     pub fn new(cfg: &Config) -> HealthState {
         let servers = balance::flatten(cfg);
         let mut first = Vec::with_capacity(cfg.services.len());
@@ -71,7 +172,17 @@ impl HealthState {
                 next += lb.servers.len();
             }
         }
-        let up = servers.iter().map(|_| AtomicBool::new(true)).collect();
+        let want: Vec<Role> = servers
+            .iter()
+            .map(|&(si, _)| match checked(&cfg.services[si].kind) {
+                Some((_, hc)) => hc.role,
+                None => Role::Any,
+            })
+            .collect();
+        let verdict = servers
+            .iter()
+            .map(|_| AtomicU8::new(Verdict::Up.to_u8()))
+            .collect();
         let unprobed = cfg
             .services
             .iter()
@@ -81,7 +192,9 @@ impl HealthState {
         HealthState {
             servers,
             first,
-            up,
+            verdict,
+            want,
+            changes: AtomicU64::new(0),
             unprobed: AtomicUsize::new(unprobed),
         }
     }
@@ -91,16 +204,25 @@ impl HealthState {
         self.first[service] + server
     }
 
-    /// Whether active health checks let `id` be picked. A relaxed load: a
-    /// worker that sees a flip one connection late does no harm (a dial to a
-    /// dead server fails over).
+    /// Whether active health checks let `id` be picked: healthy, and of the
+    /// role its service wants. A relaxed load: a worker that sees a flip one
+    /// connection late does no harm (a dial to a dead server fails over).
     pub fn is_up(&self, id: ServerId) -> bool {
-        self.up[id].load(Ordering::Relaxed)
+        self.verdict(id).pickable(self.want[id])
+    }
+
+    /// The last verdict of `id`.
+    pub fn verdict(&self, id: ServerId) -> Verdict {
+        Verdict::from_u8(self.verdict[id].load(Ordering::Relaxed))
     }
 
     /// Set a verdict; returns the previous one.
-    fn set(&self, id: ServerId, up: bool) -> bool {
-        self.up[id].swap(up, Ordering::Relaxed)
+    fn set(&self, id: ServerId, v: Verdict) -> Verdict {
+        let was = Verdict::from_u8(self.verdict[id].swap(v.to_u8(), Ordering::Relaxed));
+        if was.pickable(self.want[id]) != v.pickable(self.want[id]) {
+            self.changes.fetch_add(1, Ordering::Release);
+        }
+        was
     }
 
     /// How many health-checked servers have no verdict of their own yet.
@@ -108,12 +230,17 @@ impl HealthState {
         self.unprobed.load(Ordering::Acquire)
     }
 
-    /// `(service index, server index, up)` for every server.
-    pub fn iter(&self) -> impl Iterator<Item = (usize, usize, bool)> + '_ {
-        self.servers
-            .iter()
-            .zip(&self.up)
-            .map(|(&(si, i), up)| (si, i, up.load(Ordering::Relaxed)))
+    /// How many times a server's pickability changed (see `changes`).
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    /// `(service index, server index, pickable, verdict)` for every server.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, usize, bool, Verdict)> + '_ {
+        self.servers.iter().enumerate().map(|(id, &(si, i))| {
+            let v = self.verdict(id);
+            (si, i, v.pickable(self.want[id]), v)
+        })
     }
 }
 
@@ -137,8 +264,8 @@ pub fn inherit(new: &Snapshot, old: &Snapshot) {
                 .iter()
                 .position(|o| o.address_text == server.address_text)
             {
-                let up = old.health.is_up(old.health.id(osi, oi));
-                new.health.set(new.health.id(si, i), up);
+                let v = old.health.verdict(old.health.id(osi, oi));
+                new.health.set(new.health.id(si, i), v);
             }
         }
     }
@@ -147,7 +274,7 @@ pub fn inherit(new: &Snapshot, old: &Snapshot) {
 /// The load balancer and its health check, when the service has one.
 fn checked(kind: &ServiceKind) -> Option<(&LoadBalancer, &HealthCheck)> {
     match kind {
-        ServiceKind::LoadBalancer(lb) => lb.health_check.as_ref().map(|hc| (lb, hc)),
+        ServiceKind::LoadBalancer(lb) => lb.health_check.as_deref().map(|hc| (lb, hc)),
         ServiceKind::Weighted(_) => None,
     }
 }
@@ -255,6 +382,10 @@ fn check_service(snap: &Snapshot, si: usize, stop: &Stop) {
     };
     let start = Instant::now();
     let mut due = vec![start; lb.servers.len()];
+    // Per server: a verdict seen but not applied yet, and how many times in
+    // a row; whether the server has been probed once.
+    let mut pending: Vec<Option<(Verdict, u32)>> = vec![None; lb.servers.len()];
+    let mut first_done = vec![false; lb.servers.len()];
     let mut probed = vec![false; lb.servers.len()];
     loop {
         let Some((i, &when)) = due.iter().enumerate().min_by_key(|(_, &t)| t) else {
@@ -277,35 +408,85 @@ fn check_service(snap: &Snapshot, si: usize, stop: &Stop) {
         if stop.is_set() {
             return;
         }
-        let up = result.is_ok();
-        let was = snap.health.set(snap.health.id(si, i), up);
-        match (&result, was) {
-            (Err(why), true) => log!(
-                Warn,
-                "server unhealthy",
-                service = svc.name,
-                server = server.address_text,
-                reason = why
-            ),
-            (Ok(()), false) => log!(
-                Info,
-                "server healthy",
-                service = svc.name,
-                server = server.address_text
-            ),
-            _ => {}
+        let id = snap.health.id(si, i);
+        let was = snap.health.verdict(id);
+        let seen = result.as_ref().map_or(Verdict::Down, |v| *v);
+        // Rise/fall: a new verdict counts once it is seen `rise` (healthy)
+        // or `fall` (down) times in a row. The first answer of a role check
+        // counts at once: until then the role is unknown.
+        let apply = if seen == was {
+            pending[i] = None;
+            false
+        } else {
+            let n = match pending[i] {
+                Some((v, n)) if v == seen => n + 1,
+                _ => 1,
+            };
+            pending[i] = Some((seen, n));
+            let need = if seen == Verdict::Down {
+                hc.fall
+            } else {
+                hc.rise
+            };
+            let unknown = was == Verdict::Up
+                && matches!(hc.probe, Probe::Postgres { .. } | Probe::Redis { .. })
+                && !first_done[i];
+            n >= need || unknown
+        };
+        first_done[i] = true;
+        if apply {
+            pending[i] = None;
+            snap.health.set(id, seen);
+            let pickable = seen.pickable(hc.role);
+            match &result {
+                Err(why) => log!(
+                    Warn,
+                    "server unhealthy",
+                    service = svc.name,
+                    server = server.address_text,
+                    verdict = seen.as_str(),
+                    reason = why
+                ),
+                Ok(_) if pickable => log!(
+                    Info,
+                    "server healthy",
+                    service = svc.name,
+                    server = server.address_text,
+                    verdict = seen.as_str()
+                ),
+                // Answers, but not in the role this service wants: not
+                // "down", and said so.
+                Ok(_) => log!(
+                    Warn,
+                    "server healthy, not in the wanted role",
+                    service = svc.name,
+                    server = server.address_text,
+                    verdict = seen.as_str(),
+                    role = role_str(hc.role)
+                ),
+            }
         }
         // After the log line: whoever sees the count drop sees the verdict's
         // line before its own.
         if !std::mem::replace(&mut probed[i], true) {
             snap.health.unprobed.fetch_sub(1, Ordering::AcqRel);
         }
+        let now_down = snap.health.verdict(id) == Verdict::Down;
         due[i] = Instant::now()
-            + if up {
-                hc.interval
-            } else {
+            + if now_down {
                 hc.unhealthy_interval
+            } else {
+                hc.interval
             };
+    }
+}
+
+/// `any`, `primary`, `replica`.
+pub fn role_str(r: Role) -> &'static str {
+    match r {
+        Role::Any => "any",
+        Role::Primary => "primary",
+        Role::Replica => "replica",
     }
 }
 
@@ -326,6 +507,9 @@ pub enum ProbeError {
     Unexpected,
     /// The TLS handshake with a `tls = true` server failed.
     Tls(String),
+    /// The server answered in its protocol, but not as a healthy server
+    /// does (an error reply, a refused login, a bad HTTP status, ...).
+    Refused(String),
 }
 
 impl std::fmt::Display for ProbeError {
@@ -338,6 +522,7 @@ impl std::fmt::Display for ProbeError {
             ProbeError::Read(e) => write!(f, "read: {e}"),
             ProbeError::Unexpected => f.write_str("unexpected reply"),
             ProbeError::Tls(e) => write!(f, "tls: {e}"),
+            ProbeError::Refused(e) => f.write_str(e),
         }
     }
 }
@@ -396,13 +581,14 @@ fn timed_out(e: &io::Error) -> bool {
 
 /// One health probe of the server at `addr`, bounded by `hc.timeout` in all.
 /// With `tls`, the TLS handshake comes first (after any PROXY header, which
-/// precedes TLS as on a proxied connection) and `send`/`expect` go inside it.
+/// precedes TLS as on a proxied connection) and the conversation goes inside
+/// it. The verdict is `Up` for checks that do not tell a role.
 pub fn probe(
     addr: SocketAddr,
     hc: &HealthCheck,
     proxy_protocol: Option<u8>,
     tls: Option<&ProbeTls>,
-) -> Result<(), ProbeError> {
+) -> Result<Verdict, ProbeError> {
     let deadline = Instant::now() + hc.timeout;
     let target = hc.port.map_or(addr, |p| SocketAddr::new(addr.ip(), p));
     let mut s = TcpStream::connect_timeout(&target, hc.timeout).map_err(ProbeError::Connect)?;
@@ -417,18 +603,12 @@ pub fn probe(
         Some(_) if !header.is_empty() => {
             let left = remaining(deadline).ok_or(ProbeError::Timeout)?;
             s.set_write_timeout(Some(left)).map_err(ProbeError::Send)?;
-            s.write_all(header).map_err(|e| {
-                if timed_out(&e) {
-                    ProbeError::Timeout
-                } else {
-                    ProbeError::Send(e)
-                }
-            })?;
+            s.write_all(header).map_err(send_error)?;
         }
         Some(_) => {}
         None => out.extend_from_slice(header),
     }
-    let mut s = match tls {
+    let s = match tls {
         None => ProbeConn::Plain(s),
         Some((config, name)) => {
             let mut conn = rustls::ClientConnection::new(config.clone(), name.clone())
@@ -448,32 +628,115 @@ pub fn probe(
             ProbeConn::Tls(Box::new(rustls::StreamOwned::new(conn, s)))
         }
     };
-    out.extend_from_slice(&hc.send);
-    if !out.is_empty() {
-        let left = remaining(deadline).ok_or(ProbeError::Timeout)?;
-        s.sock()
+    let mut c = Timed {
+        conn: s,
+        deadline,
+        pending: out,
+    };
+    match &hc.probe {
+        Probe::Tcp => send_expect(&mut c, hc),
+        Probe::Postgres {
+            user,
+            database,
+            password,
+        } => crate::health::pg::probe(&mut c, user, database, password.as_ref()),
+        Probe::Redis { username, password } => {
+            crate::health::redis::probe(&mut c, username.as_deref(), password.as_ref())
+        }
+        Probe::Http {
+            method,
+            path,
+            host,
+            status,
+        } => {
+            let host = host.clone().unwrap_or_else(|| target.to_string());
+            crate::health::http::probe(&mut c, method, path, &host, *status)
+        }
+    }
+}
+
+fn send_error(e: io::Error) -> ProbeError {
+    if timed_out(&e) {
+        ProbeError::Timeout
+    } else {
+        ProbeError::Send(e)
+    }
+}
+
+/// The probe's connection with the probe's deadline applied to every read
+/// and write, and the PROXY header (plain connections) sent with the first
+/// write.
+pub struct Timed {
+    conn: ProbeConn,
+    deadline: Instant,
+    pending: Vec<u8>,
+}
+
+impl Timed {
+    /// Write all of `data` (after any pending header) before the deadline.
+    pub fn send(&mut self, data: &[u8]) -> Result<(), ProbeError> {
+        let mut out = std::mem::take(&mut self.pending);
+        out.extend_from_slice(data);
+        if out.is_empty() {
+            return Ok(());
+        }
+        let left = remaining(self.deadline).ok_or(ProbeError::Timeout)?;
+        self.conn
+            .sock()
             .set_write_timeout(Some(left))
             .map_err(ProbeError::Send)?;
-        s.write_all(&out).and_then(|()| s.flush()).map_err(|e| {
-            if timed_out(&e) {
-                ProbeError::Timeout
-            } else {
-                ProbeError::Send(e)
-            }
-        })?;
+        self.conn
+            .write_all(&out)
+            .and_then(|()| self.conn.flush())
+            .map_err(send_error)
     }
+
+    /// One read before the deadline; `Closed(0)` at the end of the stream.
+    pub fn recv(&mut self, buf: &mut [u8]) -> Result<usize, ProbeError> {
+        loop {
+            let left = remaining(self.deadline).ok_or(ProbeError::Timeout)?;
+            self.conn
+                .sock()
+                .set_read_timeout(Some(left))
+                .map_err(ProbeError::Read)?;
+            match self.conn.read(buf) {
+                Ok(0) => return Err(ProbeError::Closed(0)),
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if timed_out(&e) => return Err(ProbeError::Timeout),
+                // A TLS server that closes without close_notify, or an alert.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Err(ProbeError::Closed(0))
+                }
+                Err(e) => return Err(ProbeError::Read(e)),
+            }
+        }
+    }
+
+    /// Fill `buf` exactly.
+    pub fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), ProbeError> {
+        let mut got = 0;
+        while got < buf.len() {
+            match self.recv(&mut buf[got..]) {
+                Ok(n) => got += n,
+                Err(ProbeError::Closed(_)) => return Err(ProbeError::Closed(got)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Traefik's check: `send`, then the reply must start with `expect`.
+fn send_expect(c: &mut Timed, hc: &HealthCheck) -> Result<Verdict, ProbeError> {
+    c.send(&hc.send)?;
     if hc.expect.is_empty() {
-        return Ok(());
+        return Ok(Verdict::Up);
     }
     let mut reply = vec![0u8; hc.expect.len()];
     let mut got = 0;
     while got < reply.len() {
-        let left = remaining(deadline).ok_or(ProbeError::Timeout)?;
-        s.sock()
-            .set_read_timeout(Some(left))
-            .map_err(ProbeError::Read)?;
-        match s.read(&mut reply[got..]) {
-            Ok(0) => return Err(ProbeError::Closed(got)),
+        match c.recv(&mut reply[got..]) {
             Ok(n) => {
                 got += n;
                 // Fail on the first wrong byte rather than wait for the rest.
@@ -481,16 +744,11 @@ pub fn probe(
                     return Err(ProbeError::Unexpected);
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if timed_out(&e) => return Err(ProbeError::Timeout),
-            // A TLS server that closes without close_notify, or an alert.
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                return Err(ProbeError::Closed(got))
-            }
-            Err(e) => return Err(ProbeError::Read(e)),
+            Err(ProbeError::Closed(_)) => return Err(ProbeError::Closed(got)),
+            Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(Verdict::Up)
 }
 
 /// Time left before `deadline`, `None` when it has passed.
@@ -513,6 +771,10 @@ mod tests {
             timeout: Duration::from_millis(timeout_ms),
             send: send.as_bytes().to_vec(),
             expect: expect.as_bytes().to_vec(),
+            probe: Probe::Tcp,
+            role: Role::Any,
+            rise: 1,
+            fall: 1,
         }
     }
 
@@ -534,6 +796,22 @@ mod tests {
             got
         });
         (addr, h)
+    }
+
+    #[test]
+    fn verdicts_are_pickable_only_in_the_wanted_role() {
+        use Verdict::*;
+        let table = [
+            (Down, [false, false, false]),
+            (Up, [true, false, false]),
+            (Primary, [true, true, false]),
+            (Replica, [true, false, true]),
+        ];
+        for (v, want) in table {
+            let got = [Role::Any, Role::Primary, Role::Replica].map(|r| v.pickable(r));
+            assert_eq!(got, want, "{v:?}");
+            assert_eq!(Verdict::from_u8(v.to_u8()), v);
+        }
     }
 
     #[test]

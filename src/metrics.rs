@@ -57,6 +57,10 @@ struct Tally {
     bytes: HashMap<String, [u64; 2]>,
     /// Service name → server address → failed dials.
     dial_failures: HashMap<String, HashMap<String, u64>>,
+    /// Service name → [served after a hold, hold timed out] (switchoverHold).
+    holds: HashMap<String, [u64; 2]>,
+    /// Service name → sessions closed by `onServerDown = "close"`.
+    closed: HashMap<String, u64>,
 }
 
 thread_local! {
@@ -140,6 +144,8 @@ impl Registry {
         let mut outcomes: BTreeMap<(usize, String, String), u64> = BTreeMap::new();
         let mut bytes: BTreeMap<String, [u64; 2]> = BTreeMap::new();
         let mut dials: BTreeMap<(String, String), u64> = BTreeMap::new();
+        let mut holds: BTreeMap<String, [u64; 2]> = BTreeMap::new();
+        let mut closed: BTreeMap<String, u64> = BTreeMap::new();
         let mut local = [0u64; LOCAL_KINDS];
         for w in &workers {
             for (sum, c) in local.iter_mut().zip(&w.local_errors) {
@@ -169,6 +175,14 @@ impl Registry {
                 let e = bytes.entry(svc).or_default();
                 e[0] += up;
                 e[1] += down;
+            }
+            for (svc, [served, timed_out]) in t.holds {
+                let e = holds.entry(svc).or_default();
+                e[0] += served;
+                e[1] += timed_out;
+            }
+            for (svc, n) in t.closed {
+                *closed.entry(svc).or_default() += n;
             }
             for (svc, servers) in t.dial_failures {
                 for (server, n) in servers {
@@ -285,18 +299,74 @@ impl Registry {
         }
         header(
             &mut out,
+            "sluicegate_service_hold_total",
+            "counter",
+            "Connections that waited for a pickable server (switchoverHold), per service of the router: outcome served (one appeared in time) or timeout (refused at the end of the hold).",
+        );
+        for (svc, [served, timed_out]) in &holds {
+            for (outcome, n) in [("served", served), ("timeout", timed_out)] {
+                sample(
+                    &mut out,
+                    "sluicegate_service_hold_total",
+                    &[("service", svc), ("outcome", outcome)],
+                    *n,
+                );
+            }
+        }
+        header(
+            &mut out,
+            "sluicegate_server_down_sessions_closed_total",
+            "counter",
+            "Open sessions reset because their server went down, lost its role or was removed (onServerDown = \"close\"), per load-balancer service.",
+        );
+        for (svc, n) in &closed {
+            sample(
+                &mut out,
+                "sluicegate_server_down_sessions_closed_total",
+                &[("service", svc)],
+                *n,
+            );
+        }
+        header(
+            &mut out,
             "sluicegate_server_up",
             "gauge",
-            "Active health-check verdict per server: 1 up, 0 down (always 1 without a healthCheck).",
+            "Whether a server takes connections: 1 when its health-check verdict fits the role its service wants, 0 when down or healthy in another role (always 1 without a healthCheck).",
         );
         let cfg = &snap.config;
-        for (si, i, up) in snap.health.iter() {
+        for (si, i, up, _) in snap.health.iter() {
             if let crate::model::ServiceKind::LoadBalancer(lb) = &cfg.services[si].kind {
                 let labels = [
                     ("service", cfg.services[si].name.as_str()),
                     ("server", lb.servers[i].address_text.as_str()),
                 ];
                 sample(&mut out, "sluicegate_server_up", &labels, u64::from(up));
+            }
+        }
+        header(
+            &mut out,
+            "sluicegate_server_verdict",
+            "gauge",
+            "Last health-check verdict per checked server, one sample per state (1 for the current one): down, up (healthy, role not known), primary, replica. A replica of a service that wants a primary is healthy here and 0 in sluicegate_server_up.",
+        );
+        for (si, i, _, verdict) in snap.health.iter() {
+            if let crate::model::ServiceKind::LoadBalancer(lb) = &cfg.services[si].kind {
+                if lb.health_check.is_none() {
+                    continue;
+                }
+                for v in crate::health::VERDICTS {
+                    let labels = [
+                        ("service", cfg.services[si].name.as_str()),
+                        ("server", lb.servers[i].address_text.as_str()),
+                        ("verdict", v.as_str()),
+                    ];
+                    sample(
+                        &mut out,
+                        "sluicegate_server_verdict",
+                        &labels,
+                        u64::from(v == verdict),
+                    );
+                }
             }
         }
         if !cfg.kv_revisions.is_empty() {
@@ -409,6 +479,23 @@ pub fn local_resource_error(kind: usize) {
 }
 
 /// A dial to `server` of load-balancer service `service` failed.
+/// A connection for the router's `service` waited for a pickable server
+/// (switchoverHold) and was `served` or timed out.
+pub fn held(service: &str, served: bool) {
+    with_local(|m| {
+        let mut t = m.tally.lock().unwrap_or_else(|e| e.into_inner());
+        slot(&mut t.holds, service)[usize::from(!served)] += 1;
+    })
+}
+
+/// `n` sessions of load-balancer `service` reset by onServerDown = "close".
+pub fn server_down_closed(service: &str, n: u64) {
+    with_local(|m| {
+        let mut t = m.tally.lock().unwrap_or_else(|e| e.into_inner());
+        *slot(&mut t.closed, service) += n;
+    })
+}
+
 pub fn dial_failed(service: &str, server: &str) {
     with_local(|m| {
         let mut t = m.tally.lock().unwrap_or_else(|e| e.into_inner());
@@ -496,7 +583,7 @@ address = "127.0.0.1:9"
             );
         }
         // Every sample has HELP and TYPE lines.
-        assert_eq!(text.matches("# HELP ").count(), 8);
-        assert_eq!(text.matches("# TYPE ").count(), 8);
+        assert_eq!(text.matches("# HELP ").count(), 11);
+        assert_eq!(text.matches("# TYPE ").count(), 11);
     }
 }

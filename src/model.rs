@@ -149,6 +149,28 @@ pub struct Service {
     /// passed over (Traefik's status propagation). Without it, active health
     /// verdicts do not steer the choice between children, as in Traefik.
     pub weighted_health_check: bool,
+    /// Extension `[tcp.services.<s>.failover]` (Traefik has it for HTTP
+    /// only): the kind is `Weighted` with exactly two children, `service`
+    /// then `fallback`; the fallback gets connections only while `service`
+    /// has no server that may be picked.
+    pub failover: bool,
+    /// Extension `onServerDown` on a `loadBalancer`: what happens to open
+    /// sessions of a server that stops being pickable.
+    pub on_server_down: OnServerDown,
+    /// Extension `switchoverHold`: how long a new connection waits for a
+    /// pickable server when the service has none (None: refused at once).
+    pub hold: Option<Duration>,
+}
+
+/// `onServerDown`: HAProxy's `on-marked-down shutdown-sessions` as `close`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnServerDown {
+    /// Open sessions stay (Traefik's behaviour, the default).
+    #[default]
+    Keep,
+    /// Open sessions are reset when their server is marked down, stops
+    /// having the role the check wants, or is removed by a reload.
+    Close,
 }
 
 #[derive(Debug, Clone)]
@@ -168,7 +190,7 @@ pub struct LoadBalancer {
     pub proxy_protocol: Option<u8>,
     /// Deprecated `loadBalancer.terminationDelay` (ms), if given.
     pub termination_delay: Option<Option<Duration>>,
-    pub health_check: Option<HealthCheck>,
+    pub health_check: Option<Box<HealthCheck>>,
 }
 
 #[derive(Debug, Clone)]
@@ -200,6 +222,64 @@ pub struct HealthCheck {
     pub timeout: Duration,
     pub send: Vec<u8>,
     pub expect: Vec<u8>,
+    /// Extension: what the probe speaks (plain TCP send/expect by default).
+    pub probe: Probe,
+    /// Extension `role`: which verdict makes a server pickable.
+    pub role: Role,
+    /// Extension `rise`: good probes in a row that bring a server back (1).
+    pub rise: u32,
+    /// Extension `fall`: failed probes in a row that mark it down (1).
+    pub fall: u32,
+}
+
+/// The protocol a health probe speaks (extension keys of `healthCheck`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// Traefik's check: connect, `send`, `expect`.
+    Tcp,
+    /// PostgreSQL startup, authentication, `select pg_is_in_recovery()`.
+    Postgres {
+        user: String,
+        database: String,
+        password: Option<Secret>,
+    },
+    /// Redis `AUTH` (optional) and `ROLE`.
+    Redis {
+        username: Option<String>,
+        password: Option<Secret>,
+    },
+    /// One HTTP/1.1 request; the status decides (Patroni's `/primary`).
+    Http {
+        method: String,
+        path: String,
+        host: Option<String>,
+        /// Exact status wanted; `None`: any 2xx or 3xx.
+        status: Option<u16>,
+    },
+}
+
+/// A password read from a file or an environment variable at load time.
+/// Never printed: `Debug` shows a placeholder.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Extension `healthCheck.role`: what a server must be to take connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Any healthy server (plain checks, and role checks without `role`).
+    #[default]
+    Any,
+    /// Only a server the probe found primary (PostgreSQL not in recovery,
+    /// Redis `master`).
+    Primary,
+    /// Only a server the probe found replica (in recovery, Redis `slave`).
+    Replica,
 }
 
 /// A `[tcp.middlewares.<name>]`.

@@ -205,7 +205,12 @@ pub async fn serve(
     };
     match result {
         Ok((report, outcome)) => acc.emit(
-            outcome.as_str(),
+            // A cut for onServerDown = "close" is not a drain: say which.
+            if outcome == forward::Outcome::Drained && cut.was_server_down() {
+                "server_down"
+            } else {
+                outcome.as_str()
+            },
             report.up,
             report.down,
             report.error.as_ref(),
@@ -220,7 +225,11 @@ pub async fn serve(
                 Early::LocalResource(errno) => Some(io::Error::from_raw_os_error(errno)),
                 _ => None,
             };
-            acc.emit(early.as_str(), 0, 0, detail.as_ref())
+            let outcome = match early {
+                Early::Drained if cut.was_server_down() => "server_down",
+                _ => early.as_str(),
+            };
+            acc.emit(outcome, 0, 0, detail.as_ref())
         }
     }
 }
@@ -384,6 +393,14 @@ async fn run<'a>(
     let ServiceKind::LoadBalancer(lb) = &cfg.services[lb_service].kind else {
         return Err(Early::NoServer);
     };
+    if cfg.services[lb_service].on_server_down == crate::model::OnServerDown::Close {
+        // The worker cuts this session when the server stops being
+        // pickable (worker::close_gone_servers).
+        cut.set_target(
+            &cfg.services[lb_service].name,
+            &lb.servers[server_idx].address_text,
+        );
+    }
     let transport = &cfg.transports[lb.transport];
     let opts = forward::Opts {
         termination_delay: match lb.termination_delay {
@@ -515,6 +532,9 @@ async fn pg_ssl_request(backend: &TcpStream, limit: Duration) -> Result<(), Earl
     })
 }
 
+/// How often a held connection looks for a pickable server again.
+const HOLD_POLL: Duration = Duration::from_millis(20);
+
 /// Pick and dial servers of `service` until one accepts; each server at most
 /// once. Returns the stream and the load-balancer service that owns it.
 async fn dial_service<'a>(
@@ -525,6 +545,11 @@ async fn dial_service<'a>(
     let cfg = &ws.snap.config;
     let mut tried = Vec::new();
     let health = &ws.snap.health;
+    // switchoverHold: when the service has no pickable server (say, no
+    // primary during a switchover) or none accepted the dial, wait for one
+    // up to the hold, looking again every HOLD_POLL. A cut (drain) drops
+    // this phase like any other.
+    let mut held: Option<Instant> = None;
     loop {
         let now = Instant::now();
         let picked = ws
@@ -532,12 +557,28 @@ async fn dial_service<'a>(
             .borrow_mut()
             .pick(service, &tried, &|id| health.is_up(id), now);
         let Some(id) = picked else {
+            // Also after failed dials: in a switchover the old primary stops
+            // taking connections a little before its check says so; its
+            // refusals are retried (each server once per round) until the
+            // check catches up and the new primary appears.
+            if let Some(hold) = cfg.services[service].hold {
+                let since = *held.get_or_insert(now);
+                if now.duration_since(since) < hold {
+                    monoio::time::sleep(HOLD_POLL).await;
+                    tried.clear();
+                    continue;
+                }
+                crate::metrics::held(&cfg.services[service].name, false);
+            }
             return Err(if tried.is_empty() {
                 Early::NoServer
             } else {
                 Early::DialFailed
             });
         };
+        if held.take().is_some() {
+            crate::metrics::held(&cfg.services[service].name, true);
+        }
         tried.push(id);
         let (si, idx) = ws.balancer.borrow().server(id);
         let ServiceKind::LoadBalancer(lb) = &cfg.services[si].kind else {

@@ -621,6 +621,80 @@ fn cut_removed(removed: &[(usize, Instant)], now: Instant) -> usize {
     due.iter().filter(|c| c.cut()).count()
 }
 
+/// `onServerDown = "close"`: cut this worker's sessions whose server is no
+/// longer pickable in the current snapshot (marked down, lost the role its
+/// service wants, or removed by a reload), whatever snapshot they were
+/// accepted under: sessions carry their (service, server) by name. Looks
+/// only when the snapshot or a verdict changed (`seen`), so a quiet worker
+/// pays two atomic loads per housekeeping tick; a cut lands within
+/// `HOUSEKEEPING` of the verdict.
+fn close_gone_servers(id: usize, shared: &Shared, seen: &mut (u64, u64)) {
+    // The generation first: a publish in between is then seen next tick.
+    let generation = shared.generation.load(Ordering::Acquire);
+    let snap = shared.current();
+    let now = (generation, snap.health.changes());
+    if *seen == now {
+        return;
+    }
+    *seen = now;
+    let cfg = &snap.config;
+    if !cfg
+        .services
+        .iter()
+        .any(|s| s.on_server_down == crate::model::OnServerDown::Close)
+    {
+        return;
+    }
+    let gone = |svc: &str, server: &str| -> bool {
+        let Some(si) = cfg.services.iter().position(|s| s.name == svc) else {
+            // The service itself is gone: no policy says close; keep.
+            return false;
+        };
+        let s = &cfg.services[si];
+        let crate::model::ServiceKind::LoadBalancer(lb) = &s.kind else {
+            return false;
+        };
+        if s.on_server_down != crate::model::OnServerDown::Close {
+            return false;
+        }
+        match lb.servers.iter().position(|x| x.address_text == server) {
+            None => true,
+            Some(i) => !snap.health.is_up(snap.health.id(si, i)),
+        }
+    };
+    let mut due = Vec::new();
+    LIVE.with(|r| {
+        for (_, cut) in r.borrow().slots.iter().flatten() {
+            if !cut.is_cut() && cut.target_is(gone) {
+                due.push(cut.clone());
+            }
+        }
+    });
+    if due.is_empty() {
+        return;
+    }
+    // Outside the registry's borrow: a cut wakes its task (never runs it).
+    let mut by_service: HashMap<String, u64> = HashMap::new();
+    for cut in &due {
+        if cut.cut_server_down() {
+            cut.target_is(|svc, _| {
+                *by_service.entry(svc.to_string()).or_default() += 1;
+                true
+            });
+        }
+    }
+    for (svc, n) in by_service {
+        crate::metrics::server_down_closed(&svc, n);
+        log!(
+            Warn,
+            "sessions closed: server down",
+            worker = id,
+            service = svc,
+            closed = n
+        );
+    }
+}
+
 /// This worker's current snapshot, refreshed when the control plane publishes
 /// a new one (checked at every accept: one atomic load).
 struct Current {
@@ -657,6 +731,7 @@ async fn worker_main(id: usize, shared: Arc<Shared>, listeners: Listeners) -> io
         ));
     }
     let mut trimmed = Instant::now();
+    let mut seen_health = (u64::MAX, u64::MAX);
     while !shared.stopping() {
         monoio::time::sleep(HOUSEKEEPING).await;
         // Entrypoints a reload added, and connections of removed ones whose
@@ -694,6 +769,7 @@ async fn worker_main(id: usize, shared: Arc<Shared>, listeners: Listeners) -> io
             }
         }
         crate::notify::worker_alive(id);
+        close_gone_servers(id, &shared, &mut seen_health);
         if trimmed.elapsed() >= crate::forward::POOL_TRIM_PERIOD {
             trimmed = Instant::now();
             crate::forward::trim_pools();

@@ -625,7 +625,7 @@ fn service_errors_are_whole_file_errors() {
             ),
             (
                 "35:17",
-                "service `service1` needs `loadBalancer` or `weighted`",
+                "service `service1` needs `loadBalancer`, `weighted` or `failover`",
             ),
         ],
     );

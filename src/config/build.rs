@@ -465,10 +465,15 @@ fn services(
         out.push(model::Service {
             name: s.name.v.clone(),
             kind,
+            // A failover always follows its children's health: that is
+            // what it is for.
             weighted_health_check: matches!(
                 &s.kind,
-                Some(ServiceKindF::Weighted(w)) if w.health_check.is_some()
+                Some(ServiceKindF::Weighted(w)) if w.health_check.is_some() || w.failover
             ),
+            failover: matches!(&s.kind, Some(ServiceKindF::Weighted(w)) if w.failover),
+            on_server_down: s.on_server_down,
+            hold: s.hold,
         });
     }
     report_cycles(&out, &edges, d);

@@ -32,7 +32,7 @@ pub fn read_tcp(mut t: Tbl<'_>, ctx: FileCtx<'_>, m: &mut FileModel, d: &mut Dia
     if let Some(services) = t.table("services", d) {
         for (name, node) in services.entries() {
             if let Some(st) = node.table(d) {
-                m.services.push(service(name, st, d));
+                m.services.push(service(name, st, ctx, d));
             }
         }
     }
@@ -155,39 +155,113 @@ pub(super) fn read_rule(
     }
 }
 
-fn service(name: Sp<String>, mut t: Tbl<'_>, d: &mut Diags) -> ServiceF {
-    let lb = t.table("loadBalancer", d).map(|lt| load_balancer(lt, d));
-    let weighted = t.table("weighted", d).map(|wt| weighted(wt, d));
+fn service(name: Sp<String>, mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> ServiceF {
+    let mut on_server_down = model::OnServerDown::Keep;
+    let mut hold = None;
+    let lb = t.table("loadBalancer", d).map(|mut lt| {
+        on_server_down = read_on_server_down(&mut lt, d);
+        hold = read_hold(&mut lt, d);
+        load_balancer(lt, ctx, d)
+    });
+    let weighted = t.table("weighted", d).map(|mut wt| {
+        hold = read_hold(&mut wt, d);
+        weighted(wt, d)
+    });
+    let failover = t.table("failover", d).map(|mut ft| {
+        hold = read_hold(&mut ft, d);
+        failover(ft, d)
+    });
     // A wrongly typed kind section was already reported; do not say it twice.
-    let kind_written = t.has("loadBalancer") || t.has("weighted");
+    let kind_written = t.has("loadBalancer") || t.has("weighted") || t.has("failover");
     t.finish(d);
-    let kind = match (lb, weighted) {
-        (Some(lb), None) => Some(ServiceKindF::LoadBalancer(lb)),
-        (None, Some(w)) => Some(ServiceKindF::Weighted(w)),
-        (Some(_), Some(_)) => {
+    let kind = match (lb, weighted, failover) {
+        (Some(lb), None, None) => Some(ServiceKindF::LoadBalancer(lb)),
+        (None, Some(w), None) | (None, None, Some(w)) => Some(ServiceKindF::Weighted(w)),
+        (None, None, None) => {
+            if !kind_written {
+                d.error(
+                    name.at,
+                    format!(
+                        "service `{}` needs `loadBalancer`, `weighted` or `failover`",
+                        name.v
+                    ),
+                );
+            }
+            None
+        }
+        _ => {
             d.error(
                 name.at,
                 format!(
-                    "service `{}` has both `loadBalancer` and `weighted`: a service is one or the other",
+                    "service `{}` has more than one of `loadBalancer`, `weighted` and `failover`: a service is one of them",
                     name.v
                 ),
             );
             None
         }
-        (None, None) => {
-            if !kind_written {
-                d.error(
-                    name.at,
-                    format!("service `{}` needs `loadBalancer` or `weighted`", name.v),
-                );
-            }
-            None
-        }
     };
-    ServiceF { name, kind }
+    ServiceF {
+        name,
+        kind,
+        on_server_down,
+        hold,
+    }
 }
 
-fn load_balancer(mut t: Tbl<'_>, d: &mut Diags) -> LoadBalancerF {
+/// Extension `onServerDown = "keep" | "close"` of a `loadBalancer`.
+fn read_on_server_down(t: &mut Tbl<'_>, d: &mut Diags) -> model::OnServerDown {
+    let Some(v) = t.str("onServerDown", d) else {
+        return model::OnServerDown::Keep;
+    };
+    match v.v.as_str() {
+        "keep" => model::OnServerDown::Keep,
+        "close" => model::OnServerDown::Close,
+        other => {
+            d.error(
+                v.at,
+                format!(
+                    "`{}.onServerDown` must be \"keep\" or \"close\", not {other:?}",
+                    t.path
+                ),
+            );
+            model::OnServerDown::Keep
+        }
+    }
+}
+
+/// Extension `switchoverHold`: a duration; 0 means no hold.
+fn read_hold(t: &mut Tbl<'_>, d: &mut Diags) -> Option<std::time::Duration> {
+    t.get("switchoverHold", d)
+        .and_then(|n| values::duration(&n, d))
+        .filter(|h| !h.is_zero())
+}
+
+/// Extension `[tcp.services.<s>.failover]`, the shape of Traefik's HTTP
+/// failover: `service` takes the connections while it has a pickable
+/// server, `fallback` otherwise.
+fn failover(mut t: Tbl<'_>, d: &mut Diags) -> WeightedF {
+    let mut children = Vec::new();
+    for key in ["service", "fallback"] {
+        match t.str(key, d) {
+            Some(name) => children.push(WeightedChildF { name, weight: 1 }),
+            None if !t.has(key) => d.error(t.at, format!("[{}] needs `{key}`", t.path)),
+            None => {}
+        }
+    }
+    t.unsupported(
+        "healthCheck",
+        "a TCP failover follows its children's health checks by itself",
+        d,
+    );
+    t.finish(d);
+    WeightedF {
+        children,
+        health_check: None,
+        failover: true,
+    }
+}
+
+fn load_balancer(mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> LoadBalancerF {
     let at = t.at;
     let mut servers = Vec::new();
     if let Some(n) = t.get("servers", d) {
@@ -237,7 +311,9 @@ fn load_balancer(mut t: Tbl<'_>, d: &mut Diags) -> LoadBalancerF {
             );
         }
     }
-    let health_check = t.table("healthCheck", d).map(|ht| health_check(ht, d));
+    let health_check = t
+        .table("healthCheck", d)
+        .map(|ht| Box::new(health_check(ht, ctx, d)));
     t.finish(d);
     LoadBalancerF {
         at,
@@ -249,7 +325,7 @@ fn load_balancer(mut t: Tbl<'_>, d: &mut Diags) -> LoadBalancerF {
     }
 }
 
-fn health_check(mut t: Tbl<'_>, d: &mut Diags) -> model::HealthCheck {
+fn health_check(mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> model::HealthCheck {
     let port = t.int("port", d).and_then(|p| match u16::try_from(p.v) {
         Ok(port) if port != 0 => Some(port),
         _ => {
@@ -287,6 +363,52 @@ fn health_check(mut t: Tbl<'_>, d: &mut Diags) -> model::HealthCheck {
         .str("expect", d)
         .map(|s| s.v.into_bytes())
         .unwrap_or_default();
+    let probe = read_probe(&mut t, ctx, d);
+    if probe != model::Probe::Tcp && (!send.is_empty() || !expect.is_empty()) {
+        d.error(
+            t.at,
+            format!(
+                "`{}`: `send`/`expect` belong to the plain TCP check; a postgres, redis or http check speaks its own protocol",
+                t.path
+            ),
+        );
+    }
+    let role_v = t.str("role", d);
+    let role = match &role_v {
+        None => model::Role::Any,
+        Some(r) => match r.v.as_str() {
+            "any" => model::Role::Any,
+            "primary" => model::Role::Primary,
+            "replica" => model::Role::Replica,
+            other => {
+                d.error(
+                    r.at,
+                    format!(
+                        "`{}.role` must be \"primary\", \"replica\" or \"any\", not {other:?}",
+                        t.path
+                    ),
+                );
+                model::Role::Any
+            }
+        },
+    };
+    if let Some(r) = role_v.filter(|_| {
+        role != model::Role::Any
+            && !matches!(
+                probe,
+                model::Probe::Postgres { .. } | model::Probe::Redis { .. }
+            )
+    }) {
+        d.error(
+            r.at,
+            format!(
+                "`{}.role` needs a check that finds the role (postgres or redis); with http, the endpoint decides (Patroni's /primary, /replica)",
+                t.path
+            ),
+        );
+    }
+    let rise = or_default(&mut t, "rise", d, 1, count);
+    let fall = or_default(&mut t, "fall", d, 1, count);
     t.finish(d);
     model::HealthCheck {
         port,
@@ -295,6 +417,175 @@ fn health_check(mut t: Tbl<'_>, d: &mut Diags) -> model::HealthCheck {
         timeout,
         send,
         expect,
+        probe,
+        role,
+        rise,
+        fall,
+    }
+}
+
+/// `rise`/`fall`: from 1 to 100.
+fn count(n: &Node<'_>, d: &mut Diags) -> Option<u32> {
+    let v = n.int(d)?;
+    match u32::try_from(v.v) {
+        Ok(c) if (1..=100).contains(&c) => Some(c),
+        _ => {
+            d.error(v.at, format!("`{}` must be from 1 to 100", n.path));
+            None
+        }
+    }
+}
+
+/// The protocol tables of a health check (`postgres`, `redis`, `http`);
+/// at most one. `mysql` is refused with the reason.
+fn read_probe(t: &mut Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> model::Probe {
+    let mut found: Vec<(Pos, model::Probe)> = Vec::new();
+    if let Some(mut p) = t.section("postgres", d) {
+        let user = p
+            .str("user", d)
+            .map_or_else(|| "postgres".to_string(), |s| s.v);
+        let database = p.str("database", d).map_or_else(|| user.clone(), |s| s.v);
+        let password = read_secret(&mut p, ctx, d);
+        found.push((
+            p.at,
+            model::Probe::Postgres {
+                user,
+                database,
+                password,
+            },
+        ));
+        p.finish(d);
+    }
+    if let Some(mut r) = t.section("redis", d) {
+        let username = r.str("username", d).map(|s| s.v);
+        let password = read_secret(&mut r, ctx, d);
+        if username.is_some() && password.is_none() {
+            d.error(
+                r.at,
+                format!(
+                    "`{}.username` needs a password (passwordFile or passwordEnv)",
+                    r.path
+                ),
+            );
+        }
+        found.push((r.at, model::Probe::Redis { username, password }));
+        r.finish(d);
+    }
+    if let Some(mut h) = t.section("http", d) {
+        let method = h
+            .str("method", d)
+            .map_or_else(|| "GET".to_string(), |s| s.v);
+        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+            d.error(
+                h.at,
+                format!("`{}.method` must be an HTTP method such as GET", h.path),
+            );
+        }
+        let path = h.str("path", d).map_or_else(|| "/".to_string(), |s| s.v);
+        if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            d.error(
+                h.at,
+                format!(
+                    "`{}.path` must start with / and hold no spaces or control characters",
+                    h.path
+                ),
+            );
+        }
+        let host = h.str("host", d).map(|s| s.v);
+        if host
+            .as_deref()
+            .is_some_and(|v| v.bytes().any(|b| b <= b' ' || b == 0x7f))
+        {
+            d.error(
+                h.at,
+                format!(
+                    "`{}.host` must hold no spaces or control characters",
+                    h.path
+                ),
+            );
+        }
+        let status = h.int("status", d).and_then(|v| match u16::try_from(v.v) {
+            Ok(s) if (100..=599).contains(&s) => Some(s),
+            _ => {
+                d.error(v.at, format!("`{}.status` must be from 100 to 599", h.path));
+                None
+            }
+        });
+        found.push((
+            h.at,
+            model::Probe::Http {
+                method,
+                path,
+                host,
+                status,
+            },
+        ));
+        h.finish(d);
+    }
+    t.unsupported(
+        "mysql",
+        "a MySQL/MariaDB check (handshake, caching_sha2_password, select @@read_only) is not built yet; use an http check against the orchestrator (e.g. Orchestrator's or clustercheck's endpoint)",
+        d,
+    );
+    if found.len() > 1 {
+        d.error(
+            found[1].0,
+            format!(
+                "`{}` has more than one protocol check: choose one of postgres, redis, http",
+                t.path
+            ),
+        );
+    }
+    found
+        .into_iter()
+        .next()
+        .map_or(model::Probe::Tcp, |(_, p)| p)
+}
+
+/// `passwordFile` (relative to the configuration file; the first line, a
+/// trailing newline dropped) or `passwordEnv` (read at load). The value is
+/// never written into a message.
+fn read_secret(t: &mut Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> Option<model::Secret> {
+    let file = t.get("passwordFile", d);
+    let env = t.str("passwordEnv", d);
+    if file.is_some() && env.is_some() {
+        d.error(
+            t.at,
+            format!("`{}`: give passwordFile or passwordEnv, not both", t.path),
+        );
+        return None;
+    }
+    if let Some(n) = file {
+        let p = values::file_path(&n, ctx, d)?;
+        return match std::fs::read_to_string(&p.v) {
+            Ok(text) => Some(model::Secret(
+                text.strip_suffix('\n')
+                    .map(|s| s.strip_suffix('\r').unwrap_or(s))
+                    .unwrap_or(&text)
+                    .to_string(),
+            )),
+            Err(e) => {
+                d.error(
+                    p.at,
+                    format!("`{}`: cannot read {}: {e}", n.path, p.v.display()),
+                );
+                None
+            }
+        };
+    }
+    let env = env?;
+    match std::env::var(&env.v) {
+        Ok(v) => Some(model::Secret(v)),
+        Err(_) => {
+            d.error(
+                env.at,
+                format!(
+                    "`{}.passwordEnv`: environment variable {} is not set (or not UTF-8)",
+                    t.path, env.v
+                ),
+            );
+            None
+        }
     }
 }
 
@@ -326,6 +617,7 @@ fn weighted(mut t: Tbl<'_>, d: &mut Diags) -> WeightedF {
     WeightedF {
         children: out,
         health_check,
+        failover: false,
     }
 }
 

@@ -119,6 +119,10 @@ pub struct ServiceF {
     pub name: Sp<String>,
     /// `None` when the service had neither or both kinds (already reported).
     pub kind: Option<ServiceKindF>,
+    /// Extension `loadBalancer.onServerDown`.
+    pub on_server_down: model::OnServerDown,
+    /// Extension `switchoverHold` (on `loadBalancer`, `weighted` or `failover`).
+    pub hold: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -132,6 +136,9 @@ pub struct WeightedF {
     pub children: Vec<WeightedChildF>,
     /// Where `weighted.healthCheck` is, when given.
     pub health_check: Option<Pos>,
+    /// Read from `[tcp.services.<s>.failover]`: children are `service`
+    /// then `fallback`.
+    pub failover: bool,
 }
 
 #[derive(Debug)]
@@ -141,7 +148,7 @@ pub struct LoadBalancerF {
     pub servers_transport: Option<Sp<String>>,
     pub proxy_protocol: Option<u8>,
     pub termination_delay: Option<Option<Duration>>,
-    pub health_check: Option<model::HealthCheck>,
+    pub health_check: Option<Box<model::HealthCheck>>,
 }
 
 #[derive(Debug)]

@@ -731,6 +731,8 @@ fn ingress_route(
                 m.services.push(ServiceF {
                     name: Sp::new(service_name.clone(), s.name.at),
                     kind: Some(ServiceKindF::LoadBalancer(s.lb)),
+                    on_server_down: model::OnServerDown::Keep,
+                    hold: None,
                 });
                 break;
             }
@@ -738,6 +740,8 @@ fn ingress_route(
             m.services.push(ServiceF {
                 name: Sp::new(child.clone(), s.name.at),
                 kind: Some(ServiceKindF::LoadBalancer(s.lb)),
+                on_server_down: model::OnServerDown::Keep,
+                hold: None,
             });
             children.push(WeightedChildF {
                 name: Sp::new(child, s.name.at),
@@ -750,6 +754,8 @@ fn ingress_route(
             m.services.push(ServiceF {
                 name: Sp::new(service_name.clone(), at),
                 kind: None,
+                on_server_down: model::OnServerDown::Keep,
+                hold: None,
             });
         } else if !single && !children.is_empty() {
             m.services.push(ServiceF {
@@ -757,7 +763,10 @@ fn ingress_route(
                 kind: Some(ServiceKindF::Weighted(WeightedF {
                     children,
                     health_check: None,
+                    failover: false,
                 })),
+                on_server_down: model::OnServerDown::Keep,
+                hold: None,
             });
         }
         m.routers.push(RouterF {

@@ -127,6 +127,22 @@ impl Config {
                     }
                     if let Some(h) = &lb.health_check {
                         let _ = write!(extra, ", health check every {}", dur(h.interval));
+                        let kind = match h.probe {
+                            crate::model::Probe::Tcp => "",
+                            crate::model::Probe::Postgres { .. } => " (postgres)",
+                            crate::model::Probe::Redis { .. } => " (redis)",
+                            crate::model::Probe::Http { .. } => " (http)",
+                        };
+                        extra.push_str(kind);
+                        if h.role != crate::model::Role::Any {
+                            let _ = write!(extra, ", role {}", crate::health::role_str(h.role));
+                        }
+                    }
+                    if svc.on_server_down == crate::model::OnServerDown::Close {
+                        extra.push_str(", sessions closed when their server goes");
+                    }
+                    if let Some(h) = svc.hold {
+                        let _ = write!(extra, ", hold {}", dur(h));
                     }
                     writeln!(s, "  {} (load balancer, {extra}):", svc.name)?;
                     if lb.servers.is_empty() {
@@ -145,6 +161,20 @@ impl Config {
                             srv.address_text, srv.weight
                         )?;
                     }
+                }
+                ServiceKind::Weighted(children) if svc.failover && children.len() == 2 => {
+                    let name = |i: usize| {
+                        self.services
+                            .get(children[i].service)
+                            .map_or("?", |s| s.name.as_str())
+                    };
+                    writeln!(
+                        s,
+                        "  {} (failover): {}, else {}",
+                        svc.name,
+                        name(0),
+                        name(1)
+                    )?;
                 }
                 ServiceKind::Weighted(children) => {
                     let hc = if svc.weighted_health_check {

@@ -12,7 +12,7 @@
 //! Single-threaded and cheap: two flags, a waker slot and a descriptor, no
 //! allocation beyond the `Rc` (one per connection).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -36,6 +36,15 @@ pub struct Cutoff {
     /// The backend socket once dialed, so a cut before forwarding can reset
     /// it before the phase that owns it is dropped.
     backend: Cell<Option<RawFd>>,
+    /// `(load-balancer service name, server address as written)` of a
+    /// session whose service closes sessions of servers that go down
+    /// (`onServerDown = "close"`); the worker cuts it when that server
+    /// stops being pickable in the current snapshot. Names, not indices,
+    /// so a session outlives a reload that renumbers services.
+    target: RefCell<Option<(String, String)>>,
+    /// The cut came from `onServerDown = "close"`, not from a drain (the
+    /// access log then says `server_down`).
+    server_down: Cell<bool>,
 }
 
 impl Default for Cutoff {
@@ -45,6 +54,8 @@ impl Default for Cutoff {
             phase: Cell::new(Phase::Before),
             waker: Cell::new(None),
             backend: Cell::new(None),
+            target: RefCell::new(None),
+            server_down: Cell::new(false),
         }
     }
 }
@@ -105,5 +116,32 @@ impl Cutoff {
 
     pub fn backend(&self) -> Option<RawFd> {
         self.backend.get()
+    }
+
+    /// Cut because the server went away (onServerDown = "close"); same
+    /// return as `cut`.
+    pub fn cut_server_down(&self) -> bool {
+        if !self.cut.get() {
+            self.server_down.set(true);
+        }
+        self.cut()
+    }
+
+    /// Whether the cut was `cut_server_down`.
+    pub fn was_server_down(&self) -> bool {
+        self.server_down.get()
+    }
+
+    /// Mark this session as one to close when its server goes away.
+    pub fn set_target(&self, service: &str, server: &str) {
+        *self.target.borrow_mut() = Some((service.to_string(), server.to_string()));
+    }
+
+    /// Whether `f(service, server)` says this session must go.
+    pub fn target_is(&self, f: impl FnOnce(&str, &str) -> bool) -> bool {
+        self.target
+            .borrow()
+            .as_ref()
+            .is_some_and(|(svc, server)| f(svc, server))
     }
 }

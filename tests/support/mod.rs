@@ -504,6 +504,7 @@ pub fn note_skip(why: &str) {
 pub mod etcd;
 pub mod hello;
 pub mod openssl;
+pub mod patroni;
 pub mod pg;
 pub mod process;
 pub mod record;

@@ -36,14 +36,14 @@ pub fn available() -> bool {
     super::require_tool("psql", "postgresql-client") && super::require_tool("pgbench", "postgresql")
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // /proc/self belongs to the process's effective user.
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").unwrap().uid() == 0
 }
 
 /// Run a shell command line as the PostgreSQL owner.
-fn as_owner(script: &str) -> Ran {
+pub fn as_owner(script: &str) -> Ran {
     let mut cmd = if is_root() {
         let mut c = Command::new("su");
         c.args(["postgres", "-s", "/bin/sh", "-c", script]);
@@ -117,6 +117,76 @@ impl PgCluster {
         ))
         .expect_ok("pg_ctl start");
         cluster
+    }
+
+    /// A streaming replica of `primary` (`pg_basebackup -R`: standby.signal
+    /// and primary_conninfo written by the backup), on its own free port,
+    /// started and hot-standby (it answers reads, refuses writes). The
+    /// certificate and settings come with the backup; port and socket
+    /// directory are set again after them (the last setting wins).
+    pub fn replica_of(primary: &PgCluster) -> PgCluster {
+        let dir = TempDir::new("pg-replica");
+        chown_owner(&dir.0);
+        let data = dir.0.join("data");
+        as_owner(&format!(
+            "{PG_BIN}/pg_basebackup -h 127.0.0.1 -p {} -U postgres -D {} -R -X stream --no-sync",
+            primary.port,
+            data.display()
+        ))
+        .expect_ok("pg_basebackup");
+        let port = free_port();
+        let conf_path = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf_path).unwrap();
+        text.push_str(&format!(
+            "\nport = {port}\nunix_socket_directories = '{}'\nhot_standby = on\n",
+            dir.0.display()
+        ));
+        std::fs::write(&conf_path, text).unwrap();
+        chown_owner(&data);
+        let cluster = PgCluster { port, data, dir };
+        as_owner(&format!(
+            "{PG_BIN}/pg_ctl -D {} -l {}/log -w -t 50 start",
+            cluster.data.display(),
+            cluster.dir.0.display()
+        ))
+        .expect_ok("pg_ctl start replica");
+        cluster
+    }
+
+    /// Put `line` first in pg_hba.conf (first match wins) and reload.
+    pub fn hba_first(&self, line: &str) {
+        let path = self.data.join("pg_hba.conf");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{line}\n{text}")).unwrap();
+        assert_eq!(self.sql("select pg_reload_conf()"), "t");
+    }
+
+    /// `pg_ctl promote -w`: the replica leaves recovery and takes writes.
+    pub fn promote(&self) {
+        as_owner(&format!(
+            "{PG_BIN}/pg_ctl -D {} -w -t 50 promote",
+            self.data.display()
+        ))
+        .expect_ok("pg_ctl promote");
+    }
+
+    /// Stop now (`-m immediate`, as a crash would); start again with `start_again`.
+    pub fn stop(&self) {
+        as_owner(&format!(
+            "{PG_BIN}/pg_ctl -D {} -m immediate -w stop",
+            self.data.display()
+        ))
+        .expect_ok("pg_ctl stop");
+    }
+
+    /// Start a stopped cluster again on its port.
+    pub fn start_again(&self) {
+        as_owner(&format!(
+            "{PG_BIN}/pg_ctl -D {} -l {}/log -w -t 50 start",
+            self.data.display(),
+            self.dir.0.display()
+        ))
+        .expect_ok("pg_ctl start again");
     }
 
     /// Run SQL directly against this cluster (no proxy, no TLS).

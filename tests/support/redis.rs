@@ -19,15 +19,24 @@ pub struct RedisServer {
 impl RedisServer {
     /// Plain redis on a free port; returns once it answers PING.
     pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// Plain redis with more server arguments (e.g. `--requirepass`);
+    /// returns once it answers PING (`-NOAUTH` counts: it is up).
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         let port = free_port();
-        let server = Self::spawn(&["--port", &port.to_string()], port);
+        let port_s = port.to_string();
+        let mut args = vec!["--port", port_s.as_str()];
+        args.extend_from_slice(extra);
+        let server = Self::spawn(&args, port);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
                 let mut b = [0u8; 7];
                 if s.write_all(b"PING\r\n").is_ok()
                     && s.read_exact(&mut b).is_ok()
-                    && &b == b"+PONG\r\n"
+                    && (&b == b"+PONG\r\n" || &b == b"-NOAUTH")
                 {
                     return server;
                 }
