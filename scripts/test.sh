@@ -19,6 +19,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# psycopg 3 with its bundled libpq (PostgreSQL 17+ client: direct TLS,
+# cancel_safe) for tests/pg_front.rs, into whichever python3 runs the tests.
+if ! python3 -c 'import psycopg' 2>/dev/null; then
+  python3 -m pip install -q 'psycopg[binary]' 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages 'psycopg[binary]'
+fi
 # Debian starts a redis-server service on install; the tests run their own.
 if command -v systemctl >/dev/null 2>&1; then systemctl stop redis-server 2>/dev/null || true; fi
 

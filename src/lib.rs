@@ -25,6 +25,7 @@ pub mod log;
 pub mod metrics;
 pub mod model;
 pub mod peek;
+pub mod pg;
 pub mod route;
 pub mod session;
 pub mod sys;

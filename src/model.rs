@@ -99,6 +99,20 @@ pub struct Router {
     /// Indices into `Config::middlewares`, in order.
     pub middlewares: Vec<usize>,
     pub tls: Option<RouterTls>,
+    /// Extension: the router carries PostgreSQL, from a
+    /// `[tcp.routers.<name>.postgres]` table or a rule with PgDatabase,
+    /// PgUser or PgParam. The proxy then reads the StartupMessage before
+    /// routing (plain TCP or terminated TLS only), remembers the backend's
+    /// cancel key for the session, and may rewrite names.
+    pub postgres: Option<PgRouter>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PgRouter {
+    /// Send this `database` to the backend instead of the client's.
+    pub database: Option<String>,
+    /// Send this `user` to the backend instead of the client's.
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone)]

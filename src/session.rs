@@ -27,10 +27,10 @@ use monoio::net::TcpStream;
 use crate::config::rule::MatchCtx;
 use crate::forward::{self, write_all, Cutoff, Outcome};
 use crate::model::{MiddlewareKind, ServiceKind};
-use crate::peek::{PeekError, Peeked, Reader};
+use crate::peek::{PeekError, Peeked, PgOpen, Reader};
 use crate::wire::{client_hello, postgres, proxy_protocol};
 use crate::worker::{Shared, WorkerSnap};
-use crate::{log, sys, tls};
+use crate::{log, pg, sys, tls};
 
 /// How long a connection on a `proxyProtocol` entrypoint whose routers dial
 /// at once may leave undecided whether it starts with a PROXY header before
@@ -81,6 +81,11 @@ enum Early {
     Tls(&'static str),
     /// The drain's time ran out before forwarding started.
     Drained,
+    /// A PostgreSQL CancelRequest was handled (no router involved).
+    PgCancel(pg::CancelEnd),
+    /// A PostgreSQL first message that is not valid: answered with an
+    /// ErrorResponse (SQLSTATE 08P01) and closed.
+    PgMalformed,
 }
 
 impl Early {
@@ -98,6 +103,8 @@ impl Early {
             Early::BackendWrite => "backend_write_failed",
             Early::Tls(s) => s,
             Early::Drained => Outcome::Drained.as_str(),
+            Early::PgCancel(end) => end.as_str(),
+            Early::PgMalformed => "pg_bad_startup",
         }
     }
 }
@@ -284,7 +291,7 @@ async fn run<'a>(
 
     // Peek only when a TLS router needs the ClientHello; otherwise dial at
     // once (server-speaks-first protocols).
-    let peeked = if entry.needs_peek() {
+    let mut peeked = if entry.needs_peek() {
         // Boxed, like every phase before forwarding: its memory is freed
         // when it ends instead of staying in the connection's future.
         Box::pin(reader.hello(client_hello::DEFAULT_CAP))
@@ -296,6 +303,30 @@ async fn run<'a>(
             ..Peeked::default()
         }
     };
+    // A plain connection on an entrypoint with PostgreSQL routers: its
+    // StartupMessage is read before routing (PgDatabase, PgUser, PgParam),
+    // and a CancelRequest goes to the server that issued its key.
+    let mut pg_startup: Option<(postgres::Startup, usize)> = None;
+    if entry.pg_plain && peeked.hello.is_none() && !peeked.pg_ssl {
+        let mut r = Reader::new(client, deadline);
+        r.buf = std::mem::take(&mut peeked.buf);
+        match Box::pin(r.pg_first()).await.map_err(Early::Peek)? {
+            PgOpen::Startup { startup, len } => pg_startup = Some((startup, len)),
+            PgOpen::Cancel { cancel, len } => {
+                let request = r.buf.get(..len).unwrap_or(&[]);
+                let end = Box::pin(pg::forward_cancel(cancel.pid, &cancel.key, request)).await;
+                return Err(Early::PgCancel(end));
+            }
+            PgOpen::Malformed(why) => {
+                let msg = format!("invalid startup packet: {why}");
+                let state = postgres::SQLSTATE_PROTOCOL_VIOLATION;
+                Box::pin(pg_refuse(client, state, &msg)).await;
+                return Err(Early::PgMalformed);
+            }
+        }
+        peeked.buf = r.buf;
+        peeked.not_tls = None;
+    }
     let alpn: Vec<&[u8]> = peeked
         .hello
         .iter()
@@ -306,6 +337,7 @@ async fn run<'a>(
         alpn: &alpn,
         client_ip,
         tls: peeked.hello.is_some(),
+        pg: pg_startup.as_ref().map(|(s, _)| s),
     };
     // After answering `S` to an SSLRequest only TLS may follow, and only a
     // TLS router may take it: plain bytes there are closed, as Traefik does,
@@ -330,6 +362,18 @@ async fn run<'a>(
                 ))
                 .await;
             }
+            return Err(Early::NoRoute);
+        }
+        // A PostgreSQL client no router takes is told so, in its protocol.
+        None if pg_startup.is_some() => {
+            let s = pg_startup.as_ref().map(|(s, _)| s);
+            let text = |v: Option<&[u8]>| String::from_utf8_lossy(v.unwrap_or(b"")).into_owned();
+            let msg = format!(
+                "no route for database \"{}\" and user \"{}\"",
+                text(s.and_then(|s| s.database())),
+                text(s.and_then(|s| s.param(b"user")))
+            );
+            Box::pin(pg_refuse(client, postgres::SQLSTATE_NO_ROUTE, &msg)).await;
             return Err(Early::NoRoute);
         }
         // Bytes that were not the ClientHello a TLS router waited for are
@@ -465,6 +509,18 @@ async fn run<'a>(
         ))
         .await);
     }
+    // A PostgreSQL router: the startup packet as the router rewrites it.
+    let pg_session = router.postgres.as_ref().zip(pg_startup.as_ref());
+    if let Some((rewrite, (startup, len))) = pg_session {
+        if rewrite.database.is_some() || rewrite.user.is_some() {
+            let mut buf = startup.encode_with(
+                rewrite.database.as_deref().map(str::as_bytes),
+                rewrite.user.as_deref().map(str::as_bytes),
+            );
+            buf.extend_from_slice(peeked.buf.get(*len..).unwrap_or(&[]));
+            peeked.buf = buf;
+        }
+    }
     let replayed = peeked.buf.len() as u64;
     if replayed > 0 {
         write_all(&backend, &peeked.buf)
@@ -472,13 +528,63 @@ async fn run<'a>(
             .map_err(|_| Early::BackendWrite)?;
     }
     drop(peeked);
+    // Relay the startup phase message-aware to learn the cancel key, which
+    // is remembered for this session's lifetime (`_key` drops at its end).
+    let mut startup_moved = pg::Moved::default();
+    let mut _key = None;
+    if pg_session.is_some() {
+        let mut scan = postgres::BackendScan::default();
+        match Box::pin(pg::relay_startup(client, &backend, &mut scan)).await {
+            Ok(m) => startup_moved = m,
+            Err(_) => return Err(Early::BackendWrite),
+        }
+        if let Some((pid, secret)) = scan.key.take() {
+            let target = pg::Target {
+                addr: server.address,
+                dial_timeout: transport.dial_timeout,
+            };
+            _key = Some(pg::register(pid, secret, target));
+        }
+    }
     let (mut report, outcome) = if opts.mode == crate::model::Forwarding::Completion {
         crate::completion::duplex(client, &backend, &opts, cut).await
     } else {
         forward::duplex(client, &backend, &opts, cut).await
     };
-    report.up += replayed;
+    report.up += replayed + startup_moved.up;
+    report.down += startup_moved.down;
     Ok((report, outcome))
+}
+
+/// Answer a PostgreSQL client that cannot be served (a malformed first
+/// message: 08P01, as a server answers one; no route) with an
+/// ErrorResponse, then close
+/// gently: FIN first, and what the client still sends is read and dropped
+/// for a moment, so the close does not reset the connection before the
+/// client has read the error.
+async fn pg_refuse(client: &TcpStream, sqlstate: &str, message: &str) {
+    let reply = postgres::error_response(sqlstate, message);
+    if write_all(client, &reply).await.is_err() {
+        return;
+    }
+    let fd = client.as_raw_fd();
+    let _ = sys::shutdown(fd, std::net::Shutdown::Write);
+    let mut sink = [0u8; 1024];
+    let drain = async {
+        loop {
+            match sys::recv(fd, &mut sink) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if client.readable(false).await.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = monoio::time::timeout(Duration::from_secs(1), drain).await;
 }
 
 /// Send our SSLRequest to a PostgreSQL backend and require its `S`.

@@ -632,6 +632,25 @@ fn routers(m: &FileModel, refs: &Refs<'_>, sources: &Sources, d: &mut Diags) -> 
             _ if compiled.is_catch_all() => -1,
             _ => i64::try_from(text.len()).unwrap_or(MAX_PRIORITY),
         };
+        let postgres = match &r.postgres {
+            Some(p) => Some(model::PgRouter {
+                database: p.database.as_ref().map(|s| s.v.clone()),
+                user: p.user.as_ref().map(|s| s.v.clone()),
+            }),
+            None if compiled.uses_pg() => Some(model::PgRouter::default()),
+            None => None,
+        };
+        if postgres.is_some() && r.tls.as_ref().is_some_and(|t| t.passthrough) {
+            let at = r.postgres.as_ref().map_or(rule.at, |p| p.at);
+            d.error(
+                at,
+                format!(
+                    "router `{}`: PostgreSQL routing (PgDatabase, PgUser, PgParam, a `postgres` table) reads the StartupMessage, which a TLS passthrough router never sees (it travels encrypted end to end to the server); terminate TLS on this router (no `passthrough`) or route by HostSNI only",
+                    r.name.v
+                ),
+            );
+            continue;
+        }
         let Some(service) = service else { continue };
         if r.tls.is_some() && tls.is_none() {
             continue; // its TLS options name was unknown (reported)
@@ -645,6 +664,7 @@ fn routers(m: &FileModel, refs: &Refs<'_>, sources: &Sources, d: &mut Diags) -> 
             service,
             middlewares,
             tls,
+            postgres,
         });
     }
     out

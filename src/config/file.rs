@@ -99,6 +99,17 @@ pub struct RouterF {
     pub service: Option<Sp<String>>,
     pub middlewares: Vec<Sp<String>>,
     pub tls: Option<RouterTlsF>,
+    /// Extension `[tcp.routers.<name>.postgres]`.
+    pub postgres: Option<RouterPgF>,
+}
+
+/// Extension: the router carries PostgreSQL (startup routing, cancel
+/// forwarding), with optional rewrites towards the backend.
+#[derive(Debug)]
+pub struct RouterPgF {
+    pub at: Pos,
+    pub database: Option<Sp<String>>,
+    pub user: Option<Sp<String>>,
 }
 
 #[derive(Debug)]

@@ -1,0 +1,375 @@
+//! The PostgreSQL front door (issue 14) through the real binary, against
+//! real PostgreSQL 15 clusters and real clients (psql, psycopg's libpq):
+//! cancel requests sent to the server that issued the key, routing by the
+//! StartupMessage (PgDatabase, PgUser, PgParam) with rewrites, and the
+//! ErrorResponse a malformed or unroutable startup packet gets.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use support::pg::{self, psql, PgCluster};
+use support::process::run;
+use support::*;
+
+const PG_ENTRYPOINT: &str = "[entryPoints.pg]\naddress = \"127.0.0.1:0\"\n";
+
+fn addr(c: &PgCluster) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], c.port))
+}
+
+/// A service `name` balancing over `servers`.
+fn service(name: &str, servers: &[SocketAddr]) -> String {
+    let mut s = format!("[tcp.services.{name}.loadBalancer]\n");
+    for a in servers {
+        s += &format!("  [[tcp.services.{name}.loadBalancer.servers]]\n  address = \"{a}\"\n");
+    }
+    s
+}
+
+/// A plain router `name` on `pg` with `rule` and extra lines (its
+/// `postgres` table), to service `name`.
+fn router(name: &str, rule: &str, extra: &str) -> String {
+    format!(
+        "[tcp.routers.{name}]\nentryPoints = [\"pg\"]\nrule = \"{rule}\"\nservice = \"{name}\"\n{extra}\n"
+    )
+}
+
+fn conninfo(port: u16, user: &str, db: &str, extra: &str) -> String {
+    format!("host=127.0.0.1 port={port} user={user} dbname={db} sslmode=disable {extra}")
+}
+
+/// psycopg: `n` sessions through the proxy at `port`, each runs
+/// `select pg_sleep(30)` and calls `cancel_safe()` 0.3 s later from another
+/// thread; prints, per session, the server port it reached and the seconds
+/// from the cancel call to QueryCanceled. statement_timeout (5 s) bounds a
+/// cancel that went astray, which then shows as a 5 s delay.
+const CANCEL_SCRIPT: &str = r#"
+import sys, time, threading, psycopg
+port, n = int(sys.argv[1]), int(sys.argv[2])
+for i in range(n):
+    conn = psycopg.connect(
+        f"host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=disable "
+        "options='-c statement_timeout=5000'", autocommit=True)
+    server = conn.execute("select inet_server_port()").fetchone()[0]
+    started = []
+    def cancel():
+        time.sleep(0.3)
+        started.append(time.monotonic())
+        conn.cancel_safe()
+    t = threading.Thread(target=cancel)
+    t.start()
+    try:
+        conn.execute("select pg_sleep(30)")
+        print(f"{server} not-cancelled", flush=True)
+    except psycopg.errors.QueryCanceled as e:
+        took = time.monotonic() - started[0]
+        print(f"{server} {took:.3f} {str(e).strip().splitlines()[0]}", flush=True)
+    t.join()
+    conn.close()
+"#;
+
+#[test]
+fn cancel_reaches_the_server_that_runs_the_query_behind_a_balancer() {
+    if !pg::available() || !pg::psycopg_available() {
+        return;
+    }
+    let a = pg::plain_cluster();
+    let b = pg::plain_cluster();
+    let cfg = PG_ENTRYPOINT.to_string()
+        + &router("db", "HostSNI(`*`)", "  [tcp.routers.db.postgres]\n")
+        + &service("db", &[addr(&a), addr(&b)]);
+    let p = Proxy::start(&cfg);
+    let port = p.addr("pg").port();
+    const N: usize = 20;
+    let ran = pg::python(
+        CANCEL_SCRIPT,
+        &[&port.to_string(), &N.to_string()],
+        Duration::from_secs(240),
+    )
+    .expect_ok("psycopg cancel script");
+    let lines: Vec<&str> = ran.stdout.lines().collect();
+    assert_eq!(lines.len(), N, "{}", ran.stdout);
+    let mut servers = std::collections::HashSet::new();
+    for l in &lines {
+        let mut f = l.splitn(3, ' ');
+        let server: u16 = f.next().unwrap().parse().unwrap();
+        let took: f64 = f.next().unwrap().parse().unwrap_or_else(|_| panic!("{l}"));
+        let msg = f.next().unwrap_or("");
+        assert!(
+            took < 1.0,
+            "cancelled only after {took} s: {l}\n{}",
+            ran.stdout
+        );
+        // The user's cancel, not the statement_timeout safety net.
+        assert_eq!(msg, "canceling statement due to user request", "{l}");
+        servers.insert(server);
+    }
+    // Both servers ran queries, so a cancel sent to a random one would
+    // have missed about half of them.
+    assert_eq!(
+        servers,
+        [a.port, b.port].into_iter().collect(),
+        "{}",
+        ran.stdout
+    );
+    // Each cancel connection was sent on, and every key is forgotten once
+    // its session ended (no cancel of a closed session finds a server).
+    let cancels = p.wait_logs(N, |l| {
+        field(l, "outcome").as_deref() == Some("pg_cancel_forwarded")
+    });
+    assert_eq!(cancels.len(), N);
+    assert!(!p.logs().iter().any(|l| l.contains("pg_cancel_unknown_key")));
+}
+
+#[test]
+fn a_cancel_with_an_unknown_key_is_closed_without_reaching_a_server() {
+    if !pg::available() {
+        return;
+    }
+    let a = pg::plain_cluster();
+    let cfg = PG_ENTRYPOINT.to_string()
+        + &router("db", "HostSNI(`*`)", "  [tcp.routers.db.postgres]\n")
+        + &service("db", &[addr(&a)]);
+    let p = Proxy::start(&cfg);
+    let mut s = TcpStream::connect(p.addr("pg")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // CancelRequest: length 16, code 80877102, pid 4242, key 0x01020304.
+    s.write_all(&[
+        0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e, 0, 0, 0x10, 0x92, 1, 2, 3, 4,
+    ])
+    .unwrap();
+    let (got, _) = read_to_end(&mut s);
+    assert!(got.is_empty(), "{got:?}");
+    let l = p.wait_conns(1);
+    assert_eq!(
+        field(&l[0], "outcome").as_deref(),
+        Some("pg_cancel_unknown_key")
+    );
+}
+
+/// Two clusters behind one plain port: `orders` lives on A; users
+/// `report*` and application `etl` go to B; database `legacy` is A's
+/// `orders` under another name, and `etl` connects as B's `loader`.
+#[test]
+fn startup_routing_picks_the_cluster_by_database_user_and_parameter_with_rewrites() {
+    if !pg::available() {
+        return;
+    }
+    let a = pg::plain_cluster();
+    let b = pg::plain_cluster();
+    a.sql("create database orders");
+    b.sql("create role report_ro login; create role loader login");
+    let cfg = PG_ENTRYPOINT.to_string()
+        + &router("orders", "PgDatabase(`orders`)", "")
+        + &service("orders", &[addr(&a)])
+        + &router(
+            "legacy",
+            "PgDatabase(`legacy`)",
+            "  [tcp.routers.legacy.postgres]\n  database = \"orders\"\n",
+        )
+        + &service("legacy", &[addr(&a)])
+        + &router("reports", "PgUser(`report*`)", "")
+        + &service("reports", &[addr(&b)])
+        + &router(
+            "etl",
+            "PgParam(`application_name`, `etl`) && PgDatabase(`postgres`)",
+            "  [tcp.routers.etl.postgres]\n  user = \"loader\"\n",
+        )
+        + &service("etl", &[addr(&b)]);
+    let p = Proxy::start(&cfg);
+    let port = p.addr("pg").port();
+    let sql = "select inet_server_port() || ' ' || current_database() || ' ' || current_user";
+    let cases = [
+        (
+            "postgres",
+            "orders",
+            "",
+            "orders",
+            a.port,
+            "orders postgres",
+        ),
+        (
+            "postgres",
+            "legacy",
+            "",
+            "legacy",
+            a.port,
+            "orders postgres",
+        ),
+        (
+            "report_ro",
+            "postgres",
+            "",
+            "reports",
+            b.port,
+            "postgres report_ro",
+        ),
+        (
+            "postgres",
+            "postgres",
+            "application_name=etl",
+            "etl",
+            b.port,
+            "postgres loader",
+        ),
+    ];
+    for (i, (user, db, extra, router, server, want)) in cases.iter().enumerate() {
+        let ran = psql(&conninfo(port, user, db, extra), sql);
+        assert!(ran.ok(), "{user}@{db}: {}", ran.stderr);
+        assert_eq!(ran.stdout.trim(), format!("{server} {want}"), "{user}@{db}");
+        let l = p.wait_conns(i + 1);
+        assert_eq!(field(&l[i], "router").as_deref(), Some(*router), "{}", l[i]);
+    }
+    // No router for this database: the client reads why, in PostgreSQL's
+    // error format, and no server is dialed.
+    let ran = psql(&conninfo(port, "postgres", "nothing", ""), "select 1");
+    assert!(!ran.ok());
+    assert!(
+        ran.stderr
+            .contains("no route for database \"nothing\" and user \"postgres\""),
+        "{}",
+        ran.stderr
+    );
+    let l = p.wait_conns(cases.len() + 1);
+    let last = &l[cases.len()];
+    assert_eq!(
+        field(last, "outcome").as_deref(),
+        Some("no_route"),
+        "{last}"
+    );
+    assert_eq!(field(last, "server").as_deref(), Some("-"), "{last}");
+}
+
+/// The ErrorResponse a server sends before closing, built by hand here:
+/// 'E', length, then S/V FATAL, C sqlstate, M message, each NUL-ended.
+fn expected_error(sqlstate: &str, message: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (f, v) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', sqlstate),
+        (b'M', message),
+    ] {
+        body.push(f);
+        body.extend(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut out = vec![b'E'];
+    out.extend(((body.len() + 4) as u32).to_be_bytes());
+    out.extend(body);
+    out
+}
+
+#[test]
+fn malformed_startup_packets_get_an_error_response_08p01() {
+    // A fake backend: a malformed packet must never reach it.
+    let backend = Backend::echo();
+    let cfg = PG_ENTRYPOINT.to_string()
+        + &router("db", "HostSNI(`*`)", "  [tcp.routers.db.postgres]\n")
+        + &service("db", &[backend.addr]);
+    let p = Proxy::start(&cfg);
+    let mut big = 20_000u32.to_be_bytes().to_vec();
+    big.extend([0, 3, 0, 0]);
+    big.extend(vec![b'a'; 2000]);
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        (
+            "protocol 2.0",
+            vec![0, 0, 0, 8, 0, 2, 0, 0],
+            "unsupported frontend protocol (only 3.x is spoken)",
+        ),
+        (
+            "no terminator",
+            [&[0u8, 0, 0, 17, 0, 3, 0, 0][..], b"user\0bob\0"].concat(),
+            "startup packet is not terminated by a NUL byte",
+        ),
+        (
+            "over the cap",
+            big,
+            "startup packet is longer than 10000 bytes",
+        ),
+        (
+            "parameter without value",
+            [&[0u8, 0, 0, 13, 0, 3, 0, 0][..], b"user\0"].concat(),
+            "startup parameter has no value",
+        ),
+    ];
+    for (i, (what, bytes, why)) in cases.iter().enumerate() {
+        let mut s = TcpStream::connect(p.addr("pg")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(bytes).unwrap();
+        let (got, err) = read_to_end(&mut s);
+        let want = expected_error("08P01", &format!("invalid startup packet: {why}"));
+        assert_eq!(
+            got,
+            want,
+            "{what}: {err:?} {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        let l = p.wait_conns(i + 1);
+        assert_eq!(
+            field(&l[i], "outcome").as_deref(),
+            Some("pg_bad_startup"),
+            "{what}"
+        );
+    }
+    assert_eq!(
+        backend.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+#[test]
+fn a_silent_client_is_closed_at_the_read_timeout_before_any_dial() {
+    let backend = Backend::echo();
+    let cfg = "[entryPoints.pg]\naddress = \"127.0.0.1:0\"\n\
+               [entryPoints.pg.transport.respondingTimeouts]\nreadTimeout = \"1s\"\n"
+        .to_string()
+        + &router("db", "PgUser(`*`)", "")
+        + &service("db", &[backend.addr]);
+    let p = Proxy::start(&cfg);
+    let mut s = TcpStream::connect(p.addr("pg")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Half a startup packet, then silence.
+    s.write_all(&[0, 0, 0, 40, 0, 3]).unwrap();
+    let mut b = [0u8; 16];
+    let start = std::time::Instant::now();
+    let n = s.read(&mut b).unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(start.elapsed() < Duration::from_secs(5));
+    let l = p.wait_conns(1);
+    assert_eq!(field(&l[0], "outcome").as_deref(), Some("read_timeout"));
+    assert_eq!(
+        backend.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+#[test]
+fn postgres_routing_on_a_passthrough_router_is_a_config_error() {
+    let dir = TempDir::new("pgcheck");
+    let cfg = dir.write(
+        "c.toml",
+        "[entryPoints.pg]\naddress = \"127.0.0.1:0\"\n\
+         [tcp.routers.db]\nrule = \"HostSNI(`db.test`) && PgDatabase(`orders`)\"\nservice = \"s\"\n\
+         [tcp.routers.db.tls]\npassthrough = true\n\
+         [tcp.services.s.loadBalancer]\nservers = [{ address = \"127.0.0.1:1\" }]\n",
+    );
+    let ran = run(
+        std::process::Command::new(BIN)
+            .arg("check")
+            .arg("-c")
+            .arg(&cfg),
+        b"",
+        Duration::from_secs(30),
+    );
+    assert!(!ran.ok());
+    let want = format!(
+        "{}:4:8: router `db`: PostgreSQL routing (PgDatabase, PgUser, PgParam, a `postgres` table) reads the StartupMessage, which a TLS passthrough router never sees",
+        cfg.display()
+    );
+    assert!(ran.stderr.contains(&want), "{}", ran.stderr);
+}
