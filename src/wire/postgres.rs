@@ -720,7 +720,8 @@ mod tests {
     #[test]
     fn backend_corpus_gives_keys_and_ends() {
         let files = corpus("pg_backend");
-        let expected: &[(&str, Option<(u32, &[u8])>, bool)] = &[
+        type Want<'a> = (&'a str, Option<(u32, &'a [u8])>, bool);
+        let expected: &[Want] = &[
             ("trust_login.bin", Some((4242, &[1, 2, 3, 4])), true),
             ("sasl_login.bin", Some((4242, &[1, 2, 3, 4])), true),
             ("notice_then_key.bin", Some((4242, &[1, 2, 3, 4])), true),
