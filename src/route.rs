@@ -71,6 +71,18 @@ impl RouteTable {
         RouteTable { entries }
     }
 
+    /// The first TLS router of `ep` that may match once the StartupMessage
+    /// is read (`Rule::may_match`): the first pass for a TLS connection on
+    /// an entrypoint with terminating PostgreSQL routers. After the
+    /// handshake `route` decides with the startup packet.
+    pub fn route_tls_pending(&self, cfg: &Config, ep: usize, ctx: &MatchCtx<'_>) -> Option<usize> {
+        let e = self.entries.get(ep)?;
+        e.tls
+            .iter()
+            .copied()
+            .find(|&ri| cfg.routers[ri].rule.may_match(ctx))
+    }
+
     /// The router for a connection on entrypoint `ep`, if any.
     pub fn route(&self, cfg: &Config, ep: usize, ctx: &MatchCtx<'_>) -> Option<usize> {
         let e = self.entries.get(ep)?;

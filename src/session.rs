@@ -307,7 +307,9 @@ async fn run<'a>(
     // StartupMessage is read before routing (PgDatabase, PgUser, PgParam),
     // and a CancelRequest goes to the server that issued its key.
     let mut pg_startup: Option<(postgres::Startup, usize)> = None;
-    if entry.pg_plain && peeked.hello.is_none() && !peeked.pg_ssl {
+    // (Also where only TLS routers carry PostgreSQL: libpq before 17 sends
+    // every CancelRequest in plain, whatever the session's sslmode.)
+    if (entry.pg_plain || entry.pg_tls) && peeked.hello.is_none() && !peeked.pg_ssl {
         let mut r = Reader::new(client, deadline);
         r.buf = std::mem::take(&mut peeked.buf);
         match Box::pin(r.pg_first()).await.map_err(Early::Peek)? {
@@ -345,7 +347,15 @@ async fn run<'a>(
     if peeked.pg_ssl && peeked.hello.is_none() {
         return Err(peeked.not_tls.map_or(Early::NoRoute, Early::NotTls));
     }
-    let router_idx = match ws.snap.routes.route(cfg, ep, &ctx) {
+    // A TLS connection where terminating routers carry PostgreSQL: the
+    // first pass picks the router that may match once the StartupMessage
+    // is read inside TLS; after the handshake `pg_tls_reroute` decides.
+    let first_pass = if ctx.tls && entry.pg_tls {
+        ws.snap.routes.route_tls_pending(cfg, ep, &ctx)
+    } else {
+        ws.snap.routes.route(cfg, ep, &ctx)
+    };
+    let router_idx = match first_pass {
         Some(ri) => ri,
         // A TLS client no TLS router takes is refused, never handed to a
         // plain router (route.rs). Traefik completes the handshake with its
@@ -366,13 +376,9 @@ async fn run<'a>(
         }
         // A PostgreSQL client no router takes is told so, in its protocol.
         None if pg_startup.is_some() => {
-            let s = pg_startup.as_ref().map(|(s, _)| s);
-            let text = |v: Option<&[u8]>| String::from_utf8_lossy(v.unwrap_or(b"")).into_owned();
-            let msg = format!(
-                "no route for database \"{}\" and user \"{}\"",
-                text(s.and_then(|s| s.database())),
-                text(s.and_then(|s| s.param(b"user")))
-            );
+            let msg = pg_startup
+                .as_ref()
+                .map_or_else(String::new, |(s, _)| no_route_message(s));
             Box::pin(pg_refuse(client, postgres::SQLSTATE_NO_ROUTE, &msg)).await;
             return Err(Early::NoRoute);
         }
@@ -381,32 +387,20 @@ async fn run<'a>(
         None => return Err(peeked.not_tls.map_or(Early::NoRoute, Early::NotTls)),
     };
     acc.router = Some(router_idx);
-    let router = &cfg.routers[router_idx];
+    let mut router = &cfg.routers[router_idx];
+    // The router's decision waits for the StartupMessage inside TLS.
+    let pg_pending = ctx.tls
+        && entry.pg_tls
+        && router.postgres.is_some()
+        && router.tls.as_ref().is_some_and(|t| !t.passthrough);
 
     let mut _slots = Vec::new();
-    for &mi in &router.middlewares {
-        match &cfg.middlewares[mi].kind {
-            MiddlewareKind::IpAllowList(nets) => {
-                if !nets.iter().any(|n| n.contains(&client_ip)) {
-                    return Err(Early::Denied);
-                }
-            }
-            MiddlewareKind::InFlightConn(amount) => {
-                let key = (mi, client_ip);
-                let mut m = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-                let n = m.entry(key).or_insert(0);
-                if *n >= *amount {
-                    return Err(Early::TooManyConnections);
-                }
-                *n += 1;
-                drop(m);
-                _slots.push(InFlightSlot { shared, key });
-            }
-        }
+    if !pg_pending {
+        _slots = admit(cfg, router, client_ip, shared)?;
     }
 
     // TLS termination: the handshake completes before the backend is dialed.
-    let terminated = match &router.tls {
+    let mut terminated = match &router.tls {
         Some(t) if !t.passthrough && peeked.hello.is_some() => Some(Box::new(
             Box::pin(tls::handshake(
                 &ws.snap.tls,
@@ -421,6 +415,39 @@ async fn run<'a>(
         )),
         _ => None,
     };
+
+    // The StartupMessage of a terminated PostgreSQL session, read inside TLS.
+    let mut tls_startup: Option<(postgres::Startup, usize, Vec<u8>)> = None;
+    if let (true, Some(accepted)) = (pg_pending, terminated.as_deref_mut()) {
+        let mut front = pg::Front::Tls(client, accepted);
+        let (startup, len, buf) = Box::pin(pg_tls_first(&mut front, deadline)).await?;
+        let ctx = MatchCtx {
+            pg: Some(&startup),
+            ..ctx
+        };
+        let options = router.tls.as_ref().map(|t| t.options);
+        let fits = |ri: &usize| {
+            let r = &cfg.routers[*ri];
+            r.tls.as_ref().is_some_and(|t| !t.passthrough)
+                && r.tls.as_ref().map(|t| t.options) == options
+        };
+        // The handshake was made with the first pass's TLS options: only a
+        // router terminating with the same options may take the session.
+        let Some(ri) = ws.snap.routes.route(cfg, ep, &ctx).filter(fits) else {
+            let msg = no_route_message(&startup);
+            let _ = front
+                .write_all(&postgres::error_response(postgres::SQLSTATE_NO_ROUTE, &msg))
+                .await;
+            if let pg::Front::Tls(c, a) = &mut front {
+                a.close_plain(c);
+            }
+            return Err(Early::NoRoute);
+        };
+        acc.router = Some(ri);
+        router = &cfg.routers[ri];
+        _slots = admit(cfg, router, client_ip, shared)?;
+        tls_startup = Some((startup, len, buf));
+    }
 
     acc.service = Some(router.service);
     let (backend, lb_service, server_idx) = Box::pin(dial_service(ws, router.service, acc)).await?;
@@ -454,11 +481,45 @@ async fn run<'a>(
             .map_err(|_| Early::BackendWrite)?;
     }
 
-    if let Some(accepted) = terminated {
+    if let Some(mut accepted) = terminated {
         // The hello was consumed by the handshake; do not hold it for the
         // connection's lifetime.
         drop(peeked);
         let server = &lb.servers[server_idx];
+        let mut _key = None;
+        let mut startup_moved = pg::Moved::default();
+        if let (Some(rewrite), Some((startup, len, buf))) = (&router.postgres, &tls_startup) {
+            let (startup, len, buf) = (startup, *len, buf);
+            let mut front = pg::Front::Tls(client, &mut accepted);
+            if server.tls {
+                // The startup packet was taken out of the client's stream
+                // and the pump has no way to put it before a backend TLS
+                // session yet: refused, in the client's protocol.
+                let msg = "PostgreSQL routing towards a `tls = true` server is not supported";
+                let _ = front
+                    .write_all(&postgres::error_response(postgres::SQLSTATE_NO_ROUTE, msg))
+                    .await;
+                return Err(Early::Tls("pg_backend_tls_unsupported"));
+            }
+            let out = pg_rewrite(rewrite, startup, len, buf);
+            write_all(&backend, &out)
+                .await
+                .map_err(|_| Early::BackendWrite)?;
+            startup_moved.up = out.len() as u64;
+            let mut scan = postgres::BackendScan::default();
+            let m = Box::pin(pg::relay_startup(&mut front, &backend, &mut scan))
+                .await
+                .map_err(|_| Early::BackendWrite)?;
+            startup_moved.up += m.up;
+            startup_moved.down = m.down;
+            if let Some((pid, secret)) = scan.key.take() {
+                let target = pg::Target {
+                    addr: server.address,
+                    dial_timeout: transport.dial_timeout,
+                };
+                _key = Some(pg::register(pid, secret, target));
+            }
+        }
         // The server's `tls` decides, as in Traefik; the transport's `tls`
         // table only configures it.
         let backend_tls = server.tls.then_some(tls::BackendTls {
@@ -467,15 +528,12 @@ async fn run<'a>(
         });
         // Boxed: TLS state is large, and plain connections must not carry
         // its size in their futures.
-        return Ok(Box::pin((*accepted).forward(
-            &ws.snap.tls,
-            client,
-            &backend,
-            backend_tls,
-            &opts,
-            cut,
-        ))
-        .await);
+        let (mut report, outcome) =
+            Box::pin((*accepted).forward(&ws.snap.tls, client, &backend, backend_tls, &opts, cut))
+                .await;
+        report.up += startup_moved.up;
+        report.down += startup_moved.down;
+        return Ok((report, outcome));
     }
 
     // Passthrough of a PostgreSQL SSLRequest: ask the backend for TLS too,
@@ -513,12 +571,7 @@ async fn run<'a>(
     let pg_session = router.postgres.as_ref().zip(pg_startup.as_ref());
     if let Some((rewrite, (startup, len))) = pg_session {
         if rewrite.database.is_some() || rewrite.user.is_some() {
-            let mut buf = startup.encode_with(
-                rewrite.database.as_deref().map(str::as_bytes),
-                rewrite.user.as_deref().map(str::as_bytes),
-            );
-            buf.extend_from_slice(peeked.buf.get(*len..).unwrap_or(&[]));
-            peeked.buf = buf;
+            peeked.buf = pg_rewrite(rewrite, startup, *len, &peeked.buf);
         }
     }
     let replayed = peeked.buf.len() as u64;
@@ -534,7 +587,13 @@ async fn run<'a>(
     let mut _key = None;
     if pg_session.is_some() {
         let mut scan = postgres::BackendScan::default();
-        match Box::pin(pg::relay_startup(client, &backend, &mut scan)).await {
+        match Box::pin(pg::relay_startup(
+            &mut pg::Front::Plain(client),
+            &backend,
+            &mut scan,
+        ))
+        .await
+        {
             Ok(m) => startup_moved = m,
             Err(_) => return Err(Early::BackendWrite),
         }
@@ -554,6 +613,105 @@ async fn run<'a>(
     report.up += replayed + startup_moved.up;
     report.down += startup_moved.down;
     Ok((report, outcome))
+}
+
+/// Apply inFlightConn and ipAllowList of `router` to the client.
+fn admit<'s>(
+    cfg: &crate::model::Config,
+    router: &crate::model::Router,
+    client_ip: IpAddr,
+    shared: &'s Shared,
+) -> Result<Vec<InFlightSlot<'s>>, Early> {
+    let mut slots = Vec::new();
+    for &mi in &router.middlewares {
+        match &cfg.middlewares[mi].kind {
+            MiddlewareKind::IpAllowList(nets) => {
+                if !nets.iter().any(|n| n.contains(&client_ip)) {
+                    return Err(Early::Denied);
+                }
+            }
+            MiddlewareKind::InFlightConn(amount) => {
+                let key = (mi, client_ip);
+                let mut m = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                let n = m.entry(key).or_insert(0);
+                if *n >= *amount {
+                    return Err(Early::TooManyConnections);
+                }
+                *n += 1;
+                drop(m);
+                slots.push(InFlightSlot { shared, key });
+            }
+        }
+    }
+    Ok(slots)
+}
+
+/// The bytes towards the backend: `buf` (the client's startup packet of
+/// `len` bytes and whatever followed it) with the packet rewritten when
+/// the router rewrites the database or the user.
+fn pg_rewrite(
+    rewrite: &crate::model::PgRouter,
+    startup: &postgres::Startup,
+    len: usize,
+    buf: &[u8],
+) -> Vec<u8> {
+    if rewrite.database.is_none() && rewrite.user.is_none() {
+        return buf.to_vec();
+    }
+    let mut out = startup.encode_with(
+        rewrite.database.as_deref().map(str::as_bytes),
+        rewrite.user.as_deref().map(str::as_bytes),
+    );
+    out.extend_from_slice(buf.get(len..).unwrap_or(&[]));
+    out
+}
+
+fn no_route_message(s: &postgres::Startup) -> String {
+    let text = |v: Option<&[u8]>| String::from_utf8_lossy(v.unwrap_or(b"")).into_owned();
+    format!(
+        "no route for database \"{}\" and user \"{}\"",
+        text(s.database()),
+        text(s.param(b"user"))
+    )
+}
+
+/// Read the first PostgreSQL message inside terminated TLS: a StartupMessage
+/// (returned with its exact bytes and anything after them), or a
+/// CancelRequest, which is sent on to the issuing server here. Anything else
+/// is answered with an ErrorResponse 08P01.
+async fn pg_tls_first(
+    front: &mut pg::Front<'_>,
+    deadline: Option<Instant>,
+) -> Result<(postgres::Startup, usize, Vec<u8>), Early> {
+    let mut buf = Vec::new();
+    loop {
+        let why = match postgres::decode_first(&buf) {
+            postgres::First::NeedMore { min_len } => {
+                front
+                    .fill(&mut buf, min_len, deadline)
+                    .await
+                    .map_err(Early::Peek)?;
+                continue;
+            }
+            postgres::First::Startup { startup, len } => return Ok((startup, len, buf)),
+            postgres::First::Cancel { cancel, len } => {
+                let request = buf.get(..len).unwrap_or(&[]);
+                let end = Box::pin(pg::forward_cancel(cancel.pid, &cancel.key, request)).await;
+                return Err(Early::PgCancel(end));
+            }
+            postgres::First::SslRequest | postgres::First::GssEncRequest => {
+                "an encryption request inside TLS"
+            }
+            postgres::First::Malformed(why) => why,
+        };
+        let msg = format!("invalid startup packet: {why}");
+        let reply = postgres::error_response(postgres::SQLSTATE_PROTOCOL_VIOLATION, &msg);
+        let _ = front.write_all(&reply).await;
+        if let pg::Front::Tls(c, a) = front {
+            a.close_plain(c);
+        }
+        return Err(Early::PgMalformed);
+    }
 }
 
 /// Answer a PostgreSQL client that cannot be served (a malformed first

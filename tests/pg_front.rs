@@ -41,18 +41,18 @@ fn conninfo(port: u16, user: &str, db: &str, extra: &str) -> String {
     format!("host=127.0.0.1 port={port} user={user} dbname={db} sslmode=disable {extra}")
 }
 
-/// psycopg: `n` sessions through the proxy at `port`, each runs
+/// psycopg: `n` sessions with the libpq `conninfo` (argv 1), each runs
 /// `select pg_sleep(30)` and calls `cancel_safe()` 0.3 s later from another
 /// thread; prints, per session, the server port it reached and the seconds
 /// from the cancel call to QueryCanceled. statement_timeout (5 s) bounds a
 /// cancel that went astray, which then shows as a 5 s delay.
 const CANCEL_SCRIPT: &str = r#"
 import sys, time, threading, psycopg
-port, n = int(sys.argv[1]), int(sys.argv[2])
+conninfo, n = sys.argv[1], int(sys.argv[2])
 for i in range(n):
     conn = psycopg.connect(
-        f"host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=disable "
-        "options='-c statement_timeout=5000'", autocommit=True)
+        conninfo + " user=postgres dbname=postgres options='-c statement_timeout=5000'",
+        autocommit=True)
     server = conn.execute("select inet_server_port()").fetchone()[0]
     started = []
     def cancel():
@@ -86,7 +86,10 @@ fn cancel_reaches_the_server_that_runs_the_query_behind_a_balancer() {
     const N: usize = 20;
     let ran = pg::python(
         CANCEL_SCRIPT,
-        &[&port.to_string(), &N.to_string()],
+        &[
+            &format!("host=127.0.0.1 port={port} sslmode=disable"),
+            &N.to_string(),
+        ],
         Duration::from_secs(240),
     )
     .expect_ok("psycopg cancel script");
@@ -372,4 +375,102 @@ fn postgres_routing_on_a_passthrough_router_is_a_config_error() {
         cfg.display()
     );
     assert!(ran.stderr.contains(&want), "{}", ran.stderr);
+}
+
+/// Routers that terminate TLS for `db.test` and route by the StartupMessage
+/// read inside TLS: `orders` to A, every other database to B (both
+/// services of two servers for the cancel test: A+B).
+fn tls_config(pki: &support::openssl::Pki, orders: &[SocketAddr], other: &[SocketAddr]) -> String {
+    let (crt, key) = pki.leaf("db.test", &["db.test"]);
+    format!(
+        "{PG_ENTRYPOINT}[[tls.certificates]]\ncertFile = \"{}\"\nkeyFile = \"{}\"\n",
+        crt.display(),
+        key.display()
+    ) + &router(
+        "orders",
+        "HostSNI(`db.test`) && PgDatabase(`orders`)",
+        "  [tcp.routers.orders.tls]\n",
+    ) + &service("orders", orders)
+        + &router(
+            "other",
+            "HostSNI(`db.test`) && PgUser(`*`)",
+            "  [tcp.routers.other.tls]\n",
+        )
+        + &service("other", other)
+}
+
+fn tls_conninfo(port: u16, ca: &std::path::Path) -> String {
+    format!(
+        "host=db.test hostaddr=127.0.0.1 port={port} sslmode=verify-full sslrootcert={}",
+        ca.display()
+    )
+}
+
+#[test]
+fn terminated_tls_routes_by_the_startup_message_read_inside_tls() {
+    if !pg::available() {
+        return;
+    }
+    let pki = support::openssl::Pki::new();
+    let a = pg::plain_cluster();
+    let b = pg::plain_cluster();
+    a.sql("create database orders");
+    let p = Proxy::start(&tls_config(&pki, &[addr(&a)], &[addr(&b)]));
+    let port = p.addr("pg").port();
+    // psql 15: SSLRequest, then TLS verified against the proxy's
+    // certificate for db.test; the server sees a plain session.
+    let sql = "select inet_server_port() || ' ' || current_database() || ' ' || s.ssl \
+               from pg_stat_ssl s where s.pid = pg_backend_pid()";
+    for (i, (db, server, router)) in [("orders", a.port, "orders"), ("postgres", b.port, "other")]
+        .into_iter()
+        .enumerate()
+    {
+        let ran = psql(
+            &format!("{} user=postgres dbname={db}", tls_conninfo(port, &pki.ca)),
+            sql,
+        );
+        assert!(ran.ok(), "{db}: {}", ran.stderr);
+        assert_eq!(ran.stdout.trim(), format!("{server} {db} false"));
+        let l = p.wait_conns(i + 1);
+        assert_eq!(field(&l[i], "router").as_deref(), Some(router), "{}", l[i]);
+    }
+}
+
+#[test]
+fn cancel_through_terminated_tls_reaches_the_right_server() {
+    if !pg::available() || !pg::psycopg_available() {
+        return;
+    }
+    let pki = support::openssl::Pki::new();
+    let a = pg::plain_cluster();
+    let b = pg::plain_cluster();
+    let p = Proxy::start(&tls_config(&pki, &[addr(&a)], &[addr(&a), addr(&b)]));
+    let port = p.addr("pg").port();
+    const N: usize = 10;
+    // cancel_safe sends the CancelRequest encrypted, as the session was.
+    let ran = pg::python(
+        CANCEL_SCRIPT,
+        &[&tls_conninfo(port, &pki.ca), &N.to_string()],
+        Duration::from_secs(240),
+    )
+    .expect_ok("psycopg cancel script over TLS");
+    let lines: Vec<&str> = ran.stdout.lines().collect();
+    assert_eq!(lines.len(), N, "{}", ran.stdout);
+    let mut servers = std::collections::HashSet::new();
+    for l in &lines {
+        let mut f = l.splitn(3, ' ');
+        servers.insert(f.next().unwrap().parse::<u16>().unwrap());
+        let took: f64 = f.next().unwrap().parse().unwrap_or_else(|_| panic!("{l}"));
+        assert!(took < 1.0, "{l}");
+        assert_eq!(
+            f.next(),
+            Some("canceling statement due to user request"),
+            "{l}"
+        );
+    }
+    assert_eq!(servers.len(), 2, "{}", ran.stdout);
+    let cancels = p.wait_logs(N, |l| {
+        field(l, "outcome").as_deref() == Some("pg_cancel_forwarded")
+    });
+    assert_eq!(cancels.len(), N);
 }

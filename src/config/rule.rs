@@ -196,6 +196,14 @@ impl Rule {
         eval(&self.expr, ctx)
     }
 
+    /// Whether the rule may match once the StartupMessage is known (it
+    /// matches now, or its PostgreSQL matchers decide): the first pass of
+    /// routing a terminated TLS connection, which picks the TLS options to
+    /// handshake with before the startup packet can be read.
+    pub fn may_match(&self, ctx: &MatchCtx<'_>) -> bool {
+        eval_pending(&self.expr, ctx) != Some(false)
+    }
+
     /// True when the rule is Traefik's catch-all: a single `HostSNI(`*`)`,
     /// whatever the parentheses and spacing around it. Such a router's
     /// default priority is -1 rather than the rule's length, so it is tried
@@ -249,6 +257,40 @@ impl Rule {
             }
         });
         out
+    }
+}
+
+/// Three-valued match for a TLS connection whose StartupMessage is still
+/// inside TLS: PostgreSQL matchers are unknown (`None`), the rest decide.
+/// `!unknown` is unknown; `&&` is false when one part is, `||` true when
+/// one part is (Kleene logic).
+fn eval_pending(e: &Expr, ctx: &MatchCtx<'_>) -> Option<bool> {
+    match e {
+        Expr::Or(v) => {
+            let mut unknown = false;
+            for e in v {
+                match eval_pending(e, ctx) {
+                    Some(true) => return Some(true),
+                    None => unknown = true,
+                    Some(false) => {}
+                }
+            }
+            (!unknown).then_some(false)
+        }
+        Expr::And(v) => {
+            let mut unknown = false;
+            for e in v {
+                match eval_pending(e, ctx) {
+                    Some(false) => return Some(false),
+                    None => unknown = true,
+                    Some(true) => {}
+                }
+            }
+            (!unknown).then_some(true)
+        }
+        Expr::Not(e) => eval_pending(e, ctx).map(|b| !b),
+        Expr::Matcher(Matcher::PgDatabase(_) | Matcher::PgUser(_) | Matcher::PgParam(..)) => None,
+        Expr::Matcher(m) => Some(m.matches(ctx)),
     }
 }
 

@@ -95,27 +95,99 @@ pub struct Moved {
     pub down: u64,
 }
 
+/// The client side of a PostgreSQL session: its socket, and the TLS state
+/// when the proxy terminated TLS.
+pub enum Front<'a> {
+    Plain(&'a TcpStream),
+    Tls(&'a TcpStream, &'a mut crate::tls::Accepted),
+}
+
+impl Front<'_> {
+    fn stream(&self) -> &TcpStream {
+        match self {
+            Front::Plain(s) | Front::Tls(s, _) => s,
+        }
+    }
+
+    /// Append what the client sent to `out` without waiting: `Some(0)` at
+    /// its close, `None` when nothing is there now.
+    fn try_read(&mut self, out: &mut Vec<u8>) -> io::Result<Option<usize>> {
+        match self {
+            Front::Plain(s) => {
+                let mut b = [0u8; 8192];
+                match sys::recv(s.as_raw_fd(), &mut b) {
+                    Ok(n) => {
+                        out.extend_from_slice(&b[..n]);
+                        Ok(Some(n))
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+            Front::Tls(s, a) => a.try_read_plain(s, out),
+        }
+    }
+
+    pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            Front::Plain(s) => write_all(s, data).await,
+            Front::Tls(s, a) => a.write_plain(s, data).await,
+        }
+    }
+
+    /// Read until `out` holds at least `min_len` bytes, before `deadline`.
+    pub async fn fill(
+        &mut self,
+        out: &mut Vec<u8>,
+        min_len: usize,
+        deadline: Option<Instant>,
+    ) -> Result<(), crate::peek::PeekError> {
+        use crate::peek::PeekError;
+        while out.len() < min_len {
+            match self.try_read(out) {
+                Ok(Some(0)) | Err(_) => return Err(PeekError::ClientClosed),
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    let ready = self.stream().readable(false);
+                    let r = match deadline {
+                        Some(d) => {
+                            let left = d.saturating_duration_since(Instant::now());
+                            monoio::time::timeout(left, ready)
+                                .await
+                                .map_err(|_| PeekError::Timeout)?
+                        }
+                        None => ready.await,
+                    };
+                    r.map_err(|_| PeekError::ClientClosed)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Relay both directions between `client` and `backend`, looking at the
 /// backend's messages with `scan`, until the startup is over (ReadyForQuery,
 /// an ErrorResponse, non-PostgreSQL bytes), either side closes, or
 /// `STARTUP_RELAY_LIMIT` passes. Every byte is passed on unchanged; what
 /// remains is for the ordinary forwarding.
 pub async fn relay_startup(
-    client: &TcpStream,
+    client: &mut Front<'_>,
     backend: &TcpStream,
     scan: &mut BackendScan,
 ) -> io::Result<Moved> {
     let deadline = Instant::now() + STARTUP_RELAY_LIMIT;
     let mut moved = Moved::default();
     let mut buf = vec![0u8; 8192];
-    let (cfd, bfd) = (client.as_raw_fd(), backend.as_raw_fd());
+    let mut up = Vec::new();
+    let bfd = backend.as_raw_fd();
     while !scan.done {
         let mut idle = true;
         match sys::recv(bfd, &mut buf) {
             Ok(0) => return Ok(moved),
             Ok(n) => {
                 scan.feed(&buf[..n]);
-                write_all(client, &buf[..n]).await?;
+                client.write_all(&buf[..n]).await?;
                 moved.down += n as u64;
                 idle = false;
             }
@@ -125,22 +197,22 @@ pub async fn relay_startup(
         if scan.done {
             break;
         }
-        match sys::recv(cfd, &mut buf) {
-            Ok(0) => return Ok(moved),
-            Ok(n) => {
-                write_all(backend, &buf[..n]).await?;
+        up.clear();
+        match client.try_read(&mut up)? {
+            Some(0) => return Ok(moved),
+            Some(n) => {
+                write_all(backend, &up).await?;
                 moved.up += n as u64;
                 idle = false;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
+            None => {}
         }
         if idle {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Ok(moved);
             }
-            if monoio::time::timeout(left, either_readable(client, backend))
+            if monoio::time::timeout(left, either_readable(client.stream(), backend))
                 .await
                 .is_err()
             {
