@@ -151,6 +151,14 @@ pub struct LoadBalancer {
     /// Deprecated `loadBalancer.terminationDelay` (ms), if given.
     pub termination_delay: Option<Option<Duration>>,
     pub health_check: Option<HealthCheck>,
+    /// Extension `postgresSSLRequest`: the servers are PostgreSQL older than
+    /// 17, which know only the SSLRequest opening, so before a passthrough
+    /// ClientHello offering ALPN `postgresql` with no SSLRequest (17's
+    /// direct TLS) the proxy sends its own SSLRequest, takes the `S`, then
+    /// replays the hello. Default false: the hello is replayed as it is
+    /// (17+ servers take direct TLS; other TLS servers never see an
+    /// SSLRequest they would not understand).
+    pub pg_ssl_request_first: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -538,7 +538,16 @@ async fn run<'a>(
 
     // Passthrough of a PostgreSQL SSLRequest: ask the backend for TLS too,
     // then the ClientHello flows untouched.
-    if peeked.pg_ssl {
+    // PostgreSQL 17's direct TLS (a ClientHello offering ALPN `postgresql`
+    // with no SSLRequest before it) passed through to a service of servers
+    // older than 17 (`postgresSSLRequest`): ours goes first, then the hello.
+    let direct_pg = !peeked.pg_ssl
+        && lb.pg_ssl_request_first
+        && peeked
+            .hello
+            .as_ref()
+            .is_some_and(|h| h.alpn.iter().any(|p| p == b"postgresql"));
+    if peeked.pg_ssl || direct_pg {
         Box::pin(pg_ssl_request(&backend, transport.dial_timeout)).await?;
     }
     let server = &lb.servers[server_idx];

@@ -474,3 +474,177 @@ fn cancel_through_terminated_tls_reaches_the_right_server() {
     });
     assert_eq!(cancels.len(), N);
 }
+
+/// psycopg (libpq >= 17): one query with `conninfo`; prints the result or
+/// the connection error.
+const QUERY_SCRIPT: &str = r#"
+import sys, psycopg
+try:
+    with psycopg.connect(sys.argv[1]) as conn:
+        print(conn.execute(sys.argv[2]).fetchone()[0])
+except psycopg.OperationalError as e:
+    print("ERROR", str(e).strip().replace("\n", " | "))
+    sys.exit(3)
+"#;
+
+fn libpq_version() -> u32 {
+    let ran = pg::python(
+        "import psycopg; print(psycopg.pq.version())",
+        &[],
+        Duration::from_secs(30),
+    )
+    .expect_ok("psycopg version");
+    ran.stdout.trim().parse().unwrap()
+}
+
+/// A protocol 3.0 StartupMessage for user and database `postgres`.
+fn startup_packet() -> Vec<u8> {
+    let mut body = vec![0, 3, 0, 0];
+    body.extend(b"user\0postgres\0database\0postgres\0\0");
+    let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    out.extend(body);
+    out
+}
+
+/// PostgreSQL 17's direct TLS through passthrough to PostgreSQL 15, which
+/// knows only the SSLRequest opening: with `postgresSSLRequest` on the
+/// service the proxy sends one first, then the client's ClientHello, so the handshake completes with the server's own
+/// certificate and the session works (a rustls client offering ALPN
+/// `postgresql`, as libpq 17 does). libpq itself then refuses the session:
+/// it requires the server to have negotiated ALPN `postgresql`, which a
+/// server older than 17 never does and a passthrough proxy cannot add (the
+/// handshake is the server's); the test pins that message, so the README
+/// can say why direct TLS to an older server needs termination.
+#[test]
+fn direct_tls_passthrough_to_postgres_15_gets_an_sslrequest_first() {
+    if !pg::available() {
+        return;
+    }
+    let pki = support::openssl::Pki::new();
+    let (crt, key) = pki.leaf("db.prod.test", &["db.prod.test"]);
+    let a = PgCluster::start(&crt, &key);
+    let cfg = PG_ENTRYPOINT.to_string()
+        + "[tcp.routers.prod]\nentryPoints = [\"pg\"]\nrule = \"HostSNI(`db.prod.test`)\"\nservice = \"prod\"\n  [tcp.routers.prod.tls]\n  passthrough = true\n"
+        + &service("prod", &[addr(&a)]);
+    let direct = cfg.clone();
+    let cfg = cfg.replace(
+        "[tcp.services.prod.loadBalancer]\n",
+        "[tcp.services.prod.loadBalancer]\npostgresSSLRequest = true\n",
+    );
+    let p = Proxy::start(&cfg);
+    let port = p.addr("pg").port();
+
+    let mut config = (*support::tls::client_config(&pki.ca, None, &[])).clone();
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    let t =
+        support::tls::TlsStream::connect(p.addr("pg"), "db.prod.test", std::sync::Arc::new(config))
+            .expect("direct TLS handshake with the PostgreSQL 15 server");
+    assert_eq!(t.peer_names(), ["db.prod.test"]);
+    t.write_all(&startup_packet()).unwrap();
+    // AuthenticationOk ('R', length 8, code 0: trust) first, and the
+    // startup ends with ReadyForQuery ('Z', length 5, idle).
+    let mut reply = t.read_exact_len(9).unwrap();
+    while !reply.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
+        reply.extend(t.read_some().unwrap());
+    }
+    assert!(
+        reply.starts_with(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0]),
+        "{reply:?}"
+    );
+    drop(t);
+
+    if !pg::psycopg_available() {
+        return;
+    }
+    assert!(
+        libpq_version() >= 170000,
+        "psycopg's libpq has no sslnegotiation=direct"
+    );
+    let conninfo = format!(
+        "host=db.prod.test hostaddr=127.0.0.1 port={port} sslmode=verify-full sslrootcert={} sslnegotiation=direct user=postgres dbname=postgres",
+        pki.ca.display()
+    );
+    let ran = pg::python(
+        QUERY_SCRIPT,
+        &[&conninfo, "select 1"],
+        Duration::from_secs(30),
+    );
+    assert!(
+        ran.stdout.contains(
+            "direct SSL connection was established without ALPN protocol negotiation extension"
+        ),
+        "{}\n{}",
+        ran.stdout,
+        ran.stderr
+    );
+    // The server saw a TLS session, not a ClientHello read as a startup packet.
+    assert!(
+        !a.log().contains("invalid length of startup packet"),
+        "{}",
+        a.log()
+    );
+    drop(p);
+
+    // Without it the hello is replayed as it is (right for 17+ servers):
+    // PostgreSQL 15 reads it as a startup packet and the handshake fails.
+    let p = Proxy::start(&direct);
+    let mut config = (*support::tls::client_config(&pki.ca, None, &[])).clone();
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    let r =
+        support::tls::TlsStream::connect(p.addr("pg"), "db.prod.test", std::sync::Arc::new(config));
+    assert!(r.is_err());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !a.log().contains("invalid length of startup packet")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        a.log().contains("invalid length of startup packet"),
+        "{}",
+        a.log()
+    );
+}
+
+/// Termination takes both openings on one port: psycopg's libpq with
+/// `sslnegotiation=direct` (ALPN `postgresql`, which the proxy negotiates
+/// for its PostgreSQL routers) and psql 15 with an SSLRequest; both are
+/// routed by the database inside TLS to PostgreSQL 15.
+#[test]
+fn direct_tls_and_sslrequest_terminated_on_one_port() {
+    if !pg::available() || !pg::psycopg_available() {
+        return;
+    }
+    assert!(
+        libpq_version() >= 170000,
+        "psycopg's libpq has no sslnegotiation=direct"
+    );
+    let pki = support::openssl::Pki::new();
+    let a = pg::plain_cluster();
+    let b = pg::plain_cluster();
+    a.sql("create database orders");
+    let p = Proxy::start(&tls_config(&pki, &[addr(&a)], &[addr(&b)]));
+    let port = p.addr("pg").port();
+    let sql = "select inet_server_port() || ' ' || current_database()";
+    for (db, server) in [("orders", a.port), ("postgres", b.port)] {
+        let direct = format!(
+            "{} sslnegotiation=direct user=postgres dbname={db}",
+            tls_conninfo(port, &pki.ca)
+        );
+        let ran = pg::python(QUERY_SCRIPT, &[&direct, sql], Duration::from_secs(30));
+        assert_eq!(
+            ran.stdout.trim(),
+            format!("{server} {db}"),
+            "{}",
+            ran.stderr
+        );
+        let classic = format!("{} user=postgres dbname={db}", tls_conninfo(port, &pki.ca));
+        let ran = psql(&classic, sql);
+        assert_eq!(
+            ran.stdout.trim(),
+            format!("{server} {db}"),
+            "{}",
+            ran.stderr
+        );
+    }
+}

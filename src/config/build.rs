@@ -59,6 +59,8 @@ pub fn build(
         has_certificates: !tls.certificates.is_empty() || tls.default_certificate.is_some(),
     };
     let routers = routers(&m, &refs, sources, d);
+    let mut tls = tls;
+    pg_alpn(&routers, &mut tls);
     let watch = match &m.provider {
         Some(p) if p.watch => p
             .filename
@@ -85,6 +87,27 @@ pub fn build(
         watch,
         warnings: Vec::new(),
     })
+}
+
+/// PostgreSQL 17's direct TLS (`sslnegotiation=direct`) requires the server
+/// to negotiate ALPN `postgresql`: the TLS options a terminating PostgreSQL
+/// router uses offer it after their own protocols (so other clients get
+/// what they got before; one offering only protocols the list lacks is
+/// refused, as Go refuses it, where an empty list negotiated nothing).
+fn pg_alpn(routers: &[model::Router], tls: &mut model::TlsConfig) {
+    for r in routers {
+        let Some(t) = r.tls.as_ref().filter(|t| !t.passthrough) else {
+            continue;
+        };
+        if r.postgres.is_none() {
+            continue;
+        }
+        if let Some(o) = tls.options.get_mut(t.options) {
+            if !o.alpn_protocols.iter().any(|p| p == "postgresql") {
+                o.alpn_protocols.push("postgresql".into());
+            }
+        }
+    }
 }
 
 /// Name → index, reporting the second definition of a name.
@@ -415,6 +438,7 @@ fn services(
                         lb.termination_delay
                     },
                     health_check: lb.health_check.clone(),
+                    pg_ssl_request_first: lb.pg_ssl_request_first,
                 })
             }
             Some(ServiceKindF::Weighted(w)) => {

@@ -255,6 +255,8 @@ fn load_balancer(mut t: Tbl<'_>, d: &mut Diags) -> LoadBalancerF {
         }
     }
     let health_check = t.table("healthCheck", d).map(|ht| health_check(ht, d));
+    // Extension: PostgreSQL servers older than 17 behind passthrough.
+    let pg_ssl_request_first = t.bool("postgresSSLRequest", d).is_some_and(|b| b.v);
     t.finish(d);
     LoadBalancerF {
         at,
@@ -263,6 +265,7 @@ fn load_balancer(mut t: Tbl<'_>, d: &mut Diags) -> LoadBalancerF {
         proxy_protocol,
         termination_delay,
         health_check,
+        pg_ssl_request_first,
     }
 }
 

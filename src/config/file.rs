@@ -147,6 +147,8 @@ pub struct LoadBalancerF {
     pub proxy_protocol: Option<u8>,
     pub termination_delay: Option<Option<Duration>>,
     pub health_check: Option<model::HealthCheck>,
+    /// Extension `postgresSSLRequest`.
+    pub pg_ssl_request_first: bool,
 }
 
 #[derive(Debug)]
