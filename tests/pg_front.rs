@@ -118,8 +118,7 @@ fn cancel_reaches_the_server_that_runs_the_query_behind_a_balancer() {
         "{}",
         ran.stdout
     );
-    // Each cancel connection was sent on, and every key is forgotten once
-    // its session ended (no cancel of a closed session finds a server).
+    // Each cancel connection was sent on to a server.
     let cancels = p.wait_logs(N, |l| {
         field(l, "outcome").as_deref() == Some("pg_cancel_forwarded")
     });
@@ -647,4 +646,82 @@ fn direct_tls_and_sslrequest_terminated_on_one_port() {
             ran.stderr
         );
     }
+}
+
+/// The BackendKeyData ('K') of a startup reply: (pid, key).
+fn key_of(reply: &[u8]) -> (u32, Vec<u8>) {
+    let mut at = 0;
+    while at + 5 <= reply.len() {
+        let len = u32::from_be_bytes(reply[at + 1..at + 5].try_into().unwrap()) as usize;
+        if reply[at] == b'K' {
+            let body = &reply[at + 5..at + 1 + len];
+            return (
+                u32::from_be_bytes(body[..4].try_into().unwrap()),
+                body[4..].to_vec(),
+            );
+        }
+        at += 1 + len;
+    }
+    panic!("no BackendKeyData in {reply:?}");
+}
+
+/// A key is remembered while its session lives and forgotten when it ends:
+/// a raw client reads the BackendKeyData the proxy passed on, cancels with
+/// it during the session (sent on) and after it (unknown key).
+#[test]
+fn a_cancel_key_lives_as_long_as_its_session() {
+    if !pg::available() {
+        return;
+    }
+    let a = pg::plain_cluster();
+    let cfg = PG_ENTRYPOINT.to_string()
+        + &router("db", "HostSNI(`*`)", "  [tcp.routers.db.postgres]\n")
+        + &service("db", &[addr(&a)]);
+    let p = Proxy::start(&cfg);
+    let mut session = TcpStream::connect(p.addr("pg")).unwrap();
+    session
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    session.write_all(&startup_packet()).unwrap();
+    let mut reply = Vec::new();
+    let mut b = [0u8; 4096];
+    while !reply.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
+        let n = session.read(&mut b).unwrap();
+        assert!(n > 0, "{reply:?}");
+        reply.extend(&b[..n]);
+    }
+    let (pid, key) = key_of(&reply);
+    let cancel = |p: &Proxy| {
+        let mut c = TcpStream::connect(p.addr("pg")).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut req = ((12 + key.len()) as u32).to_be_bytes().to_vec();
+        req.extend(80_877_102u32.to_be_bytes());
+        req.extend(pid.to_be_bytes());
+        req.extend(&key);
+        c.write_all(&req).unwrap();
+        let (got, _) = read_to_end(&mut c);
+        assert!(got.is_empty(), "{got:?}");
+    };
+    cancel(&p);
+    let l = p.wait_conns(1);
+    assert_eq!(
+        field(&l[0], "outcome").as_deref(),
+        Some("pg_cancel_forwarded"),
+        "{}",
+        l[0]
+    );
+    // Terminate ('X') and close: the session ends, and so does its key.
+    session.write_all(&[b'X', 0, 0, 0, 4]).unwrap();
+    let _ = read_to_end(&mut session);
+    drop(session);
+    let l = p.wait_conns(2);
+    assert_eq!(field(&l[1], "router").as_deref(), Some("db"), "{}", l[1]);
+    cancel(&p);
+    let l = p.wait_conns(3);
+    assert_eq!(
+        field(&l[2], "outcome").as_deref(),
+        Some("pg_cancel_unknown_key"),
+        "{}",
+        l[2]
+    );
 }

@@ -78,11 +78,6 @@ pub fn lookup(pid: u32, secret: &[u8]) -> Option<Target> {
     keys().get(&(pid, secret.to_vec())).copied()
 }
 
-/// How many keys are remembered (tests and the admin API).
-pub fn live_keys() -> usize {
-    keys().len()
-}
-
 /// The longest the startup phase (authentication up to ReadyForQuery) is
 /// relayed message-aware: PostgreSQL's own `authentication_timeout`
 /// default. After it the session is forwarded as bytes, without a key.
