@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Tools the integration tests drive as real clients and servers.
-PKGS=(redis-server redis-tools postgresql postgresql-contrib openssl python3 procps iproute2 util-linux coreutils etcd-server systemd curl man-db dpkg patroni)
+PKGS=(redis-server redis-tools postgresql postgresql-contrib openssl python3 procps iproute2 util-linux coreutils etcd-server systemd curl man-db dpkg patroni python3-pip)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,6 +18,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# psycopg 3 with its bundled libpq (PostgreSQL 17+ client: direct TLS,
+# cancel_safe) for tests/pg_front.rs, into whichever python3 runs the tests.
+if ! python3 -c 'import psycopg' 2>/dev/null; then
+  python3 -m pip install -q 'psycopg[binary]' 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages 'psycopg[binary]'
 fi
 # Debian starts a redis-server service on install; the tests run their own.
 if command -v systemctl >/dev/null 2>&1; then systemctl stop redis-server 2>/dev/null || true; fi

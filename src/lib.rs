@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod peek;
+pub mod pg;
 pub mod route;
 pub mod session;
 pub mod sys;

@@ -131,6 +131,20 @@ pub struct Router {
     /// Indices into `Config::middlewares`, in order.
     pub middlewares: Vec<usize>,
     pub tls: Option<RouterTls>,
+    /// Extension: the router carries PostgreSQL, from a
+    /// `[tcp.routers.<name>.postgres]` table or a rule with PgDatabase,
+    /// PgUser or PgParam. The proxy then reads the StartupMessage before
+    /// routing (plain TCP or terminated TLS only), remembers the backend's
+    /// cancel key for the session, and may rewrite names.
+    pub postgres: Option<PgRouter>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PgRouter {
+    /// Send this `database` to the backend instead of the client's.
+    pub database: Option<String>,
+    /// Send this `user` to the backend instead of the client's.
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -191,6 +205,14 @@ pub struct LoadBalancer {
     /// Deprecated `loadBalancer.terminationDelay` (ms), if given.
     pub termination_delay: Option<Option<Duration>>,
     pub health_check: Option<Box<HealthCheck>>,
+    /// Extension `postgresSSLRequest`: the servers are PostgreSQL older than
+    /// 17, which know only the SSLRequest opening, so before a passthrough
+    /// ClientHello offering ALPN `postgresql` with no SSLRequest (17's
+    /// direct TLS) the proxy sends its own SSLRequest, takes the `S`, then
+    /// replays the hello. Default false: the hello is replayed as it is
+    /// (17+ servers take direct TLS; other TLS servers never see an
+    /// SSLRequest they would not understand).
+    pub pg_ssl_request_first: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -19,7 +19,7 @@ use monoio::net::TcpStream;
 use crate::forward::write_all;
 use crate::sys;
 use crate::wire::client_hello::{self, ClientHello, NotTls, Peek};
-use crate::wire::postgres::{self, PgFirst};
+use crate::wire::postgres::{self, First, PgFirst};
 use crate::wire::proxy_protocol::{self, Decoded, Header};
 
 /// First allocation for pre-routing bytes: a typical ClientHello (≈ 500 B, up
@@ -66,6 +66,22 @@ pub struct Peeked {
     pub not_tls: Option<NotTls>,
     /// The client sent an SSLRequest and was answered `S`.
     pub pg_ssl: bool,
+}
+
+/// The first PostgreSQL message of a session (`Reader::pg_first`); its bytes
+/// are the first `len` of the reader's buffer.
+#[derive(Debug)]
+pub enum PgOpen {
+    Startup {
+        startup: postgres::Startup,
+        len: usize,
+    },
+    Cancel {
+        cancel: postgres::Cancel,
+        len: usize,
+    },
+    /// Not a valid first message: answer an ErrorResponse with this reason.
+    Malformed(&'static str),
 }
 
 /// Reads from `client` into a buffer until the deadline.
@@ -259,6 +275,29 @@ impl<'a> Reader<'a> {
                         pg_ssl,
                     })
                 }
+            }
+        }
+    }
+
+    /// Read the first PostgreSQL message of a plain session (a router here
+    /// carries PostgreSQL): a StartupMessage or a CancelRequest, under the
+    /// reader's deadline. An SSLRequest or GSSENCRequest is answered `N`
+    /// (TLS on such an entrypoint is a TLS router's), and the client goes
+    /// on in plain or gives up, as its `sslmode` says.
+    pub async fn pg_first(&mut self) -> Result<PgOpen, PeekError> {
+        loop {
+            match postgres::decode_first(&self.buf) {
+                First::NeedMore { min_len } => self.fill(min_len).await?,
+                First::SslRequest | First::GssEncRequest => {
+                    if self.buf.len() > postgres::REQUEST_LEN {
+                        return Err(PeekError::PgInjection);
+                    }
+                    self.buf.clear();
+                    self.reply(postgres::REPLY_REFUSED).await?;
+                }
+                First::Startup { startup, len } => return Ok(PgOpen::Startup { startup, len }),
+                First::Cancel { cancel, len } => return Ok(PgOpen::Cancel { cancel, len }),
+                First::Malformed(why) => return Ok(PgOpen::Malformed(why)),
             }
         }
     }

@@ -19,6 +19,11 @@ use crate::model::Config;
 pub struct EntryRoutes {
     pub tls: Vec<usize>,
     pub plain: Vec<usize>,
+    /// Some plain router here carries PostgreSQL: a plain connection's
+    /// StartupMessage (or CancelRequest) is read before routing.
+    pub pg_plain: bool,
+    /// Some terminating TLS router here carries PostgreSQL.
+    pub pg_tls: bool,
 }
 
 impl EntryRoutes {
@@ -45,8 +50,10 @@ impl RouteTable {
                 if let Some(e) = entries.get_mut(ep) {
                     if r.tls.is_some() {
                         e.tls.push(ri);
+                        e.pg_tls |= r.postgres.is_some();
                     } else {
                         e.plain.push(ri);
+                        e.pg_plain |= r.postgres.is_some();
                     }
                 }
             }
@@ -62,6 +69,18 @@ impl RouteTable {
             e.plain.sort_by(order);
         }
         RouteTable { entries }
+    }
+
+    /// The first TLS router of `ep` that may match once the StartupMessage
+    /// is read (`Rule::may_match`): the first pass for a TLS connection on
+    /// an entrypoint with terminating PostgreSQL routers. After the
+    /// handshake `route` decides with the startup packet.
+    pub fn route_tls_pending(&self, cfg: &Config, ep: usize, ctx: &MatchCtx<'_>) -> Option<usize> {
+        let e = self.entries.get(ep)?;
+        e.tls
+            .iter()
+            .copied()
+            .find(|&ri| cfg.routers[ri].rule.may_match(ctx))
     }
 
     /// The router for a connection on entrypoint `ep`, if any.
@@ -120,6 +139,7 @@ mod tests {
             alpn,
             client_ip: "10.0.0.1".parse().expect("ip"),
             tls: true,
+            pg: None,
         }
     }
 
@@ -128,6 +148,7 @@ mod tests {
         alpn: &[],
         client_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)),
         tls: false,
+        pg: None,
     };
 
     #[test]

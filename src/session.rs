@@ -27,10 +27,10 @@ use monoio::net::TcpStream;
 use crate::config::rule::MatchCtx;
 use crate::forward::{self, write_all, Cutoff, Outcome};
 use crate::model::{MiddlewareKind, ServiceKind};
-use crate::peek::{PeekError, Peeked, Reader};
+use crate::peek::{PeekError, Peeked, PgOpen, Reader};
 use crate::wire::{client_hello, postgres, proxy_protocol};
 use crate::worker::{Shared, WorkerSnap};
-use crate::{log, sys, tls};
+use crate::{log, pg, sys, tls};
 
 /// How long a connection on a `proxyProtocol` entrypoint whose routers dial
 /// at once may leave undecided whether it starts with a PROXY header before
@@ -81,6 +81,11 @@ enum Early {
     Tls(&'static str),
     /// The drain's time ran out before forwarding started.
     Drained,
+    /// A PostgreSQL CancelRequest was handled (no router involved).
+    PgCancel(pg::CancelEnd),
+    /// A PostgreSQL first message that is not valid: answered with an
+    /// ErrorResponse (SQLSTATE 08P01) and closed.
+    PgMalformed,
 }
 
 impl Early {
@@ -98,6 +103,8 @@ impl Early {
             Early::BackendWrite => "backend_write_failed",
             Early::Tls(s) => s,
             Early::Drained => Outcome::Drained.as_str(),
+            Early::PgCancel(end) => end.as_str(),
+            Early::PgMalformed => "pg_bad_startup",
         }
     }
 }
@@ -293,7 +300,7 @@ async fn run<'a>(
 
     // Peek only when a TLS router needs the ClientHello; otherwise dial at
     // once (server-speaks-first protocols).
-    let peeked = if entry.needs_peek() {
+    let mut peeked = if entry.needs_peek() {
         // Boxed, like every phase before forwarding: its memory is freed
         // when it ends instead of staying in the connection's future.
         Box::pin(reader.hello(client_hello::DEFAULT_CAP))
@@ -305,6 +312,32 @@ async fn run<'a>(
             ..Peeked::default()
         }
     };
+    // A plain connection on an entrypoint with PostgreSQL routers: its
+    // StartupMessage is read before routing (PgDatabase, PgUser, PgParam),
+    // and a CancelRequest goes to the server that issued its key.
+    let mut pg_startup: Option<(postgres::Startup, usize)> = None;
+    // (Also where only TLS routers carry PostgreSQL: libpq before 17 sends
+    // every CancelRequest in plain, whatever the session's sslmode.)
+    if (entry.pg_plain || entry.pg_tls) && peeked.hello.is_none() && !peeked.pg_ssl {
+        let mut r = Reader::new(client, deadline);
+        r.buf = std::mem::take(&mut peeked.buf);
+        match Box::pin(r.pg_first()).await.map_err(Early::Peek)? {
+            PgOpen::Startup { startup, len } => pg_startup = Some((startup, len)),
+            PgOpen::Cancel { cancel, len } => {
+                let request = r.buf.get(..len).unwrap_or(&[]);
+                let end = Box::pin(pg::forward_cancel(cancel.pid, &cancel.key, request)).await;
+                return Err(Early::PgCancel(end));
+            }
+            PgOpen::Malformed(why) => {
+                let msg = format!("invalid startup packet: {why}");
+                let state = postgres::SQLSTATE_PROTOCOL_VIOLATION;
+                Box::pin(pg_refuse(client, state, &msg)).await;
+                return Err(Early::PgMalformed);
+            }
+        }
+        peeked.buf = r.buf;
+        peeked.not_tls = None;
+    }
     let alpn: Vec<&[u8]> = peeked
         .hello
         .iter()
@@ -315,6 +348,7 @@ async fn run<'a>(
         alpn: &alpn,
         client_ip,
         tls: peeked.hello.is_some(),
+        pg: pg_startup.as_ref().map(|(s, _)| s),
     };
     // After answering `S` to an SSLRequest only TLS may follow, and only a
     // TLS router may take it: plain bytes there are closed, as Traefik does,
@@ -322,7 +356,15 @@ async fn run<'a>(
     if peeked.pg_ssl && peeked.hello.is_none() {
         return Err(peeked.not_tls.map_or(Early::NoRoute, Early::NotTls));
     }
-    let router_idx = match ws.snap.routes.route(cfg, ep, &ctx) {
+    // A TLS connection where terminating routers carry PostgreSQL: the
+    // first pass picks the router that may match once the StartupMessage
+    // is read inside TLS; after the handshake `pg_tls_reroute` decides.
+    let first_pass = if ctx.tls && entry.pg_tls {
+        ws.snap.routes.route_tls_pending(cfg, ep, &ctx)
+    } else {
+        ws.snap.routes.route(cfg, ep, &ctx)
+    };
+    let router_idx = match first_pass {
         Some(ri) => ri,
         // A TLS client no TLS router takes is refused, never handed to a
         // plain router (route.rs). Traefik completes the handshake with its
@@ -341,37 +383,33 @@ async fn run<'a>(
             }
             return Err(Early::NoRoute);
         }
+        // A PostgreSQL client no router takes is told so, in its protocol.
+        None if pg_startup.is_some() => {
+            let msg = pg_startup
+                .as_ref()
+                .map_or_else(String::new, |(s, _)| no_route_message(s));
+            Box::pin(pg_refuse(client, postgres::SQLSTATE_NO_ROUTE, &msg)).await;
+            return Err(Early::NoRoute);
+        }
         // Bytes that were not the ClientHello a TLS router waited for are
         // counted as such, with the reason, rather than as a name miss.
         None => return Err(peeked.not_tls.map_or(Early::NoRoute, Early::NotTls)),
     };
     acc.router = Some(router_idx);
-    let router = &cfg.routers[router_idx];
+    let mut router = &cfg.routers[router_idx];
+    // The router's decision waits for the StartupMessage inside TLS.
+    let pg_pending = ctx.tls
+        && entry.pg_tls
+        && router.postgres.is_some()
+        && router.tls.as_ref().is_some_and(|t| !t.passthrough);
 
     let mut _slots = Vec::new();
-    for &mi in &router.middlewares {
-        match &cfg.middlewares[mi].kind {
-            MiddlewareKind::IpAllowList(nets) => {
-                if !nets.iter().any(|n| n.contains(&client_ip)) {
-                    return Err(Early::Denied);
-                }
-            }
-            MiddlewareKind::InFlightConn(amount) => {
-                let key = (mi, client_ip);
-                let mut m = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-                let n = m.entry(key).or_insert(0);
-                if *n >= *amount {
-                    return Err(Early::TooManyConnections);
-                }
-                *n += 1;
-                drop(m);
-                _slots.push(InFlightSlot { shared, key });
-            }
-        }
+    if !pg_pending {
+        _slots = admit(cfg, router, client_ip, shared)?;
     }
 
     // TLS termination: the handshake completes before the backend is dialed.
-    let terminated = match &router.tls {
+    let mut terminated = match &router.tls {
         Some(t) if !t.passthrough && peeked.hello.is_some() => Some(Box::new(
             Box::pin(tls::handshake(
                 &ws.snap.tls,
@@ -386,6 +424,39 @@ async fn run<'a>(
         )),
         _ => None,
     };
+
+    // The StartupMessage of a terminated PostgreSQL session, read inside TLS.
+    let mut tls_startup: Option<(postgres::Startup, usize, Vec<u8>)> = None;
+    if let (true, Some(accepted)) = (pg_pending, terminated.as_deref_mut()) {
+        let mut front = pg::Front::Tls(client, accepted);
+        let (startup, len, buf) = Box::pin(pg_tls_first(&mut front, deadline)).await?;
+        let ctx = MatchCtx {
+            pg: Some(&startup),
+            ..ctx
+        };
+        let options = router.tls.as_ref().map(|t| t.options);
+        let fits = |ri: &usize| {
+            let r = &cfg.routers[*ri];
+            r.tls.as_ref().is_some_and(|t| !t.passthrough)
+                && r.tls.as_ref().map(|t| t.options) == options
+        };
+        // The handshake was made with the first pass's TLS options: only a
+        // router terminating with the same options may take the session.
+        let Some(ri) = ws.snap.routes.route(cfg, ep, &ctx).filter(fits) else {
+            let msg = no_route_message(&startup);
+            let _ = front
+                .write_all(&postgres::error_response(postgres::SQLSTATE_NO_ROUTE, &msg))
+                .await;
+            if let pg::Front::Tls(c, a) = &mut front {
+                a.close_plain(c);
+            }
+            return Err(Early::NoRoute);
+        };
+        acc.router = Some(ri);
+        router = &cfg.routers[ri];
+        _slots = admit(cfg, router, client_ip, shared)?;
+        tls_startup = Some((startup, len, buf));
+    }
 
     acc.service = Some(router.service);
     let (backend, lb_service, server_idx) = Box::pin(dial_service(ws, router.service, acc)).await?;
@@ -427,11 +498,45 @@ async fn run<'a>(
             .map_err(|_| Early::BackendWrite)?;
     }
 
-    if let Some(accepted) = terminated {
+    if let Some(mut accepted) = terminated {
         // The hello was consumed by the handshake; do not hold it for the
         // connection's lifetime.
         drop(peeked);
         let server = &lb.servers[server_idx];
+        let mut _key = None;
+        let mut startup_moved = pg::Moved::default();
+        if let (Some(rewrite), Some((startup, len, buf))) = (&router.postgres, &tls_startup) {
+            let (startup, len, buf) = (startup, *len, buf);
+            let mut front = pg::Front::Tls(client, &mut accepted);
+            if server.tls {
+                // The startup packet was taken out of the client's stream
+                // and the pump has no way to put it before a backend TLS
+                // session yet: refused, in the client's protocol.
+                let msg = "PostgreSQL routing towards a `tls = true` server is not supported";
+                let _ = front
+                    .write_all(&postgres::error_response(postgres::SQLSTATE_NO_ROUTE, msg))
+                    .await;
+                return Err(Early::Tls("pg_backend_tls_unsupported"));
+            }
+            let out = pg_rewrite(rewrite, startup, len, buf);
+            write_all(&backend, &out)
+                .await
+                .map_err(|_| Early::BackendWrite)?;
+            startup_moved.up = out.len() as u64;
+            let mut scan = postgres::BackendScan::default();
+            let m = Box::pin(pg::relay_startup(&mut front, &backend, &mut scan))
+                .await
+                .map_err(|_| Early::BackendWrite)?;
+            startup_moved.up += m.up;
+            startup_moved.down = m.down;
+            if let Some((pid, secret)) = scan.key.take() {
+                let target = pg::Target {
+                    addr: server.address,
+                    dial_timeout: transport.dial_timeout,
+                };
+                _key = Some(pg::register(pid, secret, target));
+            }
+        }
         // The server's `tls` decides, as in Traefik; the transport's `tls`
         // table only configures it.
         let backend_tls = server.tls.then_some(tls::BackendTls {
@@ -440,20 +545,26 @@ async fn run<'a>(
         });
         // Boxed: TLS state is large, and plain connections must not carry
         // its size in their futures.
-        return Ok(Box::pin((*accepted).forward(
-            &ws.snap.tls,
-            client,
-            &backend,
-            backend_tls,
-            &opts,
-            cut,
-        ))
-        .await);
+        let (mut report, outcome) =
+            Box::pin((*accepted).forward(&ws.snap.tls, client, &backend, backend_tls, &opts, cut))
+                .await;
+        report.up += startup_moved.up;
+        report.down += startup_moved.down;
+        return Ok((report, outcome));
     }
 
     // Passthrough of a PostgreSQL SSLRequest: ask the backend for TLS too,
     // then the ClientHello flows untouched.
-    if peeked.pg_ssl {
+    // PostgreSQL 17's direct TLS (a ClientHello offering ALPN `postgresql`
+    // with no SSLRequest before it) passed through to a service of servers
+    // older than 17 (`postgresSSLRequest`): ours goes first, then the hello.
+    let direct_pg = !peeked.pg_ssl
+        && lb.pg_ssl_request_first
+        && peeked
+            .hello
+            .as_ref()
+            .is_some_and(|h| h.alpn.iter().any(|p| p == b"postgresql"));
+    if peeked.pg_ssl || direct_pg {
         Box::pin(pg_ssl_request(&backend, transport.dial_timeout)).await?;
     }
     let server = &lb.servers[server_idx];
@@ -482,6 +593,13 @@ async fn run<'a>(
         ))
         .await);
     }
+    // A PostgreSQL router: the startup packet as the router rewrites it.
+    let pg_session = router.postgres.as_ref().zip(pg_startup.as_ref());
+    if let Some((rewrite, (startup, len))) = pg_session {
+        if rewrite.database.is_some() || rewrite.user.is_some() {
+            peeked.buf = pg_rewrite(rewrite, startup, *len, &peeked.buf);
+        }
+    }
     let replayed = peeked.buf.len() as u64;
     if replayed > 0 {
         write_all(&backend, &peeked.buf)
@@ -489,13 +607,168 @@ async fn run<'a>(
             .map_err(|_| Early::BackendWrite)?;
     }
     drop(peeked);
+    // Relay the startup phase message-aware to learn the cancel key, which
+    // is remembered for this session's lifetime (`_key` drops at its end).
+    let mut startup_moved = pg::Moved::default();
+    let mut _key = None;
+    if pg_session.is_some() {
+        let mut scan = postgres::BackendScan::default();
+        match Box::pin(pg::relay_startup(
+            &mut pg::Front::Plain(client),
+            &backend,
+            &mut scan,
+        ))
+        .await
+        {
+            Ok(m) => startup_moved = m,
+            Err(_) => return Err(Early::BackendWrite),
+        }
+        if let Some((pid, secret)) = scan.key.take() {
+            let target = pg::Target {
+                addr: server.address,
+                dial_timeout: transport.dial_timeout,
+            };
+            _key = Some(pg::register(pid, secret, target));
+        }
+    }
     let (mut report, outcome) = if opts.mode == crate::model::Forwarding::Completion {
         crate::completion::duplex(client, &backend, &opts, cut).await
     } else {
         forward::duplex(client, &backend, &opts, cut).await
     };
-    report.up += replayed;
+    report.up += replayed + startup_moved.up;
+    report.down += startup_moved.down;
     Ok((report, outcome))
+}
+
+/// Apply inFlightConn and ipAllowList of `router` to the client.
+fn admit<'s>(
+    cfg: &crate::model::Config,
+    router: &crate::model::Router,
+    client_ip: IpAddr,
+    shared: &'s Shared,
+) -> Result<Vec<InFlightSlot<'s>>, Early> {
+    let mut slots = Vec::new();
+    for &mi in &router.middlewares {
+        match &cfg.middlewares[mi].kind {
+            MiddlewareKind::IpAllowList(nets) => {
+                if !nets.iter().any(|n| n.contains(&client_ip)) {
+                    return Err(Early::Denied);
+                }
+            }
+            MiddlewareKind::InFlightConn(amount) => {
+                let key = (mi, client_ip);
+                let mut m = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                let n = m.entry(key).or_insert(0);
+                if *n >= *amount {
+                    return Err(Early::TooManyConnections);
+                }
+                *n += 1;
+                drop(m);
+                slots.push(InFlightSlot { shared, key });
+            }
+        }
+    }
+    Ok(slots)
+}
+
+/// The bytes towards the backend: `buf` (the client's startup packet of
+/// `len` bytes and whatever followed it) with the packet rewritten when
+/// the router rewrites the database or the user.
+fn pg_rewrite(
+    rewrite: &crate::model::PgRouter,
+    startup: &postgres::Startup,
+    len: usize,
+    buf: &[u8],
+) -> Vec<u8> {
+    if rewrite.database.is_none() && rewrite.user.is_none() {
+        return buf.to_vec();
+    }
+    let mut out = startup.encode_with(
+        rewrite.database.as_deref().map(str::as_bytes),
+        rewrite.user.as_deref().map(str::as_bytes),
+    );
+    out.extend_from_slice(buf.get(len..).unwrap_or(&[]));
+    out
+}
+
+fn no_route_message(s: &postgres::Startup) -> String {
+    let text = |v: Option<&[u8]>| String::from_utf8_lossy(v.unwrap_or(b"")).into_owned();
+    format!(
+        "no route for database \"{}\" and user \"{}\"",
+        text(s.database()),
+        text(s.param(b"user"))
+    )
+}
+
+/// Read the first PostgreSQL message inside terminated TLS: a StartupMessage
+/// (returned with its exact bytes and anything after them), or a
+/// CancelRequest, which is sent on to the issuing server here. Anything else
+/// is answered with an ErrorResponse 08P01.
+async fn pg_tls_first(
+    front: &mut pg::Front<'_>,
+    deadline: Option<Instant>,
+) -> Result<(postgres::Startup, usize, Vec<u8>), Early> {
+    let mut buf = Vec::new();
+    loop {
+        let why = match postgres::decode_first(&buf) {
+            postgres::First::NeedMore { min_len } => {
+                front
+                    .fill(&mut buf, min_len, deadline)
+                    .await
+                    .map_err(Early::Peek)?;
+                continue;
+            }
+            postgres::First::Startup { startup, len } => return Ok((startup, len, buf)),
+            postgres::First::Cancel { cancel, len } => {
+                let request = buf.get(..len).unwrap_or(&[]);
+                let end = Box::pin(pg::forward_cancel(cancel.pid, &cancel.key, request)).await;
+                return Err(Early::PgCancel(end));
+            }
+            postgres::First::SslRequest | postgres::First::GssEncRequest => {
+                "an encryption request inside TLS"
+            }
+            postgres::First::Malformed(why) => why,
+        };
+        let msg = format!("invalid startup packet: {why}");
+        let reply = postgres::error_response(postgres::SQLSTATE_PROTOCOL_VIOLATION, &msg);
+        let _ = front.write_all(&reply).await;
+        if let pg::Front::Tls(c, a) = front {
+            a.close_plain(c);
+        }
+        return Err(Early::PgMalformed);
+    }
+}
+
+/// Answer a PostgreSQL client that cannot be served (a malformed first
+/// message: 08P01, as a server answers one; no route) with an
+/// ErrorResponse, then close
+/// gently: FIN first, and what the client still sends is read and dropped
+/// for a moment, so the close does not reset the connection before the
+/// client has read the error.
+async fn pg_refuse(client: &TcpStream, sqlstate: &str, message: &str) {
+    let reply = postgres::error_response(sqlstate, message);
+    if write_all(client, &reply).await.is_err() {
+        return;
+    }
+    let fd = client.as_raw_fd();
+    let _ = sys::shutdown(fd, std::net::Shutdown::Write);
+    let mut sink = [0u8; 1024];
+    let drain = async {
+        loop {
+            match sys::recv(fd, &mut sink) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if client.readable(false).await.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = monoio::time::timeout(Duration::from_secs(1), drain).await;
 }
 
 /// Send our SSLRequest to a PostgreSQL backend and require its `S`.

@@ -59,6 +59,8 @@ pub fn build(
         has_certificates: !tls.certificates.is_empty() || tls.default_certificate.is_some(),
     };
     let routers = routers(&m, &refs, sources, d);
+    let mut tls = tls;
+    pg_alpn(&routers, &mut tls);
     let watch = match &m.provider {
         Some(p) if p.watch => p
             .filename
@@ -87,6 +89,27 @@ pub fn build(
         kv_revisions: m.kv_revisions,
         warnings: Vec::new(),
     })
+}
+
+/// PostgreSQL 17's direct TLS (`sslnegotiation=direct`) requires the server
+/// to negotiate ALPN `postgresql`: the TLS options a terminating PostgreSQL
+/// router uses offer it after their own protocols (so other clients get
+/// what they got before; one offering only protocols the list lacks is
+/// refused, as Go refuses it, where an empty list negotiated nothing).
+fn pg_alpn(routers: &[model::Router], tls: &mut model::TlsConfig) {
+    for r in routers {
+        let Some(t) = r.tls.as_ref().filter(|t| !t.passthrough) else {
+            continue;
+        };
+        if r.postgres.is_none() {
+            continue;
+        }
+        if let Some(o) = tls.options.get_mut(t.options) {
+            if !o.alpn_protocols.iter().any(|p| p == "postgresql") {
+                o.alpn_protocols.push("postgresql".into());
+            }
+        }
+    }
 }
 
 /// Name → index, reporting the second definition of a name.
@@ -418,6 +441,7 @@ fn services(
                         lb.termination_delay
                     },
                     health_check: lb.health_check.clone(),
+                    pg_ssl_request_first: lb.pg_ssl_request_first,
                 })
             }
             Some(ServiceKindF::Weighted(w)) => {
@@ -640,6 +664,25 @@ fn routers(m: &FileModel, refs: &Refs<'_>, sources: &Sources, d: &mut Diags) -> 
             _ if compiled.is_catch_all() => -1,
             _ => i64::try_from(text.len()).unwrap_or(MAX_PRIORITY),
         };
+        let postgres = match &r.postgres {
+            Some(p) => Some(model::PgRouter {
+                database: p.database.as_ref().map(|s| s.v.clone()),
+                user: p.user.as_ref().map(|s| s.v.clone()),
+            }),
+            None if compiled.uses_pg() => Some(model::PgRouter::default()),
+            None => None,
+        };
+        if postgres.is_some() && r.tls.as_ref().is_some_and(|t| t.passthrough) {
+            let at = r.postgres.as_ref().map_or(rule.at, |p| p.at);
+            d.error(
+                at,
+                format!(
+                    "router `{}`: PostgreSQL routing (PgDatabase, PgUser, PgParam, a `postgres` table) reads the StartupMessage, which a TLS passthrough router never sees (it travels encrypted end to end to the server); terminate TLS on this router (no `passthrough`) or route by HostSNI only",
+                    r.name.v
+                ),
+            );
+            continue;
+        }
         let Some(service) = service else { continue };
         if r.tls.is_some() && tls.is_none() {
             continue; // its TLS options name was unknown (reported)
@@ -653,6 +696,7 @@ fn routers(m: &FileModel, refs: &Refs<'_>, sources: &Sources, d: &mut Diags) -> 
             service,
             middlewares,
             tls,
+            postgres,
         });
     }
     out

@@ -7,8 +7,8 @@
 
 use super::diag::{Diags, Pos, Sp};
 use super::file::{
-    FileModel, LoadBalancerF, Named, RouterF, RouterTlsF, ServerF, ServiceF, ServiceKindF,
-    WeightedChildF, WeightedF,
+    FileModel, LoadBalancerF, Named, RouterF, RouterPgF, RouterTlsF, ServerF, ServiceF,
+    ServiceKindF, WeightedChildF, WeightedF,
 };
 use super::reader::{Node, Tbl};
 use super::rule;
@@ -106,6 +106,22 @@ fn router(name: Sp<String>, mut t: Tbl<'_>, syntax: rule::Syntax, d: &mut Diags)
             options,
         }
     });
+    // Extension: PostgreSQL on this router (see model::PgRouter).
+    let postgres = t.section("postgres", d).map(|mut pt| {
+        let database = pt.str("database", d);
+        let user = pt.str("user", d);
+        for v in [&database, &user].into_iter().flatten() {
+            if v.v.is_empty() || v.v.contains('\0') {
+                d.error(
+                    v.at,
+                    "a rewritten name must be non-empty and hold no NUL byte",
+                );
+            }
+        }
+        let at = pt.at;
+        pt.finish(d);
+        RouterPgF { at, database, user }
+    });
     t.finish(d);
     RouterF {
         name,
@@ -115,6 +131,7 @@ fn router(name: Sp<String>, mut t: Tbl<'_>, syntax: rule::Syntax, d: &mut Diags)
         service,
         middlewares,
         tls,
+        postgres,
     }
 }
 
@@ -314,6 +331,8 @@ fn load_balancer(mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> LoadBalance
     let health_check = t
         .table("healthCheck", d)
         .map(|ht| Box::new(health_check(ht, ctx, d)));
+    // Extension: PostgreSQL servers older than 17 behind passthrough.
+    let pg_ssl_request_first = t.bool("postgresSSLRequest", d).is_some_and(|b| b.v);
     t.finish(d);
     LoadBalancerF {
         at,
@@ -322,6 +341,7 @@ fn load_balancer(mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> LoadBalance
         proxy_protocol,
         termination_delay,
         health_check,
+        pg_ssl_request_first,
     }
 }
 

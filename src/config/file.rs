@@ -105,6 +105,17 @@ pub struct RouterF {
     pub service: Option<Sp<String>>,
     pub middlewares: Vec<Sp<String>>,
     pub tls: Option<RouterTlsF>,
+    /// Extension `[tcp.routers.<name>.postgres]`.
+    pub postgres: Option<RouterPgF>,
+}
+
+/// Extension: the router carries PostgreSQL (startup routing, cancel
+/// forwarding), with optional rewrites towards the backend.
+#[derive(Debug)]
+pub struct RouterPgF {
+    pub at: Pos,
+    pub database: Option<Sp<String>>,
+    pub user: Option<Sp<String>>,
 }
 
 #[derive(Debug)]
@@ -149,6 +160,8 @@ pub struct LoadBalancerF {
     pub proxy_protocol: Option<u8>,
     pub termination_delay: Option<Option<Duration>>,
     pub health_check: Option<Box<model::HealthCheck>>,
+    /// Extension `postgresSSLRequest`.
+    pub pg_ssl_request_first: bool,
 }
 
 #[derive(Debug)]

@@ -781,6 +781,7 @@ fn ingress_route(
                 passthrough: t.passthrough,
                 options: t.options.clone(),
             }),
+            postgres: None,
         });
     }
 }
@@ -869,6 +870,7 @@ fn service_ref(
             servers_transport,
             proxy_protocol,
             health_check: None,
+            pg_ssl_request_first: false,
         },
     })
 }

@@ -28,6 +28,9 @@ pub struct MatchCtx<'a> {
     pub client_ip: IpAddr,
     /// Whether the connection is TLS (a ClientHello was seen).
     pub tls: bool,
+    /// The PostgreSQL StartupMessage, on an entrypoint with PostgreSQL
+    /// routers once it was read (plain TCP, or inside terminated TLS).
+    pub pg: Option<&'a crate::wire::postgres::Startup>,
 }
 
 /// A compiled rule.
@@ -97,22 +100,63 @@ enum Matcher {
     /// Canonical: IPv4-mapped networks are IPv4, host bits cleared.
     ClientIp(IpNet),
     Alpn(String),
+    /// Extension `PgDatabase(`glob`)`: the database of the StartupMessage
+    /// (the user name when none is sent, as PostgreSQL reads it).
+    PgDatabase(String),
+    /// Extension `PgUser(`glob`)`.
+    PgUser(String),
+    /// Extension `PgParam(`name`, `glob`)`: any startup parameter.
+    PgParam(String, String),
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Name {
     HostSni,
     HostSniRegexp,
     ClientIp,
     Alpn,
+    PgDatabase,
+    PgUser,
+    PgParam,
 }
 
-const NAMES: [(&str, Name); 4] = [
+const NAMES: [(&str, Name); 7] = [
     ("HostSNI", Name::HostSni),
     ("HostSNIRegexp", Name::HostSniRegexp),
     ("ClientIP", Name::ClientIp),
     ("ALPN", Name::Alpn),
+    ("PgDatabase", Name::PgDatabase),
+    ("PgUser", Name::PgUser),
+    ("PgParam", Name::PgParam),
 ];
+
+/// `*` matches any run of bytes (also none); every other byte itself.
+/// Iterative with one backtrack point, so no pattern is slow.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p.min(pattern.len())..].iter().all(|&c| c == b'*')
+}
 
 /// Parses and validates a rule in Traefik v3 syntax.
 pub fn parse(src: &str) -> Result<Rule, RuleError> {
@@ -152,6 +196,14 @@ impl Rule {
         eval(&self.expr, ctx)
     }
 
+    /// Whether the rule may match once the StartupMessage is known (it
+    /// matches now, or its PostgreSQL matchers decide): the first pass of
+    /// routing a terminated TLS connection, which picks the TLS options to
+    /// handshake with before the startup packet can be read.
+    pub fn may_match(&self, ctx: &MatchCtx<'_>) -> bool {
+        eval_pending(&self.expr, ctx) != Some(false)
+    }
+
     /// True when the rule is Traefik's catch-all: a single `HostSNI(`*`)`,
     /// whatever the parentheses and spacing around it. Such a router's
     /// default priority is -1 rather than the rule's length, so it is tried
@@ -179,6 +231,19 @@ impl Rule {
         found
     }
 
+    /// Whether the rule looks at the PostgreSQL StartupMessage (PgDatabase,
+    /// PgUser, PgParam): its router must see the startup packet.
+    pub fn uses_pg(&self) -> bool {
+        let mut found = false;
+        visit(&self.expr, &mut |m| {
+            found |= matches!(
+                m,
+                Matcher::PgDatabase(_) | Matcher::PgUser(_) | Matcher::PgParam(..)
+            );
+        });
+        found
+    }
+
     /// The literal HostSNI names (including `*.example.com` wildcards, but not
     /// the catch-all `*`), in rule order without duplicates. Names under `!`
     /// are listed too, as Traefik does when it collects a rule's domains.
@@ -192,6 +257,40 @@ impl Rule {
             }
         });
         out
+    }
+}
+
+/// Three-valued match for a TLS connection whose StartupMessage is still
+/// inside TLS: PostgreSQL matchers are unknown (`None`), the rest decide.
+/// `!unknown` is unknown; `&&` is false when one part is, `||` true when
+/// one part is (Kleene logic).
+fn eval_pending(e: &Expr, ctx: &MatchCtx<'_>) -> Option<bool> {
+    match e {
+        Expr::Or(v) => {
+            let mut unknown = false;
+            for e in v {
+                match eval_pending(e, ctx) {
+                    Some(true) => return Some(true),
+                    None => unknown = true,
+                    Some(false) => {}
+                }
+            }
+            (!unknown).then_some(false)
+        }
+        Expr::And(v) => {
+            let mut unknown = false;
+            for e in v {
+                match eval_pending(e, ctx) {
+                    Some(false) => return Some(false),
+                    None => unknown = true,
+                    Some(true) => {}
+                }
+            }
+            (!unknown).then_some(true)
+        }
+        Expr::Not(e) => eval_pending(e, ctx).map(|b| !b),
+        Expr::Matcher(Matcher::PgDatabase(_) | Matcher::PgUser(_) | Matcher::PgParam(..)) => None,
+        Expr::Matcher(m) => Some(m.matches(ctx)),
     }
 }
 
@@ -230,6 +329,18 @@ impl Matcher {
             Matcher::SniRegexp(re) => re.is_match(ctx.sni.unwrap_or("")),
             Matcher::ClientIp(net) => net.contains(&ctx.client_ip),
             Matcher::Alpn(proto) => ctx.alpn.contains(&proto.as_bytes()),
+            Matcher::PgDatabase(g) => ctx
+                .pg
+                .and_then(|s| s.database())
+                .is_some_and(|d| glob(g.as_bytes(), d)),
+            Matcher::PgUser(g) => ctx
+                .pg
+                .and_then(|s| s.param(b"user"))
+                .is_some_and(|u| glob(g.as_bytes(), u)),
+            Matcher::PgParam(name, g) => ctx
+                .pg
+                .and_then(|s| s.param(name.as_bytes()))
+                .is_some_and(|v| glob(g.as_bytes(), v)),
         }
     }
 
@@ -239,13 +350,22 @@ impl Matcher {
             Matcher::SniRegexp(_) => "HostSNIRegexp",
             Matcher::ClientIp(_) => "ClientIP",
             Matcher::Alpn(_) => "ALPN",
+            Matcher::PgDatabase(_) => "PgDatabase",
+            Matcher::PgUser(_) => "PgUser",
+            Matcher::PgParam(..) => "PgParam",
         }
     }
 
     fn arg(&self) -> Cow<'_, str> {
         match self {
             Matcher::AnySni => "*".into(),
-            Matcher::Sni(s) | Matcher::WildcardSni(s) | Matcher::Alpn(s) => s.as_str().into(),
+            Matcher::Sni(s)
+            | Matcher::WildcardSni(s)
+            | Matcher::Alpn(s)
+            | Matcher::PgDatabase(s)
+            | Matcher::PgUser(s) => s.as_str().into(),
+            // `write_expr` writes the parameter name before this.
+            Matcher::PgParam(_, v) => v.as_str().into(),
             Matcher::SniRegexp(re) => re.as_str().into(),
             // A single address reads better without its /32 or /128.
             Matcher::ClientIp(net) if net.prefix_len() == net.max_prefix_len() => {
@@ -258,6 +378,17 @@ impl Matcher {
 
 fn build(name: Name, arg: &str) -> Result<Matcher, String> {
     match name {
+        Name::PgDatabase | Name::PgUser if arg.is_empty() => {
+            Err("the pattern is empty (use `*` to match every name)".into())
+        }
+        Name::PgDatabase | Name::PgUser if arg.contains('\0') => {
+            Err("the pattern contains a NUL byte, which a startup packet cannot carry".into())
+        }
+        Name::PgDatabase => Ok(Matcher::PgDatabase(arg.to_string())),
+        Name::PgUser => Ok(Matcher::PgUser(arg.to_string())),
+        Name::PgParam => {
+            Err("`PgParam` takes two arguments: a parameter name and a pattern".into())
+        }
         Name::HostSni => host_sni(arg),
         Name::HostSniRegexp => Regex::new(arg)
             .map(Matcher::SniRegexp)
@@ -319,7 +450,7 @@ fn build_v2(name: Name, arg: &str, first: bool) -> Result<Matcher, String> {
                 .map(Matcher::SniRegexp)
                 .map_err(|e| format!("invalid HostSNIRegexp `{arg}`: {e}"))
         }
-        Name::ClientIp | Name::Alpn => build(name, arg),
+        _ => build(name, arg),
     }
 }
 
@@ -614,7 +745,33 @@ impl<'a> Parser<'a> {
                 _ => return Err(self.expected(&t, "`)` after argument")),
             }
         }
-        if self.v2 {
+        if which == Name::PgParam {
+            return match <[(String, usize); 2]>::try_from(args) {
+                Ok([(n, n_at), (v, v_at)]) => {
+                    if n.is_empty() || n.contains('\0') {
+                        return fail(
+                            n_at,
+                            "PgParam needs a parameter name (e.g. `application_name`)",
+                        );
+                    }
+                    if v.contains('\0') {
+                        return fail(
+                            v_at,
+                            "the pattern contains a NUL byte, which a startup packet cannot carry",
+                        );
+                    }
+                    Ok(Expr::Matcher(Matcher::PgParam(n, v)))
+                }
+                Err(a) => fail(
+                    at,
+                    format!(
+                        "`PgParam` takes two arguments (a parameter name and a pattern), got {}",
+                        a.len()
+                    ),
+                ),
+            };
+        }
+        if self.v2 && !matches!(which, Name::PgDatabase | Name::PgUser) {
             if args.is_empty() {
                 return fail(at, format!("`{name}` needs at least one argument"));
             }
@@ -678,7 +835,7 @@ fn unknown_matcher(name: &str, at: usize) -> RuleError {
             )
         }
         None => format!(
-            "unknown matcher `{name}` (TCP rules know HostSNI, HostSNIRegexp, ClientIP, ALPN)"
+            "unknown matcher `{name}` (TCP rules know HostSNI, HostSNIRegexp, ClientIP, ALPN, and the PostgreSQL extensions PgDatabase, PgUser, PgParam)"
         ),
     };
     err(at, msg)
@@ -793,6 +950,10 @@ fn write_expr(e: &Expr, f: &mut fmt::Formatter<'_>, prec: u8) -> fmt::Result {
         }
         Expr::Matcher(m) => {
             write!(f, "{}(", m.name())?;
+            if let Matcher::PgParam(name, _) = m {
+                write_quoted(f, name)?;
+                f.write_str(", ")?;
+            }
             write_quoted(f, &m.arg())?;
             return f.write_char(')');
         }
@@ -841,6 +1002,7 @@ mod tests {
             alpn,
             client_ip: ip.parse().expect("test ip"),
             tls: sni.is_some() || !alpn.is_empty(),
+            pg: None,
         }
     }
 
@@ -1213,7 +1375,7 @@ mod tests {
         let cases: &[(&str, usize, &str)] = &[
             ("", 0, "empty rule"),
             (" \n ", 0, "empty rule"),
-            ("Host(`a`)", 0, "unknown matcher `Host` (TCP rules know HostSNI, HostSNIRegexp, ClientIP, ALPN)"),
+            ("Host(`a`)", 0, "unknown matcher `Host` (TCP rules know HostSNI, HostSNIRegexp, ClientIP, ALPN, and the PostgreSQL extensions PgDatabase, PgUser, PgParam)"),
             ("hostSNI(`a`)", 0, "unknown matcher `hostSNI` (a matcher name is written `HostSNI`, `hostsni`, `HOSTSNI` or `Hostsni`)"),
             ("HostSni(`a`)", 0, "unknown matcher `HostSni`"),
             ("HostSNIregexp(`a`)", 0, "`HostSNIRegexp`, `hostsniregexp`, `HOSTSNIREGEXP` or `Hostsniregexp`"),
@@ -1347,5 +1509,85 @@ mod tests {
             n += 1;
         }
         assert!(n >= 5, "only {n} seed files in {}", dir.display());
+    }
+
+    fn pg(params: &[(&str, &str)]) -> crate::wire::postgres::Startup {
+        crate::wire::postgres::Startup {
+            version: 3 << 16,
+            params: params
+                .iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn postgres_matchers() {
+        let orders = pg(&[
+            ("user", "report_ro"),
+            ("database", "orders"),
+            ("application_name", "etl"),
+        ]);
+        let no_db = pg(&[("user", "orders")]);
+        let mut c = ctx(None, &[], "10.0.0.1");
+        let table: &[(&str, &crate::wire::postgres::Startup, bool)] = &[
+            ("PgDatabase(`orders`)", &orders, true),
+            ("PgDatabase(`order`)", &orders, false),
+            ("PgDatabase(`ord*`)", &orders, true),
+            ("PgDatabase(`*ers`)", &orders, true),
+            ("PgDatabase(`o*r*s`)", &orders, true),
+            ("PgDatabase(`o*x`)", &orders, false),
+            // No database: PostgreSQL takes the user name.
+            ("PgDatabase(`orders`)", &no_db, true),
+            ("PgUser(`report*`)", &orders, true),
+            ("PgUser(`report`)", &orders, false),
+            ("PgParam(`application_name`, `etl`)", &orders, true),
+            ("PgParam(`application_name`, `e*`)", &orders, true),
+            ("PgParam(`application_name`, `etl`)", &no_db, false),
+            ("PgUser(`*`) && !PgDatabase(`orders`)", &orders, false),
+            ("PgUser(`x`) || ClientIP(`10.0.0.0/8`)", &orders, true),
+        ];
+        for (rule, startup, want) in table {
+            c.pg = Some(startup);
+            let r = parse(rule).unwrap_or_else(|e| panic!("{rule}: {e}"));
+            assert_eq!(r.matches(&c), *want, "{rule}");
+            assert!(r.uses_pg() || rule.contains("ClientIP"), "{rule}");
+            // Canonical form parses to itself.
+            assert_eq!(parse(&r.to_string()).unwrap().to_string(), r.to_string());
+        }
+        // Without a startup packet a Pg matcher never matches.
+        c.pg = None;
+        assert!(!parse("PgUser(`*`)").unwrap().matches(&c));
+        assert_eq!(
+            parse("PgParam(`a`, `b`)").unwrap().to_string(),
+            "PgParam(`a`, `b`)"
+        );
+        assert!(!parse("HostSNI(`*`)").unwrap().uses_pg());
+    }
+
+    #[test]
+    fn postgres_matcher_errors() {
+        let table: &[(&str, usize, &str)] = &[
+            ("PgDatabase(``)", 11, "the pattern is empty (use `*` to match every name)"),
+            ("PgParam(`a`)", 0, "`PgParam` takes two arguments (a parameter name and a pattern), got 1"),
+            ("PgParam(``, `x`)", 8, "PgParam needs a parameter name (e.g. `application_name`)"),
+            ("PgUser(`a`, `b`)", 12, "`PgUser` takes exactly one argument, got 2 (Traefik v3 matchers take one argument each; combine them with `||`)"),
+        ];
+        for (rule, at, msg) in table {
+            let e = parse(rule).unwrap_err();
+            assert_eq!((e.offset, e.message.as_str()), (*at, *msg), "{rule}");
+        }
+    }
+
+    #[test]
+    fn glob_has_no_slow_patterns() {
+        assert!(glob(b"*", b""));
+        assert!(glob(b"a*", b"a"));
+        assert!(!glob(b"a", b""));
+        assert!(glob(b"**a**b", b"xxaxxb"));
+        let text = vec![b'a'; 5000];
+        let mut pat = b"*a".repeat(50);
+        pat.push(b'b');
+        assert!(!glob(&pat, &text));
     }
 }

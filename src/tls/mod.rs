@@ -26,6 +26,7 @@
 mod buf;
 mod handshake;
 mod options;
+mod pg_io;
 mod pump;
 mod side;
 mod store;

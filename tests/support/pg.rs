@@ -238,3 +238,38 @@ pub fn psql(conninfo: &str, sql: &str) -> Ran {
         Duration::from_secs(30),
     )
 }
+
+/// Whether Python's psycopg 3 (PyPI `psycopg[binary]`, which ships its own
+/// libpq) is importable by `python3`: like `require_tool`, a failure naming
+/// the package under CI=true (scripts/test.sh installs it), a loud skip
+/// otherwise.
+pub fn psycopg_available() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import psycopg"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("python3 cannot import psycopg: install the PyPI package `psycopg[binary]` (scripts/test.sh does)");
+        }
+        super::note_skip("python3 cannot import psycopg (PyPI `psycopg[binary]`)");
+    }
+    ok
+}
+
+/// Run a Python script (psycopg tests) with `args`, bounded in time.
+pub fn python(script: &str, args: &[&str], limit: Duration) -> Ran {
+    run(
+        Command::new("python3").arg("-c").arg(script).args(args),
+        b"",
+        limit,
+    )
+}
+
+/// A cluster without TLS certificates of its own choosing: a throwaway
+/// certificate from a fresh test CA (the sessions these tests make are plain).
+pub fn plain_cluster() -> PgCluster {
+    let pki = super::openssl::Pki::new();
+    let (crt, key) = pki.leaf("pg.test", &["pg.test"]);
+    PgCluster::start(&crt, &key)
+}
