@@ -435,7 +435,7 @@ fn reload_loop(
 /// Publish a loaded snapshot; an invalid config keeps the old snapshot.
 fn apply(shared: &Shared, loaded: Loaded, why: &str) {
     match loaded {
-        Ok((snap, warnings)) => {
+        Ok((mut snap, warnings)) => {
             if let Err(why_not) = same_listeners(&shared.current().config, &snap.config) {
                 log!(
                     Error,
@@ -449,7 +449,11 @@ fn apply(shared: &Shared, loaded: Loaded, why: &str) {
             }
             // Known-down servers stay down until the new checks say
             // otherwise; then the checks move to the new snapshot.
-            health::inherit(&snap, &shared.current());
+            let old = shared.current();
+            health::inherit(&snap, &old);
+            // Open connections and queues stay counted (balance.rs).
+            snap.loads.inherit(&snap.config, &old.loads, &old.config);
+            drop(old);
             shared.publish(snap);
             health::restart(shared);
             log!(Info, "reloaded", trigger = why);

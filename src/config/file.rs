@@ -136,6 +136,11 @@ pub struct LoadBalancerF {
     pub proxy_protocol: Option<u8>,
     pub termination_delay: Option<Option<Duration>>,
     pub health_check: Option<model::HealthCheck>,
+    /// Extensions `strategy`, `maxConn` (each server's default) and
+    /// `queueTimeout` (with where it is written, for a warning).
+    pub strategy: model::Strategy,
+    pub max_conn: Option<u32>,
+    pub queue_timeout: Option<Sp<Duration>>,
 }
 
 #[derive(Debug)]
@@ -143,6 +148,8 @@ pub struct ServerF {
     pub address: Option<Sp<String>>,
     pub tls: bool,
     pub weight: u32,
+    /// Extension: this server's `maxConn`.
+    pub max_conn: Option<u32>,
 }
 
 #[derive(Debug)]
