@@ -1155,4 +1155,18 @@ mod tests {
         assert_eq!(new_loads.get(1).unwrap().active(), 0);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn passive_ejections_follow_their_server_into_the_next_snapshot() {
+        let now = Instant::now();
+        let mut old = one_lb(&[1, 1]);
+        for _ in 0..EJECT_AFTER_FAILURES {
+            old.dial_result(1, false, now);
+        }
+        // The next snapshot lists the servers the other way round, plus one.
+        let mut new = one_lb(&[1, 1, 1]);
+        new.inherit(&[Some(1), Some(0), None], &old);
+        assert!(new.ejected(0, now));
+        assert!(!new.ejected(1, now) && !new.ejected(2, now));
+    }
 }
