@@ -28,7 +28,8 @@ TICK=$(getconf CLK_TCK)
 TMP=$(mktemp -d)
 PIDS=()
 cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    # A stopped proxy handles SIGTERM only once continued.
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; kill -CONT "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$TMP"
 }
@@ -50,6 +51,9 @@ start_proxy() {
     cat >"$cfg" <<EOF
 [entryPoints.main]
 address = "127.0.0.1:0"
+[entryPoints.traefik]
+address = "127.0.0.1:0"
+[metrics.prometheus]
 [tcp.routers.r]
 rule = "HostSNI(\`*\`)"
 service = "s"
@@ -67,12 +71,13 @@ EOF
     PROXY=$!
     PIDS+=("$PROXY")
     for _ in $(seq 100); do grep -q 'msg=starting' "$TMP/$name.log" && break; sleep 0.05; done
-    PORT=$(grep -o 'msg=listening.* address=[^ ]*' "$TMP/$name.log" | head -1 | sed 's/.*address=127.0.0.1://')
+    PORT=$(grep 'entrypoint=main ' "$TMP/$name.log" | grep -o 'address=[^ ]*' | head -1 | sed 's/.*address=127.0.0.1://')
+    ADMIN=$(grep 'entrypoint=traefik ' "$TMP/$name.log" | grep -o 'address=[^ ]*' | head -1 | sed 's/.*address=//')
     [[ -n $PORT ]] || { echo "$name did not start: $(cat "$TMP/$name.log")" >&2; exit 1; }
 }
 
 VARIANTS=()
-declare -A BIN LB PORTS PROCS
+declare -A BIN LB PORTS PROCS ADMINS
 if [[ -n $BASE_BIN ]]; then VARIANTS+=(base); BIN[base]=$BASE_BIN; LB[base]=""; fi
 VARIANTS+=(wrr leastConn hrw maxConn)
 BIN[wrr]=$SLUICEGATE_BIN; LB[wrr]=""
@@ -82,6 +87,7 @@ BIN[maxConn]=$SLUICEGATE_BIN; LB[maxConn]=$'strategy = "leastConn"\nmaxConn = 10
 for v in "${VARIANTS[@]}"; do
     start_proxy "$v" "${BIN[$v]}" "${LB[$v]}"
     PORTS[$v]=$PORT
+    ADMINS[$v]=$ADMIN
     PROCS[$v]=$PROXY
     kill -STOP "$PROXY"
 done
@@ -98,7 +104,7 @@ for r in $(seq "$REPEAT"); do
         after=$(cpu_ticks "$pid")
         kill -STOP "$pid"
         jq -c --arg v "$v" --argjson ticks $((after - before)) --argjson hz "$TICK" \
-            '{v: $v, cps: .cps, conns: .connections, errors: .errors, us_per_conn: (if .connections > 0 then $ticks / $hz * 1e6 / .connections else null end)}' \
+            '{v: $v, cps: .cps, conns: .connections, errors: .errors, us_per_conn: (if .connections > 0 then $ticks / $hz * 1e6 / .connections else null end), first_error: .first_error}' \
             <<<"$out" | tee -a "$RESULTS" >&2
         # Let TIME_WAIT from this run settle a little before the next one.
         sleep 1
@@ -114,4 +120,12 @@ for v in "${VARIANTS[@]}"; do
       | ($r | map(.cps)) as $c | ($r | map(.us_per_conn)) as $u
       | "\($v)|\($c | med | floor) [\($c | min | floor), \($c | max | floor)]|\($u | med * 10 | round / 10) [\($u | min * 10 | round / 10), \($u | max * 10 | round / 10)]|\($r | map(.errors) | add)"' "$RESULTS" |
         awk -F'|' '{ printf "%-10s %-32s %-32s %s\n", $1, $2, $3, $4 }'
+done
+# How the proxies' connections ended other than `closed`, and what they
+# warned about: an error count above zero is explained here.
+echo
+for v in "${VARIANTS[@]}"; do
+    kill -CONT "${PROCS[$v]}"
+    curl -s "http://${ADMINS[$v]}/metrics" | grep '^sluicegate_connections_total' | grep -v 'outcome="closed"' | sed "s/^/$v: /" || true
+    grep -E 'level=(warn|error)' "$TMP/$v.log" | sed "s/^/$v: /" | sort | uniq -c | head -5 || true
 done

@@ -655,19 +655,29 @@ fn has_candidate(
 /// weight (`load_a / w_a < load_b / w_b` compared as `load_a * w_b <
 /// load_b * w_a`, exact in integers).
 fn least_loaded(node: &Node, eligible: &mut [bool], j: &Judge<'_>) {
+    // Each load is read once: other workers change them meanwhile, and a
+    // second read could leave no server equal to the minimum of the first.
+    let cost: Vec<(u64, u64)> = (0..eligible.len())
+        .map(|i| {
+            let load = if eligible[i] {
+                j.load(node.children[i])
+            } else {
+                0
+            };
+            (load, node.weights[i].unsigned_abs())
+        })
+        .collect();
     let mut best: Option<(u64, u64)> = None;
-    let cost = |i: usize| (j.load(node.children[i]), node.weights[i].unsigned_abs());
     for i in (0..eligible.len()).filter(|&i| eligible[i]) {
-        let (l, w) = cost(i);
+        let (l, w) = cost[i];
         match best {
             Some((bl, bw)) if u128::from(bl) * u128::from(w) <= u128::from(l) * u128::from(bw) => {}
             _ => best = Some((l, w)),
         }
     }
     let Some((bl, bw)) = best else { return };
-    for (i, e) in eligible.iter_mut().enumerate() {
+    for (e, &(l, w)) in eligible.iter_mut().zip(&cost) {
         if *e {
-            let (l, w) = cost(i);
             *e = u128::from(l) * u128::from(bw) == u128::from(bl) * u128::from(w);
         }
     }
