@@ -181,7 +181,15 @@ fn hrw_keeps_each_client_ip_on_its_server_and_a_lost_server_moves_only_its_own()
     // C stops (its port refuses): its clients fail over, and only they move;
     // they spread over both others.
     let c = b.pop().unwrap();
+    let c_addr = c.addr;
     drop(c);
+    // Its listener closes a moment later (until then a dial can still land
+    // in its backlog and be reset): wait for a refusal.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(c_addr).is_ok() {
+        assert!(Instant::now() < deadline, "C still accepts");
+        thread::sleep(Duration::from_millis(10));
+    }
     let without_c = owners(main);
     for (i, (&was, &is)) in first.iter().zip(&without_c).enumerate() {
         if was == b'C' {
