@@ -1,18 +1,39 @@
-//! Server selection: smooth weighted round robin (nginx's algorithm) over a
-//! tree of services, skipping servers that are down. Pure: no IO, no clocks
-//! (the caller passes `now`), no shared state.
+//! Server selection over a tree of services, skipping servers that are down,
+//! and the per-server load (open connections, wait queue) every worker shares.
 //!
-//! Each worker owns one `Balancer` built from the snapshot, so selection is
-//! deterministic for a given sequence of calls on that worker and needs no
-//! locks. A `loadBalancer` service spreads over its servers by their weights; a
-//! `weighted` service spreads over its child services by their weights, then
-//! the child selects. A server is passed over when
+//! Each worker owns one `Balancer` built from the snapshot: its round-robin
+//! positions and passive ejections need no locks. A `weighted` service
+//! spreads over its child services by their weights (smooth weighted round
+//! robin, nginx's algorithm); a `loadBalancer` service picks one of its
+//! servers by its `strategy` (extension; Traefik's HTTP load balancer has the
+//! key and the values `wrr` and `hrw`):
+//! - `wrr` (default, Traefik's TCP behaviour): smooth weighted round robin;
+//! - `leastConn`: the fewest connections per unit of weight, counting open
+//!   *and* queued connections of every worker (`ServerLoad`, shared atomics),
+//!   as `active * w_other < active_other * w` (nginx's least_conn
+//!   comparison); ties go round robin, so equal loads alternate;
+//! - `hrw`: rendezvous (highest random weight) hashing of the client IP (the
+//!   PROXY-protocol source when the entrypoint trusts it): each server scores
+//!   `weight / -ln(u)` with `u` a hash of (server address as written, client
+//!   IP) mapped into (0, 1), and the highest usable score wins. The hash is
+//!   fixed (FNV-1a of the address, murmur3's 64-bit finalizer to mix), so two
+//!   instances, or one before and after a reload, with the same server list
+//!   send a client to the same server, and a server that goes away (down,
+//!   ejected, removed, weight 0) moves only the clients it had: every other
+//!   client's best score is unchanged.
+//!
+//! A server is passed over when
 //! - it was already tried during this connection's failover (nginx skips them
 //!   the same way, so each server is tried at most once),
 //! - the active health check says it is down (the caller's `up` view of the
 //!   snapshot's `HealthState`), or
 //! - this worker saw `EJECT_AFTER_FAILURES` dial failures in a row to it
 //!   (passive ejection) less than `EJECT_COOLDOWN` ago.
+//!
+//! Preferences, best first: a rested server with room under its `maxConn`;
+//! a rested one that is full (the connection then waits in that server's
+//! queue); an ejected one. `hrw` does not look at room (a client waits for
+//! its own server, as HAProxy's persistence does).
 //!
 //! A weighted child is passed over when it has no server left to try; its
 //! servers' active health counts there only when the weighted service has a
@@ -26,10 +47,25 @@
 //! has its panic threshold), so a service whose backend restarted is not
 //! kept dark for a whole cool-down after it came back. An actively unhealthy
 //! server is never picked (Traefik's behaviour).
+//!
+//! Load and queue (`ServerLoad`): one per server, shared by every worker and
+//! carried over by reloads for the same (service name, server address), so
+//! connections accepted under an older configuration still count and still
+//! free their slot. Without `maxConn` a connection costs one atomic add when
+//! it is dialed and one atomic subtract when it ends. With `maxConn` a
+//! connection takes a slot under the server's lock or joins its FIFO queue;
+//! a slot freed is handed to the head of the queue (so a newcomer never
+//! overtakes a waiter). Waiters look at their grant every `QUEUE_POLL`
+//! (workers are separate runtimes that cannot wake each other's tasks), up
+//! to `queueTimeout`.
 
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::model::{Config, ServiceKind};
+use crate::model::{Config, ServiceKind, Strategy};
 
 /// Index of a server in the flattened server list of a snapshot.
 pub type ServerId = usize;
@@ -42,6 +78,9 @@ pub const EJECT_AFTER_FAILURES: u32 = 3;
 /// connection again (and is ejected again at once if that one fails too).
 /// Short, because active health checks, when configured, do the long-term job.
 pub const EJECT_COOLDOWN: Duration = Duration::from_secs(5);
+/// How often a connection waiting in a server's queue looks at its grant: the
+/// most a slot freed on another worker waits for its taker.
+pub const QUEUE_POLL: Duration = Duration::from_millis(5);
 
 /// `(service index, server index within that service)` for every ServerId:
 /// services in config order, each load balancer's servers in order. The
@@ -56,6 +95,257 @@ pub fn flatten(cfg: &Config) -> Vec<(usize, usize)> {
     out
 }
 
+/// For every ServerId of `new`, the ServerId of the same server in `old`:
+/// same service name, same address as written (the k-th server with that
+/// address in the service, when it is listed several times).
+pub fn matching(new: &Config, old: &Config) -> Vec<Option<ServerId>> {
+    type Key<'c> = (&'c str, &'c str, usize);
+    fn keys(cfg: &Config) -> Vec<Key<'_>> {
+        let mut out = Vec::new();
+        for svc in &cfg.services {
+            if let ServiceKind::LoadBalancer(lb) = &svc.kind {
+                let mut seen: HashMap<&str, usize> = HashMap::new();
+                for s in &lb.servers {
+                    let k = seen.entry(s.address_text.as_str()).or_insert(0);
+                    out.push((svc.name.as_str(), s.address_text.as_str(), *k));
+                    *k += 1;
+                }
+            }
+        }
+        out
+    }
+    let old_ids: HashMap<Key<'_>, ServerId> = keys(old)
+        .into_iter()
+        .enumerate()
+        .map(|(id, k)| (k, id))
+        .collect();
+    keys(new)
+        .into_iter()
+        .map(|k| old_ids.get(&k).copied())
+        .collect()
+}
+
+/// `maxConn` not set.
+const NO_LIMIT: u32 = u32::MAX;
+
+/// Open connections and waiters of one server, across all workers. Aligned
+/// to a cache line so two servers' counters never share one.
+#[derive(Debug)]
+#[repr(align(64))]
+pub struct ServerLoad {
+    /// Connections holding a slot (dialing or open).
+    active: AtomicU32,
+    /// Connections in `queue`.
+    queued: AtomicU32,
+    /// `maxConn`, or `NO_LIMIT`. Changed by a reload.
+    max: AtomicU32,
+    /// Waiters in arrival order; each one's flag is set when it is granted a
+    /// slot. Only used with a limit.
+    queue: Mutex<VecDeque<Arc<AtomicBool>>>,
+}
+
+impl ServerLoad {
+    fn new(max: Option<u32>) -> ServerLoad {
+        ServerLoad {
+            active: AtomicU32::new(0),
+            queued: AtomicU32::new(0),
+            max: AtomicU32::new(max.unwrap_or(NO_LIMIT)),
+            queue: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Connections holding a slot now.
+    pub fn active(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Connections waiting for a slot now.
+    pub fn queued(&self) -> u32 {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// What `leastConn` compares: open plus waiting.
+    fn load(&self) -> u64 {
+        u64::from(self.active()) + u64::from(self.queued())
+    }
+
+    /// Below `maxConn` (a hint: the slot is only taken by `try_acquire`).
+    fn has_room(&self) -> bool {
+        self.active() < self.max.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<AtomicBool>>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A slot now, or `None` when the server is at its `maxConn` (or others
+    /// already wait: they go first).
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
+        let max = self.max.load(Ordering::Relaxed);
+        if max == NO_LIMIT && self.queued() == 0 {
+            self.active.fetch_add(1, Ordering::Relaxed);
+            return Some(Slot(self.clone()));
+        }
+        let q = self.lock();
+        if q.is_empty() && self.active() < max {
+            self.active.fetch_add(1, Ordering::Relaxed);
+            return Some(Slot(self.clone()));
+        }
+        None
+    }
+
+    /// Join the queue (at its end).
+    pub fn enqueue(self: &Arc<Self>) -> Ticket {
+        let granted = Arc::new(AtomicBool::new(false));
+        let mut q = self.lock();
+        q.push_back(granted.clone());
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.dispatch(&mut q);
+        drop(q);
+        Ticket {
+            load: self.clone(),
+            granted,
+            done: false,
+        }
+    }
+
+    /// Hand free slots to the waiters at the head of the queue.
+    fn dispatch(&self, q: &mut VecDeque<Arc<AtomicBool>>) {
+        while self.active() < self.max.load(Ordering::Relaxed) {
+            let Some(w) = q.pop_front() else { break };
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.active.fetch_add(1, Ordering::Relaxed);
+            w.store(true, Ordering::Release);
+        }
+    }
+
+    /// A slot is given back: to the first waiter, if any.
+    fn release(&self) {
+        if self.max.load(Ordering::Relaxed) == NO_LIMIT && self.queued() == 0 {
+            self.active.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let mut q = self.lock();
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        self.dispatch(&mut q);
+    }
+
+    /// A reload changed `maxConn`: a higher limit lets waiters in at once.
+    fn set_max(&self, max: Option<u32>) {
+        let mut q = self.lock();
+        self.max.store(max.unwrap_or(NO_LIMIT), Ordering::Relaxed);
+        self.dispatch(&mut q);
+    }
+}
+
+/// A slot on a server, held from the dial to the connection's end.
+#[derive(Debug)]
+pub struct Slot(Arc<ServerLoad>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// A place in a server's queue; dropping it (timeout, drain cut) leaves the
+/// queue, or gives back the slot it was granted in the meantime.
+#[derive(Debug)]
+pub struct Ticket {
+    load: Arc<ServerLoad>,
+    granted: Arc<AtomicBool>,
+    /// Turned into a `Slot`.
+    done: bool,
+}
+
+impl Ticket {
+    /// The slot, once granted. Also hands out a slot that was freed without
+    /// a grant (a release that raced a reload's new limit), so no waiter
+    /// depends on one particular release.
+    pub fn poll(&mut self) -> Option<Slot> {
+        if !self.done && !self.granted.load(Ordering::Acquire) && self.load.has_room() {
+            let mut q = self.load.lock();
+            self.load.dispatch(&mut q);
+        }
+        if self.done || !self.granted.load(Ordering::Acquire) {
+            return None;
+        }
+        self.done = true;
+        Some(Slot(self.load.clone()))
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut q = self.load.lock();
+        // Under the lock nobody grants, so the flag is final here.
+        if self.granted.load(Ordering::Acquire) {
+            self.load.active.fetch_sub(1, Ordering::Relaxed);
+            self.load.dispatch(&mut q);
+        } else if let Some(i) = q.iter().position(|w| Arc::ptr_eq(w, &self.granted)) {
+            q.remove(i);
+            self.load.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Every server's load of one snapshot, by ServerId.
+#[derive(Debug)]
+pub struct Loads(Vec<Arc<ServerLoad>>);
+
+impl Loads {
+    /// Fresh counters (nothing open, nothing queued).
+    pub fn new(cfg: &Config) -> Loads {
+        let mut out = Vec::new();
+        for svc in &cfg.services {
+            if let ServiceKind::LoadBalancer(lb) = &svc.kind {
+                out.extend(
+                    lb.servers
+                        .iter()
+                        .map(|s| Arc::new(ServerLoad::new(s.max_conn))),
+                );
+            }
+        }
+        Loads(out)
+    }
+
+    /// Take over `old`'s counters and queues for the servers `cfg` keeps
+    /// (same service name and address), with `cfg`'s `maxConn`. Called on
+    /// the snapshot about to be published.
+    pub fn inherit(&mut self, cfg: &Config, old: &Loads, old_cfg: &Config) {
+        let limits: Vec<Option<u32>> = cfg
+            .services
+            .iter()
+            .filter_map(|s| match &s.kind {
+                ServiceKind::LoadBalancer(lb) => Some(lb.servers.iter().map(|s| s.max_conn)),
+                ServiceKind::Weighted(_) => None,
+            })
+            .flatten()
+            .collect();
+        for (id, prev) in matching(cfg, old_cfg).into_iter().enumerate() {
+            let (Some(prev), Some(slot)) = (prev, self.0.get_mut(id)) else {
+                continue;
+            };
+            if let Some(l) = old.0.get(prev) {
+                l.set_max(limits.get(id).copied().flatten());
+                *slot = l.clone();
+            }
+        }
+    }
+
+    pub fn get(&self, id: ServerId) -> Option<&Arc<ServerLoad>> {
+        self.0.get(id)
+    }
+
+    /// The loads, by ServerId.
+    pub fn as_slice(&self) -> &[Arc<ServerLoad>] {
+        &self.0
+    }
+}
+
 #[derive(Debug)]
 struct Node {
     /// Children: server ids for a load balancer, service indices for weighted.
@@ -68,6 +358,10 @@ struct Node {
     health_aware: bool,
     /// A failover service (extension): only the first eligible child.
     failover: bool,
+    /// A load balancer's strategy (weighted nodes: `Wrr`).
+    strategy: Strategy,
+    /// `hrw`: each server's hash of its address as written.
+    seeds: Vec<u64>,
 }
 
 /// This worker's recent dial results for one server.
@@ -89,6 +383,22 @@ pub struct Balancer {
     passive: Vec<Passive>,
 }
 
+/// What a pick may look at besides health: the shared loads (`leastConn`,
+/// `maxConn`) and the client's address (`hrw`).
+#[derive(Clone, Copy)]
+pub struct Seen<'a> {
+    pub loads: &'a [Arc<ServerLoad>],
+    pub client: IpAddr,
+}
+
+impl Seen<'_> {
+    /// No loads (every server empty, no limit), no client address.
+    pub const NONE: Seen<'static> = Seen {
+        loads: &[],
+        client: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+    };
+}
+
 impl Balancer {
     pub fn new(cfg: &Config) -> Balancer {
         let servers = flatten(cfg);
@@ -106,6 +416,12 @@ impl Balancer {
                         leaf: true,
                         health_aware: true,
                         failover: false,
+                        strategy: lb.strategy,
+                        seeds: lb
+                            .servers
+                            .iter()
+                            .map(|s| server_seed(&s.address_text))
+                            .collect(),
                     }
                 }
                 ServiceKind::Weighted(ws) => Node {
@@ -115,6 +431,8 @@ impl Balancer {
                     leaf: false,
                     health_aware: svc.weighted_health_check,
                     failover: svc.failover,
+                    strategy: Strategy::Wrr,
+                    seeds: Vec::new(),
                 },
             };
             nodes.push(node);
@@ -131,15 +449,24 @@ impl Balancer {
         }
     }
 
+    /// Keep this worker's passive ejections across a reload: `map` is
+    /// `matching(new config, old config)`, `old` the balancer of the old
+    /// snapshot.
+    pub fn inherit(&mut self, map: &[Option<ServerId>], old: &Balancer) {
+        for (p, prev) in self.passive.iter_mut().zip(map) {
+            if let Some(o) = prev.and_then(|i| old.passive.get(i)) {
+                *p = *o;
+            }
+        }
+    }
+
     /// `(service index, server index)` of a server id.
     pub fn server(&self, id: ServerId) -> (usize, usize) {
         self.servers[id]
     }
 
-    /// Pick the next server of `service`, skipping the ids in `tried`, the
-    /// servers `up` says are down, and (unless nothing else is left) the
-    /// servers this worker ejected after repeated dial failures. `None` when
-    /// no server with a non-zero weight is left.
+    /// `pick_seen` without loads or client address (round robin as if every
+    /// server were empty; `hrw` then hashes the unspecified address).
     pub fn pick(
         &mut self,
         service: usize,
@@ -147,19 +474,29 @@ impl Balancer {
         up: &impl Fn(ServerId) -> bool,
         now: Instant,
     ) -> Option<ServerId> {
-        let passive = &self.passive;
-        let untried = |id: ServerId| !tried.contains(&id);
-        let rested =
-            |id: ServerId| untried(id) && passive[id].ejected_until.is_none_or(|t| now >= t);
-        let usable = |id: ServerId| untried(id) && up(id);
-        let fresh = |id: ServerId| rested(id) && up(id);
-        let tests = Tests {
-            fresh: &fresh,
-            fresh_reach: &rested,
-            usable: &usable,
-            usable_reach: &untried,
+        self.pick_seen(service, tried, up, now, Seen::NONE)
+    }
+
+    /// Pick the next server of `service`, skipping the ids in `tried` and
+    /// the servers `up` says are down, preferring rested servers (not
+    /// ejected by this worker after repeated dial failures) with room under
+    /// their `maxConn`. `None` when no server with a non-zero weight is left.
+    pub fn pick_seen(
+        &mut self,
+        service: usize,
+        tried: &[ServerId],
+        up: &impl Fn(ServerId) -> bool,
+        now: Instant,
+        seen: Seen<'_>,
+    ) -> Option<ServerId> {
+        let judge = Judge {
+            tried,
+            up,
+            passive: &self.passive,
+            loads: seen.loads,
+            now,
         };
-        pick_in(&mut self.nodes, service, &tests)
+        pick_in(&mut self.nodes, service, &judge, seen)
     }
 
     /// Record a dial result. Returns true when this failure ejects the server
@@ -187,53 +524,110 @@ impl Balancer {
     }
 }
 
-/// What a server must pass to be picked: the preferred test, and the last
-/// resort when no child of a node passes it (ejected servers); each with a
-/// `reach` form without the health verdicts, for children of a weighted node
-/// that does not follow its children's health.
-struct Tests<'t> {
-    fresh: &'t dyn Fn(ServerId) -> bool,
-    fresh_reach: &'t dyn Fn(ServerId) -> bool,
-    usable: &'t dyn Fn(ServerId) -> bool,
-    usable_reach: &'t dyn Fn(ServerId) -> bool,
+/// One level of preference: what a server must be, beyond untried and (where
+/// health counts) up.
+#[derive(Clone, Copy)]
+struct Tier {
+    /// Not passively ejected.
+    rested: bool,
+    /// Below its `maxConn` (not asked of `hrw` servers).
+    room: bool,
+}
+
+/// Best first; the last one is the last resort (ejected servers).
+const TIERS: [Tier; 3] = [
+    Tier {
+        rested: true,
+        room: true,
+    },
+    Tier {
+        rested: true,
+        room: false,
+    },
+    Tier {
+        rested: false,
+        room: false,
+    },
+];
+
+/// Judges servers for one pick.
+struct Judge<'t> {
+    tried: &'t [ServerId],
+    up: &'t dyn Fn(ServerId) -> bool,
+    passive: &'t [Passive],
+    loads: &'t [Arc<ServerLoad>],
+    now: Instant,
+}
+
+impl Judge<'_> {
+    /// Whether server `id` passes `tier`; `health`: the active verdict
+    /// counts (see `Node::health_aware`); `sticky`: its load balancer is
+    /// `hrw`.
+    fn ok(&self, id: ServerId, tier: Tier, health: bool, sticky: bool) -> bool {
+        !self.tried.contains(&id)
+            && (!health || (self.up)(id))
+            && (!tier.rested || self.passive[id].ejected_until.is_none_or(|t| self.now >= t))
+            && (!tier.room || sticky || self.loads.get(id).is_none_or(|l| l.has_room()))
+    }
+
+    fn load(&self, id: ServerId) -> u64 {
+        self.loads.get(id).map_or(0, |l| l.load())
+    }
 }
 
 /// Walk down from `service` to a server. At each node the children with a
-/// server passing `fresh` are eligible, else those with one passing
-/// `usable`. Preferring at every level is the same as preferring over the
-/// whole tree: a child is eligible only if a server below it passes.
-fn pick_in(nodes: &mut [Node], service: usize, t: &Tests<'_>) -> Option<ServerId> {
+/// server passing the first tier some child passes are eligible.
+/// Preferring at every level is the same as preferring over the whole tree:
+/// a child is eligible only if a server below it passes.
+fn pick_in(nodes: &mut [Node], service: usize, j: &Judge<'_>, seen: Seen<'_>) -> Option<ServerId> {
     // The config build step rejects cycles, so the depth is bounded by the
     // number of services.
     let mut node_idx = service;
     for _ in 0..=nodes.len() {
         let slot = {
             let node = &nodes[node_idx];
-            let eligible_by = |ok: &dyn Fn(ServerId) -> bool, reach: &dyn Fn(ServerId) -> bool| {
+            let sticky = node.strategy == Strategy::Hrw;
+            let eligible_by = |tier: Tier| {
                 (0..node.children.len())
                     .map(|i| {
                         node.weights[i] > 0
                             && if node.leaf {
-                                ok(node.children[i])
-                            } else if node.health_aware {
-                                has_candidate(nodes, node.children[i], ok, 0)
+                                j.ok(node.children[i], tier, true, sticky)
                             } else {
-                                has_candidate(nodes, node.children[i], reach, 0)
+                                has_candidate(
+                                    nodes,
+                                    node.children[i],
+                                    j,
+                                    tier,
+                                    node.health_aware,
+                                    0,
+                                )
                             }
                     })
                     .collect::<Vec<bool>>()
             };
-            let mut eligible = eligible_by(t.fresh, t.fresh_reach);
-            if !eligible.contains(&true) {
-                eligible = eligible_by(t.usable, t.usable_reach);
+            let mut eligible = Vec::new();
+            for tier in TIERS {
+                eligible = eligible_by(tier);
+                if eligible.contains(&true) {
+                    break;
+                }
             }
+            let node = &mut nodes[node_idx];
             if node.failover {
                 // `service` while it has a server to give, else `fallback`.
                 if let Some(first) = eligible.iter().position(|&e| e) {
                     eligible.iter_mut().skip(first + 1).for_each(|e| *e = false);
                 }
             }
-            smooth_pick(&mut nodes[node_idx], &eligible)?
+            match node.strategy {
+                Strategy::Wrr => smooth_pick(node, &eligible)?,
+                Strategy::LeastConn => {
+                    least_loaded(node, &mut eligible, j);
+                    smooth_pick(node, &eligible)?
+                }
+                Strategy::Hrw => highest_score(node, &eligible, client_key(seen.client))?,
+            }
         };
         let node = &nodes[node_idx];
         if node.leaf {
@@ -247,21 +641,110 @@ fn pick_in(nodes: &mut [Node], service: usize, t: &Tests<'_>) -> Option<ServerId
 fn has_candidate(
     nodes: &[Node],
     service: usize,
-    ok: &dyn Fn(ServerId) -> bool,
+    j: &Judge<'_>,
+    tier: Tier,
+    health: bool,
     depth: usize,
 ) -> bool {
     if depth > nodes.len() {
         return false;
     }
     let node = &nodes[service];
+    let sticky = node.strategy == Strategy::Hrw;
     node.children.iter().zip(&node.weights).any(|(&c, &w)| {
         w > 0
             && if node.leaf {
-                ok(c)
+                j.ok(c, tier, health, sticky)
             } else {
-                has_candidate(nodes, c, ok, depth + 1)
+                has_candidate(nodes, c, j, tier, health, depth + 1)
             }
     })
+}
+
+/// Keep only the eligible servers with the fewest connections per unit of
+/// weight (`load_a / w_a < load_b / w_b` compared as `load_a * w_b <
+/// load_b * w_a`, exact in integers).
+fn least_loaded(node: &Node, eligible: &mut [bool], j: &Judge<'_>) {
+    // Each load is read once: other workers change them meanwhile, and a
+    // second read could leave no server equal to the minimum of the first.
+    let cost: Vec<(u64, u64)> = (0..eligible.len())
+        .map(|i| {
+            let load = if eligible[i] {
+                j.load(node.children[i])
+            } else {
+                0
+            };
+            (load, node.weights[i].unsigned_abs())
+        })
+        .collect();
+    let mut best: Option<(u64, u64)> = None;
+    for i in (0..eligible.len()).filter(|&i| eligible[i]) {
+        let (l, w) = cost[i];
+        match best {
+            Some((bl, bw)) if u128::from(bl) * u128::from(w) <= u128::from(l) * u128::from(bw) => {}
+            _ => best = Some((l, w)),
+        }
+    }
+    let Some((bl, bw)) = best else { return };
+    for (e, &(l, w)) in eligible.iter_mut().zip(&cost) {
+        if *e {
+            *e = u128::from(l) * u128::from(bw) == u128::from(bl) * u128::from(w);
+        }
+    }
+}
+
+/// murmur3's 64-bit finalizer: every input bit flips each output bit with
+/// probability about 1/2.
+fn mix64(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^= x >> 33;
+    x
+}
+
+/// `hrw`: a server's identity is its address as written in the config.
+fn server_seed(address: &str) -> u64 {
+    // FNV-1a 64.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in address.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    mix64(h)
+}
+
+/// `hrw`: the client's identity is its IP (canonical: an IPv4 client of a
+/// `[::]` listener is its IPv4 address).
+fn client_key(ip: IpAddr) -> u64 {
+    match ip.to_canonical() {
+        IpAddr::V4(a) => mix64(u64::from(u32::from(a)) | (4 << 32)),
+        IpAddr::V6(a) => {
+            let v = u128::from(a);
+            mix64(mix64((v >> 64) as u64 ^ (6 << 56)) ^ v as u64)
+        }
+    }
+}
+
+/// `hrw`: `weight / -ln(u)` with `u` uniform in (0, 1) from the pair's hash
+/// (the weighted rendezvous score: a server of weight 2 wins twice as often
+/// as one of weight 1).
+fn hrw_score(seed: u64, client: u64, weight: i64) -> f64 {
+    let h = mix64(seed ^ client);
+    let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    weight as f64 / -u.ln()
+}
+
+fn highest_score(node: &Node, eligible: &[bool], client: u64) -> Option<usize> {
+    let mut best: Option<(usize, f64)> = None;
+    for i in (0..eligible.len()).filter(|&i| eligible[i]) {
+        let s = hrw_score(node.seeds[i], client, node.weights[i]);
+        if best.is_none_or(|(_, b)| s > b) {
+            best = Some((i, s));
+        }
+    }
+    best.map(|(i, _)| i)
 }
 
 /// nginx `ngx_http_upstream_get_peer`: every eligible child gains its weight,
@@ -296,6 +779,10 @@ mod tests {
             leaf: true,
             health_aware: true,
             failover: false,
+            strategy: Strategy::Wrr,
+            seeds: (0..weights.len())
+                .map(|i| server_seed(&format!("s{i}")))
+                .collect(),
         }
     }
 
@@ -326,6 +813,8 @@ mod tests {
                     leaf: false,
                     health_aware,
                     failover: false,
+                    strategy: Strategy::Wrr,
+                    seeds: Vec::new(),
                 },
                 lb_node(&[1], 0),
                 lb_node(&[1], 1),
@@ -481,5 +970,225 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(c.pick(0, &[], &all_up, now), Some(1));
         }
+    }
+
+    fn with_strategy(mut b: Balancer, strategy: Strategy) -> Balancer {
+        for n in &mut b.nodes {
+            if n.leaf {
+                n.strategy = strategy;
+            }
+        }
+        b
+    }
+
+    fn loads(limits: &[Option<u32>]) -> Vec<Arc<ServerLoad>> {
+        limits
+            .iter()
+            .map(|&m| Arc::new(ServerLoad::new(m)))
+            .collect()
+    }
+
+    fn seen(loads: &[Arc<ServerLoad>], client: IpAddr) -> Seen<'_> {
+        Seen { loads, client }
+    }
+
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn least_conn_counts_every_workers_connections() {
+        // Two workers (two balancers) over one shared set of loads.
+        let l = loads(&[None, None, None]);
+        let mut w1 = with_strategy(one_lb(&[1, 1, 1]), Strategy::LeastConn);
+        let mut w2 = with_strategy(one_lb(&[1, 1, 1]), Strategy::LeastConn);
+        let now = Instant::now();
+        let mut slots = Vec::new();
+        let take = |b: &mut Balancer, slots: &mut Vec<(usize, Slot)>| {
+            let id = b.pick_seen(0, &[], &all_up, now, seen(&l, LOCAL)).unwrap();
+            slots.push((id, l[id].try_acquire().unwrap()));
+            id
+        };
+        // Equal loads go round robin on each worker; what one worker holds
+        // steers the other.
+        assert_eq!(take(&mut w1, &mut slots), 0);
+        assert_eq!(take(&mut w2, &mut slots), 1);
+        assert_eq!(take(&mut w2, &mut slots), 2);
+        assert_eq!(take(&mut w1, &mut slots), 1);
+        assert_eq!(
+            l.iter().map(|x| x.active()).collect::<Vec<_>>(),
+            vec![1, 2, 1]
+        );
+        // Closing both connections on server 1 makes it the least loaded
+        // for both workers.
+        slots.retain(|(id, _)| *id != 1);
+        assert_eq!(l[1].active(), 0);
+        assert_eq!(take(&mut w2, &mut slots), 1);
+        // Weights: 2:1 means server 0 takes twice as many.
+        let l = loads(&[None, None]);
+        let mut b = with_strategy(one_lb(&[2, 1]), Strategy::LeastConn);
+        let mut held = Vec::new();
+        for _ in 0..30 {
+            let id = b.pick_seen(0, &[], &all_up, now, seen(&l, LOCAL)).unwrap();
+            held.push(l[id].try_acquire().unwrap());
+        }
+        assert_eq!((l[0].active(), l[1].active()), (20, 10));
+    }
+
+    #[test]
+    fn max_conn_queue_is_fifo_and_a_released_slot_goes_to_the_head() {
+        let l = loads(&[Some(2)]);
+        let s = &l[0];
+        let a = s.try_acquire().unwrap();
+        let _b = s.try_acquire().unwrap();
+        assert!(s.try_acquire().is_none());
+        let mut t1 = s.enqueue();
+        let mut t2 = s.enqueue();
+        let t3 = s.enqueue();
+        assert_eq!((s.active(), s.queued()), (2, 3));
+        assert!(t1.poll().is_none() && t2.poll().is_none());
+        // A newcomer does not overtake the queue once a slot frees.
+        drop(a);
+        assert!(s.try_acquire().is_none());
+        assert_eq!((s.active(), s.queued()), (2, 2));
+        assert!(t2.poll().is_none());
+        let c = t1.poll().unwrap();
+        // A waiter that gives up leaves the queue; one granted and dropped
+        // before it took its slot gives the slot on.
+        drop(t3);
+        assert_eq!((s.active(), s.queued()), (2, 1));
+        drop(c);
+        drop(t2);
+        assert_eq!((s.active(), s.queued()), (1, 0));
+        // A reload raising the limit lets waiters in at once.
+        let mut t4 = s.enqueue();
+        assert!(t4.poll().unwrap().0.active() >= 1);
+        let _x = s.try_acquire().unwrap();
+        let mut t5 = s.enqueue();
+        assert!(t5.poll().is_none());
+        s.set_max(Some(3));
+        assert!(t5.poll().is_some());
+    }
+
+    #[test]
+    fn full_servers_are_passed_over_while_another_has_room() {
+        let l = loads(&[Some(1), Some(1)]);
+        let mut b = one_lb(&[1, 1]);
+        let now = Instant::now();
+        let first = b.pick_seen(0, &[], &all_up, now, seen(&l, LOCAL)).unwrap();
+        let _s = l[first].try_acquire().unwrap();
+        for _ in 0..4 {
+            assert_eq!(
+                b.pick_seen(0, &[], &all_up, now, seen(&l, LOCAL)),
+                Some(1 - first)
+            );
+        }
+        // Both full: still a pick (the connection waits in its queue).
+        let _t = l[1 - first].try_acquire().unwrap();
+        assert!(b.pick_seen(0, &[], &all_up, now, seen(&l, LOCAL)).is_some());
+    }
+
+    fn hrw_owner(b: &mut Balancer, client: IpAddr, up: &impl Fn(ServerId) -> bool) -> usize {
+        b.pick_seen(0, &[], up, Instant::now(), seen(&[], client))
+            .unwrap()
+    }
+
+    #[test]
+    fn hrw_is_stable_spreads_and_moves_only_the_clients_of_a_lost_server() {
+        let mut b = with_strategy(one_lb(&[1, 1, 1, 1]), Strategy::Hrw);
+        let clients: Vec<IpAddr> = (0..2000u32)
+            .map(|i| IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)))
+            .collect();
+        let owners: Vec<usize> = clients
+            .iter()
+            .map(|&c| hrw_owner(&mut b, c, &all_up))
+            .collect();
+        // The same answer every time, and from another balancer (instance).
+        let mut other = with_strategy(one_lb(&[1, 1, 1, 1]), Strategy::Hrw);
+        for (&c, &o) in clients.iter().zip(&owners) {
+            assert_eq!(hrw_owner(&mut b, c, &all_up), o);
+            assert_eq!(hrw_owner(&mut other, c, &all_up), o);
+        }
+        let mut counts = [0usize; 4];
+        for &o in &owners {
+            counts[o] += 1;
+        }
+        // 500 expected each; sd about 19.
+        assert!(
+            counts.iter().all(|&n| (420..=580).contains(&n)),
+            "{counts:?}"
+        );
+        // Server 2 down: only its clients move, spread over the others.
+        let up = |id: ServerId| id != 2;
+        let mut moved = [0usize; 4];
+        for (&c, &o) in clients.iter().zip(&owners) {
+            let now_at = hrw_owner(&mut b, c, &up);
+            if o == 2 {
+                moved[now_at] += 1;
+            } else {
+                assert_eq!(now_at, o, "{c} moved from a healthy server");
+            }
+        }
+        assert_eq!(moved[2], 0);
+        assert!(
+            moved.iter().enumerate().all(|(i, &n)| i == 2 || n > 100),
+            "{moved:?}"
+        );
+        // Weights: 3:1 gives about 3/4 to server 0.
+        let mut w = with_strategy(one_lb(&[3, 1]), Strategy::Hrw);
+        let zero = clients
+            .iter()
+            .filter(|&&c| hrw_owner(&mut w, c, &all_up) == 0)
+            .count();
+        assert!((1400..=1600).contains(&zero), "{zero}");
+    }
+
+    #[test]
+    fn matching_follows_service_name_and_address() {
+        let dir = std::env::temp_dir().join(format!("sluicegate-balance-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let load = |name: &str, servers: &[&str]| {
+            let mut text = String::from(
+                "[entryPoints.main]\naddress = \"127.0.0.1:0\"\n[tcp.routers.r]\nrule = \"HostSNI(`*`)\"\nservice = \"a\"\n[tcp.services.a.loadBalancer]\n[[tcp.services.a.loadBalancer.servers]]\naddress = \"127.0.0.1:1\"\n",
+            );
+            text.push_str(&format!("[tcp.services.{name}.loadBalancer]\n"));
+            for s in servers {
+                text.push_str(&format!(
+                    "[[tcp.services.{name}.loadBalancer.servers]]\naddress = \"{s}\"\n"
+                ));
+            }
+            let p = dir.join(format!("{name}-{}.toml", servers.len()));
+            std::fs::write(&p, text).unwrap();
+            crate::config::load(&p).unwrap()
+        };
+        let old = load("b", &["127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:2"]);
+        let new = load("b", &["127.0.0.1:3", "127.0.0.1:2", "127.0.0.1:4"]);
+        assert_eq!(matching(&new, &old), vec![Some(0), Some(2), Some(1), None]);
+        // A renamed service is another service.
+        let renamed = load("c", &["127.0.0.1:2"]);
+        assert_eq!(matching(&renamed, &old), vec![Some(0), None]);
+        // Loads carried over keep their counts and take the new limits.
+        let old_loads = Loads::new(&old);
+        let held = old_loads.get(2).unwrap().try_acquire().unwrap();
+        let mut new_loads = Loads::new(&new);
+        new_loads.inherit(&new, &old_loads, &old);
+        // Old id 2 (127.0.0.1:3) is new id 1.
+        assert_eq!(new_loads.get(1).unwrap().active(), 1);
+        assert_eq!(new_loads.get(3).unwrap().active(), 0);
+        drop(held);
+        assert_eq!(new_loads.get(1).unwrap().active(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn passive_ejections_follow_their_server_into_the_next_snapshot() {
+        let now = Instant::now();
+        let mut old = one_lb(&[1, 1]);
+        for _ in 0..EJECT_AFTER_FAILURES {
+            old.dial_result(1, false, now);
+        }
+        // The next snapshot lists the servers the other way round, plus one.
+        let mut new = one_lb(&[1, 1, 1]);
+        new.inherit(&[Some(1), Some(0), None], &old);
+        assert!(new.ejected(0, now));
+        assert!(!new.ejected(1, now) && !new.ejected(2, now));
     }
 }

@@ -458,7 +458,7 @@ fn reload_loop(
 /// Publish a loaded snapshot; an invalid config keeps the old snapshot.
 fn apply(shared: &Shared, loaded: Loaded, why: &str) {
     match loaded {
-        Ok((snap, warnings)) => {
+        Ok((mut snap, warnings)) => {
             let old = shared.current();
             if let Err(why_not) = same_listeners(&old.config, &snap.config) {
                 log!(
@@ -491,6 +491,8 @@ fn apply(shared: &Shared, loaded: Loaded, why: &str) {
             // Known-down servers stay down until the new checks say
             // otherwise; then the checks move to the new snapshot.
             health::inherit(&snap, &old);
+            // Open connections and queues stay counted (balance.rs).
+            snap.loads.inherit(&snap.config, &old.loads, &old.config);
             let graces: Vec<Duration> = removed
                 .iter()
                 .map(|&ep| old.config.entrypoints[ep].grace_timeout)

@@ -385,7 +385,40 @@ impl Registry {
                 );
             }
         }
+        server_loads(&mut out, snap);
         out
+    }
+}
+
+/// Open and queued connections per server, across workers (balance.rs).
+fn server_loads(out: &mut String, snap: &Snapshot) {
+    let cfg = &snap.config;
+    let servers = crate::balance::flatten(cfg);
+    let families = [
+        (
+            "sluicegate_server_connections",
+            "Connections holding a slot on a server (dialing or open), across workers; what leastConn and maxConn count.",
+        ),
+        (
+            "sluicegate_server_queued",
+            "Connections waiting in a server's queue for a slot under its maxConn.",
+        ),
+    ];
+    for (k, (name, help)) in families.iter().enumerate() {
+        header(out, name, "gauge", help);
+        for (id, &(si, i)) in servers.iter().enumerate() {
+            let (crate::model::ServiceKind::LoadBalancer(lb), Some(load)) =
+                (&cfg.services[si].kind, snap.loads.get(id))
+            else {
+                continue;
+            };
+            let labels = [
+                ("service", cfg.services[si].name.as_str()),
+                ("server", lb.servers[i].address_text.as_str()),
+            ];
+            let v = if k == 0 { load.active() } else { load.queued() };
+            sample(out, name, &labels, u64::from(v));
+        }
     }
 }
 
@@ -574,6 +607,8 @@ address = "127.0.0.1:9"
             "sluicegate_service_bytes_total{service=\"s\",direction=\"down\"} 21",
             "sluicegate_server_dial_failures_total{service=\"s\",server=\"127.0.0.1:9\"} 2",
             "sluicegate_server_up{service=\"s\",server=\"127.0.0.1:9\"} 1",
+            "sluicegate_server_connections{service=\"s\",server=\"127.0.0.1:9\"} 0",
+            "sluicegate_server_queued{service=\"s\",server=\"127.0.0.1:9\"} 0",
             "sluicegate_local_resource_errors_total{kind=\"emfile\"} 2",
             "sluicegate_local_resource_errors_total{kind=\"eaddrnotavail\"} 0",
         ] {
@@ -583,7 +618,7 @@ address = "127.0.0.1:9"
             );
         }
         // Every sample has HELP and TYPE lines.
-        assert_eq!(text.matches("# HELP ").count(), 11);
-        assert_eq!(text.matches("# TYPE ").count(), 11);
+        assert_eq!(text.matches("# HELP ").count(), 13);
+        assert_eq!(text.matches("# TYPE ").count(), 13);
     }
 }

@@ -213,6 +213,38 @@ pub struct LoadBalancer {
     /// (17+ servers take direct TLS; other TLS servers never see an
     /// SSLRequest they would not understand).
     pub pg_ssl_request_first: bool,
+    /// Extension `strategy`: how a server is chosen (default `wrr`).
+    pub strategy: Strategy,
+    /// Extension `queueTimeout`: how long a connection waits for a slot on a
+    /// server at its `maxConn`; `None` = the transport's `dialTimeout`
+    /// (HAProxy's `timeout queue` defaults to `timeout connect` alike).
+    pub queue_timeout: Option<Duration>,
+}
+
+/// Extension `loadBalancer.strategy` (Traefik's HTTP load balancer has the
+/// key, with `wrr` as default and `hrw` for rendezvous hashing; its TCP one
+/// has none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// Smooth weighted round robin (Traefik's only TCP behaviour).
+    #[default]
+    Wrr,
+    /// Fewest open (and queued) connections per unit of weight, counted
+    /// across all workers; ties in round-robin order.
+    LeastConn,
+    /// Rendezvous (highest random weight) hashing of the client IP: a client
+    /// keeps its server while that server is usable.
+    Hrw,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Wrr => "wrr",
+            Strategy::LeastConn => "leastConn",
+            Strategy::Hrw => "hrw",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -227,6 +259,10 @@ pub struct Server {
     /// the router (terminating, passthrough or plain TCP), configured by the
     /// transport's `tls` table. The table alone never turns TLS on.
     pub tls: bool,
+    /// Extension `maxConn` (the server's or the load balancer's): open
+    /// connections to this server across all workers; more wait in its
+    /// queue. `None` = no limit.
+    pub max_conn: Option<u32>,
 }
 
 #[derive(Debug, Clone)]

@@ -71,6 +71,9 @@ enum Early {
     /// The service has no server that may be picked: none with a non-zero
     /// weight, or every one is down by its active health check.
     NoServer,
+    /// The picked server stayed at its `maxConn` for the whole
+    /// `queueTimeout` (balance.rs).
+    QueueTimeout,
     /// Closed before routing (deadline, bad PROXY header, huge hello, ...).
     Peek(PeekError),
     /// The PostgreSQL backend refused or failed our SSLRequest.
@@ -98,6 +101,7 @@ impl Early {
             Early::DialFailed => "dial_failed",
             Early::LocalResource(_) => "local_resource_exhausted",
             Early::NoServer => "no_server",
+            Early::QueueTimeout => "queue_timeout",
             Early::Peek(p) => p.as_str(),
             Early::BackendRefusedTls => "backend_refused_tls",
             Early::BackendWrite => "backend_write_failed",
@@ -459,7 +463,10 @@ async fn run<'a>(
     }
 
     acc.service = Some(router.service);
-    let (backend, lb_service, server_idx) = Box::pin(dial_service(ws, router.service, acc)).await?;
+    // `_slot`: this connection's place in the server's count (leastConn,
+    // maxConn), held until the connection ends.
+    let (backend, lb_service, server_idx, _slot) =
+        Box::pin(dial_service(ws, router.service, acc, client_ip)).await?;
     cut.set_backend(backend.as_raw_fd());
     let ServiceKind::LoadBalancer(lb) = &cfg.services[lb_service].kind else {
         return Err(Early::NoServer);
@@ -809,12 +816,15 @@ async fn pg_ssl_request(backend: &TcpStream, limit: Duration) -> Result<(), Earl
 const HOLD_POLL: Duration = Duration::from_millis(20);
 
 /// Pick and dial servers of `service` until one accepts; each server at most
-/// once. Returns the stream and the load-balancer service that owns it.
+/// once. Returns the stream, the load-balancer service that owns it, the
+/// server's index there and the connection's slot on it. `client_ip` (the
+/// trusted PROXY source, if any) is what `hrw` hashes.
 async fn dial_service<'a>(
     ws: &'a WorkerSnap,
     service: usize,
     acc: &mut Access<'a>,
-) -> Result<(TcpStream, usize, usize), Early> {
+    client_ip: IpAddr,
+) -> Result<(TcpStream, usize, usize, crate::balance::Slot), Early> {
     let cfg = &ws.snap.config;
     let mut tried = Vec::new();
     let health = &ws.snap.health;
@@ -823,12 +833,16 @@ async fn dial_service<'a>(
     // up to the hold, looking again every HOLD_POLL. A cut (drain) drops
     // this phase like any other.
     let mut held: Option<Instant> = None;
+    let seen = crate::balance::Seen {
+        loads: ws.snap.loads.as_slice(),
+        client: client_ip,
+    };
     loop {
         let now = Instant::now();
-        let picked = ws
-            .balancer
-            .borrow_mut()
-            .pick(service, &tried, &|id| health.is_up(id), now);
+        let picked =
+            ws.balancer
+                .borrow_mut()
+                .pick_seen(service, &tried, &|id| health.is_up(id), now, seen);
         let Some(id) = picked else {
             // Also after failed dials: in a switchover the old primary stops
             // taking connections a little before its check says so; its
@@ -860,6 +874,17 @@ async fn dial_service<'a>(
         let server = &lb.servers[idx];
         let transport = &cfg.transports[lb.transport];
         acc.server = Some(&server.address_text);
+        let Some(load) = ws.snap.loads.get(id) else {
+            continue;
+        };
+        // A slot first (maxConn): at once, or after waiting in the queue.
+        let slot = match load.try_acquire() {
+            Some(slot) => slot,
+            None => {
+                let limit = lb.queue_timeout.unwrap_or(transport.dial_timeout);
+                Box::pin(wait_in_queue(load, limit)).await?
+            }
+        };
         match dial(
             server.address,
             transport.dial_timeout,
@@ -869,7 +894,7 @@ async fn dial_service<'a>(
         {
             Ok(s) => {
                 ws.balancer.borrow_mut().dial_result(id, true, now);
-                return Ok((s, si, idx));
+                return Ok((s, si, idx, slot));
             }
             Err(e) => {
                 let svc_name = &cfg.services[si].name;
@@ -906,6 +931,26 @@ async fn dial_service<'a>(
                 }
             }
         }
+    }
+}
+
+/// Wait in `load`'s queue for a slot, up to `limit`. Dropped (a drain cut),
+/// the ticket leaves the queue.
+async fn wait_in_queue(
+    load: &std::sync::Arc<crate::balance::ServerLoad>,
+    limit: Duration,
+) -> Result<crate::balance::Slot, Early> {
+    let mut ticket = load.enqueue();
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(slot) = ticket.poll() {
+            return Ok(slot);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Early::QueueTimeout);
+        }
+        monoio::time::sleep(crate::balance::QUEUE_POLL.min(deadline - now)).await;
     }
 }
 

@@ -60,6 +60,9 @@ pub struct Snapshot {
     /// Active health-check verdicts, one flag per server (by ServerId); the
     /// control plane's checkers write them, workers read them when picking.
     pub health: crate::health::HealthState,
+    /// Open and queued connections per server (by ServerId), shared by every
+    /// worker; a reload hands them on (`balance::Loads::inherit`).
+    pub loads: crate::balance::Loads,
 }
 
 impl Snapshot {
@@ -69,11 +72,13 @@ impl Snapshot {
         let routes = RouteTable::new(&config);
         let tls = crate::tls::TlsState::build(&config).map_err(|e| e.join("\n"))?;
         let health = crate::health::HealthState::new(&config);
+        let loads = crate::balance::Loads::new(&config);
         Ok(Snapshot {
             config,
             routes,
             tls,
             health,
+            loads,
         })
     }
 }
@@ -313,6 +318,18 @@ impl WorkerSnap {
     fn new(snap: Arc<Snapshot>) -> Rc<WorkerSnap> {
         let balancer = RefCell::new(Balancer::new(&snap.config));
         Rc::new(WorkerSnap { snap, balancer })
+    }
+
+    /// The next snapshot, keeping this worker's passive ejections of the
+    /// servers it keeps.
+    fn renew(&self, snap: Arc<Snapshot>) -> Rc<WorkerSnap> {
+        let mut balancer = Balancer::new(&snap.config);
+        let map = crate::balance::matching(&snap.config, &self.snap.config);
+        balancer.inherit(&map, &self.balancer.borrow());
+        Rc::new(WorkerSnap {
+            snap,
+            balancer: RefCell::new(balancer),
+        })
     }
 }
 
@@ -707,7 +724,8 @@ impl Current {
         let g = shared.generation.load(Ordering::Acquire);
         if g != self.seen.get() {
             self.seen.set(g);
-            *self.snap.borrow_mut() = WorkerSnap::new(shared.current());
+            let next = self.snap.borrow().renew(shared.current());
+            *self.snap.borrow_mut() = next;
         }
         self.snap.borrow().clone()
     }

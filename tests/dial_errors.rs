@@ -150,21 +150,6 @@ fn echo_once(addr: SocketAddr) -> Option<TcpStream> {
     (&b == b"ping").then_some(s)
 }
 
-fn metrics(admin: SocketAddr) -> String {
-    let mut s = TcpStream::connect(admin).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let (raw, _) = read_to_end(&mut s);
-    String::from_utf8_lossy(&raw).into_owned()
-}
-
-fn sample(metrics: &str, series: &str) -> Option<u64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[test]
 fn running_out_of_descriptors_at_dial_does_not_blame_the_server() {
     if !require_tool("prlimit", "util-linux") {

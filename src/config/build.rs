@@ -400,6 +400,7 @@ fn services(
                             address: addr,
                             weight: srv.weight,
                             tls: srv.tls,
+                            max_conn: srv.max_conn.or(lb.max_conn),
                         }),
                         Err(e) => d.error(a.at, format!("service `{}`: {e}", s.name.v)),
                     }
@@ -420,6 +421,17 @@ fn services(
                             s.name.v
                         ),
                     );
+                }
+                if let Some(q) = &lb.queue_timeout {
+                    if lb.max_conn.is_none() && lb.servers.iter().all(|s| s.max_conn.is_none()) {
+                        d.warn(
+                            q.at,
+                            format!(
+                                "service `{}`: `queueTimeout` has no effect without `maxConn`",
+                                s.name.v
+                            ),
+                        );
+                    }
                 }
                 let transport = match &lb.servers_transport {
                     Some(t) => lookup(tr_index, t, "servers transport", d).unwrap_or(0),
@@ -442,6 +454,8 @@ fn services(
                     },
                     health_check: lb.health_check.clone(),
                     pg_ssl_request_first: lb.pg_ssl_request_first,
+                    strategy: lb.strategy,
+                    queue_timeout: lb.queue_timeout.as_ref().map(|q| q.v),
                 })
             }
             Some(ServiceKindF::Weighted(w)) => {

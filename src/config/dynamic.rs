@@ -289,11 +289,13 @@ fn load_balancer(mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> LoadBalance
             }
             let tls = st.bool("tls", d).is_some_and(|b| b.v);
             let weight = or_default(&mut st, "weight", d, 1, values::weight);
+            let max_conn = st.get("maxConn", d).and_then(|n| max_conn(&n, d));
             st.finish(d);
             servers.push(ServerF {
                 address,
                 tls,
                 weight,
+                max_conn,
             });
         }
     }
@@ -333,6 +335,15 @@ fn load_balancer(mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> LoadBalance
         .map(|ht| Box::new(health_check(ht, ctx, d)));
     // Extension: PostgreSQL servers older than 17 behind passthrough.
     let pg_ssl_request_first = t.bool("postgresSSLRequest", d).is_some_and(|b| b.v);
+    // Extensions for long-lived connections (balance.rs).
+    let strategy = t
+        .get("strategy", d)
+        .and_then(|n| strategy(&n, d))
+        .unwrap_or_default();
+    let max_conn = t.get("maxConn", d).and_then(|n| max_conn(&n, d));
+    let queue_timeout = t
+        .get("queueTimeout", d)
+        .and_then(|n| Some(Sp::new(values::positive_duration(&n, d)?, n.key_at)));
     t.finish(d);
     LoadBalancerF {
         at,
@@ -342,6 +353,58 @@ fn load_balancer(mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> LoadBalance
         termination_delay,
         health_check,
         pg_ssl_request_first,
+        strategy,
+        max_conn,
+        queue_timeout,
+    }
+}
+
+/// Extension `loadBalancer.strategy`: Traefik's HTTP values `wrr` and `hrw`
+/// (same meaning), and `leastConn`. Any letter case, like the keys.
+fn strategy(n: &Node<'_>, d: &mut Diags) -> Option<model::Strategy> {
+    let v = n.str(d)?;
+    let all = [
+        model::Strategy::Wrr,
+        model::Strategy::LeastConn,
+        model::Strategy::Hrw,
+    ];
+    if let Some(s) = all.iter().find(|s| s.as_str().eq_ignore_ascii_case(&v.v)) {
+        return Some(*s);
+    }
+    let why = match v.v.to_ascii_lowercase().as_str() {
+        "p2c" | "leasttime" => " (Traefik has it for HTTP services only)",
+        "sticky" | "clientip" | "iphash" | "source" => {
+            " (stickiness by client IP is `hrw`, rendezvous hashing)"
+        }
+        _ => "",
+    };
+    d.error(
+        v.at,
+        format!(
+            "`{}` must be `wrr`, `leastConn` or `hrw`, not `{}`{why}",
+            n.path, v.v
+        ),
+    );
+    None
+}
+
+/// Extension `maxConn`: at least 1 (no key = no limit).
+fn max_conn(n: &Node<'_>, d: &mut Diags) -> Option<u32> {
+    let v = n.int(d)?;
+    match u32::try_from(v.v) {
+        Ok(m) if m >= 1 => Some(m),
+        _ => {
+            d.error(
+                v.at,
+                format!(
+                    "`{}` must be from 1 to {} (leave it out for no limit), not {}",
+                    n.path,
+                    u32::MAX,
+                    v.v
+                ),
+            );
+            None
+        }
     }
 }
 

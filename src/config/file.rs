@@ -162,6 +162,11 @@ pub struct LoadBalancerF {
     pub health_check: Option<Box<model::HealthCheck>>,
     /// Extension `postgresSSLRequest`.
     pub pg_ssl_request_first: bool,
+    /// Extensions `strategy`, `maxConn` (each server's default) and
+    /// `queueTimeout` (with where it is written, for a warning).
+    pub strategy: model::Strategy,
+    pub max_conn: Option<u32>,
+    pub queue_timeout: Option<Sp<Duration>>,
 }
 
 #[derive(Debug)]
@@ -169,6 +174,8 @@ pub struct ServerF {
     pub address: Option<Sp<String>>,
     pub tls: bool,
     pub weight: u32,
+    /// Extension: this server's `maxConn`.
+    pub max_conn: Option<u32>,
 }
 
 #[derive(Debug)]

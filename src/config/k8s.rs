@@ -856,6 +856,7 @@ fn service_ref(
             address: Some(a),
             tls,
             weight: 1,
+            max_conn: None,
         })
         .collect();
     Some(ServiceRef {
@@ -871,6 +872,9 @@ fn service_ref(
             proxy_protocol,
             health_check: None,
             pg_ssl_request_first: false,
+            strategy: model::Strategy::default(),
+            max_conn: None,
+            queue_timeout: None,
         },
     })
 }

@@ -144,6 +144,18 @@ impl Config {
                     if let Some(h) = svc.hold {
                         let _ = write!(extra, ", hold {}", dur(h));
                     }
+                    // Balancing extensions, when not the defaults.
+                    if lb.strategy != crate::model::Strategy::Wrr {
+                        let _ = write!(extra, ", strategy {}", lb.strategy.as_str());
+                    }
+                    if lb.servers.iter().any(|s| s.max_conn.is_some()) {
+                        let q = match (lb.queue_timeout, self.transports.get(lb.transport)) {
+                            (Some(q), _) => dur(q),
+                            (None, Some(t)) => format!("{} (dialTimeout)", dur(t.dial_timeout)),
+                            (None, None) => "?".into(),
+                        };
+                        let _ = write!(extra, ", queueTimeout {q}");
+                    }
                     writeln!(s, "  {} (load balancer, {extra}):", svc.name)?;
                     if lb.servers.is_empty() {
                         writeln!(s, "    (no servers)")?;
@@ -155,9 +167,12 @@ impl Config {
                             format!(" ({})", srv.address)
                         };
                         let tls = if srv.tls { " tls" } else { "" };
+                        let max = srv
+                            .max_conn
+                            .map_or(String::new(), |m| format!(" maxConn {m}"));
                         writeln!(
                             s,
-                            "    {}{resolved} weight {}{tls}",
+                            "    {}{resolved} weight {}{tls}{max}",
                             srv.address_text, srv.weight
                         )?;
                     }

@@ -435,6 +435,23 @@ pub fn connect_from(local: &str, to: SocketAddr) -> TcpStream {
     s.into()
 }
 
+/// The `/metrics` page of an admin entrypoint (the whole HTTP response).
+pub fn metrics(admin: SocketAddr) -> String {
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let (raw, _) = read_to_end(&mut s);
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed).
+pub fn sample(metrics: &str, series: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// The runtime variants every forwarding test runs on.
 pub const VARIANTS: &[(&str, &str)] = &[
     ("io_uring", "copy"),
