@@ -91,22 +91,57 @@ pub fn rest_status(node: usize, port: u16, path: &str) -> u16 {
     text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
 }
 
-fn wait_status(node: usize, port: u16, path: &str, want: u16, limit: Duration) {
+fn status_within(node: usize, port: u16, path: &str, want: u16, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     while rest_status(node, port, path) != want {
-        assert!(
-            Instant::now() < deadline,
-            "node {node}: {path} never answered {want}"
-        );
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+    true
+}
+
+fn wait_status(node: usize, port: u16, path: &str, want: u16, limit: Duration) {
+    assert!(
+        status_within(node, port, path, want, limit),
+        "node {node}: {path} never answered {want}"
+    );
 }
 
 impl Patroni {
+    /// A two-node cluster, node 1 the leader. Ports come from `free_port`
+    /// (bound, then released) while other tests pick theirs too, so a start
+    /// that does not come up is retried once on fresh ports; a second
+    /// failure panics with both nodes' logs.
     pub fn start() -> Patroni {
+        let mut last = String::new();
+        for attempt in 1..=2 {
+            match Self::try_start() {
+                Ok(p) => return p,
+                Err(e) => {
+                    eprintln!("patroni start attempt {attempt} failed: {e}");
+                    last = e;
+                }
+            }
+        }
+        panic!("patroni did not start: {last}");
+    }
+
+    fn try_start() -> Result<Patroni, String> {
         let dir = TempDir::new("patroni");
         let (client, peer) = (free_port(), free_port());
         let (pg_port, rest_port) = (port_on_both(), port_on_both());
+        // Owned by the PostgreSQL user before etcd (run as that user) makes its
+        // data directory in it.
+        if is_root() {
+            run(
+                Command::new("chown").arg("postgres:postgres").arg(&dir.0),
+                b"",
+                Duration::from_secs(10),
+            )
+            .expect_ok("chown");
+        }
         let etcd = ChildGuard::spawn(
             owned("etcd")
                 .arg("--name")
@@ -127,14 +162,6 @@ impl Patroni {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
         );
-        if is_root() {
-            run(
-                Command::new("chown").arg("postgres:postgres").arg(&dir.0),
-                b"",
-                Duration::from_secs(10),
-            )
-            .expect_ok("chown");
-        }
         wait_listening(client, Duration::from_secs(30));
         let config = [1, 2].map(|n| {
             let sock = dir.0.join(format!("s{n}"));
@@ -211,9 +238,15 @@ postgresql:
             } else {
                 ("/replica", 200)
             };
-            wait_status(i + 1, rest_port, path, want, Duration::from_secs(90));
+            if !status_within(i + 1, rest_port, path, want, Duration::from_secs(60)) {
+                return Err(format!(
+                    "node {}: {path} never answered {want}; logs:\n{}",
+                    i + 1,
+                    cluster.logs()
+                ));
+            }
         }
-        cluster
+        Ok(cluster)
     }
 
     /// `patronictl switchover --candidate n{to} --force`.
