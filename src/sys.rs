@@ -430,21 +430,24 @@ mod tests {
     /// connection: a socket from `accept4` is non-blocking (SOCK_NONBLOCK)
     /// and inherits TCP_NODELAY from its listener (Linux copies the option
     /// into the child socket), so nothing has to set either again.
+    /// A listening socket on 127.0.0.1, configured by `set` before bind.
+    fn loopback_listener(
+        set: impl FnOnce(&socket2::Socket),
+    ) -> (socket2::Socket, std::net::SocketAddr) {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let l = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        set(&l);
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        l.bind(&any.into()).unwrap();
+        l.listen(8).unwrap();
+        let addr = l.local_addr().unwrap().as_socket().unwrap();
+        (l, addr)
+    }
+
     #[test]
     fn accepted_sockets_are_nonblocking_and_inherit_nodelay() {
-        use socket2::{Domain, Protocol, Socket, Type};
         for nodelay in [true, false] {
-            let l = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-            l.set_nodelay(nodelay).unwrap();
-            l.bind(
-                &"127.0.0.1:0"
-                    .parse::<std::net::SocketAddr>()
-                    .unwrap()
-                    .into(),
-            )
-            .unwrap();
-            l.listen(8).unwrap();
-            let addr = l.local_addr().unwrap().as_socket().unwrap();
+            let (l, addr) = loopback_listener(|l| l.set_nodelay(nodelay).unwrap());
             let client = std::net::TcpStream::connect(addr).unwrap();
             let (accepted, peer) = accept4(l.as_raw_fd()).unwrap();
             assert_eq!(peer, client.local_addr().unwrap());
@@ -457,18 +460,8 @@ mod tests {
     /// accepted socket, values included (the accept path relies on it).
     #[test]
     fn accepted_sockets_inherit_client_keepalive() {
-        use socket2::{Domain, Protocol, Socket, Type};
-        let l = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-        set_client_keepalive(&l).unwrap();
-        l.bind(
-            &"127.0.0.1:0"
-                .parse::<std::net::SocketAddr>()
-                .unwrap()
-                .into(),
-        )
-        .unwrap();
-        l.listen(8).unwrap();
-        let addr = l.local_addr().unwrap().as_socket().unwrap();
+        use socket2::Socket;
+        let (l, addr) = loopback_listener(|l| set_client_keepalive(l).unwrap());
         let _client = std::net::TcpStream::connect(addr).unwrap();
         let (accepted, _) = accept4(l.as_raw_fd()).unwrap();
         let a = Socket::from(accepted);

@@ -750,6 +750,7 @@ async fn worker_main(id: usize, shared: Arc<Shared>, listeners: Listeners) -> io
     }
     let mut trimmed = Instant::now();
     let mut seen_health = (u64::MAX, u64::MAX);
+    let mut drained: Vec<(usize, Instant)> = Vec::new();
     while !shared.stopping() {
         monoio::time::sleep(HOUSEKEEPING).await;
         // Entrypoints a reload added, and connections of removed ones whose
@@ -774,9 +775,15 @@ async fn worker_main(id: usize, shared: Arc<Shared>, listeners: Listeners) -> io
                 ),
             }
         }
-        let removed = shared.removal_deadlines();
+        // A removed entrypoint has no listener: once this worker has cut its
+        // connections after the deadline, none can come back, so it is
+        // done here and later ticks skip it.
+        let mut removed = shared.removal_deadlines();
+        removed.retain(|r| !drained.contains(r));
         if !removed.is_empty() {
-            let cut = cut_removed(&removed, Instant::now());
+            let now = Instant::now();
+            let cut = cut_removed(&removed, now);
+            drained.extend(removed.iter().filter(|(_, d)| now >= *d));
             if cut > 0 {
                 log!(
                     Warn,

@@ -41,13 +41,6 @@ fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
-/// The value of the sample `series` (name and labels exactly as exposed).
-fn sample(metrics: &str, series: &str) -> Option<u64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 fn config(echo: SocketAddr) -> String {
     format!(
         r#"

@@ -48,17 +48,8 @@ fn static_config(provider: &str) -> String {
     )
 }
 
-fn metrics(p: &Proxy) -> String {
-    let mut s = TcpStream::connect(p.addr("traefik")).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let (raw, _) = read_to_end(&mut s);
-    String::from_utf8_lossy(&raw).into_owned()
-}
-
 fn applied_revision(p: &Proxy) -> String {
-    metrics(p)
+    metrics(p.addr("traefik"))
         .lines()
         .find(|l| l.starts_with("sluicegate_kv_applied_revision{"))
         .unwrap_or("")
@@ -113,17 +104,12 @@ fn a_fleet_follows_one_etcd() {
     let took = until_all(&all, Some(b'B'), "change");
     eprintln!("kv: a change reached all 3 instances in {took:?}");
     let revs: Vec<String> = all.iter().map(|p| applied_revision(p)).collect();
-    assert!(!revs[0].is_empty(), "{}", metrics(all[0]));
+    assert!(!revs[0].is_empty(), "{}", metrics(all[0].addr("traefik")));
     assert!(revs.iter().all(|r| *r == revs[0]), "{revs:?}");
     // The same revision in the API.
     let rev: String = revs[0].rsplit(' ').next().unwrap().to_string();
     for p in &all {
-        let mut s = TcpStream::connect(p.addr("traefik")).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(b"GET /api/providers HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let (raw, _) = read_to_end(&mut s);
-        let body = String::from_utf8_lossy(&raw);
+        let body = http_get(p.addr("traefik"), "/api/providers");
         let want = format!(
             "[{{\"provider\":\"etcd://{}/traefik\",\"appliedRevision\":{rev}}}]",
             etcd.endpoint()
@@ -270,6 +256,6 @@ fn a_redis_provider_notices_an_expiring_key() {
     assert!(
         applied_revision(&p).starts_with("sluicegate_kv_applied_revision{provider=\"redis://"),
         "{}",
-        metrics(&p)
+        metrics(p.addr("traefik"))
     );
 }

@@ -177,17 +177,6 @@ fn request_accept_grace_timeout_keeps_accepting_after_sigterm() {
     assert_eq!(p.wait_exit(Duration::from_secs(15)), Some(0));
 }
 
-/// `GET /ping` on the admin entrypoint: the status code.
-fn ping(admin: SocketAddr) -> u16 {
-    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(5)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let (raw, _) = read_to_end(&mut s);
-    let text = String::from_utf8_lossy(&raw);
-    text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
-}
-
 /// Set in the child run inside the network namespace.
 const NETNS_ENV: &str = "SLUICEGATE_TEST_IN_NETNS";
 

@@ -43,17 +43,6 @@ fn saw_log(p: &Proxy, limit: Duration, pred: impl Fn(&str) -> bool) -> bool {
     false
 }
 
-/// `GET /ping` on the admin entrypoint: the status code.
-fn ping(admin: SocketAddr) -> u16 {
-    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(5)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let (raw, _) = read_to_end(&mut s);
-    let text = String::from_utf8_lossy(&raw);
-    text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
-}
-
 /// A client that holds one proxied echo connection open (proved working).
 fn hold(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();

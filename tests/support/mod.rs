@@ -435,14 +435,25 @@ pub fn connect_from(local: &str, to: SocketAddr) -> TcpStream {
     s.into()
 }
 
-/// The `/metrics` page of an admin entrypoint (the whole HTTP response).
-pub fn metrics(admin: SocketAddr) -> String {
-    let mut s = TcpStream::connect(admin).unwrap();
+/// `GET path` on an admin entrypoint: the whole HTTP response.
+pub fn http_get(admin: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(5)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .unwrap();
     let (raw, _) = read_to_end(&mut s);
     String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// The `/metrics` page of an admin entrypoint (the whole HTTP response).
+pub fn metrics(admin: SocketAddr) -> String {
+    http_get(admin, "/metrics")
+}
+
+/// `GET /ping` on an admin entrypoint: the status code (0 without one).
+pub fn ping(admin: SocketAddr) -> u16 {
+    let text = http_get(admin, "/ping");
+    text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
 }
 
 /// The value of the sample `series` (name and labels exactly as exposed).
