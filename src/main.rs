@@ -5,6 +5,8 @@
 //! the definition itself, because clap's completion scripts would offer it
 //! even as a hidden subcommand.
 
+#![deny(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

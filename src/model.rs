@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::config::rule::Rule;
+use crate::rule::Rule;
 
 /// Traefik's default `dialTimeout` for TCP servers transports.
 pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(30);

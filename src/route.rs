@@ -10,8 +10,8 @@
 //! as raw TLS bytes to a plain `HostSNI(`*`)` router. A catch-all's default
 //! priority is -1 (`config::build`), so it comes after specific routers.
 
-use crate::config::rule::MatchCtx;
 use crate::model::Config;
+use crate::rule::MatchCtx;
 
 /// Routers of one entrypoint, each list sorted by priority (highest first,
 /// then by name so that equal priorities are ordered deterministically).
@@ -102,7 +102,7 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::rule::MatchCtx;
+    use crate::rule::MatchCtx;
 
     /// Loads `routers` (TOML router tables) on one entrypoint `e`, every
     /// router to one service.

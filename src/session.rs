@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
-use crate::config::rule::MatchCtx;
 use crate::forward::{self, write_all, Cutoff, Outcome};
 use crate::model::{MiddlewareKind, ServiceKind};
 use crate::peek::{PeekError, Peeked, PgOpen, Reader};
+use crate::rule::MatchCtx;
 use crate::wire::{client_hello, postgres, proxy_protocol};
 use crate::worker::{Shared, WorkerSnap};
 use crate::{log, pg, sys, tls};

@@ -1,11 +1,11 @@
-//! Fuzz target for the rule language (`config::rule::parse`): never panics, an
+//! Fuzz target for the rule language (`rule::parse`): never panics, an
 //! error offset stays inside the rule, and a parsed rule prints to a canonical
 //! form that parses again to the same form. Rules in v2 syntax print as v3
 //! rules that parse.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sluicegate::config::rule::{parse, parse_with, Syntax};
+use sluicegate::rule::{parse, parse_with, Syntax};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

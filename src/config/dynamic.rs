@@ -11,9 +11,9 @@ use super::file::{
     ServiceKindF, WeightedChildF, WeightedF,
 };
 use super::reader::{Node, Tbl};
-use super::rule;
 use super::values::{self, or_default, FileCtx};
 use crate::model;
+use crate::rule;
 
 /// Traefik's TCP health check defaults (v3.6 `TCPServerHealthCheck`).
 pub const DEFAULT_HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);

@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::diag::{Pos, Sp};
-use super::rule::Rule;
 use crate::model;
+use crate::rule::Rule;
 
 /// Everything read from the main file and the files it points at.
 #[derive(Debug, Default)]
@@ -35,7 +35,7 @@ pub struct FileModel {
     /// `[tcpServersTransport]`: Traefik's defaults for the `default` transport.
     pub default_transport: Option<Sp<model::Transport>>,
     /// `core.defaultRuleSyntax`: the syntax of rules without `ruleSyntax`.
-    pub default_rule_syntax: super::rule::Syntax,
+    pub default_rule_syntax: crate::rule::Syntax,
 
     // Dynamic configuration (any file).
     pub routers: Vec<RouterF>,

@@ -14,7 +14,6 @@
 //! - `diag`: positions and `FILE:LINE:COL: message` rendering
 //! - `duration`, `address`, `values`: value parsers
 //! - `summary`: what `sluicegate check` prints
-//! - `rule`: the rule language
 //!
 //! Every problem is collected before anything is reported, so one run shows
 //! them all (a syntax error stops the run: the rest of that file cannot
@@ -29,7 +28,6 @@ mod dynamic;
 mod file;
 mod k8s;
 mod reader;
-pub mod rule;
 mod static_conf;
 mod summary;
 mod tls;
