@@ -15,6 +15,7 @@
 //!
 //! `sys` is the only module with `unsafe`.
 
+pub mod acme;
 pub mod admin;
 pub mod balance;
 pub mod completion;

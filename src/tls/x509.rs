@@ -71,6 +71,13 @@ fn validity_and_subject(cert: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((validity, subject))
 }
 
+/// `notBefore` as seconds since the Unix epoch.
+pub fn not_before(cert: &[u8]) -> Option<i64> {
+    let (validity, _) = validity_and_subject(cert)?;
+    let (tag, t, _) = tlv(validity)?;
+    parse_time(tag, t)
+}
+
 /// `notAfter` as seconds since the Unix epoch.
 pub fn not_after(cert: &[u8]) -> Option<i64> {
     let (validity, _) = validity_and_subject(cert)?;

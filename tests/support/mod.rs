@@ -533,6 +533,7 @@ pub mod etcd;
 pub mod hello;
 pub mod openssl;
 pub mod patroni;
+pub mod pebble;
 pub mod pg;
 pub mod process;
 pub mod record;

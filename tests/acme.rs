@@ -1,0 +1,366 @@
+//! ACME certificate resolvers against a real ACME server: pebble on
+//! loopback (tests/support/pebble.rs), validating against sluicegate's own
+//! entrypoints. A router with `certResolver` gets a certificate that
+//! `openssl s_client -verify_return_error` accepts with pebble's root, by
+//! TLS-ALPN-01 and by HTTP-01; short-lived certificates are renewed and
+//! swapped in while a session on the old one keeps working; a CA that is
+//! down leaves the default certificate and the error in the log, and a
+//! restart with the storage file serves the stored certificate without the
+//! CA; Traefik's `acme_tcp.toml` scenario.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use support::pebble::{self, Pebble};
+use support::process::free_port;
+use support::tls::{client_config, TlsStream};
+use support::*;
+
+const NAME: &str = "app.sluicegate.test";
+
+struct Setup {
+    tls_port: u16,
+    http_port: u16,
+    storage: PathBuf,
+}
+
+impl Setup {
+    fn new(dir: &TempDir) -> Setup {
+        Setup {
+            tls_port: free_port(),
+            http_port: free_port(),
+            storage: dir.0.join("acme.json"),
+        }
+    }
+
+    /// One TLS entrypoint and router for NAME (certificate from resolver
+    /// `pebble`), an HTTP entrypoint, and the admin entrypoint.
+    fn toml(&self, ca_server: &str, challenge: &str, backend: SocketAddr) -> String {
+        format!(
+            r#"
+[entryPoints.tls]
+address = "127.0.0.1:{tls}"
+[entryPoints.web]
+address = "127.0.0.1:{http}"
+[entryPoints.traefik]
+address = "127.0.0.1:0"
+[metrics.prometheus]
+
+[certificatesResolvers.pebble.acme]
+email = "ops@sluicegate.test"
+caServer = "{ca_server}"
+storage = "{storage}"
+keyType = "EC256"
+{challenge}
+
+[tcp.routers.app]
+entryPoints = ["tls"]
+rule = "HostSNI(`{NAME}`)"
+service = "svc"
+  [tcp.routers.app.tls]
+  certResolver = "pebble"
+
+[tcp.services.svc.loadBalancer]
+  [[tcp.services.svc.loadBalancer.servers]]
+  address = "{backend}"
+"#,
+            tls = self.tls_port,
+            http = self.http_port,
+            storage = self.storage.display(),
+        )
+    }
+}
+
+const TLS_CHALLENGE: &str = "[certificatesResolvers.pebble.acme.tlsChallenge]";
+const HTTP_CHALLENGE: &str =
+    "[certificatesResolvers.pebble.acme.httpChallenge]\nentryPoint = \"web\"";
+
+fn start_proxy(config: &str, p: Option<&Pebble>) -> Proxy {
+    let env = p.map(Pebble::env).unwrap_or_default();
+    let wrapper: Vec<&str> = env.iter().map(String::as_str).collect();
+    Proxy::start_with(config, &wrapper)
+}
+
+/// Wait (bounded) for a log line containing `needle`.
+fn wait_log(proxy: &Proxy, needle: &str, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(l) = proxy.logs().into_iter().find(|l| l.contains(needle)) {
+            return l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no `{needle}` in the log after {limit:?}:\n{}",
+            proxy.logs().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `openssl s_client -verify_return_error` to the TLS entrypoint for
+/// NAME, verifying with `root` (it ends at its stdin's end).
+fn verify(addr: SocketAddr, root: &Path) -> support::process::Ran {
+    support::process::run(
+        std::process::Command::new("openssl")
+            .args(["s_client", "-connect", &addr.to_string()])
+            .args(["-servername", NAME, "-verify_hostname", NAME])
+            .arg("-CAfile")
+            .arg(root)
+            .arg("-verify_return_error"),
+        b"",
+        Duration::from_secs(20),
+    )
+}
+
+/// The leaf certificate served for NAME (DER), read with a verifying client.
+fn leaf(addr: SocketAddr, root: &Path) -> (TlsStream, Vec<u8>) {
+    let t = TlsStream::connect(addr, NAME, client_config(root, None, &[]))
+        .expect("TLS with pebble's root");
+    let der = t.peer_certificates()[0].as_ref().to_vec();
+    (t, der)
+}
+
+/// One round trip on a session that stays open.
+fn ping_pong(t: &TlsStream, data: &[u8]) -> Vec<u8> {
+    t.write_all(data).unwrap();
+    t.read_exact_len(data.len()).unwrap()
+}
+
+fn obtain_and_verify(challenge: &str) {
+    if !pebble::available() || !require_tool("openssl", "openssl") {
+        return;
+    }
+    let dir = TempDir::new("acme");
+    let s = Setup::new(&dir);
+    let p = Pebble::start(s.http_port, s.tls_port, 3600);
+    let echo = Backend::echo();
+    let proxy = start_proxy(&s.toml(&p.directory, challenge, echo.addr), Some(&p));
+    let line = wait_log(
+        &proxy,
+        "acme: certificate obtained",
+        Duration::from_secs(90),
+    );
+    assert!(line.contains(NAME), "{line}");
+    let root = p.root();
+    let ran = verify(proxy.addr("tls"), &root);
+    assert!(
+        ran.ok(),
+        "s_client refused the certificate:\n{}\n{}",
+        ran.stdout,
+        ran.stderr
+    );
+    assert!(
+        ran.stdout.contains("Verify return code: 0 (ok)"),
+        "{}",
+        ran.stdout
+    );
+    // Data goes through to the backend on it.
+    let (t, der) = leaf(proxy.addr("tls"), &root);
+    assert_eq!(t.exchange(b"through acme".to_vec()).0, b"through acme");
+    assert!(support::tls::subject_cn(&der).is_some_and(|cn| cn == NAME));
+    // The storage file is Traefik's format, private.
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(&s.storage).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&s.storage).unwrap()).unwrap();
+    let entry = &json["pebble"];
+    assert_eq!(entry["Account"]["Email"], "ops@sluicegate.test");
+    assert!(entry["Account"]["Registration"]["uri"].as_str().is_some());
+    assert_eq!(entry["Certificates"][0]["domain"]["main"], NAME);
+    assert_eq!(entry["Certificates"][0]["Store"], "default");
+    let m = metrics(proxy.addr("traefik"));
+    assert_eq!(
+        sample(
+            &m,
+            "sluicegate_acme_orders_total{resolver=\"pebble\",result=\"ok\"}"
+        ),
+        Some(1),
+        "{m}"
+    );
+}
+
+#[test]
+fn tls_alpn_01_certificate_verifies_with_pebble_root() {
+    obtain_and_verify(TLS_CHALLENGE);
+}
+
+#[test]
+fn http_01_certificate_verifies_with_pebble_root() {
+    obtain_and_verify(HTTP_CHALLENGE);
+}
+
+/// A certificate of 30 s is renewed when a third of it is left: new
+/// connections get the new one, while a session opened on the old one
+/// keeps exchanging data.
+#[test]
+fn renewal_swaps_certificate_and_open_session_keeps_working() {
+    if !pebble::available() {
+        return;
+    }
+    let dir = TempDir::new("acme");
+    let s = Setup::new(&dir);
+    let p = Pebble::start(s.http_port, s.tls_port, 30);
+    let echo = Backend::echo();
+    let proxy = start_proxy(&s.toml(&p.directory, TLS_CHALLENGE, echo.addr), Some(&p));
+    wait_log(
+        &proxy,
+        "acme: certificate obtained",
+        Duration::from_secs(90),
+    );
+    let root = p.root();
+    let (old_session, first) = leaf(proxy.addr("tls"), &root);
+    assert_eq!(ping_pong(&old_session, b"before"), b"before");
+    wait_log(&proxy, "acme: certificate renewed", Duration::from_secs(90));
+    let (t, second) = leaf(proxy.addr("tls"), &root);
+    assert_ne!(
+        first, second,
+        "the renewed certificate is served to new connections"
+    );
+    assert_eq!(t.exchange(b"new".to_vec()).0, b"new");
+    // The session on the old certificate is untouched.
+    assert_eq!(ping_pong(&old_session, b"after renewal"), b"after renewal");
+}
+
+/// A CA that is down: the default certificate is served and the error is
+/// logged and counted; the order is retried later, never blocking traffic.
+#[test]
+fn ca_down_keeps_default_certificate_and_logs_error() {
+    if !require_tool("openssl", "openssl") {
+        return;
+    }
+    let dir = TempDir::new("acme");
+    let s = Setup::new(&dir);
+    let down = format!("https://{}/dir", refused_addr());
+    let echo = Backend::echo();
+    let proxy = start_proxy(&s.toml(&down, TLS_CHALLENGE, echo.addr), None);
+    let line = wait_log(
+        &proxy,
+        "acme: cannot obtain a certificate",
+        Duration::from_secs(30),
+    );
+    assert!(line.contains("level=error"), "{line}");
+    assert!(line.contains(NAME), "{line}");
+    let t = TlsStream::connect(
+        proxy.addr("tls"),
+        NAME,
+        support::tls::insecure_client_config(&[&rustls::version::TLS13]),
+    )
+    .unwrap();
+    let cn = support::tls::subject_cn(t.peer_certificates()[0].as_ref());
+    assert_eq!(cn.as_deref(), Some("TRAEFIK DEFAULT CERT"));
+    assert_eq!(t.exchange(b"still served".to_vec()).0, b"still served");
+    let m = metrics(proxy.addr("traefik"));
+    assert!(
+        sample(
+            &m,
+            "sluicegate_acme_orders_total{resolver=\"pebble\",result=\"error\"}"
+        )
+        .is_some_and(|n| n >= 1),
+        "{m}"
+    );
+    assert!(!s.storage.exists(), "nothing obtained, nothing stored");
+}
+
+/// pebble refuses the order (the name is on its block list): the default
+/// certificate stays and the CA's reason is in the log.
+#[test]
+fn ca_refusal_keeps_default_certificate_and_logs_reason() {
+    if !pebble::available() {
+        return;
+    }
+    let dir = TempDir::new("acme");
+    let s = Setup::new(&dir);
+    let p = Pebble::start_with(s.http_port, s.tls_port, 3600, &[NAME]);
+    let echo = Backend::echo();
+    let proxy = start_proxy(&s.toml(&p.directory, TLS_CHALLENGE, echo.addr), Some(&p));
+    let line = wait_log(
+        &proxy,
+        "acme: cannot obtain a certificate",
+        Duration::from_secs(60),
+    );
+    assert!(
+        line.contains("rejectedIdentifier") || line.contains("blocked"),
+        "{line}"
+    );
+    let t = TlsStream::connect(
+        proxy.addr("tls"),
+        NAME,
+        support::tls::insecure_client_config(&[&rustls::version::TLS13]),
+    )
+    .unwrap();
+    let cn = support::tls::subject_cn(t.peer_certificates()[0].as_ref());
+    assert_eq!(cn.as_deref(), Some("TRAEFIK DEFAULT CERT"));
+    assert_eq!(t.exchange(b"default".to_vec()).0, b"default");
+}
+
+/// With a certificate obtained and pebble stopped, a restart with the
+/// storage file serves the stored certificate without contacting the CA
+/// (whose URL now refuses connections).
+#[test]
+fn restart_serves_stored_certificate_without_the_ca() {
+    if !pebble::available() {
+        return;
+    }
+    let dir = TempDir::new("acme");
+    let s = Setup::new(&dir);
+    let echo = Backend::echo();
+    let root;
+    {
+        let p = Pebble::start(s.http_port, s.tls_port, 3600);
+        let proxy = start_proxy(&s.toml(&p.directory, TLS_CHALLENGE, echo.addr), Some(&p));
+        wait_log(
+            &proxy,
+            "acme: certificate obtained",
+            Duration::from_secs(90),
+        );
+        root = std::fs::copy(p.root(), dir.0.join("root.pem"))
+            .map(|_| dir.0.join("root.pem"))
+            .unwrap();
+    }
+    let stored = std::fs::read(&s.storage).unwrap();
+    let down = format!("https://{}/dir", refused_addr());
+    let proxy = start_proxy(&s.toml(&down, TLS_CHALLENGE, echo.addr), None);
+    let line = wait_log(&proxy, "acme: storage loaded", Duration::from_secs(30));
+    assert!(line.contains("certificates=1"), "{line}");
+    // The stored certificate is published right after the load.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (t, der) = loop {
+        match TlsStream::connect(proxy.addr("tls"), NAME, client_config(&root, None, &[])) {
+            Ok(t) => {
+                let der = t.peer_certificates()[0].as_ref().to_vec();
+                break (t, der);
+            }
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "stored certificate not served: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    assert_eq!(support::tls::subject_cn(&der).as_deref(), Some(NAME));
+    assert_eq!(t.exchange(b"from storage".to_vec()).0, b"from storage");
+    let m = metrics(proxy.addr("traefik"));
+    assert_eq!(
+        sample(
+            &m,
+            "sluicegate_acme_orders_total{resolver=\"pebble\",result=\"error\"}"
+        ),
+        Some(0),
+        "no order was attempted: {m}"
+    );
+    assert!(!proxy
+        .logs()
+        .iter()
+        .any(|l| l.contains("acme: cannot obtain")));
+    assert_eq!(
+        std::fs::read(&s.storage).unwrap(),
+        stored,
+        "storage untouched"
+    );
+}
