@@ -364,3 +364,224 @@ fn restart_serves_stored_certificate_without_the_ca() {
         "storage untouched"
     );
 }
+
+fn load(
+    text: &str,
+) -> (
+    TempDir,
+    Result<sluicegate::model::Config, sluicegate::config::Errors>,
+) {
+    let dir = TempDir::new("acme-config");
+    let path = dir.write("main.toml", text);
+    let r = sluicegate::config::load(&path);
+    (dir, r)
+}
+
+const ROUTERS: &str = r#"
+[entryPoints.tls]
+address = "127.0.0.1:0"
+[entryPoints.web]
+address = "127.0.0.1:0"
+[tcp.services.svc.loadBalancer]
+servers = [{ address = "127.0.0.1:9" }]
+"#;
+
+/// The resolver keys as Traefik reads them, and the names each router
+/// asks for: its `tls.domains`, else one certificate per HostSNI name.
+#[test]
+fn resolver_keys_and_router_names() {
+    let text = format!(
+        r#"{ROUTERS}
+[certificatesResolvers.le.acme]
+email = "ops@example.com"
+storage = "acme.json"
+keyType = "EC384"
+certificatesDuration = 24
+[certificatesResolvers.le.acme.httpChallenge]
+entryPoint = "web"
+[certificatesResolvers.le.acme.tlsChallenge]
+
+[tcp.routers.a]
+entryPoints = ["tls"]
+rule = "HostSNI(`a.example.com`) || HostSNI(`B.example.com`)"
+service = "svc"
+tls.certResolver = "le"
+
+[tcp.routers.b]
+entryPoints = ["tls"]
+rule = "HostSNI(`c.example.com`)"
+service = "svc"
+[tcp.routers.b.tls]
+certResolver = "le"
+[[tcp.routers.b.tls.domains]]
+main = "c.example.com"
+sans = ["d.example.com"]
+"#
+    );
+    let (dir, r) = load(&text);
+    let cfg = r.unwrap_or_else(|e| panic!("{:?}", e.0));
+    let acme = &cfg.acme;
+    assert_eq!(acme.resolvers.len(), 1);
+    let le = &acme.resolvers[0];
+    assert_eq!(le.email.as_deref(), Some("ops@example.com"));
+    assert_eq!(
+        le.ca_server,
+        "https://acme-v02.api.letsencrypt.org/directory"
+    );
+    assert_eq!(le.storage, dir.0.join("acme.json"));
+    assert_eq!(le.key_type, sluicegate::acme::KeyType::Ec384);
+    assert_eq!(le.certificates_duration, Duration::from_secs(24 * 3600));
+    assert_eq!(le.challenges.len(), 2);
+    let wants: Vec<Vec<String>> = acme.wants.iter().map(|w| w.domain.names()).collect();
+    assert_eq!(
+        wants,
+        vec![
+            vec!["a.example.com".to_string()],
+            vec!["b.example.com".to_string()],
+            vec!["c.example.com".to_string(), "d.example.com".to_string()],
+        ]
+    );
+}
+
+/// Bad resolver and router keys are errors at FILE:LINE:COL.
+#[test]
+fn resolver_errors_point_at_the_keys() {
+    let text = format!(
+        r#"{ROUTERS}
+[certificatesResolvers.dns.acme]
+email = "ops@example.com"
+[certificatesResolvers.dns.acme.dnsChallenge]
+provider = "cloudflare"
+
+[certificatesResolvers.le.acme]
+emial = "ops@example.com"
+keyType = "RSA1024"
+[certificatesResolvers.le.acme.httpChallenge]
+entryPoint = "nowhere"
+
+[tcp.routers.a]
+entryPoints = ["tls"]
+rule = "HostSNI(`a.example.com`)"
+service = "svc"
+[tcp.routers.a.tls]
+certResolver = "letsencrypt"
+
+[tcp.routers.w]
+entryPoints = ["tls"]
+rule = "HostSNI(`w.example.com`)"
+service = "svc"
+[tcp.routers.w.tls]
+certResolver = "le"
+[[tcp.routers.w.tls.domains]]
+main = "*.example.com"
+"#
+    );
+    let (_dir, r) = load(&text);
+    let Err(sluicegate::config::Errors(errors)) = r else {
+        panic!("expected errors")
+    };
+    let all = errors.join("\n");
+    for (at, what) in [
+        (
+            "main.toml:11:33",
+            "`certificatesResolvers.dns.acme.dnsChallenge` is not supported",
+        ),
+        ("main.toml:15:1", "unknown key `emial`"),
+        (
+            "main.toml:18:14",
+            "unknown entrypoint `nowhere` for the HTTP-01 challenge",
+        ),
+        (
+            "main.toml:16:11",
+            "keyType` must be one of EC256, EC384, RSA2048, RSA4096, RSA8192",
+        ),
+        (
+            "main.toml:25:16",
+            "unknown certificate resolver `letsencrypt` (defined: ",
+        ),
+        (
+            "main.toml:34:8",
+            "a wildcard domain needs the DNS-01 challenge",
+        ),
+    ] {
+        assert!(
+            errors.iter().any(|e| e.contains(at) && e.contains(what)),
+            "no `{at}: ...{what}...` in:\n{all}"
+        );
+    }
+}
+
+/// Traefik's `acme_tcp.toml` (AcmeSuite TestTLSALPN01OnHostRuleTCP): a TCP
+/// router on `websecure` for HostSNI(`traefik.acme.wtf`) with
+/// `certResolver = "default"`, a TLS-ALPN-01 resolver with Traefik's
+/// default key type. The template's resolver block is rendered as that
+/// test renders it; its `/tmp/acme.json` becomes a per-test file, its
+/// backend an echo server, and an admin entrypoint is added for `[api]`.
+#[test]
+fn traefik_acme_tcp_fixture() {
+    if !pebble::available() {
+        return;
+    }
+    let dir = TempDir::new("acme-traefik");
+    let (http_port, tls_port) = (free_port(), free_port());
+    let p = Pebble::start(http_port, tls_port, 3600);
+    let echo = Backend::echo();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/traefik/fixtures/acme/acme_tcp.toml");
+    let text = std::fs::read_to_string(fixture).unwrap();
+    let start = text.find("{{range").unwrap();
+    let end = text.find("{{end}}\n\n[api]").unwrap() + "{{end}}".len();
+    let block = text[start..end]
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("{{"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("{{ $name }}", "default")
+        .replace("{{ $resolvers.ACME.KeyType }}", "")
+        .replace("{{ $resolvers.ACME.CAServer }}", &p.directory)
+        .replace(
+            "\n  [certificatesResolvers.default.acme.httpChallenge]\n    entryPoint = \"{{ $resolvers.ACME.HTTPChallenge.EntryPoint }}\"",
+            "",
+        );
+    let storage = dir.0.join("acme.json");
+    let path = dir.0.join("acme_tcp.toml");
+    let rendered = format!("{}{block}{}", &text[..start], &text[end..])
+        .replace("{{ .PortHTTP }}", &format!("127.0.0.1:{http_port}"))
+        .replace("{{ .PortHTTPS }}", &format!("127.0.0.1:{tls_port}"))
+        .replace("{{ .SelfFilename }}", &path.display().to_string())
+        .replace("/tmp/acme.json", &storage.display().to_string())
+        .replace("127.0.0.1:9010", &echo.addr.to_string())
+        .replace(
+            "[entryPoints]\n",
+            "[entryPoints]\n  [entryPoints.traefik]\n    address = \"127.0.0.1:0\"\n",
+        );
+    assert!(!rendered.contains("{{"), "{rendered}");
+    std::fs::write(&path, &rendered).unwrap();
+    let env = p.env();
+    // The fixture names itself as its file provider: started from its path.
+    let wrapper: Vec<&str> = env.iter().map(String::as_str).collect();
+    let proxy = Proxy::start_file_with(&path, &wrapper);
+    let line = wait_log(
+        &proxy,
+        "acme: certificate obtained",
+        Duration::from_secs(120),
+    );
+    assert!(line.contains("domains=traefik.acme.wtf"), "{line}");
+    let root = p.root();
+    let t = TlsStream::connect(
+        proxy.addr("websecure"),
+        "traefik.acme.wtf",
+        client_config(&root, None, &[]),
+    )
+    .expect("pebble's certificate for traefik.acme.wtf");
+    let der = t.peer_certificates()[0].as_ref().to_vec();
+    assert_eq!(
+        support::tls::subject_cn(&der).as_deref(),
+        Some("traefik.acme.wtf")
+    );
+    assert_eq!(t.exchange(b"acme tcp".to_vec()).0, b"acme tcp");
+    // Traefik's default key type for the certificate: RSA 4096.
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&storage).unwrap()).unwrap();
+    assert_eq!(json["default"]["Account"]["KeyType"], "4096");
+}

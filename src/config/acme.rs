@@ -41,18 +41,14 @@ pub fn read_resolvers(t: Tbl<'_>, ctx: FileCtx<'_>, m: &mut FileModel, d: &mut D
             );
             continue;
         };
-        if let Some(v) = resolver(&name, acme, ctx, d) {
-            m.acme_resolvers.push(Named { name, v });
-        }
+        let v = resolver(&name, acme, ctx, d);
+        m.acme_resolvers.push(Named { name, v });
     }
 }
 
-fn resolver(
-    name: &Sp<String>,
-    mut t: Tbl<'_>,
-    ctx: FileCtx<'_>,
-    d: &mut Diags,
-) -> Option<ResolverCfg> {
+/// A resolver whose keys are wrong is still returned (its errors are
+/// reported), so routers naming it get no second, misleading error.
+fn resolver(name: &Sp<String>, mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> ResolverCfg {
     let email = t.str("email", d).map(|s| s.v).filter(|s| !s.is_empty());
     let ca_server = match t.str("caServer", d) {
         Some(s) if s.v.starts_with("https://") || s.v.starts_with("http://") => s.v,
@@ -64,14 +60,14 @@ fn resolver(
                     t.path, s.v
                 ),
             );
-            return None;
+            s.v
         }
         None => DEFAULT_CA_SERVER.to_string(),
     };
-    let storage = match t.get("storage", d) {
-        Some(n) => values::file_path(&n, ctx, d)?.v,
-        None => values::path(ctx, DEFAULT_STORAGE),
-    };
+    let storage = t
+        .get("storage", d)
+        .and_then(|n| values::file_path(&n, ctx, d))
+        .map_or_else(|| values::path(ctx, DEFAULT_STORAGE), |p| p.v);
     let key_type = match t.str("keyType", d).filter(|s| !s.v.is_empty()) {
         Some(s) => match KeyType::parse(&s.v) {
             Some(k) => k,
@@ -83,7 +79,7 @@ fn resolver(
                         t.path, s.v
                     ),
                 );
-                return None;
+                KeyType::Rsa4096
             }
         },
         None => KeyType::Rsa4096,
@@ -98,7 +94,7 @@ fn resolver(
                     t.path
                 ),
             );
-            return None;
+            DEFAULT_CERTIFICATES_DURATION_HOURS
         }
         None => DEFAULT_CERTIFICATES_DURATION_HOURS,
     };
@@ -107,10 +103,10 @@ fn resolver(
         "the CA's default chain is served (alternate chains are not fetched)",
         d,
     );
-    let ca_certificates = match t.get("caCertificates", d) {
-        Some(n) => values::path_list(&n, ctx, d)?,
-        None => Vec::new(),
-    };
+    let ca_certificates = t
+        .get("caCertificates", d)
+        .and_then(|n| values::path_list(&n, ctx, d))
+        .unwrap_or_default();
     let ca_system_cert_pool = t.bool("caSystemCertPool", d).is_none_or(|b| b.v);
     let mut challenges = Vec::new();
     if t.section("tlsChallenge", d)
@@ -142,7 +138,6 @@ fn resolver(
                 n.path
             ),
         );
-        return None;
     }
     t.unsupported("eab", "external account binding is not supported yet", d);
     for key in ["clientTimeout", "clientResponseHeaderTimeout"] {
@@ -170,9 +165,8 @@ fn resolver(
                 name.v
             ),
         );
-        return None;
     }
-    Some(ResolverCfg {
+    ResolverCfg {
         name: name.v.clone(),
         email,
         ca_server,
@@ -182,7 +176,7 @@ fn resolver(
         certificates_duration: Duration::from_secs(hours.unsigned_abs().saturating_mul(3600)),
         ca_certificates,
         ca_system_cert_pool,
-    })
+    }
 }
 
 /// A router's `tls.domains`: `[{ main = "...", sans = ["..."] }]`.

@@ -598,7 +598,7 @@ mod tests {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut leaf = rcgen::CertificateParams::new(vec![dns.to_string()]).unwrap();
         leaf.subject_alt_names.push(rcgen::SanType::URI(
-            rcgen::Ia5String::try_from(uri).unwrap(),
+            rcgen::string::Ia5String::try_from(uri).unwrap(),
         ));
         let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
         let leaf = leaf.signed_by(&key, &issuer).unwrap();
