@@ -232,6 +232,13 @@ impl State {
                 not_after,
             });
         }
+        // Forget parsed certificates no resolver stores any more (renewed).
+        let stored: std::collections::HashSet<&str> = self
+            .resolvers
+            .values()
+            .flat_map(|s| s.data.certificates.iter().map(|c| c.certificate.as_str()))
+            .collect();
+        self.parsed.retain(|k, _| stored.contains(k.as_str()));
         super::publish(
             by_name
                 .into_iter()

@@ -274,8 +274,11 @@ pub fn stats() -> Vec<ResolverStats> {
 /// Appends the ACME metric families to a Prometheus text page (nothing
 /// when no resolver is configured).
 pub fn render_metrics(out: &mut String) {
+    render_stats(out, &stats());
+}
+
+fn render_stats(out: &mut String, stats: &[ResolverStats]) {
     use std::fmt::Write;
-    let stats = stats();
     if stats.is_empty() {
         return;
     }
@@ -284,7 +287,7 @@ pub fn render_metrics(out: &mut String) {
         "# HELP sluicegate_acme_orders_total ACME certificate orders by resolver and result (ok, error)."
     );
     let _ = writeln!(out, "# TYPE sluicegate_acme_orders_total counter");
-    for s in &stats {
+    for s in stats {
         let r = &s.resolver;
         let _ = writeln!(
             out,
@@ -305,7 +308,7 @@ pub fn render_metrics(out: &mut String) {
         out,
         "# TYPE sluicegate_acme_certificate_not_after_seconds gauge"
     );
-    for s in &stats {
+    for s in stats {
         for (domain, t) in &s.not_after {
             let _ = writeln!(
                 out,
@@ -359,5 +362,54 @@ fn set_active(on: bool, http_entrypoints: Vec<String>) {
 fn set_stats(stats: Vec<ResolverStats>) {
     if let Ok(mut s) = shared().stats.lock() {
         *s = stats;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_names_and_validity() {
+        let d = Domain {
+            main: "a.example.com".into(),
+            sans: vec!["b.example.com".into(), "a.example.com".into()],
+        };
+        assert_eq!(d.names(), vec!["a.example.com", "b.example.com"]);
+        let e = Domain {
+            main: "b.example.com".into(),
+            sans: vec!["a.example.com".into()],
+        };
+        assert!(d.same_names(&e));
+        assert!(valid_domain("a-b.example.com"));
+        assert!(!valid_domain("localhost"));
+        assert!(!valid_domain("bad_name.example.com"));
+        assert!(!valid_domain("-a.example.com"));
+        assert!(!valid_domain("*.example.com"));
+    }
+
+    /// Nothing without a resolver; with one, two families with HELP and
+    /// TYPE lines and a sample per result and certificate.
+    #[test]
+    fn metrics_families() {
+        let mut out = String::new();
+        render_stats(&mut out, &[]);
+        assert!(out.is_empty());
+        let stats = [ResolverStats {
+            resolver: "le".into(),
+            orders_ok: 2,
+            orders_failed: 1,
+            not_after: vec![("a.example.com".into(), 1_900_000_000)],
+        }];
+        render_stats(&mut out, &stats);
+        assert_eq!(out.matches("# TYPE ").count(), 2);
+        assert_eq!(out.matches("# HELP ").count(), 2);
+        for line in [
+            "sluicegate_acme_orders_total{resolver=\"le\",result=\"ok\"} 2",
+            "sluicegate_acme_orders_total{resolver=\"le\",result=\"error\"} 1",
+            "sluicegate_acme_certificate_not_after_seconds{resolver=\"le\",domain=\"a.example.com\"} 1900000000",
+        ] {
+            assert!(out.lines().any(|l| l == line), "missing {line} in:\n{out}");
+        }
     }
 }

@@ -225,6 +225,7 @@ pub fn read_domains(n: &Node<'_>, d: &mut Diags) -> Vec<Sp<Domain>> {
 pub fn settings(
     m: &FileModel,
     ep_index: &std::collections::HashMap<String, usize>,
+    admin_entrypoint: Option<&str>,
     d: &mut Diags,
 ) -> crate::acme::Settings {
     let mut out = crate::acme::Settings::default();
@@ -239,7 +240,15 @@ pub fn settings(
         }
         for c in &r.v.challenges {
             if let Challenge::Http { entrypoint, at } = c {
-                if !ep_index.contains_key(entrypoint) {
+                if admin_entrypoint == Some(entrypoint.as_str()) {
+                    d.error(
+                        *at,
+                        format!(
+                            "entrypoint `{entrypoint}` serves the admin endpoints and cannot answer the HTTP-01 challenge of resolver `{}`",
+                            r.name.v
+                        ),
+                    );
+                } else if !ep_index.contains_key(entrypoint) {
                     d.error(
                         *at,
                         format!(

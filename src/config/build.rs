@@ -70,7 +70,8 @@ pub fn build(
             .collect(),
         _ => Vec::new(),
     };
-    let acme = super::acme::settings(&m, &ep_index, d);
+    let admin_ep = admin.as_ref().map(|a| a.entrypoint.as_str());
+    let acme = super::acme::settings(&m, &ep_index, admin_ep, d);
     warn_if_idle(&entrypoints, &routers, admin.is_some(), d);
     if d.has_errors() {
         return None;
