@@ -129,7 +129,7 @@ fn ping_pong(t: &TlsStream, data: &[u8]) -> Vec<u8> {
     t.read_exact_len(data.len()).unwrap()
 }
 
-fn obtain_and_verify(challenge: &str) {
+fn obtain_and_verify(challenge: &str, extra: &str) {
     if !pebble::available() || !require_tool("openssl", "openssl") {
         return;
     }
@@ -137,7 +137,8 @@ fn obtain_and_verify(challenge: &str) {
     let s = Setup::new(&dir);
     let p = Pebble::start(s.http_port, s.tls_port, 3600);
     let echo = Backend::echo();
-    let proxy = start_proxy(&s.toml(&p.directory, challenge, echo.addr), Some(&p));
+    let config = format!("{}{extra}", s.toml(&p.directory, challenge, echo.addr));
+    let proxy = start_proxy(&config, Some(&p));
     let line = wait_log(
         &proxy,
         "acme: certificate obtained",
@@ -181,16 +182,92 @@ fn obtain_and_verify(challenge: &str) {
         Some(1),
         "{m}"
     );
+    if !extra.is_empty() {
+        // Not a challenge (an HTTP request for another path, then raw
+        // bytes): routed to the plain router, every byte replayed.
+        let mut c = std::net::TcpStream::connect(proxy.addr("web")).unwrap();
+        let sent = b"GET /.well-known/other HTTP/1.1\r\n\r\nand more".to_vec();
+        std::io::Write::write_all(&mut c, &sent).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(read_to_end(&mut c).0, sent);
+        // An unknown token is answered 404 by sluicegate itself.
+        let mut c = std::net::TcpStream::connect(proxy.addr("web")).unwrap();
+        std::io::Write::write_all(
+            &mut c,
+            b"GET /.well-known/acme-challenge/unknown HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .unwrap();
+        let answer = read_to_end(&mut c).0;
+        assert!(
+            answer.starts_with(b"HTTP/1.1 404"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
 }
 
 #[test]
 fn tls_alpn_01_certificate_verifies_with_pebble_root() {
-    obtain_and_verify(TLS_CHALLENGE);
+    obtain_and_verify(TLS_CHALLENGE, "");
 }
 
+/// The HTTP-01 entrypoint also carries a plain router: a connection that
+/// is not a challenge request reaches it with its bytes intact.
 #[test]
 fn http_01_certificate_verifies_with_pebble_root() {
-    obtain_and_verify(HTTP_CHALLENGE);
+    let plain = Backend::echo();
+    let extra = format!(
+        r#"
+[tcp.routers.plain]
+entryPoints = ["web"]
+rule = "HostSNI(`*`)"
+service = "plain"
+[tcp.services.plain.loadBalancer]
+  [[tcp.services.plain.loadBalancer.servers]]
+  address = "{}"
+"#,
+        plain.addr
+    );
+    obtain_and_verify(HTTP_CHALLENGE, &extra);
+}
+
+/// A reload that adds a router for another name obtains its certificate
+/// without a restart; the first one keeps being served.
+#[test]
+fn reload_adds_a_name() {
+    if !pebble::available() {
+        return;
+    }
+    let dir = TempDir::new("acme");
+    let s = Setup::new(&dir);
+    let p = Pebble::start(s.http_port, s.tls_port, 3600);
+    let echo = Backend::echo();
+    let config = s.toml(&p.directory, TLS_CHALLENGE, echo.addr);
+    let proxy = start_proxy(&config, Some(&p));
+    wait_log(
+        &proxy,
+        "acme: certificate obtained",
+        Duration::from_secs(90),
+    );
+    let second = "second.sluicegate.test";
+    let added = format!(
+        "{config}\n[tcp.routers.second]\nentryPoints = [\"tls\"]\nrule = \"HostSNI(`{second}`)\"\nservice = \"svc\"\ntls.certResolver = \"pebble\"\n"
+    );
+    std::fs::write(&proxy.config_path, added).unwrap();
+    proxy.signal(1);
+    let line = wait_log(
+        &proxy,
+        &format!("domains={second}"),
+        Duration::from_secs(90),
+    );
+    assert!(line.contains("acme: certificate obtained"), "{line}");
+    let root = p.root();
+    for name in [NAME, second] {
+        let t = TlsStream::connect(proxy.addr("tls"), name, client_config(&root, None, &[]))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let der = t.peer_certificates()[0].as_ref().to_vec();
+        assert_eq!(support::tls::subject_cn(&der).as_deref(), Some(name));
+    }
 }
 
 /// A certificate of 30 s is renewed when a third of it is left: new
@@ -229,9 +306,6 @@ fn renewal_swaps_certificate_and_open_session_keeps_working() {
 /// logged and counted; the order is retried later, never blocking traffic.
 #[test]
 fn ca_down_keeps_default_certificate_and_logs_error() {
-    if !require_tool("openssl", "openssl") {
-        return;
-    }
     let dir = TempDir::new("acme");
     let s = Setup::new(&dir);
     let down = format!("https://{}/dir", refused_addr());
