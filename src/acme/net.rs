@@ -221,7 +221,7 @@ fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
         if size == 0 {
             return Some(out);
         }
-        if body.len() < size + 2 {
+        if body.len().saturating_sub(2) < size {
             return None;
         }
         out.extend_from_slice(&body[..size]);
@@ -306,5 +306,7 @@ mod tests {
         assert_eq!(complete(raw), Some(true));
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc").is_err());
         assert!(parse_response(b"garbage").is_err());
+        // A chunk size no body can hold is incomplete, never an overflow.
+        assert_eq!(dechunk(b"ffffffffffffffff\r\nab"), None);
     }
 }
