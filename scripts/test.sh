@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Tools the integration tests drive as real clients and servers.
-PKGS=(redis-server redis-tools postgresql postgresql-contrib openssl python3 procps iproute2 util-linux coreutils etcd-server systemd curl man-db dpkg patroni python3-pip)
+PKGS=(redis-server redis-tools postgresql postgresql-contrib openssl python3 procps iproute2 util-linux coreutils etcd-server systemd curl man-db dpkg patroni python3-pip pebble)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

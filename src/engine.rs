@@ -55,11 +55,15 @@ pub fn run(path: &Path) -> Result<(), String> {
     let rt = cfg.runtime.clone();
     let watch = cfg.watch.clone();
     let kv = cfg.kv.clone();
+    let acme = cfg.acme.clone();
     let shared = Shared::new(snapshot);
     shared
         .register_listeners(&listeners)
         .map_err(|e| format!("cannot keep a handle on the listeners: {e}"))?;
     health::restart(&shared);
+    // ACME: certificates are obtained off the data path (the default one is
+    // served until then).
+    crate::acme::apply(&acme);
     if let Some(l) = admin_listener {
         admin::spawn(l, shared.clone()).map_err(|e| format!("cannot start admin thread: {e}"))?;
     }
@@ -502,7 +506,9 @@ fn apply(shared: &Shared, loaded: Loaded, why: &str) {
             };
             let (added_names, removed_names) =
                 (names(&added, &snap.config), names(&removed, &old.config));
+            let acme = snap.config.acme.clone();
             shared.publish(snap);
+            crate::acme::apply(&acme);
             // After the publish: a worker never accepts on an entrypoint its
             // snapshot does not have.
             for (ep, socks) in bound {

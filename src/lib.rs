@@ -18,6 +18,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod acme;
 pub mod admin;
 pub mod balance;
 pub mod completion;

@@ -386,6 +386,7 @@ impl Registry {
             }
         }
         server_loads(&mut out, snap);
+        crate::acme::render_metrics(&mut out);
         out
     }
 }

@@ -55,6 +55,8 @@ pub struct Config {
     pub kv_revisions: Vec<(String, u64)>,
     /// Warnings already formatted as `FILE:LINE:COL: message`.
     pub warnings: Vec<String>,
+    /// ACME resolvers and the certificates routers ask them for.
+    pub acme: crate::acme::Settings,
 }
 
 /// Which KV store a provider reads.

@@ -302,6 +302,12 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Read at least one more byte (under the reader's deadline).
+    pub async fn read_more(&mut self) -> Result<(), PeekError> {
+        let n = self.buf.len() + 1;
+        self.fill(n).await
+    }
+
     async fn reply(&self, byte: u8) -> Result<(), PeekError> {
         write_all(self.client, &[byte])
             .await

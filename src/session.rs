@@ -89,6 +89,8 @@ enum Early {
     /// A PostgreSQL first message that is not valid: answered with an
     /// ErrorResponse (SQLSTATE 08P01) and closed.
     PgMalformed,
+    /// An ACME validation (HTTP-01 or TLS-ALPN-01) was answered.
+    Acme(&'static str),
 }
 
 impl Early {
@@ -109,6 +111,7 @@ impl Early {
             Early::Drained => Outcome::Drained.as_str(),
             Early::PgCancel(end) => end.as_str(),
             Early::PgMalformed => "pg_bad_startup",
+            Early::Acme(s) => s,
         }
     }
 }
@@ -302,6 +305,15 @@ async fn run<'a>(
     }
     let client_ip = client_addr.ip();
 
+    // ACME HTTP-01 on a resolver's httpChallenge entrypoint, before routing.
+    if crate::acme::is_http01_entrypoint(&ep_cfg.name)
+        && Box::pin(crate::acme::http01::serve(client, &mut reader))
+            .await
+            .map_err(Early::Peek)?
+    {
+        return Err(Early::Acme("acme_http01"));
+    }
+
     // Peek only when a TLS router needs the ClientHello; otherwise dial at
     // once (server-speaks-first protocols).
     let mut peeked = if entry.needs_peek() {
@@ -316,6 +328,14 @@ async fn run<'a>(
             ..Peeked::default()
         }
     };
+    // ACME TLS-ALPN-01: a validation of a name being validated now is
+    // answered with its challenge certificate, whatever the routers.
+    if let Some(h) = &peeked.hello {
+        if crate::acme::is_tls_alpn_challenge(h.sni.as_deref(), &h.alpn) {
+            Box::pin(tls::answer_acme_tls_alpn(client, &peeked.buf, deadline)).await;
+            return Err(Early::Acme("acme_tls_alpn"));
+        }
+    }
     // A plain connection on an entrypoint with PostgreSQL routers: its
     // StartupMessage is read before routing (PgDatabase, PgUser, PgParam),
     // and a CancelRequest goes to the server that issued its key.

@@ -549,7 +549,8 @@ fn cross_namespace_references_need_allow_cross_namespace() {
 
 #[test]
 fn errors_point_into_the_manifests() {
-    // The guide's termination example asks Let's Encrypt for a certificate.
+    // The guide's termination example asks Let's Encrypt for a certificate,
+    // from a resolver the static configuration must define.
     let s = Setup::new(
         &[("tls-termination.yaml", &fixture("tls-termination.yaml"))],
         &map("default/redis-service", &[refused_addr()]),
@@ -559,7 +560,7 @@ fn errors_point_into_the_manifests() {
     let f = s.manifest("tls-termination.yaml").display().to_string();
     assert_eq!(
         ran.stderr,
-        format!("{f}:17:5: `spec.tls.certResolver` is not supported: sluicegate has no ACME client; give the certificate as a Secret in `secretName`\n")
+        format!("{f}:17:19: unknown certificate resolver `letsencrypt`: no [certificatesResolvers] is defined in the main file\n")
     );
 
     // No mapping: the Service's cluster DNS name, resolved at load.

@@ -70,6 +70,8 @@ pub fn build(
             .collect(),
         _ => Vec::new(),
     };
+    let admin_ep = admin.as_ref().map(|a| a.entrypoint.as_str());
+    let acme = super::acme::settings(&m, &ep_index, admin_ep, d);
     warn_if_idle(&entrypoints, &routers, admin.is_some(), d);
     if d.has_errors() {
         return None;
@@ -88,6 +90,7 @@ pub fn build(
         kv: m.kv,
         kv_revisions: m.kv_revisions,
         warnings: Vec::new(),
+        acme,
     })
 }
 
@@ -638,7 +641,7 @@ fn routers(m: &FileModel, refs: &Refs<'_>, sources: &Sources, d: &mut Diags) -> 
                 Some(o) => lookup(refs.opt_index, o, "TLS options", d)?,
                 None => 0,
             };
-            if !t.passthrough && !refs.has_certificates {
+            if !t.passthrough && !refs.has_certificates && t.cert_resolver.is_none() {
                 d.warn(
                     t.at,
                     format!(

@@ -88,22 +88,19 @@ fn router(name: Sp<String>, mut t: Tbl<'_>, syntax: rule::Syntax, d: &mut Diags)
     let tls = t.section("tls", d).map(|mut tt| {
         let passthrough = tt.bool("passthrough", d).is_some_and(|b| b.v);
         let options = tt.str("options", d);
-        tt.unsupported(
-            "certResolver",
-            "sluicegate has no ACME client; give certificates in [[tls.certificates]]",
-            d,
-        );
-        tt.unsupported(
-            "domains",
-            "it only feeds a certResolver; give certificates in [[tls.certificates]]",
-            d,
-        );
+        let cert_resolver = tt.str("certResolver", d).filter(|s| !s.v.is_empty());
+        let domains = tt
+            .get("domains", d)
+            .map(|n| super::acme::read_domains(&n, d))
+            .unwrap_or_default();
         let at = tt.at;
         tt.finish(d);
         RouterTlsF {
             at,
             passthrough,
             options,
+            cert_resolver,
+            domains,
         }
     });
     // Extension: PostgreSQL on this router (see model::PgRouter).

@@ -45,6 +45,8 @@ pub struct FileModel {
     pub certificates: Vec<Sp<model::CertPair>>,
     pub default_certificate: Option<Sp<model::CertPair>>,
     pub tls_options: Vec<Named<model::TlsOptions>>,
+    /// `[certificatesResolvers.<name>.acme]` (main file only).
+    pub acme_resolvers: Vec<Named<crate::acme::ResolverCfg>>,
 }
 
 /// A definition with the position of its name (where duplicates are reported).
@@ -123,6 +125,10 @@ pub struct RouterTlsF {
     pub at: Pos,
     pub passthrough: bool,
     pub options: Option<Sp<String>>,
+    /// `certResolver`: the ACME resolver that provides this router's certificate.
+    pub cert_resolver: Option<Sp<String>>,
+    /// `domains`: the names to obtain (else the rule's HostSNI names).
+    pub domains: Vec<Sp<crate::acme::Domain>>,
 }
 
 #[derive(Debug)]

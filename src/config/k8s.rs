@@ -645,22 +645,19 @@ fn ingress_route(
             let _ = st.str("namespace", d);
             st.finish(d);
         }
-        tt.unsupported(
-            "certResolver",
-            "sluicegate has no ACME client; give the certificate as a Secret in `secretName`",
-            d,
-        );
-        tt.unsupported(
-            "domains",
-            "it only feeds a certResolver; give the certificate as a Secret in `secretName`",
-            d,
-        );
+        let cert_resolver = tt.str("certResolver", d).filter(|s| !s.v.is_empty());
+        let domains = tt
+            .get("domains", d)
+            .map(|n| super::acme::read_domains(&n, d))
+            .unwrap_or_default();
         let at = tt.at;
         tt.finish(d);
         RouterTlsF {
             at,
             passthrough,
             options,
+            cert_resolver,
+            domains,
         }
     });
     let routes = match spec.get("routes", d) {
@@ -780,6 +777,8 @@ fn ingress_route(
                 at: t.at,
                 passthrough: t.passthrough,
                 options: t.options.clone(),
+                cert_resolver: t.cert_resolver.clone(),
+                domains: t.domains.clone(),
             }),
             postgres: None,
         });
@@ -1227,7 +1226,7 @@ fn tls_store(
     }
     spec.unsupported(
         "defaultGeneratedCert",
-        "it needs an ACME certResolver; give a defaultCertificate instead",
+        "a default certificate from a certResolver is not supported; give a defaultCertificate instead",
         d,
     );
     spec.finish(d);

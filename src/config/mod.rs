@@ -19,6 +19,7 @@
 //! them all (a syntax error stops the run: the rest of that file cannot
 //! be read; beyond `diag::MAX_DIAGNOSTICS` they are counted, not listed).
 
+mod acme;
 mod address;
 mod bounded;
 mod build;
@@ -41,7 +42,9 @@ use std::path::{Path, PathBuf};
 pub use address::Resolve;
 pub use bounded::{read_regular, MAX_CA_FILE_SIZE, MAX_CONFIG_FILE_SIZE, MAX_PEM_FILE_SIZE};
 pub use diag::Errors;
-use diag::{Diags, Pos, Severity, Sources};
+pub use diag::Pos;
+
+use diag::{Diags, Severity, Sources};
 use file::FileModel;
 use reader::Tbl;
 use values::FileCtx;

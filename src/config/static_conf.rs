@@ -26,7 +26,6 @@ pub const MAX_BUFFER_SIZE: u64 = 16 * 1024 * 1024;
 pub const MAX_WORKERS: i64 = 1024;
 
 const HTTP_ONLY: &str = "it only applies to HTTP, and sluicegate proxies TCP";
-const NO_ACME: &str = "sluicegate has no ACME client";
 
 /// Traefik providers other than the file provider (their routers would be lost).
 const OTHER_PROVIDERS: &str =
@@ -53,7 +52,9 @@ pub fn read_main(mut root: Tbl<'_>, ctx: FileCtx<'_>, m: &mut FileModel, d: &mut
     if let Some(t) = root.table("runtime", d) {
         m.runtime = runtime(t, d);
     }
-    root.unsupported("certificatesResolvers", NO_ACME, d);
+    if let Some(t) = root.table("certificatesResolvers", d) {
+        super::acme::read_resolvers(t, ctx, m, d);
+    }
     for (key, why) in [
         ("global", "it does not change TCP traffic"),
         ("log", "sluicegate logs to stderr in logfmt"),
@@ -201,7 +202,10 @@ fn entry_point(name: Sp<String>, mut t: Tbl<'_>, d: &mut Diags) -> EntryPointF {
             "observability",
             "metrics and logs are always on for every entrypoint",
         ),
-        ("allowACMEByPass", NO_ACME),
+        (
+            "allowACMEByPass",
+            "ACME challenges are always answered before routing",
+        ),
     ] {
         t.ignored(key, why, d);
     }

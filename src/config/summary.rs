@@ -275,6 +275,43 @@ impl Config {
             )?;
         }
 
+        if !self.acme.resolvers.is_empty() {
+            writeln!(
+                s,
+                "\ncertificate resolvers ({}):",
+                self.acme.resolvers.len()
+            )?;
+            for (ri, r) in self.acme.resolvers.iter().enumerate() {
+                let challenges: Vec<String> = r
+                    .challenges
+                    .iter()
+                    .map(|c| match c {
+                        crate::acme::Challenge::TlsAlpn => "tls-alpn-01".to_string(),
+                        crate::acme::Challenge::Http { entrypoint, .. } => {
+                            format!("http-01 on {entrypoint}")
+                        }
+                    })
+                    .collect();
+                writeln!(
+                    s,
+                    "  {} {} ({}), keyType {}, storage {}",
+                    r.name,
+                    r.ca_server,
+                    challenges.join(", "),
+                    r.key_type.as_str(),
+                    r.storage.display()
+                )?;
+                for w in self.acme.wants.iter().filter(|w| w.resolver == ri) {
+                    writeln!(
+                        s,
+                        "    {} (routers {})",
+                        w.domain.names().join(", "),
+                        w.routers.join(", ")
+                    )?;
+                }
+            }
+        }
+
         let workers = self
             .runtime
             .workers

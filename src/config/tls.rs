@@ -113,7 +113,7 @@ pub fn read_tls(mut t: Tbl<'_>, ctx: FileCtx<'_>, m: &mut FileModel, d: &mut Dia
                 .and_then(|ct| values::cert_pair(ct, ctx, d, |_, _| {}));
             st.unsupported(
                 "defaultGeneratedCert",
-                "it needs an ACME certResolver; give a defaultCertificate instead",
+                "a default certificate from a certResolver is not supported; give a defaultCertificate instead",
                 d,
             );
             st.finish(d);

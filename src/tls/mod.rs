@@ -332,6 +332,11 @@ pub async fn handshake(
     }
 }
 
+/// A certificate's validity (`notBefore`, `notAfter`) as Unix seconds.
+pub fn validity(cert_der: &[u8]) -> Option<(i64, i64)> {
+    Some((x509::not_before(cert_der)?, x509::not_after(cert_der)?))
+}
+
 /// How to talk to a `tls = true` server: TLS configured by transport
 /// `transport` of the snapshot (its `tls` table, or Traefik's defaults).
 pub struct BackendTls<'a> {
@@ -415,6 +420,55 @@ async fn connect_backend(
                 "backend closed during the TLS handshake",
             )
         })),
+    }
+}
+
+/// Answer an ACME TLS-ALPN-01 validation: the handshake with the
+/// challenge certificate of the hello's name (ALPN `acme-tls/1`), then
+/// close_notify. Errors end it quietly: the CA sees a failed validation.
+pub async fn answer_acme_tls_alpn(client: &TcpStream, peeked: &[u8], deadline: Option<Instant>) {
+    let Some(config) = crate::acme::tls_alpn_config() else {
+        return;
+    };
+    let limit = Instant::now() + REFUSE_HANDSHAKE_MAX;
+    let deadline = deadline.map_or(limit, |d| d.min(limit));
+    let Ok(conn) = UnbufferedServerConnection::new(config) else {
+        return;
+    };
+    let mut side = Box::new(TlsSide::new(conn));
+    if side.cin.push(peeked) != peeked.len() {
+        return;
+    }
+    if handshake::run(&mut side, client, Some(deadline))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    close_after_handshake(side, client, deadline).await;
+}
+
+async fn close_after_handshake(
+    mut side: Box<TlsSide<UnbufferedServerConnection>>,
+    client: &TcpStream,
+    deadline: Instant,
+) {
+    if side.close_notify().is_err() {
+        return;
+    }
+    let fd = client.as_raw_fd();
+    loop {
+        match side.flush(fd) {
+            Ok(false) => {}
+            Ok(true) | Err(_) => return,
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !matches!(
+            monoio::time::timeout(left, client.writable(false)).await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
     }
 }
 

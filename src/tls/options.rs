@@ -592,15 +592,16 @@ mod tests {
     /// A CA and a leaf it signed with DNS `dns` and URI `uri` SANs (DER).
     fn ca_and_leaf(dns: &str, uri: &str) -> (CertificateDer<'static>, CertificateDer<'static>) {
         let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = ca.self_signed(&ca_key).unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut leaf = rcgen::CertificateParams::new(vec![dns.to_string()]).unwrap();
         leaf.subject_alt_names.push(rcgen::SanType::URI(
-            rcgen::Ia5String::try_from(uri).unwrap(),
+            rcgen::string::Ia5String::try_from(uri).unwrap(),
         ));
-        let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+        let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+        let leaf = leaf.signed_by(&key, &issuer).unwrap();
         (ca.der().clone(), leaf.der().clone())
     }
 

@@ -117,6 +117,10 @@ impl CertStore {
         if let Some(ck) = sni.and_then(|s| self.by_name(s)) {
             return Some(ck.clone());
         }
+        // Certificates from ACME resolvers, swapped in as they are obtained.
+        if let Some(ck) = sni.and_then(crate::acme::certificate) {
+            return Some(ck);
+        }
         if strict {
             return None;
         }

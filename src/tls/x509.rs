@@ -71,6 +71,13 @@ fn validity_and_subject(cert: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((validity, subject))
 }
 
+/// `notBefore` as seconds since the Unix epoch.
+pub fn not_before(cert: &[u8]) -> Option<i64> {
+    let (validity, _) = validity_and_subject(cert)?;
+    let (tag, t, _) = tlv(validity)?;
+    parse_time(tag, t)
+}
+
 /// `notAfter` as seconds since the Unix epoch.
 pub fn not_after(cert: &[u8]) -> Option<i64> {
     let (validity, _) = validity_and_subject(cert)?;
@@ -288,7 +295,10 @@ mod tests {
         assert_eq!(common_name(cert.der()).as_deref(), Some("cn.example"));
         assert_eq!(not_after(cert.der()), Some(1_936_742_400));
         assert!(!is_v1(cert.der()), "rcgen makes v3");
-        assert_eq!(spki(cert.der()), Some(&key.public_key_der()[..]));
+        assert_eq!(
+            spki(cert.der()),
+            Some(&rcgen::PublicKeyData::subject_public_key_info(&key)[..])
+        );
     }
 
     #[test]
@@ -304,7 +314,7 @@ mod tests {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut params = rcgen::CertificateParams::new(vec!["a.test".into()]).unwrap();
         params.subject_alt_names.push(rcgen::SanType::URI(
-            rcgen::Ia5String::try_from("spiffe://example.org/peer").unwrap(),
+            rcgen::string::Ia5String::try_from("spiffe://example.org/peer").unwrap(),
         ));
         let cert = params.self_signed(&key).unwrap();
         assert_eq!(uri_sans(cert.der()), vec!["spiffe://example.org/peer"]);

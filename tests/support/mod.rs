@@ -83,6 +83,11 @@ impl Proxy {
         Self::spawn(path.to_path_buf(), None, &[])
     }
 
+    /// `start_file` under a wrapper command (e.g. `["env", "VAR=value"]`).
+    pub fn start_file_with(path: &std::path::Path, wrapper: &[&str]) -> Proxy {
+        Self::spawn(path.to_path_buf(), None, wrapper)
+    }
+
     fn spawn(path: PathBuf, dir: Option<TempDir>, wrapper: &[&str]) -> Proxy {
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
@@ -533,6 +538,7 @@ pub mod etcd;
 pub mod hello;
 pub mod openssl;
 pub mod patroni;
+pub mod pebble;
 pub mod pg;
 pub mod process;
 pub mod record;

@@ -225,7 +225,7 @@ impl TlsStream {
 /// A test certificate authority made with rcgen (in process).
 pub struct Ca {
     key: rcgen::KeyPair,
-    cert: rcgen::Certificate,
+    params: rcgen::CertificateParams,
     pub pem: String,
 }
 
@@ -237,7 +237,11 @@ impl Ca {
         p.distinguished_name.push(rcgen::DnType::CommonName, name);
         let cert = p.self_signed(&key).unwrap();
         let pem = cert.pem();
-        Ca { key, cert, pem }
+        Ca {
+            key,
+            params: p,
+            pem,
+        }
     }
 
     /// A leaf for `names` (SANs; the first is also the CN), ECDSA P-256,
@@ -254,7 +258,8 @@ impl Ca {
             p.not_before = rcgen::date_time_ymd(2020, 1, 1);
             p.not_after = rcgen::date_time_ymd(2021, 1, 1);
         }
-        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let cert = p.signed_by(&key, &issuer).unwrap();
         (cert.pem(), key.serialize_pem())
     }
 
