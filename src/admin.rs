@@ -677,7 +677,7 @@ fn services_json(snap: &Snapshot, only: Option<&str>) -> String {
                     if let Some(kind) = kind {
                         out.push_str(&format!(
                             ",\"check\":\"{kind}\",\"role\":\"{}\"",
-                            crate::health::role_str(hc.role)
+                            hc.role.as_str()
                         ));
                     }
                     if (hc.rise, hc.fall) != (1, 1) {

@@ -462,7 +462,7 @@ fn check_service(snap: &Snapshot, si: usize, stop: &Stop) {
                     service = svc.name,
                     server = server.address_text,
                     verdict = seen.as_str(),
-                    role = role_str(hc.role)
+                    role = hc.role.as_str()
                 ),
             }
         }
@@ -478,15 +478,6 @@ fn check_service(snap: &Snapshot, si: usize, stop: &Stop) {
             } else {
                 hc.interval
             };
-    }
-}
-
-/// `any`, `primary`, `replica`.
-pub fn role_str(r: Role) -> &'static str {
-    match r {
-        Role::Any => "any",
-        Role::Primary => "primary",
-        Role::Replica => "replica",
     }
 }
 

@@ -340,6 +340,17 @@ pub enum Role {
     Replica,
 }
 
+impl Role {
+    /// `any`, `primary`, `replica` (as written in the config; logs, /api).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Any => "any",
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+        }
+    }
+}
+
 /// A `[tcp.middlewares.<name>]`.
 #[derive(Debug, Clone)]
 pub struct Middleware {
