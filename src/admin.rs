@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use crate::log;
 use crate::model::{Admin, ServiceKind};
+use crate::state::{Shared, Snapshot};
 use crate::sys;
-use crate::worker::{Shared, Snapshot};
 
 /// Largest request head accepted (request line and headers); admin requests
 /// are a line and a few headers, and Prometheus sends about 300 bytes.
@@ -482,7 +482,7 @@ fn respond(method: &str, path: &str, shared: &Shared) -> Response {
         "/metrics" if on(|a| a.metrics) => {
             let mut r = Response::text(200, "");
             r.content_type = "text/plain; version=0.0.4; charset=utf-8";
-            r.body = shared.metrics.render(&snap).into_bytes();
+            r.body = crate::metrics::registry().render(&snap).into_bytes();
             r
         }
         "/api/providers" if on(|a| a.api) => Response::json(200, providers_json(&snap)),

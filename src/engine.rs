@@ -15,7 +15,8 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::model::Config;
-use crate::worker::{self, Shared, Snapshot};
+use crate::state::{Shared, Snapshot, MAX_ENTRYPOINT_SLOTS};
+use crate::worker;
 use crate::{admin, config, health, log, sys};
 
 /// How often the file provider's `watch = true` looks at modification times.
@@ -55,11 +56,11 @@ pub fn run(path: &Path) -> Result<(), String> {
     let rt = cfg.runtime.clone();
     let watch = cfg.watch.clone();
     let kv = cfg.kv.clone();
-    let shared = Shared::new(snapshot);
+    let shared = Shared::new(snapshot, health::start);
     shared
         .register_listeners(&listeners)
         .map_err(|e| format!("cannot keep a handle on the listeners: {e}"))?;
-    health::restart(&shared);
+    shared.restart_checks();
     if let Some(l) = admin_listener {
         admin::spawn(l, shared.clone()).map_err(|e| format!("cannot start admin thread: {e}"))?;
     }
@@ -458,7 +459,7 @@ fn reload_loop(
 /// Publish a loaded snapshot; an invalid config keeps the old snapshot.
 fn apply(shared: &Shared, loaded: Loaded, why: &str) {
     match loaded {
-        Ok((mut snap, warnings)) => {
+        Ok((snap, warnings)) => {
             let old = shared.current();
             if let Err(why_not) = same_listeners(&old.config, &snap.config) {
                 log!(
@@ -488,11 +489,6 @@ fn apply(shared: &Shared, loaded: Loaded, why: &str) {
             for w in &warnings {
                 log!(Warn, "config", warning = w);
             }
-            // Known-down servers stay down until the new checks say
-            // otherwise; then the checks move to the new snapshot.
-            health::inherit(&snap, &old);
-            // Open connections and queues stay counted (balance.rs).
-            snap.loads.inherit(&snap.config, &old.loads, &old.config);
             let graces: Vec<Duration> = removed
                 .iter()
                 .map(|&ep| old.config.entrypoints[ep].grace_timeout)
@@ -502,7 +498,10 @@ fn apply(shared: &Shared, loaded: Loaded, why: &str) {
             };
             let (added_names, removed_names) =
                 (names(&added, &snap.config), names(&removed, &old.config));
-            shared.publish(snap);
+            // Known-down servers stay down until the new checks say
+            // otherwise, open connections and queues stay counted, and the
+            // checks move to the new snapshot.
+            shared.reload(snap);
             // After the publish: a worker never accepts on an entrypoint its
             // snapshot does not have.
             for (ep, socks) in bound {
@@ -518,7 +517,6 @@ fn apply(shared: &Shared, loaded: Loaded, why: &str) {
             for (&ep, grace) in removed.iter().zip(graces) {
                 shared.remove_entrypoint(ep, now + grace);
             }
-            health::restart(shared);
             for n in &added_names {
                 log!(Info, "entrypoint added", entrypoint = n);
             }
@@ -615,10 +613,10 @@ fn align_entrypoints(new: &mut Config, old: &Config) -> Result<(), String> {
         remap[i] = out.len();
         out.push(e);
     }
-    if out.len() > worker::MAX_ENTRYPOINT_SLOTS {
+    if out.len() > MAX_ENTRYPOINT_SLOTS {
         return Err(format!(
             "more than {} entrypoints added and removed since start; restart to apply",
-            worker::MAX_ENTRYPOINT_SLOTS
+            MAX_ENTRYPOINT_SLOTS
         ));
     }
     for r in &mut new.routers {
@@ -720,7 +718,7 @@ mod tests {
     /// coalesced trigger reloads once the loader is free.
     #[test]
     fn a_stuck_reload_expires_and_triggers_coalesce_without_new_loaders() {
-        let shared = Shared::new(snapshot("127.0.0.1:1"));
+        let shared = Shared::new(snapshot("127.0.0.1:1"), crate::health::start);
         let calls = Arc::new(AtomicUsize::new(0));
         let (gate_tx, gate_rx) = mpsc::channel::<()>();
         let gate = Mutex::new(gate_rx);

@@ -35,6 +35,7 @@ pub mod pg;
 pub mod route;
 pub mod rule;
 pub mod session;
+pub mod state;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tls;

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::model::Config;
-use crate::worker::Snapshot;
+use crate::state::Snapshot;
 
 /// Label for "no router matched" / "no service chosen" (as in the access log).
 const NONE: &str = "-";
@@ -33,6 +33,18 @@ const NONE: &str = "-";
 #[derive(Default)]
 pub struct Registry {
     workers: Mutex<Vec<Arc<WorkerMetrics>>>,
+}
+
+/// The process's registry: the one every worker registers with and
+/// `/metrics` and the service manager's status line read. Process-wide like
+/// the per-thread handle each hook uses (a process serves one engine).
+static REGISTRY: Registry = Registry {
+    workers: Mutex::new(Vec::new()),
+};
+
+/// The process's registry (see `REGISTRY`).
+pub fn registry() -> &'static Registry {
+    &REGISTRY
 }
 
 /// One worker's counters.
@@ -354,7 +366,7 @@ impl Registry {
                 if lb.health_check.is_none() {
                     continue;
                 }
-                for v in crate::health::VERDICTS {
+                for v in crate::state::health::VERDICTS {
                     let labels = [
                         ("service", cfg.services[si].name.as_str()),
                         ("server", lb.servers[i].address_text.as_str()),

@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::model::{Config, ServiceKind};
-use crate::worker::Shared;
+use crate::state::Shared;
 use crate::{log, sys};
 
 /// How often `STATUS=` may change.
@@ -230,7 +230,7 @@ fn status_text(phase: Phase, pending: usize, accepted: u64, open: u64) -> String
 }
 
 fn status_now(shared: &Shared, phase: Phase) -> String {
-    let (accepted, open) = shared.metrics.connection_totals();
+    let (accepted, open) = crate::metrics::registry().connection_totals();
     let pending = shared.current().health.first_verdicts_pending();
     status_text(phase, pending, accepted, open)
 }

@@ -28,8 +28,8 @@ use crate::forward::{self, write_all, Cutoff, Outcome};
 use crate::model::{MiddlewareKind, ServiceKind};
 use crate::peek::{PeekError, Peeked, PgOpen, Reader};
 use crate::rule::MatchCtx;
+use crate::state::{Shared, WorkerSnap};
 use crate::wire::{client_hello, postgres, proxy_protocol};
-use crate::worker::{Shared, WorkerSnap};
 use crate::{log, pg, sys, tls};
 
 /// How long a connection on a `proxyProtocol` entrypoint whose routers dial

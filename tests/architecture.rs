@@ -393,14 +393,17 @@ fn top_level_modules_have_no_cycle() {
         "the scan found too few modules to be a real reading of src/: {:?}",
         g.keys().collect::<Vec<_>>()
     );
-    for (from, tos) in &g {
-        let names: Vec<&str> = tos.keys().map(String::as_str).collect();
-        println!("{from} -> {}", names.join(", "));
-    }
     let comps = cycles(&g);
+    let listing: String = g
+        .iter()
+        .map(|(from, tos)| {
+            let names: Vec<&str> = tos.keys().map(String::as_str).collect();
+            format!("  {from} -> {}\n", names.join(", "))
+        })
+        .collect();
     assert!(
         comps.is_empty(),
-        "the top-level modules have cycles:\n{}",
+        "the top-level modules have cycles:\n{}\nthe whole graph:\n{listing}",
         describe(&g, &comps)
     );
 }
