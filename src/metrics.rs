@@ -405,7 +405,6 @@ impl Registry {
 /// Open and queued connections per server, across workers (balance.rs).
 fn server_loads(out: &mut String, snap: &Snapshot) {
     let cfg = &snap.config;
-    let servers = crate::balance::flatten(cfg);
     let families = [
         (
             "sluicegate_server_connections",
@@ -418,15 +417,13 @@ fn server_loads(out: &mut String, snap: &Snapshot) {
     ];
     for (k, (name, help)) in families.iter().enumerate() {
         header(out, name, "gauge", help);
-        for (id, &(si, i)) in servers.iter().enumerate() {
-            let (crate::model::ServiceKind::LoadBalancer(lb), Some(load)) =
-                (&cfg.services[si].kind, snap.loads.get(id))
-            else {
+        for (id, _, _) in snap.servers.iter() {
+            let (Some(s), Some(load)) = (snap.servers.get(cfg, id), snap.loads.get(id)) else {
                 continue;
             };
             let labels = [
-                ("service", cfg.services[si].name.as_str()),
-                ("server", lb.servers[i].address_text.as_str()),
+                ("service", s.service.name.as_str()),
+                ("server", s.server.address_text.as_str()),
             ];
             let v = if k == 0 { load.active() } else { load.queued() };
             sample(out, name, &labels, u64::from(v));

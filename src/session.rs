@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 
 use crate::forward::{self, write_all, Cutoff, Outcome};
-use crate::model::{MiddlewareKind, ServiceKind};
+use crate::model::MiddlewareKind;
 use crate::peek::{PeekError, Peeked, PgOpen, Reader};
 use crate::rule::MatchCtx;
 use crate::state::{Shared, WorkerSnap};
@@ -465,21 +465,18 @@ async fn run<'a>(
     acc.service = Some(router.service);
     // `_slot`: this connection's place in the server's count (leastConn,
     // maxConn), held until the connection ends.
-    let (backend, lb_service, server_idx, _slot) =
-        Box::pin(dial_service(ws, router.service, acc, client_ip)).await?;
+    let Dialed {
+        stream: backend,
+        picked,
+        slot: _slot,
+    } = Box::pin(dial_service(ws, router.service, acc, client_ip)).await?;
     cut.set_backend(backend.as_raw_fd());
-    let ServiceKind::LoadBalancer(lb) = &cfg.services[lb_service].kind else {
-        return Err(Early::NoServer);
-    };
-    if cfg.services[lb_service].on_server_down == crate::model::OnServerDown::Close {
+    let (lb, transport) = (picked.lb, picked.transport);
+    if picked.service.on_server_down == crate::model::OnServerDown::Close {
         // The worker cuts this session when the server stops being
         // pickable (worker::close_gone_servers).
-        cut.set_target(
-            &cfg.services[lb_service].name,
-            &lb.servers[server_idx].address_text,
-        );
+        cut.set_target(&picked.service.name, &picked.server.address_text);
     }
-    let transport = &cfg.transports[lb.transport];
     let opts = forward::Opts {
         termination_delay: match lb.termination_delay {
             Some(d) => d,
@@ -509,7 +506,7 @@ async fn run<'a>(
         // The hello was consumed by the handshake; do not hold it for the
         // connection's lifetime.
         drop(peeked);
-        let server = &lb.servers[server_idx];
+        let server = picked.server;
         let mut _key = None;
         let mut startup_moved = pg::Moved::default();
         if let (Some(rewrite), Some((startup, len, buf))) = (&router.postgres, &tls_startup) {
@@ -574,7 +571,7 @@ async fn run<'a>(
     if peeked.pg_ssl || direct_pg {
         Box::pin(pg_ssl_request(&backend, transport.dial_timeout)).await?;
     }
-    let server = &lb.servers[server_idx];
+    let server = picked.server;
     if server.tls {
         // TLS origination (Traefik dials every `tls = true` server with TLS,
         // whatever the router): the client's bytes, peeked ones first, are
@@ -819,12 +816,22 @@ const HOLD_POLL: Duration = Duration::from_millis(20);
 /// once. Returns the stream, the load-balancer service that owns it, the
 /// server's index there and the connection's slot on it. `client_ip` (the
 /// trusted PROXY source, if any) is what `hrw` hashes.
+/// What `dial_service` picked and connected to, so the caller never looks
+/// the server up again.
+struct Dialed<'a> {
+    stream: TcpStream,
+    /// The server, with its service, load balancer and transport.
+    picked: crate::balance::ServerRef<'a>,
+    /// This connection's place in the server's count (leastConn, maxConn).
+    slot: crate::balance::Slot,
+}
+
 async fn dial_service<'a>(
     ws: &'a WorkerSnap,
     service: usize,
     acc: &mut Access<'a>,
     client_ip: IpAddr,
-) -> Result<(TcpStream, usize, usize, crate::balance::Slot), Early> {
+) -> Result<Dialed<'a>, Early> {
     let cfg = &ws.snap.config;
     let mut tried = Vec::new();
     let health = &ws.snap.health;
@@ -867,12 +874,11 @@ async fn dial_service<'a>(
             crate::metrics::held(&cfg.services[service].name, true);
         }
         tried.push(id);
-        let (si, idx) = ws.balancer.borrow().server(id);
-        let ServiceKind::LoadBalancer(lb) = &cfg.services[si].kind else {
+        // An id the balancer picked is in the snapshot's table.
+        let Some(picked) = ws.snap.servers.get(cfg, id) else {
             continue;
         };
-        let server = &lb.servers[idx];
-        let transport = &cfg.transports[lb.transport];
+        let (lb, server, transport) = (picked.lb, picked.server, picked.transport);
         acc.server = Some(&server.address_text);
         let Some(load) = ws.snap.loads.get(id) else {
             continue;
@@ -894,10 +900,14 @@ async fn dial_service<'a>(
         {
             Ok(s) => {
                 ws.balancer.borrow_mut().dial_result(id, true, now);
-                return Ok((s, si, idx, slot));
+                return Ok(Dialed {
+                    stream: s,
+                    picked,
+                    slot,
+                });
             }
             Err(e) => {
-                let svc_name = &cfg.services[si].name;
+                let svc_name = &picked.service.name;
                 if let Some(kind) = sys::local_resource_error(&e) {
                     // Our own shortage (no descriptor, no buffer, no local
                     // port): the server did nothing wrong, so it is not

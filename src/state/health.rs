@@ -3,12 +3,12 @@
 //! workers when they pick a server, by `/metrics`, `/api` and readiness.
 //!
 //! Owns: `Verdict`, `HealthState` (indexed by the snapshot's `ServerId`
-//! numbering, `balance::flatten`) and how verdicts carry over a reload. May
+//! numbering, `balance::ServerTable`) and how verdicts carry over a reload. May
 //! depend on `model` and `balance` (for `ServerId`); never on the checkers.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
-use crate::balance::{self, ServerId};
+use crate::balance::{ServerId, ServerTable};
 use crate::model::{Config, HealthCheck, LoadBalancer, Role, ServiceKind};
 
 /// A server's last verdict, as stored (one byte per server).
@@ -76,13 +76,11 @@ impl Verdict {
 }
 
 /// Verdict per server of one snapshot, indexed by `ServerId` (the numbering
-/// of `balance::flatten`). Written by checker threads, read by workers.
+/// of `balance::ServerTable`). Written by checker threads, read by workers.
 #[derive(Debug)]
 pub struct HealthState {
-    /// `(service index, server index)` of each ServerId.
-    servers: Vec<(usize, usize)>,
-    /// First ServerId of each service (weighted services own none).
-    first: Vec<ServerId>,
+    /// The snapshot's server numbering (the one the balancers pick by).
+    servers: ServerTable,
     /// `Verdict` as a byte, per ServerId.
     verdict: Vec<AtomicU8>,
     /// The role the server's service wants, per ServerId.
@@ -100,25 +98,16 @@ impl HealthState {
     /// Every server healthy (Traefik's starting point); a server of a
     /// service that wants a role is `Up` (role unknown, not pickable) until
     /// its first probe.
-    pub fn new(cfg: &Config) -> HealthState {
-        let servers = balance::flatten(cfg);
-        let mut first = Vec::with_capacity(cfg.services.len());
-        let mut next = 0;
-        for svc in &cfg.services {
-            first.push(next);
-            if let ServiceKind::LoadBalancer(lb) = &svc.kind {
-                next += lb.servers.len();
-            }
-        }
+    pub fn new(cfg: &Config, servers: &ServerTable) -> HealthState {
+        let servers = servers.clone();
         let want: Vec<Role> = servers
             .iter()
-            .map(|&(si, _)| match checked(&cfg.services[si].kind) {
+            .map(|(_, si, _)| match checked(&cfg.services[si].kind) {
                 Some((_, hc)) => hc.role,
                 None => Role::Any,
             })
             .collect();
-        let verdict = servers
-            .iter()
+        let verdict = (0..servers.len())
             .map(|_| AtomicU8::new(Verdict::Up.to_u8()))
             .collect();
         let unprobed = cfg
@@ -129,7 +118,6 @@ impl HealthState {
             .sum();
         HealthState {
             servers,
-            first,
             verdict,
             want,
             changes: AtomicU64::new(0),
@@ -139,7 +127,7 @@ impl HealthState {
 
     /// The ServerId of server `server` of load-balancer service `service`.
     pub fn id(&self, service: usize, server: usize) -> ServerId {
-        self.first[service] + server
+        self.servers.id(service, server)
     }
 
     /// Whether active health checks let `id` be picked: healthy, and of the
@@ -175,7 +163,7 @@ impl HealthState {
 
     /// `(service index, server index, pickable, verdict)` for every server.
     pub fn iter(&self) -> impl Iterator<Item = (usize, usize, bool, Verdict)> + '_ {
-        self.servers.iter().enumerate().map(|(id, &(si, i))| {
+        self.servers.iter().map(|(id, si, i)| {
             let v = self.verdict(id);
             (si, i, v.pickable(self.want[id]), v)
         })

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::balance::Balancer;
+use crate::balance::{Balancer, ServerTable};
 use crate::log;
 use crate::model::Config;
 use crate::route::RouteTable;
@@ -43,6 +43,10 @@ pub struct Snapshot {
     /// Certificates and TLS server/client configs, loaded once per snapshot
     /// so a handshake never reads a file.
     pub tls: crate::tls::TlsState,
+    /// The one numbering of the servers (`ServerId`): balancing, the health
+    /// table, the loads and `/metrics` index by it, and a pick resolves
+    /// through it to the service, server and transport in one step.
+    pub servers: ServerTable,
     /// Active health-check verdicts, one flag per server (by ServerId); the
     /// control plane's checkers write them, workers read them when picking.
     pub health: HealthState,
@@ -57,10 +61,12 @@ impl Snapshot {
     pub fn new(config: Config) -> Result<Snapshot, String> {
         let routes = RouteTable::new(&config);
         let tls = crate::tls::TlsState::build(&config).map_err(|e| e.join("\n"))?;
-        let health = HealthState::new(&config);
+        let servers = ServerTable::new(&config);
+        let health = HealthState::new(&config, &servers);
         let loads = crate::balance::Loads::new(&config);
         Ok(Snapshot {
             config,
+            servers,
             routes,
             tls,
             health,
@@ -368,3 +374,134 @@ impl WorkerSnap {
 
 /// Listening sockets for one worker: `(entrypoint index, socket)`.
 pub type Listeners = Vec<(usize, std::net::TcpListener)>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::ServerId;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A compiled snapshot of `dynamic` (TOML after the entrypoint).
+    fn snapshot(dynamic: &str) -> Snapshot {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sluicegate-state-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        let text = format!("[entryPoints.main]\naddress = \"127.0.0.1:0\"\n{dynamic}");
+        std::fs::write(&path, text).unwrap();
+        let cfg = crate::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        Snapshot::new(cfg).unwrap()
+    }
+
+    /// Load balancers `a` (2 servers), `b` (1), weighted `w` between them in
+    /// config order, and `c` (3 servers, health-checked).
+    const FOUR: &str = "[tcp.routers.r]\nrule = \"HostSNI(`*`)\"\nservice = \"w\"\n\
+        [tcp.services.a.loadBalancer]\n\
+        [[tcp.services.a.loadBalancer.servers]]\naddress = \"127.0.0.1:1\"\n\
+        [[tcp.services.a.loadBalancer.servers]]\naddress = \"127.0.0.1:2\"\n\
+        [tcp.services.w.weighted]\n\
+        [[tcp.services.w.weighted.services]]\nname = \"a\"\nweight = 1\n\
+        [[tcp.services.w.weighted.services]]\nname = \"b\"\nweight = 1\n\
+        [tcp.services.b.loadBalancer]\n\
+        [[tcp.services.b.loadBalancer.servers]]\naddress = \"127.0.0.1:3\"\n\
+        [tcp.services.c.loadBalancer]\n\
+        [tcp.services.c.loadBalancer.healthCheck]\ninterval = \"1s\"\n\
+        [[tcp.services.c.loadBalancer.servers]]\naddress = \"127.0.0.1:4\"\n\
+        [[tcp.services.c.loadBalancer.servers]]\naddress = \"127.0.0.1:5\"\n\
+        [[tcp.services.c.loadBalancer.servers]]\naddress = \"127.0.0.1:6\"\n";
+
+    #[test]
+    fn one_server_numbering_for_balancing_health_and_loads() {
+        let snap = snapshot(FOUR);
+        let cfg = &snap.config;
+        assert_eq!(snap.servers.len(), 6);
+        assert_eq!(snap.loads.as_slice().len(), 6);
+        let mut balancer = Balancer::new(cfg);
+        let mut seen = Vec::new();
+        for (id, si, i) in snap.servers.iter() {
+            let picked = snap.servers.get(cfg, id).expect("every id resolves");
+            assert_eq!(picked.id, id);
+            assert_eq!(picked.service_index, si);
+            assert!(std::ptr::eq(picked.service, &cfg.services[si]));
+            assert!(std::ptr::eq(
+                picked.transport,
+                &cfg.transports[picked.lb.transport]
+            ));
+            seen.push(picked.server.address_text.clone());
+            assert_eq!(snap.servers.id(si, i), id);
+            assert_eq!(snap.health.id(si, i), id);
+            // The balancer, told only `id` is up, picks exactly `id`.
+            let only = |x: ServerId| x == id;
+            assert_eq!(balancer.pick(si, &[], &only, Instant::now()), Some(id));
+        }
+        let want: Vec<String> = (1..=6).map(|p| format!("127.0.0.1:{p}")).collect();
+        assert_eq!(seen, want, "services in config order, servers in order");
+        assert!(snap.servers.get(cfg, 6).is_none());
+        // The health table reports every server under the same numbering.
+        let listed: Vec<(usize, usize)> = snap.health.iter().map(|(s, i, _, _)| (s, i)).collect();
+        let table: Vec<(usize, usize)> = snap.servers.iter().map(|(_, s, i)| (s, i)).collect();
+        assert_eq!(listed, table);
+    }
+
+    #[test]
+    fn reload_inherits_verdicts_and_loads_publishes_and_restarts_checks() {
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
+        fn start(_: Arc<Snapshot>) -> RunningChecks {
+            STARTED.fetch_add(1, Ordering::SeqCst);
+            Box::new(())
+        }
+        let shared = Shared::new(snapshot(FOUR), start);
+        shared.restart_checks();
+        assert_eq!(STARTED.load(Ordering::SeqCst), 1);
+        let old = shared.current();
+        let ci = old
+            .config
+            .services
+            .iter()
+            .position(|s| s.name == "c")
+            .unwrap();
+        // 127.0.0.1:5 is down and holds a connection.
+        old.health.set(old.health.id(ci, 1), Verdict::Down);
+        let held = old.loads.get(old.servers.id(ci, 1)).unwrap().try_acquire();
+        let generation = shared.generation();
+
+        // The next config drops a's servers and lists c's the other way round.
+        let next = FOUR
+            .replace(
+                "[[tcp.services.a.loadBalancer.servers]]\naddress = \"127.0.0.1:2\"\n",
+                "",
+            )
+            .replace("127.0.0.1:4", "127.0.0.1:x")
+            .replace("127.0.0.1:6", "127.0.0.1:4")
+            .replace("127.0.0.1:x", "127.0.0.1:6");
+        shared.reload(snapshot(&next));
+        assert!(shared.generation() > generation, "published");
+        assert_eq!(STARTED.load(Ordering::SeqCst), 2, "checks restarted");
+        let new = shared.current();
+        assert!(!Arc::ptr_eq(&new, &old));
+        let ci = new
+            .config
+            .services
+            .iter()
+            .position(|s| s.name == "c")
+            .unwrap();
+        let mut down = Vec::new();
+        for i in 0..3 {
+            let id = new.servers.id(ci, i);
+            let picked = new.servers.get(&new.config, id).unwrap();
+            if !new.health.is_up(id) {
+                down.push(picked.server.address_text.clone());
+            }
+            let active = new.loads.get(id).unwrap().active();
+            let want = u32::from(picked.server.address_text == "127.0.0.1:5");
+            assert_eq!(active, want, "{}", picked.server.address_text);
+        }
+        assert_eq!(down, ["127.0.0.1:5"]);
+        drop(held);
+    }
+}
