@@ -368,8 +368,8 @@ async fn run<'a>(
     } else {
         ws.snap.routes.route(cfg, ep, &ctx)
     };
-    let router_idx = match first_pass {
-        Some(ri) => ri,
+    let routed = match first_pass {
+        Some(r) => r,
         // A TLS client no TLS router takes is refused, never handed to a
         // plain router (route.rs). Traefik completes the handshake with its
         // default certificate and closes; after a PostgreSQL SSLRequest it
@@ -399,8 +399,8 @@ async fn run<'a>(
         // counted as such, with the reason, rather than as a name miss.
         None => return Err(peeked.not_tls.map_or(Early::NoRoute, Early::NotTls)),
     };
-    acc.router = Some(router_idx);
-    let mut router = &cfg.routers[router_idx];
+    acc.router = Some(routed.id);
+    let mut router = routed.router;
     // The router's decision waits for the StartupMessage inside TLS.
     let pg_pending = ctx.tls
         && entry.pg_tls
@@ -439,14 +439,13 @@ async fn run<'a>(
             ..ctx
         };
         let options = router.tls.as_ref().map(|t| t.options);
-        let fits = |ri: &usize| {
-            let r = &cfg.routers[*ri];
-            r.tls.as_ref().is_some_and(|t| !t.passthrough)
-                && r.tls.as_ref().map(|t| t.options) == options
+        let fits = |r: &crate::route::Routed<'_>| {
+            let tls = r.router.tls.as_ref();
+            tls.is_some_and(|t| !t.passthrough) && tls.map(|t| t.options) == options
         };
         // The handshake was made with the first pass's TLS options: only a
         // router terminating with the same options may take the session.
-        let Some(ri) = ws.snap.routes.route(cfg, ep, &ctx).filter(fits) else {
+        let Some(rerouted) = ws.snap.routes.route(cfg, ep, &ctx).filter(fits) else {
             let msg = no_route_message(&startup);
             let _ = front
                 .write_all(&postgres::error_response(postgres::SQLSTATE_NO_ROUTE, &msg))
@@ -456,8 +455,8 @@ async fn run<'a>(
             }
             return Err(Early::NoRoute);
         };
-        acc.router = Some(ri);
-        router = &cfg.routers[ri];
+        acc.router = Some(rerouted.id);
+        router = rerouted.router;
         _slots = admit(cfg, router, client_ip, shared)?;
         tls_startup = Some((startup, len, buf));
     }
