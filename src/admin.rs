@@ -18,6 +18,10 @@
 //! request. If every slot is busy writing a response, the new connection is
 //! closed at once. It only *reads* shared state: the current snapshot, its
 //! health flags and the per-worker counters.
+//!
+//! Owns: the admin listener and its HTTP handling, `/api`'s JSON. May depend
+//! on `state`, `metrics`, `model`, `sys` and `log`; nothing depends on it
+//! but `engine`.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};

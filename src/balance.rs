@@ -58,6 +58,11 @@
 //! overtakes a waiter). Waiters look at their grant every `QUEUE_POLL`
 //! (workers are separate runtimes that cannot wake each other's tasks), up
 //! to `queueTimeout`.
+//!
+//! Owns: the server numbering (`ServerTable`, `ServerId`, `ServerRef`), the
+//! balancers, the shared per-server loads and the matching of servers across
+//! a reload. May depend on `model` only (its tests load configs with
+//! `config`); `state`, `session`, `health` and `metrics` build on it.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;

@@ -9,6 +9,11 @@
 //! stop signal always takes effect; reloads (SIGHUP and the watcher) run on
 //! the reload thread, one at a time, each with `RELOAD_DEADLINE`, their IO on
 //! a loader thread that may block without holding anything else up.
+//!
+//! Owns: start-up, the control threads, loading and applying a reload
+//! (which entrypoints come and go; `state::Shared::reload` swaps the
+//! snapshot). The top of the crate: it may depend on every module, and no
+//! module depends on it.
 
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};

@@ -3,9 +3,9 @@
 //!
 //! Owns: the probes (TCP, TLS, `send`/`expect`, the protocol checks in
 //! `health/`), their schedule and the verdict logs. The table they write
-//! (`HealthState`, `Verdict`) is `state::health`'s. May depend on `state`,
-//! `model`, `balance`, `wire`, `tls` and `log`; never on `worker`, `session`
-//! or `engine`.
+//! (`HealthState`, `Verdict`) is `state::health`'s. May depend on `state`
+//! (the snapshot: config, TLS configs, the health table), `model`, `wire`
+//! and `log`; never on `worker`, `session`, `metrics` or `engine`.
 //!
 //! Role: the control plane probes servers and flips one `AtomicBool` per
 //! server in the snapshot's `HealthState`; workers read those flags with

@@ -16,6 +16,11 @@
 //!
 //! Must never: allocate per byte, take another worker's lock, or block a
 //! worker on the scraper for longer than a map copy.
+//!
+//! Owns: the process's counter registry (`registry()`), the per-worker hooks
+//! and the Prometheus text. May depend on `state` (what `/metrics` reports
+//! about a snapshot), `model` and `sys`; never on `worker`, `session`,
+//! `health` or `admin`.
 
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};

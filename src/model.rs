@@ -4,6 +4,9 @@
 //! ever sees these types. Everything here is already checked: references are
 //! indices, addresses are parsed, durations are `Duration`s, rules are compiled.
 //! The hot path never parses strings.
+//!
+//! Owns: the validated configuration types. May depend on `rule` (compiled
+//! rules) only; `config` builds it and everything else reads it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

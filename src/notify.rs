@@ -30,6 +30,10 @@
 //! phase message change under one lock, so the sequence the manager sees is
 //! always READY, then RELOADING/READY pairs, then STOPPING, never a READY
 //! after STOPPING whichever thread gets there first.
+//!
+//! Owns: the notify socket, the phase and the watchdog's worker clocks. May
+//! depend on `state`, `metrics`, `model`, `sys` and `log`; never on
+//! `worker` (workers call `worker_alive` here).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;

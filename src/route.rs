@@ -9,6 +9,10 @@
 //! takes is refused (the session answers it as Traefik does), never handed
 //! as raw TLS bytes to a plain `HostSNI(`*`)` router. A catch-all's default
 //! priority is -1 (`config::build`), so it comes after specific routers.
+//!
+//! Owns: `RouteTable` and the routing decision (`Routed`: the router
+//! chosen, not an index to look up again). May depend on `model` and `rule`
+//! (its tests load configs with `config`).
 
 use crate::model::{Config, Router};
 use crate::rule::MatchCtx;

@@ -11,6 +11,11 @@
 //! `serve` drops the phase and resets the client (and a dialed backend);
 //! while forwarding the pumps end themselves (`Outcome::Drained`). Both are
 //! counted as `drain_cut`.
+//!
+//! Owns: one connection's phases and its access-log line. May depend on
+//! `state` (the worker's view of the snapshot), `route`, `balance`,
+//! `forward`, `completion`, `tls`, `pg`, `peek`, `wire`, `rule`, `metrics`,
+//! `model`, `sys` and `log`; never on `worker` (which depends on it).
 
 use std::cell::Cell;
 use std::future::{poll_fn, Future};

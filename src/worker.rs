@@ -13,6 +13,12 @@
 //! reset, never a clean end, for what was still moving) and returns once they
 //! are closed (at most `CUT_SETTLE` after the last cut). `Shared::cut_now`
 //! ends the drain at once the same way.
+//!
+//! Owns: binding the listeners, each worker thread's runtime and accept
+//! loops, its live-connection registry, the drain and the `onServerDown`
+//! cuts. May depend on `state` (the snapshot and the shared flags it reads),
+//! `session`, `metrics`, `notify`, `forward`, `completion`, `model`, `sys`
+//! and `log`. Only `engine` depends on it.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
