@@ -30,6 +30,9 @@ const WATCH_PERIOD: Duration = Duration::from_secs(1);
 /// Run until SIGTERM/SIGINT and the drain that follows.
 pub fn run(path: &Path) -> Result<(), String> {
     let cfg = config::load(path).map_err(|e| e.to_string().trim_end().to_string())?;
+    // The watched files' times as loaded: a change made while start-up is
+    // still under way (before the watcher thread runs) is a change too.
+    let watch_baseline = stamp(&cfg.watch);
     for w in &cfg.warnings {
         log!(Warn, "config", warning = w);
     }
@@ -132,7 +135,7 @@ pub fn run(path: &Path) -> Result<(), String> {
         let tx = reload_tx.clone();
         std::thread::Builder::new()
             .name("sluicegate-watch".into())
-            .spawn(move || watch_loop(watch, &shared, &tx))
+            .spawn(move || watch_loop(watch, watch_baseline, &shared, &tx))
             .map_err(|e| format!("cannot start watcher: {e}"))?;
     }
     if !kv.is_empty() {
@@ -645,11 +648,12 @@ fn entrypoint_changes(old: &Config, new: &Config) -> (Vec<usize>, Vec<usize>) {
 
 /// Looks at modification times only (a `stat` never blocks on a FIFO) and
 /// hands changes to the reload thread.
-fn watch_loop(files: Vec<PathBuf>, shared: &Shared, reloads: &mpsc::Sender<ReloadMsg>) {
-    let stamp = |files: &[PathBuf]| -> Vec<Option<SystemTime>> {
-        files.iter().map(|f| newest_mtime(f)).collect()
-    };
-    let mut last = stamp(&files);
+fn watch_loop(
+    files: Vec<PathBuf>,
+    mut last: Vec<Option<SystemTime>>,
+    shared: &Shared,
+    reloads: &mpsc::Sender<ReloadMsg>,
+) {
     while !shared.stopping() {
         std::thread::sleep(WATCH_PERIOD);
         let now = stamp(&files);
@@ -658,6 +662,11 @@ fn watch_loop(files: Vec<PathBuf>, shared: &Shared, reloads: &mpsc::Sender<Reloa
             let _ = reloads.send(ReloadMsg::Trigger("file changed"));
         }
     }
+}
+
+/// The newest modification time of each watched path.
+fn stamp(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
+    files.iter().map(|f| newest_mtime(f)).collect()
 }
 
 /// A file's mtime, or for a directory the newest of its own mtime (which
