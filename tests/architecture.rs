@@ -408,6 +408,27 @@ fn top_level_modules_have_no_cycle() {
     );
 }
 
+/// `worker` (the data-plane threads) is a leaf of the control plane: only
+/// `engine` starts workers; shared state lives in `state`, which every other
+/// module uses instead.
+#[test]
+fn only_the_engine_depends_on_worker() {
+    let g = graph();
+    assert!(
+        g.get("engine").is_some_and(|m| m.contains_key("worker")),
+        "the scan did not see engine -> worker"
+    );
+    let users: Vec<String> = g
+        .iter()
+        .filter(|(from, tos)| from.as_str() != "engine" && tos.contains_key("worker"))
+        .map(|(from, tos)| {
+            let site = &tos["worker"][0];
+            format!("{from} ({}:{})", site.file.display(), site.line)
+        })
+        .collect();
+    assert!(users.is_empty(), "modules depending on worker: {users:?}");
+}
+
 /// The scanner itself: paths in comments and strings are not dependencies,
 /// groups name each of their modules, and the cycle finder sees a cycle.
 #[test]
