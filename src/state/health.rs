@@ -142,7 +142,8 @@ impl HealthState {
         Verdict::from_u8(self.verdict[id].load(Ordering::Relaxed))
     }
 
-    /// Set a verdict; returns the previous one.
+    /// Set a verdict (the checkers do, and a reload carrying verdicts over);
+    /// returns the previous one.
     pub fn set(&self, id: ServerId, v: Verdict) -> Verdict {
         let was = Verdict::from_u8(self.verdict[id].swap(v.to_u8(), Ordering::Relaxed));
         if was.pickable(self.want[id]) != v.pickable(self.want[id]) {
