@@ -18,6 +18,10 @@
 //! request. If every slot is busy writing a response, the new connection is
 //! closed at once. It only *reads* shared state: the current snapshot, its
 //! health flags and the per-worker counters.
+//!
+//! Owns: the admin listener and its HTTP handling, `/api`'s JSON. May depend
+//! on `state`, `metrics`, `model`, `sys` and `log`; nothing depends on it
+//! but `engine`.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -28,8 +32,8 @@ use std::time::{Duration, Instant};
 
 use crate::log;
 use crate::model::{Admin, ServiceKind};
+use crate::state::{Shared, Snapshot};
 use crate::sys;
-use crate::worker::{Shared, Snapshot};
 
 /// Largest request head accepted (request line and headers); admin requests
 /// are a line and a few headers, and Prometheus sends about 300 bytes.
@@ -482,7 +486,7 @@ fn respond(method: &str, path: &str, shared: &Shared) -> Response {
         "/metrics" if on(|a| a.metrics) => {
             let mut r = Response::text(200, "");
             r.content_type = "text/plain; version=0.0.4; charset=utf-8";
-            r.body = shared.metrics.render(&snap).into_bytes();
+            r.body = crate::metrics::registry().render(&snap).into_bytes();
             r
         }
         "/api/providers" if on(|a| a.api) => Response::json(200, providers_json(&snap)),
@@ -677,7 +681,7 @@ fn services_json(snap: &Snapshot, only: Option<&str>) -> String {
                     if let Some(kind) = kind {
                         out.push_str(&format!(
                             ",\"check\":\"{kind}\",\"role\":\"{}\"",
-                            crate::health::role_str(hc.role)
+                            hc.role.as_str()
                         ));
                     }
                     if (hc.rise, hc.fall) != (1, 1) {

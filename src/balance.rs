@@ -58,6 +58,11 @@
 //! overtakes a waiter). Waiters look at their grant every `QUEUE_POLL`
 //! (workers are separate runtimes that cannot wake each other's tasks), up
 //! to `queueTimeout`.
+//!
+//! Owns: the server numbering (`ServerTable`, `ServerId`, `ServerRef`), the
+//! balancers, the shared per-server loads and the matching of servers across
+//! a reload. May depend on `model` only (its tests load configs with
+//! `config`); `state`, `session`, `health` and `metrics` build on it.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -65,9 +70,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::model::{Config, ServiceKind, Strategy};
+use crate::model::{Config, LoadBalancer, Server, Service, ServiceKind, Strategy, Transport};
 
-/// Index of a server in the flattened server list of a snapshot.
+/// A server of a snapshot, numbered by its `ServerTable`.
 pub type ServerId = usize;
 
 /// Dial failures in a row after which a worker passes a server over. One
@@ -82,17 +87,96 @@ pub const EJECT_COOLDOWN: Duration = Duration::from_secs(5);
 /// most a slot freed on another worker waits for its taker.
 pub const QUEUE_POLL: Duration = Duration::from_millis(5);
 
-/// `(service index, server index within that service)` for every ServerId:
-/// services in config order, each load balancer's servers in order. The
-/// snapshot's `HealthState` uses the same numbering.
-pub fn flatten(cfg: &Config) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
-    for (si, svc) in cfg.services.iter().enumerate() {
-        if let ServiceKind::LoadBalancer(lb) = &svc.kind {
-            out.extend((0..lb.servers.len()).map(|i| (si, i)));
+/// The one numbering of a snapshot's servers: services in config order,
+/// each load balancer's servers in order. Balancing, the health table, the
+/// loads and `/metrics` all index by the `ServerId` this table gives.
+#[derive(Debug, Clone, Default)]
+pub struct ServerTable {
+    /// `(service index, server index within that service)` of each ServerId.
+    at: Vec<(usize, usize)>,
+    /// The first ServerId of each service (a weighted service owns none: its
+    /// entry is the next service's first).
+    first: Vec<ServerId>,
+}
+
+/// A server as picked: its id and what the config says about it, so nothing
+/// is looked up again after the fact.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerRef<'c> {
+    pub id: ServerId,
+    /// The index of its (load-balancer) service.
+    pub service_index: usize,
+    pub service: &'c Service,
+    pub lb: &'c LoadBalancer,
+    pub server: &'c Server,
+    pub transport: &'c Transport,
+}
+
+impl ServerTable {
+    pub fn new(cfg: &Config) -> ServerTable {
+        let mut at = Vec::new();
+        let mut first = Vec::with_capacity(cfg.services.len());
+        for (si, svc) in cfg.services.iter().enumerate() {
+            first.push(at.len());
+            if let ServiceKind::LoadBalancer(lb) = &svc.kind {
+                at.extend((0..lb.servers.len()).map(|i| (si, i)));
+            }
         }
+        ServerTable { at, first }
     }
-    out
+
+    /// A table from its `(service, server)` list (tests build balancers by
+    /// hand).
+    #[cfg(test)]
+    fn from_at(at: Vec<(usize, usize)>) -> ServerTable {
+        let services = at.iter().map(|&(si, _)| si + 1).max().unwrap_or(0);
+        let first = (0..services)
+            .map(|s| at.iter().position(|&(si, _)| si >= s).unwrap_or(at.len()))
+            .collect();
+        ServerTable { at, first }
+    }
+
+    /// How many servers (ServerIds `0..len`).
+    pub fn len(&self) -> usize {
+        self.at.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.at.is_empty()
+    }
+
+    /// The ServerId of server `server` of load-balancer service `service`.
+    pub fn id(&self, service: usize, server: usize) -> ServerId {
+        self.first[service] + server
+    }
+
+    /// `(service index, server index)` of a server id.
+    pub fn locate(&self, id: ServerId) -> (usize, usize) {
+        self.at[id]
+    }
+
+    /// `(ServerId, service index, server index)` of every server, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (ServerId, usize, usize)> + '_ {
+        self.at.iter().enumerate().map(|(id, &(si, i))| (id, si, i))
+    }
+
+    /// Server `id` of `cfg` (the config this table was built from) with its
+    /// service, load balancer and transport; `None` for an id not in it.
+    pub fn get<'c>(&self, cfg: &'c Config, id: ServerId) -> Option<ServerRef<'c>> {
+        let &(si, i) = self.at.get(id)?;
+        let service = cfg.services.get(si)?;
+        let ServiceKind::LoadBalancer(lb) = &service.kind else {
+            return None;
+        };
+        Some(ServerRef {
+            id,
+            service_index: si,
+            service,
+            lb,
+            server: lb.servers.get(i)?,
+            transport: cfg.transports.get(lb.transport)?,
+        })
+    }
 }
 
 /// For every ServerId of `new`, the ServerId of the same server in `old`:
@@ -122,6 +206,14 @@ pub fn matching(new: &Config, old: &Config) -> Vec<Option<ServerId>> {
     keys(new)
         .into_iter()
         .map(|k| old_ids.get(&k).copied())
+        .collect()
+}
+
+/// Every server's `maxConn`, by `ServerTable` id.
+fn max_conns(cfg: &Config) -> Vec<Option<u32>> {
+    let table = ServerTable::new(cfg);
+    (0..table.len())
+        .map(|id| table.get(cfg, id).and_then(|s| s.server.max_conn))
         .collect()
 }
 
@@ -297,34 +389,21 @@ impl Drop for Ticket {
 pub struct Loads(Vec<Arc<ServerLoad>>);
 
 impl Loads {
-    /// Fresh counters (nothing open, nothing queued).
+    /// Fresh counters (nothing open, nothing queued), by `ServerTable` id.
     pub fn new(cfg: &Config) -> Loads {
-        let mut out = Vec::new();
-        for svc in &cfg.services {
-            if let ServiceKind::LoadBalancer(lb) = &svc.kind {
-                out.extend(
-                    lb.servers
-                        .iter()
-                        .map(|s| Arc::new(ServerLoad::new(s.max_conn))),
-                );
-            }
-        }
-        Loads(out)
+        Loads(
+            max_conns(cfg)
+                .into_iter()
+                .map(|m| Arc::new(ServerLoad::new(m)))
+                .collect(),
+        )
     }
 
     /// Take over `old`'s counters and queues for the servers `cfg` keeps
     /// (same service name and address), with `cfg`'s `maxConn`. Called on
     /// the snapshot about to be published.
     pub fn inherit(&mut self, cfg: &Config, old: &Loads, old_cfg: &Config) {
-        let limits: Vec<Option<u32>> = cfg
-            .services
-            .iter()
-            .filter_map(|s| match &s.kind {
-                ServiceKind::LoadBalancer(lb) => Some(lb.servers.iter().map(|s| s.max_conn)),
-                ServiceKind::Weighted(_) => None,
-            })
-            .flatten()
-            .collect();
+        let limits = max_conns(cfg);
         for (id, prev) in matching(cfg, old_cfg).into_iter().enumerate() {
             let (Some(prev), Some(slot)) = (prev, self.0.get_mut(id)) else {
                 continue;
@@ -377,8 +456,6 @@ struct Passive {
 #[derive(Debug)]
 pub struct Balancer {
     nodes: Vec<Node>,
-    /// `(service index, server index within that service)` for each ServerId.
-    servers: Vec<(usize, usize)>,
     /// Passive ejection, indexed by ServerId.
     passive: Vec<Passive>,
 }
@@ -401,14 +478,13 @@ impl Seen<'_> {
 
 impl Balancer {
     pub fn new(cfg: &Config) -> Balancer {
-        let servers = flatten(cfg);
-        let mut next_id = 0;
+        let servers = ServerTable::new(cfg);
         let mut nodes = Vec::with_capacity(cfg.services.len());
-        for svc in &cfg.services {
+        for (si, svc) in cfg.services.iter().enumerate() {
             let node = match &svc.kind {
                 ServiceKind::LoadBalancer(lb) => {
-                    let children: Vec<usize> = (next_id..next_id + lb.servers.len()).collect();
-                    next_id += lb.servers.len();
+                    let children: Vec<usize> =
+                        (0..lb.servers.len()).map(|i| servers.id(si, i)).collect();
                     Node {
                         current: vec![0; children.len()],
                         children,
@@ -440,13 +516,9 @@ impl Balancer {
         Balancer::from_parts(nodes, servers)
     }
 
-    fn from_parts(nodes: Vec<Node>, servers: Vec<(usize, usize)>) -> Balancer {
+    fn from_parts(nodes: Vec<Node>, servers: ServerTable) -> Balancer {
         let passive = vec![Passive::default(); servers.len()];
-        Balancer {
-            nodes,
-            servers,
-            passive,
-        }
+        Balancer { nodes, passive }
     }
 
     /// Keep this worker's passive ejections across a reload: `map` is
@@ -458,11 +530,6 @@ impl Balancer {
                 *p = *o;
             }
         }
-    }
-
-    /// `(service index, server index)` of a server id.
-    pub fn server(&self, id: ServerId) -> (usize, usize) {
-        self.servers[id]
     }
 
     /// `pick_seen` without loads or client address (round robin as if every
@@ -794,7 +861,7 @@ mod tests {
     fn one_lb(weights: &[i64]) -> Balancer {
         Balancer::from_parts(
             vec![lb_node(weights, 0)],
-            (0..weights.len()).map(|i| (0, i)).collect(),
+            ServerTable::from_at((0..weights.len()).map(|i| (0, i)).collect()),
         )
     }
 
@@ -819,7 +886,7 @@ mod tests {
                 lb_node(&[1], 0),
                 lb_node(&[1], 1),
             ],
-            vec![(1, 0), (2, 0)],
+            ServerTable::from_at(vec![(1, 0), (2, 0)]),
         )
     }
 

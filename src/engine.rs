@@ -9,13 +9,19 @@
 //! stop signal always takes effect; reloads (SIGHUP and the watcher) run on
 //! the reload thread, one at a time, each with `RELOAD_DEADLINE`, their IO on
 //! a loader thread that may block without holding anything else up.
+//!
+//! Owns: start-up, the control threads, loading and applying a reload
+//! (which entrypoints come and go; `state::Shared::reload` swaps the
+//! snapshot). The top of the crate: it may depend on every module, and no
+//! module depends on it.
 
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::model::Config;
-use crate::worker::{self, Shared, Snapshot};
+use crate::state::{Shared, Snapshot, MAX_ENTRYPOINT_SLOTS};
+use crate::worker;
 use crate::{admin, config, health, log, sys};
 
 /// How often the file provider's `watch = true` looks at modification times.
@@ -24,6 +30,9 @@ const WATCH_PERIOD: Duration = Duration::from_secs(1);
 /// Run until SIGTERM/SIGINT and the drain that follows.
 pub fn run(path: &Path) -> Result<(), String> {
     let cfg = config::load(path).map_err(|e| e.to_string().trim_end().to_string())?;
+    // The watched files' times as loaded: a change made while start-up is
+    // still under way (before the watcher thread runs) is a change too.
+    let watch_baseline = stamp(&cfg.watch);
     for w in &cfg.warnings {
         log!(Warn, "config", warning = w);
     }
@@ -56,11 +65,11 @@ pub fn run(path: &Path) -> Result<(), String> {
     let watch = cfg.watch.clone();
     let kv = cfg.kv.clone();
     let acme = cfg.acme.clone();
-    let shared = Shared::new(snapshot);
+    let shared = Shared::new(snapshot, health::start);
     shared
         .register_listeners(&listeners)
         .map_err(|e| format!("cannot keep a handle on the listeners: {e}"))?;
-    health::restart(&shared);
+    shared.restart_checks();
     // ACME: certificates are obtained off the data path (the default one is
     // served until then).
     crate::acme::apply(&acme);
@@ -130,7 +139,7 @@ pub fn run(path: &Path) -> Result<(), String> {
         let tx = reload_tx.clone();
         std::thread::Builder::new()
             .name("sluicegate-watch".into())
-            .spawn(move || watch_loop(watch, &shared, &tx))
+            .spawn(move || watch_loop(watch, watch_baseline, &shared, &tx))
             .map_err(|e| format!("cannot start watcher: {e}"))?;
     }
     if !kv.is_empty() {
@@ -462,7 +471,7 @@ fn reload_loop(
 /// Publish a loaded snapshot; an invalid config keeps the old snapshot.
 fn apply(shared: &Shared, loaded: Loaded, why: &str) {
     match loaded {
-        Ok((mut snap, warnings)) => {
+        Ok((snap, warnings)) => {
             let old = shared.current();
             if let Err(why_not) = same_listeners(&old.config, &snap.config) {
                 log!(
@@ -492,11 +501,6 @@ fn apply(shared: &Shared, loaded: Loaded, why: &str) {
             for w in &warnings {
                 log!(Warn, "config", warning = w);
             }
-            // Known-down servers stay down until the new checks say
-            // otherwise; then the checks move to the new snapshot.
-            health::inherit(&snap, &old);
-            // Open connections and queues stay counted (balance.rs).
-            snap.loads.inherit(&snap.config, &old.loads, &old.config);
             let graces: Vec<Duration> = removed
                 .iter()
                 .map(|&ep| old.config.entrypoints[ep].grace_timeout)
@@ -507,7 +511,10 @@ fn apply(shared: &Shared, loaded: Loaded, why: &str) {
             let (added_names, removed_names) =
                 (names(&added, &snap.config), names(&removed, &old.config));
             let acme = snap.config.acme.clone();
-            shared.publish(snap);
+            // Known-down servers stay down until the new checks say
+            // otherwise, open connections and queues stay counted, and the
+            // checks move to the new snapshot.
+            shared.reload(snap);
             crate::acme::apply(&acme);
             // After the publish: a worker never accepts on an entrypoint its
             // snapshot does not have.
@@ -524,7 +531,6 @@ fn apply(shared: &Shared, loaded: Loaded, why: &str) {
             for (&ep, grace) in removed.iter().zip(graces) {
                 shared.remove_entrypoint(ep, now + grace);
             }
-            health::restart(shared);
             for n in &added_names {
                 log!(Info, "entrypoint added", entrypoint = n);
             }
@@ -621,10 +627,10 @@ fn align_entrypoints(new: &mut Config, old: &Config) -> Result<(), String> {
         remap[i] = out.len();
         out.push(e);
     }
-    if out.len() > worker::MAX_ENTRYPOINT_SLOTS {
+    if out.len() > MAX_ENTRYPOINT_SLOTS {
         return Err(format!(
             "more than {} entrypoints added and removed since start; restart to apply",
-            worker::MAX_ENTRYPOINT_SLOTS
+            MAX_ENTRYPOINT_SLOTS
         ));
     }
     for r in &mut new.routers {
@@ -648,11 +654,12 @@ fn entrypoint_changes(old: &Config, new: &Config) -> (Vec<usize>, Vec<usize>) {
 
 /// Looks at modification times only (a `stat` never blocks on a FIFO) and
 /// hands changes to the reload thread.
-fn watch_loop(files: Vec<PathBuf>, shared: &Shared, reloads: &mpsc::Sender<ReloadMsg>) {
-    let stamp = |files: &[PathBuf]| -> Vec<Option<SystemTime>> {
-        files.iter().map(|f| newest_mtime(f)).collect()
-    };
-    let mut last = stamp(&files);
+fn watch_loop(
+    files: Vec<PathBuf>,
+    mut last: Vec<Option<SystemTime>>,
+    shared: &Shared,
+    reloads: &mpsc::Sender<ReloadMsg>,
+) {
     while !shared.stopping() {
         std::thread::sleep(WATCH_PERIOD);
         let now = stamp(&files);
@@ -661,6 +668,11 @@ fn watch_loop(files: Vec<PathBuf>, shared: &Shared, reloads: &mpsc::Sender<Reloa
             let _ = reloads.send(ReloadMsg::Trigger("file changed"));
         }
     }
+}
+
+/// The newest modification time of each watched path.
+fn stamp(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
+    files.iter().map(|f| newest_mtime(f)).collect()
 }
 
 /// A file's mtime, or for a directory the newest of its own mtime (which
@@ -726,7 +738,7 @@ mod tests {
     /// coalesced trigger reloads once the loader is free.
     #[test]
     fn a_stuck_reload_expires_and_triggers_coalesce_without_new_loaders() {
-        let shared = Shared::new(snapshot("127.0.0.1:1"));
+        let shared = Shared::new(snapshot("127.0.0.1:1"), crate::health::start);
         let calls = Arc::new(AtomicUsize::new(0));
         let (gate_tx, gate_rx) = mpsc::channel::<()>();
         let gate = Mutex::new(gate_rx);

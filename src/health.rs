@@ -1,5 +1,11 @@
-//! Active health checks (`[tcp.services.<s>.loadBalancer.healthCheck]`) and
-//! the health state the workers read.
+//! Active health checks (`[tcp.services.<s>.loadBalancer.healthCheck]`):
+//! the checker threads that write the snapshot's health table.
+//!
+//! Owns: the probes (TCP, TLS, `send`/`expect`, the protocol checks in
+//! `health/`), their schedule and the verdict logs. The table they write
+//! (`HealthState`, `Verdict`) is `state::health`'s. May depend on `state`
+//! (the snapshot: config, TLS configs, the health table), `model`, `wire`
+//! and `log`; never on `worker`, `session`, `metrics` or `engine`.
 //!
 //! Role: the control plane probes servers and flips one `AtomicBool` per
 //! server in the snapshot's `HealthState`; workers read those flags with
@@ -52,19 +58,18 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::balance::{self, ServerId};
 use crate::log;
-use crate::model::{Config, HealthCheck, LoadBalancer, Probe, Role, ServiceKind};
+use crate::model::{HealthCheck, Probe};
 
 mod http;
 mod pg;
 mod redis;
+use crate::state::health::checked;
+use crate::state::{RunningChecks, Snapshot, Verdict};
 use crate::wire::proxy_protocol;
-use crate::worker::{Shared, Snapshot};
 
 /// Stack size of a checker thread: it only holds a socket and a small reply
 /// buffer.
@@ -73,226 +78,10 @@ const CHECKER_STACK: usize = 128 * 1024;
 /// PROXY v1 header for a connection the proxy opened itself.
 const PROXY_V1_UNKNOWN: &[u8] = b"PROXY UNKNOWN\r\n";
 
-/// A server's last verdict, as stored (one byte per server).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// The probe failed (`fall` times in a row).
-    Down,
-    /// Healthy; the check does not tell a role (plain TCP, http), or a role
-    /// check has not answered yet.
-    Up,
-    /// Healthy and primary (PostgreSQL not in recovery, Redis `master`).
-    Primary,
-    /// Healthy and replica (in recovery, Redis `slave`).
-    Replica,
-}
-
-/// Every verdict, in the order /metrics lists them.
-pub const VERDICTS: [Verdict; 4] = [
-    Verdict::Down,
-    Verdict::Up,
-    Verdict::Primary,
-    Verdict::Replica,
-];
-
-impl Verdict {
-    fn from_u8(v: u8) -> Verdict {
-        match v {
-            0 => Verdict::Down,
-            2 => Verdict::Primary,
-            3 => Verdict::Replica,
-            _ => Verdict::Up,
-        }
-    }
-
-    fn to_u8(self) -> u8 {
-        match self {
-            Verdict::Down => 0,
-            Verdict::Up => 1,
-            Verdict::Primary => 2,
-            Verdict::Replica => 3,
-        }
-    }
-
-    /// `down`, `up`, `primary`, `replica` (logs, /metrics, /api).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Down => "down",
-            Verdict::Up => "up",
-            Verdict::Primary => "primary",
-            Verdict::Replica => "replica",
-        }
-    }
-
-    /// Whether a server with this verdict may take connections for a
-    /// service whose check wants `role`. A role check that has not answered
-    /// yet (`Up`) gives no server of a `primary` or `replica` service.
-    pub fn pickable(self, role: Role) -> bool {
-        match (self, role) {
-            (Verdict::Down, _) => false,
-            (_, Role::Any) => true,
-            (v, Role::Primary) => v == Verdict::Primary,
-            (v, Role::Replica) => v == Verdict::Replica,
-        }
-    }
-}
-
-/// Verdict per server of one snapshot, indexed by `ServerId` (the numbering
-/// of `balance::flatten`). Written by checker threads, read by workers.
-#[derive(Debug)]
-pub struct HealthState {
-    /// `(service index, server index)` of each ServerId.
-    servers: Vec<(usize, usize)>,
-    /// First ServerId of each service (weighted services own none).
-    first: Vec<ServerId>,
-    /// `Verdict` as a byte, per ServerId.
-    verdict: Vec<AtomicU8>,
-    /// The role the server's service wants, per ServerId.
-    want: Vec<Role>,
-    /// Bumped whenever a server's pickability changes: workers that close
-    /// sessions of servers gone (`onServerDown = "close"`) look again when
-    /// it moves.
-    changes: AtomicU64,
-    /// Health-checked servers whose first probe has not ended yet (readiness
-    /// waits for it: every server starts up, a dead one would get traffic).
-    unprobed: AtomicUsize,
-}
-
-impl HealthState {
-    /// Every server healthy (Traefik's starting point); a server of a
-    /// service that wants a role is `Up` (role unknown, not pickable) until
-    /// its first probe.
-    pub fn new(cfg: &Config) -> HealthState {
-        let servers = balance::flatten(cfg);
-        let mut first = Vec::with_capacity(cfg.services.len());
-        let mut next = 0;
-        for svc in &cfg.services {
-            first.push(next);
-            if let ServiceKind::LoadBalancer(lb) = &svc.kind {
-                next += lb.servers.len();
-            }
-        }
-        let want: Vec<Role> = servers
-            .iter()
-            .map(|&(si, _)| match checked(&cfg.services[si].kind) {
-                Some((_, hc)) => hc.role,
-                None => Role::Any,
-            })
-            .collect();
-        let verdict = servers
-            .iter()
-            .map(|_| AtomicU8::new(Verdict::Up.to_u8()))
-            .collect();
-        let unprobed = cfg
-            .services
-            .iter()
-            .filter_map(|s| checked(&s.kind))
-            .map(|(lb, _)| lb.servers.len())
-            .sum();
-        HealthState {
-            servers,
-            first,
-            verdict,
-            want,
-            changes: AtomicU64::new(0),
-            unprobed: AtomicUsize::new(unprobed),
-        }
-    }
-
-    /// The ServerId of server `server` of load-balancer service `service`.
-    pub fn id(&self, service: usize, server: usize) -> ServerId {
-        self.first[service] + server
-    }
-
-    /// Whether active health checks let `id` be picked: healthy, and of the
-    /// role its service wants. A relaxed load: a worker that sees a flip one
-    /// connection late does no harm (a dial to a dead server fails over).
-    pub fn is_up(&self, id: ServerId) -> bool {
-        self.verdict(id).pickable(self.want[id])
-    }
-
-    /// The last verdict of `id`.
-    pub fn verdict(&self, id: ServerId) -> Verdict {
-        Verdict::from_u8(self.verdict[id].load(Ordering::Relaxed))
-    }
-
-    /// Set a verdict; returns the previous one.
-    fn set(&self, id: ServerId, v: Verdict) -> Verdict {
-        let was = Verdict::from_u8(self.verdict[id].swap(v.to_u8(), Ordering::Relaxed));
-        if was.pickable(self.want[id]) != v.pickable(self.want[id]) {
-            self.changes.fetch_add(1, Ordering::Release);
-        }
-        was
-    }
-
-    /// How many health-checked servers have no verdict of their own yet.
-    pub fn first_verdicts_pending(&self) -> usize {
-        self.unprobed.load(Ordering::Acquire)
-    }
-
-    /// How many times a server's pickability changed (see `changes`).
-    pub fn changes(&self) -> u64 {
-        self.changes.load(Ordering::Acquire)
-    }
-
-    /// `(service index, server index, pickable, verdict)` for every server.
-    pub fn iter(&self) -> impl Iterator<Item = (usize, usize, bool, Verdict)> + '_ {
-        self.servers.iter().enumerate().map(|(id, &(si, i))| {
-            let v = self.verdict(id);
-            (si, i, v.pickable(self.want[id]), v)
-        })
-    }
-}
-
-/// Copy the verdicts of `old` into `new` for every server that is still
-/// health-checked under the same service name and address. Servers whose
-/// service lost its health check stay up (nothing would bring them back).
-pub fn inherit(new: &Snapshot, old: &Snapshot) {
-    for (si, svc) in new.config.services.iter().enumerate() {
-        let Some((lb, _)) = checked(&svc.kind) else {
-            continue;
-        };
-        let Some(osi) = old.config.services.iter().position(|o| o.name == svc.name) else {
-            continue;
-        };
-        let ServiceKind::LoadBalancer(old_lb) = &old.config.services[osi].kind else {
-            continue;
-        };
-        for (i, server) in lb.servers.iter().enumerate() {
-            if let Some(oi) = old_lb
-                .servers
-                .iter()
-                .position(|o| o.address_text == server.address_text)
-            {
-                let v = old.health.verdict(old.health.id(osi, oi));
-                new.health.set(new.health.id(si, i), v);
-            }
-        }
-    }
-}
-
-/// The load balancer and its health check, when the service has one.
-fn checked(kind: &ServiceKind) -> Option<(&LoadBalancer, &HealthCheck)> {
-    match kind {
-        ServiceKind::LoadBalancer(lb) => lb.health_check.as_deref().map(|hc| (lb, hc)),
-        ServiceKind::Weighted(_) => None,
-    }
-}
-
-/// Stop the checks of the previous snapshot and start those of the current
-/// one. Called at start-up and after every publish.
-pub fn restart(shared: &Shared) {
-    let mut slot = shared
-        .health_checks
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    // Read under the lock: of two reloads racing, the one that restarts last
-    // also sees the last snapshot.
-    let snap = shared.current();
-    // Dropping the old set tells its threads to stop; a probe in flight ends
-    // within its timeout and its result is discarded.
-    *slot = None;
-    *slot = Some(Checks::start(snap));
+/// Start the checks of `snap` (`state::StartChecks`: `Shared::reload`
+/// stops the previous snapshot's and calls this for the new one).
+pub fn start(snap: Arc<Snapshot>) -> RunningChecks {
+    Box::new(Checks::start(snap))
 }
 
 /// The running checker threads of one snapshot; dropping it stops them.
@@ -462,14 +251,14 @@ fn check_service(snap: &Snapshot, si: usize, stop: &Stop) {
                     service = svc.name,
                     server = server.address_text,
                     verdict = seen.as_str(),
-                    role = role_str(hc.role)
+                    role = hc.role.as_str()
                 ),
             }
         }
         // After the log line: whoever sees the count drop sees the verdict's
         // line before its own.
         if !std::mem::replace(&mut probed[i], true) {
-            snap.health.unprobed.fetch_sub(1, Ordering::AcqRel);
+            snap.health.first_verdict_done();
         }
         let now_down = snap.health.verdict(id) == Verdict::Down;
         due[i] = Instant::now()
@@ -478,15 +267,6 @@ fn check_service(snap: &Snapshot, si: usize, stop: &Stop) {
             } else {
                 hc.interval
             };
-    }
-}
-
-/// `any`, `primary`, `replica`.
-pub fn role_str(r: Role) -> &'static str {
-    match r {
-        Role::Any => "any",
-        Role::Primary => "primary",
-        Role::Replica => "replica",
     }
 }
 
@@ -760,6 +540,7 @@ fn remaining(deadline: Instant) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Role;
     use std::net::TcpListener;
     use std::thread;
 
@@ -796,22 +577,6 @@ mod tests {
             got
         });
         (addr, h)
-    }
-
-    #[test]
-    fn verdicts_are_pickable_only_in_the_wanted_role() {
-        use Verdict::*;
-        let table = [
-            (Down, [false, false, false]),
-            (Up, [true, false, false]),
-            (Primary, [true, true, false]),
-            (Replica, [true, false, true]),
-        ];
-        for (v, want) in table {
-            let got = [Role::Any, Role::Primary, Role::Replica].map(|r| v.pickable(r));
-            assert_eq!(got, want, "{v:?}");
-            assert_eq!(Verdict::from_u8(v.to_u8()), v);
-        }
     }
 
     #[test]

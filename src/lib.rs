@@ -7,6 +7,11 @@
 //! weighted round robin) → `forward` (copy and splice pumps, half-close,
 //! resets).
 //!
+//! Shared state: `state` (the published `Snapshot`, `Shared` and one
+//! worker's view; `Shared::reload` replaces a snapshot in one place). The
+//! top-level modules form no cycle (tests/architecture.rs): `engine` is the
+//! only one that depends on `worker`.
+//!
 //! Control plane: `engine` (start-up, signals, reload, drain), `config`
 //! (Traefik TOML → validated `model::Config`), `health` (active checks on
 //! their own threads, publishing up/down flags), `admin` (`/ping`,
@@ -36,6 +41,7 @@ pub mod pg;
 pub mod route;
 pub mod rule;
 pub mod session;
+pub mod state;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tls;

@@ -9,6 +9,9 @@
 //! own (the journal stamps each one) and start with the level as a syslog
 //! priority, `<3>` error, `<4>` warn, `<6>` info, which the journal strips
 //! and stores as the entry's PRIORITY (`journalctl -p warning` filters).
+//!
+//! Owns: the `log!` macro and the line format. Depends on nothing in the
+//! crate; every module may use it.
 
 use std::fmt::{self, Write as _};
 use std::io::Write as _;

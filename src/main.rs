@@ -63,7 +63,7 @@ fn main() -> ExitCode {
                 let summary = cfg.summary();
                 // Load certificates too, as a start would: a config that
                 // passes `check` starts.
-                match sluicegate::worker::Snapshot::new(cfg) {
+                match sluicegate::state::Snapshot::new(cfg) {
                     Ok(_) => {
                         print!("{summary}");
                         ExitCode::SUCCESS

@@ -16,6 +16,11 @@
 //!
 //! Must never: allocate per byte, take another worker's lock, or block a
 //! worker on the scraper for longer than a map copy.
+//!
+//! Owns: the process's counter registry (`registry()`), the per-worker hooks
+//! and the Prometheus text. May depend on `state` (what `/metrics` reports
+//! about a snapshot), `model` and `sys`; never on `worker`, `session`,
+//! `health` or `admin`.
 
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
@@ -24,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::model::Config;
-use crate::worker::Snapshot;
+use crate::state::Snapshot;
 
 /// Label for "no router matched" / "no service chosen" (as in the access log).
 const NONE: &str = "-";
@@ -33,6 +38,18 @@ const NONE: &str = "-";
 #[derive(Default)]
 pub struct Registry {
     workers: Mutex<Vec<Arc<WorkerMetrics>>>,
+}
+
+/// The process's registry: the one every worker registers with and
+/// `/metrics` and the service manager's status line read. Process-wide like
+/// the per-thread handle each hook uses (a process serves one engine).
+static REGISTRY: Registry = Registry {
+    workers: Mutex::new(Vec::new()),
+};
+
+/// The process's registry (see `REGISTRY`).
+pub fn registry() -> &'static Registry {
+    &REGISTRY
 }
 
 /// One worker's counters.
@@ -354,7 +371,7 @@ impl Registry {
                 if lb.health_check.is_none() {
                     continue;
                 }
-                for v in crate::health::VERDICTS {
+                for v in crate::state::health::VERDICTS {
                     let labels = [
                         ("service", cfg.services[si].name.as_str()),
                         ("server", lb.servers[i].address_text.as_str()),
@@ -394,7 +411,6 @@ impl Registry {
 /// Open and queued connections per server, across workers (balance.rs).
 fn server_loads(out: &mut String, snap: &Snapshot) {
     let cfg = &snap.config;
-    let servers = crate::balance::flatten(cfg);
     let families = [
         (
             "sluicegate_server_connections",
@@ -407,15 +423,13 @@ fn server_loads(out: &mut String, snap: &Snapshot) {
     ];
     for (k, (name, help)) in families.iter().enumerate() {
         header(out, name, "gauge", help);
-        for (id, &(si, i)) in servers.iter().enumerate() {
-            let (crate::model::ServiceKind::LoadBalancer(lb), Some(load)) =
-                (&cfg.services[si].kind, snap.loads.get(id))
-            else {
+        for (id, _, _) in snap.servers.iter() {
+            let (Some(s), Some(load)) = (snap.servers.get(cfg, id), snap.loads.get(id)) else {
                 continue;
             };
             let labels = [
-                ("service", cfg.services[si].name.as_str()),
-                ("server", lb.servers[i].address_text.as_str()),
+                ("service", s.service.name.as_str()),
+                ("server", s.server.address_text.as_str()),
             ];
             let v = if k == 0 { load.active() } else { load.queued() };
             sample(out, name, &labels, u64::from(v));

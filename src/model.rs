@@ -4,6 +4,9 @@
 //! ever sees these types. Everything here is already checked: references are
 //! indices, addresses are parsed, durations are `Duration`s, rules are compiled.
 //! The hot path never parses strings.
+//!
+//! Owns: the validated configuration types. May depend on `rule` (compiled
+//! rules) only; `config` builds it and everything else reads it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -340,6 +343,17 @@ pub enum Role {
     Primary,
     /// Only a server the probe found replica (in recovery, Redis `slave`).
     Replica,
+}
+
+impl Role {
+    /// `any`, `primary`, `replica` (as written in the config; logs, /api).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Any => "any",
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+        }
+    }
 }
 
 /// A `[tcp.middlewares.<name>]`.

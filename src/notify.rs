@@ -30,6 +30,10 @@
 //! phase message change under one lock, so the sequence the manager sees is
 //! always READY, then RELOADING/READY pairs, then STOPPING, never a READY
 //! after STOPPING whichever thread gets there first.
+//!
+//! Owns: the notify socket, the phase and the watchdog's worker clocks. May
+//! depend on `state`, `metrics`, `model`, `sys` and `log`; never on
+//! `worker` (workers call `worker_alive` here).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -39,7 +43,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::model::{Config, ServiceKind};
-use crate::worker::Shared;
+use crate::state::Shared;
 use crate::{log, sys};
 
 /// How often `STATUS=` may change.
@@ -230,7 +234,7 @@ fn status_text(phase: Phase, pending: usize, accepted: u64, open: u64) -> String
 }
 
 fn status_now(shared: &Shared, phase: Phase) -> String {
-    let (accepted, open) = shared.metrics.connection_totals();
+    let (accepted, open) = crate::metrics::registry().connection_totals();
     let pending = shared.current().health.first_verdicts_pending();
     status_text(phase, pending, accepted, open)
 }

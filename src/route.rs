@@ -9,9 +9,21 @@
 //! takes is refused (the session answers it as Traefik does), never handed
 //! as raw TLS bytes to a plain `HostSNI(`*`)` router. A catch-all's default
 //! priority is -1 (`config::build`), so it comes after specific routers.
+//!
+//! Owns: `RouteTable` and the routing decision (`Routed`: the router
+//! chosen, not an index to look up again). May depend on `model` and `rule`
+//! (its tests load configs with `config`).
 
-use crate::model::Config;
+use crate::model::{Config, Router};
 use crate::rule::MatchCtx;
+
+/// A routing decision: the router's index (what the access log and metrics
+/// name) and the router itself, so the caller does not look it up again.
+#[derive(Debug, Clone, Copy)]
+pub struct Routed<'c> {
+    pub id: usize,
+    pub router: &'c Router,
+}
 
 /// Routers of one entrypoint, each list sorted by priority (highest first,
 /// then by name so that equal priorities are ordered deterministically).
@@ -75,21 +87,36 @@ impl RouteTable {
     /// is read (`Rule::may_match`): the first pass for a TLS connection on
     /// an entrypoint with terminating PostgreSQL routers. After the
     /// handshake `route` decides with the startup packet.
-    pub fn route_tls_pending(&self, cfg: &Config, ep: usize, ctx: &MatchCtx<'_>) -> Option<usize> {
+    pub fn route_tls_pending<'c>(
+        &self,
+        cfg: &'c Config,
+        ep: usize,
+        ctx: &MatchCtx<'_>,
+    ) -> Option<Routed<'c>> {
         let e = self.entries.get(ep)?;
         e.tls
             .iter()
-            .copied()
-            .find(|&ri| cfg.routers[ri].rule.may_match(ctx))
+            .filter_map(|&id| {
+                Some(Routed {
+                    id,
+                    router: cfg.routers.get(id)?,
+                })
+            })
+            .find(|r| r.router.rule.may_match(ctx))
     }
 
     /// The router for a connection on entrypoint `ep`, if any.
-    pub fn route(&self, cfg: &Config, ep: usize, ctx: &MatchCtx<'_>) -> Option<usize> {
+    pub fn route<'c>(&self, cfg: &'c Config, ep: usize, ctx: &MatchCtx<'_>) -> Option<Routed<'c>> {
         let e = self.entries.get(ep)?;
         let first = |list: &[usize]| {
             list.iter()
-                .copied()
-                .find(|&ri| cfg.routers[ri].rule.matches(ctx))
+                .filter_map(|&id| {
+                    Some(Routed {
+                        id,
+                        router: cfg.routers.get(id)?,
+                    })
+                })
+                .find(|r| r.router.rule.matches(ctx))
         };
         if ctx.tls {
             first(&e.tls)
@@ -130,7 +157,7 @@ mod tests {
     fn routed<'a>(cfg: &'a Config, ctx: &MatchCtx<'_>) -> Option<&'a str> {
         RouteTable::new(cfg)
             .route(cfg, 0, ctx)
-            .map(|ri| cfg.routers[ri].name.as_str())
+            .map(|r| r.router.name.as_str())
     }
 
     fn tls<'a>(sni: Option<&'a str>, alpn: &'a [&'a [u8]]) -> MatchCtx<'a> {

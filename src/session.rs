@@ -11,6 +11,11 @@
 //! `serve` drops the phase and resets the client (and a dialed backend);
 //! while forwarding the pumps end themselves (`Outcome::Drained`). Both are
 //! counted as `drain_cut`.
+//!
+//! Owns: one connection's phases and its access-log line. May depend on
+//! `state` (the worker's view of the snapshot), `route`, `balance`,
+//! `forward`, `completion`, `tls`, `pg`, `peek`, `wire`, `rule`, `metrics`,
+//! `model`, `sys` and `log`; never on `worker` (which depends on it).
 
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
@@ -25,11 +30,11 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 
 use crate::forward::{self, write_all, Cutoff, Outcome};
-use crate::model::{MiddlewareKind, ServiceKind};
+use crate::model::MiddlewareKind;
 use crate::peek::{PeekError, Peeked, PgOpen, Reader};
 use crate::rule::MatchCtx;
+use crate::state::{Shared, WorkerSnap};
 use crate::wire::{client_hello, postgres, proxy_protocol};
-use crate::worker::{Shared, WorkerSnap};
 use crate::{log, pg, sys, tls};
 
 /// How long a connection on a `proxyProtocol` entrypoint whose routers dial
@@ -388,8 +393,8 @@ async fn run<'a>(
     } else {
         ws.snap.routes.route(cfg, ep, &ctx)
     };
-    let router_idx = match first_pass {
-        Some(ri) => ri,
+    let routed = match first_pass {
+        Some(r) => r,
         // A TLS client no TLS router takes is refused, never handed to a
         // plain router (route.rs). Traefik completes the handshake with its
         // default certificate and closes; after a PostgreSQL SSLRequest it
@@ -419,8 +424,8 @@ async fn run<'a>(
         // counted as such, with the reason, rather than as a name miss.
         None => return Err(peeked.not_tls.map_or(Early::NoRoute, Early::NotTls)),
     };
-    acc.router = Some(router_idx);
-    let mut router = &cfg.routers[router_idx];
+    acc.router = Some(routed.id);
+    let mut router = routed.router;
     // The router's decision waits for the StartupMessage inside TLS.
     let pg_pending = ctx.tls
         && entry.pg_tls
@@ -459,14 +464,13 @@ async fn run<'a>(
             ..ctx
         };
         let options = router.tls.as_ref().map(|t| t.options);
-        let fits = |ri: &usize| {
-            let r = &cfg.routers[*ri];
-            r.tls.as_ref().is_some_and(|t| !t.passthrough)
-                && r.tls.as_ref().map(|t| t.options) == options
+        let fits = |r: &crate::route::Routed<'_>| {
+            let tls = r.router.tls.as_ref();
+            tls.is_some_and(|t| !t.passthrough) && tls.map(|t| t.options) == options
         };
         // The handshake was made with the first pass's TLS options: only a
         // router terminating with the same options may take the session.
-        let Some(ri) = ws.snap.routes.route(cfg, ep, &ctx).filter(fits) else {
+        let Some(rerouted) = ws.snap.routes.route(cfg, ep, &ctx).filter(fits) else {
             let msg = no_route_message(&startup);
             let _ = front
                 .write_all(&postgres::error_response(postgres::SQLSTATE_NO_ROUTE, &msg))
@@ -476,8 +480,8 @@ async fn run<'a>(
             }
             return Err(Early::NoRoute);
         };
-        acc.router = Some(ri);
-        router = &cfg.routers[ri];
+        acc.router = Some(rerouted.id);
+        router = rerouted.router;
         _slots = admit(cfg, router, client_ip, shared)?;
         tls_startup = Some((startup, len, buf));
     }
@@ -485,21 +489,18 @@ async fn run<'a>(
     acc.service = Some(router.service);
     // `_slot`: this connection's place in the server's count (leastConn,
     // maxConn), held until the connection ends.
-    let (backend, lb_service, server_idx, _slot) =
-        Box::pin(dial_service(ws, router.service, acc, client_ip)).await?;
+    let Dialed {
+        stream: backend,
+        picked,
+        slot: _slot,
+    } = Box::pin(dial_service(ws, router.service, acc, client_ip)).await?;
     cut.set_backend(backend.as_raw_fd());
-    let ServiceKind::LoadBalancer(lb) = &cfg.services[lb_service].kind else {
-        return Err(Early::NoServer);
-    };
-    if cfg.services[lb_service].on_server_down == crate::model::OnServerDown::Close {
+    let (lb, transport) = (picked.lb, picked.transport);
+    if picked.service.on_server_down == crate::model::OnServerDown::Close {
         // The worker cuts this session when the server stops being
         // pickable (worker::close_gone_servers).
-        cut.set_target(
-            &cfg.services[lb_service].name,
-            &lb.servers[server_idx].address_text,
-        );
+        cut.set_target(&picked.service.name, &picked.server.address_text);
     }
-    let transport = &cfg.transports[lb.transport];
     let opts = forward::Opts {
         termination_delay: match lb.termination_delay {
             Some(d) => d,
@@ -529,7 +530,7 @@ async fn run<'a>(
         // The hello was consumed by the handshake; do not hold it for the
         // connection's lifetime.
         drop(peeked);
-        let server = &lb.servers[server_idx];
+        let server = picked.server;
         let mut _key = None;
         let mut startup_moved = pg::Moved::default();
         if let (Some(rewrite), Some((startup, len, buf))) = (&router.postgres, &tls_startup) {
@@ -594,7 +595,7 @@ async fn run<'a>(
     if peeked.pg_ssl || direct_pg {
         Box::pin(pg_ssl_request(&backend, transport.dial_timeout)).await?;
     }
-    let server = &lb.servers[server_idx];
+    let server = picked.server;
     if server.tls {
         // TLS origination (Traefik dials every `tls = true` server with TLS,
         // whatever the router): the client's bytes, peeked ones first, are
@@ -839,12 +840,22 @@ const HOLD_POLL: Duration = Duration::from_millis(20);
 /// once. Returns the stream, the load-balancer service that owns it, the
 /// server's index there and the connection's slot on it. `client_ip` (the
 /// trusted PROXY source, if any) is what `hrw` hashes.
+/// What `dial_service` picked and connected to, so the caller never looks
+/// the server up again.
+struct Dialed<'a> {
+    stream: TcpStream,
+    /// The server, with its service, load balancer and transport.
+    picked: crate::balance::ServerRef<'a>,
+    /// This connection's place in the server's count (leastConn, maxConn).
+    slot: crate::balance::Slot,
+}
+
 async fn dial_service<'a>(
     ws: &'a WorkerSnap,
     service: usize,
     acc: &mut Access<'a>,
     client_ip: IpAddr,
-) -> Result<(TcpStream, usize, usize, crate::balance::Slot), Early> {
+) -> Result<Dialed<'a>, Early> {
     let cfg = &ws.snap.config;
     let mut tried = Vec::new();
     let health = &ws.snap.health;
@@ -887,12 +898,11 @@ async fn dial_service<'a>(
             crate::metrics::held(&cfg.services[service].name, true);
         }
         tried.push(id);
-        let (si, idx) = ws.balancer.borrow().server(id);
-        let ServiceKind::LoadBalancer(lb) = &cfg.services[si].kind else {
+        // An id the balancer picked is in the snapshot's table.
+        let Some(picked) = ws.snap.servers.get(cfg, id) else {
             continue;
         };
-        let server = &lb.servers[idx];
-        let transport = &cfg.transports[lb.transport];
+        let (lb, server, transport) = (picked.lb, picked.server, picked.transport);
         acc.server = Some(&server.address_text);
         let Some(load) = ws.snap.loads.get(id) else {
             continue;
@@ -914,10 +924,14 @@ async fn dial_service<'a>(
         {
             Ok(s) => {
                 ws.balancer.borrow_mut().dial_result(id, true, now);
-                return Ok((s, si, idx, slot));
+                return Ok(Dialed {
+                    stream: s,
+                    picked,
+                    slot,
+                });
             }
             Err(e) => {
-                let svc_name = &cfg.services[si].name;
+                let svc_name = &picked.service.name;
                 if let Some(kind) = sys::local_resource_error(&e) {
                     // Our own shortage (no descriptor, no buffer, no local
                     // port): the server did nothing wrong, so it is not

@@ -13,24 +13,28 @@
 //! reset, never a clean end, for what was still moving) and returns once they
 //! are closed (at most `CUT_SETTLE` after the last cut). `Shared::cut_now`
 //! ends the drain at once the same way.
+//!
+//! Owns: binding the listeners, each worker thread's runtime and accept
+//! loops, its live-connection registry, the drain and the `onServerDown`
+//! cuts. May depend on `state` (the snapshot and the shared flags it reads),
+//! `session`, `metrics`, `notify`, `forward`, `completion`, `model`, `sys`
+//! and `log`. Only `engine` depends on it.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::balance::Balancer;
 use crate::forward::Cutoff;
 use crate::model::{Config, Driver};
-use crate::route::RouteTable;
+use crate::state::{Listeners, Shared, WorkerSnap, MAX_ENTRYPOINT_SLOTS};
 use crate::{log, session, sys};
 
 /// Listen backlog (clamped by net.core.somaxconn).
@@ -51,290 +55,6 @@ const CUT_SETTLE: Duration = Duration::from_secs(1);
 const ACCEPT_BURST: usize = 64;
 /// io_uring submission queue size: enough for thousands of pending polls.
 const RING_ENTRIES: u32 = 4096;
-
-/// An immutable, compiled configuration shared by all workers.
-pub struct Snapshot {
-    pub config: Config,
-    pub routes: RouteTable,
-    pub tls: crate::tls::TlsState,
-    /// Active health-check verdicts, one flag per server (by ServerId); the
-    /// control plane's checkers write them, workers read them when picking.
-    pub health: crate::health::HealthState,
-    /// Open and queued connections per server (by ServerId), shared by every
-    /// worker; a reload hands them on (`balance::Loads::inherit`).
-    pub loads: crate::balance::Loads,
-}
-
-impl Snapshot {
-    /// Compile routes and load certificates. Errors (a missing certificate
-    /// file, a key that does not match) are one message per line.
-    pub fn new(config: Config) -> Result<Snapshot, String> {
-        let routes = RouteTable::new(&config);
-        let tls = crate::tls::TlsState::build(&config).map_err(|e| e.join("\n"))?;
-        let health = crate::health::HealthState::new(&config);
-        let loads = crate::balance::Loads::new(&config);
-        Ok(Snapshot {
-            config,
-            routes,
-            tls,
-            health,
-            loads,
-        })
-    }
-}
-
-/// Entrypoint slots a process has over its lifetime: entrypoints added by
-/// reloads take new slots (a removed one keeps its slot while it drains, and
-/// gives it back to an entrypoint of the same name and address); beyond this
-/// a reload that adds one is refused (restart to apply).
-pub const MAX_ENTRYPOINT_SLOTS: usize = 256;
-
-/// State shared between the control thread and the workers.
-pub struct Shared {
-    snapshot: Mutex<Arc<Snapshot>>,
-    generation: AtomicU64,
-    stopping: AtomicBool,
-    /// When the stop was asked (drain deadlines count from it).
-    stopped_at: Mutex<Option<Instant>>,
-    /// `cut_now`: end the drain at once.
-    cut_all: AtomicBool,
-    /// Per entrypoint: its listeners are shut down (accepting is over).
-    closed: Vec<AtomicBool>,
-    /// A second handle on every worker's listening socket, by entrypoint, to
-    /// shut them down from the control plane. Owned here (not raw numbers),
-    /// so a descriptor shut down is always the listener: never a number the
-    /// worker closed and the kernel gave to a new connection.
-    listeners: Mutex<Vec<(usize, std::net::TcpListener)>>,
-    /// Listeners a reload added, per worker id, until the worker takes
-    /// them (within `HOUSEKEEPING`).
-    pending: Mutex<HashMap<usize, Listeners>>,
-    /// Entrypoints a reload removed: their connections are cut at the
-    /// deadline (the removed entrypoint's graceTimeOut after the reload).
-    removed: Mutex<Vec<(usize, Instant)>>,
-    /// How many workers run (set with their listeners).
-    workers: std::sync::atomic::AtomicUsize,
-    /// `inFlightConn`: open connections per (middleware, client IP). Only
-    /// touched by routers that use the middleware.
-    pub in_flight: Mutex<HashMap<(usize, IpAddr), u32>>,
-    /// Every worker's counters (summed by `/metrics`).
-    pub metrics: crate::metrics::Registry,
-    /// The health checkers of the current snapshot (`health::restart`).
-    pub health_checks: Mutex<Option<crate::health::Checks>>,
-}
-
-impl Shared {
-    pub fn new(snap: Snapshot) -> Arc<Shared> {
-        Arc::new(Shared {
-            snapshot: Mutex::new(Arc::new(snap)),
-            generation: AtomicU64::new(0),
-            stopping: AtomicBool::new(false),
-            stopped_at: Mutex::new(None),
-            cut_all: AtomicBool::new(false),
-            closed: (0..MAX_ENTRYPOINT_SLOTS)
-                .map(|_| AtomicBool::new(false))
-                .collect(),
-            listeners: Mutex::new(Vec::new()),
-            pending: Mutex::new(HashMap::new()),
-            removed: Mutex::new(Vec::new()),
-            workers: std::sync::atomic::AtomicUsize::new(0),
-            in_flight: Mutex::new(HashMap::new()),
-            metrics: crate::metrics::Registry::default(),
-            health_checks: Mutex::new(None),
-        })
-    }
-
-    pub fn current(&self) -> Arc<Snapshot> {
-        self.snapshot
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Publish a new snapshot; workers pick it up within `HOUSEKEEPING`.
-    pub fn publish(&self, snap: Snapshot) {
-        *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(snap);
-        self.generation.fetch_add(1, Ordering::Release);
-    }
-
-    /// Keep a handle on every worker's listeners (before the workers start,
-    /// so a stop signal never misses one).
-    pub fn register_listeners(&self, all: &[Listeners]) -> io::Result<()> {
-        self.workers.store(all.len(), Ordering::Release);
-        let mut held = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
-        for (ep, l) in all.iter().flatten() {
-            held.push((*ep, l.try_clone()?));
-        }
-        Ok(())
-    }
-
-    /// The stop (first SIGTERM/SIGINT): from now on `/ping` answers 503 and
-    /// reloads are refused. Entrypoints without `requestAcceptGraceTimeout`
-    /// stop accepting at once; the others keep accepting for that long (the
-    /// caller closes them with `close_entrypoint` when it is over). Returns
-    /// the stop instant.
-    pub fn stop(&self) -> Instant {
-        let now = Instant::now();
-        let at = *self
-            .stopped_at
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert(now);
-        self.stopping.store(true, Ordering::Release);
-        let snap = self.current();
-        for (ep, e) in snap.config.entrypoints.iter().enumerate() {
-            if e.accept_grace.is_zero() {
-                self.close_entrypoint(ep);
-            }
-        }
-        at
-    }
-
-    /// Stop accepting on entrypoint `ep` in every worker: shutting a
-    /// listening socket down makes its pending accept fail at once (io_uring
-    /// and epoll alike), takes it out of its SO_REUSEPORT group (new
-    /// connections go to the other sockets of the group, in this process or
-    /// another one) and, with `net.ipv4.tcp_migrate_req = 1`, hands the
-    /// connections still waiting in its accept queue to another socket of the
-    /// group; without it (or without another socket), the kernel resets them.
-    /// Idempotent.
-    pub fn close_entrypoint(&self, ep: usize) {
-        let Some(flag) = self.closed.get(ep) else {
-            return;
-        };
-        let held = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
-        if flag.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        for (_, l) in held.iter().filter(|(e, _)| *e == ep) {
-            let _ = crate::sys::shutdown(l.as_raw_fd(), std::net::Shutdown::Both);
-        }
-        drop(held);
-        let name = self
-            .current()
-            .config
-            .entrypoints
-            .get(ep)
-            .map(|e| e.name.clone())
-            .unwrap_or_default();
-        log!(Info, "stopped accepting", entrypoint = name);
-    }
-
-    /// How many workers run.
-    pub fn workers(&self) -> usize {
-        self.workers.load(Ordering::Acquire).max(1)
-    }
-
-    /// A reload added entrypoint `ep`: `socks` holds one listener per worker
-    /// (worker `i` gets `socks[i]`). Call after publishing the snapshot that
-    /// has it, so a worker never accepts on an entrypoint its snapshot lacks.
-    pub fn add_listeners(&self, ep: usize, socks: Vec<std::net::TcpListener>) -> io::Result<()> {
-        let mut held = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        for (worker, s) in socks.into_iter().enumerate() {
-            held.push((ep, s.try_clone()?));
-            pending.entry(worker).or_default().push((ep, s));
-        }
-        // A slot given back to its entrypoint: not draining any more.
-        self.removed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(e, _)| *e != ep);
-        if let Some(flag) = self.closed.get(ep) {
-            flag.store(false, Ordering::Release);
-        }
-        Ok(())
-    }
-
-    /// A reload removed entrypoint `ep`: stop accepting on it now; its
-    /// connections may finish until `deadline`, then they are cut.
-    pub fn remove_entrypoint(&self, ep: usize, deadline: Instant) {
-        self.close_entrypoint(ep);
-        self.listeners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(e, _)| *e != ep);
-        self.removed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((ep, deadline));
-    }
-
-    fn take_pending(&self, worker: usize) -> Listeners {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&worker)
-            .unwrap_or_default()
-    }
-
-    fn removal_deadlines(&self) -> Vec<(usize, Instant)> {
-        self.removed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Whether entrypoint `ep` has stopped accepting.
-    pub fn is_closed(&self, ep: usize) -> bool {
-        self.closed
-            .get(ep)
-            .is_none_or(|c| c.load(Ordering::Acquire))
-    }
-
-    fn stopped_at(&self) -> Option<Instant> {
-        *self.stopped_at.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
-    }
-
-    /// End the drain at once (a second stop signal, SIGQUIT): stop accepting
-    /// everywhere (also where `requestAcceptGraceTimeout` still runs), then
-    /// every worker cuts all its live connections within `DRAIN_POLL` (a
-    /// direction still moving is reset, one that had finished keeps its
-    /// bytes) and returns once they are closed (at most `CUT_SETTLE` later).
-    /// Does not wait: the main thread's join of the workers does.
-    pub fn cut_now(&self) {
-        self.cut_all.store(true, Ordering::Release);
-        self.stop();
-        for ep in 0..self.current().config.entrypoints.len() {
-            self.close_entrypoint(ep);
-        }
-    }
-
-    fn cut_requested(&self) -> bool {
-        self.cut_all.load(Ordering::Acquire)
-    }
-}
-
-/// One worker's view of a snapshot: the shared config plus its own balancer.
-pub struct WorkerSnap {
-    pub snap: Arc<Snapshot>,
-    pub balancer: RefCell<Balancer>,
-}
-
-impl WorkerSnap {
-    fn new(snap: Arc<Snapshot>) -> Rc<WorkerSnap> {
-        let balancer = RefCell::new(Balancer::new(&snap.config));
-        Rc::new(WorkerSnap { snap, balancer })
-    }
-
-    /// The next snapshot, keeping this worker's passive ejections of the
-    /// servers it keeps.
-    fn renew(&self, snap: Arc<Snapshot>) -> Rc<WorkerSnap> {
-        let mut balancer = Balancer::new(&snap.config);
-        let map = crate::balance::matching(&snap.config, &self.snap.config);
-        balancer.inherit(&map, &self.balancer.borrow());
-        Rc::new(WorkerSnap {
-            snap,
-            balancer: RefCell::new(balancer),
-        })
-    }
-}
-
-/// Listening sockets for one worker: `(entrypoint index, socket)`.
-pub type Listeners = Vec<(usize, std::net::TcpListener)>;
 
 /// Bind one socket per entrypoint per worker, all in one SO_REUSEPORT group
 /// (the kernel spreads new connections over the workers). With port 0 the
@@ -647,7 +367,7 @@ fn cut_removed(removed: &[(usize, Instant)], now: Instant) -> usize {
 /// `HOUSEKEEPING` of the verdict.
 fn close_gone_servers(id: usize, shared: &Shared, seen: &mut (u64, u64)) {
     // The generation first: a publish in between is then seen next tick.
-    let generation = shared.generation.load(Ordering::Acquire);
+    let generation = shared.generation();
     let snap = shared.current();
     let now = (generation, snap.health.changes());
     if *seen == now {
@@ -721,7 +441,7 @@ struct Current {
 
 impl Current {
     fn get(&self, shared: &Shared) -> Rc<WorkerSnap> {
-        let g = shared.generation.load(Ordering::Acquire);
+        let g = shared.generation();
         if g != self.seen.get() {
             self.seen.set(g);
             let next = self.snap.borrow().renew(shared.current());
@@ -732,9 +452,9 @@ impl Current {
 }
 
 async fn worker_main(id: usize, shared: Arc<Shared>, listeners: Listeners) -> io::Result<()> {
-    shared.metrics.register_worker(MAX_ENTRYPOINT_SLOTS);
+    crate::metrics::registry().register_worker(MAX_ENTRYPOINT_SLOTS);
     let current = Rc::new(Current {
-        seen: Cell::new(shared.generation.load(Ordering::Acquire)),
+        seen: Cell::new(shared.generation()),
         snap: RefCell::new(WorkerSnap::new(shared.current())),
     });
     let mut mine: Vec<usize> = listeners.iter().map(|(ep, _)| *ep).collect();

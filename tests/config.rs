@@ -88,7 +88,7 @@ fn invalid_configs_fail_with_their_message() {
         // Certificate problems are found when the TLS state is built, as
         // `check` and a start do.
         let errors = match config::load(f) {
-            Ok(c) => match sluicegate::worker::Snapshot::new(c) {
+            Ok(c) => match sluicegate::state::Snapshot::new(c) {
                 Ok(_) => panic!("{} should fail to load", f.display()),
                 Err(e) => e.lines().map(str::to_string).collect(),
             },
@@ -992,7 +992,7 @@ caFiles = ['''{ca_pem}''']
     inline(&t.certificates[0].key_file, &client_key);
     // Built as a start would: the inline ones load; the two files that do
     // not exist are reported at the keys that name them.
-    let Err(err) = sluicegate::worker::Snapshot::new(c) else {
+    let Err(err) = sluicegate::state::Snapshot::new(c) else {
         panic!("the missing files must fail the build");
     };
     let lines: Vec<&str> = err.lines().collect();

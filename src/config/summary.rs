@@ -135,7 +135,7 @@ impl Config {
                         };
                         extra.push_str(kind);
                         if h.role != crate::model::Role::Any {
-                            let _ = write!(extra, ", role {}", crate::health::role_str(h.role));
+                            let _ = write!(extra, ", role {}", h.role.as_str());
                         }
                     }
                     if svc.on_server_down == crate::model::OnServerDown::Close {

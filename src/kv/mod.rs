@@ -18,6 +18,9 @@
 //! triggers an ordinary reload, which reads the cached tree: the KV part of
 //! a configuration goes through the same parsing, checks and errors as a
 //! file (positions refer to a `key = value` listing of the pairs).
+//!
+//! Owns: the etcd and Redis clients and the KV-to-configuration layout. May
+//! depend on `model` and `log`; `config` reads through it.
 
 mod etcd;
 mod http;
