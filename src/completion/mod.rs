@@ -29,7 +29,6 @@ use monoio::net::TcpStream;
 
 use crate::forward::ending::{self, Side};
 use crate::forward::{self, Cutoff, Opts, Outcome, Report};
-use crate::model::Forwarding;
 use crate::sys::uring::Ring;
 use crate::{log, sys};
 
@@ -127,10 +126,7 @@ pub async fn duplex(
     opts: &Opts,
     drain: &Cutoff,
 ) -> (Report, Outcome) {
-    let fallback = Opts {
-        mode: Forwarding::Auto,
-        ..*opts
-    };
+    let fallback = opts.readiness();
     let Some(engine) = engine() else {
         return forward::duplex(client, backend, &fallback, drain).await;
     };

@@ -73,6 +73,17 @@ pub struct Opts {
     pub buffer_size: usize,
 }
 
+impl Opts {
+    /// The same options with the readiness pumps' `auto` mode: what a
+    /// connection the completion engine cannot take is forwarded with.
+    pub fn readiness(self) -> Opts {
+        Opts {
+            mode: Forwarding::Auto,
+            ..self
+        }
+    }
+}
+
 /// How the forwarding phase ended (the access-log outcome).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -157,7 +168,7 @@ fn pump<'a>(dir: Dir<'a>, opts: &Opts) -> Pin<Box<dyn Future<Output = DirEnd> + 
     match opts.mode {
         Forwarding::Copy => Box::pin(copy::pump(dir, opts.buffer_size)),
         Forwarding::Splice => Box::pin(splice::pump(dir, opts.buffer_size, false)),
-        // `completion` on a driver without it (crate::completion) is `auto`.
+        // `completion` on a driver without a completion engine is `auto`.
         Forwarding::Auto | Forwarding::Completion => {
             Box::pin(splice::pump(dir, opts.buffer_size, true))
         }

@@ -1,5 +1,5 @@
 //! Plaintext reads and writes on a terminated client outside the pump, for
-//! the PostgreSQL startup phase (`crate::pg`): the StartupMessage is read
+//! the PostgreSQL startup phase (the `pg` module): the StartupMessage is read
 //! inside TLS before routing, and the authentication exchange is relayed
 //! message-aware until the backend's cancel key has been seen. What is
 //! read here is fully taken out of the TLS state, so the pump that runs
