@@ -20,14 +20,13 @@ mod conn;
 mod engine;
 
 use std::cell::Cell;
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::os::fd::AsRawFd;
-use std::pin::Pin;
 use std::task::Poll;
 
 use monoio::net::TcpStream;
 
-use crate::forward::ending::{self, Side};
+use crate::forward::ending::{self, Side, Timers};
 use crate::forward::{self, Cutoff, Opts, Outcome, Report};
 use crate::sys::uring::Ring;
 use crate::{log, sys};
@@ -160,8 +159,7 @@ pub async fn duplex(
         slot,
         finished: false,
     };
-    let mut fin_deadline: Option<Pin<Box<monoio::time::Sleep>>> = None;
-    let mut idle = opts.idle_timeout.map(|d| Box::pin(monoio::time::sleep(d)));
+    let mut timers = Timers::new(opts);
     let mut cut = false;
 
     let (outcome, error) = poll_fn(|cx| loop {
@@ -175,35 +173,13 @@ pub async fn duplex(
         if cut {
             return Poll::Pending;
         }
-        let mut why = None;
-        if drain.poll_cut(cx).is_ready() {
-            why = Some(Outcome::Drained);
-        }
-        if let (None, Some(d), Some(_)) = (why, opts.termination_delay, v.first_fin) {
-            let sleep = fin_deadline.get_or_insert_with(|| Box::pin(monoio::time::sleep(d)));
-            if sleep.as_mut().poll(cx).is_ready() {
-                why = Some(Outcome::TerminationDelay);
-            }
-        }
-        if let (None, Some(limit), Some(timer)) = (why, opts.idle_timeout, idle.as_mut()) {
-            if timer.as_mut().poll(cx).is_ready() {
-                let quiet = v.last_active.elapsed();
-                if quiet >= limit {
-                    why = Some(Outcome::IdleTimeout);
-                } else {
-                    *timer = Box::pin(monoio::time::sleep(limit - quiet));
-                    // Register the new timer with the waker.
-                    let _ = timer.as_mut().poll(cx);
-                }
-            }
-        }
-        match why {
-            Some(o) => {
+        match timers.poll(cx, drain, v.first_fin.is_some(), v.last_active) {
+            Poll::Ready(o) => {
                 cut = true;
                 reg.engine.borrow_mut().stop(reg.slot, conn::Stop::Cut(o));
                 // Look again: with nothing in flight it is done at once.
             }
-            None => return Poll::Pending,
+            Poll::Pending => return Poll::Pending,
         }
     })
     .await;

@@ -1,8 +1,14 @@
-//! How a forwarded connection's two sockets are closed: the one ending policy
-//! of `duplex` and of the TLS pump (both call `fates` then `close`).
+//! How a forwarded connection ends: the one ending policy of `duplex`, of the
+//! TLS pump and of the completion engine.
 //!
-//! The rule (reliability promise 5): each socket's fate is decided by the
-//! direction that *writes into* it.
+//! - When: `settled` says when the directions' own states end the phase (a
+//!   failure on either side at once, or both finished); while it runs,
+//!   `Timers` says when a timer ends it (the drain's cut, `terminationDelay`
+//!   from the first finished direction, the idle timeout).
+//! - How: `fates` then `close` decide and carry out each socket's close.
+//!
+//! The rule for each socket: its fate is decided by the direction that
+//! *writes into* it.
 //! - That direction finished (its FIN, after close_notify for TLS, was passed
 //!   on): the socket keeps every queued byte, however slowly its peer reads.
 //!   A plain `close()` keeps delivering the kernel's queue, but turns into a
@@ -15,7 +21,7 @@
 //! - A reset or failure of one peer is passed on to the other peer as a reset,
 //!   after the bytes already queued to it have left (`abort_after_drain`).
 //!
-//! Counting (reliability promise 3, exact bytes): the pumps count a byte when
+//! Counting (exact bytes): the pumps count a byte when
 //! it is written into the destination socket. When a socket is reset (or its
 //! peer is gone) with bytes still queued, `close` says how many were lost:
 //! the kernel's unacknowledged queue (SIOCOUTQ) plus what the caller still
@@ -26,13 +32,14 @@
 use std::future::{poll_fn, Future};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::pin::pin;
-use std::task::Poll;
+use std::pin::{pin, Pin};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
+use monoio::time::Sleep;
 
-use super::{Cutoff, Outcome};
+use super::{Cutoff, Opts, Outcome};
 use crate::sys;
 
 /// Longest wait for a send queue to drain before an abortive close. A peer that
@@ -61,6 +68,105 @@ pub enum Flow {
     Finished,
     /// The source or the destination failed.
     Failed,
+}
+
+/// Where one direction stands, as far as the end of the phase is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Moving bytes, waiting for them, or passing its end of stream on.
+    Running,
+    /// Its end of stream was passed on (close_notify and FIN for TLS).
+    Finished,
+    /// Reading its source failed (a reset, a protocol error).
+    SrcFailed,
+    /// Writing its destination failed.
+    DstFailed,
+}
+
+impl Progress {
+    /// How the direction stood, for the sockets' fates.
+    pub fn flow(self) -> Flow {
+        match self {
+            Progress::Running => Flow::Open,
+            Progress::Finished => Flow::Finished,
+            Progress::SrcFailed | Progress::DstFailed => Flow::Failed,
+        }
+    }
+}
+
+/// The outcome the directions' own states decide, if the phase is over:
+/// a failure of the client's socket (reading it in `up`, writing it in
+/// `down`) ends both directions at once as `ClientReset`, one of the
+/// backend's as `BackendReset`; both finished is `Closed`. `None`: still
+/// running (only a timer or the drain can end it now).
+pub fn settled(up: Progress, down: Progress) -> Option<Outcome> {
+    use Progress::*;
+    match (up, down) {
+        (SrcFailed, _) | (_, DstFailed) => Some(Outcome::ClientReset),
+        (DstFailed, _) | (_, SrcFailed) => Some(Outcome::BackendReset),
+        (Finished, Finished) => Some(Outcome::Closed),
+        _ => None,
+    }
+}
+
+/// The timers of a running forwarding phase. `terminationDelay` runs from
+/// the first poll that sees one direction finished (never reset: the other
+/// direction has that long to end too); the idle timeout fires when no byte
+/// moved either way for that long; the drain's cut ends it whenever it comes.
+pub struct Timers {
+    termination_delay: Option<Duration>,
+    idle_timeout: Option<Duration>,
+    /// Boxed: most connections never arm it, and an inline timer would
+    /// enlarge every connection's future.
+    fin: Option<Pin<Box<Sleep>>>,
+    idle: Option<Pin<Box<Sleep>>>,
+}
+
+impl Timers {
+    pub fn new(opts: &Opts) -> Timers {
+        Timers {
+            termination_delay: opts.termination_delay,
+            idle_timeout: opts.idle_timeout,
+            fin: None,
+            idle: opts.idle_timeout.map(|d| Box::pin(monoio::time::sleep(d))),
+        }
+    }
+
+    /// `Ready(outcome)` when a timer (or the drain) ends the phase now.
+    /// `half_closed`: one direction has finished; `last_active`: when a byte
+    /// last moved in either direction. Registers every armed timer with
+    /// `cx` when it returns `Pending`.
+    pub fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        cut: &Cutoff,
+        half_closed: bool,
+        last_active: Instant,
+    ) -> Poll<Outcome> {
+        if cut.poll_cut(cx).is_ready() {
+            return Poll::Ready(Outcome::Drained);
+        }
+        if let (true, Some(d)) = (half_closed, self.termination_delay) {
+            let sleep = self
+                .fin
+                .get_or_insert_with(|| Box::pin(monoio::time::sleep(d)));
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Outcome::TerminationDelay);
+            }
+        }
+        if let (Some(limit), Some(timer)) = (self.idle_timeout, self.idle.as_mut()) {
+            if timer.as_mut().poll(cx).is_ready() {
+                let quiet = last_active.elapsed();
+                if quiet >= limit {
+                    return Poll::Ready(Outcome::IdleTimeout);
+                }
+                *timer = Box::pin(monoio::time::sleep(limit - quiet));
+                // Register the new timer with the waker.
+                let _ = timer.as_mut().poll(cx);
+            }
+        }
+        Poll::Pending
+    }
 }
 
 /// What happens to one socket.

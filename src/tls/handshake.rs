@@ -138,7 +138,7 @@ pub async fn run<C: Conn>(
                 }
             }
             Next::Fail(e) => {
-                queue_alert(side);
+                side.queue_alert();
                 let alert_deadline = Instant::now() + ALERT_WRITE_MAX;
                 let d = deadline.map_or(alert_deadline, |d| d.min(alert_deadline));
                 let _ = flush(side, sock, Some(d)).await;
@@ -148,25 +148,8 @@ pub async fn run<C: Conn>(
     }
 }
 
-/// Move the alert rustls queued after an error into `tx`.
-fn queue_alert<C: Conn>(side: &mut TlsSide<C>) {
-    for _ in 0..4 {
-        // The real input buffer, not an empty one: rustls may still index
-        // into it; after an error it only hands out what it queued.
-        let UnbufferedStatus { state, .. } = side.conn.process(side.cin.data_mut());
-        match state {
-            Ok(ConnectionState::EncodeTlsData(mut e)) => {
-                if let Ok(n) = e.encode(side.tx.spare()) {
-                    side.tx.commit(n);
-                }
-            }
-            Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
-            _ => break,
-        }
-    }
-}
-
-async fn flush<C: Conn>(
+/// Write what `side` has queued, waiting for writability until `deadline`.
+pub(super) async fn flush<C: Conn>(
     side: &mut TlsSide<C>,
     sock: &TcpStream,
     deadline: Option<Instant>,
@@ -181,6 +164,8 @@ async fn flush<C: Conn>(
     }
 }
 
+/// Wait for `ready` (a readiness poll) until `deadline`: the one deadline
+/// wait of the TLS handshakes and of a refusal's close_notify.
 async fn wait(
     ready: impl std::future::Future<Output = io::Result<()>>,
     deadline: Option<Instant>,

@@ -244,7 +244,7 @@ pub async fn originate(
     }
     let pump = Pump::new(
         Peer::Plain(pending),
-        Peer::Client(side),
+        Peer::Tls(side),
         client.as_raw_fd(),
         backend.as_raw_fd(),
     );
@@ -356,7 +356,7 @@ impl Accepted {
         let backend_peer = match backend_tls {
             None => Peer::Plain(buf::Buf::default()),
             Some(bt) => match connect_backend(state, backend, &bt).await {
-                Ok(side) => Peer::Client(side),
+                Ok(side) => Peer::Tls(side),
                 Err(e) => {
                     abort_after_drain(client, cut).await;
                     let report = Report {
@@ -368,7 +368,7 @@ impl Accepted {
             },
         };
         let pump = Pump::new(
-            Peer::Server(self.side),
+            Peer::Tls(self.side),
             backend_peer,
             client.as_raw_fd(),
             backend.as_raw_fd(),
@@ -450,18 +450,5 @@ pub async fn refuse(
     if side.close_notify().is_err() {
         return;
     }
-    let fd = client.as_raw_fd();
-    loop {
-        match side.flush(fd) {
-            Ok(false) => {}
-            Ok(true) | Err(_) => return,
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if !matches!(
-            monoio::time::timeout(left, client.writable(false)).await,
-            Ok(Ok(()))
-        ) {
-            return;
-        }
-    }
+    let _ = handshake::flush(&mut side, client, Some(deadline)).await;
 }

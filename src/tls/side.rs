@@ -66,6 +66,45 @@ impl Conn for UnbufferedClientConnection {
     }
 }
 
+/// One TLS endpoint whatever its role (server towards the client, client
+/// towards a TLS backend): the interface the pump drives, so no caller
+/// matches on the role.
+pub trait TlsPeer {
+    /// See `TlsSide::pull`.
+    fn pull(&mut self, deliver: &mut dyn FnMut(&[u8]) -> io::Result<usize>) -> Pull;
+    /// See `TlsSide::encrypt`.
+    fn encrypt(&mut self, data: &[u8]) -> io::Result<usize>;
+    /// See `TlsSide::close_notify`.
+    fn close_notify(&mut self) -> io::Result<()>;
+    /// See `TlsSide::flush`.
+    fn flush(&mut self, fd: RawFd) -> io::Result<bool>;
+    /// See `TlsSide::read`.
+    fn read(&mut self, fd: RawFd) -> io::Result<(usize, bool)>;
+    /// Ciphertext queued in `tx` and not yet written.
+    fn tx_len(&self) -> usize;
+}
+
+impl<C: Conn> TlsPeer for TlsSide<C> {
+    fn pull(&mut self, deliver: &mut dyn FnMut(&[u8]) -> io::Result<usize>) -> Pull {
+        TlsSide::pull(self, deliver)
+    }
+    fn encrypt(&mut self, data: &[u8]) -> io::Result<usize> {
+        TlsSide::encrypt(self, data)
+    }
+    fn close_notify(&mut self) -> io::Result<()> {
+        TlsSide::close_notify(self)
+    }
+    fn flush(&mut self, fd: RawFd) -> io::Result<bool> {
+        TlsSide::flush(self, fd)
+    }
+    fn read(&mut self, fd: RawFd) -> io::Result<(usize, bool)> {
+        TlsSide::read(self, fd)
+    }
+    fn tx_len(&self) -> usize {
+        self.tx.len()
+    }
+}
+
 /// What one `pull` achieved.
 #[derive(Debug)]
 pub enum Pull {
@@ -310,8 +349,11 @@ impl<C: Conn> TlsSide<C> {
         Ok(())
     }
 
-    /// After a protocol error rustls has queued an alert: move it to `tx`.
-    fn queue_alert(&mut self) {
+    /// After a protocol error rustls has queued an alert: move it to `tx`
+    /// (during the handshake as after it). rustls is given the real input
+    /// buffer, not an empty one: it may still index into it; after an error
+    /// it only hands out what it queued.
+    pub fn queue_alert(&mut self) {
         // Bounded: each round either encodes a queued record or hits the
         // stored error again.
         for _ in 0..4 {
