@@ -205,9 +205,9 @@ pub async fn serve(
                 // Armed while the phase still owns the backend socket, so its
                 // close is a reset too.
                 if let Some(fd) = cut.backend() {
-                    let _ = sys::set_linger_zero(fd);
+                    let _ = sys::remembered::set_linger_zero(fd);
                 }
-                let _ = sys::set_linger_zero(client.as_raw_fd());
+                let _ = sys::set_linger_zero(sys::fd(&client));
                 return Poll::Ready(Err(Early::Drained));
             }
             Poll::Pending
@@ -758,7 +758,7 @@ async fn pg_refuse(client: &TcpStream, sqlstate: &str, message: &str) {
     if write_all(client, &reply).await.is_err() {
         return;
     }
-    let fd = client.as_raw_fd();
+    let fd = sys::fd(client);
     let _ = sys::shutdown(fd, std::net::Shutdown::Write);
     let mut sink = [0u8; 1024];
     let drain = async {
@@ -783,7 +783,7 @@ async fn pg_ssl_request(backend: &TcpStream, limit: Duration) -> Result<(), Earl
     write_all(backend, &postgres::SSL_REQUEST)
         .await
         .map_err(|_| Early::BackendWrite)?;
-    let fd = backend.as_raw_fd();
+    let fd = sys::fd(backend);
     let mut b = [0u8; 1];
     let wait = async {
         loop {
@@ -1001,7 +1001,7 @@ async fn dial(
         Ok(r) => r?,
         Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "dial timeout")),
     };
-    let fd = stream.as_raw_fd();
+    let fd = sys::fd(&stream);
     // monoio's epoll driver creates the socket with SOCK_NONBLOCK, its
     // io_uring driver without; a worker's driver never changes, so the
     // first dial on a thread tells which, and later dials on an epoll

@@ -18,7 +18,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -206,7 +206,7 @@ impl Shared {
             return;
         }
         for (_, l) in held.iter().filter(|(e, _)| *e == ep) {
-            let _ = crate::sys::shutdown(l.as_raw_fd(), std::net::Shutdown::Both);
+            let _ = crate::sys::shutdown(l.as_fd(), std::net::Shutdown::Both);
         }
         drop(held);
         let name = self
@@ -859,7 +859,7 @@ async fn accept_loop(
     current: Rc<Current>,
     shared: Arc<Shared>,
 ) {
-    let lfd = listener.as_raw_fd();
+    let lfd = sys::listener_fd(&listener);
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut errors: u64 = 0;
     loop {

@@ -144,8 +144,8 @@ pub async fn duplex(
                 "completion ring failed; using readiness forwarding",
                 error = e
             );
-            let _ = sys::set_linger_zero(client.as_raw_fd());
-            let _ = sys::set_linger_zero(backend.as_raw_fd());
+            let _ = sys::set_linger_zero(sys::fd(client));
+            let _ = sys::set_linger_zero(sys::fd(backend));
             let report = Report {
                 error: Some(e),
                 ..Report::default()

@@ -31,7 +31,7 @@
 
 use std::future::{poll_fn, Future};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::BorrowedFd;
 use std::pin::{pin, Pin};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -255,7 +255,7 @@ pub async fn close(
 }
 
 async fn close_one(fate: Fate, side: Side<'_>, cut: &Cutoff) -> u64 {
-    let fd = side.sock.as_raw_fd();
+    let fd = sys::fd(side.sock);
     // A FIN passed on takes one sequence number in the kernel's queue
     // (SIOCOUTQ counts it until acknowledged); it is not a byte.
     let fin = u64::from(side.writer == Flow::Finished);
@@ -283,7 +283,7 @@ async fn close_one(fate: Fate, side: Side<'_>, cut: &Cutoff) -> u64 {
     }
 }
 
-fn queued(fd: RawFd) -> u64 {
+fn queued(fd: BorrowedFd<'_>) -> u64 {
     sys::unsent_bytes(fd).map_or(0, |n| n as u64)
 }
 
@@ -293,7 +293,7 @@ fn queued(fd: RawFd) -> u64 {
 /// and never looks like a clean end. Returns the bytes still queued when the
 /// reset was armed: the peer never gets them.
 pub async fn abort_after_drain(s: &TcpStream, cut: &Cutoff) -> u64 {
-    let fd = s.as_raw_fd();
+    let fd = sys::fd(s);
     let start = Instant::now();
     // Stop as soon as the queue is empty, or the peer is gone (a reset socket
     // keeps its unacknowledged bytes queued forever).
@@ -319,7 +319,7 @@ enum Input {
 }
 
 /// Read and discard what is pending (up to `DISCARD_READS` reads).
-fn discard_input(fd: RawFd) -> Input {
+fn discard_input(fd: BorrowedFd<'_>) -> Input {
     let mut buf = [0u8; 16 * 1024];
     for _ in 0..DISCARD_READS {
         match sys::recv(fd, &mut buf) {
@@ -337,7 +337,7 @@ fn discard_input(fd: RawFd) -> Input {
 /// peer ends its side, or `KEEP_DRAIN_MAX`, or a drain's cut), then leave no
 /// unread input behind so the close is a FIN, never a reset.
 async fn keep_drain(s: &TcpStream, cut: &Cutoff) {
-    let fd = s.as_raw_fd();
+    let fd = sys::fd(s);
     let start = Instant::now();
     loop {
         if discard_input(fd) == Input::Ended {

@@ -37,7 +37,6 @@ use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -147,12 +146,12 @@ pub(crate) struct Dir<'a> {
 
 /// Pass a FIN on: every byte before it has been written already.
 pub(crate) fn pass_fin(dst: &TcpStream) {
-    let _ = sys::shutdown(dst.as_raw_fd(), Shutdown::Write);
+    let _ = sys::shutdown(sys::fd(dst), Shutdown::Write);
 }
 
 /// Write all of `buf` to a non-blocking socket, waiting for writability.
 pub async fn write_all(dst: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
-    let fd = dst.as_raw_fd();
+    let fd = sys::fd(dst);
     while !buf.is_empty() {
         match sys::send(fd, buf) {
             Ok(n) => buf = &buf[n..],

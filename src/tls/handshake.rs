@@ -7,7 +7,6 @@
 //! effort, without waiting past the deadline) before the caller closes.
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
@@ -45,7 +44,7 @@ pub async fn run<C: Conn>(
     sock: &TcpStream,
     deadline: Option<Instant>,
 ) -> Result<(), HsError> {
-    let fd = sock.as_raw_fd();
+    let fd = crate::sys::fd(sock);
     loop {
         let TlsSide {
             conn,
@@ -154,7 +153,7 @@ pub(super) async fn flush<C: Conn>(
     sock: &TcpStream,
     deadline: Option<Instant>,
 ) -> Result<(), HsError> {
-    let fd = sock.as_raw_fd();
+    let fd = crate::sys::fd(sock);
     loop {
         match side.flush(fd) {
             Ok(true) => return Ok(()),

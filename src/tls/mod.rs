@@ -34,7 +34,6 @@ mod x509;
 
 use std::fmt;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -245,8 +244,8 @@ pub async fn originate(
     let pump = Pump::new(
         Peer::Plain(pending),
         Peer::Tls(side),
-        client.as_raw_fd(),
-        backend.as_raw_fd(),
+        crate::sys::fd(client),
+        crate::sys::fd(backend),
     );
     pump::run(pump, client, backend, opts, cut).await
 }
@@ -370,8 +369,8 @@ impl Accepted {
         let pump = Pump::new(
             Peer::Tls(self.side),
             backend_peer,
-            client.as_raw_fd(),
-            backend.as_raw_fd(),
+            crate::sys::fd(client),
+            crate::sys::fd(backend),
         );
         pump::run(pump, client, backend, opts, cut).await
     }

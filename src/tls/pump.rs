@@ -24,7 +24,7 @@
 use std::future::{poll_fn, Future};
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::pin::{pin, Pin};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -145,7 +145,7 @@ impl Peer {
     }
 
     /// Write queued ciphertext if the socket may take it.
-    fn flush(&mut self, fd: RawFd, io: &mut Ready) -> io::Result<bool> {
+    fn flush(&mut self, fd: BorrowedFd<'_>, io: &mut Ready) -> io::Result<bool> {
         if !io.writable {
             return Ok(false);
         }
@@ -160,7 +160,7 @@ impl Peer {
     }
 
     /// Deliver plaintext towards this peer; returns how much was taken.
-    fn push(&mut self, fd: RawFd, io: &mut Ready, data: &[u8]) -> io::Result<usize> {
+    fn push(&mut self, fd: BorrowedFd<'_>, io: &mut Ready, data: &[u8]) -> io::Result<usize> {
         match self {
             Peer::Plain(_) => {
                 if !io.writable {
@@ -198,7 +198,7 @@ impl Peer {
 
     /// Pass the end of stream on: close_notify (TLS), then FIN once every
     /// byte before it is written. `Ok(true)` when done.
-    fn finish(&mut self, fd: RawFd, io: &mut Ready) -> io::Result<bool> {
+    fn finish(&mut self, fd: BorrowedFd<'_>, io: &mut Ready) -> io::Result<bool> {
         match self {
             Peer::Plain(_) => {}
             Peer::Tls(s) => s.close_notify()?,
@@ -214,7 +214,7 @@ impl Peer {
     /// Take plaintext from this peer and offer it to `deliver`.
     fn pull(
         &mut self,
-        fd: RawFd,
+        fd: BorrowedFd<'_>,
         io: &mut Ready,
         deliver: &mut dyn FnMut(&[u8]) -> io::Result<usize>,
     ) -> Step {
@@ -257,7 +257,7 @@ impl Peer {
 
 fn tls_pull(
     s: &mut dyn TlsPeer,
-    fd: RawFd,
+    fd: BorrowedFd<'_>,
     io: &mut Ready,
     deliver: &mut dyn FnMut(&[u8]) -> io::Result<usize>,
 ) -> Step {
@@ -295,10 +295,10 @@ fn tls_pull(
 /// Run one direction until it cannot move; returns whether anything moved.
 fn step(
     src: &mut Peer,
-    sfd: RawFd,
+    sfd: BorrowedFd<'_>,
     sio: &mut Ready,
     dst: &mut Peer,
-    dfd: RawFd,
+    dfd: BorrowedFd<'_>,
     dio: &mut Ready,
     dir: &mut Dir,
 ) -> bool {
@@ -362,11 +362,11 @@ fn step(
 }
 
 /// Both directions of one terminated connection.
-pub struct Pump {
+pub struct Pump<'s> {
     client: Peer,
     backend: Peer,
-    cfd: RawFd,
-    bfd: RawFd,
+    cfd: BorrowedFd<'s>,
+    bfd: BorrowedFd<'s>,
     /// `[client, backend]`.
     io: [Ready; 2],
     up: Dir,
@@ -383,8 +383,8 @@ struct Needs {
     write: [bool; 2],
 }
 
-impl Pump {
-    pub fn new(client: Peer, backend: Peer, cfd: RawFd, bfd: RawFd) -> Pump {
+impl<'s> Pump<'s> {
+    pub fn new(client: Peer, backend: Peer, cfd: BorrowedFd<'s>, bfd: BorrowedFd<'s>) -> Pump<'s> {
         let ready = Ready {
             readable: true,
             writable: true,
@@ -546,13 +546,13 @@ fn poll_slot<F: Future<Output = io::Result<()>>>(
 /// Forward until both directions are done, a side fails, a deadline, or the
 /// drain's `cut`.
 pub async fn run(
-    mut pump: Pump,
+    mut pump: Pump<'_>,
     client: &TcpStream,
     backend: &TcpStream,
     opts: &Opts,
     cut: &Cutoff,
 ) -> (Report, Outcome) {
-    debug_assert_eq!(pump.cfd, client.as_raw_fd());
+    debug_assert_eq!(pump.cfd.as_raw_fd(), client.as_raw_fd());
     cut.forwarding();
     let mut cr = pin!(slot(|| client.readable(false)));
     let mut cw = pin!(slot(|| client.writable(false)));

@@ -20,7 +20,7 @@
 //! non-blocking and report `WouldBlock` to the caller. No `await` here.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
 
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
@@ -77,9 +77,9 @@ pub trait TlsPeer {
     /// See `TlsSide::close_notify`.
     fn close_notify(&mut self) -> io::Result<()>;
     /// See `TlsSide::flush`.
-    fn flush(&mut self, fd: RawFd) -> io::Result<bool>;
+    fn flush(&mut self, fd: BorrowedFd<'_>) -> io::Result<bool>;
     /// See `TlsSide::read`.
-    fn read(&mut self, fd: RawFd) -> io::Result<(usize, bool)>;
+    fn read(&mut self, fd: BorrowedFd<'_>) -> io::Result<(usize, bool)>;
     /// Ciphertext queued in `tx` and not yet written.
     fn tx_len(&self) -> usize;
 }
@@ -94,10 +94,10 @@ impl<C: Conn> TlsPeer for TlsSide<C> {
     fn close_notify(&mut self) -> io::Result<()> {
         TlsSide::close_notify(self)
     }
-    fn flush(&mut self, fd: RawFd) -> io::Result<bool> {
+    fn flush(&mut self, fd: BorrowedFd<'_>) -> io::Result<bool> {
         TlsSide::flush(self, fd)
     }
-    fn read(&mut self, fd: RawFd) -> io::Result<(usize, bool)> {
+    fn read(&mut self, fd: BorrowedFd<'_>) -> io::Result<(usize, bool)> {
         TlsSide::read(self, fd)
     }
     fn tx_len(&self) -> usize {
@@ -374,7 +374,7 @@ impl<C: Conn> TlsSide<C> {
     }
 
     /// Write queued ciphertext. `Ok(true)` when `tx` is empty.
-    pub fn flush(&mut self, fd: RawFd) -> io::Result<bool> {
+    pub fn flush(&mut self, fd: BorrowedFd<'_>) -> io::Result<bool> {
         while !self.tx.is_empty() {
             match sys::send(fd, self.tx.data()) {
                 Ok(n) => self.tx.consume(n),
@@ -388,7 +388,7 @@ impl<C: Conn> TlsSide<C> {
     /// Read ciphertext into `cin`: `Ok((n, full))`, `full` when the read
     /// filled the free space (more may be waiting). `Ok((0, _))` is EOF;
     /// `WouldBlock` is passed on.
-    pub fn read(&mut self, fd: RawFd) -> io::Result<(usize, bool)> {
+    pub fn read(&mut self, fd: BorrowedFd<'_>) -> io::Result<(usize, bool)> {
         let room = self.cin.spare();
         let len = room.len();
         if len == 0 {
