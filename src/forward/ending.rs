@@ -396,4 +396,126 @@ mod tests {
             );
         }
     }
+
+    /// One step of a forwarding phase: the directions' states as the pump
+    /// last saw them, what ends the phase then (`settled`, else a timer),
+    /// and the sockets' fates when it ends.
+    fn step(up: Progress, down: Progress, timer: Option<Outcome>) -> String {
+        let half_closed = up == Progress::Finished || down == Progress::Finished;
+        match settled(up, down).or(timer) {
+            None => format!("running half_closed={half_closed}"),
+            Some(o) => format!("{} {:?}", o.as_str(), fates(o, up.flow(), down.flow())),
+        }
+    }
+
+    /// Transcripts of whole connections through the one ending policy, as
+    /// the copy/splice pumps, the TLS pump and the completion engine feed it.
+    #[test]
+    fn ending_transcripts() {
+        use Progress::*;
+        // The client finishes first; the backend never answers its FIN and
+        // terminationDelay passes: the backend got the whole stream (kept),
+        // the client's stream was cut (reset).
+        let t = [
+            step(Running, Running, None),
+            step(Finished, Running, None),
+            step(Finished, Running, Some(Outcome::TerminationDelay)),
+        ];
+        assert_eq!(
+            t,
+            [
+                "running half_closed=false",
+                "running half_closed=true",
+                "termination_delay [Reset, Keep { input_done: false }]",
+            ]
+        );
+        // Both finish: a timer that fires in the same poll is too late.
+        let t = [
+            step(Running, Finished, None),
+            step(Finished, Finished, Some(Outcome::TerminationDelay)),
+        ];
+        assert_eq!(
+            t,
+            [
+                "running half_closed=true",
+                "closed [Keep { input_done: true }, Keep { input_done: true }]",
+            ]
+        );
+        // The backend resets while the client is still sending: the client
+        // is reset after its queue has left; the failure wins over a drain.
+        let t = [
+            step(Running, Running, None),
+            step(DstFailed, Running, Some(Outcome::Drained)),
+        ];
+        assert_eq!(
+            t,
+            [
+                "running half_closed=false",
+                "backend_reset [ResetAfterDrain, Gone]",
+            ]
+        );
+        // The client's read fails after the backend finished.
+        assert_eq!(
+            step(SrcFailed, Finished, None),
+            "client_reset [Gone, ResetAfterDrain]"
+        );
+        // Writing to the client fails (it is gone).
+        assert_eq!(
+            step(Running, DstFailed, None),
+            "client_reset [Gone, ResetAfterDrain]"
+        );
+        // Nothing moves for the idle timeout, or the drain cuts: both
+        // streams were cut, both sockets are reset.
+        for o in [Outcome::IdleTimeout, Outcome::Drained] {
+            assert_eq!(
+                step(Running, Running, Some(o)),
+                format!("{} [Reset, Reset]", o.as_str())
+            );
+        }
+    }
+
+    /// The timers in the order they are checked: the drain's cut first,
+    /// terminationDelay only once a direction finished, then the idle
+    /// timeout; with none armed and no cut, nothing ends the phase.
+    #[test]
+    fn timers_transcript() {
+        use std::task::{Context, Waker};
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let opts = |td: Option<Duration>, idle: Option<Duration>| Opts {
+                termination_delay: td,
+                idle_timeout: idle,
+                mode: crate::model::Forwarding::Copy,
+                buffer_size: 16 * 1024,
+            };
+            let cut = Cutoff::default();
+            let mut cx = Context::from_waker(Waker::noop());
+            let now = Instant::now();
+            // No timer armed: still running, half-closed or not.
+            let mut t = Timers::new(&opts(None, None));
+            assert_eq!(t.poll(&mut cx, &cut, false, now), Poll::Pending);
+            assert_eq!(t.poll(&mut cx, &cut, true, now), Poll::Pending);
+            // terminationDelay does not run before a direction finished
+            // (an hour, so only the half-close can start it).
+            let mut t = Timers::new(&opts(Some(Duration::from_secs(3600)), None));
+            assert_eq!(t.poll(&mut cx, &cut, false, now), Poll::Pending);
+            let mut t = Timers::new(&opts(Some(Duration::ZERO), None));
+            let o = poll_fn(|cx| t.poll(cx, &cut, true, now)).await;
+            assert_eq!(o, Outcome::TerminationDelay);
+            // Idle: nothing moved since `now` for longer than zero.
+            let mut t = Timers::new(&opts(None, Some(Duration::ZERO)));
+            let o = poll_fn(|cx| t.poll(cx, &cut, false, now)).await;
+            assert_eq!(o, Outcome::IdleTimeout);
+            // A cut ends it before any timer.
+            cut.cut();
+            let mut t = Timers::new(&opts(Some(Duration::ZERO), Some(Duration::ZERO)));
+            assert_eq!(
+                t.poll(&mut cx, &cut, true, now),
+                Poll::Ready(Outcome::Drained)
+            );
+        });
+    }
 }

@@ -29,12 +29,96 @@ pub enum HsError {
     Closed(Option<io::Error>),
 }
 
-enum Next {
+/// What a handshake needs after one `advance`.
+#[derive(Debug, PartialEq)]
+pub(super) enum Next {
+    /// rustls has more to do at once.
     Continue,
+    /// Write `tx` (a flight is complete), then advance again.
     Flush,
+    /// Write `tx`, then read more of the peer's records into `cin`.
     Read,
+    /// The handshake is complete once `tx` is written.
     Done,
+    /// It failed; the alert is queued with `TlsSide::queue_alert`.
     Fail(rustls::Error),
+}
+
+/// One sans-IO step of a handshake: let rustls process what `cin` holds,
+/// encode what it asks to send into `tx`, and say what the caller must do
+/// next. Nothing here touches a socket.
+pub(super) fn advance<C: Conn>(side: &mut TlsSide<C>) -> Next {
+    let TlsSide {
+        conn,
+        cin,
+        tx,
+        plain,
+        peer_closed,
+        ..
+    } = &mut *side;
+    let UnbufferedStatus { mut discard, state } = conn.process(cin.data_mut());
+    let next = match state {
+        Err(e) => Next::Fail(e),
+        Ok(ConnectionState::EncodeTlsData(mut e)) => {
+            let room = tx.spare();
+            match e.encode(room) {
+                Ok(n) => {
+                    tx.commit(n);
+                    Next::Continue
+                }
+                Err(e) => Next::Fail(rustls::Error::General(format!(
+                    "handshake flight does not fit the output buffer: {e}"
+                ))),
+            }
+        }
+        Ok(ConnectionState::TransmitTlsData(t)) => {
+            // Marked sent now; `Flush` writes it before rustls runs again.
+            t.done();
+            Next::Flush
+        }
+        Ok(ConnectionState::BlockedHandshake) => Next::Read,
+        Ok(ConnectionState::WriteTraffic(_)) => {
+            if conn.handshaking() {
+                // TLS 1.3 server after its flight: the client's
+                // Finished (and certificate) is still to come.
+                Next::Read
+            } else {
+                Next::Done
+            }
+        }
+        Ok(ConnectionState::ReadTraffic(mut r)) => {
+            let mut next = Next::Continue;
+            while let Some(rec) = r.next_record() {
+                match rec {
+                    Ok(rec) => {
+                        discard += rec.discard;
+                        if plain.push(rec.payload) != rec.payload.len() {
+                            next = Next::Fail(rustls::Error::General(
+                                "too much early application data".into(),
+                            ));
+                        }
+                    }
+                    Err(e) => next = Next::Fail(e),
+                }
+            }
+            next
+        }
+        Ok(ConnectionState::PeerClosed) | Ok(ConnectionState::Closed) => {
+            *peer_closed = true;
+            if conn.handshaking() {
+                Next::Fail(rustls::Error::General(
+                    "peer closed during the handshake".into(),
+                ))
+            } else {
+                Next::Done
+            }
+        }
+        Ok(_) => Next::Fail(rustls::Error::General(
+            "unexpected TLS state during the handshake".into(),
+        )),
+    };
+    side.cin.consume(discard);
+    next
 }
 
 /// Complete the handshake of `side` on `sock`. Application data that arrives
@@ -46,77 +130,7 @@ pub async fn run<C: Conn>(
 ) -> Result<(), HsError> {
     let fd = crate::sys::fd(sock);
     loop {
-        let TlsSide {
-            conn,
-            cin,
-            tx,
-            plain,
-            peer_closed,
-            ..
-        } = &mut *side;
-        let UnbufferedStatus { mut discard, state } = conn.process(cin.data_mut());
-        let next = match state {
-            Err(e) => Next::Fail(e),
-            Ok(ConnectionState::EncodeTlsData(mut e)) => {
-                let room = tx.spare();
-                match e.encode(room) {
-                    Ok(n) => {
-                        tx.commit(n);
-                        Next::Continue
-                    }
-                    Err(e) => Next::Fail(rustls::Error::General(format!(
-                        "handshake flight does not fit the output buffer: {e}"
-                    ))),
-                }
-            }
-            Ok(ConnectionState::TransmitTlsData(t)) => {
-                // Marked sent now; `Flush` writes it before rustls runs again.
-                t.done();
-                Next::Flush
-            }
-            Ok(ConnectionState::BlockedHandshake) => Next::Read,
-            Ok(ConnectionState::WriteTraffic(_)) => {
-                if conn.handshaking() {
-                    // TLS 1.3 server after its flight: the client's
-                    // Finished (and certificate) is still to come.
-                    Next::Read
-                } else {
-                    Next::Done
-                }
-            }
-            Ok(ConnectionState::ReadTraffic(mut r)) => {
-                let mut next = Next::Continue;
-                while let Some(rec) = r.next_record() {
-                    match rec {
-                        Ok(rec) => {
-                            discard += rec.discard;
-                            if plain.push(rec.payload) != rec.payload.len() {
-                                next = Next::Fail(rustls::Error::General(
-                                    "too much early application data".into(),
-                                ));
-                            }
-                        }
-                        Err(e) => next = Next::Fail(e),
-                    }
-                }
-                next
-            }
-            Ok(ConnectionState::PeerClosed) | Ok(ConnectionState::Closed) => {
-                *peer_closed = true;
-                if conn.handshaking() {
-                    Next::Fail(rustls::Error::General(
-                        "peer closed during the handshake".into(),
-                    ))
-                } else {
-                    Next::Done
-                }
-            }
-            Ok(_) => Next::Fail(rustls::Error::General(
-                "unexpected TLS state during the handshake".into(),
-            )),
-        };
-        side.cin.consume(discard);
-        match next {
+        match advance(side) {
             Next::Continue => {}
             Next::Flush => flush(side, sock, deadline).await?,
             Next::Done => {

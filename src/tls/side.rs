@@ -354,23 +354,21 @@ impl<C: Conn> TlsSide<C> {
     /// buffer, not an empty one: it may still index into it; after an error
     /// it only hands out what it queued.
     pub fn queue_alert(&mut self) {
-        // Bounded: each round either encodes a queued record or hits the
-        // stored error again.
-        for _ in 0..4 {
-            let UnbufferedStatus { discard, state } = self.conn.process(self.cin.data_mut());
-            let more = match state {
-                Ok(ConnectionState::EncodeTlsData(mut e)) => encode(&mut self.tx, &mut e).is_ok(),
-                Ok(ConnectionState::TransmitTlsData(t)) => {
-                    t.done();
-                    true
-                }
-                _ => false,
-            };
-            self.cin.consume(discard);
-            if !more {
-                break;
+        // rustls hands out queued records before it reads more input, so
+        // when a call fails nothing was queued before it: what is queued now
+        // is the fatal alert, one record. Hand it out and stop. Processing
+        // once more would run the input again: a record that failed to
+        // decrypt is still at the front of `cin`, fails again, and makes
+        // rustls queue a second fatal alert (a debug assertion inside it).
+        let UnbufferedStatus { discard, state } = self.conn.process(self.cin.data_mut());
+        match state {
+            Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                let _ = encode(&mut self.tx, &mut e);
             }
+            Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+            _ => {}
         }
+        self.cin.consume(discard);
     }
 
     /// Write queued ciphertext. `Ok(true)` when `tx` is empty.
@@ -441,4 +439,236 @@ fn encode<D>(
 /// A rustls error as an `io::Error` (for access-log `error=`).
 pub fn tls_io(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}"))
+}
+
+/// Transcripts of one TLS side driven without sockets: a client and a server
+/// `TlsSide` whose `tx` is moved by hand into the other's `cin`, each test
+/// asserting the exact sequence of what the side reported.
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rustls::client::UnbufferedClientConnection;
+    use rustls::pki_types::{PrivateKeyDer, ServerName};
+    use rustls::server::UnbufferedServerConnection;
+    use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+    use super::super::handshake::{advance, Next};
+    use super::*;
+
+    type Client = TlsSide<UnbufferedClientConnection>;
+    type Server = TlsSide<UnbufferedServerConnection>;
+
+    fn pair(versions: &[&'static rustls::SupportedProtocolVersion]) -> (Client, Server) {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let params = rcgen::CertificateParams::new(vec!["side.test".to_string()]).unwrap();
+        let cert = params.self_signed(&key).unwrap().der().clone();
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.clone()],
+                PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("side.test").unwrap();
+        let c = UnbufferedClientConnection::new(Arc::new(client), name).unwrap();
+        let s = UnbufferedServerConnection::new(Arc::new(server)).unwrap();
+        (TlsSide::new(c), TlsSide::new(s))
+    }
+
+    /// Move everything `from` queued into `to`'s input, as a socket would.
+    fn wire(tx: &mut Buf, cin: &mut Buf) -> usize {
+        let n = cin.push(tx.data());
+        assert_eq!(n, tx.len(), "the peer's input buffer is full");
+        tx.consume(n);
+        n
+    }
+
+    /// Run both handshakes to completion, returning who reported what.
+    fn handshake(c: &mut Client, s: &mut Server) -> Vec<String> {
+        let mut log = Vec::new();
+        let mut client_turn = true;
+        let mut done = [false, false];
+        for _ in 0..64 {
+            let next = if client_turn { advance(c) } else { advance(s) };
+            let who = if client_turn { "client" } else { "server" };
+            let moved = if client_turn {
+                wire(&mut c.tx, &mut s.cin)
+            } else {
+                wire(&mut s.tx, &mut c.cin)
+            };
+            log.push(format!("{who} {next:?} sent={}", moved > 0));
+            match next {
+                Next::Continue | Next::Flush => {}
+                Next::Read => client_turn = !client_turn,
+                Next::Done => {
+                    done[usize::from(!client_turn)] = true;
+                    if done == [true, true] {
+                        return log;
+                    }
+                    client_turn = !client_turn;
+                }
+                Next::Fail(e) => panic!("handshake failed: {e}\n{log:#?}"),
+            }
+        }
+        panic!("handshake did not finish: {log:#?}");
+    }
+
+    /// What a `pull` reported, without the error values' details.
+    fn pull(side: &mut impl TlsPeer, take: usize, got: &mut Vec<u8>) -> String {
+        let r = side.pull(&mut |b| {
+            let n = b.len().min(take);
+            got.extend_from_slice(&b[..n]);
+            Ok(n)
+        });
+        match r {
+            Pull::Moved(n) => format!("Moved({n})"),
+            Pull::DstBlocked => "DstBlocked".into(),
+            Pull::NeedInput => "NeedInput".into(),
+            Pull::TxFull => "TxFull".into(),
+            Pull::Eof => "Eof".into(),
+            Pull::Failed(e) => format!("Failed({e:?})"),
+            Pull::DstFailed(e) => format!("DstFailed({})", e.kind()),
+        }
+    }
+
+    #[test]
+    fn handshake_transcript_tls13() {
+        let (mut c, mut s) = pair(&[&rustls::version::TLS13]);
+        let log = handshake(&mut c, &mut s);
+        assert_eq!(
+            log,
+            [
+                "client Continue sent=true",
+                "client Flush sent=false",
+                "client Read sent=false",
+                "server Continue sent=true",
+                "server Continue sent=true",
+                "server Continue sent=true",
+                "server Flush sent=false",
+                "server Read sent=false",
+                "client Continue sent=true",
+                "client Continue sent=true",
+                "client Flush sent=false",
+                "client Done sent=false",
+                "server Continue sent=true",
+                "server Flush sent=false",
+                "server Done sent=false",
+            ]
+        );
+    }
+
+    #[test]
+    fn handshake_transcript_tls12() {
+        let (mut c, mut s) = pair(&[&rustls::version::TLS12]);
+        let log = handshake(&mut c, &mut s);
+        assert_eq!(
+            log,
+            [
+                "client Continue sent=true",
+                "client Flush sent=false",
+                "client Read sent=false",
+                "server Continue sent=true",
+                "server Flush sent=false",
+                "server Read sent=false",
+                "client Continue sent=true",
+                "client Continue sent=true",
+                "client Continue sent=true",
+                "client Flush sent=false",
+                "client Read sent=false",
+                "server Continue sent=true",
+                "server Continue sent=true",
+                "server Flush sent=false",
+                "server Done sent=false",
+                "client Done sent=false",
+            ]
+        );
+    }
+
+    /// Plaintext one way under backpressure, then close_notify: what the
+    /// destination cannot take is kept (`Moved(0)` then `DstBlocked`),
+    /// delivered in order, and the end of stream comes only after it.
+    #[test]
+    fn data_backpressure_and_close_transcript() {
+        let (mut c, mut s) = pair(&[&rustls::version::TLS13]);
+        handshake(&mut c, &mut s);
+        let mut log = Vec::new();
+        let mut got = Vec::new();
+        // The server's last flight (its session tickets) is taken in on the
+        // way: nothing to deliver.
+        log.push(format!("client {}", pull(&mut c, 0, &mut got)));
+        log.push(format!("client {}", pull(&mut c, 0, &mut got)));
+        log.push(format!("encrypt {:?}", c.encrypt(b"hello").unwrap()));
+        wire(&mut c.tx, &mut s.cin);
+        for take in [0, 0, 2, 10, 10] {
+            log.push(format!(
+                "server take={take} {}",
+                pull(&mut s, take, &mut got)
+            ));
+        }
+        c.close_notify().unwrap();
+        wire(&mut c.tx, &mut s.cin);
+        for _ in 0..3 {
+            log.push(format!("server {}", pull(&mut s, 10, &mut got)));
+        }
+        assert_eq!(got, b"hello");
+        assert_eq!(
+            log,
+            [
+                "client NeedInput",
+                "client NeedInput",
+                "encrypt 5",
+                "server take=0 Moved(0)",
+                "server take=0 DstBlocked",
+                "server take=2 Moved(2)",
+                "server take=10 Moved(3)",
+                "server take=10 NeedInput",
+                "server Moved(0)",
+                "server Eof",
+                "server Eof",
+            ]
+        );
+    }
+
+    /// A damaged record fails the side that reads it with the rustls error
+    /// and queues an alert; the peer reading that alert fails in turn.
+    #[test]
+    fn damaged_record_transcript() {
+        let (mut c, mut s) = pair(&[&rustls::version::TLS13]);
+        handshake(&mut c, &mut s);
+        let mut log = Vec::new();
+        let mut got = Vec::new();
+        log.push(format!("encrypt {:?}", c.encrypt(b"x").unwrap()));
+        let last = c.tx.len() - 1;
+        c.tx.data_mut()[last] ^= 0x55;
+        wire(&mut c.tx, &mut s.cin);
+        log.push(format!("server {}", pull(&mut s, 10, &mut got)));
+        log.push(format!("server alert queued {}", s.tx_len() > 0));
+        wire(&mut s.tx, &mut c.cin);
+        for _ in 0..3 {
+            log.push(format!("client {}", pull(&mut c, 10, &mut got)));
+        }
+        assert!(got.is_empty());
+        assert_eq!(
+            log,
+            [
+                "encrypt 1",
+                "server Failed(DecryptError)",
+                "server alert queued true",
+                "client Failed(AlertReceived(BadRecordMac))",
+                "client NeedInput",
+                "client NeedInput",
+            ]
+        );
+    }
 }
