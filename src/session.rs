@@ -52,7 +52,7 @@ use crate::{log, pg, sys, tls};
 const PROXY_UNDECIDED_WAIT: Duration = Duration::from_secs(1);
 
 /// How a connection ended before forwarding started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Early {
     /// No router matched (a TLS client is refused as Traefik refuses it).
     NoRoute,
@@ -80,8 +80,11 @@ enum Early {
     BackendRefusedTls,
     /// The PROXY header or the replayed bytes could not be written.
     BackendWrite,
-    /// TLS termination ended before forwarding.
-    Tls(&'static str),
+    /// TLS termination ended before forwarding (the handshake's end keeps
+    /// its cause: the access log's `error=` carries rustls' error).
+    Tls(tls::TlsEnd),
+    /// A terminated PostgreSQL client whose backend cannot do TLS.
+    PgBackendTlsUnsupported,
     /// The drain's time ran out before forwarding started.
     Drained,
     /// A PostgreSQL CancelRequest was handled (no router involved).
@@ -92,8 +95,8 @@ enum Early {
 }
 
 impl Early {
-    fn as_str(self) -> &'static str {
-        match self {
+    fn as_str(&self) -> &'static str {
+        match *self {
             Early::NoRoute => "no_route",
             Early::NotTls(_) => "not_tls",
             Early::Denied => "denied",
@@ -102,12 +105,13 @@ impl Early {
             Early::LocalResource(_) => "local_resource_exhausted",
             Early::NoServer => "no_server",
             Early::QueueTimeout => "queue_timeout",
-            Early::Peek(p) => p.as_str(),
+            Early::Peek(ref p) => p.as_str(),
             Early::BackendRefusedTls => "backend_refused_tls",
             Early::BackendWrite => "backend_write_failed",
-            Early::Tls(s) => s,
+            Early::Tls(ref end) => end.as_str(),
+            Early::PgBackendTlsUnsupported => "pg_backend_tls_unsupported",
             Early::Drained => Outcome::Drained.as_str(),
-            Early::PgCancel(end) => end.as_str(),
+            Early::PgCancel(ref end) => end.as_str(),
             Early::PgMalformed => "pg_bad_startup",
         }
     }
@@ -229,11 +233,13 @@ pub async fn serve(
         Err(early) => {
             // Nothing was forwarded; closing may reset a client that sent
             // bytes we never read, which is the honest answer to it.
-            let detail = match early {
+            let detail = match &early {
                 // Say what the bytes were, so an operator can tell a
                 // misconfigured plain client from a scanner.
-                Early::NotTls(reason) => Some(io::Error::new(io::ErrorKind::InvalidData, reason)),
-                Early::LocalResource(errno) => Some(io::Error::from_raw_os_error(errno)),
+                Early::NotTls(reason) => Some(io::Error::new(io::ErrorKind::InvalidData, *reason)),
+                Early::LocalResource(errno) => Some(io::Error::from_raw_os_error(*errno)),
+                // Why rustls refused the handshake.
+                Early::Tls(end) => end.cause(),
                 _ => None,
             };
             let outcome = match early {
@@ -424,7 +430,7 @@ async fn run<'a>(
                 deadline,
             ))
             .await
-            .map_err(|e| Early::Tls(e.as_str()))?,
+            .map_err(Early::Tls)?,
         )),
         _ => None,
     };
@@ -523,7 +529,7 @@ async fn run<'a>(
                 let _ = front
                     .write_all(&postgres::error_response(postgres::SQLSTATE_NO_ROUTE, msg))
                     .await;
-                return Err(Early::Tls("pg_backend_tls_unsupported"));
+                return Err(Early::PgBackendTlsUnsupported);
             }
             let out = pg_rewrite(rewrite, startup, len, buf);
             write_all(&backend, &out)

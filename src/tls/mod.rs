@@ -251,7 +251,7 @@ pub async fn originate(
 }
 
 /// Why a terminated connection ended before forwarding.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum TlsEnd {
     /// The handshake failed (bad or unsupported client hello, version or
     /// cipher mismatch, ALPN mismatch, an alert from the client...).
@@ -269,6 +269,17 @@ pub enum TlsEnd {
 }
 
 impl TlsEnd {
+    /// The cause, for the access log's `error=`: what rustls said when it
+    /// refused the handshake.
+    pub fn cause(&self) -> Option<io::Error> {
+        match self {
+            TlsEnd::HandshakeFailed(e) | TlsEnd::ClientCertificate(e) => {
+                Some(side::tls_io(e.clone()))
+            }
+            _ => None,
+        }
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             TlsEnd::HandshakeFailed(_) => "tls_handshake_failed",
