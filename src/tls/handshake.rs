@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 use rustls::unbuffered::{ConnectionState, UnbufferedStatus};
 
-use super::side::{Conn, TlsSide};
+use super::side::{encode, Conn, TlsError, TlsSide};
 
 /// How long a failed handshake may spend writing its alert when no deadline
 /// was given: the alert is a courtesy, never worth holding a connection.
@@ -21,8 +21,8 @@ const ALERT_WRITE_MAX: Duration = Duration::from_millis(500);
 /// Why a handshake did not complete.
 #[derive(Debug)]
 pub enum HsError {
-    /// rustls refused (the peer's alert or ours).
-    Tls(rustls::Error),
+    /// rustls refused (the peer's alert or ours), or a bound of ours.
+    Tls(TlsError),
     /// The deadline passed.
     Timeout,
     /// The peer closed or reset the connection.
@@ -41,7 +41,7 @@ pub(super) enum Next {
     /// The handshake is complete once `tx` is written.
     Done,
     /// It failed; the alert is queued with `TlsSide::queue_alert`.
-    Fail(rustls::Error),
+    Fail(TlsError),
 }
 
 /// One sans-IO step of a handshake: let rustls process what `cin` holds,
@@ -58,19 +58,11 @@ pub(super) fn advance<C: Conn>(side: &mut TlsSide<C>) -> Next {
     } = &mut *side;
     let UnbufferedStatus { mut discard, state } = conn.process(cin.data_mut());
     let next = match state {
-        Err(e) => Next::Fail(e),
-        Ok(ConnectionState::EncodeTlsData(mut e)) => {
-            let room = tx.spare();
-            match e.encode(room) {
-                Ok(n) => {
-                    tx.commit(n);
-                    Next::Continue
-                }
-                Err(e) => Next::Fail(rustls::Error::General(format!(
-                    "handshake flight does not fit the output buffer: {e}"
-                ))),
-            }
-        }
+        Err(e) => Next::Fail(e.into()),
+        Ok(ConnectionState::EncodeTlsData(mut e)) => match encode(tx, &mut e) {
+            Ok(()) => Next::Continue,
+            Err(e) => Next::Fail(e),
+        },
         Ok(ConnectionState::TransmitTlsData(t)) => {
             // Marked sent now; `Flush` writes it before rustls runs again.
             t.done();
@@ -93,12 +85,10 @@ pub(super) fn advance<C: Conn>(side: &mut TlsSide<C>) -> Next {
                     Ok(rec) => {
                         discard += rec.discard;
                         if plain.push(rec.payload) != rec.payload.len() {
-                            next = Next::Fail(rustls::Error::General(
-                                "too much early application data".into(),
-                            ));
+                            next = Next::Fail(TlsError::EarlyDataOverflow);
                         }
                     }
-                    Err(e) => next = Next::Fail(e),
+                    Err(e) => next = Next::Fail(e.into()),
                 }
             }
             next
@@ -106,16 +96,12 @@ pub(super) fn advance<C: Conn>(side: &mut TlsSide<C>) -> Next {
         Ok(ConnectionState::PeerClosed) | Ok(ConnectionState::Closed) => {
             *peer_closed = true;
             if conn.handshaking() {
-                Next::Fail(rustls::Error::General(
-                    "peer closed during the handshake".into(),
-                ))
+                Next::Fail(TlsError::ClosedInHandshake)
             } else {
                 Next::Done
             }
         }
-        Ok(_) => Next::Fail(rustls::Error::General(
-            "unexpected TLS state during the handshake".into(),
-        )),
+        Ok(_) => Next::Fail(TlsError::UnexpectedState("during the handshake")),
     };
     side.cin.consume(discard);
     next

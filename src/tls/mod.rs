@@ -47,7 +47,7 @@ use crate::model::{Config, ServiceKind};
 use handshake::HsError;
 use options::ClientSide;
 use pump::{Peer, Pump};
-use side::TlsSide;
+use side::{TlsError, TlsSide};
 use store::CertStore;
 
 /// Certificates and rustls configs of one snapshot. Self-contained: a
@@ -255,7 +255,7 @@ pub async fn originate(
 pub enum TlsEnd {
     /// The handshake failed (bad or unsupported client hello, version or
     /// cipher mismatch, ALPN mismatch, an alert from the client...).
-    HandshakeFailed(rustls::Error),
+    HandshakeFailed(TlsError),
     /// `sniStrict` and no certificate for the client's SNI.
     NoCertificate,
     /// mTLS: the client's certificate was missing or did not verify.
@@ -273,9 +273,8 @@ impl TlsEnd {
     /// refused the handshake.
     pub fn cause(&self) -> Option<io::Error> {
         match self {
-            TlsEnd::HandshakeFailed(e) | TlsEnd::ClientCertificate(e) => {
-                Some(side::tls_io(e.clone()))
-            }
+            TlsEnd::HandshakeFailed(e) => Some(side::tls_io(e.clone())),
+            TlsEnd::ClientCertificate(e) => Some(side::tls_io(e.clone())),
             _ => None,
         }
     }
@@ -316,12 +315,11 @@ pub async fn handshake(
         .get(options)
         .or(state.servers.first())
         .ok_or(TlsEnd::NotConfigured)?;
-    let conn = UnbufferedServerConnection::new(config.clone()).map_err(TlsEnd::HandshakeFailed)?;
+    let conn = UnbufferedServerConnection::new(config.clone())
+        .map_err(|e| TlsEnd::HandshakeFailed(e.into()))?;
     let mut side = Box::new(TlsSide::new(conn));
     if side.cin.push(peeked) != peeked.len() {
-        return Err(TlsEnd::HandshakeFailed(rustls::Error::General(
-            "client hello larger than the input buffer".into(),
-        )));
+        return Err(TlsEnd::HandshakeFailed(TlsError::HelloTooLarge));
     }
     match handshake::run(&mut side, client, deadline).await {
         Ok(()) => Ok(Accepted { side }),
@@ -333,9 +331,10 @@ pub async fn handshake(
                 return Err(TlsEnd::NoCertificate);
             }
             Err(match e {
-                rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_) => {
-                    TlsEnd::ClientCertificate(e)
-                }
+                TlsError::Rustls(
+                    e @ (rustls::Error::NoCertificatesPresented
+                    | rustls::Error::InvalidCertificate(_)),
+                ) => TlsEnd::ClientCertificate(e),
                 e => TlsEnd::HandshakeFailed(e),
             })
         }

@@ -105,6 +105,57 @@ impl<C: Conn> TlsPeer for TlsSide<C> {
     }
 }
 
+/// Why a TLS side failed: rustls refused, or one of sluicegate's own bounds
+/// or expectations did not hold.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TlsError {
+    /// rustls' own error (the peer's alert, or the one we send).
+    Rustls(rustls::Error),
+    /// Decrypted data did not fit the connection's buffer (never expected:
+    /// see the module doc; the connection fails rather than truncates).
+    PlaintextOverflow,
+    /// A record rustls encoded needs this many bytes, more than the output
+    /// buffer holds.
+    RecordTooLarge(usize),
+    /// The ClientHello (and what came with it) exceeds the input buffer.
+    HelloTooLarge,
+    /// More early application data than the buffer holds came with the
+    /// peer's last handshake flight.
+    EarlyDataOverflow,
+    /// The peer closed before the handshake completed.
+    ClosedInHandshake,
+    /// rustls reached a state that cannot happen at this point (the
+    /// handshake, or forwarding after it).
+    UnexpectedState(&'static str),
+}
+
+impl From<rustls::Error> for TlsError {
+    fn from(e: rustls::Error) -> TlsError {
+        TlsError::Rustls(e)
+    }
+}
+
+impl std::fmt::Display for TlsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TlsError::Rustls(e) => e.fmt(f),
+            TlsError::PlaintextOverflow => {
+                f.write_str("decrypted data exceeds the connection buffer")
+            }
+            TlsError::RecordTooLarge(n) => {
+                write!(
+                    f,
+                    "a TLS record of {n} bytes does not fit the output buffer"
+                )
+            }
+            TlsError::HelloTooLarge => f.write_str("client hello larger than the input buffer"),
+            TlsError::EarlyDataOverflow => f.write_str("too much early application data"),
+            TlsError::ClosedInHandshake => f.write_str("peer closed during the handshake"),
+            TlsError::UnexpectedState(when) => write!(f, "unexpected TLS state {when}"),
+        }
+    }
+}
+
 /// What one `pull` achieved.
 #[derive(Debug)]
 pub enum Pull {
@@ -120,7 +171,7 @@ pub enum Pull {
     /// The peer sent close_notify and every byte before it was delivered.
     Eof,
     /// The peer broke the protocol (an alert is queued in `tx`).
-    Failed(rustls::Error),
+    Failed(TlsError),
     /// The destination failed.
     DstFailed(io::Error),
 }
@@ -182,7 +233,7 @@ impl<C: Conn> TlsSide<C> {
                     let rec = match rec {
                         Ok(rec) => rec,
                         Err(e) => {
-                            out = Some(Pull::Failed(e));
+                            out = Some(Pull::Failed(e.into()));
                             break;
                         }
                     };
@@ -232,10 +283,8 @@ impl<C: Conn> TlsSide<C> {
                     Pull::NeedInput
                 }
             }
-            Ok(_) => Pull::Failed(rustls::Error::General(
-                "unexpected TLS state after the handshake".into(),
-            )),
-            Err(e) => Pull::Failed(e),
+            Ok(_) => Pull::Failed(TlsError::UnexpectedState("after the handshake")),
+            Err(e) => Pull::Failed(e.into()),
         };
         self.cin.consume(discard);
         if let Pull::Failed(_) = out {
@@ -250,7 +299,7 @@ impl<C: Conn> TlsSide<C> {
     pub fn with_write<R>(
         &mut self,
         f: impl FnOnce(&mut WriteTraffic<'_, C::Data>, &mut Buf) -> R,
-    ) -> Result<Option<R>, rustls::Error> {
+    ) -> Result<Option<R>, TlsError> {
         let mut f = Some(f);
         loop {
             let TlsSide {
@@ -280,7 +329,7 @@ impl<C: Conn> TlsSide<C> {
                                     ok = Err(overflow());
                                 }
                             }
-                            Err(e) => ok = Err(e),
+                            Err(e) => ok = Err(e.into()),
                         }
                     }
                     ok
@@ -295,7 +344,7 @@ impl<C: Conn> TlsSide<C> {
                     Ok(false)
                 }
                 Ok(_) => Ok(true),
-                Err(e) => Err(e),
+                Err(e) => Err(e.into()),
             };
             self.cin.consume(discard);
             match done {
@@ -415,29 +464,27 @@ fn stash(plain: &mut Buf, bytes: &[u8]) -> bool {
     bytes.is_empty() || plain.push(bytes) == bytes.len()
 }
 
-fn overflow() -> rustls::Error {
-    rustls::Error::General("decrypted data exceeds the connection buffer".into())
+fn overflow() -> TlsError {
+    TlsError::PlaintextOverflow
 }
 
-fn encode<D>(
+pub(super) fn encode<D>(
     tx: &mut Buf,
     e: &mut rustls::unbuffered::EncodeTlsData<'_, D>,
-) -> Result<(), rustls::Error> {
+) -> Result<(), TlsError> {
     match e.encode(tx.spare()) {
         Ok(n) => {
             tx.commit(n);
             Ok(())
         }
-        Err(EncodeError::InsufficientSize(s)) => Err(rustls::Error::General(format!(
-            "TLS handshake record of {} bytes does not fit the output buffer",
-            s.required_size
-        ))),
+        Err(EncodeError::InsufficientSize(s)) => Err(TlsError::RecordTooLarge(s.required_size)),
         Err(EncodeError::AlreadyEncoded) => Ok(()),
     }
 }
 
-/// A rustls error as an `io::Error` (for access-log `error=`).
-pub fn tls_io(e: rustls::Error) -> io::Error {
+/// A TLS failure as an `io::Error` (for access-log `error=`).
+pub fn tls_io(e: impl Into<TlsError>) -> io::Error {
+    let e = e.into();
     io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}"))
 }
 
@@ -663,9 +710,9 @@ mod tests {
             log,
             [
                 "encrypt 1",
-                "server Failed(DecryptError)",
+                "server Failed(Rustls(DecryptError))",
                 "server alert queued true",
-                "client Failed(AlertReceived(BadRecordMac))",
+                "client Failed(Rustls(AlertReceived(BadRecordMac)))",
                 "client NeedInput",
                 "client NeedInput",
             ]
