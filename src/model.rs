@@ -201,7 +201,7 @@ pub struct LoadBalancer {
     pub transport: usize,
     /// Deprecated `loadBalancer.proxyProtocol.version`, merged here (the
     /// transport's setting wins when both are present).
-    pub proxy_protocol: Option<u8>,
+    pub proxy_protocol: Option<ProxyVersion>,
     /// Deprecated `loadBalancer.terminationDelay` (ms), if given.
     pub termination_delay: Option<Option<Duration>>,
     pub health_check: Option<Box<HealthCheck>>,
@@ -364,8 +364,8 @@ pub struct Transport {
     pub dial_keep_alive: Option<Duration>,
     /// `None` = wait for the other direction forever (Traefik: negative value).
     pub termination_delay: Option<Duration>,
-    /// PROXY protocol version to send to servers (1 or 2).
-    pub proxy_protocol: Option<u8>,
+    /// PROXY protocol version to send to servers.
+    pub proxy_protocol: Option<ProxyVersion>,
     pub tls: Option<TransportTls>,
     /// Extension `idleTimeout`: close a connection idle in both directions.
     pub idle_timeout: Option<Duration>,
@@ -440,6 +440,32 @@ pub struct TlsOptions {
     pub client_auth_type: Option<ClientAuth>,
     /// `disableSessionTickets`: no TLS 1.2 session tickets / TLS 1.3 resumption tickets.
     pub disable_session_tickets: bool,
+}
+
+/// A PROXY protocol version to send to servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    /// The text header.
+    V1,
+    /// The binary header.
+    V2,
+}
+
+impl ProxyVersion {
+    /// The `version` numbers Traefik accepts.
+    pub const NUMBERS: &'static [(i64, ProxyVersion)] =
+        &[(1, ProxyVersion::V1), (2, ProxyVersion::V2)];
+}
+
+/// The version number, as configured.
+impl std::fmt::Display for ProxyVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = Self::NUMBERS
+            .iter()
+            .find(|e| e.1 == *self)
+            .map_or(0, |e| e.0);
+        write!(f, "{n}")
+    }
 }
 
 /// A TLS version rustls can do; ordered, so `min <= max` compares them.

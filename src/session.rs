@@ -501,10 +501,9 @@ async fn run<'a>(
         let dst = proxied_dst
             .or_else(|| client.local_addr().ok())
             .unwrap_or(client_addr);
-        let header = if version == 1 {
-            proxy_protocol::encode_v1(client_addr, dst)
-        } else {
-            proxy_protocol::encode_v2(client_addr, dst)
+        let header = match version {
+            crate::model::ProxyVersion::V1 => proxy_protocol::encode_v1(client_addr, dst),
+            crate::model::ProxyVersion::V2 => proxy_protocol::encode_v2(client_addr, dst),
         };
         write_all(&backend, &header)
             .await

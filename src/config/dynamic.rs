@@ -791,10 +791,10 @@ fn source_range(t: &mut Tbl<'_>, d: &mut Diags) -> Option<model::MiddlewareKind>
 /// `[tcp.services.<s>.loadBalancer.proxyProtocol]`): an empty table means
 /// version 2, as Traefik's `ProxyProtocol.SetDefaults` sets it
 /// (`pkg/config/dynamic/tcp_config.go`). `None` after an error.
-fn proxy_protocol_version(pp: &mut Tbl<'_>, d: &mut Diags) -> Option<u8> {
+fn proxy_protocol_version(pp: &mut Tbl<'_>, d: &mut Diags) -> Option<model::ProxyVersion> {
     match pp.get("version", d) {
         Some(n) => values::proxy_version(&n, d),
-        None => Some(2),
+        None => Some(model::ProxyVersion::V2),
     }
 }
 

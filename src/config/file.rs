@@ -157,7 +157,7 @@ pub struct LoadBalancerF {
     pub at: Pos,
     pub servers: Vec<ServerF>,
     pub servers_transport: Option<Sp<String>>,
-    pub proxy_protocol: Option<u8>,
+    pub proxy_protocol: Option<model::ProxyVersion>,
     pub termination_delay: Option<Option<Duration>>,
     pub health_check: Option<Box<model::HealthCheck>>,
     /// Extension `postgresSSLRequest`.

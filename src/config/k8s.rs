@@ -811,7 +811,7 @@ fn service_ref(
     let proxy_protocol = st.table("proxyProtocol", d).and_then(|mut pp| {
         let v = match pp.get("version", d) {
             Some(n) => values::proxy_version(&n, d),
-            None => Some(2),
+            None => Some(model::ProxyVersion::V2),
         };
         pp.finish(d);
         v

@@ -194,13 +194,12 @@ pub fn cert_pair(
 }
 
 /// `proxyProtocol.version`: 1 or 2.
-pub fn proxy_version(n: &Node<'_>, d: &mut Diags) -> Option<u8> {
+pub fn proxy_version(n: &Node<'_>, d: &mut Diags) -> Option<model::ProxyVersion> {
     let v = n.int(d)?;
-    match v.v {
-        1 => Some(1),
-        2 => Some(2),
-        other => {
-            d.error(v.at, format!("`{}` must be 1 or 2, not {other}", n.path));
+    match model::ProxyVersion::NUMBERS.iter().find(|e| e.0 == v.v) {
+        Some(e) => Some(e.1),
+        None => {
+            d.error(v.at, format!("`{}` must be 1 or 2, not {}", n.path, v.v));
             None
         }
     }
