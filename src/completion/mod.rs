@@ -12,7 +12,9 @@
 //!
 //! `duplex` has the shape of `forward::duplex` and the same promises
 //! (half-close, resets after the bytes before them, terminationDelay from
-//! the first FIN, idle timeout, exact byte counts). On the epoll driver, or
+//! the first FIN, idle timeout, exact byte counts): its timers are
+//! `forward::ending::Timers` and its sockets are closed by
+//! `forward::ending::close`, the one ending policy. On the epoll driver, or
 //! when the ring cannot be set up (an old kernel), it falls back to
 //! `forward::duplex` with `auto`.
 

@@ -2,9 +2,13 @@
 //! the client (the ClientHello already peeked is fed first), client side
 //! towards a TLS backend. One absolute deadline for the whole handshake.
 //!
-//! Only readiness polls are ever in flight, so a deadline that fires loses no
-//! bytes. On a protocol failure the alert rustls produced is written (best
-//! effort, without waiting past the deadline) before the caller closes.
+//! `advance` is the sans-IO step (rustls processes what was read, records to
+//! send go to `tx`) and says what `run` must do next: write, read, done or
+//! failed. Only readiness polls are ever in flight, so a deadline that fires
+//! loses no bytes. On a protocol failure the alert rustls produced is
+//! written (best effort, without waiting past the deadline) before the
+//! caller closes. `flush` is the one deadline-bounded write of queued
+//! records, also used for a refusal's close_notify.
 
 use std::io;
 use std::time::{Duration, Instant};

@@ -9,11 +9,13 @@
 //! `tls = true` server. Every built state has a default certificate: the
 //! configured one or a self-signed one generated once per process.
 //!
-//! Module map: `store` (certificates, SNI), `options` (rustls configs),
-//! `handshake` (server and client handshakes under one deadline), `side`
-//! (one rustls unbuffered connection and its buffers), `pump` (both
-//! directions, half-close, resets), `buf` (pooled buffers), `x509` (expiry
-//! and common name).
+//! Module map: `store` (certificates, SNI), `options` (rustls configs from
+//! the typed options of the snapshot), `handshake` (server and client
+//! handshakes under one deadline), `side` (one rustls unbuffered connection
+//! and its buffers, whatever its role; the TLS error type), `pump` (both
+//! directions; when and how it ends is `forward::ending`'s policy), `pg_io`
+//! (plaintext reads and writes of the PostgreSQL startup phase), `buf`
+//! (pooled buffers), `x509` (expiry and common name).
 //!
 //! rustls' unbuffered API: ciphertext is read into the connection's own
 //! buffer and decrypted there, the plaintext record is written straight to

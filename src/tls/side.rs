@@ -16,6 +16,12 @@
 //! input that could produce control records is not processed while `tx` is
 //! above `TX_HIGH`. All buffers go back to the pool when empty.
 //!
+//! `TlsPeer` is the role-free interface (server towards the client, client
+//! towards a backend) the pump drives; `TlsError` is why a side failed
+//! (rustls' error or one of our bounds). After a failure `queue_alert` moves
+//! the one fatal alert rustls queued into `tx`, during the handshake as
+//! after it.
+//!
 //! Nothing here touches a socket except `read`/`flush`, which are
 //! non-blocking and report `WouldBlock` to the caller. No `await` here.
 
