@@ -117,6 +117,56 @@ impl Early {
     }
 }
 
+impl Early {
+    /// What the access log's `error=` says beside the outcome.
+    fn cause(&self) -> Option<io::Error> {
+        match self {
+            // Say what the bytes were, so an operator can tell a
+            // misconfigured plain client from a scanner.
+            Early::NotTls(reason) => Some(io::Error::new(io::ErrorKind::InvalidData, *reason)),
+            Early::LocalResource(errno) => Some(io::Error::from_raw_os_error(*errno)),
+            // Why rustls refused the handshake.
+            Early::Tls(end) => end.cause(),
+            _ => None,
+        }
+    }
+}
+
+/// How a connection ended: the one outcome of its access-log line and of
+/// the metrics' per-outcome counts.
+#[derive(Debug)]
+enum Ended {
+    /// Forwarding ran and ended this way.
+    Forwarded(forward::Outcome),
+    /// It ended before forwarding.
+    Early(Early),
+    /// A cut for `onServerDown = "close"`: its server went down (a drain's
+    /// cut would say `drain_cut`).
+    ServerDown,
+}
+
+impl Ended {
+    /// A cut is a server-down cut when the connection's cut says so.
+    fn server_down_if(self, server_down: bool) -> Ended {
+        match self {
+            Ended::Forwarded(forward::Outcome::Drained) | Ended::Early(Early::Drained)
+                if server_down =>
+            {
+                Ended::ServerDown
+            }
+            other => other,
+        }
+    }
+
+    fn as_str(&self) -> &'static str {
+        match self {
+            Ended::Forwarded(o) => o.as_str(),
+            Ended::Early(e) => e.as_str(),
+            Ended::ServerDown => "server_down",
+        }
+    }
+}
+
 /// Fields of the access-log line, filled in as the connection progresses.
 struct Access<'a> {
     ws: &'a WorkerSnap,
@@ -129,7 +179,8 @@ struct Access<'a> {
 }
 
 impl Access<'_> {
-    fn emit(&self, outcome: &str, up: u64, down: u64, error: Option<&io::Error>) {
+    fn emit(&self, ended: &Ended, up: u64, down: u64, error: Option<&io::Error>) {
+        let outcome = ended.as_str();
         let cfg = &self.ws.snap.config;
         // Counted whether or not the access log is on (reliability promise 3).
         let (router, service) = (self.router, self.service);
@@ -218,37 +269,20 @@ pub async fn serve(
         })
         .await
     };
-    match result {
-        Ok((report, outcome)) => acc.emit(
-            // A cut for onServerDown = "close" is not a drain: say which.
-            if outcome == forward::Outcome::Drained && cut.was_server_down() {
-                "server_down"
-            } else {
-                outcome.as_str()
-            },
-            report.up,
-            report.down,
-            report.error.as_ref(),
-        ),
+    let (ended, up, down, error) = match result {
+        Ok((report, outcome)) => {
+            let ended = Ended::Forwarded(outcome);
+            (ended, report.up, report.down, report.error)
+        }
         Err(early) => {
             // Nothing was forwarded; closing may reset a client that sent
             // bytes we never read, which is the honest answer to it.
-            let detail = match &early {
-                // Say what the bytes were, so an operator can tell a
-                // misconfigured plain client from a scanner.
-                Early::NotTls(reason) => Some(io::Error::new(io::ErrorKind::InvalidData, *reason)),
-                Early::LocalResource(errno) => Some(io::Error::from_raw_os_error(*errno)),
-                // Why rustls refused the handshake.
-                Early::Tls(end) => end.cause(),
-                _ => None,
-            };
-            let outcome = match early {
-                Early::Drained if cut.was_server_down() => "server_down",
-                _ => early.as_str(),
-            };
-            acc.emit(outcome, 0, 0, detail.as_ref())
+            let error = early.cause();
+            (Ended::Early(early), 0, 0, error)
         }
-    }
+    };
+    let ended = ended.server_down_if(cut.was_server_down());
+    acc.emit(&ended, up, down, error.as_ref());
 }
 
 async fn run<'a>(
