@@ -650,7 +650,7 @@ pub enum Forwarding {
     Auto,
     Splice,
     Copy,
-    /// io_uring completions (`crate::completion`); `auto` on epoll.
+    /// io_uring completions (the completion engine); `auto` on epoll.
     Completion,
 }
 
