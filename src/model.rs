@@ -203,7 +203,7 @@ pub struct LoadBalancer {
     /// transport's setting wins when both are present).
     pub proxy_protocol: Option<ProxyVersion>,
     /// Deprecated `loadBalancer.terminationDelay` (ms), if given.
-    pub termination_delay: Option<Option<Duration>>,
+    pub termination_delay: Option<TerminationDelay>,
     pub health_check: Option<Box<HealthCheck>>,
     /// Extension `postgresSSLRequest`: the servers are PostgreSQL older than
     /// 17, which know only the SSLRequest opening, so before a passthrough
@@ -362,8 +362,7 @@ pub struct Transport {
     pub name: String,
     pub dial_timeout: Duration,
     pub dial_keep_alive: Option<Duration>,
-    /// `None` = wait for the other direction forever (Traefik: negative value).
-    pub termination_delay: Option<Duration>,
+    pub termination_delay: TerminationDelay,
     /// PROXY protocol version to send to servers.
     pub proxy_protocol: Option<ProxyVersion>,
     pub tls: Option<TransportTls>,
@@ -440,6 +439,25 @@ pub struct TlsOptions {
     pub client_auth_type: Option<ClientAuth>,
     /// `disableSessionTickets`: no TLS 1.2 session tickets / TLS 1.3 resumption tickets.
     pub disable_session_tickets: bool,
+}
+
+/// `terminationDelay`: how long the other direction may go on after the
+/// first one finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TerminationDelay {
+    After(Duration),
+    /// Wait for the other direction forever (Traefik: a negative value).
+    Never,
+}
+
+impl TerminationDelay {
+    /// The delay, `None` for never.
+    pub fn duration(self) -> Option<Duration> {
+        match self {
+            TerminationDelay::After(d) => Some(d),
+            TerminationDelay::Never => None,
+        }
+    }
 }
 
 /// A PROXY protocol version to send to servers.

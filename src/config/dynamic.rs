@@ -322,13 +322,7 @@ fn load_balancer(mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> LoadBalance
             ),
         );
         // The deprecated key is an integer of MILLISECONDS (not a duration).
-        if let Some(ms) = n.int(d) {
-            termination_delay = Some(
-                u64::try_from(ms.v)
-                    .ok()
-                    .map(std::time::Duration::from_millis),
-            );
-        }
+        termination_delay = values::termination_delay_ms(&n, d);
     }
     let health_check = t
         .table("healthCheck", d)
@@ -835,8 +829,8 @@ pub(super) fn transport_with(
         &mut t,
         "terminationDelay",
         d,
-        Some(model::DEFAULT_TERMINATION_DELAY),
-        values::duration_or_never,
+        model::TerminationDelay::After(model::DEFAULT_TERMINATION_DELAY),
+        values::termination_delay,
     );
     let mut proxy_protocol = None;
     if let Some(mut pp) = t.table("proxyProtocol", d) {

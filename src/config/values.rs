@@ -72,6 +72,26 @@ pub fn duration_or_never(n: &Node<'_>, d: &mut Diags) -> Option<Option<Duration>
     Some((ns.v >= 0).then(|| from_nanos(ns.v)))
 }
 
+/// `terminationDelay` as a duration: negative means never.
+pub fn termination_delay(n: &Node<'_>, d: &mut Diags) -> Option<model::TerminationDelay> {
+    duration_or_never(n, d).map(|v| {
+        v.map_or(
+            model::TerminationDelay::Never,
+            model::TerminationDelay::After,
+        )
+    })
+}
+
+/// `terminationDelay` as the deprecated integer of milliseconds: negative
+/// means never.
+pub fn termination_delay_ms(n: &Node<'_>, d: &mut Diags) -> Option<model::TerminationDelay> {
+    let ms = n.int(d)?;
+    Some(match u64::try_from(ms.v) {
+        Ok(ms) => model::TerminationDelay::After(Duration::from_millis(ms)),
+        Err(_) => model::TerminationDelay::Never,
+    })
+}
+
 /// Reads `key` from `t` with `read`, or gives `default`.
 pub fn or_default<T>(
     t: &mut Tbl<'_>,

@@ -125,7 +125,7 @@ pub struct Timers {
 impl Timers {
     pub fn new(opts: &Opts) -> Timers {
         Timers {
-            termination_delay: opts.termination_delay,
+            termination_delay: opts.termination_delay.duration(),
             idle_timeout: opts.idle_timeout,
             fin: None,
             idle: opts.idle_timeout.map(|d| Box::pin(monoio::time::sleep(d))),
@@ -486,7 +486,10 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             let opts = |td: Option<Duration>, idle: Option<Duration>| Opts {
-                termination_delay: td,
+                termination_delay: td.map_or(
+                    crate::model::TerminationDelay::Never,
+                    crate::model::TerminationDelay::After,
+                ),
                 idle_timeout: idle,
                 mode: crate::model::Forwarding::Copy,
                 buffer_size: 16 * 1024,

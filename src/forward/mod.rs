@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
-use crate::model::Forwarding;
+use crate::model::{Forwarding, TerminationDelay};
 use crate::sys;
 use ending::{Progress, Side, Timers};
 
@@ -65,8 +65,8 @@ pub fn trim_pools() {
 /// How a connection is forwarded, resolved from the snapshot.
 #[derive(Debug, Clone, Copy)]
 pub struct Opts {
-    /// `None`: wait for the second direction forever after the first FIN.
-    pub termination_delay: Option<Duration>,
+    /// How long the second direction may go on after the first FIN.
+    pub termination_delay: TerminationDelay,
     /// Close when no byte moved in either direction for this long.
     pub idle_timeout: Option<Duration>,
     pub mode: Forwarding,
