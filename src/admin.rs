@@ -25,7 +25,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -169,7 +169,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     // Accepted sockets do not inherit O_NONBLOCK on Linux; they stay blocking.
     let nonblocking = listener.set_nonblocking(true).is_ok();
     loop {
-        if nonblocking && sys::wait_readable(listener.as_raw_fd()).is_err() {
+        if nonblocking && sys::wait_readable(listener.as_fd()).is_err() {
             std::thread::sleep(ACCEPT_BACKOFF);
             continue;
         }
@@ -289,7 +289,7 @@ fn handle(mut s: TcpStream, shared: &Shared, phase: &AtomicU8) -> io::Result<()>
     if let Err(e) = write_all_by(&mut s, &resp.encode(), Instant::now() + WRITE_DEADLINE) {
         // A response cut by its deadline must not end like a complete one:
         // the close resets instead of sending FIN.
-        let _ = sys::set_linger_zero(s.as_raw_fd());
+        let _ = sys::set_linger_zero(s.as_fd());
         return Err(e);
     }
     // Our FIN after the response, then read what the client still sends (a

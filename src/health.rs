@@ -366,15 +366,15 @@ fn timed_out(e: &io::Error) -> bool {
 pub fn probe(
     addr: SocketAddr,
     hc: &HealthCheck,
-    proxy_protocol: Option<u8>,
+    proxy_protocol: Option<crate::model::ProxyVersion>,
     tls: Option<&ProbeTls>,
 ) -> Result<Verdict, ProbeError> {
     let deadline = Instant::now() + hc.timeout;
     let target = hc.port.map_or(addr, |p| SocketAddr::new(addr.ip(), p));
     let mut s = TcpStream::connect_timeout(&target, hc.timeout).map_err(ProbeError::Connect)?;
     let header: &[u8] = match proxy_protocol {
-        Some(1) => PROXY_V1_UNKNOWN,
-        Some(_) => &proxy_protocol::encode_v2_local(),
+        Some(crate::model::ProxyVersion::V1) => PROXY_V1_UNKNOWN,
+        Some(crate::model::ProxyVersion::V2) => &proxy_protocol::encode_v2_local(),
         None => &[],
     };
     let mut out: Vec<u8> = Vec::new();
@@ -618,12 +618,24 @@ mod tests {
     #[test]
     fn proxy_protocol_backends_get_a_local_header_first() {
         let (addr, h) = server(16 + 4, b"OK");
-        probe(addr, &hc("PING", "OK", 1000), Some(2), None).unwrap();
+        probe(
+            addr,
+            &hc("PING", "OK", 1000),
+            Some(crate::model::ProxyVersion::V2),
+            None,
+        )
+        .unwrap();
         let got = h.join().unwrap();
         assert_eq!(got[..16], proxy_protocol::encode_v2_local());
         assert_eq!(&got[16..], b"PING");
         let (addr, h) = server(PROXY_V1_UNKNOWN.len(), b"");
-        probe(addr, &hc("", "", 1000), Some(1), None).unwrap();
+        probe(
+            addr,
+            &hc("", "", 1000),
+            Some(crate::model::ProxyVersion::V1),
+            None,
+        )
+        .unwrap();
         assert_eq!(h.join().unwrap(), PROXY_V1_UNKNOWN);
     }
 }

@@ -206,9 +206,9 @@ pub struct LoadBalancer {
     pub transport: usize,
     /// Deprecated `loadBalancer.proxyProtocol.version`, merged here (the
     /// transport's setting wins when both are present).
-    pub proxy_protocol: Option<u8>,
+    pub proxy_protocol: Option<ProxyVersion>,
     /// Deprecated `loadBalancer.terminationDelay` (ms), if given.
-    pub termination_delay: Option<Option<Duration>>,
+    pub termination_delay: Option<TerminationDelay>,
     pub health_check: Option<Box<HealthCheck>>,
     /// Extension `postgresSSLRequest`: the servers are PostgreSQL older than
     /// 17, which know only the SSLRequest opening, so before a passthrough
@@ -378,10 +378,9 @@ pub struct Transport {
     pub name: String,
     pub dial_timeout: Duration,
     pub dial_keep_alive: Option<Duration>,
-    /// `None` = wait for the other direction forever (Traefik: negative value).
-    pub termination_delay: Option<Duration>,
-    /// PROXY protocol version to send to servers (1 or 2).
-    pub proxy_protocol: Option<u8>,
+    pub termination_delay: TerminationDelay,
+    /// PROXY protocol version to send to servers.
+    pub proxy_protocol: Option<ProxyVersion>,
     pub tls: Option<TransportTls>,
     /// Extension `idleTimeout`: close a connection idle in both directions.
     pub idle_timeout: Option<Duration>,
@@ -446,18 +445,231 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Default)]
 pub struct TlsOptions {
     pub name: String,
-    /// "VersionTLS12" / "VersionTLS13" (validated).
-    pub min_version: Option<String>,
-    pub max_version: Option<String>,
-    pub cipher_suites: Vec<String>,
-    pub curve_preferences: Vec<String>,
+    pub min_version: Option<TlsVersion>,
+    pub max_version: Option<TlsVersion>,
+    pub cipher_suites: Vec<CipherSuite>,
+    pub curve_preferences: Vec<Curve>,
     pub alpn_protocols: Vec<String>,
     pub sni_strict: bool,
     pub client_ca_files: Vec<ConfigPath>,
-    /// Traefik's clientAuthType value, validated.
-    pub client_auth_type: Option<String>,
+    pub client_auth_type: Option<ClientAuth>,
     /// `disableSessionTickets`: no TLS 1.2 session tickets / TLS 1.3 resumption tickets.
     pub disable_session_tickets: bool,
+}
+
+/// `terminationDelay`: how long the other direction may go on after the
+/// first one finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TerminationDelay {
+    After(Duration),
+    /// Wait for the other direction forever (Traefik: a negative value).
+    Never,
+}
+
+impl TerminationDelay {
+    /// The delay, `None` for never.
+    pub fn duration(self) -> Option<Duration> {
+        match self {
+            TerminationDelay::After(d) => Some(d),
+            TerminationDelay::Never => None,
+        }
+    }
+}
+
+/// A PROXY protocol version to send to servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    /// The text header.
+    V1,
+    /// The binary header.
+    V2,
+}
+
+impl ProxyVersion {
+    /// The `version` numbers Traefik accepts.
+    pub const NUMBERS: &'static [(i64, ProxyVersion)] =
+        &[(1, ProxyVersion::V1), (2, ProxyVersion::V2)];
+}
+
+/// The version number, as configured.
+impl std::fmt::Display for ProxyVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = Self::NUMBERS
+            .iter()
+            .find(|e| e.1 == *self)
+            .map_or(0, |e| e.0);
+        write!(f, "{n}")
+    }
+}
+
+/// A TLS version rustls can do; ordered, so `min <= max` compares them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+impl TlsVersion {
+    /// Traefik's (Go's) names.
+    pub const NAMES: &'static [(&'static str, TlsVersion)] = &[
+        ("VersionTLS12", TlsVersion::Tls12),
+        ("VersionTLS13", TlsVersion::Tls13),
+    ];
+
+    pub fn name(self) -> &'static str {
+        name_of(Self::NAMES, self)
+    }
+}
+
+/// Traefik's `clientAuthType` (Go's `tls.ClientAuthType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    NoClientCert,
+    RequestClientCert,
+    RequireAnyClientCert,
+    VerifyClientCertIfGiven,
+    RequireAndVerifyClientCert,
+}
+
+impl ClientAuth {
+    pub const NAMES: &'static [(&'static str, ClientAuth)] = &[
+        ("NoClientCert", ClientAuth::NoClientCert),
+        ("RequestClientCert", ClientAuth::RequestClientCert),
+        ("RequireAnyClientCert", ClientAuth::RequireAnyClientCert),
+        (
+            "VerifyClientCertIfGiven",
+            ClientAuth::VerifyClientCertIfGiven,
+        ),
+        (
+            "RequireAndVerifyClientCert",
+            ClientAuth::RequireAndVerifyClientCert,
+        ),
+    ];
+
+    pub fn name(self) -> &'static str {
+        name_of(Self::NAMES, self)
+    }
+
+    /// Whether client certificates are verified against the CA files.
+    pub fn verifies(self) -> bool {
+        matches!(
+            self,
+            ClientAuth::VerifyClientCertIfGiven | ClientAuth::RequireAndVerifyClientCert
+        )
+    }
+}
+
+/// A cipher suite rustls implements (TLS 1.3 ones first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CipherSuite {
+    Tls13Aes128GcmSha256,
+    Tls13Aes256GcmSha384,
+    Tls13Chacha20Poly1305Sha256,
+    EcdheEcdsaAes128GcmSha256,
+    EcdheEcdsaAes256GcmSha384,
+    EcdheRsaAes128GcmSha256,
+    EcdheRsaAes256GcmSha384,
+    EcdheEcdsaChacha20Poly1305Sha256,
+    EcdheRsaChacha20Poly1305Sha256,
+}
+
+impl CipherSuite {
+    /// Go's names: the canonical one first, then Go's older alias.
+    pub const NAMES: &'static [(&'static str, &'static str, CipherSuite)] = &[
+        (
+            "TLS_AES_128_GCM_SHA256",
+            "TLS_AES_128_GCM_SHA256",
+            CipherSuite::Tls13Aes128GcmSha256,
+        ),
+        (
+            "TLS_AES_256_GCM_SHA384",
+            "TLS_AES_256_GCM_SHA384",
+            CipherSuite::Tls13Aes256GcmSha384,
+        ),
+        (
+            "TLS_CHACHA20_POLY1305_SHA256",
+            "TLS_CHACHA20_POLY1305_SHA256",
+            CipherSuite::Tls13Chacha20Poly1305Sha256,
+        ),
+        (
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+            CipherSuite::EcdheEcdsaAes128GcmSha256,
+        ),
+        (
+            "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+            "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+            CipherSuite::EcdheEcdsaAes256GcmSha384,
+        ),
+        (
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+            CipherSuite::EcdheRsaAes128GcmSha256,
+        ),
+        (
+            "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+            "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+            CipherSuite::EcdheRsaAes256GcmSha384,
+        ),
+        (
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305",
+            CipherSuite::EcdheEcdsaChacha20Poly1305Sha256,
+        ),
+        (
+            "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+            "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
+            CipherSuite::EcdheRsaChacha20Poly1305Sha256,
+        ),
+    ];
+
+    /// The suite of a name or alias.
+    pub fn by_name(s: &str) -> Option<CipherSuite> {
+        Self::NAMES
+            .iter()
+            .find(|(c, alias, _)| s == *c || s == *alias)
+            .map(|e| e.2)
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES.iter().find(|e| e.2 == self).map_or("", |e| e.0)
+    }
+}
+
+/// A key exchange group rustls implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Curve {
+    X25519,
+    P256,
+    P384,
+    X25519Mlkem768,
+}
+
+impl Curve {
+    /// Traefik's names: Go's first, then Traefik's alias.
+    pub const NAMES: &'static [(&'static str, &'static str, Curve)] = &[
+        ("X25519", "x25519", Curve::X25519),
+        ("CurveP256", "secp256r1", Curve::P256),
+        ("CurveP384", "secp384r1", Curve::P384),
+        ("X25519MLKEM768", "x25519mlkem768", Curve::X25519Mlkem768),
+    ];
+
+    /// The group of a name or alias.
+    pub fn by_name(s: &str) -> Option<Curve> {
+        Self::NAMES
+            .iter()
+            .find(|(c, alias, _)| s == *c || s == *alias)
+            .map(|e| e.2)
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES.iter().find(|e| e.2 == self).map_or("", |e| e.0)
+    }
+}
+
+/// The name of `v` in a `(name, value)` table.
+fn name_of<T: PartialEq + Copy>(table: &[(&'static str, T)], v: T) -> &'static str {
+    table.iter().find(|e| e.1 == v).map_or("", |e| e.0)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -472,7 +684,7 @@ pub enum Forwarding {
     Auto,
     Splice,
     Copy,
-    /// io_uring completions (`crate::completion`); `auto` on epoll.
+    /// io_uring completions (the completion engine); `auto` on epoll.
     Completion,
 }
 

@@ -11,7 +11,6 @@
 //! exactly.
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use monoio::net::TcpStream;
@@ -117,7 +116,7 @@ impl<'a> Reader<'a> {
         min_len: usize,
         deadline: Option<Instant>,
     ) -> Result<(), PeekError> {
-        let fd = self.client.as_raw_fd();
+        let fd = sys::fd(self.client);
         while self.buf.len() < min_len {
             let len = self.buf.len();
             if len == self.buf.capacity() {

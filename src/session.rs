@@ -57,7 +57,7 @@ use crate::{log, pg, sys, tls};
 const PROXY_UNDECIDED_WAIT: Duration = Duration::from_secs(1);
 
 /// How a connection ended before forwarding started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Early {
     /// No router matched (a TLS client is refused as Traefik refuses it).
     NoRoute,
@@ -85,8 +85,11 @@ enum Early {
     BackendRefusedTls,
     /// The PROXY header or the replayed bytes could not be written.
     BackendWrite,
-    /// TLS termination ended before forwarding.
-    Tls(&'static str),
+    /// TLS termination ended before forwarding (the handshake's end keeps
+    /// its cause: the access log's `error=` carries rustls' error).
+    Tls(tls::TlsEnd),
+    /// A terminated PostgreSQL client whose backend cannot do TLS.
+    PgBackendTlsUnsupported,
     /// The drain's time ran out before forwarding started.
     Drained,
     /// A PostgreSQL CancelRequest was handled (no router involved).
@@ -99,8 +102,8 @@ enum Early {
 }
 
 impl Early {
-    fn as_str(self) -> &'static str {
-        match self {
+    fn as_str(&self) -> &'static str {
+        match *self {
             Early::NoRoute => "no_route",
             Early::NotTls(_) => "not_tls",
             Early::Denied => "denied",
@@ -109,14 +112,65 @@ impl Early {
             Early::LocalResource(_) => "local_resource_exhausted",
             Early::NoServer => "no_server",
             Early::QueueTimeout => "queue_timeout",
-            Early::Peek(p) => p.as_str(),
+            Early::Peek(ref p) => p.as_str(),
             Early::BackendRefusedTls => "backend_refused_tls",
             Early::BackendWrite => "backend_write_failed",
-            Early::Tls(s) => s,
+            Early::Tls(ref end) => end.as_str(),
+            Early::PgBackendTlsUnsupported => "pg_backend_tls_unsupported",
             Early::Drained => Outcome::Drained.as_str(),
-            Early::PgCancel(end) => end.as_str(),
+            Early::PgCancel(ref end) => end.as_str(),
             Early::PgMalformed => "pg_bad_startup",
             Early::Acme(s) => s,
+        }
+    }
+}
+
+impl Early {
+    /// What the access log's `error=` says beside the outcome.
+    fn cause(&self) -> Option<io::Error> {
+        match self {
+            // Say what the bytes were, so an operator can tell a
+            // misconfigured plain client from a scanner.
+            Early::NotTls(reason) => Some(io::Error::new(io::ErrorKind::InvalidData, *reason)),
+            Early::LocalResource(errno) => Some(io::Error::from_raw_os_error(*errno)),
+            // Why rustls refused the handshake.
+            Early::Tls(end) => end.cause(),
+            _ => None,
+        }
+    }
+}
+
+/// How a connection ended: the one outcome of its access-log line and of
+/// the metrics' per-outcome counts.
+#[derive(Debug)]
+enum Ended {
+    /// Forwarding ran and ended this way.
+    Forwarded(forward::Outcome),
+    /// It ended before forwarding.
+    Early(Early),
+    /// A cut for `onServerDown = "close"`: its server went down (a drain's
+    /// cut would say `drain_cut`).
+    ServerDown,
+}
+
+impl Ended {
+    /// A cut is a server-down cut when the connection's cut says so.
+    fn server_down_if(self, server_down: bool) -> Ended {
+        match self {
+            Ended::Forwarded(forward::Outcome::Drained) | Ended::Early(Early::Drained)
+                if server_down =>
+            {
+                Ended::ServerDown
+            }
+            other => other,
+        }
+    }
+
+    fn as_str(&self) -> &'static str {
+        match self {
+            Ended::Forwarded(o) => o.as_str(),
+            Ended::Early(e) => e.as_str(),
+            Ended::ServerDown => "server_down",
         }
     }
 }
@@ -133,7 +187,8 @@ struct Access<'a> {
 }
 
 impl Access<'_> {
-    fn emit(&self, outcome: &str, up: u64, down: u64, error: Option<&io::Error>) {
+    fn emit(&self, ended: &Ended, up: u64, down: u64, error: Option<&io::Error>) {
+        let outcome = ended.as_str();
         let cfg = &self.ws.snap.config;
         // Counted whether or not the access log is on (reliability promise 3).
         let (router, service) = (self.router, self.service);
@@ -213,44 +268,29 @@ pub async fn serve(
                 // Armed while the phase still owns the backend socket, so its
                 // close is a reset too.
                 if let Some(fd) = cut.backend() {
-                    let _ = sys::set_linger_zero(fd);
+                    let _ = sys::remembered::set_linger_zero(fd);
                 }
-                let _ = sys::set_linger_zero(client.as_raw_fd());
+                let _ = sys::set_linger_zero(sys::fd(&client));
                 return Poll::Ready(Err(Early::Drained));
             }
             Poll::Pending
         })
         .await
     };
-    match result {
-        Ok((report, outcome)) => acc.emit(
-            // A cut for onServerDown = "close" is not a drain: say which.
-            if outcome == forward::Outcome::Drained && cut.was_server_down() {
-                "server_down"
-            } else {
-                outcome.as_str()
-            },
-            report.up,
-            report.down,
-            report.error.as_ref(),
-        ),
+    let (ended, up, down, error) = match result {
+        Ok((report, outcome)) => {
+            let ended = Ended::Forwarded(outcome);
+            (ended, report.up, report.down, report.error)
+        }
         Err(early) => {
             // Nothing was forwarded; closing may reset a client that sent
             // bytes we never read, which is the honest answer to it.
-            let detail = match early {
-                // Say what the bytes were, so an operator can tell a
-                // misconfigured plain client from a scanner.
-                Early::NotTls(reason) => Some(io::Error::new(io::ErrorKind::InvalidData, reason)),
-                Early::LocalResource(errno) => Some(io::Error::from_raw_os_error(errno)),
-                _ => None,
-            };
-            let outcome = match early {
-                Early::Drained if cut.was_server_down() => "server_down",
-                _ => early.as_str(),
-            };
-            acc.emit(outcome, 0, 0, detail.as_ref())
+            let error = early.cause();
+            (Ended::Early(early), 0, 0, error)
         }
-    }
+    };
+    let ended = ended.server_down_if(cut.was_server_down());
+    acc.emit(&ended, up, down, error.as_ref());
 }
 
 async fn run<'a>(
@@ -449,7 +489,7 @@ async fn run<'a>(
                 deadline,
             ))
             .await
-            .map_err(|e| Early::Tls(e.as_str()))?,
+            .map_err(Early::Tls)?,
         )),
         _ => None,
     };
@@ -516,10 +556,9 @@ async fn run<'a>(
         let dst = proxied_dst
             .or_else(|| client.local_addr().ok())
             .unwrap_or(client_addr);
-        let header = if version == 1 {
-            proxy_protocol::encode_v1(client_addr, dst)
-        } else {
-            proxy_protocol::encode_v2(client_addr, dst)
+        let header = match version {
+            crate::model::ProxyVersion::V1 => proxy_protocol::encode_v1(client_addr, dst),
+            crate::model::ProxyVersion::V2 => proxy_protocol::encode_v2(client_addr, dst),
         };
         write_all(&backend, &header)
             .await
@@ -544,7 +583,7 @@ async fn run<'a>(
                 let _ = front
                     .write_all(&postgres::error_response(postgres::SQLSTATE_NO_ROUTE, msg))
                     .await;
-                return Err(Early::Tls("pg_backend_tls_unsupported"));
+                return Err(Early::PgBackendTlsUnsupported);
             }
             let out = pg_rewrite(rewrite, startup, len, buf);
             write_all(&backend, &out)
@@ -779,7 +818,7 @@ async fn pg_refuse(client: &TcpStream, sqlstate: &str, message: &str) {
     if write_all(client, &reply).await.is_err() {
         return;
     }
-    let fd = client.as_raw_fd();
+    let fd = sys::fd(client);
     let _ = sys::shutdown(fd, std::net::Shutdown::Write);
     let mut sink = [0u8; 1024];
     let drain = async {
@@ -804,7 +843,7 @@ async fn pg_ssl_request(backend: &TcpStream, limit: Duration) -> Result<(), Earl
     write_all(backend, &postgres::SSL_REQUEST)
         .await
         .map_err(|_| Early::BackendWrite)?;
-    let fd = backend.as_raw_fd();
+    let fd = sys::fd(backend);
     let mut b = [0u8; 1];
     let wait = async {
         loop {
@@ -1035,7 +1074,7 @@ async fn dial(
         Ok(r) => r?,
         Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "dial timeout")),
     };
-    let fd = stream.as_raw_fd();
+    let fd = sys::fd(&stream);
     // monoio's epoll driver creates the socket with SOCK_NONBLOCK, its
     // io_uring driver without; a worker's driver never changes, so the
     // first dial on a thread tells which, and later dials on an epoll

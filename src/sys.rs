@@ -3,14 +3,58 @@
 //! non-blocking send/recv, shutdown, SO_LINGER, SIOCOUTQ, splice and pipes,
 //! and signal masks for the control thread.
 //!
-//! Every function takes a raw fd that the caller keeps open for the duration of
-//! the call (the caller owns the socket; nothing here closes what it did not
-//! create). Errors come back as `io::Error`; nothing here panics.
+//! Every function on a descriptor takes it as a `BorrowedFd`: the caller
+//! owns the socket, and the borrow proves it is open for the call (nothing
+//! here closes what it did not create). monoio's sockets offer only
+//! `AsRawFd`; `fd` and `listener_fd` borrow theirs. The completion ring
+//! (`uring`), whose operations outlive any borrow, and `remembered`, for a
+//! descriptor kept by number past its borrow, are the two places that take
+//! a raw descriptor, each saying who keeps it open. Errors come back as
+//! `io::Error`; nothing here panics.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 pub mod uring;
+
+/// The descriptor of a monoio stream, borrowed for as long as the stream.
+pub fn fd(s: &monoio::net::TcpStream) -> BorrowedFd<'_> {
+    // SAFETY: a monoio `TcpStream` owns its descriptor and closes it only
+    // when dropped; the borrow cannot outlive `s`.
+    unsafe { BorrowedFd::borrow_raw(s.as_raw_fd()) }
+}
+
+/// The descriptor of a monoio listener, borrowed for as long as the listener.
+pub fn listener_fd(l: &monoio::net::TcpListener) -> BorrowedFd<'_> {
+    // SAFETY: a monoio `TcpListener` owns its descriptor and closes it only
+    // when dropped; the borrow cannot outlive `l`.
+    unsafe { BorrowedFd::borrow_raw(l.as_raw_fd()) }
+}
+
+/// Calls on a descriptor kept by number past the borrow it came from (the
+/// drain's note of a dialed backend, the completion engine's registered
+/// sockets): the one who kept it guarantees the socket stays open while the
+/// number is used, as the borrow would have.
+pub mod remembered {
+    use std::io;
+    use std::os::fd::{BorrowedFd, RawFd};
+
+    fn borrow<'a>(fd: RawFd) -> BorrowedFd<'a> {
+        // SAFETY: the callers of this module keep `fd` open while they use
+        // it (see the module doc); the borrow does not leave the call.
+        unsafe { BorrowedFd::borrow_raw(fd) }
+    }
+
+    /// `super::set_linger_zero` on a remembered descriptor.
+    pub fn set_linger_zero(fd: RawFd) -> io::Result<()> {
+        super::set_linger_zero(borrow(fd))
+    }
+
+    /// `super::shutdown` on a remembered descriptor.
+    pub fn shutdown(fd: RawFd, how: std::net::Shutdown) -> io::Result<()> {
+        super::shutdown(borrow(fd), how)
+    }
+}
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
@@ -31,7 +75,8 @@ fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
 /// Put a descriptor in non-blocking mode with one `ioctl(FIONBIO)` (instead
 /// of an `fcntl` pair). monoio's io_uring driver creates the sockets it
 /// dials blocking; our readiness-driven IO must never block the worker.
-pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
     let on: libc::c_int = 1;
     // SAFETY: FIONBIO reads one int from the pointer we pass; the descriptor
     // is the caller's.
@@ -39,7 +84,8 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
 }
 
 /// Whether a descriptor has O_NONBLOCK set.
-pub fn is_nonblocking(fd: RawFd) -> io::Result<bool> {
+pub fn is_nonblocking(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let fd = fd.as_raw_fd();
     // SAFETY: fcntl F_GETFL on a descriptor the caller owns; no pointer.
     let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
     Ok(flags & libc::O_NONBLOCK != 0)
@@ -51,7 +97,8 @@ pub fn is_nonblocking(fd: RawFd) -> io::Result<bool> {
 /// so a thread parked in `accept` holds one slot of the descriptor table
 /// that `/proc/self/fd` does not show, and the data path runs out one
 /// descriptor early. Waiting in `poll` reserves nothing.
-pub fn wait_readable(fd: RawFd) -> io::Result<()> {
+pub fn wait_readable(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
     let mut pfd = libc::pollfd {
         fd,
         events: libc::POLLIN,
@@ -69,7 +116,9 @@ pub fn wait_readable(fd: RawFd) -> io::Result<()> {
 
 /// `accept4` with SOCK_NONBLOCK | SOCK_CLOEXEC on a listening socket: the
 /// accepted stream and its peer address. EAGAIN when the backlog is empty.
-pub fn accept4(listener: RawFd) -> io::Result<(std::net::TcpStream, std::net::SocketAddr)> {
+pub fn accept4(
+    listener: BorrowedFd<'_>,
+) -> io::Result<(std::net::TcpStream, std::net::SocketAddr)> {
     use std::os::fd::FromRawFd;
     // SAFETY: an all-zero sockaddr_storage is a valid value for the kernel
     // to overwrite; `len` tells it the room it has.
@@ -79,7 +128,7 @@ pub fn accept4(listener: RawFd) -> io::Result<(std::net::TcpStream, std::net::So
         // SAFETY: `storage`/`len` are valid for writes for the call.
         let r = unsafe {
             libc::accept4(
-                listener,
+                listener.as_raw_fd(),
                 (&mut storage as *mut libc::sockaddr_storage).cast(),
                 &mut len,
                 libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
@@ -129,7 +178,8 @@ pub fn set_client_keepalive(listener: &socket2::Socket) -> io::Result<()> {
 }
 
 /// Non-blocking receive into `buf`. `Ok(0)` is EOF.
-pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    let fd = fd.as_raw_fd();
     loop {
         // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the call.
         let r = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
@@ -141,7 +191,8 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Non-blocking send; MSG_NOSIGNAL so a reset peer gives EPIPE, not SIGPIPE.
-pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    let fd = fd.as_raw_fd();
     loop {
         // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the call.
         let r = unsafe {
@@ -160,7 +211,8 @@ pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
 }
 
 /// `shutdown(2)`; ENOTCONN (peer already gone) is not an error worth reporting.
-pub fn shutdown(fd: RawFd, how: std::net::Shutdown) -> io::Result<()> {
+pub fn shutdown(fd: BorrowedFd<'_>, how: std::net::Shutdown) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
     let how = match how {
         std::net::Shutdown::Read => libc::SHUT_RD,
         std::net::Shutdown::Write => libc::SHUT_WR,
@@ -175,7 +227,8 @@ pub fn shutdown(fd: RawFd, how: std::net::Shutdown) -> io::Result<()> {
 
 /// SO_LINGER {on, 0}: the next close() sends RST instead of FIN. Used to pass an
 /// abortive close on as an abortive close (reliability promise 2).
-pub fn set_linger_zero(fd: RawFd) -> io::Result<()> {
+pub fn set_linger_zero(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
     let l = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -196,7 +249,8 @@ pub fn set_linger_zero(fd: RawFd) -> io::Result<()> {
 /// Bytes in the socket's send queue not yet acknowledged by the peer
 /// (SIOCOUTQ). Before an abortive close we wait for this to reach zero so the
 /// bytes read before a reset are delivered first.
-pub fn unsent_bytes(fd: RawFd) -> io::Result<usize> {
+pub fn unsent_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let fd = fd.as_raw_fd();
     let mut n: libc::c_int = 0;
     // SAFETY: SIOCOUTQ writes one int to the pointer we pass.
     cvt(unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n as *mut libc::c_int) })?;
@@ -205,7 +259,8 @@ pub fn unsent_bytes(fd: RawFd) -> io::Result<usize> {
 
 /// The TCP state of a socket (`tcpi_state` of TCP_INFO: 1 = ESTABLISHED,
 /// 7 = CLOSE, ...), or `None` if it cannot be read.
-pub fn tcp_state(fd: RawFd) -> Option<u8> {
+pub fn tcp_state(fd: BorrowedFd<'_>) -> Option<u8> {
+    let fd = fd.as_raw_fd();
     // SAFETY: `info` is a zeroed tcp_info the kernel fills up to `len` bytes.
     unsafe {
         let mut info: libc::tcp_info = std::mem::zeroed();
@@ -225,7 +280,8 @@ pub fn tcp_state(fd: RawFd) -> Option<u8> {
 pub const TCP_STATE_CLOSE: u8 = 7;
 
 /// Pending socket error (SO_ERROR), cleared by reading it.
-pub fn take_socket_error(fd: RawFd) -> Option<io::Error> {
+pub fn take_socket_error(fd: BorrowedFd<'_>) -> Option<io::Error> {
+    let fd = fd.as_raw_fd();
     let mut err: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `err`/`len` are valid for getsockopt to write an int.
@@ -250,8 +306,8 @@ pub fn take_socket_error(fd: RawFd) -> Option<io::Error> {
 /// A pipe used as the in-kernel buffer for splice. Closed on drop.
 #[derive(Debug)]
 pub struct Pipe {
-    pub rd: RawFd,
-    pub wr: RawFd,
+    rd: OwnedFd,
+    wr: OwnedFd,
     /// Capacity after F_SETPIPE_SZ (the kernel may round or refuse).
     pub capacity: usize,
 }
@@ -259,47 +315,51 @@ pub struct Pipe {
 impl Pipe {
     /// A non-blocking pipe sized to `size` bytes if the kernel allows it.
     pub fn new(size: usize) -> io::Result<Pipe> {
+        use std::os::fd::FromRawFd;
         let mut fds = [0 as libc::c_int; 2];
         // SAFETY: `fds` has room for the two descriptors pipe2 writes.
         cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
+        // SAFETY: pipe2 returned two new descriptors that nothing else owns.
+        let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let mut pipe = Pipe {
-            rd: fds[0],
-            wr: fds[1],
+            rd,
+            wr,
             capacity: 64 * 1024,
         };
+        let wfd = pipe.wr.as_raw_fd();
         // SAFETY: F_SETPIPE_SZ/F_GETPIPE_SZ on the pipe we just created.
         unsafe {
-            libc::fcntl(pipe.wr, libc::F_SETPIPE_SZ, size as libc::c_int);
-            let got = libc::fcntl(pipe.wr, libc::F_GETPIPE_SZ);
+            libc::fcntl(wfd, libc::F_SETPIPE_SZ, size as libc::c_int);
+            let got = libc::fcntl(wfd, libc::F_GETPIPE_SZ);
             if got > 0 {
                 pipe.capacity = got as usize;
             }
         }
         Ok(pipe)
     }
-}
 
-impl Drop for Pipe {
-    fn drop(&mut self) {
-        // SAFETY: we own both descriptors and close each exactly once.
-        unsafe {
-            libc::close(self.rd);
-            libc::close(self.wr);
-        }
+    /// The read end.
+    pub fn rd(&self) -> BorrowedFd<'_> {
+        self.rd.as_fd()
+    }
+
+    /// The write end.
+    pub fn wr(&self) -> BorrowedFd<'_> {
+        self.wr.as_fd()
     }
 }
 
 /// Non-blocking splice of up to `len` bytes from `from` to `to` (one of them a
 /// pipe). `Ok(0)` from a socket is EOF.
-pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
     loop {
         // SAFETY: null offsets are valid for sockets and pipes; no memory is
         // passed to the kernel.
         let r = unsafe {
             libc::splice(
-                from,
+                from.as_raw_fd(),
                 std::ptr::null_mut(),
-                to,
+                to.as_raw_fd(),
                 std::ptr::null_mut(),
                 len,
                 libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
@@ -424,7 +484,7 @@ pub fn monotonic_usec() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
 
     /// What the accept path relies on instead of two system calls per
     /// connection: a socket from `accept4` is non-blocking (SOCK_NONBLOCK)
@@ -449,9 +509,9 @@ mod tests {
         for nodelay in [true, false] {
             let (l, addr) = loopback_listener(|l| l.set_nodelay(nodelay).unwrap());
             let client = std::net::TcpStream::connect(addr).unwrap();
-            let (accepted, peer) = accept4(l.as_raw_fd()).unwrap();
+            let (accepted, peer) = accept4(l.as_fd()).unwrap();
             assert_eq!(peer, client.local_addr().unwrap());
-            assert!(is_nonblocking(accepted.as_raw_fd()).unwrap());
+            assert!(is_nonblocking(accepted.as_fd()).unwrap());
             assert_eq!(accepted.nodelay().unwrap(), nodelay, "inherited");
         }
     }
@@ -463,7 +523,7 @@ mod tests {
         use socket2::Socket;
         let (l, addr) = loopback_listener(|l| set_client_keepalive(l).unwrap());
         let _client = std::net::TcpStream::connect(addr).unwrap();
-        let (accepted, _) = accept4(l.as_raw_fd()).unwrap();
+        let (accepted, _) = accept4(l.as_fd()).unwrap();
         let a = Socket::from(accepted);
         assert!(a.keepalive().unwrap(), "SO_KEEPALIVE inherited");
         assert_eq!(a.keepalive_time().unwrap(), CLIENT_KEEPALIVE_IDLE);
@@ -480,7 +540,7 @@ mod tests {
         // Without it, an accepted socket has no keep-alive at all.
         let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let _c = std::net::TcpStream::connect(plain.local_addr().unwrap()).unwrap();
-        let (s, _) = accept4(plain.as_raw_fd()).unwrap();
+        let (s, _) = accept4(plain.as_fd()).unwrap();
         assert!(!Socket::from(s).keepalive().unwrap());
     }
 
@@ -488,8 +548,8 @@ mod tests {
     fn set_nonblocking_sets_o_nonblock() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        assert!(!is_nonblocking(s.as_raw_fd()).unwrap());
-        set_nonblocking(s.as_raw_fd()).unwrap();
-        assert!(is_nonblocking(s.as_raw_fd()).unwrap());
+        assert!(!is_nonblocking(s.as_fd()).unwrap());
+        set_nonblocking(s.as_fd()).unwrap();
+        assert!(is_nonblocking(s.as_fd()).unwrap());
     }
 }

@@ -24,7 +24,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -579,7 +578,7 @@ async fn accept_loop(
     current: Rc<Current>,
     shared: Arc<Shared>,
 ) {
-    let lfd = listener.as_raw_fd();
+    let lfd = sys::listener_fd(&listener);
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut errors: u64 = 0;
     loop {

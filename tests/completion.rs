@@ -207,6 +207,6 @@ fn reset_in_the_middle_of_a_queued_send_comes_after_the_bytes_before_it() {
 
 /// Bytes in a socket's send queue not yet acknowledged (SIOCOUTQ).
 fn outq(s: &TcpStream) -> usize {
-    use std::os::fd::AsRawFd;
-    sluicegate::sys::unsent_bytes(s.as_raw_fd()).unwrap_or(0)
+    use std::os::fd::AsFd;
+    sluicegate::sys::unsent_bytes(s.as_fd()).unwrap_or(0)
 }

@@ -476,12 +476,15 @@ graceTimeOut = "1m30s"
     let t = &c.transports[1];
     assert_eq!(t.dial_timeout, Duration::from_secs(30));
     assert_eq!(t.dial_keep_alive, None);
-    assert_eq!(t.termination_delay, None);
+    assert_eq!(t.termination_delay, model::TerminationDelay::Never);
     assert_eq!(c.entrypoints[0].grace_timeout, Duration::from_secs(90));
     let ServiceKind::LoadBalancer(lb) = &c.services[1].kind else {
         panic!("lb")
     };
-    assert_eq!(lb.termination_delay, Some(Some(Duration::from_millis(250))));
+    assert_eq!(
+        lb.termination_delay,
+        Some(model::TerminationDelay::After(Duration::from_millis(250)))
+    );
     // The deprecated key warns.
     assert!(
         c.warnings.iter().any(|w| w.contains("deprecated")),
@@ -523,11 +526,11 @@ servers = [{{ address = "127.0.0.1:5432" }}]
     assert_eq!(named.termination_delay, None, "the named transport decides");
     assert_eq!(
         c.transports[named.transport].termination_delay,
-        Some(model::DEFAULT_TERMINATION_DELAY)
+        model::TerminationDelay::After(model::DEFAULT_TERMINATION_DELAY)
     );
     assert_eq!(
         lb("bare").termination_delay,
-        Some(Some(Duration::from_millis(250))),
+        Some(model::TerminationDelay::After(Duration::from_millis(250))),
         "no transport named: the deprecated key counts"
     );
 }
@@ -539,7 +542,10 @@ fn static_tcp_servers_transport_sets_the_default_transport() {
     let c = r.expect("loads");
     assert_eq!(c.transports[0].name, "default");
     assert_eq!(c.transports[0].dial_timeout, Duration::from_secs(2));
-    assert_eq!(c.transports[0].termination_delay, Some(Duration::ZERO));
+    assert_eq!(
+        c.transports[0].termination_delay,
+        model::TerminationDelay::After(Duration::ZERO)
+    );
 }
 
 #[test]

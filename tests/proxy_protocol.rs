@@ -392,7 +392,12 @@ fn an_empty_proxy_protocol_table_means_version_2() {
         let ServiceKind::LoadBalancer(lb) = &s.kind else {
             panic!("{}", s.name)
         };
-        assert_eq!(lb.proxy_protocol, Some(2), "service {}", s.name);
+        assert_eq!(
+            lb.proxy_protocol,
+            Some(sluicegate::model::ProxyVersion::V2),
+            "service {}",
+            s.name
+        );
     }
     let summary = c.summary();
     assert!(

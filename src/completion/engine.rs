@@ -54,7 +54,7 @@ impl Ops for RingOps<'_> {
         self.ring.push_send(fd, bid, off, len, ud)
     }
     fn shutdown(&mut self, fd: RawFd) -> io::Result<()> {
-        crate::sys::shutdown(fd, std::net::Shutdown::Write)
+        crate::sys::remembered::shutdown(fd, std::net::Shutdown::Write)
     }
     fn cancel(&mut self, target: u64, ud: u64) -> io::Result<()> {
         self.ring.push_cancel(target, ud)

@@ -12,7 +12,9 @@
 //!
 //! `duplex` has the shape of `forward::duplex` and the same promises
 //! (half-close, resets after the bytes before them, terminationDelay from
-//! the first FIN, idle timeout, exact byte counts). On the epoll driver, or
+//! the first FIN, idle timeout, exact byte counts): its timers are
+//! `forward::ending::Timers` and its sockets are closed by
+//! `forward::ending::close`, the one ending policy. On the epoll driver, or
 //! when the ring cannot be set up (an old kernel), it falls back to
 //! `forward::duplex` with `auto`.
 
@@ -20,16 +22,14 @@ mod conn;
 mod engine;
 
 use std::cell::Cell;
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::os::fd::AsRawFd;
-use std::pin::Pin;
 use std::task::Poll;
 
 use monoio::net::TcpStream;
 
-use crate::forward::ending::{self, Side};
+use crate::forward::ending::{self, Side, Timers};
 use crate::forward::{self, Cutoff, Opts, Outcome, Report};
-use crate::model::Forwarding;
 use crate::sys::uring::Ring;
 use crate::{log, sys};
 
@@ -127,10 +127,7 @@ pub async fn duplex(
     opts: &Opts,
     drain: &Cutoff,
 ) -> (Report, Outcome) {
-    let fallback = Opts {
-        mode: Forwarding::Auto,
-        ..*opts
-    };
+    let fallback = opts.readiness();
     let Some(engine) = engine() else {
         return forward::duplex(client, backend, &fallback, drain).await;
     };
@@ -149,8 +146,8 @@ pub async fn duplex(
                 "completion ring failed; using readiness forwarding",
                 error = e
             );
-            let _ = sys::set_linger_zero(client.as_raw_fd());
-            let _ = sys::set_linger_zero(backend.as_raw_fd());
+            let _ = sys::set_linger_zero(sys::fd(client));
+            let _ = sys::set_linger_zero(sys::fd(backend));
             let report = Report {
                 error: Some(e),
                 ..Report::default()
@@ -164,8 +161,7 @@ pub async fn duplex(
         slot,
         finished: false,
     };
-    let mut fin_deadline: Option<Pin<Box<monoio::time::Sleep>>> = None;
-    let mut idle = opts.idle_timeout.map(|d| Box::pin(monoio::time::sleep(d)));
+    let mut timers = Timers::new(opts);
     let mut cut = false;
 
     let (outcome, error) = poll_fn(|cx| loop {
@@ -179,35 +175,13 @@ pub async fn duplex(
         if cut {
             return Poll::Pending;
         }
-        let mut why = None;
-        if drain.poll_cut(cx).is_ready() {
-            why = Some(Outcome::Drained);
-        }
-        if let (None, Some(d), Some(_)) = (why, opts.termination_delay, v.first_fin) {
-            let sleep = fin_deadline.get_or_insert_with(|| Box::pin(monoio::time::sleep(d)));
-            if sleep.as_mut().poll(cx).is_ready() {
-                why = Some(Outcome::TerminationDelay);
-            }
-        }
-        if let (None, Some(limit), Some(timer)) = (why, opts.idle_timeout, idle.as_mut()) {
-            if timer.as_mut().poll(cx).is_ready() {
-                let quiet = v.last_active.elapsed();
-                if quiet >= limit {
-                    why = Some(Outcome::IdleTimeout);
-                } else {
-                    *timer = Box::pin(monoio::time::sleep(limit - quiet));
-                    // Register the new timer with the waker.
-                    let _ = timer.as_mut().poll(cx);
-                }
-            }
-        }
-        match why {
-            Some(o) => {
+        match timers.poll(cx, drain, v.first_fin.is_some(), v.last_active) {
+            Poll::Ready(o) => {
                 cut = true;
                 reg.engine.borrow_mut().stop(reg.slot, conn::Stop::Cut(o));
                 // Look again: with nothing in flight it is done at once.
             }
-            None => return Poll::Pending,
+            Poll::Pending => return Poll::Pending,
         }
     })
     .await;

@@ -310,7 +310,7 @@ fn transports(m: &FileModel, sources: &Sources, d: &mut Diags) -> Vec<model::Tra
                 name: DEFAULT_NAME.to_string(),
                 dial_timeout: model::DEFAULT_DIAL_TIMEOUT,
                 dial_keep_alive: Some(model::DEFAULT_DIAL_KEEPALIVE),
-                termination_delay: Some(model::DEFAULT_TERMINATION_DELAY),
+                termination_delay: model::TerminationDelay::After(model::DEFAULT_TERMINATION_DELAY),
                 proxy_protocol: None,
                 tls: None,
                 idle_timeout: None,

@@ -319,13 +319,7 @@ fn load_balancer(mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> LoadBalance
             ),
         );
         // The deprecated key is an integer of MILLISECONDS (not a duration).
-        if let Some(ms) = n.int(d) {
-            termination_delay = Some(
-                u64::try_from(ms.v)
-                    .ok()
-                    .map(std::time::Duration::from_millis),
-            );
-        }
+        termination_delay = values::termination_delay_ms(&n, d);
     }
     let health_check = t
         .table("healthCheck", d)
@@ -788,10 +782,10 @@ fn source_range(t: &mut Tbl<'_>, d: &mut Diags) -> Option<model::MiddlewareKind>
 /// `[tcp.services.<s>.loadBalancer.proxyProtocol]`): an empty table means
 /// version 2, as Traefik's `ProxyProtocol.SetDefaults` sets it
 /// (`pkg/config/dynamic/tcp_config.go`). `None` after an error.
-fn proxy_protocol_version(pp: &mut Tbl<'_>, d: &mut Diags) -> Option<u8> {
+fn proxy_protocol_version(pp: &mut Tbl<'_>, d: &mut Diags) -> Option<model::ProxyVersion> {
     match pp.get("version", d) {
         Some(n) => values::proxy_version(&n, d),
-        None => Some(2),
+        None => Some(model::ProxyVersion::V2),
     }
 }
 
@@ -832,8 +826,8 @@ pub(super) fn transport_with(
         &mut t,
         "terminationDelay",
         d,
-        Some(model::DEFAULT_TERMINATION_DELAY),
-        values::duration_or_never,
+        model::TerminationDelay::After(model::DEFAULT_TERMINATION_DELAY),
+        values::termination_delay,
     );
     let mut proxy_protocol = None;
     if let Some(mut pp) = t.table("proxyProtocol", d) {

@@ -163,8 +163,8 @@ pub struct LoadBalancerF {
     pub at: Pos,
     pub servers: Vec<ServerF>,
     pub servers_transport: Option<Sp<String>>,
-    pub proxy_protocol: Option<u8>,
-    pub termination_delay: Option<Option<Duration>>,
+    pub proxy_protocol: Option<model::ProxyVersion>,
+    pub termination_delay: Option<model::TerminationDelay>,
     pub health_check: Option<Box<model::HealthCheck>>,
     /// Extension `postgresSSLRequest`.
     pub pg_ssl_request_first: bool,

@@ -45,7 +45,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use super::diag::{Diags, Pos, Sources, Sp};
 use super::dynamic;
@@ -805,12 +804,12 @@ fn service_ref(
     let port = st.get("port", d).and_then(|n| n.str_or_int(d));
     let weight = st.get("weight", d).and_then(|n| values::weight(&n, d));
     let termination_delay = st
-        .int("terminationDelay", d)
-        .map(|ms| u64::try_from(ms.v).ok().map(Duration::from_millis));
+        .get("terminationDelay", d)
+        .and_then(|n| values::termination_delay_ms(&n, d));
     let proxy_protocol = st.table("proxyProtocol", d).and_then(|mut pp| {
         let v = match pp.get("version", d) {
             Some(n) => values::proxy_version(&n, d),
-            None => Some(2),
+            None => Some(model::ProxyVersion::V2),
         };
         pp.finish(d);
         v

@@ -236,7 +236,9 @@ impl Config {
                 "  {} dialTimeout {} terminationDelay {}",
                 t.name,
                 dur(t.dial_timeout),
-                t.termination_delay.map_or("never".to_string(), dur)
+                t.termination_delay
+                    .duration()
+                    .map_or("never".to_string(), dur)
             )?;
             if let Some(v) = t.proxy_protocol {
                 write!(s, " proxyProtocol v{v}")?;

@@ -9,63 +9,10 @@ use super::diag::{Diags, Sp};
 use super::file::{FileModel, Named};
 use super::reader::{Node, Tbl};
 use super::values::{self, FileCtx};
-use crate::model;
+use crate::model::{self, CipherSuite, ClientAuth, Curve, TlsVersion};
 
 /// The only TLS store Traefik uses.
 pub const DEFAULT_STORE: &str = "default";
-
-/// Traefik's clientAuthType values (Go's `tls.ClientAuthType` names).
-pub const CLIENT_AUTH_TYPES: &[&str] = &[
-    "NoClientCert",
-    "RequestClientCert",
-    "RequireAnyClientCert",
-    "VerifyClientCertIfGiven",
-    "RequireAndVerifyClientCert",
-];
-
-/// Cipher suites rustls implements, under their Go names (canonical first,
-/// then Go's older alias).
-const CIPHER_SUITES: &[(&str, &str)] = &[
-    ("TLS_AES_128_GCM_SHA256", "TLS_AES_128_GCM_SHA256"),
-    ("TLS_AES_256_GCM_SHA384", "TLS_AES_256_GCM_SHA384"),
-    (
-        "TLS_CHACHA20_POLY1305_SHA256",
-        "TLS_CHACHA20_POLY1305_SHA256",
-    ),
-    (
-        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
-        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
-    ),
-    (
-        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
-        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
-    ),
-    (
-        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
-        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
-    ),
-    (
-        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
-        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
-    ),
-    (
-        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
-        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305",
-    ),
-    (
-        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
-        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
-    ),
-];
-
-/// Key exchange groups rustls implements, under Traefik's names (canonical
-/// Go name first, then Traefik's alias).
-const CURVES: &[(&str, &str)] = &[
-    ("X25519", "x25519"),
-    ("CurveP256", "secp256r1"),
-    ("CurveP384", "secp384r1"),
-    ("X25519MLKEM768", "x25519mlkem768"),
-];
 
 /// `[tls]`.
 pub fn read_tls(mut t: Tbl<'_>, ctx: FileCtx<'_>, m: &mut FileModel, d: &mut Diags) {
@@ -160,13 +107,14 @@ pub(super) fn options(
     let min = t.get("minVersion", d).and_then(|n| version(&n, d));
     let max = t.get("maxVersion", d).and_then(|n| version(&n, d));
     if let (Some(lo), Some(hi)) = (&min, &max) {
-        // "VersionTLS12" < "VersionTLS13" as strings too.
         if lo.v > hi.v {
             d.error(
                 hi.at,
                 format!(
                     "`{}.maxVersion` {} is below minVersion {}",
-                    t.path, hi.v, lo.v
+                    t.path,
+                    hi.v.name(),
+                    lo.v.name()
                 ),
             );
         }
@@ -190,27 +138,26 @@ pub(super) fn options(
         client_ca_files = read_cas(&mut ca, d);
         let kind = ca.str("clientAuthType", d);
         if let Some(k) = &kind {
-            if CLIENT_AUTH_TYPES.contains(&k.v.as_str()) {
-                client_auth_type = Some(k.v.clone());
-            } else {
-                d.error(
-                    k.at,
-                    format!(
-                        "`{}.clientAuthType` {:?} is not one of {}",
-                        ca.path,
-                        k.v,
-                        CLIENT_AUTH_TYPES.join(", ")
-                    ),
-                );
+            match ClientAuth::NAMES.iter().find(|e| e.0 == k.v) {
+                Some(e) => client_auth_type = Some(e.1),
+                None => {
+                    let names: Vec<&str> = ClientAuth::NAMES.iter().map(|e| e.0).collect();
+                    d.error(
+                        k.at,
+                        format!(
+                            "`{}.clientAuthType` {:?} is not one of {}",
+                            ca.path,
+                            k.v,
+                            names.join(", ")
+                        ),
+                    );
+                }
             }
         } else if !client_ca_files.is_empty() {
             // Traefik: CA files without a type mean "require and verify".
-            client_auth_type = Some("RequireAndVerifyClientCert".to_string());
+            client_auth_type = Some(ClientAuth::RequireAndVerifyClientCert);
         }
-        let verifies = matches!(
-            client_auth_type.as_deref(),
-            Some("VerifyClientCertIfGiven" | "RequireAndVerifyClientCert")
-        );
+        let verifies = client_auth_type.is_some_and(ClientAuth::verifies);
         if verifies && client_ca_files.is_empty() {
             d.error(
                 kind.as_ref().map_or(ca.at, |k| k.at),
@@ -243,10 +190,12 @@ pub(super) fn options(
     }
 }
 
-fn version(n: &Node<'_>, d: &mut Diags) -> Option<Sp<String>> {
+fn version(n: &Node<'_>, d: &mut Diags) -> Option<Sp<TlsVersion>> {
     let s = n.str(d)?;
+    if let Some(e) = TlsVersion::NAMES.iter().find(|e| e.0 == s.v) {
+        return Some(Sp::new(e.1, s.at));
+    }
     match s.v.as_str() {
-        "VersionTLS12" | "VersionTLS13" => Some(s),
         "VersionTLS10" | "VersionTLS11" => {
             d.error(
                 s.at,
@@ -272,7 +221,7 @@ fn version(n: &Node<'_>, d: &mut Diags) -> Option<Sp<String>> {
 
 /// Checks every name of a list with `check` (which returns the canonical
 /// spelling or why it is refused), reporting each bad one at its position.
-fn names(n: &Node<'_>, d: &mut Diags, check: fn(&str) -> Result<String, String>) -> Vec<String> {
+fn names<T>(n: &Node<'_>, d: &mut Diags, check: fn(&str) -> Result<T, String>) -> Vec<T> {
     let mut out = Vec::new();
     for s in n.str_list(d).unwrap_or_default() {
         match check(&s.v) {
@@ -283,12 +232,9 @@ fn names(n: &Node<'_>, d: &mut Diags, check: fn(&str) -> Result<String, String>)
     out
 }
 
-fn cipher_suite(s: &str) -> Result<String, String> {
-    if let Some((canon, _)) = CIPHER_SUITES
-        .iter()
-        .find(|(c, alias)| s == *c || s == *alias)
-    {
-        return Ok((*canon).to_string());
+fn cipher_suite(s: &str) -> Result<CipherSuite, String> {
+    if let Some(c) = CipherSuite::by_name(s) {
+        return Ok(c);
     }
     if s.contains("_CBC_") {
         return Err(format!(
@@ -305,21 +251,21 @@ fn cipher_suite(s: &str) -> Result<String, String> {
             "{s}: rustls supports only ECDHE key exchange (forward secrecy), not static RSA"
         ));
     }
-    let known: Vec<&str> = CIPHER_SUITES.iter().map(|(c, _)| *c).collect();
+    let known: Vec<&str> = CipherSuite::NAMES.iter().map(|e| e.0).collect();
     Err(format!(
         "unknown cipher suite {s:?} (supported: {})",
         known.join(", ")
     ))
 }
 
-fn curve(s: &str) -> Result<String, String> {
-    if let Some((canon, _)) = CURVES.iter().find(|(c, alias)| s == *c || s == *alias) {
-        return Ok((*canon).to_string());
+fn curve(s: &str) -> Result<Curve, String> {
+    if let Some(c) = Curve::by_name(s) {
+        return Ok(c);
     }
     if s == "CurveP521" || s == "secp521r1" {
         return Err(format!("{s}: rustls does not implement P-521"));
     }
-    let known: Vec<&str> = CURVES.iter().map(|(c, _)| *c).collect();
+    let known: Vec<&str> = Curve::NAMES.iter().map(|e| e.0).collect();
     Err(format!(
         "unknown curve {s:?} (supported: {})",
         known.join(", ")
@@ -346,7 +292,7 @@ mod tests {
     #[test]
     fn cipher_suites_are_checked_against_rustls() {
         assert_eq!(
-            cipher_suite("TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305").as_deref(),
+            cipher_suite("TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305").map(CipherSuite::name),
             Ok("TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256")
         );
         assert!(cipher_suite("TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA")
@@ -360,8 +306,8 @@ mod tests {
 
     #[test]
     fn curves_are_canonical() {
-        assert_eq!(curve("secp256r1").as_deref(), Ok("CurveP256"));
-        assert_eq!(curve("X25519").as_deref(), Ok("X25519"));
+        assert_eq!(curve("secp256r1"), Ok(Curve::P256));
+        assert_eq!(curve("X25519"), Ok(Curve::X25519));
         assert!(curve("CurveP521").unwrap_err().contains("P-521"));
     }
 }

@@ -72,6 +72,26 @@ pub fn duration_or_never(n: &Node<'_>, d: &mut Diags) -> Option<Option<Duration>
     Some((ns.v >= 0).then(|| from_nanos(ns.v)))
 }
 
+/// `terminationDelay` as a duration: negative means never.
+pub fn termination_delay(n: &Node<'_>, d: &mut Diags) -> Option<model::TerminationDelay> {
+    duration_or_never(n, d).map(|v| {
+        v.map_or(
+            model::TerminationDelay::Never,
+            model::TerminationDelay::After,
+        )
+    })
+}
+
+/// `terminationDelay` as the deprecated integer of milliseconds: negative
+/// means never.
+pub fn termination_delay_ms(n: &Node<'_>, d: &mut Diags) -> Option<model::TerminationDelay> {
+    let ms = n.int(d)?;
+    Some(match u64::try_from(ms.v) {
+        Ok(ms) => model::TerminationDelay::After(Duration::from_millis(ms)),
+        Err(_) => model::TerminationDelay::Never,
+    })
+}
+
 /// Reads `key` from `t` with `read`, or gives `default`.
 pub fn or_default<T>(
     t: &mut Tbl<'_>,
@@ -194,13 +214,12 @@ pub fn cert_pair(
 }
 
 /// `proxyProtocol.version`: 1 or 2.
-pub fn proxy_version(n: &Node<'_>, d: &mut Diags) -> Option<u8> {
+pub fn proxy_version(n: &Node<'_>, d: &mut Diags) -> Option<model::ProxyVersion> {
     let v = n.int(d)?;
-    match v.v {
-        1 => Some(1),
-        2 => Some(2),
-        other => {
-            d.error(v.at, format!("`{}` must be 1 or 2, not {other}", n.path));
+    match model::ProxyVersion::NUMBERS.iter().find(|e| e.0 == v.v) {
+        Some(e) => Some(e.1),
+        None => {
+            d.error(v.at, format!("`{}` must be 1 or 2, not {}", n.path, v.v));
             None
         }
     }

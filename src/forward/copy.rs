@@ -3,7 +3,6 @@
 //! where a splice's two system calls and pipe cost more than one copy.
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use super::buffers::PooledBuf;
@@ -34,7 +33,7 @@ pub(crate) async fn pump(dir: Dir<'_>, buffer_size: usize) -> DirEnd {
 pub(crate) async fn copy_once(dir: &Dir<'_>, buffer_size: usize) -> Result<Option<bool>, DirEnd> {
     let mut buf = PooledBuf::take(buffer_size);
     let b = buf.as_mut();
-    let n = match sys::recv(dir.src.as_raw_fd(), b) {
+    let n = match sys::recv(sys::fd(dir.src), b) {
         Ok(0) => {
             pass_fin(dir.dst);
             return Ok(None);
@@ -45,7 +44,7 @@ pub(crate) async fn copy_once(dir: &Dir<'_>, buffer_size: usize) -> Result<Optio
     };
     // Counted as written, so a pump dropped mid-write has counted exactly
     // what its destination socket took.
-    let dfd = dir.dst.as_raw_fd();
+    let dfd = sys::fd(dir.dst);
     let mut rest = &b[..n];
     while !rest.is_empty() {
         match sys::send(dfd, rest) {

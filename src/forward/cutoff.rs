@@ -34,7 +34,9 @@ pub struct Cutoff {
     phase: Cell<Phase>,
     waker: Cell<Option<Waker>>,
     /// The backend socket once dialed, so a cut before forwarding can reset
-    /// it before the phase that owns it is dropped.
+    /// it before the phase that owns it is dropped. Kept by number (the
+    /// phase owns the socket): it is only used while that phase is alive,
+    /// through `sys::remembered`.
     backend: Cell<Option<RawFd>>,
     /// `(load-balancer service name, server address as written)` of a
     /// session whose service closes sessions of servers that go down

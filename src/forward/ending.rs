@@ -1,8 +1,14 @@
-//! How a forwarded connection's two sockets are closed: the one ending policy
-//! of `duplex` and of the TLS pump (both call `fates` then `close`).
+//! How a forwarded connection ends: the one ending policy of `duplex`, of the
+//! TLS pump and of the completion engine.
 //!
-//! The rule (reliability promise 5): each socket's fate is decided by the
-//! direction that *writes into* it.
+//! - When: `settled` says when the directions' own states end the phase (a
+//!   failure on either side at once, or both finished); while it runs,
+//!   `Timers` says when a timer ends it (the drain's cut, `terminationDelay`
+//!   from the first finished direction, the idle timeout).
+//! - How: `fates` then `close` decide and carry out each socket's close.
+//!
+//! The rule for each socket: its fate is decided by the direction that
+//! *writes into* it.
 //! - That direction finished (its FIN, after close_notify for TLS, was passed
 //!   on): the socket keeps every queued byte, however slowly its peer reads.
 //!   A plain `close()` keeps delivering the kernel's queue, but turns into a
@@ -15,7 +21,7 @@
 //! - A reset or failure of one peer is passed on to the other peer as a reset,
 //!   after the bytes already queued to it have left (`abort_after_drain`).
 //!
-//! Counting (reliability promise 3, exact bytes): the pumps count a byte when
+//! Counting (exact bytes): the pumps count a byte when
 //! it is written into the destination socket. When a socket is reset (or its
 //! peer is gone) with bytes still queued, `close` says how many were lost:
 //! the kernel's unacknowledged queue (SIOCOUTQ) plus what the caller still
@@ -25,14 +31,15 @@
 
 use std::future::{poll_fn, Future};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
-use std::pin::pin;
-use std::task::Poll;
+use std::os::fd::BorrowedFd;
+use std::pin::{pin, Pin};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
+use monoio::time::Sleep;
 
-use super::{Cutoff, Outcome};
+use super::{Cutoff, Opts, Outcome};
 use crate::sys;
 
 /// Longest wait for a send queue to drain before an abortive close. A peer that
@@ -61,6 +68,105 @@ pub enum Flow {
     Finished,
     /// The source or the destination failed.
     Failed,
+}
+
+/// Where one direction stands, as far as the end of the phase is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Moving bytes, waiting for them, or passing its end of stream on.
+    Running,
+    /// Its end of stream was passed on (close_notify and FIN for TLS).
+    Finished,
+    /// Reading its source failed (a reset, a protocol error).
+    SrcFailed,
+    /// Writing its destination failed.
+    DstFailed,
+}
+
+impl Progress {
+    /// How the direction stood, for the sockets' fates.
+    pub fn flow(self) -> Flow {
+        match self {
+            Progress::Running => Flow::Open,
+            Progress::Finished => Flow::Finished,
+            Progress::SrcFailed | Progress::DstFailed => Flow::Failed,
+        }
+    }
+}
+
+/// The outcome the directions' own states decide, if the phase is over:
+/// a failure of the client's socket (reading it in `up`, writing it in
+/// `down`) ends both directions at once as `ClientReset`, one of the
+/// backend's as `BackendReset`; both finished is `Closed`. `None`: still
+/// running (only a timer or the drain can end it now).
+pub fn settled(up: Progress, down: Progress) -> Option<Outcome> {
+    use Progress::*;
+    match (up, down) {
+        (SrcFailed, _) | (_, DstFailed) => Some(Outcome::ClientReset),
+        (DstFailed, _) | (_, SrcFailed) => Some(Outcome::BackendReset),
+        (Finished, Finished) => Some(Outcome::Closed),
+        _ => None,
+    }
+}
+
+/// The timers of a running forwarding phase. `terminationDelay` runs from
+/// the first poll that sees one direction finished (never reset: the other
+/// direction has that long to end too); the idle timeout fires when no byte
+/// moved either way for that long; the drain's cut ends it whenever it comes.
+pub struct Timers {
+    termination_delay: Option<Duration>,
+    idle_timeout: Option<Duration>,
+    /// Boxed: most connections never arm it, and an inline timer would
+    /// enlarge every connection's future.
+    fin: Option<Pin<Box<Sleep>>>,
+    idle: Option<Pin<Box<Sleep>>>,
+}
+
+impl Timers {
+    pub fn new(opts: &Opts) -> Timers {
+        Timers {
+            termination_delay: opts.termination_delay.duration(),
+            idle_timeout: opts.idle_timeout,
+            fin: None,
+            idle: opts.idle_timeout.map(|d| Box::pin(monoio::time::sleep(d))),
+        }
+    }
+
+    /// `Ready(outcome)` when a timer (or the drain) ends the phase now.
+    /// `half_closed`: one direction has finished; `last_active`: when a byte
+    /// last moved in either direction. Registers every armed timer with
+    /// `cx` when it returns `Pending`.
+    pub fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        cut: &Cutoff,
+        half_closed: bool,
+        last_active: Instant,
+    ) -> Poll<Outcome> {
+        if cut.poll_cut(cx).is_ready() {
+            return Poll::Ready(Outcome::Drained);
+        }
+        if let (true, Some(d)) = (half_closed, self.termination_delay) {
+            let sleep = self
+                .fin
+                .get_or_insert_with(|| Box::pin(monoio::time::sleep(d)));
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Outcome::TerminationDelay);
+            }
+        }
+        if let (Some(limit), Some(timer)) = (self.idle_timeout, self.idle.as_mut()) {
+            if timer.as_mut().poll(cx).is_ready() {
+                let quiet = last_active.elapsed();
+                if quiet >= limit {
+                    return Poll::Ready(Outcome::IdleTimeout);
+                }
+                *timer = Box::pin(monoio::time::sleep(limit - quiet));
+                // Register the new timer with the waker.
+                let _ = timer.as_mut().poll(cx);
+            }
+        }
+        Poll::Pending
+    }
 }
 
 /// What happens to one socket.
@@ -149,7 +255,7 @@ pub async fn close(
 }
 
 async fn close_one(fate: Fate, side: Side<'_>, cut: &Cutoff) -> u64 {
-    let fd = side.sock.as_raw_fd();
+    let fd = sys::fd(side.sock);
     // A FIN passed on takes one sequence number in the kernel's queue
     // (SIOCOUTQ counts it until acknowledged); it is not a byte.
     let fin = u64::from(side.writer == Flow::Finished);
@@ -177,7 +283,7 @@ async fn close_one(fate: Fate, side: Side<'_>, cut: &Cutoff) -> u64 {
     }
 }
 
-fn queued(fd: RawFd) -> u64 {
+fn queued(fd: BorrowedFd<'_>) -> u64 {
     sys::unsent_bytes(fd).map_or(0, |n| n as u64)
 }
 
@@ -187,7 +293,7 @@ fn queued(fd: RawFd) -> u64 {
 /// and never looks like a clean end. Returns the bytes still queued when the
 /// reset was armed: the peer never gets them.
 pub async fn abort_after_drain(s: &TcpStream, cut: &Cutoff) -> u64 {
-    let fd = s.as_raw_fd();
+    let fd = sys::fd(s);
     let start = Instant::now();
     // Stop as soon as the queue is empty, or the peer is gone (a reset socket
     // keeps its unacknowledged bytes queued forever).
@@ -213,7 +319,7 @@ enum Input {
 }
 
 /// Read and discard what is pending (up to `DISCARD_READS` reads).
-fn discard_input(fd: RawFd) -> Input {
+fn discard_input(fd: BorrowedFd<'_>) -> Input {
     let mut buf = [0u8; 16 * 1024];
     for _ in 0..DISCARD_READS {
         match sys::recv(fd, &mut buf) {
@@ -231,7 +337,7 @@ fn discard_input(fd: RawFd) -> Input {
 /// peer ends its side, or `KEEP_DRAIN_MAX`, or a drain's cut), then leave no
 /// unread input behind so the close is a FIN, never a reset.
 async fn keep_drain(s: &TcpStream, cut: &Cutoff) {
-    let fd = s.as_raw_fd();
+    let fd = sys::fd(s);
     let start = Instant::now();
     loop {
         if discard_input(fd) == Input::Ended {
@@ -289,5 +395,130 @@ mod tests {
                 [Fate::ResetAfterDrain, Fate::Gone]
             );
         }
+    }
+
+    /// One step of a forwarding phase: the directions' states as the pump
+    /// last saw them, what ends the phase then (`settled`, else a timer),
+    /// and the sockets' fates when it ends.
+    fn step(up: Progress, down: Progress, timer: Option<Outcome>) -> String {
+        let half_closed = up == Progress::Finished || down == Progress::Finished;
+        match settled(up, down).or(timer) {
+            None => format!("running half_closed={half_closed}"),
+            Some(o) => format!("{} {:?}", o.as_str(), fates(o, up.flow(), down.flow())),
+        }
+    }
+
+    /// Transcripts of whole connections through the one ending policy, as
+    /// the copy/splice pumps, the TLS pump and the completion engine feed it.
+    #[test]
+    fn ending_transcripts() {
+        use Progress::*;
+        // The client finishes first; the backend never answers its FIN and
+        // terminationDelay passes: the backend got the whole stream (kept),
+        // the client's stream was cut (reset).
+        let t = [
+            step(Running, Running, None),
+            step(Finished, Running, None),
+            step(Finished, Running, Some(Outcome::TerminationDelay)),
+        ];
+        assert_eq!(
+            t,
+            [
+                "running half_closed=false",
+                "running half_closed=true",
+                "termination_delay [Reset, Keep { input_done: false }]",
+            ]
+        );
+        // Both finish: a timer that fires in the same poll is too late.
+        let t = [
+            step(Running, Finished, None),
+            step(Finished, Finished, Some(Outcome::TerminationDelay)),
+        ];
+        assert_eq!(
+            t,
+            [
+                "running half_closed=true",
+                "closed [Keep { input_done: true }, Keep { input_done: true }]",
+            ]
+        );
+        // The backend resets while the client is still sending: the client
+        // is reset after its queue has left; the failure wins over a drain.
+        let t = [
+            step(Running, Running, None),
+            step(DstFailed, Running, Some(Outcome::Drained)),
+        ];
+        assert_eq!(
+            t,
+            [
+                "running half_closed=false",
+                "backend_reset [ResetAfterDrain, Gone]",
+            ]
+        );
+        // The client's read fails after the backend finished.
+        assert_eq!(
+            step(SrcFailed, Finished, None),
+            "client_reset [Gone, ResetAfterDrain]"
+        );
+        // Writing to the client fails (it is gone).
+        assert_eq!(
+            step(Running, DstFailed, None),
+            "client_reset [Gone, ResetAfterDrain]"
+        );
+        // Nothing moves for the idle timeout, or the drain cuts: both
+        // streams were cut, both sockets are reset.
+        for o in [Outcome::IdleTimeout, Outcome::Drained] {
+            assert_eq!(
+                step(Running, Running, Some(o)),
+                format!("{} [Reset, Reset]", o.as_str())
+            );
+        }
+    }
+
+    /// The timers in the order they are checked: the drain's cut first,
+    /// terminationDelay only once a direction finished, then the idle
+    /// timeout; with none armed and no cut, nothing ends the phase.
+    #[test]
+    fn timers_transcript() {
+        use std::task::{Context, Waker};
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let opts = |td: Option<Duration>, idle: Option<Duration>| Opts {
+                termination_delay: td.map_or(
+                    crate::model::TerminationDelay::Never,
+                    crate::model::TerminationDelay::After,
+                ),
+                idle_timeout: idle,
+                mode: crate::model::Forwarding::Copy,
+                buffer_size: 16 * 1024,
+            };
+            let cut = Cutoff::default();
+            let mut cx = Context::from_waker(Waker::noop());
+            let now = Instant::now();
+            // No timer armed: still running, half-closed or not.
+            let mut t = Timers::new(&opts(None, None));
+            assert_eq!(t.poll(&mut cx, &cut, false, now), Poll::Pending);
+            assert_eq!(t.poll(&mut cx, &cut, true, now), Poll::Pending);
+            // terminationDelay does not run before a direction finished
+            // (an hour, so only the half-close can start it).
+            let mut t = Timers::new(&opts(Some(Duration::from_secs(3600)), None));
+            assert_eq!(t.poll(&mut cx, &cut, false, now), Poll::Pending);
+            let mut t = Timers::new(&opts(Some(Duration::ZERO), None));
+            let o = poll_fn(|cx| t.poll(cx, &cut, true, now)).await;
+            assert_eq!(o, Outcome::TerminationDelay);
+            // Idle: nothing moved since `now` for longer than zero.
+            let mut t = Timers::new(&opts(None, Some(Duration::ZERO)));
+            let o = poll_fn(|cx| t.poll(cx, &cut, false, now)).await;
+            assert_eq!(o, Outcome::IdleTimeout);
+            // A cut ends it before any timer.
+            cut.cut();
+            let mut t = Timers::new(&opts(Some(Duration::ZERO), Some(Duration::ZERO)));
+            assert_eq!(
+                t.poll(&mut cx, &cut, true, now),
+                Poll::Ready(Outcome::Drained)
+            );
+        });
     }
 }

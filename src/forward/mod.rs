@@ -7,7 +7,7 @@
 //! operations ever left in flight are readiness polls, dropping a pump (on a
 //! reset or a deadline) never loses bytes that were already read.
 //!
-//! Promises kept here (RELIABILITY.md):
+//! Promises kept here:
 //! - a FIN is passed on with `shutdown(SHUT_WR)` after every byte before it,
 //!   and the other direction keeps flowing until it ends too or
 //!   `terminationDelay` (from the first FIN) expires;
@@ -15,7 +15,8 @@
 //!   after the bytes already written to it have left (SIOCOUTQ drains);
 //! - when a timer or the end of a drain (`Cutoff`) ends the connection, a
 //!   direction that had finished keeps every queued byte and only a direction
-//!   cut mid-stream is reset (ending.rs, shared with the TLS pump);
+//!   cut mid-stream is reset (`ending`, shared with the TLS pump and the
+//!   completion engine, which also decides when the phase ends);
 //! - bytes are counted as written into the destination, minus what a reset
 //!   destroyed in the queue: the access log counts what the peer can have
 //!   received;
@@ -36,16 +37,15 @@ use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
-use crate::model::Forwarding;
+use crate::model::{Forwarding, TerminationDelay};
 use crate::sys;
-use ending::{Flow, Side};
+use ending::{Progress, Side, Timers};
 
 /// How often a worker gives back pooled buffers and pipes that stayed unused
 /// for a whole period (`trim_pools`): idle memory and descriptors return to
@@ -65,12 +65,23 @@ pub fn trim_pools() {
 /// How a connection is forwarded, resolved from the snapshot.
 #[derive(Debug, Clone, Copy)]
 pub struct Opts {
-    /// `None`: wait for the second direction forever after the first FIN.
-    pub termination_delay: Option<Duration>,
+    /// How long the second direction may go on after the first FIN.
+    pub termination_delay: TerminationDelay,
     /// Close when no byte moved in either direction for this long.
     pub idle_timeout: Option<Duration>,
     pub mode: Forwarding,
     pub buffer_size: usize,
+}
+
+impl Opts {
+    /// The same options with the readiness pumps' `auto` mode: what a
+    /// connection the completion engine cannot take is forwarded with.
+    pub fn readiness(self) -> Opts {
+        Opts {
+            mode: Forwarding::Auto,
+            ..self
+        }
+    }
 }
 
 /// How the forwarding phase ended (the access-log outcome).
@@ -135,12 +146,12 @@ pub(crate) struct Dir<'a> {
 
 /// Pass a FIN on: every byte before it has been written already.
 pub(crate) fn pass_fin(dst: &TcpStream) {
-    let _ = sys::shutdown(dst.as_raw_fd(), Shutdown::Write);
+    let _ = sys::shutdown(sys::fd(dst), Shutdown::Write);
 }
 
 /// Write all of `buf` to a non-blocking socket, waiting for writability.
 pub async fn write_all(dst: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
-    let fd = dst.as_raw_fd();
+    let fd = sys::fd(dst);
     while !buf.is_empty() {
         match sys::send(fd, buf) {
             Ok(n) => buf = &buf[n..],
@@ -157,7 +168,7 @@ fn pump<'a>(dir: Dir<'a>, opts: &Opts) -> Pin<Box<dyn Future<Output = DirEnd> + 
     match opts.mode {
         Forwarding::Copy => Box::pin(copy::pump(dir, opts.buffer_size)),
         Forwarding::Splice => Box::pin(splice::pump(dir, opts.buffer_size, false)),
-        // `completion` on a driver without it (crate::completion) is `auto`.
+        // `completion` on a driver without a completion engine is `auto`.
         Forwarding::Auto | Forwarding::Completion => {
             Box::pin(splice::pump(dir, opts.buffer_size, true))
         }
@@ -165,11 +176,12 @@ fn pump<'a>(dir: Dir<'a>, opts: &Opts) -> Pin<Box<dyn Future<Output = DirEnd> + 
 }
 
 impl DirEnd {
-    fn flow(end: &Option<DirEnd>) -> Flow {
+    fn progress(end: &Option<DirEnd>) -> Progress {
         match end {
-            None => Flow::Open,
-            Some(DirEnd::Eof) => Flow::Finished,
-            Some(DirEnd::SrcFailed(_) | DirEnd::DstFailed(_)) => Flow::Failed,
+            None => Progress::Running,
+            Some(DirEnd::Eof) => Progress::Finished,
+            Some(DirEnd::SrcFailed(_)) => Progress::SrcFailed,
+            Some(DirEnd::DstFailed(_)) => Progress::DstFailed,
         }
     }
 }
@@ -202,8 +214,7 @@ pub async fn duplex(
     let mut b = pump(b2c, opts);
     let mut a_end: Option<DirEnd> = None;
     let mut b_end: Option<DirEnd> = None;
-    let mut fin_deadline: Option<Pin<Box<monoio::time::Sleep>>> = None;
-    let mut idle = opts.idle_timeout.map(|d| Box::pin(monoio::time::sleep(d)));
+    let mut timers = Timers::new(opts);
 
     let outcome = poll_fn(|cx| {
         if a_end.is_none() {
@@ -216,46 +227,20 @@ pub async fn duplex(
                 b_end = Some(e);
             }
         }
-        // A failure on either side ends both directions at once.
-        match (&a_end, &b_end) {
-            (Some(DirEnd::SrcFailed(_)), _) | (_, Some(DirEnd::DstFailed(_))) => {
-                return Poll::Ready(Outcome::ClientReset)
-            }
-            (Some(DirEnd::DstFailed(_)), _) | (_, Some(DirEnd::SrcFailed(_))) => {
-                return Poll::Ready(Outcome::BackendReset)
-            }
-            (Some(DirEnd::Eof), Some(DirEnd::Eof)) => return Poll::Ready(Outcome::Closed),
-            _ if cut.poll_cut(cx).is_ready() => return Poll::Ready(Outcome::Drained),
-            (None, None) => {}
-            _ => {
-                if let Some(d) = opts.termination_delay {
-                    let sleep =
-                        fin_deadline.get_or_insert_with(|| Box::pin(monoio::time::sleep(d)));
-                    if sleep.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Outcome::TerminationDelay);
-                    }
-                }
-            }
+        let (up, down) = (DirEnd::progress(&a_end), DirEnd::progress(&b_end));
+        if let Some(o) = ending::settled(up, down) {
+            return Poll::Ready(o);
         }
-        if let (Some(limit), Some(timer)) = (opts.idle_timeout, idle.as_mut()) {
-            if timer.as_mut().poll(cx).is_ready() {
-                let quiet = last_active.get().elapsed();
-                if quiet >= limit {
-                    return Poll::Ready(Outcome::IdleTimeout);
-                }
-                *timer = Box::pin(monoio::time::sleep(limit - quiet));
-                // Register the new timer with the waker.
-                let _ = timer.as_mut().poll(cx);
-            }
-        }
-        Poll::Pending
+        let half_closed = up == Progress::Finished || down == Progress::Finished;
+        timers.poll(cx, cut, half_closed, last_active.get())
     })
     .await;
     // The pumps hold nothing between writes that was counted: a buffer or
     // pipe still holding bytes holds bytes not yet counted.
     drop(a);
     drop(b);
-    let (up_flow, down_flow) = (DirEnd::flow(&a_end), DirEnd::flow(&b_end));
+    let up_flow = DirEnd::progress(&a_end).flow();
+    let down_flow = DirEnd::progress(&b_end).flow();
     let error = [a_end, b_end].into_iter().flatten().find_map(|e| match e {
         DirEnd::SrcFailed(e) | DirEnd::DstFailed(e) => Some(e),
         DirEnd::Eof => None,

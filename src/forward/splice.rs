@@ -12,7 +12,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use super::copy::copy_once;
@@ -99,8 +98,8 @@ impl Drop for PooledPipe {
 /// Small request/response traffic never pays for pipes; bulk flows move
 /// without copies after their first buffer.
 pub(crate) async fn pump(dir: Dir<'_>, buffer_size: usize, adaptive: bool) -> DirEnd {
-    let src_fd = dir.src.as_raw_fd();
-    let dst_fd = dir.dst.as_raw_fd();
+    let src_fd = sys::fd(dir.src);
+    let dst_fd = sys::fd(dir.dst);
     let mut bulky = !adaptive;
     loop {
         if let Err(e) = dir.src.readable(false).await {
@@ -128,7 +127,7 @@ pub(crate) async fn pump(dir: Dir<'_>, buffer_size: usize, adaptive: bool) -> Di
                 }
             };
             let (wr, rd, cap) = match &pp.pipe {
-                Some(p) => (p.wr, p.rd, p.capacity),
+                Some(p) => (p.wr(), p.rd(), p.capacity),
                 None => return DirEnd::SrcFailed(io::Error::other("pipe missing")),
             };
             let n = match sys::splice(src_fd, wr, cap) {

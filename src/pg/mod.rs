@@ -19,7 +19,6 @@ use std::collections::HashMap;
 use std::future::{poll_fn, Future as _};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::pin::pin;
 use std::sync::{LazyLock, Mutex};
 use std::task::Poll;
@@ -110,7 +109,7 @@ impl Front<'_> {
         match self {
             Front::Plain(s) => {
                 let mut b = [0u8; 8192];
-                match sys::recv(s.as_raw_fd(), &mut b) {
+                match sys::recv(sys::fd(s), &mut b) {
                     Ok(n) => {
                         out.extend_from_slice(&b[..n]);
                         Ok(Some(n))
@@ -175,7 +174,7 @@ pub async fn relay_startup(
     let mut moved = Moved::default();
     let mut buf = vec![0u8; 8192];
     let mut up = Vec::new();
-    let bfd = backend.as_raw_fd();
+    let bfd = sys::fd(backend);
     while !scan.done {
         let mut idle = true;
         match sys::recv(bfd, &mut buf) {
@@ -274,7 +273,7 @@ pub async fn forward_cancel(pid: u32, secret: &[u8], request: &[u8]) -> CancelEn
         Ok(Ok(s)) => s,
         _ => return CancelEnd::Failed,
     };
-    let fd = stream.as_raw_fd();
+    let fd = sys::fd(&stream);
     if sys::set_nonblocking(fd).is_err() || write_all(&stream, request).await.is_err() {
         return CancelEnd::Failed;
     }

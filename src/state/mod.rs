@@ -17,7 +17,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -245,7 +245,7 @@ impl Shared {
             return;
         }
         for (_, l) in held.iter().filter(|(e, _)| *e == ep) {
-            let _ = crate::sys::shutdown(l.as_raw_fd(), std::net::Shutdown::Both);
+            let _ = crate::sys::shutdown(l.as_fd(), std::net::Shutdown::Both);
         }
         drop(held);
         let name = self

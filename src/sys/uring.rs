@@ -1,5 +1,5 @@
 //! The completion seam: one extra io_uring per worker thread, owned by the
-//! completion engine (`crate::completion`), beside monoio's own ring.
+//! completion engine, beside monoio's own ring.
 //!
 //! monoio 0.2.4 keeps its ring private, and has no multishot receive and no
 //! provided-buffer rings, so the forwarding path drives a ring of its own on

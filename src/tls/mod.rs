@@ -9,11 +9,13 @@
 //! `tls = true` server. Every built state has a default certificate: the
 //! configured one or a self-signed one generated once per process.
 //!
-//! Module map: `store` (certificates, SNI), `options` (rustls configs),
-//! `handshake` (server and client handshakes under one deadline), `side`
-//! (one rustls unbuffered connection and its buffers), `pump` (both
-//! directions, half-close, resets), `buf` (pooled buffers), `x509` (expiry
-//! and common name).
+//! Module map: `store` (certificates, SNI), `options` (rustls configs from
+//! the typed options of the snapshot), `handshake` (server and client
+//! handshakes under one deadline), `side` (one rustls unbuffered connection
+//! and its buffers, whatever its role; the TLS error type), `pump` (both
+//! directions; when and how it ends is `forward::ending`'s policy), `pg_io`
+//! (plaintext reads and writes of the PostgreSQL startup phase), `buf`
+//! (pooled buffers), `x509` (expiry and common name).
 //!
 //! rustls' unbuffered API: ciphertext is read into the connection's own
 //! buffer and decrypted there, the plaintext record is written straight to
@@ -34,7 +36,6 @@ mod x509;
 
 use std::fmt;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,7 +49,7 @@ use crate::model::{Config, ServiceKind};
 use handshake::HsError;
 use options::ClientSide;
 use pump::{Peer, Pump};
-use side::TlsSide;
+use side::{TlsError, TlsSide};
 use store::CertStore;
 
 /// Certificates and rustls configs of one snapshot. Self-contained: a
@@ -244,19 +245,19 @@ pub async fn originate(
     }
     let pump = Pump::new(
         Peer::Plain(pending),
-        Peer::Client(side),
-        client.as_raw_fd(),
-        backend.as_raw_fd(),
+        Peer::Tls(side),
+        crate::sys::fd(client),
+        crate::sys::fd(backend),
     );
     pump::run(pump, client, backend, opts, cut).await
 }
 
 /// Why a terminated connection ended before forwarding.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum TlsEnd {
     /// The handshake failed (bad or unsupported client hello, version or
     /// cipher mismatch, ALPN mismatch, an alert from the client...).
-    HandshakeFailed(rustls::Error),
+    HandshakeFailed(TlsError),
     /// `sniStrict` and no certificate for the client's SNI.
     NoCertificate,
     /// mTLS: the client's certificate was missing or did not verify.
@@ -270,6 +271,16 @@ pub enum TlsEnd {
 }
 
 impl TlsEnd {
+    /// The cause, for the access log's `error=`: what rustls said when it
+    /// refused the handshake.
+    pub fn cause(&self) -> Option<io::Error> {
+        match self {
+            TlsEnd::HandshakeFailed(e) => Some(side::tls_io(e.clone())),
+            TlsEnd::ClientCertificate(e) => Some(side::tls_io(e.clone())),
+            _ => None,
+        }
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             TlsEnd::HandshakeFailed(_) => "tls_handshake_failed",
@@ -306,12 +317,11 @@ pub async fn handshake(
         .get(options)
         .or(state.servers.first())
         .ok_or(TlsEnd::NotConfigured)?;
-    let conn = UnbufferedServerConnection::new(config.clone()).map_err(TlsEnd::HandshakeFailed)?;
+    let conn = UnbufferedServerConnection::new(config.clone())
+        .map_err(|e| TlsEnd::HandshakeFailed(e.into()))?;
     let mut side = Box::new(TlsSide::new(conn));
     if side.cin.push(peeked) != peeked.len() {
-        return Err(TlsEnd::HandshakeFailed(rustls::Error::General(
-            "client hello larger than the input buffer".into(),
-        )));
+        return Err(TlsEnd::HandshakeFailed(TlsError::HelloTooLarge));
     }
     match handshake::run(&mut side, client, deadline).await {
         Ok(()) => Ok(Accepted { side }),
@@ -323,9 +333,10 @@ pub async fn handshake(
                 return Err(TlsEnd::NoCertificate);
             }
             Err(match e {
-                rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_) => {
-                    TlsEnd::ClientCertificate(e)
-                }
+                TlsError::Rustls(
+                    e @ (rustls::Error::NoCertificatesPresented
+                    | rustls::Error::InvalidCertificate(_)),
+                ) => TlsEnd::ClientCertificate(e),
                 e => TlsEnd::HandshakeFailed(e),
             })
         }
@@ -361,7 +372,7 @@ impl Accepted {
         let backend_peer = match backend_tls {
             None => Peer::Plain(buf::Buf::default()),
             Some(bt) => match connect_backend(state, backend, &bt).await {
-                Ok(side) => Peer::Client(side),
+                Ok(side) => Peer::Tls(side),
                 Err(e) => {
                     abort_after_drain(client, cut).await;
                     let report = Report {
@@ -373,10 +384,10 @@ impl Accepted {
             },
         };
         let pump = Pump::new(
-            Peer::Server(self.side),
+            Peer::Tls(self.side),
             backend_peer,
-            client.as_raw_fd(),
-            backend.as_raw_fd(),
+            crate::sys::fd(client),
+            crate::sys::fd(backend),
         );
         pump::run(pump, client, backend, opts, cut).await
     }
@@ -445,31 +456,10 @@ pub async fn answer_acme_tls_alpn(client: &TcpStream, peeked: &[u8], deadline: O
     {
         return;
     }
-    close_after_handshake(side, client, deadline).await;
-}
-
-async fn close_after_handshake(
-    mut side: Box<TlsSide<UnbufferedServerConnection>>,
-    client: &TcpStream,
-    deadline: Instant,
-) {
     if side.close_notify().is_err() {
         return;
     }
-    let fd = client.as_raw_fd();
-    loop {
-        match side.flush(fd) {
-            Ok(false) => {}
-            Ok(true) | Err(_) => return,
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if !matches!(
-            monoio::time::timeout(left, client.writable(false)).await,
-            Ok(Ok(()))
-        ) {
-            return;
-        }
-    }
+    let _ = handshake::flush(&mut side, client, Some(deadline)).await;
 }
 
 /// The longest a refused client may take to complete its handshake when the
@@ -504,18 +494,5 @@ pub async fn refuse(
     if side.close_notify().is_err() {
         return;
     }
-    let fd = client.as_raw_fd();
-    loop {
-        match side.flush(fd) {
-            Ok(false) => {}
-            Ok(true) | Err(_) => return,
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if !matches!(
-            monoio::time::timeout(left, client.writable(false)).await,
-            Ok(Ok(()))
-        ) {
-            return;
-        }
-    }
+    let _ = handshake::flush(&mut side, client, Some(deadline)).await;
 }

@@ -24,7 +24,9 @@ use rustls::{
 
 use super::store::{self, CertStore, Resolver};
 use crate::config;
-use crate::model::{ConfigPath, PeerSan, TlsOptions, TransportTls};
+use crate::model::{
+    CipherSuite, ClientAuth, ConfigPath, Curve, PeerSan, TlsOptions, TlsVersion, TransportTls,
+};
 
 /// Where Debian (and most distributions) keep the system CA bundle, used for
 /// backends with `tls = true` and no `rootCAs` (Go's default: system roots).
@@ -38,37 +40,33 @@ pub fn provider() -> CryptoProvider {
     aws_lc_rs::default_provider()
 }
 
-/// Go / Traefik cipher suite name → rustls suite.
-fn suite_by_name(name: &str) -> Option<SupportedCipherSuite> {
+/// The rustls suite of a configured cipher suite.
+fn suite(c: CipherSuite) -> SupportedCipherSuite {
     use aws_lc_rs::cipher_suite::*;
-    Some(match name {
-        "TLS_AES_128_GCM_SHA256" => TLS13_AES_128_GCM_SHA256,
-        "TLS_AES_256_GCM_SHA384" => TLS13_AES_256_GCM_SHA384,
-        "TLS_CHACHA20_POLY1305_SHA256" => TLS13_CHACHA20_POLY1305_SHA256,
-        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256" => TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384" => TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256" => TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384" => TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256" => {
+    match c {
+        CipherSuite::Tls13Aes128GcmSha256 => TLS13_AES_128_GCM_SHA256,
+        CipherSuite::Tls13Aes256GcmSha384 => TLS13_AES_256_GCM_SHA384,
+        CipherSuite::Tls13Chacha20Poly1305Sha256 => TLS13_CHACHA20_POLY1305_SHA256,
+        CipherSuite::EcdheEcdsaAes128GcmSha256 => TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        CipherSuite::EcdheEcdsaAes256GcmSha384 => TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        CipherSuite::EcdheRsaAes128GcmSha256 => TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        CipherSuite::EcdheRsaAes256GcmSha384 => TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        CipherSuite::EcdheEcdsaChacha20Poly1305Sha256 => {
             TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
         }
-        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256" => {
-            TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
-        }
-        _ => return None,
-    })
+        CipherSuite::EcdheRsaChacha20Poly1305Sha256 => TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    }
 }
 
-/// Traefik curve name → rustls key exchange group.
-fn group_by_name(name: &str) -> Option<&'static dyn rustls::crypto::SupportedKxGroup> {
+/// The rustls key exchange group of a configured curve.
+fn group(c: Curve) -> &'static dyn rustls::crypto::SupportedKxGroup {
     use aws_lc_rs::kx_group::*;
-    Some(match name {
-        "X25519" => X25519,
-        "CurveP256" => SECP256R1,
-        "CurveP384" => SECP384R1,
-        "X25519MLKEM768" => X25519MLKEM768,
-        _ => return None,
-    })
+    match c {
+        Curve::X25519 => X25519,
+        Curve::P256 => SECP256R1,
+        Curve::P384 => SECP384R1,
+        Curve::X25519Mlkem768 => X25519MLKEM768,
+    }
 }
 
 /// The provider restricted to an options set's suites and curves.
@@ -80,11 +78,8 @@ fn group_by_name(name: &str) -> Option<&'static dyn rustls::crypto::SupportedKxG
 fn restricted_provider(opts: &TlsOptions) -> CryptoProvider {
     let mut p = provider();
     if !opts.cipher_suites.is_empty() {
-        let named: Vec<SupportedCipherSuite> = opts
-            .cipher_suites
-            .iter()
-            .filter_map(|n| suite_by_name(n))
-            .collect();
+        let named: Vec<SupportedCipherSuite> =
+            opts.cipher_suites.iter().map(|&c| suite(c)).collect();
         let is13 = |s: &SupportedCipherSuite| s.version() == &rustls::version::TLS13;
         let any13 = named.iter().any(is13);
         let any12 = named.iter().any(|s| !is13(s));
@@ -103,11 +98,7 @@ fn restricted_provider(opts: &TlsOptions) -> CryptoProvider {
     // schedule and a shorter AES key schedule.
     p.cipher_suites.sort_by_key(|s| go_rank(s.suite()));
     if !opts.curve_preferences.is_empty() {
-        p.kx_groups = opts
-            .curve_preferences
-            .iter()
-            .filter_map(|n| group_by_name(n))
-            .collect();
+        p.kx_groups = opts.curve_preferences.iter().map(|&c| group(c)).collect();
     }
     p
 }
@@ -129,14 +120,17 @@ fn go_rank(s: rustls::CipherSuite) -> usize {
     ORDER.iter().position(|c| *c == s).unwrap_or(ORDER.len())
 }
 
-fn versions(min: Option<&str>, max: Option<&str>) -> Vec<&'static SupportedProtocolVersion> {
-    let lo = if min == Some("VersionTLS13") { 13 } else { 12 };
-    let hi = if max == Some("VersionTLS12") { 12 } else { 13 };
+fn versions(
+    min: Option<TlsVersion>,
+    max: Option<TlsVersion>,
+) -> Vec<&'static SupportedProtocolVersion> {
+    let lo = min.unwrap_or(TlsVersion::Tls12);
+    let hi = max.unwrap_or(TlsVersion::Tls13);
     let mut v = Vec::new();
-    if lo <= 13 && hi >= 13 {
+    if (lo..=hi).contains(&TlsVersion::Tls13) {
         v.push(&rustls::version::TLS13);
     }
-    if lo <= 12 && hi >= 12 {
+    if (lo..=hi).contains(&TlsVersion::Tls12) {
         v.push(&rustls::version::TLS12);
     }
     v
@@ -203,25 +197,26 @@ pub fn server_config(
     let provider = Arc::new(restricted_provider(opts));
     let what = format!("tls.options.{}", opts.name);
     let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&versions(
-            opts.min_version.as_deref(),
-            opts.max_version.as_deref(),
-        ))
+        .with_protocol_versions(&versions(opts.min_version, opts.max_version))
         .map_err(|e| {
             vec![format!(
                 "{what}: {e} (no cipher suite left for these versions)"
             )]
         })?;
-    let verifier: Arc<dyn ClientCertVerifier> = match opts.client_auth_type.as_deref() {
-        None | Some("NoClientCert") => WebPkiClientVerifier::no_client_auth(),
-        Some(kind @ ("RequestClientCert" | "RequireAnyClientCert")) => Arc::new(AnyClientCert {
-            mandatory: kind == "RequireAnyClientCert",
-            algs: provider.signature_verification_algorithms,
-        }),
-        Some(kind) => {
+    let verifier: Arc<dyn ClientCertVerifier> = match opts.client_auth_type {
+        None | Some(ClientAuth::NoClientCert) => WebPkiClientVerifier::no_client_auth(),
+        Some(kind @ (ClientAuth::RequestClientCert | ClientAuth::RequireAnyClientCert)) => {
+            Arc::new(AnyClientCert {
+                mandatory: kind == ClientAuth::RequireAnyClientCert,
+                algs: provider.signature_verification_algorithms,
+            })
+        }
+        Some(
+            kind @ (ClientAuth::VerifyClientCertIfGiven | ClientAuth::RequireAndVerifyClientCert),
+        ) => {
             let roots = roots(&opts.client_ca_files)?;
             let b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
-            let b = if kind == "VerifyClientCertIfGiven" {
+            let b = if kind == ClientAuth::VerifyClientCertIfGiven {
                 b.allow_unauthenticated()
             } else {
                 b
@@ -545,11 +540,11 @@ mod tests {
     fn version_ranges() {
         assert_eq!(versions(None, None).len(), 2);
         assert_eq!(
-            versions(Some("VersionTLS13"), None),
+            versions(Some(TlsVersion::Tls13), None),
             vec![&rustls::version::TLS13]
         );
         assert_eq!(
-            versions(None, Some("VersionTLS12")),
+            versions(None, Some(TlsVersion::Tls12)),
             vec![&rustls::version::TLS12]
         );
     }
@@ -557,7 +552,7 @@ mod tests {
     #[test]
     fn suites_restrict_only_the_versions_they_name() {
         let opts = TlsOptions {
-            cipher_suites: vec!["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256".into()],
+            cipher_suites: vec![CipherSuite::EcdheEcdsaAes128GcmSha256],
             ..TlsOptions::default()
         };
         let p = restricted_provider(&opts);

@@ -1,12 +1,11 @@
 //! Plaintext reads and writes on a terminated client outside the pump, for
-//! the PostgreSQL startup phase (`crate::pg`): the StartupMessage is read
+//! the PostgreSQL startup phase (the `pg` module): the StartupMessage is read
 //! inside TLS before routing, and the authentication exchange is relayed
 //! message-aware until the backend's cancel key has been seen. What is
 //! read here is fully taken out of the TLS state, so the pump that runs
 //! afterwards starts with nothing pending.
 
 use std::io;
-use std::os::fd::AsRawFd;
 
 use monoio::net::TcpStream;
 
@@ -27,7 +26,7 @@ impl Accepted {
         client: &TcpStream,
         out: &mut Vec<u8>,
     ) -> io::Result<Option<usize>> {
-        let fd = client.as_raw_fd();
+        let fd = crate::sys::fd(client);
         for _ in 0..MAX_ROUNDS {
             let pulled = self.side.pull(&mut |b| {
                 out.extend_from_slice(b);
@@ -59,7 +58,7 @@ impl Accepted {
 
     /// Encrypt and send all of `data`.
     pub async fn write_plain(&mut self, client: &TcpStream, mut data: &[u8]) -> io::Result<()> {
-        let fd = client.as_raw_fd();
+        let fd = crate::sys::fd(client);
         loop {
             if !self.side.flush(fd)? {
                 client.writable(false).await?;
@@ -76,7 +75,7 @@ impl Accepted {
     /// Queue close_notify and send what can be sent now (a refusal).
     pub fn close_plain(&mut self, client: &TcpStream) {
         if self.side.close_notify().is_ok() {
-            let _ = self.side.flush(client.as_raw_fd());
+            let _ = self.side.flush(crate::sys::fd(client));
         }
     }
 }

@@ -10,7 +10,7 @@
 //! armed until it fires. Only polls are in flight, so ending the pump (reset,
 //! deadline) never loses bytes that were read.
 //!
-//! Promises, as `forward::duplex` (RELIABILITY.md): every plaintext byte
+//! Promises, as `forward::duplex`: every plaintext byte
 //! before an end of stream is delivered before the end is passed on; a
 //! client's close_notify or EOF becomes a FIN to the backend, a backend's
 //! FIN becomes close_notify then FIN to the client, and the other direction
@@ -24,18 +24,16 @@
 use std::future::{poll_fn, Future};
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::pin::{pin, Pin};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use monoio::net::TcpStream;
-use rustls::client::UnbufferedClientConnection;
-use rustls::server::UnbufferedServerConnection;
 
 use super::buf::Buf;
-use super::side::{tls_io, Pull, TlsSide, MAX_CHUNK};
-use crate::forward::ending::{self, Flow, Side};
+use super::side::{tls_io, Pull, TlsPeer, MAX_CHUNK};
+use crate::forward::ending::{self, Progress, Side, Timers};
 use crate::forward::{Cutoff, Opts, Outcome, Report};
 use crate::sys;
 
@@ -49,11 +47,10 @@ const MAX_RECORD_PLAINTEXT: u64 = 16 * 1024;
 pub enum Peer {
     /// A plain socket; the buffer holds bytes read and not yet delivered.
     Plain(Buf),
-    /// TLS towards the client (boxed: a plain backend should not reserve
-    /// the size of a TLS connection).
-    Server(Box<TlsSide<UnbufferedServerConnection>>),
-    /// TLS towards a backend.
-    Client(Box<TlsSide<UnbufferedClientConnection>>),
+    /// TLS, towards the client (server role) or a backend (client role).
+    /// Boxed: a plain backend should not reserve the size of a TLS
+    /// connection.
+    Tls(Box<dyn TlsPeer>),
 }
 
 /// What the last readiness poll (or syscall) said about one socket. Starts
@@ -113,11 +110,12 @@ impl Dir {
 
     /// For the ending policy: an end of stream counts as passed on only once
     /// close_notify and FIN are written.
-    fn flow(&self) -> Flow {
+    fn progress(&self) -> Progress {
         match self.state {
-            DirState::Open | DirState::Finishing => Flow::Open,
-            DirState::Eof => Flow::Finished,
-            DirState::SrcFailed(_) | DirState::DstFailed(_) => Flow::Failed,
+            DirState::Open | DirState::Finishing => Progress::Running,
+            DirState::Eof => Progress::Finished,
+            DirState::SrcFailed(_) => Progress::SrcFailed,
+            DirState::DstFailed(_) => Progress::DstFailed,
         }
     }
 }
@@ -127,8 +125,7 @@ impl Peer {
     fn tx_len(&self) -> u64 {
         match self {
             Peer::Plain(_) => 0,
-            Peer::Server(s) => s.tx.len() as u64,
-            Peer::Client(s) => s.tx.len() as u64,
+            Peer::Tls(s) => s.tx_len() as u64,
         }
     }
 
@@ -138,28 +135,23 @@ impl Peer {
     fn plaintext_lost(&self, lost: u64) -> u64 {
         match self {
             Peer::Plain(_) => lost,
-            Peer::Server(_) | Peer::Client(_) if lost > 0 => lost + MAX_RECORD_PLAINTEXT,
-            Peer::Server(_) | Peer::Client(_) => 0,
+            Peer::Tls(_) if lost > 0 => lost + MAX_RECORD_PLAINTEXT,
+            Peer::Tls(_) => 0,
         }
     }
 
     fn has_tx(&self) -> bool {
-        match self {
-            Peer::Plain(_) => false,
-            Peer::Server(s) => !s.tx.is_empty(),
-            Peer::Client(s) => !s.tx.is_empty(),
-        }
+        self.tx_len() > 0
     }
 
     /// Write queued ciphertext if the socket may take it.
-    fn flush(&mut self, fd: RawFd, io: &mut Ready) -> io::Result<bool> {
+    fn flush(&mut self, fd: BorrowedFd<'_>, io: &mut Ready) -> io::Result<bool> {
         if !io.writable {
             return Ok(false);
         }
         let r = match self {
             Peer::Plain(_) => Ok(true),
-            Peer::Server(s) => s.flush(fd),
-            Peer::Client(s) => s.flush(fd),
+            Peer::Tls(s) => s.flush(fd),
         };
         if let Ok(false) = r {
             io.writable = false;
@@ -168,7 +160,7 @@ impl Peer {
     }
 
     /// Deliver plaintext towards this peer; returns how much was taken.
-    fn push(&mut self, fd: RawFd, io: &mut Ready, data: &[u8]) -> io::Result<usize> {
+    fn push(&mut self, fd: BorrowedFd<'_>, io: &mut Ready, data: &[u8]) -> io::Result<usize> {
         match self {
             Peer::Plain(_) => {
                 if !io.writable {
@@ -187,7 +179,7 @@ impl Peer {
                     Err(e) => Err(e),
                 }
             }
-            Peer::Server(_) | Peer::Client(_) => {
+            Peer::Tls(_) => {
                 if self.has_tx() {
                     self.flush(fd, io)?;
                     if self.has_tx() {
@@ -195,8 +187,7 @@ impl Peer {
                     }
                 }
                 let n = match self {
-                    Peer::Server(s) => s.encrypt(data)?,
-                    Peer::Client(s) => s.encrypt(data)?,
+                    Peer::Tls(s) => s.encrypt(data)?,
                     Peer::Plain(_) => 0,
                 };
                 self.flush(fd, io)?;
@@ -207,11 +198,10 @@ impl Peer {
 
     /// Pass the end of stream on: close_notify (TLS), then FIN once every
     /// byte before it is written. `Ok(true)` when done.
-    fn finish(&mut self, fd: RawFd, io: &mut Ready) -> io::Result<bool> {
+    fn finish(&mut self, fd: BorrowedFd<'_>, io: &mut Ready) -> io::Result<bool> {
         match self {
             Peer::Plain(_) => {}
-            Peer::Server(s) => s.close_notify()?,
-            Peer::Client(s) => s.close_notify()?,
+            Peer::Tls(s) => s.close_notify()?,
         }
         self.flush(fd, io)?;
         if self.has_tx() {
@@ -224,7 +214,7 @@ impl Peer {
     /// Take plaintext from this peer and offer it to `deliver`.
     fn pull(
         &mut self,
-        fd: RawFd,
+        fd: BorrowedFd<'_>,
         io: &mut Ready,
         deliver: &mut dyn FnMut(&[u8]) -> io::Result<usize>,
     ) -> Step {
@@ -260,15 +250,14 @@ impl Peer {
                     Err(e) => Step::SrcFailed(e),
                 }
             }
-            Peer::Server(s) => tls_pull(s, fd, io, deliver),
-            Peer::Client(s) => tls_pull(s, fd, io, deliver),
+            Peer::Tls(s) => tls_pull(&mut **s, fd, io, deliver),
         }
     }
 }
 
-fn tls_pull<C: super::side::Conn>(
-    s: &mut TlsSide<C>,
-    fd: RawFd,
+fn tls_pull(
+    s: &mut dyn TlsPeer,
+    fd: BorrowedFd<'_>,
     io: &mut Ready,
     deliver: &mut dyn FnMut(&[u8]) -> io::Result<usize>,
 ) -> Step {
@@ -306,10 +295,10 @@ fn tls_pull<C: super::side::Conn>(
 /// Run one direction until it cannot move; returns whether anything moved.
 fn step(
     src: &mut Peer,
-    sfd: RawFd,
+    sfd: BorrowedFd<'_>,
     sio: &mut Ready,
     dst: &mut Peer,
-    dfd: RawFd,
+    dfd: BorrowedFd<'_>,
     dio: &mut Ready,
     dir: &mut Dir,
 ) -> bool {
@@ -373,11 +362,11 @@ fn step(
 }
 
 /// Both directions of one terminated connection.
-pub struct Pump {
+pub struct Pump<'s> {
     client: Peer,
     backend: Peer,
-    cfd: RawFd,
-    bfd: RawFd,
+    cfd: BorrowedFd<'s>,
+    bfd: BorrowedFd<'s>,
     /// `[client, backend]`.
     io: [Ready; 2],
     up: Dir,
@@ -394,8 +383,8 @@ struct Needs {
     write: [bool; 2],
 }
 
-impl Pump {
-    pub fn new(client: Peer, backend: Peer, cfd: RawFd, bfd: RawFd) -> Pump {
+impl<'s> Pump<'s> {
+    pub fn new(client: Peer, backend: Peer, cfd: BorrowedFd<'s>, bfd: BorrowedFd<'s>) -> Pump<'s> {
         let ready = Ready {
             readable: true,
             writable: true,
@@ -476,26 +465,22 @@ impl Pump {
         n
     }
 
-    /// The outcome, once the pump is over (a failure, or both ends passed on).
+    /// The outcome, once the pump is over (a failure, or both ends passed
+    /// on): a failed write of queued records fails that peer's socket, then
+    /// the rule of `forward::duplex` (`ending::settled`).
     fn outcome(&self) -> Option<Outcome> {
-        use DirState::*;
         if self.flush_err[0].is_some() {
             return Some(Outcome::ClientReset);
         }
         if self.flush_err[1].is_some() {
             return Some(Outcome::BackendReset);
         }
-        match (&self.up.state, &self.down.state) {
-            (SrcFailed(_), _) | (_, DstFailed(_)) => Some(Outcome::ClientReset),
-            (DstFailed(_), _) | (_, SrcFailed(_)) => Some(Outcome::BackendReset),
-            (Eof, Eof) => Some(Outcome::Closed),
-            _ => None,
-        }
+        ending::settled(self.up.progress(), self.down.progress())
     }
 
     /// One direction has ended cleanly (the terminationDelay clock runs).
     fn half_closed(&self) -> bool {
-        matches!(self.up.state, DirState::Eof) || matches!(self.down.state, DirState::Eof)
+        self.up.progress() == Progress::Finished || self.down.progress() == Progress::Finished
     }
 
     fn into_report(self) -> Report {
@@ -561,20 +546,19 @@ fn poll_slot<F: Future<Output = io::Result<()>>>(
 /// Forward until both directions are done, a side fails, a deadline, or the
 /// drain's `cut`.
 pub async fn run(
-    mut pump: Pump,
+    mut pump: Pump<'_>,
     client: &TcpStream,
     backend: &TcpStream,
     opts: &Opts,
     cut: &Cutoff,
 ) -> (Report, Outcome) {
-    debug_assert_eq!(pump.cfd, client.as_raw_fd());
+    debug_assert_eq!(pump.cfd.as_raw_fd(), client.as_raw_fd());
     cut.forwarding();
     let mut cr = pin!(slot(|| client.readable(false)));
     let mut cw = pin!(slot(|| client.writable(false)));
     let mut br = pin!(slot(|| backend.readable(false)));
     let mut bw = pin!(slot(|| backend.writable(false)));
-    let mut fin_deadline: Option<Pin<Box<monoio::time::Sleep>>> = None;
-    let mut idle = opts.idle_timeout.map(|d| Box::pin(monoio::time::sleep(d)));
+    let mut timers = Timers::new(opts);
 
     let outcome = poll_fn(|cx| {
         loop {
@@ -617,28 +601,7 @@ pub async fn run(
                 break;
             }
         }
-        if cut.poll_cut(cx).is_ready() {
-            return Poll::Ready(Outcome::Drained);
-        }
-        if pump.half_closed() {
-            if let Some(d) = opts.termination_delay {
-                let sleep = fin_deadline.get_or_insert_with(|| Box::pin(monoio::time::sleep(d)));
-                if sleep.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Outcome::TerminationDelay);
-                }
-            }
-        }
-        if let (Some(limit), Some(timer)) = (opts.idle_timeout, idle.as_mut()) {
-            if timer.as_mut().poll(cx).is_ready() {
-                let quiet = pump.last_active.elapsed();
-                if quiet >= limit {
-                    return Poll::Ready(Outcome::IdleTimeout);
-                }
-                *timer = Box::pin(monoio::time::sleep(limit - quiet));
-                let _ = timer.as_mut().poll(cx);
-            }
-        }
-        Poll::Pending
+        timers.poll(cx, cut, pump.half_closed(), pump.last_active)
     })
     .await;
 
@@ -649,12 +612,12 @@ pub async fn run(
     // The one ending policy of `forward::duplex` (forward/ending.rs).
     let client_side = Side {
         sock: client,
-        writer: pump.down.flow(),
+        writer: pump.down.progress().flow(),
         held: pump.client.tx_len(),
     };
     let backend_side = Side {
         sock: backend,
-        writer: pump.up.flow(),
+        writer: pump.up.progress().flow(),
         held: pump.backend.tx_len(),
     };
     let [down_lost, up_lost] = ending::close(outcome, client_side, backend_side, cut).await;
