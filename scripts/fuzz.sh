@@ -6,9 +6,10 @@
 #
 # Defaults: 600 seconds, every target in fuzz/fuzz_targets. Installs
 # cargo-fuzz if it is missing. What each run finds that reaches new coverage
-# is merged into fuzz/corpus/<target>/ (only the inputs that add coverage over
-# the corpus already there, so the seeds named by the unit tests stay and the
-# corpus grows by little); commit those files, plain `cargo test` replays them.
+# is merged into fuzz/corpus/<target>/: only the inputs that reach code edges
+# the corpus already there does not (edge coverage, not hit counts, so the
+# corpus grows by little), and the seeds named by the unit tests stay. Commit
+# those files: plain `cargo test` replays them.
 # A crash or hang leaves its input under fuzz/artifacts/<target>/ and makes the
 # script exit 1 after the remaining targets have run.
 # A summary line per target is printed at the end: seconds run, executions,
@@ -59,6 +60,11 @@ for t in "${targets[@]}"; do
   # shellcheck disable=SC2046 # extra_seeds is a list of paths without spaces
   seeds=("$corpus" $(extra_seeds "$t"))
   echo "== $t: ${secs}s (log: $logdir/$t.log)"
+  # Built first, so that the time measured is the fuzzing alone.
+  cargo +nightly fuzz build "$t" >"$logdir/$t-build.log" 2>&1 || {
+    echo "build of $t failed: $logdir/$t-build.log" >&2
+    exit 1
+  }
   start=$(date +%s)
   # New inputs go to $found (the first directory); the corpus is read only.
   rc=0
@@ -67,8 +73,8 @@ for t in "${targets[@]}"; do
     >"$logdir/$t.log" 2>&1 || rc=$?
   ran=$(($(date +%s) - start))
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$logdir/$t.log" | tail -1)
-  # Keep only what adds coverage over the corpus.
-  cargo +nightly fuzz run "$t" "$corpus" "$found" -- -merge=1 \
+  # Keep only what reaches new edges over the corpus.
+  cargo +nightly fuzz run "$t" "$corpus" "$found" -- -merge=1 -use_counters=0 \
     >"$logdir/$t-merge.log" 2>&1 || echo "merge for $t failed: $logdir/$t-merge.log" >&2
   added=$(($(find "$corpus" -type f | wc -l) - before))
   crashes=$(($(find "fuzz/artifacts/$t" -type f | wc -l) - crashes_before))
