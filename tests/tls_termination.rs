@@ -331,9 +331,17 @@ fn backend_reset_reaches_the_tls_client_as_a_reset() {
     let dir = TempDir::new("tls-rst");
     let ca = Ca::new("rst CA");
     let (ca_path, crt, key) = ca.write_leaf(&dir.0, &["rst.test"]);
-    let backend = Backend::start(|mut s| {
+    // The backend resets only once the client holds every byte (a sleep
+    // instead would race the proxy on a loaded machine: the backend's kernel
+    // discards what it has not sent yet when it resets).
+    let (received_tx, received_rx) = mpsc::channel::<()>();
+    let received_rx = Mutex::new(received_rx);
+    let backend = Backend::start(move |mut s| {
         s.write_all(&pattern(1 << 20, 5)).unwrap();
-        thread::sleep(Duration::from_millis(200));
+        let _ = received_rx
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(30));
         socket2::SockRef::from(&s)
             .set_linger(Some(Duration::ZERO))
             .unwrap();
@@ -346,9 +354,13 @@ fn backend_reset_reaches_the_tls_client_as_a_reset() {
         client_config(&ca_path, None, &[]),
     )
     .unwrap();
-    let (got, err) = s.read_to_end();
-    assert_eq!(got.len(), 1 << 20, "every byte before the reset");
+    let got = s
+        .read_exact_len(1 << 20)
+        .expect("every byte before the reset");
     assert_eq!(checksum(&got), checksum(&pattern(1 << 20, 5)));
+    received_tx.send(()).unwrap();
+    let (rest, err) = s.read_to_end();
+    assert!(rest.is_empty(), "bytes after the reply: {}", rest.len());
     let err = err.expect("a reset, not a clean close_notify");
     assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err:?}");
     let l = &p.wait_conns(1)[0];
@@ -360,13 +372,22 @@ fn tls_client_reset_reaches_the_backend_as_a_reset() {
     let dir = TempDir::new("tls-crst");
     let ca = Ca::new("crst CA");
     let (ca_path, crt, key) = ca.write_leaf(&dir.0, &["crst.test"]);
+    // The backend says when the request's bytes have arrived (the client
+    // resets only then), and then how its read ended.
+    let (arrived_tx, arrived_rx) = mpsc::channel::<()>();
+    let arrived_tx = Mutex::new(arrived_tx);
     let (tx, rx) = mpsc::channel::<(usize, Option<ErrorKind>)>();
     let tx = Mutex::new(tx);
     let backend = Backend::start(move |mut s| {
-        let (got, err) = read_to_end(&mut s);
+        let mut first = [0u8; 15];
+        if s.read_exact(&mut first).is_err() {
+            return;
+        }
+        arrived_tx.lock().unwrap().send(()).unwrap();
+        let (rest, err) = read_to_end(&mut s);
         tx.lock()
             .unwrap()
-            .send((got.len(), err.map(|e| e.kind())))
+            .send((first.len() + rest.len(), err.map(|e| e.kind())))
             .unwrap();
     });
     let p = Proxy::start(&cfg(backend.addr, cert_entry(&crt, &key)).toml());
@@ -377,7 +398,9 @@ fn tls_client_reset_reaches_the_backend_as_a_reset() {
     )
     .unwrap();
     s.write_all(b"partial request").unwrap();
-    thread::sleep(Duration::from_millis(100));
+    arrived_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the request reached the backend");
     socket2::SockRef::from(s.tcp())
         .set_linger(Some(Duration::ZERO))
         .unwrap();
