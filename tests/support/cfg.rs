@@ -245,6 +245,22 @@ impl Cfg {
             .and("address", address.to_string())
     }
 
+    /// `key = v` on server `index` (0-based, in the order added) of service
+    /// `service`.
+    pub fn server_set(mut self, service: &str, index: usize, key: &str, v: impl Val) -> Cfg {
+        let header = format!("tcp.services.{service}.loadBalancer.servers");
+        let i = self
+            .sections
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.array && s.header == header)
+            .map(|(i, _)| i)
+            .nth(index)
+            .unwrap_or_else(|| panic!("no server {index} of service {service}"));
+        self.put(i, key, v.toml());
+        self
+    }
+
     /// Weighted service `name` over `(service, weight)` pairs.
     pub fn weighted(mut self, name: &str, services: &[(&str, u32)]) -> Cfg {
         self = self.table(&format!("tcp.services.{name}.weighted"));
