@@ -1308,33 +1308,21 @@ fn passthrough_routers_originate_tls_too() {
     let ca = Ca::new("backend CA");
     let ca_path = dir.write("ca.crt", &ca.pem);
     let (addr, backend) = tls_echo_once(&ca, "backend.test");
-    let toml = format!(
-        r#"
-[entryPoints.pt]
-address = "127.0.0.1:0"
-
-[tcp.routers.pt]
-entryPoints = ["pt"]
-rule = "HostSNI(`db.test`)"
-service = "svc"
-  [tcp.routers.pt.tls]
-  passthrough = true
-
-[tcp.services.svc.loadBalancer]
-serversTransport = "t"
-  [[tcp.services.svc.loadBalancer.servers]]
-  address = "{addr}"
-  tls = true
-
-[tcp.serversTransports.t.tls]
-serverName = "backend.test"
-rootCAs = [{ca:?}]
-
-[runtime]
-workers = 1
-"#,
-        ca = ca_path.display().to_string()
-    );
+    // The echo follows the client's FIN: a generous terminationDelay keeps
+    // it on a loaded machine.
+    let c = Cfg::new()
+        .entrypoint("pt")
+        .router_on("pt", "pt", "HostSNI(`db.test`)", "svc")
+        .router_tls("pt")
+        .and("passthrough", true)
+        .lb("svc", "serversTransport", "t")
+        .server("svc", addr)
+        .and("tls", true)
+        .set("tcp.serversTransports.t.tls", "serverName", "backend.test")
+        .and("rootCAs", [&ca_path])
+        .termination_delay("30s")
+        .workers(1);
+    let toml = c.to_toml();
     let p = Proxy::start(&toml);
     let mut sent = support::hello::rustls_pq_hello("db.test");
     sent.extend_from_slice(b"and some bytes after the hello");
