@@ -11,7 +11,9 @@
 # corpus grows by little), and the seeds named by the unit tests stay. Commit
 # those files: plain `cargo test` replays them.
 # A crash or hang leaves its input under fuzz/artifacts/<target>/ and makes the
-# script exit 1 after the remaining targets have run.
+# script exit 1 after the remaining targets have run. libFuzzer stops a target
+# at its first crash; FUZZ_KEEP_GOING=1 runs each in fork mode (one worker,
+# -ignore_crashes=1) so that a known crash still gets the whole time.
 # A summary line per target is printed at the end: seconds run, executions,
 # corpus entries added, crashes.
 set -euo pipefail
@@ -68,11 +70,15 @@ for t in "${targets[@]}"; do
   start=$(date +%s)
   # New inputs go to $found (the first directory); the corpus is read only.
   rc=0
+  keep_going=()
+  [ "${FUZZ_KEEP_GOING:-0}" = 1 ] && keep_going=(-fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1)
   cargo +nightly fuzz run "$t" "$found" "${seeds[@]}" -- \
-    -max_total_time="$secs" -timeout=25 -print_final_stats=1 \
+    -max_total_time="$secs" -timeout=25 -print_final_stats=1 "${keep_going[@]}" \
     >"$logdir/$t.log" 2>&1 || rc=$?
   ran=$(($(date +%s) - start))
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$logdir/$t.log" | tail -1)
+  # Fork mode prints no final stats: its last status line counts them.
+  [ -n "$execs" ] || execs=$(sed -n 's/^#\([0-9]*\): cov:.*/\1/p' "$logdir/$t.log" | tail -1)
   # Keep only what reaches new edges over the corpus.
   cargo +nightly fuzz run "$t" "$corpus" "$found" -- -merge=1 -use_counters=0 \
     >"$logdir/$t-merge.log" 2>&1 || echo "merge for $t failed: $logdir/$t-merge.log" >&2
