@@ -123,7 +123,7 @@ fn reload_storm_under_load_costs_no_connection_and_no_byte() {
         } else {
             (a.addr, "a")
         };
-        std::fs::write(&p.config_path, config(backend, tag)).unwrap();
+        p.write_config(&config(backend, tag));
         p.signal(1);
         thread::sleep(Duration::from_millis(100));
     }
@@ -190,7 +190,7 @@ fn two_hundred_sighups_leak_no_descriptor_or_thread() {
         } else {
             (a.addr, "a")
         };
-        std::fs::write(&p.config_path, config(backend, tag)).unwrap();
+        p.write_config(&config(backend, tag));
         p.signal(1);
         // Paced so that most signals are separate reloads, not coalesced.
         thread::sleep(Duration::from_millis(5));

@@ -137,6 +137,15 @@ impl Proxy {
         }
     }
 
+    /// Replace the config file with `text` atomically (a temporary file
+    /// renamed over it), so that a reload racing the write never reads a
+    /// truncated file.
+    pub fn write_config(&self, text: &str) {
+        let tmp = self.config_path.with_extension("toml.new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.config_path).unwrap();
+    }
+
     pub fn addr(&self, ep: &str) -> SocketAddr {
         *self
             .addrs
