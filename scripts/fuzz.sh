@@ -84,6 +84,7 @@ for t in "${targets[@]}"; do
     >"$logdir/$t-merge.log" 2>&1 || echo "merge for $t failed: $logdir/$t-merge.log" >&2
   added=$(($(find "$corpus" -type f | wc -l) - before))
   crashes=$(($(find "fuzz/artifacts/$t" -type f | wc -l) - crashes_before))
+  [ "$crashes" -eq 0 ] || failed=1
   if [ "$rc" -ne 0 ]; then
     failed=1
     echo "!! $t exited $rc; tail of its log:"
