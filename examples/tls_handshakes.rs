@@ -1,6 +1,12 @@
-//! TLS connection-rate load for `scripts/bench-tls.sh`: THREADS loops of
+//! The TLS handshake-rate client of the benchmark scripts: THREADS loops of
 //! connect → full handshake (no resumption) → one redis PING/PONG through the
 //! proxy → close, for SECONDS. Prints `{"value": conns_per_s, "extra": {...}}`.
+//!
+//! `--sni NAME` sends NAME as the server name (default `bench.test`);
+//! `--no-ping` replaces the PING/PONG by close_notify and a read to EOF, for a
+//! backend that is not redis (`scripts/bench-passthrough.sh`: a TLS server
+//! behind an SNI-routing proxy). The rate counts only the measured window: a
+//! connection still in flight at the stop does not stretch it.
 //!
 //! rustls as the client because OpenSSL 3.0's `s_time` spends about 0.6 ms of
 //! CPU per handshake on the client side, so on a 2-core machine it measured
@@ -9,6 +15,7 @@
 //! what is being measured).
 //!
 //!   cargo run --release --example tls_handshakes -- 127.0.0.1:18402 5 4 13
+//!   cargo run --release --example tls_handshakes -- 127.0.0.1:19401 5 4 13 --sni pt.bench.test --no-ping
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -56,32 +63,82 @@ impl ServerCertVerifier for SignatureOnly {
     }
 }
 
-fn one(addr: &str, config: &Arc<ClientConfig>) -> Result<(), String> {
+/// What one connection does after the handshake.
+#[derive(Clone, Copy)]
+enum After {
+    /// One redis PING, expecting +PONG.
+    Ping,
+    /// close_notify, then read to EOF, so the server has processed the
+    /// whole handshake (TLS 1.3: it sends its tickets after the Finished).
+    Close,
+}
+
+fn one(
+    addr: &str,
+    name: &ServerName<'static>,
+    after: After,
+    config: &Arc<ClientConfig>,
+) -> Result<(), String> {
     let mut sock = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     sock.set_nodelay(true).ok();
     sock.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let name = ServerName::try_from("bench.test").unwrap();
-    let mut conn = ClientConnection::new(config.clone(), name).map_err(|e| e.to_string())?;
-    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
-    tls.write_all(b"PING\r\n").map_err(|e| e.to_string())?;
-    let mut b = [0u8; 7];
-    tls.read_exact(&mut b).map_err(|e| e.to_string())?;
-    if &b != b"+PONG\r\n" {
-        return Err(format!("unexpected reply {b:?}"));
+    let mut conn =
+        ClientConnection::new(config.clone(), name.clone()).map_err(|e| e.to_string())?;
+    match after {
+        After::Ping => {
+            let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+            tls.write_all(b"PING\r\n").map_err(|e| e.to_string())?;
+            let mut b = [0u8; 7];
+            tls.read_exact(&mut b).map_err(|e| e.to_string())?;
+            if &b != b"+PONG\r\n" {
+                return Err(format!("unexpected reply {b:?}"));
+            }
+        }
+        After::Close => {
+            while conn.is_handshaking() {
+                conn.complete_io(&mut sock).map_err(|e| e.to_string())?;
+            }
+            conn.send_close_notify();
+            while conn.wants_write() {
+                conn.write_tls(&mut sock).map_err(|e| e.to_string())?;
+            }
+            sock.flush().ok();
+            let mut b = [0u8; 4096];
+            while let Ok(n) = sock.read(&mut b) {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
     }
     Ok(())
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.len() != 5 {
-        eprintln!("usage: tls_handshakes ADDR SECONDS THREADS 12|13");
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut sni = "bench.test".to_string();
+    let mut after = After::Ping;
+    if let Some(i) = args.iter().position(|a| a == "--no-ping") {
+        args.remove(i);
+        after = After::Close;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--sni") {
+        args.remove(i);
+        if i < args.len() {
+            sni = args.remove(i);
+        } else {
+            args.clear();
+        }
+    }
+    if args.len() != 4 {
+        eprintln!("usage: tls_handshakes ADDR SECONDS THREADS 12|13 [--sni NAME] [--no-ping]");
         std::process::exit(2);
     }
-    let addr = args[1].clone();
-    let secs: f64 = args[2].parse().expect("SECONDS");
-    let threads: usize = args[3].parse().expect("THREADS");
-    let version = if args[4] == "12" {
+    let addr = args[0].clone();
+    let name = ServerName::try_from(sni).expect("--sni: a DNS name");
+    let secs: f64 = args[1].parse().expect("SECONDS");
+    let threads: usize = args[2].parse().expect("THREADS");
+    let version = if args[3] == "12" {
         &rustls::version::TLS12
     } else {
         &rustls::version::TLS13
@@ -103,8 +160,9 @@ fn main() {
     let start = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|_| {
-            let (addr, config, done, failed, stop) = (
+            let (addr, name, config, done, failed, stop) = (
                 addr.clone(),
+                name.clone(),
                 config.clone(),
                 done.clone(),
                 failed.clone(),
@@ -113,7 +171,7 @@ fn main() {
             std::thread::spawn(move || {
                 let mut first_error = None;
                 while !stop.load(Ordering::Relaxed) {
-                    match one(&addr, &config) {
+                    match one(&addr, &name, after, &config) {
                         Ok(()) => done.fetch_add(1, Ordering::Relaxed),
                         Err(e) => {
                             first_error.get_or_insert(e);
@@ -127,16 +185,19 @@ fn main() {
         .collect();
     std::thread::sleep(Duration::from_secs_f64(secs));
     stop.store(true, Ordering::Relaxed);
+    // The rate over the measured window only (see the module comment).
+    let elapsed = start.elapsed().as_secs_f64();
+    let n = done.load(Ordering::Relaxed);
     let errors: Vec<String> = handles
         .into_iter()
         .filter_map(|h| h.join().unwrap())
         .collect();
-    let elapsed = start.elapsed().as_secs_f64();
-    let n = done.load(Ordering::Relaxed);
+    let tail = start.elapsed().as_secs_f64() - elapsed;
     println!(
-        "{{\"value\": {:.1}, \"extra\": {{\"requests\": {n}, \"failed\": {}, \"first_error\": {:?}}}}}",
+        "{{\"value\": {:.1}, \"extra\": {{\"requests\": {n}, \"failed\": {}, \"join_tail_s\": {:.2}, \"first_error\": {:?}}}}}",
         n as f64 / elapsed,
         failed.load(Ordering::Relaxed),
+        tail,
         errors.first().cloned().unwrap_or_default()
     );
 }

@@ -23,27 +23,29 @@ DURATION=${DURATION:-4}
 SLUICEGATE_BIN=${SLUICEGATE_BIN:-$ROOT/target/release/sluicegate}
 LOADGEN=${LOADGEN:-$ROOT/bench/loadgen/target/release/sluicegate-loadgen}
 BASE_BIN=${BASE_BIN:-}
-TICK=$(getconf CLK_TCK)
+LOG_TAG=bench-balance
+# shellcheck source=lib/bench.sh
+source "$ROOT/scripts/lib/bench.sh"
+require_positive WORKERS REPEAT DURATION
 
 TMP=$(mktemp -d)
-PIDS=()
 cleanup() {
-    # A stopped proxy handles SIGTERM only once continued.
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; kill -CONT "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$TMP"
+    local rc=$?
+    trap - EXIT
+    set +e
+    stop_started
+    finish_tmp "$rc"
+    exit "$rc"
 }
 trap cleanup EXIT
 
 # Two echo servers on their own addresses.
 "$LOADGEN" echo-server --listen 127.0.0.21:0,127.0.0.22:0 --threads 1 >"$TMP/echo.out" 2>&1 &
-PIDS+=($!)
+STARTED+=($!)
 for _ in $(seq 50); do grep -q listening "$TMP/echo.out" && break; sleep 0.1; done
 mapfile -t BACKENDS < <(grep -o 'listening .*' "$TMP/echo.out" | awk '{print $2}' | tr ',' '\n')
-[[ ${#BACKENDS[@]} -ge 2 ]] || { echo "echo servers did not start: $(cat "$TMP/echo.out")" >&2; exit 1; }
+[[ ${#BACKENDS[@]} -ge 2 ]] || die "echo servers did not start: $(cat "$TMP/echo.out")"
 
-# cpu_ticks PID: user + system clock ticks of every thread.
-cpu_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 
 # start_proxy NAME BIN LB_LINES: starts it, sets PORT and PROXY.
 start_proxy() {
@@ -69,11 +71,11 @@ accessLog = false
 EOF
     "$bin" -c "$cfg" 2>"$TMP/$name.log" &
     PROXY=$!
-    PIDS+=("$PROXY")
+    STARTED+=("$PROXY")
     for _ in $(seq 100); do grep -q 'msg=starting' "$TMP/$name.log" && break; sleep 0.05; done
     PORT=$(grep 'entrypoint=main ' "$TMP/$name.log" | grep -o 'address=[^ ]*' | head -1 | sed 's/.*address=127.0.0.1://')
     ADMIN=$(grep 'entrypoint=traefik ' "$TMP/$name.log" | grep -o 'address=[^ ]*' | head -1 | sed 's/.*address=//')
-    [[ -n $PORT ]] || { echo "$name did not start: $(cat "$TMP/$name.log")" >&2; exit 1; }
+    [[ -n $PORT ]] || die "$name did not start: $(cat "$TMP/$name.log")"
 }
 
 VARIANTS=()
@@ -103,7 +105,7 @@ for r in $(seq "$REPEAT"); do
             --duration "$DURATION")
         after=$(cpu_ticks "$pid")
         kill -STOP "$pid"
-        jq -c --arg v "$v" --argjson ticks $((after - before)) --argjson hz "$TICK" \
+        jq -c --arg v "$v" --argjson ticks $((after - before)) --argjson hz "$CLK_TCK" \
             '{v: $v, cps: .cps, conns: .connections, errors: .errors, us_per_conn: (if .connections > 0 then $ticks / $hz * 1e6 / .connections else null end), first_error: .first_error}' \
             <<<"$out" | tee -a "$RESULTS" >&2
         # Let TIME_WAIT from this run settle a little before the next one.

@@ -21,17 +21,18 @@
 #                   to / from the sink behind the backend, DURATION seconds
 #   hs13/hs12       TLS handshakes/s: CONC threads of connect, full handshake
 #                   with SNI pt.bench.test (no resumption), close_notify, read
-#                   to EOF, close; TLS 1.3 / 1.2. The client is a small rustls
-#                   program (the handshake loop of examples/tls_handshakes.rs,
-#                   with SNI and no PING) that this script compiles with rustc
-#                   against the rlibs already in target/release/deps (no cargo,
-#                   ~20 s). `openssl s_time` cannot be used: OpenSSL 3.0's
-#                   s_time sends no SNI, so no SNI router can route it.
+#                   to EOF, close; TLS 1.3 / 1.2. The client is the rustls
+#                   example of the crate (examples/tls_handshakes.rs with
+#                   --sni pt.bench.test --no-ping; bench-tls.sh uses it too).
+#                   `openssl s_time` cannot be used: OpenSSL 3.0's s_time
+#                   sends no SNI, so no SNI router can route it.
 #
 # Knobs: WORKERS (2) REPEAT (3) DURATION (4 s) CONC (4) BACKEND_THREADS (2)
 # SCENARIOS (bulk-up,bulk-down,hs13) TARGETS (direct,haproxy,nginx,sluicegate)
 # BASE_PORT (19000) KEEP_TMP (0) RESULTS_DIR (bench/results) SLUICEGATE_BIN
-# (target/release/sluicegate). Never builds anything. Results: stdout,
+# (target/release/sluicegate), HS_BIN (target/release/examples/tls_handshakes).
+# Never builds anything: `cargo build --release --example tls_handshakes`
+# builds both. Results: stdout,
 # RESULTS_DIR/passthrough-latest.md, RESULTS_DIR/passthrough-latest.jsonl.
 set -euo pipefail
 
@@ -48,17 +49,17 @@ KEEP_TMP=${KEEP_TMP:-0}
 RESULTS_DIR=${RESULTS_DIR:-$ROOT/bench/results}
 SLUICEGATE_BIN=${SLUICEGATE_BIN:-$ROOT/target/release/sluicegate}
 LOADGEN=$ROOT/bench/loadgen/target/release/sluicegate-loadgen
+HS_BIN=${HS_BIN:-$(dirname "$SLUICEGATE_BIN")/examples/tls_handshakes}
 SNI=pt.bench.test
 
 ALL_SCENARIOS=(bulk-up bulk-down hs13 hs12)
 ALL_TARGETS=(direct haproxy nginx sluicegate)
 
-log() { printf '[bench-pt %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+LOG_TAG=bench-pt
+# shellcheck source=lib/bench.sh
+source "$ROOT/scripts/lib/bench.sh"
 
-for v in WORKERS REPEAT DURATION CONC BACKEND_THREADS BASE_PORT; do
-    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
-done
+require_positive WORKERS REPEAT DURATION CONC BACKEND_THREADS BASE_PORT
 IFS=, read -ra SCEN <<<"$SCENARIOS"
 for s in "${SCEN[@]}"; do [[ " ${ALL_SCENARIOS[*]} " == *" $s "* ]] || die "unknown scenario '$s'"; done
 IFS=, read -ra TGTS <<<"$TARGETS"
@@ -76,30 +77,25 @@ bip() { echo "127.0.0.$((10 + TIDX[$1]))"; }
 
 # ------------------------------------------------------------------ cleanup
 TMP=""
-STARTED=()
-declare -A TPIDS TSTATUS
+declare -A TSTATUS
 cleanup() {
-    local rc=$? p
+    local rc=$?
     trap - EXIT INT TERM
     set +e
-    for p in "${STARTED[@]}"; do kill -CONT "$p" 2>/dev/null; kill -TERM "$p" 2>/dev/null; done
-    sleep 0.5
-    for p in "${STARTED[@]}"; do kill -KILL "$p" 2>/dev/null; done
-    wait 2>/dev/null
-    if [[ -n $TMP && -d $TMP ]]; then
-        if [[ $KEEP_TMP == 1 || $rc != 0 ]]; then log "logs and configs kept in $TMP"; else rm -rf "$TMP"; fi
-    fi
+    stop_started
+    finish_tmp "$rc"
     exit "$rc"
 }
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'exit 143' TERM
 
-for c in haproxy nginx openssl python3 jq ss rustc; do
+for c in haproxy nginx openssl python3 jq ss; do
     command -v "$c" >/dev/null || die "$c not found (scripts/bench.sh installs the packages)"
 done
 [[ -x $SLUICEGATE_BIN ]] || die "$SLUICEGATE_BIN missing (cargo build --release)"
 [[ -x $LOADGEN ]] || die "$LOADGEN missing (cargo build --release --manifest-path bench/loadgen/Cargo.toml)"
+[[ -x $HS_BIN ]] || die "$HS_BIN missing (cargo build --release --example tls_handshakes)"
 
 TMP=$(mktemp -d /tmp/sluicegate-bench-pt.XXXXXX)
 chmod 755 "$TMP"
@@ -107,38 +103,11 @@ mkdir -p "$RESULTS_DIR"
 JSONL=$RESULTS_DIR/passthrough-latest.jsonl
 : >"$JSONL"
 
-start_bg() {
-    local name=$1
-    shift
-    "$@" >"$TMP/$name.out" 2>"$TMP/$name.log" &
-    LAST_PID=$!
-    STARTED+=("$LAST_PID")
-}
-listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
-wait_listen() {
-    local pid=$1 secs=$2 p deadline
-    shift 2
-    deadline=$((SECONDS + secs))
-    for p in "$@"; do
-        until listening "$p"; do
-            kill -0 "$pid" 2>/dev/null || return 1
-            ((SECONDS < deadline)) || return 1
-            sleep 0.1
-        done
-    done
-}
 
 # ------------------------------------------------------------------ certificate
 # ECDSA P-256 leaf (CN/SAN pt.bench.test) signed by a scratch CA; only the
 # backend holds it: the proxies never see a key.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-    -subj "/CN=bench CA" -keyout "$TMP/ca.key" -out "$TMP/ca.crt" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$SNI" \
-    -keyout "$TMP/pt.key" -out "$TMP/pt.csr" 2>/dev/null
-echo "subjectAltName=DNS:$SNI" >"$TMP/pt.ext"
-openssl x509 -req -in "$TMP/pt.csr" -CA "$TMP/ca.crt" -CAkey "$TMP/ca.key" -CAcreateserial \
-    -days 2 -extfile "$TMP/pt.ext" -out "$TMP/pt.crt" 2>/dev/null
-cat "$TMP/pt.crt" "$TMP/pt.key" >"$TMP/pt.pem"
+tls_cert "$TMP" "$SNI"
 CA=$TMP/ca.crt
 
 # ------------------------------------------------------------------ backend
@@ -160,7 +129,7 @@ EOF
     for t in "${ALL_TARGETS[@]}"; do
         ip=127.0.0.1
         [[ $t == direct ]] || ip=$(bip "$t")
-        echo "    bind $ip:$BK_PORT ssl crt $TMP/pt.pem"
+        echo "    bind $ip:$BK_PORT ssl crt $TMP/$SNI.pem"
     done
     echo "    server sink 127.0.0.1:$SINK_PORT"
 } >"$TMP/backend.cfg"
@@ -168,161 +137,7 @@ start_bg backend haproxy -f "$TMP/backend.cfg" -db
 BACKEND_PID=$LAST_PID
 wait_listen "$BACKEND_PID" 10 "$BK_PORT" || die "TLS backend did not start: $(cat "$TMP/backend.log")"
 
-cat >"$TMP/tlsclient.py" <<'PY'
-# TLS client for bench-passthrough.sh: bulk throughput and a smoke test.
-import json, socket, ssl, sys, time
 
-def connect(port, ca, sni):
-    c = ssl.create_default_context(cafile=ca)
-    return c.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname=sni)
-
-def bulk(port, ca, sni, seconds, direction):
-    s = connect(port, ca, sni)
-    buf = bytearray(1 << 20)
-    total = 0
-    start = time.monotonic()
-    if direction == "up":
-        s.sendall(b"U")
-        while time.monotonic() - start < seconds:
-            s.sendall(buf)
-            total += len(buf)
-    else:
-        s.sendall(b"D")
-        view = memoryview(buf)
-        while time.monotonic() - start < seconds:
-            n = s.recv_into(view)
-            if n == 0:
-                break
-            total += n
-    el = time.monotonic() - start
-    s.close()
-    print(json.dumps({"value": total * 8 / el / 1e9, "extra": {"bytes": total}}))
-
-def smoke(port, ca, sni):
-    # Full certificate + name verification of pt.bench.test, then 64 KiB down.
-    s = connect(port, ca, sni)
-    s.settimeout(5)
-    s.sendall(b"D")
-    got = 0
-    while got < 65536:
-        n = len(s.recv(65536))
-        if n == 0:
-            raise SystemExit("eof")
-        got += n
-    s.close()
-    print("ok")
-
-if sys.argv[1] == "bulk":
-    bulk(int(sys.argv[2]), sys.argv[3], sys.argv[4], float(sys.argv[5]), sys.argv[6])
-else:
-    smoke(int(sys.argv[2]), sys.argv[3], sys.argv[4])
-PY
-
-# ------------------------------------------------------------------ handshake client
-cat >"$TMP/pt_handshakes.rs" <<'RS'
-//! Handshake-rate client for scripts/bench-passthrough.sh: THREADS loops of
-//! connect -> full TLS handshake with SNI (no resumption) -> close_notify ->
-//! read to EOF -> close, for SECONDS. Prints {"value": handshakes_per_s, ...}.
-//! Like examples/tls_handshakes.rs: rustls + aws-lc-rs, the server's handshake
-//! signature is checked, its chain is not.
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{aws_lc_rs, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
-
-#[derive(Debug)]
-struct SignatureOnly(WebPkiSupportedAlgorithms);
-impl ServerCertVerifier for SignatureOnly {
-    fn verify_server_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0)
-    }
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> { self.0.supported_schemes() }
-}
-
-fn one(addr: &str, sni: &ServerName<'static>, config: &Arc<ClientConfig>) -> Result<(), String> {
-    let mut sock = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    sock.set_nodelay(true).ok();
-    sock.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let mut conn = ClientConnection::new(config.clone(), sni.clone()).map_err(|e| e.to_string())?;
-    while conn.is_handshaking() {
-        conn.complete_io(&mut sock).map_err(|e| e.to_string())?;
-    }
-    conn.send_close_notify();
-    while conn.wants_write() { conn.write_tls(&mut sock).map_err(|e| e.to_string())?; }
-    sock.flush().ok();
-    // Read to EOF so the server has processed the whole handshake (TLS 1.3:
-    // it sends its session tickets after the client's Finished).
-    let mut b = [0u8; 4096];
-    loop {
-        match sock.read(&mut b) { Ok(0) | Err(_) => break, Ok(_) => {} }
-    }
-    Ok(())
-}
-
-fn main() {
-    let a: Vec<String> = std::env::args().collect();
-    if a.len() != 6 { eprintln!("usage: pt_handshakes ADDR SNI SECONDS THREADS 12|13"); std::process::exit(2); }
-    let addr = a[1].clone();
-    let sni = ServerName::try_from(a[2].clone()).expect("SNI");
-    let secs: f64 = a[3].parse().expect("SECONDS");
-    let threads: usize = a[4].parse().expect("THREADS");
-    let version = if a[5] == "12" { &rustls::version::TLS12 } else { &rustls::version::TLS13 };
-    let provider = Arc::new(aws_lc_rs::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[version]).unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SignatureOnly(provider.signature_verification_algorithms)))
-        .with_no_client_auth();
-    config.resumption = rustls::client::Resumption::disabled();
-    let config = Arc::new(config);
-    let done = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let start = Instant::now();
-    let hs: Vec<_> = (0..threads).map(|_| {
-        let (addr, sni, config, done, failed, stop) = (addr.clone(), sni.clone(), config.clone(), done.clone(), failed.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut first = None;
-            while !stop.load(Ordering::Relaxed) {
-                match one(&addr, &sni, &config) {
-                    Ok(()) => done.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => { first.get_or_insert(e); failed.fetch_add(1, Ordering::Relaxed) }
-                };
-            }
-            first
-        })
-    }).collect();
-    std::thread::sleep(Duration::from_secs_f64(secs));
-    stop.store(true, Ordering::Relaxed);
-    // Rate over the measured window only: a connection still in flight at the
-    // stop (e.g. a SYN being retransmitted) must not stretch the denominator.
-    let el = start.elapsed().as_secs_f64();
-    let n = done.load(Ordering::Relaxed);
-    let errs: Vec<String> = hs.into_iter().filter_map(|h| h.join().unwrap()).collect();
-    let tail = start.elapsed().as_secs_f64() - el;
-    println!("{{\"value\": {:.1}, \"extra\": {{\"requests\": {n}, \"failed\": {}, \"join_tail_s\": {:.2}, \"first_error\": {:?}}}}}",
-        n as f64 / el, failed.load(Ordering::Relaxed), tail, errs.first().cloned().unwrap_or_default());
-}
-RS
-DEPS=$(dirname "$SLUICEGATE_BIN")/deps
-log "compiling the rustls handshake client (rustc against $DEPS)"
-rlib() { local f; f=$(ls -t "$DEPS"/lib"$1"-*.rlib 2>/dev/null | head -1); [[ -n $f ]] || die "no lib$1 rlib in $DEPS"; echo "$f"; }
-rustc --edition 2021 -C opt-level=3 -C panic=abort -o "$TMP/pt_handshakes" "$TMP/pt_handshakes.rs" \
-    -L "dependency=$DEPS" --extern "rustls=$(rlib rustls)" --extern "rustls_pki_types=$(rlib rustls_pki_types)" \
-    2>"$TMP/rustc.log" || die "rustc failed: $(tail -c 400 "$TMP/rustc.log")"
-HS_BIN=$TMP/pt_handshakes
 
 # ------------------------------------------------------------------ proxies
 # Like for like: same worker count, no logging, connect 5 s / idle 60 s; each
@@ -422,7 +237,7 @@ start_proxy() {
             TPIDS[$t]="$pid $(pgrep -P "$pid" | tr '\n' ' ')"
         fi
     fi
-    if [[ $(timeout 10 python3 "$TMP/tlsclient.py" smoke "$(tport "$t")" "$CA" "$SNI" 2>&1) != ok ]]; then
+    if [[ $(timeout 10 python3 "$TLSCLIENT" smoke "$(tport "$t")" "$CA" "$SNI" 2>&1) != ok ]]; then
         TSTATUS[$t]="failed: smoke test (verified TLS to $SNI through the target)"
         return
     fi
@@ -430,27 +245,6 @@ start_proxy() {
 }
 
 # ------------------------------------------------------------------ measuring
-CLK_TCK=$(getconf CLK_TCK)
-cpu_ticks() {
-    local sum=0 p line rest f
-    for p in "$@"; do
-        [[ -r /proc/$p/stat ]] || continue
-        line=$(<"/proc/$p/stat") || continue
-        rest=${line##*) }
-        read -ra f <<<"$rest"
-        sum=$((sum + f[11] + f[12]))
-    done
-    echo "$sum"
-}
-# Pause the proxies not under test (never the backend).
-focus() {
-    local o p sig
-    for o in "${!TPIDS[@]}"; do
-        sig=STOP
-        [[ $o == "$1" ]] && sig=CONT
-        for p in ${TPIDS[$o]}; do kill -"$sig" "$p" 2>/dev/null || true; done
-    done
-}
 wait_tw() {
     local t=$1 n waited=0 filt
     filt="( dport = :$(tport "$t") )"
@@ -464,11 +258,11 @@ wait_tw() {
     done
 }
 
-sc_bulk() { timeout -k 5 $((DURATION + 30)) python3 "$TMP/tlsclient.py" bulk "$(tport "$1")" "$CA" "$SNI" "$DURATION" "$2"; }
+sc_bulk() { timeout -k 5 $((DURATION + 30)) python3 "$TLSCLIENT" bulk "$(tport "$1")" "$CA" "$SNI" "$DURATION" "$2"; }
 
 sc_rate() {
     wait_tw "$1"
-    timeout -k 5 $((DURATION + 30)) "$HS_BIN" "127.0.0.1:$(tport "$1")" "$SNI" "$DURATION" "$CONC" "$2"
+    timeout -k 5 $((DURATION + 30)) "$HS_BIN" "127.0.0.1:$(tport "$1")" "$DURATION" "$CONC" "$2" --sni "$SNI" --no-ping
 }
 
 scen_meta() { # description|metric|unit|better

@@ -49,12 +49,11 @@ HS_BIN=${HS_BIN:-$(dirname "$SLUICEGATE_BIN")/examples/tls_handshakes}
 ALL_SCENARIOS=(hs13 hs12 stime13 stime12 redis-get redis-set bulk-up bulk-down idle)
 ALL_TARGETS=(haproxy nginx sluicegate)
 
-log() { printf '[bench-tls %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+LOG_TAG=bench-tls
+# shellcheck source=lib/bench.sh
+source "$ROOT/scripts/lib/bench.sh"
 
-for v in WORKERS REPEAT DURATION CONC IDLE_CONNS BASE_PORT; do
-    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
-done
+require_positive WORKERS REPEAT DURATION CONC IDLE_CONNS BASE_PORT
 ((IDLE_CONNS <= 6000)) || die "IDLE_CONNS must be <= 6000 (open-file limit 20000 per process)"
 if [[ $SCENARIOS == all ]]; then SCEN=("${ALL_SCENARIOS[@]}"); else IFS=, read -ra SCEN <<<"$SCENARIOS"; fi
 for s in "${SCEN[@]}"; do [[ " ${ALL_SCENARIOS[*]} " == *" $s "* ]] || die "unknown scenario '$s'"; done
@@ -75,19 +74,13 @@ for t in "${ALL_TARGETS[@]}"; do BACKEND_IPS+=" $(bip "$t")"; done
 
 # ------------------------------------------------------------------ cleanup
 TMP=""
-STARTED=()
-declare -A TPIDS TSTATUS
+declare -A TSTATUS
 cleanup() {
-    local rc=$? p
+    local rc=$?
     trap - EXIT INT TERM
     set +e
-    for p in "${STARTED[@]}"; do kill -CONT "$p" 2>/dev/null; kill -TERM "$p" 2>/dev/null; done
-    sleep 0.5
-    for p in "${STARTED[@]}"; do kill -KILL "$p" 2>/dev/null; done
-    wait 2>/dev/null
-    if [[ -n $TMP && -d $TMP ]]; then
-        if [[ $KEEP_TMP == 1 || $rc != 0 ]]; then log "logs and configs kept in $TMP"; else rm -rf "$TMP"; fi
-    fi
+    stop_started
+    finish_tmp "$rc"
     exit "$rc"
 }
 trap cleanup EXIT
@@ -113,38 +106,11 @@ mkdir -p "$RESULTS_DIR"
 JSONL=$RESULTS_DIR/tls-latest.jsonl
 : >"$JSONL"
 
-start_bg() {
-    local name=$1
-    shift
-    "$@" >"$TMP/$name.out" 2>"$TMP/$name.log" &
-    LAST_PID=$!
-    STARTED+=("$LAST_PID")
-}
-listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
-wait_listen() {
-    local pid=$1 secs=$2 p deadline
-    shift 2
-    deadline=$((SECONDS + secs))
-    for p in "$@"; do
-        until listening "$p"; do
-            kill -0 "$pid" 2>/dev/null || return 1
-            ((SECONDS < deadline)) || return 1
-            sleep 0.1
-        done
-    done
-}
 
 # ------------------------------------------------------------------ certificate
 # One ECDSA P-256 leaf (CN/SAN bench.test) signed by a scratch CA, for every proxy.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-    -subj "/CN=bench CA" -keyout "$TMP/ca.key" -out "$TMP/ca.crt" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=bench.test" \
-    -keyout "$TMP/bench.key" -out "$TMP/bench.csr" 2>/dev/null
-echo "subjectAltName=DNS:bench.test" >"$TMP/bench.ext"
-openssl x509 -req -in "$TMP/bench.csr" -CA "$TMP/ca.crt" -CAkey "$TMP/ca.key" -CAcreateserial \
-    -days 2 -extfile "$TMP/bench.ext" -out "$TMP/bench.crt" 2>/dev/null
-cat "$TMP/bench.crt" "$TMP/bench.key" >"$TMP/bench.pem" # HAProxy wants both in one file
-CRT=$TMP/bench.crt KEY=$TMP/bench.key CA=$TMP/ca.crt
+tls_cert "$TMP" bench.test
+CRT=$TMP/bench.test.crt KEY=$TMP/bench.test.key CA=$TMP/ca.crt
 
 # ------------------------------------------------------------------ backends
 start_bg redis redis-server --port "$REDIS_PORT" --bind "$BACKEND_IPS" --save "" --appendonly no \
@@ -174,10 +140,10 @@ defaults
     timeout client 60s
     timeout server 60s
 listen redis
-    bind 127.0.0.1:$(tport haproxy 2) ssl crt $TMP/bench.pem
+    bind 127.0.0.1:$(tport haproxy 2) ssl crt $TMP/bench.test.pem
     server s1 $ip:$REDIS_PORT
 listen sink
-    bind 127.0.0.1:$(tport haproxy 5) ssl crt $TMP/bench.pem
+    bind 127.0.0.1:$(tport haproxy 5) ssl crt $TMP/bench.test.pem
     server s1 $ip:$SINK_PORT
 EOF
         ;;
@@ -264,27 +230,6 @@ restart_proxy() {
 }
 
 # ------------------------------------------------------------------ measuring
-CLK_TCK=$(getconf CLK_TCK)
-cpu_ticks() {
-    local sum=0 p line rest f
-    for p in "$@"; do
-        [[ -r /proc/$p/stat ]] || continue
-        line=$(<"/proc/$p/stat") || continue
-        rest=${line##*) }
-        read -ra f <<<"$rest"
-        sum=$((sum + f[11] + f[12]))
-    done
-    echo "$sum"
-}
-# Pause the other proxies so an idle one cannot take CPU from the measured one.
-focus() {
-    local o p sig
-    for o in "${!TPIDS[@]}"; do
-        sig=STOP
-        [[ $o == "$1" ]] && sig=CONT
-        for p in ${TPIDS[$o]}; do kill -"$sig" "$p" 2>/dev/null || true; done
-    done
-}
 # Let TIME_WAIT sockets of an earlier handshake run against this target drain.
 wait_tw() {
     local t=$1 n waited=0
@@ -297,68 +242,6 @@ wait_tw() {
     done
 }
 
-cat >"$TMP/tlsclient.py" <<'PY'
-# TLS client for bench-tls.sh: bulk throughput and idle-connection memory.
-import json, os, socket, ssl, sys, time
-
-def ctx(ca):
-    c = ssl.create_default_context(cafile=ca)
-    return c
-
-def rss_kib(pids):
-    total = 0
-    for p in pids:
-        try:
-            for line in open(f"/proc/{p}/status"):
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
-
-def bulk(port, ca, seconds, direction):
-    s = ctx(ca).wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="bench.test")
-    buf = bytearray(1 << 20)
-    total = 0
-    start = time.monotonic()
-    if direction == "up":
-        s.sendall(b"U")
-        while time.monotonic() - start < seconds:
-            s.sendall(buf)
-            total += len(buf)
-    else:
-        s.sendall(b"D")
-        view = memoryview(buf)
-        while time.monotonic() - start < seconds:
-            n = s.recv_into(view)
-            if n == 0:
-                break
-            total += n
-    el = time.monotonic() - start
-    s.close()
-    print(json.dumps({"value": total * 8 / el / 1e9, "extra": {"bytes": total}}))
-
-def idle(port, ca, n, pids):
-    c = ctx(ca)
-    before = rss_kib(pids)
-    conns = []
-    for _ in range(n):
-        s = c.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="bench.test")
-        s.sendall(b"PING\r\n")
-        assert s.recv(16) == b"+PONG\r\n"
-        conns.append(s)
-    time.sleep(1.0)
-    after = rss_kib(pids)
-    for s in conns:
-        s.close()
-    print(json.dumps({"value": (after - before) / n, "extra": {"rss_before_kib": before, "rss_after_kib": after}}))
-
-mode = sys.argv[1]
-if mode == "bulk":
-    bulk(int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), sys.argv[5])
-else:
-    idle(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), [int(p) for p in sys.argv[5:]])
-PY
 
 # Each scenario prints {"value":..,"extra":{..}} on stdout or fails. $1 = target.
 sc_handshakes() {
@@ -394,11 +277,11 @@ sc_redis() {
     echo "{\"value\": $rps, \"extra\": {\"requests\": $((DURATION * 40000))}}"
 }
 
-sc_bulk() { timeout -k 5 $((DURATION + 30)) python3 "$TMP/tlsclient.py" bulk "$(tport "$1" 5)" "$CA" "$DURATION" "$2"; }
+sc_bulk() { timeout -k 5 $((DURATION + 30)) python3 "$TLSCLIENT" bulk "$(tport "$1" 5)" "$CA" bench.test "$DURATION" "$2"; }
 
 sc_idle() {
     # shellcheck disable=SC2086
-    timeout -k 5 120 python3 "$TMP/tlsclient.py" idle "$(tport "$1" 2)" "$CA" "$IDLE_CONNS" ${TPIDS[$1]}
+    timeout -k 5 120 python3 "$TLSCLIENT" idle "$(tport "$1" 2)" "$CA" bench.test "$IDLE_CONNS" ${TPIDS[$1]}
 }
 
 scen_meta() { # description|metric|unit|better|cpu normalisation

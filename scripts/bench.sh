@@ -44,12 +44,11 @@ ALL_SCENARIOS=(iperf1 iperf1r iperf4 redis-set redis-get redis-set-p16 redis-get
     pgbench-s pgbench-sc pingpong churn latency idle)
 ALL_TARGETS=(direct haproxy haproxy-splice nginx sluicegate sluicegate-completion)
 
-log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+LOG_TAG=bench
+# shellcheck source=lib/bench.sh
+source "$ROOT/scripts/lib/bench.sh"
 
-for v in WORKERS REPEAT DURATION BASE_PORT IDLE_CONNS LOADGEN_THREADS; do
-    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
-done
+require_positive WORKERS REPEAT DURATION BASE_PORT IDLE_CONNS LOADGEN_THREADS
 [[ $LAT_FRACTION =~ ^(0?\.[0-9]+|1(\.0*)?)$ ]] || die "LAT_FRACTION must be in (0, 1], got '$LAT_FRACTION'"
 ((IDLE_CONNS <= 6000)) || die "IDLE_CONNS must be <= 6000 (open-file limit 20000 per process)"
 ((BASE_PORT >= 1024 && BASE_PORT + 600 < 32768)) || die "BASE_PORT must leave room below the ephemeral range (32768)"
@@ -105,22 +104,8 @@ cleanup() {
     if [[ -n $PG_DATA && -f $PG_DATA/postmaster.pid ]]; then
         su postgres -s /bin/sh -c "$PG_CTL -D '$PG_DATA' -m immediate stop" >/dev/null 2>&1
     fi
-    for p in "${STARTED[@]}"; do kill -TERM "$p" 2>/dev/null; done
-    for _ in {1..50}; do
-        local alive=0
-        for p in "${STARTED[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-        ((alive)) || break
-        sleep 0.1
-    done
-    for p in "${STARTED[@]}"; do kill -KILL "$p" 2>/dev/null; done
-    wait 2>/dev/null
-    if [[ -n $TMP && -d $TMP ]]; then
-        if [[ $KEEP_TMP == 1 || $rc != 0 ]]; then
-            log "logs and configs kept in $TMP"
-        else
-            rm -rf "$TMP"
-        fi
-    fi
+    stop_started
+    finish_tmp "$rc"
     exit "$rc"
 }
 trap cleanup EXIT
@@ -163,30 +148,8 @@ mkdir -p "$RESULTS_DIR"
 JSONL=$RESULTS_DIR/latest.jsonl
 : >"$JSONL"
 
-# start_bg NAME CMD...: runs CMD in the background, stdout/stderr to $TMP/NAME.{out,log}.
-start_bg() {
-    local name=$1
-    shift
-    "$@" >"$TMP/$name.out" 2>"$TMP/$name.log" &
-    LAST_PID=$!
-    STARTED+=("$LAST_PID")
-}
 
-listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
 
-# wait_listen PID SECONDS PORT...: every port listening while PID lives.
-wait_listen() {
-    local pid=$1 secs=$2 p
-    shift 2
-    local deadline=$((SECONDS + secs))
-    for p in "$@"; do
-        until listening "$p"; do
-            kill -0 "$pid" 2>/dev/null || return 1
-            ((SECONDS < deadline)) || return 1
-            sleep 0.1
-        done
-    done
-}
 
 # ------------------------------------------------------------------ backends
 start_backends() {
@@ -335,36 +298,8 @@ start_proxy() {
 }
 
 # ------------------------------------------------------------------ measuring helpers
-CLK_TCK=$(getconf CLK_TCK)
-# cpu_ticks PID...: utime+stime of the processes (all threads of each), in ticks.
-cpu_ticks() {
-    local sum=0 p line rest f
-    for p in "$@"; do
-        [[ -r /proc/$p/stat ]] || continue
-        line=$(<"/proc/$p/stat") || continue
-        rest=${line##*) }
-        read -ra f <<<"$rest"
-        sum=$((sum + f[11] + f[12]))
-    done
-    echo "$sum"
-}
 
-# Pause every proxy but $1 (SIGSTOP), resume $1: an idle proxy then cannot take CPU
-# from the one being measured.
-focus() {
-    local t=$1 o p sig
-    [[ $PAUSE_IDLE == 1 ]] || return 0
-    for o in "${!TPIDS[@]}"; do
-        sig=STOP
-        [[ $o == "$t" ]] && sig=CONT
-        for p in ${TPIDS[$o]}; do kill -"$sig" "$p" 2>/dev/null || true; done
-    done
-}
 
-resume_all() {
-    local o p
-    for o in "${!TPIDS[@]}"; do for p in ${TPIDS[$o]}; do kill -CONT "$p" 2>/dev/null || true; done; done
-}
 
 sample_threads() { # background: max number of threads of the PIDs -> $TMP/threads
     local max=0 n p tasks

@@ -44,12 +44,12 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_TMP=${KEEP_TMP:-0}
 SLUICEGATE_BIN=${SLUICEGATE_BIN:-$ROOT/target/release/sluicegate}
 
-log() { printf '[soak %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "error: $*"; exit 2; }
+LOG_TAG=soak
+DIE_CODE=2
+# shellcheck source=lib/bench.sh
+source "$ROOT/scripts/lib/bench.sh"
 
-for v in SOAK_MINUTES WORKERS RELOAD_EVERY LOAD_SECONDS PG_SCALE REDIS_N RSS_GROWTH_MAX_MIB FD_GROWTH_MAX BASE_PORT; do
-    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
-done
+require_positive SOAK_MINUTES WORKERS RELOAD_EVERY LOAD_SECONDS PG_SCALE REDIS_N RSS_GROWTH_MAX_MIB FD_GROWTH_MAX BASE_PORT
 ((BASE_PORT >= 1024 && BASE_PORT + 20 < 32768)) || die "BASE_PORT must leave room below the ephemeral range (32768)"
 
 ADMIN_PORT=$BASE_PORT
@@ -75,39 +75,17 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     set +e
-    local p
-    for p in "${STARTED[@]}"; do kill -TERM "$p" 2>/dev/null; done
     if [[ -n $PG_DATA && -f $PG_DATA/postmaster.pid ]]; then
         su postgres -s /bin/sh -c "$PG_BIN/pg_ctl -D '$PG_DATA' -m immediate stop" >/dev/null 2>&1
     fi
-    for _ in {1..50}; do
-        local alive=0
-        for p in "${STARTED[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-        ((alive)) || break
-        sleep 0.1
-    done
-    for p in "${STARTED[@]}"; do kill -KILL "$p" 2>/dev/null; done
-    wait 2>/dev/null
-    if [[ -n $TMP && -d $TMP ]]; then
-        if [[ $KEEP_TMP == 1 || $rc != 0 ]]; then log "logs kept in $TMP"; else rm -rf "$TMP"; fi
-    fi
+    stop_started
+    finish_tmp "$rc"
     exit "$rc"
 }
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'exit 143' TERM
 
-listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
-wait_listen() { # PID SECONDS PORT...
-    local pid=$1 deadline=$((SECONDS + $2)) p
-    shift 2
-    for p in "$@"; do
-        until listening "$p"; do
-            kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)) || return 1
-            sleep 0.1
-        done
-    done
-}
 
 # ------------------------------------------------------------------ build, backends
 if [[ $SKIP_BUILD != 1 ]]; then

@@ -34,11 +34,14 @@ SKIP_LOG="$(mktemp)"
 trap 'rm -f "$SKIP_LOG"' EXIT
 export SLUICEGATE_SKIP_LOG="$SKIP_LOG"
 
-cargo test --all-targets "$@"
+# The skip count is printed whether the tests pass or fail.
+rc=0
+cargo test --all-targets "$@" || rc=$?
 if [ -f bench/loadgen/Cargo.toml ]; then
-  cargo test --release --manifest-path bench/loadgen/Cargo.toml
+  cargo test --release --manifest-path bench/loadgen/Cargo.toml || rc=$?
 fi
 
 skipped=$(sort -u "$SKIP_LOG" | wc -l)
 echo "skipped tests: $skipped"
 if [ "$skipped" -gt 0 ]; then sort -u "$SKIP_LOG" | sed 's/^/  skipped: /'; fi
+exit "$rc"

@@ -225,4 +225,79 @@ mod tests {
         assert_eq!(routed(&cfg, &PLAIN), Some("empty"));
         assert!(!RouteTable::new(&cfg).entries[0].needs_peek());
     }
+
+    /// The names of entrypoint `ep`'s routers in match order.
+    fn order(cfg: &Config, ep: usize) -> (Vec<&str>, Vec<&str>) {
+        let t = RouteTable::new(cfg);
+        let names = |l: &[usize]| -> Vec<&str> {
+            l.iter().map(|&ri| cfg.routers[ri].name.as_str()).collect()
+        };
+        (names(&t.entries[ep].tls), names(&t.entries[ep].plain))
+    }
+
+    #[test]
+    fn equal_priorities_are_ordered_by_name_whatever_the_file_order() {
+        // Both match every plain connection; "b" is written first.
+        let cfg = load(
+            "[tcp.routers.b]\nrule = \"HostSNI(`*`)\"\nservice = \"s\"\npriority = 5\n\
+             [tcp.routers.a]\nrule = \"HostSNI(`*`)\"\nservice = \"s\"\npriority = 5\n\
+             [tcp.routers.c]\nrule = \"HostSNI(`*`)\"\nservice = \"s\"\npriority = 6\n",
+        );
+        assert_eq!(order(&cfg, 0).1, ["c", "a", "b"]);
+        assert_eq!(routed(&cfg, &PLAIN), Some("c"));
+    }
+
+    #[test]
+    fn the_default_priority_is_the_rule_length_so_the_longer_rule_wins() {
+        let cfg = load(
+            "[tcp.routers.short]\nrule = \"HostSNI(`a.test`)\"\nservice = \"s\"\n\
+             [tcp.routers.short.tls]\npassthrough = true\n\
+             [tcp.routers.long]\nrule = \"HostSNI(`a.test`) || HostSNI(`b.test`)\"\nservice = \"s\"\n\
+             [tcp.routers.long.tls]\npassthrough = true\n",
+        );
+        assert_eq!(order(&cfg, 0).0, ["long", "short"]);
+        assert_eq!(routed(&cfg, &tls(Some("a.test"), &[])), Some("long"));
+        assert_eq!(routed(&cfg, &tls(Some("b.test"), &[])), Some("long"));
+        assert_eq!(routed(&cfg, &tls(Some("c.test"), &[])), None);
+    }
+
+    #[test]
+    fn an_explicit_negative_priority_comes_after_the_catch_all() {
+        let cfg = load(
+            "[tcp.routers.last]\nrule = \"ClientIP(`10.0.0.0/8`)\"\nservice = \"s\"\npriority = -5\n\
+             [tcp.routers.any]\nrule = \"HostSNI(`*`)\"\nservice = \"s\"\n\
+             [tcp.routers.zero]\nrule = \"ClientIP(`10.0.0.1`)\"\nservice = \"s\"\npriority = 0\n",
+        );
+        // The catch-all's default is -1: above -5, below an explicit 0.
+        assert_eq!(order(&cfg, 0).1, ["zero", "any", "last"]);
+        assert_eq!(routed(&cfg, &PLAIN), Some("zero"));
+        let other = MatchCtx {
+            client_ip: "10.9.9.9".parse().expect("ip"),
+            ..PLAIN
+        };
+        assert_eq!(routed(&cfg, &other), Some("any"));
+    }
+
+    #[test]
+    fn each_entrypoint_orders_only_its_own_routers() {
+        let cfg = load(
+            "[entryPoints.f]\naddress = \"127.0.0.1:0\"\n\
+             [tcp.routers.on-e]\nentryPoints = [\"e\"]\nrule = \"HostSNI(`*`)\"\nservice = \"s\"\npriority = 9\n\
+             [tcp.routers.on-f]\nentryPoints = [\"f\"]\nrule = \"HostSNI(`*`)\"\nservice = \"s\"\npriority = 1\n\
+             [tcp.routers.both]\nentryPoints = [\"e\", \"f\"]\nrule = \"HostSNI(`*`)\"\nservice = \"s\"\npriority = 5\n",
+        );
+        let ep = |name: &str| {
+            cfg.entrypoints
+                .iter()
+                .position(|e| e.name == name)
+                .expect("entrypoint")
+        };
+        assert_eq!(order(&cfg, ep("e")).1, ["on-e", "both"]);
+        assert_eq!(order(&cfg, ep("f")).1, ["both", "on-f"]);
+        let t = RouteTable::new(&cfg);
+        let name = |ri: Option<usize>| ri.map(|ri| cfg.routers[ri].name.as_str());
+        assert_eq!(name(t.route(&cfg, ep("f"), &PLAIN)), Some("both"));
+        // An entrypoint index past the table routes nothing.
+        assert_eq!(t.route(&cfg, cfg.entrypoints.len(), &PLAIN), None);
+    }
 }

@@ -41,41 +41,26 @@ fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Two data entrypoints, the admin one with ping, metrics and the API; a
+/// health-checked service `s` and a weighted `split` over it. The echoes come
+/// back after the clients' FIN: a generous terminationDelay keeps a late one
+/// on a loaded machine.
 fn config(echo: SocketAddr) -> String {
-    format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-[entryPoints.other]
-address = "127.0.0.1:0"
-[entryPoints.traefik]
-address = "127.0.0.1:0"
-[ping]
-[metrics.prometheus]
-[api]
-[tcp.routers.r]
-entryPoints = ["main"]
-rule = "HostSNI(`*`)"
-service = "s"
-[tcp.routers.only-ten]
-entryPoints = ["other"]
-rule = "ClientIP(`10.9.9.9`)"
-service = "split"
-[tcp.services.s.loadBalancer]
-[[tcp.services.s.loadBalancer.servers]]
-address = "{echo}"
-weight = 3
-[tcp.services.s.loadBalancer.healthCheck]
-interval = "10s"
-timeout = "1s"
-[tcp.services.split.weighted]
-[[tcp.services.split.weighted.services]]
-name = "s"
-weight = 90
-[runtime]
-workers = 2
-"#
-    )
+    Cfg::new()
+        .entrypoint("main")
+        .entrypoint("other")
+        .admin()
+        .router_on("r", "main", "HostSNI(`*`)", "s")
+        .router_on("only-ten", "other", "ClientIP(`10.9.9.9`)", "split")
+        .table("tcp.services.s.loadBalancer")
+        .server("s", echo)
+        .and("weight", 3)
+        .set("tcp.services.s.loadBalancer.healthCheck", "interval", "10s")
+        .and("timeout", "1s")
+        .weighted("split", &[("s", 90)])
+        .termination_delay("30s")
+        .workers(2)
+        .to_toml()
 }
 
 #[test]
@@ -262,26 +247,21 @@ fn http_edges_are_bounded_and_answered() {
 #[test]
 fn ping_is_503_while_draining_and_endpoints_follow_the_config() {
     let echo = Backend::echo();
-    let cfg = format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-[entryPoints.main.transport.lifeCycle]
-graceTimeOut = "10s"
-[entryPoints.traefik]
-address = "127.0.0.1:0"
-[ping]
-[tcp.routers.r]
-rule = "HostSNI(`*`)"
-service = "s"
-[tcp.services.s.loadBalancer]
-[[tcp.services.s.loadBalancer.servers]]
-address = "{}"
-[runtime]
-workers = 1
-"#,
-        echo.addr
-    );
+    // Only [ping] is configured. The echo comes back after the client's FIN.
+    let cfg = Cfg::new()
+        .entrypoint("main")
+        .set(
+            "entryPoints.main.transport.lifeCycle",
+            "graceTimeOut",
+            "10s",
+        )
+        .entrypoint("traefik")
+        .table("ping")
+        .router("r", "HostSNI(`*`)", "s")
+        .service("s", &[echo.addr])
+        .termination_delay("30s")
+        .workers(1)
+        .to_toml();
     let mut p = Proxy::start(&cfg);
     let admin = p.addr("traefik");
     // Only [ping] is configured.
@@ -322,32 +302,20 @@ const ADMIN_CAP: usize = 64;
 /// routers with long rules, so that a response is far larger than what the
 /// socket buffers of a client that reads nothing can absorb.
 fn big_config(n: usize) -> String {
-    let mut cfg = format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-[entryPoints.traefik]
-address = "127.0.0.1:0"
-[ping]
-[api]
-[tcp.services.s.loadBalancer]
-[[tcp.services.s.loadBalancer.servers]]
-address = "{}"
-[runtime]
-workers = 1
-"#,
-        refused_addr()
-    );
+    let mut cfg = Cfg::new()
+        .entrypoint("main")
+        .entrypoint("traefik")
+        .table("ping")
+        .table("api")
+        .service("s", &[refused_addr()])
+        .workers(1);
     for r in 0..n {
         let rule: Vec<String> = (0..24)
             .map(|i| format!("ClientIP(`10.{}.{}.{i}/32`)", r / 256, r % 256))
             .collect();
-        cfg.push_str(&format!(
-            "[tcp.routers.router-{r:05}]\nentryPoints = [\"main\"]\nrule = \"{}\"\nservice = \"s\"\n",
-            rule.join(" || ")
-        ));
+        cfg = cfg.router_on(&format!("router-{r:05}"), "main", &rule.join(" || "), "s");
     }
-    cfg
+    cfg.to_toml()
 }
 
 /// Send `GET path` and read nothing: the response stays queued. A small

@@ -27,32 +27,18 @@ fn named_backends(n: usize) -> Vec<Backend> {
     NAMES[..n].iter().map(|g| Backend::greeting(g)).collect()
 }
 
-/// One entrypoint `main` (plus the admin one) routing everything to service
-/// `s` over `servers`, with `lb` written in its loadBalancer table.
-fn config(servers: &[SocketAddr], lb: &str, workers: usize) -> String {
-    let mut c = format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-[entryPoints.traefik]
-address = "127.0.0.1:0"
-[metrics.prometheus]
-[tcp.routers.r]
-entryPoints = ["main"]
-rule = "HostSNI(`*`)"
-service = "s"
-[runtime]
-workers = {workers}
-[tcp.services.s.loadBalancer]
-{lb}
-"#
-    );
-    for a in servers {
-        c.push_str(&format!(
-            "[[tcp.services.s.loadBalancer.servers]]\naddress = \"{a}\"\n"
-        ));
-    }
-    c
+/// One entrypoint `main` (plus the admin one, `traefik`, with metrics)
+/// routing everything to service `s` over `servers`; the tests add their
+/// loadBalancer keys with `Cfg::lb`. The servers greet first: no test here
+/// depends on terminationDelay.
+fn config(servers: &[SocketAddr], workers: usize) -> Cfg {
+    Cfg::new()
+        .entrypoint("main")
+        .entrypoint("traefik")
+        .table("metrics.prometheus")
+        .router_on("r", "main", "HostSNI(`*`)", "s")
+        .workers(workers)
+        .service("s", servers)
 }
 
 /// Connect, read the greeting: the server's name.
@@ -105,7 +91,11 @@ fn count(held: &[(TcpStream, u8)], name: u8) -> usize {
 fn least_conn_across_two_workers_sends_each_connection_to_the_least_loaded_server() {
     let b = named_backends(2);
     let servers = [b[0].addr, b[1].addr];
-    let p = Proxy::start(&config(&servers, "strategy = \"leastConn\"", 2));
+    let p = Proxy::start(
+        &config(&servers, 2)
+            .lb("s", "strategy", "leastConn")
+            .to_toml(),
+    );
     let (main, admin) = (p.addr("main"), p.addr("traefik"));
     // 20 long-lived connections, one after the other: the kernel spreads
     // them over both workers (SO_REUSEPORT), and each goes to the server
@@ -157,7 +147,7 @@ fn spread(owners: &[u8]) -> [usize; 3] {
 fn hrw_keeps_each_client_ip_on_its_server_and_a_lost_server_moves_only_its_own() {
     let mut b = named_backends(3);
     let servers = [b[0].addr, b[1].addr, b[2].addr];
-    let cfg = config(&servers, "strategy = \"hrw\"", 2);
+    let cfg = config(&servers, 2).lb("s", "strategy", "hrw").to_toml();
     let p = Proxy::start(&cfg);
     let main = p.addr("main");
     let first = owners(main);
@@ -208,7 +198,9 @@ fn hrw_keeps_each_client_ip_on_its_server_and_a_lost_server_moves_only_its_own()
     // Removing C from the list by a reload gives exactly the same map.
     std::fs::write(
         &p.config_path,
-        config(&servers[..2], "strategy = \"hrw\"", 2),
+        config(&servers[..2], 2)
+            .lb("s", "strategy", "hrw")
+            .to_toml(),
     )
     .unwrap();
     p.signal(SIGHUP);
@@ -220,17 +212,12 @@ fn hrw_keeps_each_client_ip_on_its_server_and_a_lost_server_moves_only_its_own()
 fn hrw_hashes_the_proxy_protocol_source_of_a_trusted_sender() {
     let b = named_backends(3);
     let servers = [b[0].addr, b[1].addr, b[2].addr];
-    let cfg = config(&servers, "strategy = \"hrw\"", 1)
-        + r#"
-[entryPoints.pp]
-address = "127.0.0.1:0"
-[entryPoints.pp.proxyProtocol]
-trustedIPs = ["127.0.0.1"]
-[tcp.routers.viapp]
-entryPoints = ["pp"]
-rule = "HostSNI(`*`)"
-service = "s"
-"#;
+    let cfg = config(&servers, 1)
+        .lb("s", "strategy", "hrw")
+        .entrypoint("pp")
+        .set("entryPoints.pp.proxyProtocol", "trustedIPs", ["127.0.0.1"])
+        .router_on("viapp", "pp", "HostSNI(`*`)", "s")
+        .to_toml();
     let p = Proxy::start(&cfg);
     let (main, pp) = (p.addr("main"), p.addr("pp"));
     let direct = owners(main);
@@ -293,8 +280,10 @@ fn served_within(s: &mut TcpStream, wait: Duration) -> Option<bool> {
 #[test]
 fn max_conn_queues_a_burst_and_serves_it_as_slots_free_even_across_a_reload() {
     let (backend, peak) = counted_backend();
-    let lb = "maxConn = 2\nqueueTimeout = \"60s\"";
-    let p = Proxy::start(&config(&[backend.addr], lb, 2));
+    let cfg = config(&[backend.addr], 2)
+        .lb("s", "maxConn", 2)
+        .and("queueTimeout", "60s");
+    let p = cfg.start();
     let (main, admin) = (p.addr("main"), p.addr("traefik"));
     // Five clients at once: two served, three queued.
     let mut clients: Vec<TcpStream> = (0..5).map(|_| TcpStream::connect(main).unwrap()).collect();
@@ -347,8 +336,10 @@ fn max_conn_queues_a_burst_and_serves_it_as_slots_free_even_across_a_reload() {
 #[test]
 fn a_waiter_past_queue_timeout_is_closed_with_the_outcome_logged_and_counted() {
     let (backend, _) = counted_backend();
-    let lb = "maxConn = 1\nqueueTimeout = \"300ms\"";
-    let p = Proxy::start(&config(&[backend.addr], lb, 2));
+    let cfg = config(&[backend.addr], 2)
+        .lb("s", "maxConn", 1)
+        .and("queueTimeout", "300ms");
+    let p = cfg.start();
     let (main, admin) = (p.addr("main"), p.addr("traefik"));
     let (_holder, name) = reach(main);
     assert_eq!(name, b'A');
@@ -387,7 +378,9 @@ fn a_waiter_past_queue_timeout_is_closed_with_the_outcome_logged_and_counted() {
 fn a_reload_keeps_the_counts_of_connections_accepted_before_it() {
     let b = named_backends(2);
     let servers = [b[0].addr, b[1].addr];
-    let cfg = config(&servers, "strategy = \"leastConn\"", 2);
+    let cfg = config(&servers, 2)
+        .lb("s", "strategy", "leastConn")
+        .to_toml();
     let p = Proxy::start(&cfg);
     let (main, admin) = (p.addr("main"), p.addr("traefik"));
     let mut held: Vec<(TcpStream, u8)> = (0..2).map(|_| reach(main)).collect();

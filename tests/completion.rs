@@ -15,27 +15,18 @@ use std::time::Duration;
 
 use support::*;
 
+/// Everything on `main` to `backend` on the completion path. The echoes
+/// come back after the clients' FIN: a generous terminationDelay keeps a
+/// late one on a loaded machine.
 fn config(backend: SocketAddr, workers: usize) -> String {
-    format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-
-[tcp.routers.all]
-entryPoints = ["main"]
-rule = "HostSNI(`*`)"
-service = "svc"
-
-[tcp.services.svc.loadBalancer]
-[[tcp.services.svc.loadBalancer.servers]]
-address = "{backend}"
-
-[runtime]
-workers = {workers}
-driver = "io_uring"
-forwarding = "completion"
-"#
-    )
+    Cfg::new()
+        .entrypoint("main")
+        .router_on("all", "main", "HostSNI(`*`)", "svc")
+        .service("svc", &[backend])
+        .termination_delay("30s")
+        .workers(workers)
+        .runtime("io_uring", "completion")
+        .to_toml()
 }
 
 /// Connections held open at once in the ENOBUFS test.

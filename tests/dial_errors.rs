@@ -18,40 +18,33 @@ const NOFILE: usize = 64;
 /// Connections that fail at dial time while descriptors are exhausted.
 const FAILURES: usize = 40;
 
+/// `main` (plain) and `peek` (a passthrough router: connections wait there
+/// for a ClientHello) to the echo server, with the admin entrypoint's
+/// metrics. The echoes come back after the clients' FIN: a generous
+/// terminationDelay keeps a late one on a loaded machine.
 fn config(echo: SocketAddr, driver: &str, mode: &str) -> String {
-    format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-[entryPoints.peek]
-address = "127.0.0.1:0"
-[entryPoints.peek.transport.respondingTimeouts]
-# No routing deadline: the connections held here must stay open for the
-# whole test, however slow the machine (a deadline freeing one descriptor
-# would let a "failing" connection be served).
-readTimeout = "0s"
-[entryPoints.traefik]
-address = "127.0.0.1:0"
-[metrics.prometheus]
-[tcp.routers.r]
-entryPoints = ["main"]
-rule = "HostSNI(`*`)"
-service = "s"
-[tcp.routers.p]
-entryPoints = ["peek"]
-rule = "HostSNI(`x.test`)"
-service = "s"
-[tcp.routers.p.tls]
-passthrough = true
-[tcp.services.s.loadBalancer]
-[[tcp.services.s.loadBalancer.servers]]
-address = "{echo}"
-[runtime]
-workers = 1
-driver = "{driver}"
-forwarding = "{mode}"
-"#
-    )
+    Cfg::new()
+        .entrypoint("main")
+        .entrypoint("peek")
+        // No routing deadline: the connections held here must stay open for
+        // the whole test, however slow the machine (a deadline freeing one
+        // descriptor would let a "failing" connection be served).
+        .set(
+            "entryPoints.peek.transport.respondingTimeouts",
+            "readTimeout",
+            "0s",
+        )
+        .entrypoint("traefik")
+        .table("metrics.prometheus")
+        .router_on("r", "main", "HostSNI(`*`)", "s")
+        .router_on("p", "peek", "HostSNI(`x.test`)", "s")
+        .router_tls("p")
+        .and("passthrough", true)
+        .service("s", &[echo])
+        .termination_delay("30s")
+        .workers(1)
+        .runtime(driver, mode)
+        .to_toml()
 }
 
 /// The proxy's descriptors and what each one is, for failure messages.

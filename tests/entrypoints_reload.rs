@@ -17,17 +17,23 @@ use std::time::{Duration, Instant};
 use support::process::free_port;
 use support::*;
 
+/// Entry points `eps` on fixed ports (1 s grace each), all routed to `echo`
+/// (its one server written as an inline table).
 fn config(eps: &[(&str, u16)], echo: SocketAddr) -> String {
-    let mut s = String::new();
+    let mut c = Cfg::new();
     for (name, port) in eps {
-        s += &format!(
-            "[entryPoints.{name}]\naddress = \"127.0.0.1:{port}\"\n[entryPoints.{name}.transport.lifeCycle]\ngraceTimeOut = \"1s\"\n"
+        c = c.entrypoint_at(name, format!("127.0.0.1:{port}")).set(
+            &format!("entryPoints.{name}.transport.lifeCycle"),
+            "graceTimeOut",
+            "1s",
         );
     }
-    s += &format!(
-        "[tcp.routers.r]\nrule = \"HostSNI(`*`)\"\nservice = \"s\"\n[tcp.services.s.loadBalancer]\nservers = [{{ address = \"{echo}\" }}]\n[runtime]\nworkers = 2\n[tcpServersTransport]\nterminationDelay = \"30s\"\n"
-    );
-    s
+    let server = format!("[{{ address = \"{echo}\" }}]");
+    c.router("r", "HostSNI(`*`)", "s")
+        .lb("s", "servers", Raw(&server))
+        .workers(2)
+        .termination_delay("30s")
+        .to_toml()
 }
 
 fn echo_ok(port: u16) -> bool {

@@ -11,32 +11,22 @@ use std::time::Duration;
 
 use support::*;
 
-fn config(driver: &str, fwd: &str, backend: SocketAddr, transport: &str) -> String {
-    format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-
-[tcp.routers.all]
-entryPoints = ["main"]
-rule = "HostSNI(`*`)"
-service = "svc"
-
-[tcp.services.svc.loadBalancer]
-serversTransport = "t"
-[[tcp.services.svc.loadBalancer.servers]]
-address = "{backend}"
-
-[tcp.serversTransports.t]
-dialTimeout = "2s"
-{transport}
-
-[runtime]
-workers = 2
-driver = "{driver}"
-forwarding = "{fwd}"
-"#
-    )
+/// Everything on entry point `main` to the one `backend`, over transport `t`
+/// with `delay` as its terminationDelay (`None`: Traefik's 100 ms default).
+fn config(driver: &str, fwd: &str, backend: SocketAddr, delay: Option<&str>) -> String {
+    let c = Cfg::new()
+        .entrypoint("main")
+        .router_on("all", "main", "HostSNI(`*`)", "svc")
+        .service("svc", &[backend])
+        .lb("svc", "serversTransport", "t")
+        .transport("t", "dialTimeout", "2s")
+        .workers(2)
+        .runtime(driver, fwd);
+    match delay {
+        Some(d) => c.transport("t", "terminationDelay", d),
+        None => c,
+    }
+    .to_toml()
 }
 
 /// Send `data` and read the echo concurrently; returns what came back.
@@ -60,12 +50,7 @@ fn exact_bytes_both_ways_1k_and_64m() {
     for &(driver, fwd) in VARIANTS {
         // The echo of the last bytes follows the client's FIN: give it more
         // than the default 100 ms terminationDelay on a loaded machine.
-        let p = Proxy::start(&config(
-            driver,
-            fwd,
-            echo.addr,
-            "terminationDelay = \"30s\"",
-        ));
+        let p = Proxy::start(&config(driver, fwd, echo.addr, Some("30s")));
         for (len, seed) in [(1024usize, 1u64), (64 << 20, 2)] {
             let data = pattern(len, seed);
             let got = echo_roundtrip(p.addr("main"), &data);
@@ -102,12 +87,7 @@ fn half_close_client_first_then_backend_answers() {
         s.shutdown(Shutdown::Write).unwrap();
     });
     for &(driver, fwd) in VARIANTS {
-        let p = Proxy::start(&config(
-            driver,
-            fwd,
-            backend.addr,
-            "terminationDelay = \"30s\"",
-        ));
+        let p = Proxy::start(&config(driver, fwd, backend.addr, Some("30s")));
         let mut s = TcpStream::connect(p.addr("main")).unwrap();
         s.write_all(&pattern(1 << 20, 3)).unwrap();
         s.shutdown(Shutdown::Write).unwrap();
@@ -133,12 +113,7 @@ fn half_close_backend_first_then_client_answers() {
         tx.lock().unwrap().send(checksum(&got)).unwrap();
     });
     for &(driver, fwd) in VARIANTS {
-        let p = Proxy::start(&config(
-            driver,
-            fwd,
-            backend.addr,
-            "terminationDelay = \"30s\"",
-        ));
+        let p = Proxy::start(&config(driver, fwd, backend.addr, Some("30s")));
         let mut s = TcpStream::connect(p.addr("main")).unwrap();
         let (got, err) = read_to_end(&mut s);
         assert!(err.is_none());
@@ -164,12 +139,7 @@ fn termination_delay_closes_after_first_fin() {
         let _ = read_to_end(&mut s);
         thread::sleep(Duration::from_secs(10));
     });
-    let p = Proxy::start(&config(
-        "io_uring",
-        "copy",
-        backend.addr,
-        "terminationDelay = \"200ms\"",
-    ));
+    let p = Proxy::start(&config("io_uring", "copy", backend.addr, Some("200ms")));
     let mut s = TcpStream::connect(p.addr("main")).unwrap();
     s.write_all(b"bye").unwrap();
     s.shutdown(Shutdown::Write).unwrap();
@@ -205,7 +175,7 @@ fn backend_reset_mid_stream_is_passed_on_as_reset() {
         drop(s);
     });
     for &(driver, fwd) in VARIANTS {
-        let p = Proxy::start(&config(driver, fwd, backend.addr, ""));
+        let p = Proxy::start(&config(driver, fwd, backend.addr, None));
         let mut s = TcpStream::connect(p.addr("main")).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut got = vec![0u8; 1 << 20];
@@ -224,17 +194,28 @@ fn backend_reset_mid_stream_is_passed_on_as_reset() {
 
 #[test]
 fn client_reset_is_passed_on_to_backend() {
+    // The backend tells when the first bytes have arrived (the proxy is then
+    // surely connected to it), and then how its read ended.
+    let (arrived_tx, arrived_rx) = std::sync::mpsc::channel::<()>();
+    let arrived_tx = std::sync::Mutex::new(arrived_tx);
     let (tx, rx) = std::sync::mpsc::channel::<Option<ErrorKind>>();
     let tx = std::sync::Mutex::new(tx);
     let backend = Backend::start(move |mut s| {
+        let mut first = [0u8; 1];
+        if s.read_exact(&mut first).is_err() {
+            return;
+        }
+        arrived_tx.lock().unwrap().send(()).unwrap();
         let (_, err) = read_to_end(&mut s);
         tx.lock().unwrap().send(err.map(|e| e.kind())).unwrap();
     });
     for &(driver, fwd) in VARIANTS {
-        let p = Proxy::start(&config(driver, fwd, backend.addr, ""));
+        let p = Proxy::start(&config(driver, fwd, backend.addr, None));
         let mut s = TcpStream::connect(p.addr("main")).unwrap();
         s.write_all(b"partial request").unwrap();
-        thread::sleep(Duration::from_millis(100));
+        arrived_rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("{driver}/{fwd}: the request never reached the backend"));
         socket2::SockRef::from(&s)
             .set_linger(Some(Duration::ZERO))
             .unwrap();
@@ -250,7 +231,7 @@ fn client_reset_is_passed_on_to_backend() {
 fn server_speaks_first_greeting_arrives_without_client_bytes() {
     let backend = Backend::greeting(b"J\0\0\0\x0a5.7.0-mysql-like greeting\0");
     for &(driver, fwd) in VARIANTS {
-        let p = Proxy::start(&config(driver, fwd, backend.addr, ""));
+        let p = Proxy::start(&config(driver, fwd, backend.addr, None));
         let mut s = TcpStream::connect(p.addr("main")).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut buf = [0u8; 64];
@@ -278,12 +259,7 @@ fn slow_reader_gets_every_byte_of_a_finished_reply() {
     });
     let expect = checksum(&pattern(LEN, 21));
     for &(driver, fwd) in VARIANTS {
-        let p = Proxy::start(&config(
-            driver,
-            fwd,
-            backend.addr,
-            "terminationDelay = \"100ms\"",
-        ));
+        let p = Proxy::start(&config(driver, fwd, backend.addr, Some("100ms")));
         let mut s = TcpStream::connect(p.addr("main")).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let (got, err) = read_throttled(&mut s, 8_000_000);
@@ -316,12 +292,7 @@ fn a_reply_cut_by_termination_delay_is_reset_and_counts_what_arrived() {
         let _ = s.write_all(&reply);
     });
     for &(driver, fwd) in VARIANTS {
-        let p = Proxy::start(&config(
-            driver,
-            fwd,
-            backend.addr,
-            "terminationDelay = \"300ms\"",
-        ));
+        let p = Proxy::start(&config(driver, fwd, backend.addr, Some("300ms")));
         let mut s = TcpStream::connect(p.addr("main")).unwrap();
         s.write_all(b"go").unwrap();
         s.shutdown(Shutdown::Write).unwrap();
@@ -373,7 +344,7 @@ fn a_reset_passed_on_after_the_drain_wait_counts_only_what_arrived() {
             .unwrap();
     });
     for &(driver, fwd) in VARIANTS {
-        let p = Proxy::start(&config(driver, fwd, backend.addr, ""));
+        let p = Proxy::start(&config(driver, fwd, backend.addr, None));
         let mut s = TcpStream::connect(p.addr("main")).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         s.write_all(b"go").unwrap();

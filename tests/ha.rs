@@ -82,54 +82,41 @@ fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 /// The two role services over the same servers, a failover for reads, and
 /// writes with `onServerDown = "close"` and a hold.
 fn pg_config(a: u16, b: u16, pw_file: &std::path::Path) -> String {
-    let check = |role: &str| {
-        format!(
-            r#"interval = "200ms"
-timeout = "3s"
-role = "{role}"
-[tcp.services.{role}.loadBalancer.healthCheck.postgres]
-user = "health"
-database = "postgres"
-passwordFile = "{}"
-"#,
-            pw_file.display()
-        )
-    };
-    format!(
-        r#"
-[entryPoints.writes]
-address = "127.0.0.1:0"
-[entryPoints.reads]
-address = "127.0.0.1:0"
-[entryPoints.traefik]
-address = "127.0.0.1:0"
-[api]
-[metrics.prometheus]
-[tcp.routers.w]
-entryPoints = ["writes"]
-rule = "HostSNI(`*`)"
-service = "primary"
-[tcp.routers.r]
-entryPoints = ["reads"]
-rule = "HostSNI(`*`)"
-service = "reads"
-[tcp.services.reads.failover]
-service = "replica"
-fallback = "primary"
-[tcp.services.primary.loadBalancer]
-onServerDown = "close"
-switchoverHold = "30s"
-servers = [{{ address = "127.0.0.1:{a}" }}, {{ address = "127.0.0.1:{b}" }}]
-[tcp.services.primary.loadBalancer.healthCheck]
-{}
-[tcp.services.replica.loadBalancer]
-servers = [{{ address = "127.0.0.1:{a}" }}, {{ address = "127.0.0.1:{b}" }}]
-[tcp.services.replica.loadBalancer.healthCheck]
-{}
-"#,
-        check("primary"),
-        check("replica")
-    )
+    let servers = [format!("127.0.0.1:{a}"), format!("127.0.0.1:{b}")];
+    let mut c = Cfg::new()
+        .entrypoint("writes")
+        .entrypoint("reads")
+        .entrypoint("traefik")
+        .table("api")
+        .table("metrics.prometheus")
+        .router_on("w", "writes", "HostSNI(`*`)", "primary")
+        .router_on("r", "reads", "HostSNI(`*`)", "reads")
+        .set("tcp.services.reads.failover", "service", "replica")
+        .and("fallback", "primary")
+        .lb("primary", "onServerDown", "close")
+        .and("switchoverHold", "30s");
+    for role in ["primary", "replica"] {
+        c = c.table(&format!("tcp.services.{role}.loadBalancer"));
+        for s in &servers {
+            c = c.server(role, s);
+        }
+        c = c
+            .set(
+                &format!("tcp.services.{role}.loadBalancer.healthCheck"),
+                "interval",
+                "200ms",
+            )
+            .and("timeout", "3s")
+            .and("role", role)
+            .set(
+                &format!("tcp.services.{role}.loadBalancer.healthCheck.postgres"),
+                "user",
+                "health",
+            )
+            .and("database", "postgres")
+            .and("passwordFile", pw_file);
+    }
+    c.to_toml()
 }
 
 /// psql kept open on stdin: a session that stays connected.
@@ -363,24 +350,23 @@ fn a_wrong_postgres_password_is_down_with_the_servers_reason_and_never_logged() 
     a.hba_first("host all health 127.0.0.1/32 scram-sha-256");
     let dir = TempDir::new("ha-pw");
     let pw = dir.write("pw", "wrong-secret\n");
-    let cfg = format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-[tcp.routers.r]
-rule = "HostSNI(`*`)"
-service = "s"
-[tcp.services.s.loadBalancer]
-servers = [{{ address = "127.0.0.1:{}" }}]
-[tcp.services.s.loadBalancer.healthCheck]
-interval = "200ms"
-[tcp.services.s.loadBalancer.healthCheck.postgres]
-user = "health"
-passwordFile = "{}"
-"#,
-        a.port,
-        pw.display()
-    );
+    let cfg = Cfg::new()
+        .entrypoint("main")
+        .router("r", "HostSNI(`*`)", "s")
+        .table("tcp.services.s.loadBalancer")
+        .server("s", format!("127.0.0.1:{}", a.port))
+        .set(
+            "tcp.services.s.loadBalancer.healthCheck",
+            "interval",
+            "200ms",
+        )
+        .set(
+            "tcp.services.s.loadBalancer.healthCheck.postgres",
+            "user",
+            "health",
+        )
+        .and("passwordFile", &pw)
+        .to_toml();
     let p = Proxy::start(&cfg);
     let down = p.wait_logs(1, |l| l.contains("msg=\"server unhealthy\""));
     assert!(
@@ -425,24 +411,21 @@ fn redis_role_check_moves_writes_to_the_new_master_and_closes_sessions_on_the_ol
     let a = RedisServer::start();
     let b = RedisServer::start();
     redis_cli(b.port, &["replicaof", "127.0.0.1", &a.port.to_string()]).expect_ok("replicaof");
-    let cfg = format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-[tcp.routers.r]
-rule = "HostSNI(`*`)"
-service = "w"
-[tcp.services.w.loadBalancer]
-onServerDown = "close"
-servers = [{{ address = "127.0.0.1:{}" }}, {{ address = "127.0.0.1:{}" }}]
-[tcp.services.w.loadBalancer.healthCheck]
-interval = "100ms"
-timeout = "2s"
-role = "primary"
-redis = true
-"#,
-        a.port, b.port
-    );
+    let cfg = Cfg::new()
+        .entrypoint("main")
+        .router("r", "HostSNI(`*`)", "w")
+        .lb("w", "onServerDown", "close")
+        .server("w", format!("127.0.0.1:{}", a.port))
+        .server("w", format!("127.0.0.1:{}", b.port))
+        .set(
+            "tcp.services.w.loadBalancer.healthCheck",
+            "interval",
+            "100ms",
+        )
+        .and("timeout", "2s")
+        .and("role", "primary")
+        .and("redis", true)
+        .to_toml();
     let p = Proxy::start(&cfg);
     let main = p.addr("main");
     let (sa, sb) = (
@@ -577,28 +560,23 @@ fn http_check_follows_a_patroni_style_primary_endpoint_with_rise_and_fall() {
     let port = la.local_addr().unwrap().port();
     let (ha, hb) = (http_health(la), http_health(lb));
     hb.status.store(503, Ordering::SeqCst);
-    let cfg = format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-[tcp.routers.r]
-rule = "HostSNI(`*`)"
-service = "s"
-[tcp.services.s.loadBalancer]
-servers = [{{ address = "{}" }}, {{ address = "{}" }}]
-[tcp.services.s.loadBalancer.healthCheck]
-port = {port}
-interval = "50ms"
-timeout = "1s"
-rise = 3
-fall = 2
-[tcp.services.s.loadBalancer.healthCheck.http]
-method = "GET"
-path = "/primary"
-status = 200
-"#,
-        a.addr, b.addr
-    );
+    let cfg = Cfg::new()
+        .entrypoint("main")
+        .router("r", "HostSNI(`*`)", "s")
+        .service("s", &[a.addr, b.addr])
+        .set("tcp.services.s.loadBalancer.healthCheck", "port", port)
+        .and("interval", "50ms")
+        .and("timeout", "1s")
+        .and("rise", 3)
+        .and("fall", 2)
+        .set(
+            "tcp.services.s.loadBalancer.healthCheck.http",
+            "method",
+            "GET",
+        )
+        .and("path", "/primary")
+        .and("status", 200)
+        .to_toml();
     let p = Proxy::start(&cfg);
     let main = p.addr("main");
     let down = p.wait_logs(1, |l| l.contains("msg=\"server unhealthy\""));
@@ -754,44 +732,26 @@ fn close_cuts_sessions_of_removed_and_down_servers_even_from_an_earlier_config_k
         .expect("a port free on 127.0.0.1 and 127.0.0.2");
     let port = la.local_addr().unwrap().port();
     let (ha, hb) = (http_health(la), http_health(lb));
-    let cfg = |close_servers: &str| {
-        format!(
-            r#"
-[entryPoints.close]
-address = "127.0.0.1:0"
-[entryPoints.keep]
-address = "127.0.0.1:0"
-[tcp.routers.c]
-entryPoints = ["close"]
-rule = "HostSNI(`*`)"
-service = "c"
-[tcp.routers.k]
-entryPoints = ["keep"]
-rule = "HostSNI(`*`)"
-service = "k"
-[tcp.services.c.loadBalancer]
-onServerDown = "close"
-servers = [{close_servers}]
-[tcp.services.c.loadBalancer.healthCheck]
-port = {port}
-interval = "50ms"
-http = {{ path = "/health" }}
-[tcp.services.k.loadBalancer]
-servers = [{{ address = "{a}" }}]
-[tcp.services.k.loadBalancer.healthCheck]
-port = {port}
-interval = "50ms"
-http = {{ path = "/health" }}
-[runtime]
-workers = 2
-"#,
-            a = a.addr
-        )
+    // `http` as an inline table, as Traefik's docs write it.
+    let cfg = |close_servers: &[SocketAddr]| {
+        Cfg::new()
+            .entrypoint("close")
+            .entrypoint("keep")
+            .router_on("c", "close", "HostSNI(`*`)", "c")
+            .router_on("k", "keep", "HostSNI(`*`)", "k")
+            .lb("c", "onServerDown", "close")
+            .service("c", close_servers)
+            .set("tcp.services.c.loadBalancer.healthCheck", "port", port)
+            .and("interval", "50ms")
+            .and("http", Raw("{ path = \"/health\" }"))
+            .service("k", &[a.addr])
+            .set("tcp.services.k.loadBalancer.healthCheck", "port", port)
+            .and("interval", "50ms")
+            .and("http", Raw("{ path = \"/health\" }"))
+            .workers(2)
+            .to_toml()
     };
-    let both = format!(
-        "{{ address = \"{}\" }}, {{ address = \"{}\" }}",
-        a.addr, b.addr
-    );
+    let both = [a.addr, b.addr];
     let p = Proxy::start(&cfg(&both));
     let (close, keep) = (p.addr("close"), p.addr("keep"));
     // Two workers, each with its own rotation: open sessions until one is
@@ -815,8 +775,7 @@ workers = 2
 
     // A reload removes A from `c`: its session there is closed, the one on
     // B stays, and `k` (keep, A still in it) is untouched.
-    let only_b = format!("{{ address = \"{}\" }}", b.addr);
-    std::fs::write(&p.config_path, cfg(&only_b)).unwrap();
+    std::fs::write(&p.config_path, cfg(&[b.addr])).unwrap();
     p.signal(1);
     p.wait_logs(1, |l| l.contains("msg=reloaded"));
     assert!(ended(&mut ca), "the session on the removed server stayed");
@@ -869,25 +828,24 @@ fn redis_check_authenticates_as_an_acl_user_and_a_wrong_password_is_down() {
     let good = dir.write("good", "check pw\n");
     let bad = dir.write("bad", "not it\n");
     let cfg = |pw: &std::path::Path| {
-        format!(
-            r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-[tcp.routers.r]
-rule = "HostSNI(`*`)"
-service = "s"
-[tcp.services.s.loadBalancer]
-servers = [{{ address = "127.0.0.1:{}" }}]
-[tcp.services.s.loadBalancer.healthCheck]
-interval = "100ms"
-role = "primary"
-[tcp.services.s.loadBalancer.healthCheck.redis]
-username = "health"
-passwordFile = "{}"
-"#,
-            r.port,
-            pw.display()
-        )
+        Cfg::new()
+            .entrypoint("main")
+            .router("r", "HostSNI(`*`)", "s")
+            .table("tcp.services.s.loadBalancer")
+            .server("s", format!("127.0.0.1:{}", r.port))
+            .set(
+                "tcp.services.s.loadBalancer.healthCheck",
+                "interval",
+                "100ms",
+            )
+            .and("role", "primary")
+            .set(
+                "tcp.services.s.loadBalancer.healthCheck.redis",
+                "username",
+                "health",
+            )
+            .and("passwordFile", pw)
+            .to_toml()
     };
     let p = Proxy::start(&cfg(&good));
     let up = p.wait_logs(1, |l| l.contains("msg=\"server healthy\""));
@@ -918,47 +876,27 @@ fn patroni_switchover_moves_writes_behind_the_http_check() {
     }
     let cluster = support::patroni::Patroni::start();
     let (pg_port, rest) = (cluster.pg_port, cluster.rest_port);
-    let svc = |name: &str, path: &str, extra: &str| {
-        format!(
-            r#"
-[tcp.services.{name}.loadBalancer]
-{extra}
-servers = [{{ address = "127.0.0.1:{pg_port}" }}, {{ address = "127.0.0.2:{pg_port}" }}]
-[tcp.services.{name}.loadBalancer.healthCheck]
-port = {rest}
-interval = "100ms"
-timeout = "2s"
-http = {{ path = "{path}" }}
-"#
-        )
+    let svc = |c: Cfg, name: &str, path: &str| {
+        let hc = format!("tcp.services.{name}.loadBalancer.healthCheck");
+        c.table(&format!("tcp.services.{name}.loadBalancer"))
+            .server(name, format!("127.0.0.1:{pg_port}"))
+            .server(name, format!("127.0.0.2:{pg_port}"))
+            .set(&hc, "port", rest)
+            .and("interval", "100ms")
+            .and("timeout", "2s")
+            .and("http", Raw(&format!("{{ path = {path:?} }}")))
     };
-    let cfg = format!(
-        r#"
-[entryPoints.writes]
-address = "127.0.0.1:0"
-[entryPoints.reads]
-address = "127.0.0.1:0"
-[tcp.routers.w]
-entryPoints = ["writes"]
-rule = "HostSNI(`*`)"
-service = "primary"
-[tcp.routers.r]
-entryPoints = ["reads"]
-rule = "HostSNI(`*`)"
-service = "reads"
-[tcp.services.reads.failover]
-service = "replica"
-fallback = "primary"
-{}
-{}
-"#,
-        svc(
-            "primary",
-            "/primary",
-            "onServerDown = \"close\"\nswitchoverHold = \"30s\""
-        ),
-        svc("replica", "/replica", "")
-    );
+    let c = Cfg::new()
+        .entrypoint("writes")
+        .entrypoint("reads")
+        .router_on("w", "writes", "HostSNI(`*`)", "primary")
+        .router_on("r", "reads", "HostSNI(`*`)", "reads")
+        .set("tcp.services.reads.failover", "service", "replica")
+        .and("fallback", "primary")
+        .lb("primary", "onServerDown", "close")
+        .and("switchoverHold", "30s");
+    let c = svc(c, "primary", "/primary");
+    let cfg = svc(c, "replica", "/replica").to_toml();
     let p = Proxy::start(&cfg);
     let (writes, reads) = (p.addr("writes"), p.addr("reads"));
     let n1 = format!("127.0.0.1:{pg_port}");
@@ -1069,23 +1007,19 @@ fn a_hold_is_bounded_and_counted_when_no_server_comes() {
     // The only server is down by its check: a new connection waits the
     // hold out, then is refused as `no_server`; both holds are counted.
     let dead = refused_addr();
-    let cfg = format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-[entryPoints.traefik]
-address = "127.0.0.1:0"
-[metrics.prometheus]
-[tcp.routers.r]
-rule = "HostSNI(`*`)"
-service = "s"
-[tcp.services.s.loadBalancer]
-switchoverHold = "400ms"
-servers = [{{ address = "{dead}" }}]
-[tcp.services.s.loadBalancer.healthCheck]
-interval = "100ms"
-"#
-    );
+    let cfg = Cfg::new()
+        .entrypoint("main")
+        .entrypoint("traefik")
+        .table("metrics.prometheus")
+        .router("r", "HostSNI(`*`)", "s")
+        .lb("s", "switchoverHold", "400ms")
+        .server("s", dead)
+        .set(
+            "tcp.services.s.loadBalancer.healthCheck",
+            "interval",
+            "100ms",
+        )
+        .to_toml();
     let p = Proxy::start(&cfg);
     p.wait_logs(1, |l| l.contains("msg=\"server unhealthy\""));
     for _ in 0..2 {
@@ -1134,25 +1068,34 @@ fn postgres_check_logs_in_with_trust_cleartext_md5_and_scram() {
         a.hba_first(&format!("host all {user} 127.0.0.1/32 {method}"));
     }
     let dir = TempDir::new("ha-auth");
-    let mut cfg = String::from(
-        "[entryPoints.main]\naddress = \"127.0.0.1:0\"\n[tcp.routers.r]\nrule = \"HostSNI(`*`)\"\nservice = \"u_trust\"\n",
-    );
+    let mut cfg = Cfg::new()
+        .entrypoint("main")
+        .router("r", "HostSNI(`*`)", "u_trust");
     for (user, pw) in [
         ("u_trust", None),
         ("u_clear", Some("pw clear")),
         ("u_md5", Some("pw md5")),
         ("u_scram", Some("pw scram")),
     ] {
-        let pw_line = pw.map_or(String::new(), |pw| {
-            format!("passwordFile = \"{}\"\n", dir.write(user, pw).display())
-        });
-        cfg.push_str(&format!(
-            "[tcp.services.{user}.loadBalancer]\nservers = [{{ address = \"127.0.0.1:{}\" }}]\n\
-             [tcp.services.{user}.loadBalancer.healthCheck]\ninterval = \"10s\"\n\
-             [tcp.services.{user}.loadBalancer.healthCheck.postgres]\nuser = \"{user}\"\ndatabase = \"postgres\"\n{pw_line}",
-            a.port
-        ));
+        cfg = cfg
+            .table(&format!("tcp.services.{user}.loadBalancer"))
+            .server(user, format!("127.0.0.1:{}", a.port))
+            .set(
+                &format!("tcp.services.{user}.loadBalancer.healthCheck"),
+                "interval",
+                "10s",
+            )
+            .set(
+                &format!("tcp.services.{user}.loadBalancer.healthCheck.postgres"),
+                "user",
+                user,
+            )
+            .and("database", "postgres");
+        if let Some(pw) = pw {
+            cfg = cfg.and("passwordFile", dir.write(user, pw));
+        }
     }
+    let cfg = cfg.to_toml();
     let p = Proxy::start(&cfg);
     for user in ["u_trust", "u_clear", "u_md5", "u_scram"] {
         let l = p.wait_logs(1, |l| {

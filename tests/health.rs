@@ -113,39 +113,43 @@ fn is_transition(l: &str, msg: &str, server: SocketAddr) -> bool {
         && field(l, "server").as_deref() == Some(&server.to_string())
 }
 
+/// Everything on `main` to service `s` over `servers`, one worker. The
+/// clients here read a greeting and never half-close: terminationDelay plays
+/// no part.
+fn one_lb(servers: &[SocketAddr]) -> Cfg {
+    Cfg::new()
+        .entrypoint("main")
+        .router("r", "HostSNI(`*`)", "s")
+        .service("s", servers)
+        .workers(1)
+}
+
+/// Service `s` checked by sending `PING\n` and expecting `expect`.
+fn ping_pong(c: Cfg, expect: &str, interval: &str) -> Cfg {
+    c.set("tcp.services.s.loadBalancer.healthCheck", "send", "PING\n")
+        .and("expect", expect)
+        .and("interval", interval)
+        .and("timeout", "1s")
+}
+
 #[test]
 fn a_server_failing_its_check_gets_no_connections_until_it_recovers() {
     let a = tagged("127.0.0.1", b"A");
     let b = tagged("127.0.0.2", b"B");
     let (ha, _hb) = health_ports();
-    let cfg = format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-[entryPoints.traefik]
-address = "127.0.0.1:0"
-[metrics.prometheus]
-[api]
-[tcp.routers.r]
-rule = "HostSNI(`*`)"
-service = "s"
-[tcp.services.s.loadBalancer]
-[[tcp.services.s.loadBalancer.servers]]
-address = "{}"
-[[tcp.services.s.loadBalancer.servers]]
-address = "{}"
-[tcp.services.s.loadBalancer.healthCheck]
-port = {}
-interval = "100ms"
-unhealthyInterval = "50ms"
-timeout = "1s"
-[runtime]
-workers = 1
-"#,
-        a.addr,
-        b.addr,
-        ha.addr.port()
-    );
+    let cfg = one_lb(&[a.addr, b.addr])
+        .entrypoint("traefik")
+        .table("metrics.prometheus")
+        .table("api")
+        .set(
+            "tcp.services.s.loadBalancer.healthCheck",
+            "port",
+            ha.addr.port(),
+        )
+        .and("interval", "100ms")
+        .and("unhealthyInterval", "50ms")
+        .and("timeout", "1s")
+        .to_toml();
     let p = Proxy::start(&cfg);
     let main = p.addr("main");
     let admin = p.addr("traefik");
@@ -276,28 +280,7 @@ fn asks(addr: SocketAddr, n: usize) -> String {
 fn send_expect_wrong_or_missing_reply_is_unhealthy() {
     let a = Probed::new(b"A");
     let b = Probed::new(b"B");
-    let cfg = format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-[tcp.routers.r]
-rule = "HostSNI(`*`)"
-service = "s"
-[tcp.services.s.loadBalancer]
-[[tcp.services.s.loadBalancer.servers]]
-address = "{}"
-[[tcp.services.s.loadBalancer.servers]]
-address = "{}"
-[tcp.services.s.loadBalancer.healthCheck]
-send = "PING\n"
-expect = "PONG"
-interval = "50ms"
-timeout = "1s"
-[runtime]
-workers = 1
-"#,
-        a.backend.addr, b.backend.addr
-    );
+    let cfg = ping_pong(one_lb(&[a.backend.addr, b.backend.addr]), "PONG", "50ms").to_toml();
     let p = Proxy::start(&cfg);
     let main = p.addr("main");
     assert_eq!(asks(main, 4), "ABAB");
@@ -332,26 +315,7 @@ workers = 1
 fn every_server_down_means_no_server_at_once() {
     let a = Probed::new(b"A");
     a.mode.store(WRONG, Ordering::SeqCst);
-    let cfg = format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-[tcp.routers.r]
-rule = "HostSNI(`*`)"
-service = "s"
-[tcp.services.s.loadBalancer]
-[[tcp.services.s.loadBalancer.servers]]
-address = "{}"
-[tcp.services.s.loadBalancer.healthCheck]
-send = "PING\n"
-expect = "PONG"
-interval = "50ms"
-timeout = "1s"
-[runtime]
-workers = 1
-"#,
-        a.backend.addr
-    );
+    let cfg = ping_pong(one_lb(&[a.backend.addr]), "PONG", "50ms").to_toml();
     let p = Proxy::start(&cfg);
     p.wait_logs(1, |l| is_transition(l, "server unhealthy", a.backend.addr));
     let mut s = TcpStream::connect(p.addr("main")).unwrap();
@@ -367,26 +331,10 @@ workers = 1
 fn passive_ejection_stops_dialing_a_refusing_server() {
     let dead = refused_addr();
     let b = tagged("127.0.0.1", b"B");
-    let cfg = format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-[entryPoints.traefik]
-address = "127.0.0.1:0"
-[metrics.prometheus]
-[tcp.routers.r]
-rule = "HostSNI(`*`)"
-service = "s"
-[tcp.services.s.loadBalancer]
-[[tcp.services.s.loadBalancer.servers]]
-address = "{dead}"
-[[tcp.services.s.loadBalancer.servers]]
-address = "{}"
-[runtime]
-workers = 1
-"#,
-        b.addr
-    );
+    let cfg = one_lb(&[dead, b.addr])
+        .entrypoint("traefik")
+        .table("metrics.prometheus")
+        .to_toml();
     let p = Proxy::start(&cfg);
     // Every client gets through (failover), and the dead server is dialed
     // on every other connection until its third refusal in a row ejects it:
@@ -426,28 +374,7 @@ fn reload_keeps_verdicts_and_restarts_checks_with_the_new_config() {
     let b = Probed::new(b"B");
     a.mode.store(WRONG, Ordering::SeqCst);
     let cfg = |expect: &str, interval: &str| {
-        format!(
-            r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-[tcp.routers.r]
-rule = "HostSNI(`*`)"
-service = "s"
-[tcp.services.s.loadBalancer]
-[[tcp.services.s.loadBalancer.servers]]
-address = "{}"
-[[tcp.services.s.loadBalancer.servers]]
-address = "{}"
-[tcp.services.s.loadBalancer.healthCheck]
-send = "PING\n"
-expect = "{expect}"
-interval = "{interval}"
-timeout = "1s"
-[runtime]
-workers = 1
-"#,
-            a.backend.addr, b.backend.addr
-        )
+        ping_pong(one_lb(&[a.backend.addr, b.backend.addr]), expect, interval).to_toml()
     };
     let p = Proxy::start(&cfg("PONG", "50ms"));
     let main = p.addr("main");
@@ -489,42 +416,26 @@ fn try_who(addr: SocketAddr) -> Option<u8> {
 /// Two children `sa` (server A, checked on host A's `port`) and `sb`, 1:1,
 /// under weighted `w`; `weighted_hc` adds `[weighted.healthCheck]`.
 fn weighted_config(a: SocketAddr, b: SocketAddr, port: u16, weighted_hc: bool) -> String {
-    let hc = if weighted_hc {
-        "[tcp.services.w.weighted.healthCheck]\n"
+    let c = Cfg::new()
+        .entrypoint("main")
+        .router("r", "HostSNI(`*`)", "w")
+        .weighted("w", &[("sa", 1), ("sb", 1)]);
+    let c = if weighted_hc {
+        c.table("tcp.services.w.weighted.healthCheck")
     } else {
-        ""
+        c
     };
-    format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-[tcp.routers.r]
-rule = "HostSNI(`*`)"
-service = "w"
-[[tcp.services.w.weighted.services]]
-name = "sa"
-weight = 1
-[[tcp.services.w.weighted.services]]
-name = "sb"
-weight = 1
-{hc}
-[[tcp.services.sa.loadBalancer.servers]]
-address = "{a}"
-[tcp.services.sa.loadBalancer.healthCheck]
-port = {port}
-interval = "100ms"
-unhealthyInterval = "50ms"
-timeout = "1s"
-[[tcp.services.sb.loadBalancer.servers]]
-address = "{b}"
-[tcp.services.sb.loadBalancer.healthCheck]
-port = {port}
-interval = "100ms"
-timeout = "1s"
-[runtime]
-workers = 1
-"#
-    )
+    c.service("sa", &[a])
+        .set("tcp.services.sa.loadBalancer.healthCheck", "port", port)
+        .and("interval", "100ms")
+        .and("unhealthyInterval", "50ms")
+        .and("timeout", "1s")
+        .service("sb", &[b])
+        .set("tcp.services.sb.loadBalancer.healthCheck", "port", port)
+        .and("interval", "100ms")
+        .and("timeout", "1s")
+        .workers(1)
+        .to_toml()
 }
 
 #[test]
@@ -641,32 +552,21 @@ impl Drop for TlsProbed {
 }
 
 fn tls_probe_config(server: SocketAddr, ca: &std::path::Path) -> String {
-    format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-[tcp.routers.r]
-rule = "HostSNI(`*`)"
-service = "s"
-[tcp.services.s.loadBalancer]
-serversTransport = "t"
-[[tcp.services.s.loadBalancer.servers]]
-address = "{server}"
-tls = true
-[tcp.services.s.loadBalancer.healthCheck]
-send = "PING\n"
-expect = "PONG"
-interval = "100ms"
-unhealthyInterval = "50ms"
-timeout = "2s"
-[tcp.serversTransports.t.tls]
-serverName = "backend.test"
-rootCAs = [{ca:?}]
-[runtime]
-workers = 1
-"#,
-        ca = ca.display().to_string()
-    )
+    Cfg::new()
+        .entrypoint("main")
+        .router("r", "HostSNI(`*`)", "s")
+        .lb("s", "serversTransport", "t")
+        .server("s", server)
+        .and("tls", true)
+        .set("tcp.services.s.loadBalancer.healthCheck", "send", "PING\n")
+        .and("expect", "PONG")
+        .and("interval", "100ms")
+        .and("unhealthyInterval", "50ms")
+        .and("timeout", "2s")
+        .set("tcp.serversTransports.t.tls", "serverName", "backend.test")
+        .and("rootCAs", [ca])
+        .workers(1)
+        .to_toml()
 }
 
 #[test]

@@ -42,10 +42,17 @@ fn until_all(proxies: &[&Proxy], want: Option<u8>, what: &str) -> Duration {
     t.elapsed()
 }
 
-fn static_config(provider: &str) -> String {
-    format!(
-        "[entryPoints.db]\naddress = \"127.0.0.1:0\"\n[entryPoints.traefik]\naddress = \"127.0.0.1:0\"\n[metrics.prometheus]\n[api]\n{provider}"
-    )
+/// Entry points `db` and `traefik` (metrics, API) with the KV provider
+/// `provider` (`etcd`, `redis`) at `endpoint`. The clients here read a
+/// greeting and never half-close: terminationDelay plays no part.
+fn static_config(provider: &str, endpoint: &str) -> String {
+    Cfg::new()
+        .entrypoint("db")
+        .entrypoint("traefik")
+        .table("metrics.prometheus")
+        .table("api")
+        .set(&format!("providers.{provider}"), "endpoints", [endpoint])
+        .to_toml()
 }
 
 fn applied_revision(p: &Proxy) -> String {
@@ -88,10 +95,7 @@ fn a_fleet_follows_one_etcd() {
     let a = Backend::greeting(b"A");
     let b = Backend::greeting(b"B");
     etcd.txn(&[], &as_refs(&route(&[a.addr])));
-    let cfg = static_config(&format!(
-        "[providers.etcd]\nendpoints = [\"{}\"]\n",
-        etcd.endpoint()
-    ));
+    let cfg = static_config("etcd", &etcd.endpoint());
     let fleet: Vec<Proxy> = (0..3).map(|_| Proxy::start(&cfg)).collect();
     let all: Vec<&Proxy> = fleet.iter().collect();
     until_all(&all, Some(b'A'), "start");
@@ -226,10 +230,10 @@ fn a_redis_provider_notices_an_expiring_key() {
         "traefik/tcp/services/sb/loadbalancer/servers/0/address",
         &b.addr.to_string(),
     ]);
-    let p = Proxy::start(&static_config(&format!(
-        "[providers.redis]\nendpoints = [\"127.0.0.1:{}\"]\n",
-        redis.port
-    )));
+    let p = Proxy::start(&static_config(
+        "redis",
+        &format!("127.0.0.1:{}", redis.port),
+    ));
     let from2 = || {
         let mut s = connect_from("127.0.0.2", p.addr("db"));
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

@@ -11,22 +11,16 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-fn one_service(backend: std::net::SocketAddr, extra: &str) -> String {
-    format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-{extra}
-[tcp.routers.r]
-rule = "HostSNI(`*`)"
-service = "s"
-[tcp.services.s.loadBalancer]
-[[tcp.services.s.loadBalancer.servers]]
-address = "{backend}"
-[runtime]
-workers = 2
-"#
-    )
+/// Everything on `main` to `backend`, two workers. Backends here finish
+/// their replies with a FIN while the client still reads: a generous
+/// terminationDelay keeps the open direction from being cut meanwhile.
+fn one_service(backend: std::net::SocketAddr) -> Cfg {
+    Cfg::new()
+        .entrypoint("main")
+        .router("r", "HostSNI(`*`)", "s")
+        .service("s", &[backend])
+        .termination_delay("30s")
+        .workers(2)
 }
 
 #[test]
@@ -46,10 +40,9 @@ fn sigterm_drains_open_streams_then_exits_zero() {
     for i in 0..20u64 {
         expect.extend_from_slice(&pattern(16 * 1024, 100 + i));
     }
-    let cfg = one_service(
-        backend.addr,
-        "[entryPoints.main.transport.lifeCycle]\ngraceTimeOut = \"5s\"",
-    );
+    let cfg = one_service(backend.addr)
+        .set("entryPoints.main.transport.lifeCycle", "graceTimeOut", "5s")
+        .to_toml();
     let mut p = Proxy::start(&cfg);
     let addr = p.addr("main");
     let streams: Vec<_> = (0..30)
@@ -103,7 +96,7 @@ fn emfile_pauses_accepting_without_spinning_and_recovers() {
         return;
     }
     let echo = Backend::echo();
-    let cfg = one_service(echo.addr, "").replace("workers = 2", "workers = 1");
+    let cfg = one_service(echo.addr).workers(1).to_toml();
     let p = Proxy::start_with(&cfg, &["prlimit", "--nofile=64"]);
     let addr = p.addr("main");
     // More clients than descriptors: some stay in the backlog.
@@ -207,7 +200,7 @@ fn invalid_config_exits_nonzero_before_binding() {
 fn sighup_reload_switches_backend_and_bad_config_keeps_old() {
     let a = Backend::greeting(b"A");
     let b = Backend::greeting(b"B");
-    let p = Proxy::start(&one_service(a.addr, ""));
+    let p = Proxy::start(&one_service(a.addr).to_toml());
     let addr = p.addr("main");
     let who = || {
         let mut s = TcpStream::connect(addr).unwrap();
@@ -217,7 +210,7 @@ fn sighup_reload_switches_backend_and_bad_config_keeps_old() {
     };
     assert_eq!(who(), b'A');
     // Same entrypoints (the listeners stay), new backend.
-    std::fs::write(&p.config_path, one_service(b.addr, "")).unwrap();
+    std::fs::write(&p.config_path, one_service(b.addr).to_toml()).unwrap();
     p.signal(1);
     p.wait_logs(1, |l| l.contains("msg=reloaded"));
     assert_eq!(who(), b'B');
@@ -268,34 +261,21 @@ fn drain_end_resets_cut_streams_and_keeps_finished_replies() {
     // the exit code stays 0.
     let finished = std::sync::Arc::new(pattern(FINISHED_LEN, 9));
     let backend = steered_backend(finished.clone());
-    let cfg = format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-  [entryPoints.main.transport.lifeCycle]
-  graceTimeOut = "1s"
-[entryPoints.tls]
-address = "127.0.0.1:0"
-  [entryPoints.tls.transport.lifeCycle]
-  graceTimeOut = "1s"
-[tcp.routers.r]
-entryPoints = ["main"]
-rule = "HostSNI(`*`)"
-service = "s"
-[tcp.routers.t]
-entryPoints = ["tls"]
-rule = "HostSNI(`x.test`)"
-service = "s"
-  [tcp.routers.t.tls]
-  passthrough = true
-[tcp.services.s.loadBalancer]
-[[tcp.services.s.loadBalancer.servers]]
-address = "{}"
-[runtime]
-workers = 2
-"#,
-        backend.addr
-    );
+    let cfg = Cfg::new()
+        .entrypoint("main")
+        .set("entryPoints.main.transport.lifeCycle", "graceTimeOut", "1s")
+        .entrypoint("tls")
+        .set("entryPoints.tls.transport.lifeCycle", "graceTimeOut", "1s")
+        .router_on("r", "main", "HostSNI(`*`)", "s")
+        .router_on("t", "tls", "HostSNI(`x.test`)", "s")
+        .router_tls("t")
+        .and("passthrough", true)
+        .service("s", &[backend.addr])
+        // The finished replies end with the backend's FIN while the clients
+        // still read: only the grace may cut them, not terminationDelay.
+        .termination_delay("30s")
+        .workers(2)
+        .to_toml();
     let mut p = Proxy::start(&cfg);
     let streams: Vec<TcpStream> = (0..5)
         .map(|_| {
@@ -401,28 +381,26 @@ fn grace_timeout_is_per_entrypoint() {
     for i in 0..chunks {
         expect.extend_from_slice(&pattern(32 * 1024, 200 + i));
     }
-    let cfg = format!(
-        r#"
-[entryPoints.short]
-address = "127.0.0.1:0"
-  [entryPoints.short.transport.lifeCycle]
-  graceTimeOut = "1s"
-[entryPoints.long]
-address = "127.0.0.1:0"
-  [entryPoints.long.transport.lifeCycle]
-  graceTimeOut = "10s"
-[tcp.routers.r]
-entryPoints = ["short", "long"]
-rule = "HostSNI(`*`)"
-service = "s"
-[tcp.services.s.loadBalancer]
-[[tcp.services.s.loadBalancer.servers]]
-address = "{}"
-[runtime]
-workers = 2
-"#,
-        backend.addr
-    );
+    let cfg = Cfg::new()
+        .entrypoint("short")
+        .set(
+            "entryPoints.short.transport.lifeCycle",
+            "graceTimeOut",
+            "1s",
+        )
+        .entrypoint("long")
+        .set(
+            "entryPoints.long.transport.lifeCycle",
+            "graceTimeOut",
+            "10s",
+        )
+        .router("r", "HostSNI(`*`)", "s")
+        .and("entryPoints", ["short", "long"])
+        .service("s", &[backend.addr])
+        // Replies end with the backend's FIN while the clients still read.
+        .termination_delay("30s")
+        .workers(2)
+        .to_toml();
     let mut p = Proxy::start(&cfg);
     let start = |ep: &str| {
         let mut s = TcpStream::connect(p.addr(ep)).unwrap();
@@ -485,10 +463,9 @@ fn accepted_client_sockets_have_traefiks_keepalive_on_both_drivers() {
     }
     let echo = Backend::echo();
     for driver in ["io_uring", "epoll"] {
-        let cfg = one_service(echo.addr, "").replace(
-            "workers = 2",
-            &format!("workers = 2\ndriver = \"{driver}\""),
-        );
+        let cfg = one_service(echo.addr)
+            .set("runtime", "driver", driver)
+            .to_toml();
         let p = Proxy::start(&cfg);
         let port = p.addr("main").port();
         let mut s = TcpStream::connect(p.addr("main")).unwrap();

@@ -25,56 +25,29 @@ use support::*;
 /// reach the backend right behind the hello (an application-data record).
 const AFTER_HELLO: &[u8] = b"\x17\x03\x03\x00\x0bafter-hello";
 
-/// A router on entrypoint `ep` with its own service `name`; `passthrough`
-/// makes it a TLS router, otherwise it is a plain TCP router.
-fn router(name: &str, ep: &str, rule: &str, passthrough: bool) -> String {
-    let tls = if passthrough {
-        format!("  [tcp.routers.{name}.tls]\n  passthrough = true\n")
-    } else {
-        String::new()
-    };
-    format!(
-        r#"
-[tcp.routers.{name}]
-entryPoints = ["{ep}"]
-rule = "{rule}"
-service = "{name}"
-{tls}"#
-    )
-}
-
-/// A one-server service; `lb_extra` goes into its loadBalancer table.
-fn service(name: &str, backend: SocketAddr, lb_extra: &str) -> String {
-    format!(
-        r#"
-[tcp.services.{name}.loadBalancer]
-{lb_extra}
-  [[tcp.services.{name}.loadBalancer.servers]]
-  address = "{backend}"
-"#
-    )
-}
-
-/// A passthrough router on entrypoint `ep` to a one-server service.
-fn tls_router(name: &str, ep: &str, rule: &str, backend: SocketAddr) -> String {
-    router(name, ep, rule, true) + &service(name, backend, "")
+/// A passthrough router on entrypoint `ep` to its own one-server service.
+fn tls_router(c: Cfg, name: &str, ep: &str, rule: &str, backend: SocketAddr) -> Cfg {
+    c.router_on(name, ep, rule, name)
+        .router_tls(name)
+        .and("passthrough", true)
+        .service(name, &[backend])
 }
 
 /// A non-TLS catch-all router (`HostSNI(*)` without tls) on `ep`.
-fn catch_all(name: &str, ep: &str, backend: SocketAddr) -> String {
-    router(name, ep, "HostSNI(`*`)", false) + &service(name, backend, "")
+fn catch_all(c: Cfg, name: &str, ep: &str, backend: SocketAddr) -> Cfg {
+    c.router_on(name, ep, "HostSNI(`*`)", name)
+        .service(name, &[backend])
 }
 
 /// The drivers the pre-routing reads are tested on: readiness comes from
 /// io_uring POLL_ADD on one and from epoll on the other.
 const DRIVERS: [&str; 2] = ["io_uring", "epoll"];
 
-fn runtime(driver: &str) -> String {
-    format!("\n[runtime]\ndriver = \"{driver}\"\n")
-}
-
-fn entrypoint(name: &str, extra: &str) -> String {
-    format!("[entryPoints.{name}]\naddress = \"127.0.0.1:0\"\n{extra}\n")
+/// Entry point `name`. The backends here (Recorder) answer after the
+/// client's FIN (`send_and_read`): a generous terminationDelay keeps a late
+/// answer on a loaded machine.
+fn entrypoint(name: &str) -> Cfg {
+    Cfg::new().entrypoint(name).termination_delay("30s")
 }
 
 /// The access-log line of the `n`-th connection (1-based) once it is logged.
@@ -107,16 +80,17 @@ fn openssl_clients_reach_the_backend_named_by_sni_with_its_certificate() {
     let a = SServer::start(&a_crt, &a_key);
     let w = SServer::start(&w_crt, &w_key);
     let r = SServer::start(&r_crt, &r_key);
-    let cfg = entrypoint("tls", "")
-        + &tls_router("exact", "tls", "HostSNI(`a.test`)", a.addr)
-        + &tls_router("wild", "tls", "HostSNI(`*.wild.test`)", w.addr)
-        // `\\` in the TOML basic string is one backslash in the regexp.
-        + &tls_router(
-            "rx",
-            "tls",
-            r"HostSNIRegexp(`^db-[0-9]+\\.rx\\.test$`)",
-            r.addr,
-        );
+    let c = tls_router(
+        entrypoint("tls"),
+        "exact",
+        "tls",
+        "HostSNI(`a.test`)",
+        a.addr,
+    );
+    let c = tls_router(c, "wild", "tls", "HostSNI(`*.wild.test`)", w.addr);
+    // The rule as the router sees it (the builder escapes the backslashes).
+    let rx = r"HostSNIRegexp(`^db-[0-9]+\.rx\.test$`)";
+    let cfg = tls_router(c, "rx", "tls", rx, r.addr).to_toml();
     let p = Proxy::start(&cfg);
     let addr = p.addr("tls");
 
@@ -185,11 +159,11 @@ fn fragmented_and_reframed_hellos_route_and_replay_byte_identical() {
         .map(|(tag, _, _)| Recorder::start(tag.as_bytes()))
         .collect();
     for driver in DRIVERS {
-        let mut cfg = entrypoint("tls", "") + &runtime(driver);
+        let mut cfg = entrypoint("tls").set("runtime", "driver", driver);
         for ((tag, _, name), rec) in hellos.iter().zip(&recorders) {
-            cfg += &tls_router(tag, "tls", &format!("HostSNI(`{name}`)"), rec.addr());
+            cfg = tls_router(cfg, tag, "tls", &format!("HostSNI(`{name}`)"), rec.addr());
         }
-        let p = Proxy::start(&cfg);
+        let p = cfg.start();
         let addr = p.addr("tls");
 
         let mut n = 0;
@@ -325,13 +299,12 @@ fn garbage_table_goes_to_the_catch_all_or_is_closed_and_counted() {
     let plain = Recorder::start(b"PLAIN");
     let runs = DRIVERS.iter().flat_map(|d| [(*d, false), (*d, true)]);
     for (driver, with_catch_all) in runs {
-        let mut cfg = entrypoint("tls", "")
-            + &runtime(driver)
-            + &tls_router("db", "tls", "HostSNI(`a.test`)", tls_backend.addr());
+        let c = entrypoint("tls").set("runtime", "driver", driver);
+        let mut cfg = tls_router(c, "db", "tls", "HostSNI(`a.test`)", tls_backend.addr());
         if with_catch_all {
-            cfg += &catch_all("plain", "tls", plain.addr());
+            cfg = catch_all(cfg, "plain", "tls", plain.addr());
         }
-        let p = Proxy::start(&cfg);
+        let p = cfg.start();
         let addr = p.addr("tls");
         for (i, (row, bytes, fin, expect)) in table.iter().enumerate() {
             let ctx = format!("{row} ({driver}, catch-all: {with_catch_all})");
@@ -402,12 +375,14 @@ fn slow_clients_close_at_the_deadline_while_a_normal_client_connects_promptly_ep
 fn slow_clients(driver: &str) {
     const DRIPPERS: usize = 200;
     let rec = Recorder::start(b"OK");
-    let cfg = entrypoint(
-        "tls",
-        "[entryPoints.tls.transport.respondingTimeouts]\nreadTimeout = \"2s\"",
-    ) + &tls_router("db", "tls", "HostSNI(`db.prod.example.com`)", rec.addr())
-        + &runtime(driver);
-    let p = Proxy::start(&cfg);
+    let c = entrypoint("tls")
+        .set(
+            "entryPoints.tls.transport.respondingTimeouts",
+            "readTimeout",
+            "2s",
+        )
+        .set("runtime", "driver", driver);
+    let p = tls_router(c, "db", "tls", "HostSNI(`db.prod.example.com`)", rec.addr()).start();
     let addr = p.addr("tls");
     let hello = capture("openssl_sni.bin");
 
@@ -496,8 +471,14 @@ const CAP: usize = 16 * 1024;
 #[test]
 fn hellos_of_cap_minus_one_and_cap_route_and_cap_plus_one_is_refused_at_once() {
     let rec = Recorder::start(b"BIG");
-    let cfg = entrypoint("tls", "") + &tls_router("big", "tls", "HostSNI(`big.test`)", rec.addr());
-    let p = Proxy::start(&cfg);
+    let p = tls_router(
+        entrypoint("tls"),
+        "big",
+        "tls",
+        "HostSNI(`big.test`)",
+        rec.addr(),
+    )
+    .start();
     let addr = p.addr("tls");
     // `padded_hello` sizes the one record it builds, header included: a
     // record of CAP + 5 bytes carries exactly CAP handshake bytes, one full
@@ -556,11 +537,12 @@ fn rss(pid: u32) -> u64 {
 /// growth over the idle proxy, in bytes.
 fn partial_hello_rss_growth(clients: usize, bytes: &[u8]) -> u64 {
     let rec = Recorder::start(b"BIG");
-    let cfg = entrypoint(
-        "tls",
-        "[entryPoints.tls.transport.respondingTimeouts]\nreadTimeout = \"2s\"",
-    ) + &tls_router("big", "tls", "HostSNI(`big.test`)", rec.addr());
-    let p = Proxy::start(&cfg);
+    let c = entrypoint("tls").set(
+        "entryPoints.tls.transport.respondingTimeouts",
+        "readTimeout",
+        "2s",
+    );
+    let p = tls_router(c, "big", "tls", "HostSNI(`big.test`)", rec.addr()).start();
     let addr = p.addr("tls");
     let before = rss(p.pid());
     let socks: Vec<TcpStream> = (0..clients)
@@ -624,13 +606,15 @@ fn partial_hellos_keep_proxy_memory_bounded() {
 #[test]
 fn proxy_protocol_from_trusted_sources_only_in_front_of_a_tls_router() {
     let rec = Recorder::start(b"PP");
-    let cfg = entrypoint(
-        "pp",
-        "[entryPoints.pp.proxyProtocol]\ntrustedIPs = [\"127.0.0.2/32\"]",
-    ) + &router("db", "pp", "HostSNI(`db.prod.example.com`)", true)
-        + &service("db", rec.addr(), "serversTransport = \"v2\"")
-        + "[tcp.serversTransports.v2.proxyProtocol]\nversion = 2\n";
-    let p = Proxy::start(&cfg);
+    let c = entrypoint("pp").set(
+        "entryPoints.pp.proxyProtocol",
+        "trustedIPs",
+        ["127.0.0.2/32"],
+    );
+    let p = tls_router(c, "db", "pp", "HostSNI(`db.prod.example.com`)", rec.addr())
+        .lb("db", "serversTransport", "v2")
+        .set("tcp.serversTransports.v2.proxyProtocol", "version", 2)
+        .start();
     let addr = p.addr("pp");
     let mut hello = capture("openssl_sni.bin");
     hello.extend_from_slice(AFTER_HELLO);
@@ -756,13 +740,15 @@ fn proxy_protocol_from_trusted_sources_only_in_front_of_a_tls_router() {
 #[test]
 fn proxy_protocol_on_a_catch_all_only_entrypoint_never_trusts_other_sources() {
     let rec = Recorder::start(b"PP");
-    let cfg = entrypoint(
-        "pp",
-        "[entryPoints.pp.proxyProtocol]\ntrustedIPs = [\"127.0.0.2/32\"]",
-    ) + &router("all", "pp", "HostSNI(`*`)", false)
-        + &service("all", rec.addr(), "serversTransport = \"v1\"")
-        + "[tcp.serversTransports.v1.proxyProtocol]\nversion = 1\n";
-    let p = Proxy::start(&cfg);
+    let c = entrypoint("pp").set(
+        "entryPoints.pp.proxyProtocol",
+        "trustedIPs",
+        ["127.0.0.2/32"],
+    );
+    let p = catch_all(c, "all", "pp", rec.addr())
+        .lb("all", "serversTransport", "v1")
+        .set("tcp.serversTransports.v1.proxyProtocol", "version", 1)
+        .start();
     let addr = p.addr("pp");
     let spoofed: SocketAddr = "203.0.113.9:51234".parse().unwrap();
     let vip: SocketAddr = "198.51.100.1:5432".parse().unwrap();

@@ -14,27 +14,26 @@ use support::pg::{self, psql, PgCluster};
 use support::process::run;
 use support::*;
 
-const PG_ENTRYPOINT: &str = "[entryPoints.pg]\naddress = \"127.0.0.1:0\"\n";
+/// Entry point `pg`. The sessions here are PostgreSQL's (request, reply):
+/// no reply follows a client's FIN, so terminationDelay plays no part.
+fn pg_entrypoint() -> Cfg {
+    Cfg::new().entrypoint("pg")
+}
 
 fn addr(c: &PgCluster) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], c.port))
 }
 
-/// A service `name` balancing over `servers`.
-fn service(name: &str, servers: &[SocketAddr]) -> String {
-    let mut s = format!("[tcp.services.{name}.loadBalancer]\n");
-    for a in servers {
-        s += &format!("  [[tcp.services.{name}.loadBalancer.servers]]\n  address = \"{a}\"\n");
-    }
-    s
+/// A plain router `name` on `pg` with `rule`, to its own service `name`
+/// balancing over `servers`.
+fn route(c: Cfg, name: &str, rule: &str, servers: &[SocketAddr]) -> Cfg {
+    c.router_on(name, "pg", rule, name).service(name, servers)
 }
 
-/// A plain router `name` on `pg` with `rule` and extra lines (its
-/// `postgres` table), to service `name`.
-fn router(name: &str, rule: &str, extra: &str) -> String {
-    format!(
-        "[tcp.routers.{name}]\nentryPoints = [\"pg\"]\nrule = \"{rule}\"\nservice = \"{name}\"\n{extra}\n"
-    )
+/// `route`, with an empty `postgres` table on the router (routing by the
+/// StartupMessage with nothing rewritten).
+fn pg_route(c: Cfg, name: &str, rule: &str, servers: &[SocketAddr]) -> Cfg {
+    route(c, name, rule, servers).table(&format!("tcp.routers.{name}.postgres"))
 }
 
 fn conninfo(port: u16, user: &str, db: &str, extra: &str) -> String {
@@ -78,9 +77,7 @@ fn cancel_reaches_the_server_that_runs_the_query_behind_a_balancer() {
     }
     let a = pg::plain_cluster();
     let b = pg::plain_cluster();
-    let cfg = PG_ENTRYPOINT.to_string()
-        + &router("db", "HostSNI(`*`)", "  [tcp.routers.db.postgres]\n")
-        + &service("db", &[addr(&a), addr(&b)]);
+    let cfg = pg_route(pg_entrypoint(), "db", "HostSNI(`*`)", &[addr(&a), addr(&b)]).to_toml();
     let p = Proxy::start(&cfg);
     let port = p.addr("pg").port();
     const N: usize = 20;
@@ -132,9 +129,7 @@ fn a_cancel_with_an_unknown_key_is_closed_without_reaching_a_server() {
         return;
     }
     let a = pg::plain_cluster();
-    let cfg = PG_ENTRYPOINT.to_string()
-        + &router("db", "HostSNI(`*`)", "  [tcp.routers.db.postgres]\n")
-        + &service("db", &[addr(&a)]);
+    let cfg = pg_route(pg_entrypoint(), "db", "HostSNI(`*`)", &[addr(&a)]).to_toml();
     let p = Proxy::start(&cfg);
     let mut s = TcpStream::connect(p.addr("pg")).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -164,23 +159,22 @@ fn startup_routing_picks_the_cluster_by_database_user_and_parameter_with_rewrite
     let b = pg::plain_cluster();
     a.sql("create database orders");
     b.sql("create role report_ro login; create role loader login");
-    let cfg = PG_ENTRYPOINT.to_string()
-        + &router("orders", "PgDatabase(`orders`)", "")
-        + &service("orders", &[addr(&a)])
-        + &router(
-            "legacy",
-            "PgDatabase(`legacy`)",
-            "  [tcp.routers.legacy.postgres]\n  database = \"orders\"\n",
-        )
-        + &service("legacy", &[addr(&a)])
-        + &router("reports", "PgUser(`report*`)", "")
-        + &service("reports", &[addr(&b)])
-        + &router(
-            "etl",
-            "PgParam(`application_name`, `etl`) && PgDatabase(`postgres`)",
-            "  [tcp.routers.etl.postgres]\n  user = \"loader\"\n",
-        )
-        + &service("etl", &[addr(&b)]);
+    let c = route(
+        pg_entrypoint(),
+        "orders",
+        "PgDatabase(`orders`)",
+        &[addr(&a)],
+    );
+    let c = route(c, "legacy", "PgDatabase(`legacy`)", &[addr(&a)]).set(
+        "tcp.routers.legacy.postgres",
+        "database",
+        "orders",
+    );
+    let c = route(c, "reports", "PgUser(`report*`)", &[addr(&b)]);
+    let etl = "PgParam(`application_name`, `etl`) && PgDatabase(`postgres`)";
+    let cfg = route(c, "etl", etl, &[addr(&b)])
+        .set("tcp.routers.etl.postgres", "user", "loader")
+        .to_toml();
     let p = Proxy::start(&cfg);
     let port = p.addr("pg").port();
     let sql = "select inet_server_port() || ' ' || current_database() || ' ' || current_user";
@@ -270,9 +264,7 @@ fn expected_error(sqlstate: &str, message: &str) -> Vec<u8> {
 fn malformed_startup_packets_get_an_error_response_08p01() {
     // A fake backend: a malformed packet must never reach it.
     let backend = Backend::echo();
-    let cfg = PG_ENTRYPOINT.to_string()
-        + &router("db", "HostSNI(`*`)", "  [tcp.routers.db.postgres]\n")
-        + &service("db", &[backend.addr]);
+    let cfg = pg_route(pg_entrypoint(), "db", "HostSNI(`*`)", &[backend.addr]).to_toml();
     let p = Proxy::start(&cfg);
     let mut big = 20_000u32.to_be_bytes().to_vec();
     big.extend([0, 3, 0, 0]);
@@ -327,11 +319,12 @@ fn malformed_startup_packets_get_an_error_response_08p01() {
 #[test]
 fn a_silent_client_is_closed_at_the_read_timeout_before_any_dial() {
     let backend = Backend::echo();
-    let cfg = "[entryPoints.pg]\naddress = \"127.0.0.1:0\"\n\
-               [entryPoints.pg.transport.respondingTimeouts]\nreadTimeout = \"1s\"\n"
-        .to_string()
-        + &router("db", "PgUser(`*`)", "")
-        + &service("db", &[backend.addr]);
+    let c = pg_entrypoint().set(
+        "entryPoints.pg.transport.respondingTimeouts",
+        "readTimeout",
+        "1s",
+    );
+    let cfg = route(c, "db", "PgUser(`*`)", &[backend.addr]).to_toml();
     let p = Proxy::start(&cfg);
     let mut s = TcpStream::connect(p.addr("pg")).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -381,21 +374,17 @@ fn postgres_routing_on_a_passthrough_router_is_a_config_error() {
 /// services of two servers for the cancel test: A+B).
 fn tls_config(pki: &support::openssl::Pki, orders: &[SocketAddr], other: &[SocketAddr]) -> String {
     let (crt, key) = pki.leaf("db.test", &["db.test"]);
-    format!(
-        "{PG_ENTRYPOINT}[[tls.certificates]]\ncertFile = \"{}\"\nkeyFile = \"{}\"\n",
-        crt.display(),
-        key.display()
-    ) + &router(
+    let c = pg_entrypoint().cert(&crt, &key);
+    let c = route(
+        c,
         "orders",
         "HostSNI(`db.test`) && PgDatabase(`orders`)",
-        "  [tcp.routers.orders.tls]\n",
-    ) + &service("orders", orders)
-        + &router(
-            "other",
-            "HostSNI(`db.test`) && PgUser(`*`)",
-            "  [tcp.routers.other.tls]\n",
-        )
-        + &service("other", other)
+        orders,
+    )
+    .router_tls("orders");
+    route(c, "other", "HostSNI(`db.test`) && PgUser(`*`)", other)
+        .router_tls("other")
+        .to_toml()
 }
 
 fn tls_conninfo(port: u16, ca: &std::path::Path) -> String {
@@ -522,14 +511,16 @@ fn direct_tls_passthrough_to_postgres_15_gets_an_sslrequest_first() {
     let pki = support::openssl::Pki::new();
     let (crt, key) = pki.leaf("db.prod.test", &["db.prod.test"]);
     let a = PgCluster::start(&crt, &key);
-    let cfg = PG_ENTRYPOINT.to_string()
-        + "[tcp.routers.prod]\nentryPoints = [\"pg\"]\nrule = \"HostSNI(`db.prod.test`)\"\nservice = \"prod\"\n  [tcp.routers.prod.tls]\n  passthrough = true\n"
-        + &service("prod", &[addr(&a)]);
-    let direct = cfg.clone();
-    let cfg = cfg.replace(
-        "[tcp.services.prod.loadBalancer]\n",
-        "[tcp.services.prod.loadBalancer]\npostgresSSLRequest = true\n",
-    );
+    let c = route(
+        pg_entrypoint(),
+        "prod",
+        "HostSNI(`db.prod.test`)",
+        &[addr(&a)],
+    )
+    .router_tls("prod")
+    .and("passthrough", true);
+    let direct = c.to_toml();
+    let cfg = c.lb("prod", "postgresSSLRequest", true).to_toml();
     let p = Proxy::start(&cfg);
     let port = p.addr("pg").port();
 
@@ -674,9 +665,7 @@ fn a_cancel_key_lives_as_long_as_its_session() {
         return;
     }
     let a = pg::plain_cluster();
-    let cfg = PG_ENTRYPOINT.to_string()
-        + &router("db", "HostSNI(`*`)", "  [tcp.routers.db.postgres]\n")
-        + &service("db", &[addr(&a)]);
+    let cfg = pg_route(pg_entrypoint(), "db", "HostSNI(`*`)", &[addr(&a)]).to_toml();
     let p = Proxy::start(&cfg);
     let mut session = TcpStream::connect(p.addr("pg")).unwrap();
     session

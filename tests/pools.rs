@@ -24,28 +24,19 @@ const IDLE_RSS_ABOVE_BASELINE_KB: u64 = 24 * 1024;
 /// 1 s, plus a loaded machine).
 const SETTLE: Duration = Duration::from_secs(8);
 
+/// Everything on `main` to `backend`. The echoes come back after the
+/// clients' FIN: a generous terminationDelay keeps a late one on a loaded
+/// machine.
 fn config(driver: &str, fwd: &str, buffer: &str, backend: SocketAddr) -> String {
-    format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-
-[tcp.routers.all]
-entryPoints = ["main"]
-rule = "HostSNI(`*`)"
-service = "svc"
-
-[tcp.services.svc.loadBalancer]
-[[tcp.services.svc.loadBalancer.servers]]
-address = "{backend}"
-
-[runtime]
-workers = 2
-driver = "{driver}"
-forwarding = "{fwd}"
-bufferSize = "{buffer}"
-"#
-    )
+    Cfg::new()
+        .entrypoint("main")
+        .router_on("all", "main", "HostSNI(`*`)", "svc")
+        .service("svc", &[backend])
+        .termination_delay("30s")
+        .workers(2)
+        .runtime(driver, fwd)
+        .and("bufferSize", buffer)
+        .to_toml()
 }
 
 fn rss_kb(pid: u32) -> u64 {

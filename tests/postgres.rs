@@ -22,23 +22,18 @@ use support::process::run;
 use support::*;
 
 /// A passthrough router `name` on entrypoint `pg` to one server.
-fn pg_router(name: &str, rule: &str, backend: SocketAddr) -> String {
-    format!(
-        r#"
-[tcp.routers.{name}]
-entryPoints = ["pg"]
-rule = "{rule}"
-service = "{name}"
-  [tcp.routers.{name}.tls]
-  passthrough = true
-[tcp.services.{name}.loadBalancer]
-  [[tcp.services.{name}.loadBalancer.servers]]
-  address = "{backend}"
-"#
-    )
+fn pg_router(c: Cfg, name: &str, rule: &str, backend: SocketAddr) -> Cfg {
+    c.router_on(name, "pg", rule, name)
+        .router_tls(name)
+        .and("passthrough", true)
+        .service(name, &[backend])
 }
 
-const PG_ENTRYPOINT: &str = "[entryPoints.pg]\naddress = \"127.0.0.1:0\"\n";
+/// Entry point `pg`. Some clients here half-close before the last reply:
+/// a generous terminationDelay keeps a late one on a loaded machine.
+fn pg_entrypoint() -> Cfg {
+    Cfg::new().entrypoint("pg").termination_delay("30s")
+}
 
 /// libpq connection string through the proxy: SNI `host`, TCP to 127.0.0.1,
 /// TLS verified against the test CA *and* the name (verify-full), which only
@@ -90,17 +85,15 @@ fn psql_reaches_two_clusters_by_server_name_with_tls_end_to_end() {
     let pki = Pki::new();
     let prod = cluster(&pki, "db.prod.test", "prod");
     let staging = cluster(&pki, "db.staging.test", "staging");
-    let cfg = PG_ENTRYPOINT.to_string()
-        + &pg_router(
-            "pg-prod",
-            "HostSNI(`db.prod.test`)",
-            SocketAddr::from(([127, 0, 0, 1], prod.port)),
-        )
-        + &pg_router(
-            "pg-staging",
-            "HostSNI(`db.staging.test`)",
-            SocketAddr::from(([127, 0, 0, 1], staging.port)),
-        );
+    let prod_addr = SocketAddr::from(([127, 0, 0, 1], prod.port));
+    let staging_addr = SocketAddr::from(([127, 0, 0, 1], staging.port));
+    let c = pg_router(
+        pg_entrypoint(),
+        "pg-prod",
+        "HostSNI(`db.prod.test`)",
+        prod_addr,
+    );
+    let cfg = pg_router(c, "pg-staging", "HostSNI(`db.staging.test`)", staging_addr).to_toml();
     let p = Proxy::start(&cfg);
     let port = p.addr("pg").port();
 
@@ -148,12 +141,14 @@ fn pgbench_through_the_passthrough_route_runs_clean() {
     }
     let pki = Pki::new();
     let prod = cluster(&pki, "db.prod.test", "prod");
-    let cfg = PG_ENTRYPOINT.to_string()
-        + &pg_router(
-            "pg-prod",
-            "HostSNI(`db.prod.test`)",
-            SocketAddr::from(([127, 0, 0, 1], prod.port)),
-        );
+    let prod_addr = SocketAddr::from(([127, 0, 0, 1], prod.port));
+    let cfg = pg_router(
+        pg_entrypoint(),
+        "pg-prod",
+        "HostSNI(`db.prod.test`)",
+        prod_addr,
+    )
+    .to_toml();
     let p = Proxy::start(&cfg);
     let port = p.addr("pg").port().to_string();
     let pgbench = |args: &[&str]| {
@@ -261,12 +256,14 @@ fn gssenc_request_gets_n_then_the_ssl_request_reaches_postgres() {
     }
     let pki = Pki::new();
     let prod = cluster(&pki, "db.prod.test", "prod");
-    let cfg = PG_ENTRYPOINT.to_string()
-        + &pg_router(
-            "pg-prod",
-            "HostSNI(`db.prod.test`)",
-            SocketAddr::from(([127, 0, 0, 1], prod.port)),
-        );
+    let prod_addr = SocketAddr::from(([127, 0, 0, 1], prod.port));
+    let cfg = pg_router(
+        pg_entrypoint(),
+        "pg-prod",
+        "HostSNI(`db.prod.test`)",
+        prod_addr,
+    )
+    .to_toml();
     let p = Proxy::start(&cfg);
     let port = p.addr("pg").port().to_string();
     let ca = pki.ca.to_str().unwrap();
@@ -335,8 +332,13 @@ fn ask(s: &mut TcpStream, first: &[u8], want: u8) {
 #[test]
 fn gssenc_then_ssl_request_replays_only_the_hello_to_the_backend() {
     let fake = FakePg::start(b'S');
-    let cfg = PG_ENTRYPOINT.to_string()
-        + &pg_router("pg", "HostSNI(`db.prod.example.com`)", fake.backend.addr);
+    let cfg = pg_router(
+        pg_entrypoint(),
+        "pg",
+        "HostSNI(`db.prod.example.com`)",
+        fake.backend.addr,
+    )
+    .to_toml();
     let p = Proxy::start(&cfg);
     let mut hello = capture("openssl_sni.bin");
     hello.extend_from_slice(b"\x17\x03\x03\x00\x03abc");
@@ -385,7 +387,7 @@ fn gssenc_then_ssl_request_replays_only_the_hello_to_the_backend() {
 #[test]
 fn backend_answering_n_to_the_ssl_request_closes_the_client() {
     let fake = FakePg::start(b'N');
-    let cfg = PG_ENTRYPOINT.to_string() + &pg_router("pg", "HostSNI(`*`)", fake.backend.addr);
+    let cfg = pg_router(pg_entrypoint(), "pg", "HostSNI(`*`)", fake.backend.addr).to_toml();
     let p = Proxy::start(&cfg);
 
     // Raw client: it was told `S` and sent its hello; the backend then
@@ -440,19 +442,10 @@ fn an_unknown_name_never_falls_back_to_the_plain_catch_all() {
     let pki = Pki::new();
     let db = cluster(&pki, "db.prod.test", "prod");
     let addr = SocketAddr::from(([127, 0, 0, 1], db.port));
-    let cfg = PG_ENTRYPOINT.to_string()
-        + &pg_router("pg-tls", "HostSNI(`db.prod.test`)", addr)
-        + &format!(
-            r#"
-[tcp.routers.pg-plain]
-entryPoints = ["pg"]
-rule = "HostSNI(`*`)"
-service = "pg-plain"
-[tcp.services.pg-plain.loadBalancer]
-  [[tcp.services.pg-plain.loadBalancer.servers]]
-  address = "{addr}"
-"#
-        );
+    let cfg = pg_router(pg_entrypoint(), "pg-tls", "HostSNI(`db.prod.test`)", addr)
+        .router_on("pg-plain", "pg", "HostSNI(`*`)", "pg-plain")
+        .service("pg-plain", &[addr])
+        .to_toml();
     let p = Proxy::start(&cfg);
     let port = p.addr("pg").port();
 

@@ -29,40 +29,35 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-/// An entrypoint with a `proxyProtocol` table trusting `trusted`.
-fn entrypoint(name: &str, trusted: &str) -> String {
-    format!(
-        "[entryPoints.{name}]\naddress = \"127.0.0.1:0\"\n\
-         [entryPoints.{name}.proxyProtocol]\ntrustedIPs = [\"{trusted}\"]\n"
+/// Entry point `name` with a `proxyProtocol` table trusting `trusted`.
+fn entrypoint(c: Cfg, name: &str, trusted: &str) -> Cfg {
+    c.entrypoint(name).set(
+        &format!("entryPoints.{name}.proxyProtocol"),
+        "trustedIPs",
+        [trusted],
     )
 }
 
-/// A router `name` on `ep` to its own one-server service; `extra` goes in
-/// the router's table (middlewares, or `TLS` for a passthrough router), `lb`
-/// in the load balancer's.
-fn route(name: &str, ep: &str, rule: &str, extra: &str, backend: SocketAddr, lb: &str) -> String {
-    let extra = if extra == TLS {
-        format!("[tcp.routers.{name}.tls]\npassthrough = true\n")
+/// A router `name` on `ep` to its own one-server service; `tls` makes it a
+/// passthrough router.
+fn route(c: Cfg, name: &str, ep: &str, rule: &str, tls: bool, backend: SocketAddr) -> Cfg {
+    let c = c.router_on(name, ep, rule, name);
+    let c = if tls {
+        c.router_tls(name).and("passthrough", true)
     } else {
-        extra.to_string()
+        c
     };
-    format!(
-        r#"
-[tcp.routers.{name}]
-entryPoints = ["{ep}"]
-rule = "{rule}"
-service = "{name}"
-{extra}
-[tcp.services.{name}.loadBalancer]
-{lb}
-[[tcp.services.{name}.loadBalancer.servers]]
-address = "{backend}"
-"#
-    )
+    c.service(name, &[backend])
 }
 
-/// `route`'s `extra` for a TLS passthrough router.
-const TLS: &str = "tls";
+/// The backends here (Recorder) answer after the client's FIN (`finish`): a
+/// generous terminationDelay keeps a late answer on a loaded machine.
+fn base() -> Cfg {
+    Cfg::new().termination_delay("30s")
+}
+
+/// `route`'s `tls` for a TLS passthrough router.
+const TLS: bool = true;
 
 /// The ClientHello of the passthrough tests and the record after it.
 fn hello() -> Vec<u8> {
@@ -97,17 +92,18 @@ fn outcome(line: &str) -> String {
 fn a_trusted_source_without_a_header_is_direct_on_plain_and_tls_routers() {
     let plain = Recorder::start(b"P");
     let tls = Recorder::start(b"T");
-    let cfg = entrypoint("plain", "127.0.0.1/32")
-        + &entrypoint("tls", "127.0.0.1/32")
-        + &route("plain", "plain", "HostSNI(`*`)", "", plain.addr(), "")
-        + &route(
-            "tls",
-            "tls",
-            &format!("HostSNI(`{SNI}`)"),
-            TLS,
-            tls.addr(),
-            "",
-        );
+    let c = entrypoint(base(), "plain", "127.0.0.1/32");
+    let c = entrypoint(c, "tls", "127.0.0.1/32");
+    let c = route(c, "plain", "plain", "HostSNI(`*`)", false, plain.addr());
+    let cfg = route(
+        c,
+        "tls",
+        "tls",
+        &format!("HostSNI(`{SNI}`)"),
+        TLS,
+        tls.addr(),
+    )
+    .to_toml();
     let p = Proxy::start(&cfg);
 
     // Plain router (dials at once): bytes that merely start like `PROXY`
@@ -138,25 +134,23 @@ fn untrusted_v1_and_v2_headers_are_stripped_and_ignored() {
     // 127.0.0.1 is not in 10.0.0.0/8: every test connection is untrusted.
     // The plain service sends its own v2 header, which must name the real
     // peer, never the address the client claimed.
-    let cfg = entrypoint("plain", "10.0.0.0/8")
-        + &entrypoint("tls", "10.0.0.0/8")
-        + &route(
-            "plain",
-            "plain",
-            "HostSNI(`*`)",
-            "",
-            plain.addr(),
-            "serversTransport = \"v2\"",
-        )
-        + &route(
-            "tls",
-            "tls",
-            &format!("HostSNI(`{SNI}`)"),
-            TLS,
-            tls.addr(),
-            "",
-        )
-        + "[tcp.serversTransports.v2.proxyProtocol]\nversion = 2\n";
+    let c = entrypoint(base(), "plain", "10.0.0.0/8");
+    let c = entrypoint(c, "tls", "10.0.0.0/8");
+    let c = route(c, "plain", "plain", "HostSNI(`*`)", false, plain.addr()).lb(
+        "plain",
+        "serversTransport",
+        "v2",
+    );
+    let cfg = route(
+        c,
+        "tls",
+        "tls",
+        &format!("HostSNI(`{SNI}`)"),
+        TLS,
+        tls.addr(),
+    )
+    .set("tcp.serversTransports.v2.proxyProtocol", "version", 2)
+    .to_toml();
     let p = Proxy::start(&cfg);
     let v1 = b"PROXY TCP4 203.0.113.9 198.51.100.1 51234 5432\r\n".to_vec();
     let v2 = proxy_protocol::encode_v2(addr(SPOOFED), addr(VIP));
@@ -207,29 +201,27 @@ fn untrusted_v1_and_v2_headers_are_stripped_and_ignored() {
 fn a_trusted_header_decides_client_ip_allow_list_and_in_flight_conn() {
     let lb = Backend::echo();
     let direct = Recorder::start(b"D");
-    let cfg = entrypoint("pp", "127.0.0.1/32")
-        + &route(
-            "lb",
-            "pp",
-            "ClientIP(`203.0.113.0/24`)",
-            "middlewares = [\"allow\", \"one\"]",
-            lb.addr,
-            "",
-        )
-        + &route(
-            "direct",
-            "pp",
-            "ClientIP(`127.0.0.0/8`)",
-            "",
-            direct.addr(),
-            "",
-        )
-        + r#"
-[tcp.middlewares.allow.ipAllowList]
-sourceRange = ["203.0.113.0/28"]
-[tcp.middlewares.one.inFlightConn]
-amount = 1
-"#;
+    let c = entrypoint(base(), "pp", "127.0.0.1/32");
+    let c = route(c, "lb", "pp", "ClientIP(`203.0.113.0/24`)", false, lb.addr).set(
+        "tcp.routers.lb",
+        "middlewares",
+        ["allow", "one"],
+    );
+    let cfg = route(
+        c,
+        "direct",
+        "pp",
+        "ClientIP(`127.0.0.0/8`)",
+        false,
+        direct.addr(),
+    )
+    .set(
+        "tcp.middlewares.allow.ipAllowList",
+        "sourceRange",
+        ["203.0.113.0/28"],
+    )
+    .set("tcp.middlewares.one.inFlightConn", "amount", 1)
+    .to_toml();
     let p = Proxy::start(&cfg);
     let ep = p.addr("pp");
     let v1 = |src: &str| {
@@ -299,8 +291,8 @@ amount = 1
 fn a_server_first_backend_greets_a_client_that_sends_nothing() {
     const GREETING: &[u8] = b"220 ready\r\n";
     let backend = Backend::greeting(GREETING);
-    let cfg = entrypoint("pp", "127.0.0.1/32")
-        + &route("smtp", "pp", "HostSNI(`*`)", "", backend.addr, "");
+    let c = entrypoint(base(), "pp", "127.0.0.1/32");
+    let cfg = route(c, "smtp", "pp", "HostSNI(`*`)", false, backend.addr).to_toml();
     let p = Proxy::start(&cfg);
     // Trusted and untrusted sources alike; readTimeout is Traefik's default
     // (60 s), far above the bound asserted here.
@@ -326,8 +318,8 @@ fn a_server_first_backend_greets_a_client_that_sends_nothing() {
 #[test]
 fn malformed_headers_are_closed_with_their_outcome() {
     let rec = Recorder::start(b"R");
-    let cfg =
-        entrypoint("pp", "127.0.0.1/32") + &route("all", "pp", "HostSNI(`*`)", "", rec.addr(), "");
+    let c = entrypoint(base(), "pp", "127.0.0.1/32");
+    let cfg = route(c, "all", "pp", "HostSNI(`*`)", false, rec.addr()).to_toml();
     let p = Proxy::start(&cfg);
     let mut bad_version = proxy_protocol::encode_v2(addr(SPOOFED), addr(VIP));
     bad_version[12] = 0x31;
@@ -369,20 +361,14 @@ fn malformed_headers_are_closed_with_their_outcome() {
 fn an_empty_proxy_protocol_table_means_version_2() {
     let new = Recorder::start(b"N");
     let old = Recorder::start(b"O");
-    let cfg = "[entryPoints.new]\naddress = \"127.0.0.1:0\"\n\
-               [entryPoints.old]\naddress = \"127.0.0.1:0\"\n"
-        .to_string()
-        + &route(
-            "new",
-            "new",
-            "HostSNI(`*`)",
-            "",
-            new.addr(),
-            "serversTransport = \"t\"",
-        )
-        + "[tcp.serversTransports.t.proxyProtocol]\n"
-        + &route("old", "old", "HostSNI(`*`)", "", old.addr(), "")
-        + "[tcp.services.old.loadBalancer.proxyProtocol]\n";
+    // An empty proxyProtocol table, in both places Traefik reads it.
+    let c = base().entrypoint("new").entrypoint("old");
+    let c = route(c, "new", "new", "HostSNI(`*`)", false, new.addr())
+        .lb("new", "serversTransport", "t")
+        .table("tcp.serversTransports.t.proxyProtocol");
+    let cfg = route(c, "old", "old", "HostSNI(`*`)", false, old.addr())
+        .table("tcp.services.old.loadBalancer.proxyProtocol")
+        .to_toml();
 
     // The loader's view, in both places Traefik reads the table.
     let dir = TempDir::new("pp-empty");

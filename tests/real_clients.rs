@@ -17,19 +17,13 @@ use support::*;
 
 /// One entrypoint, one plain catch-all router to `backend`.
 fn catch_all_config(backend: SocketAddr) -> String {
-    format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-[tcp.routers.all]
-entryPoints = ["main"]
-rule = "HostSNI(`*`)"
-service = "svc"
-[tcp.services.svc.loadBalancer]
-  [[tcp.services.svc.loadBalancer.servers]]
-  address = "{backend}"
-"#
-    )
+    Cfg::new()
+        .entrypoint("main")
+        .router_on("all", "main", "HostSNI(`*`)", "svc")
+        .service("svc", &[backend])
+        // A client may close its side before the last reply has come back.
+        .termination_delay("30s")
+        .to_toml()
 }
 
 fn redis_cli(port: u16, args: &[&str]) -> Ran {

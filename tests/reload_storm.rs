@@ -14,22 +14,18 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-/// Two echo backends; the config alternates between them.
+/// Two echo backends; the config alternates between them. The echoes come
+/// back after the clients' FIN: a generous terminationDelay keeps a late one
+/// on a loaded machine (in every config of the storm).
 fn config(backend: SocketAddr, tag: &str) -> String {
-    format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-[tcp.routers.r]
-rule = "HostSNI(`*`)"
-service = "s-{tag}"
-[tcp.services.s-{tag}.loadBalancer]
-[[tcp.services.s-{tag}.loadBalancer.servers]]
-address = "{backend}"
-[runtime]
-workers = 2
-"#
-    )
+    let svc = format!("s-{tag}");
+    Cfg::new()
+        .entrypoint("main")
+        .router("r", "HostSNI(`*`)", &svc)
+        .service(&svc, &[backend])
+        .termination_delay("30s")
+        .workers(2)
+        .to_toml()
 }
 
 /// One checksummed echo exchange of `len` bytes on a fresh connection.
@@ -127,7 +123,7 @@ fn reload_storm_under_load_costs_no_connection_and_no_byte() {
         } else {
             (a.addr, "a")
         };
-        std::fs::write(&p.config_path, config(backend, tag)).unwrap();
+        p.write_config(&config(backend, tag));
         p.signal(1);
         thread::sleep(Duration::from_millis(100));
     }
@@ -194,7 +190,7 @@ fn two_hundred_sighups_leak_no_descriptor_or_thread() {
         } else {
             (a.addr, "a")
         };
-        std::fs::write(&p.config_path, config(backend, tag)).unwrap();
+        p.write_config(&config(backend, tag));
         p.signal(1);
         // Paced so that most signals are separate reloads, not coalesced.
         thread::sleep(Duration::from_millis(5));

@@ -20,26 +20,20 @@ use support::*;
 
 const SIGTERM: i32 = 15;
 
-/// One entrypoint `main` on 127.0.0.1:`port` to `backend`, two workers.
-fn config(port: u16, backend: SocketAddr, reuse_port: bool, lifecycle: &str) -> String {
-    format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:{port}"
-reusePort = {reuse_port}
-[entryPoints.main.transport.lifeCycle]
-{lifecycle}
-[tcp.routers.r]
-entryPoints = ["main"]
-rule = "HostSNI(`*`)"
-service = "s"
-[tcp.services.s.loadBalancer]
-[[tcp.services.s.loadBalancer.servers]]
-address = "{backend}"
-[runtime]
-workers = 2
-"#
-    )
+/// One entrypoint `main` on 127.0.0.1:`port` to `backend`, two workers;
+/// `lifecycle` are keys of its `transport.lifeCycle` table. The round trips
+/// here never half-close: terminationDelay plays no part.
+fn config(port: u16, backend: SocketAddr, reuse_port: bool, lifecycle: &[(&str, &str)]) -> Cfg {
+    let mut c = Cfg::new()
+        .entrypoint_at("main", format!("127.0.0.1:{port}"))
+        .and("reusePort", reuse_port)
+        .table("entryPoints.main.transport.lifeCycle");
+    for (k, v) in lifecycle {
+        c = c.and(k, *v);
+    }
+    c.router_on("r", "main", "HostSNI(`*`)", "s")
+        .service("s", &[backend])
+        .workers(2)
 }
 
 /// Start the binary on `config` and wait for it to exit (it must fail to
@@ -79,7 +73,7 @@ fn conn_lines(p: &Proxy) -> usize {
 fn a_second_process_needs_reuse_port_on_both() {
     let echo = Backend::echo();
     let port = free_port();
-    let exclusive = config(port, echo.addr, false, "");
+    let exclusive = config(port, echo.addr, false, &[]).to_toml();
     let a = Proxy::start(&exclusive);
     assert_eq!(a.addr("main").port(), port);
     let (code, stderr) = start_fails(&exclusive);
@@ -102,9 +96,9 @@ fn a_second_process_needs_reuse_port_on_both() {
     drop(a);
 
     let port = free_port();
-    let shared = config(port, echo.addr, true, "");
+    let shared = config(port, echo.addr, true, &[]).to_toml();
     let a = Proxy::start(&shared);
-    let (code, stderr) = start_fails(&config(port, echo.addr, false, ""));
+    let (code, stderr) = start_fails(&config(port, echo.addr, false, &[]).to_toml());
     assert_eq!(code, Some(1), "stderr:\n{stderr}");
     assert!(
         stderr.contains(&format!(
@@ -135,15 +129,11 @@ fn a_second_process_needs_reuse_port_on_both() {
 #[test]
 fn request_accept_grace_timeout_keeps_accepting_after_sigterm() {
     let echo = Backend::echo();
-    let cfg = format!(
-        "{}\n[entryPoints.traefik]\naddress = \"127.0.0.1:0\"\n[ping]\n",
-        config(
-            0,
-            echo.addr,
-            false,
-            "requestAcceptGraceTimeout = \"2s\"\ngraceTimeOut = \"5s\""
-        )
-    );
+    let grace = [("requestAcceptGraceTimeout", "2s"), ("graceTimeOut", "5s")];
+    let cfg = config(0, echo.addr, false, &grace)
+        .entrypoint("traefik")
+        .table("ping")
+        .to_toml();
     let mut p = Proxy::start(&cfg);
     let (addr, admin) = (p.addr("main"), p.addr("traefik"));
     assert_eq!(ping(admin), 200);
@@ -295,8 +285,9 @@ fn handover_to_a_second_process_loses_no_connection() {
         port,
         echo.addr,
         true,
-        "requestAcceptGraceTimeout = \"1s\"\ngraceTimeOut = \"5s\"",
-    );
+        &[("requestAcceptGraceTimeout", "1s"), ("graceTimeOut", "5s")],
+    )
+    .to_toml();
     let mut a = Proxy::start(&cfg);
     assert!(
         !a.logs().iter().any(|l| l.contains("tcp_migrate_req")),
@@ -372,7 +363,7 @@ fn reuse_port_warns_without_tcp_migrate_req() {
     }
     std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", "0").unwrap();
     let echo = Backend::echo();
-    let p = Proxy::start(&config(0, echo.addr, true, ""));
+    let p = Proxy::start(&config(0, echo.addr, true, &[]).to_toml());
     let warn = p
         .logs()
         .into_iter()
@@ -380,7 +371,7 @@ fn reuse_port_warns_without_tcp_migrate_req() {
         .unwrap_or_else(|| panic!("no warning; log:\n{}", p.logs().join("\n")));
     assert!(warn.contains("level=warn"), "{warn}");
     assert!(warn.contains("set net.ipv4.tcp_migrate_req = 1"), "{warn}");
-    let quiet = Proxy::start(&config(0, echo.addr, false, ""));
+    let quiet = Proxy::start(&config(0, echo.addr, false, &[]).to_toml());
     assert!(
         !quiet.logs().iter().any(|l| l.contains("tcp_migrate_req")),
         "no warning without reusePort"
@@ -399,8 +390,9 @@ fn check_reads_reuse_port_and_request_accept_grace_timeout() {
             5432,
             echo.addr,
             true,
-            "requestAcceptGraceTimeout = \"2s\"\ngraceTimeOut = \"5s\"",
-        ),
+            &[("requestAcceptGraceTimeout", "2s"), ("graceTimeOut", "5s")],
+        )
+        .to_toml(),
     );
     let ran = run(
         Command::new(BIN).arg("check").arg("-c").arg(&good),
@@ -419,8 +411,9 @@ fn check_reads_reuse_port_and_request_accept_grace_timeout() {
         5432,
         echo.addr,
         true,
-        "requestAcceptGraceTimeout = \"soon\"",
-    );
+        &[("requestAcceptGraceTimeout", "soon")],
+    )
+    .to_toml();
     let line = text
         .lines()
         .position(|l| l.starts_with("requestAcceptGraceTimeout"))
@@ -451,8 +444,12 @@ fn sigquit_ends_the_accept_grace_at_once() {
         0,
         echo.addr,
         false,
-        "requestAcceptGraceTimeout = \"60s\"\ngraceTimeOut = \"60s\"",
-    );
+        &[
+            ("requestAcceptGraceTimeout", "60s"),
+            ("graceTimeOut", "60s"),
+        ],
+    )
+    .to_toml();
     let mut p = Proxy::start(&cfg);
     let addr = p.addr("main");
     let mut held = TcpStream::connect(addr).unwrap();
@@ -483,8 +480,8 @@ fn sigquit_ends_the_accept_grace_at_once() {
 #[test]
 fn a_reload_cannot_flip_reuse_port() {
     let echo = Backend::echo();
-    let p = Proxy::start(&config(0, echo.addr, false, ""));
-    std::fs::write(&p.config_path, config(0, echo.addr, true, "")).unwrap();
+    let p = Proxy::start(&config(0, echo.addr, false, &[]).to_toml());
+    std::fs::write(&p.config_path, config(0, echo.addr, true, &[]).to_toml()).unwrap();
     p.signal(1);
     let refused = p
         .wait_logs(1, |l| l.contains("reload refused"))
@@ -502,10 +499,11 @@ fn the_admin_entrypoint_shares_its_port_only_with_reuse_port() {
     let echo = Backend::echo();
     let (port, admin_port) = (free_port(), free_port());
     let with_admin = |reuse: bool| {
-        format!(
-            "{}\n[entryPoints.traefik]\naddress = \"127.0.0.1:{admin_port}\"\nreusePort = {reuse}\n[ping]\n",
-            config(port, echo.addr, true, "")
-        )
+        config(port, echo.addr, true, &[])
+            .entrypoint_at("traefik", format!("127.0.0.1:{admin_port}"))
+            .and("reusePort", reuse)
+            .table("ping")
+            .to_toml()
     };
     let a = Proxy::start(&with_admin(false));
     let (code, stderr) = start_fails(&with_admin(false));

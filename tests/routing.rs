@@ -22,28 +22,18 @@ fn smooth_weighted_round_robin_5_1_1_exact_sequence() {
     let a = Backend::greeting(b"A");
     let b = Backend::greeting(b"B");
     let c = Backend::greeting(b"C");
-    let cfg = format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-[tcp.routers.r]
-rule = "HostSNI(`*`)"
-service = "s"
-[tcp.services.s.loadBalancer]
-[[tcp.services.s.loadBalancer.servers]]
-address = "{}"
-weight = 5
-[[tcp.services.s.loadBalancer.servers]]
-address = "{}"
-weight = 1
-[[tcp.services.s.loadBalancer.servers]]
-address = "{}"
-weight = 1
-[runtime]
-workers = 1
-"#,
-        a.addr, b.addr, c.addr
-    );
+    let cfg = Cfg::new()
+        .entrypoint("main")
+        .router("r", "HostSNI(`*`)", "s")
+        .table("tcp.services.s.loadBalancer")
+        .server("s", a.addr)
+        .and("weight", 5)
+        .server("s", b.addr)
+        .and("weight", 1)
+        .server("s", c.addr)
+        .and("weight", 1)
+        .workers(1)
+        .to_toml();
     let p = Proxy::start(&cfg);
     let seq: String = (0..14).map(|_| who(p.addr("main")) as char).collect();
     // nginx's smooth WRR: no bursts, the same 7-pick cycle twice.
@@ -54,32 +44,15 @@ workers = 1
 fn weighted_service_90_10_over_1000_connections() {
     let primary = Backend::greeting(b"P");
     let replica = Backend::greeting(b"R");
-    let cfg = format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-[tcp.routers.r]
-rule = "HostSNI(`*`)"
-service = "split"
-[tcp.services.split.weighted]
-[[tcp.services.split.weighted.services]]
-name = "primary"
-weight = 90
-[[tcp.services.split.weighted.services]]
-name = "replica"
-weight = 10
-[tcp.services.primary.loadBalancer]
-[[tcp.services.primary.loadBalancer.servers]]
-address = "{}"
-[tcp.services.replica.loadBalancer]
-[[tcp.services.replica.loadBalancer.servers]]
-address = "{}"
-[runtime]
-workers = 1
-accessLog = false
-"#,
-        primary.addr, replica.addr
-    );
+    let cfg = Cfg::new()
+        .entrypoint("main")
+        .router("r", "HostSNI(`*`)", "split")
+        .weighted("split", &[("primary", 90), ("replica", 10)])
+        .service("primary", &[primary.addr])
+        .service("replica", &[replica.addr])
+        .workers(1)
+        .and("accessLog", false)
+        .to_toml();
     let p = Proxy::start(&cfg);
     let mut counts = [0usize; 2];
     let mut seq = String::new();
@@ -100,29 +73,15 @@ fn failover_past_refused_and_blackholed_servers() {
     let good = Backend::greeting(b"G");
     let hole = Blackhole::new();
     let refused = refused_addr();
-    let cfg = format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-[tcp.routers.r]
-rule = "HostSNI(`*`)"
-service = "s"
-[tcp.services.s.loadBalancer]
-serversTransport = "fast"
-[[tcp.services.s.loadBalancer.servers]]
-address = "{refused}"
-[[tcp.services.s.loadBalancer.servers]]
-address = "{}"
-[[tcp.services.s.loadBalancer.servers]]
-address = "{}"
-[tcp.serversTransports.fast]
-dialTimeout = "150ms"
-[runtime]
-workers = 2
-accessLog = false
-"#,
-        hole.addr, good.addr
-    );
+    let cfg = Cfg::new()
+        .entrypoint("main")
+        .router("r", "HostSNI(`*`)", "s")
+        .service("s", &[refused, hole.addr, good.addr])
+        .lb("s", "serversTransport", "fast")
+        .transport("fast", "dialTimeout", "150ms")
+        .workers(2)
+        .and("accessLog", false)
+        .to_toml();
     let p = Proxy::start(&cfg);
     let addr = p.addr("main");
     // 300 connections, 30 at a time: every one reaches the good server.
@@ -150,22 +109,11 @@ accessLog = false
 
 #[test]
 fn all_servers_down_closes_client_with_dial_failed() {
-    let cfg = format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-[tcp.routers.r]
-rule = "HostSNI(`*`)"
-service = "s"
-[tcp.services.s.loadBalancer]
-[[tcp.services.s.loadBalancer.servers]]
-address = "{}"
-[[tcp.services.s.loadBalancer.servers]]
-address = "{}"
-"#,
-        refused_addr(),
-        refused_addr()
-    );
+    let cfg = Cfg::new()
+        .entrypoint("main")
+        .router("r", "HostSNI(`*`)", "s")
+        .service("s", &[refused_addr(), refused_addr()])
+        .to_toml();
     let p = Proxy::start(&cfg);
     let mut s = TcpStream::connect(p.addr("main")).unwrap();
     let (got, _) = read_to_end(&mut s);
@@ -178,25 +126,13 @@ address = "{}"
 fn client_ip_routing_by_source_address() {
     let two = Backend::greeting(b"2");
     let other = Backend::greeting(b"O");
-    let cfg = format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-[tcp.routers.from-two]
-rule = "HostSNI(`*`) && ClientIP(`127.0.0.2`)"
-service = "two"
-[tcp.routers.rest]
-rule = "HostSNI(`*`)"
-service = "other"
-[tcp.services.two.loadBalancer]
-[[tcp.services.two.loadBalancer.servers]]
-address = "{}"
-[tcp.services.other.loadBalancer]
-[[tcp.services.other.loadBalancer.servers]]
-address = "{}"
-"#,
-        two.addr, other.addr
-    );
+    let cfg = Cfg::new()
+        .entrypoint("main")
+        .router("from-two", "HostSNI(`*`) && ClientIP(`127.0.0.2`)", "two")
+        .router("rest", "HostSNI(`*`)", "other")
+        .service("two", &[two.addr])
+        .service("other", &[other.addr])
+        .to_toml();
     let p = Proxy::start(&cfg);
     let read1 = |mut s: TcpStream| {
         let mut b = [0u8; 1];
@@ -211,22 +147,17 @@ address = "{}"
 #[test]
 fn ip_allow_list_denies_others_on_dual_stack_listener() {
     let backend = Backend::greeting(b"Y");
-    let cfg = format!(
-        r#"
-[entryPoints.main]
-address = "[::]:0"
-[tcp.routers.r]
-rule = "HostSNI(`*`)"
-service = "s"
-middlewares = ["allow"]
-[tcp.middlewares.allow.ipAllowList]
-sourceRange = ["127.0.0.2/32"]
-[tcp.services.s.loadBalancer]
-[[tcp.services.s.loadBalancer.servers]]
-address = "{}"
-"#,
-        backend.addr
-    );
+    let cfg = Cfg::new()
+        .entrypoint_at("main", "[::]:0")
+        .router("r", "HostSNI(`*`)", "s")
+        .and("middlewares", ["allow"])
+        .set(
+            "tcp.middlewares.allow.ipAllowList",
+            "sourceRange",
+            ["127.0.0.2/32"],
+        )
+        .service("s", &[backend.addr])
+        .to_toml();
     let p = Proxy::start(&cfg);
     let port = p.addr("main").port();
     let v4: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -261,19 +192,29 @@ use support::tls::{client_config, Ca, TlsStream};
 
 /// A router on entrypoint `main` to its own one-server service `name`;
 /// `passthrough` makes it a TLS passthrough router.
-fn router(name: &str, rule: &str, passthrough: bool, extra: &str, backend: SocketAddr) -> String {
-    let tls = if passthrough {
-        format!("[tcp.routers.{name}.tls]\npassthrough = true\n")
+fn router(c: Cfg, name: &str, rule: &str, passthrough: bool, backend: SocketAddr) -> Cfg {
+    let c = c.router_on(name, "main", rule, name);
+    let c = if passthrough {
+        c.router_tls(name).and("passthrough", true)
     } else {
-        String::new()
+        c
     };
-    format!(
-        "\n[tcp.routers.{name}]\nentryPoints = [\"main\"]\nrule = \"{rule}\"\nservice = \"{name}\"\n{extra}\n{tls}\
-         [tcp.services.{name}.loadBalancer]\n[[tcp.services.{name}.loadBalancer.servers]]\naddress = \"{backend}\"\n"
-    )
+    c.service(name, &[backend])
 }
 
-const MAIN: &str = "[entryPoints.main]\naddress = \"127.0.0.1:0\"\n  [entryPoints.main.transport.respondingTimeouts]\n  readTimeout = \"10s\"\n";
+/// Entry point `main` (10 s to send a ClientHello). The backends here answer
+/// after the client's FIN (`send_fin_read`): a generous terminationDelay
+/// keeps a late answer on a loaded machine.
+fn main_ep() -> Cfg {
+    Cfg::new()
+        .entrypoint("main")
+        .set(
+            "entryPoints.main.transport.respondingTimeouts",
+            "readTimeout",
+            "10s",
+        )
+        .termination_delay("30s")
+}
 
 /// A ClientHello from rustls with SNI `server_name` and ALPN `alpn`.
 fn rustls_hello(server_name: &str, alpn: &[&[u8]]) -> Vec<u8> {
@@ -314,13 +255,16 @@ fn tls_with_an_unknown_sni_is_refused_with_the_default_certificate_not_sent_to_t
     let (ca_file, crt, key) = ca.write_leaf(&dir.0, &["unknown.test"]);
     let tls_backend = Recorder::start(b"TLS");
     let plain = Recorder::start(b"PLAIN");
-    let cfg = format!(
-        "{MAIN}{}{}[tls.stores.default.defaultCertificate]\ncertFile = {:?}\nkeyFile = {:?}\n",
-        router("db", "HostSNI(`db.test`)", true, "", tls_backend.addr()),
-        router("plain", "HostSNI(`*`)", false, "", plain.addr()),
-        crt.display().to_string(),
-        key.display().to_string()
+    let c = router(
+        main_ep(),
+        "db",
+        "HostSNI(`db.test`)",
+        true,
+        tls_backend.addr(),
     );
+    let cfg = router(c, "plain", "HostSNI(`*`)", false, plain.addr())
+        .default_cert(&crt, &key)
+        .to_toml();
     let p = Proxy::start(&cfg);
     let addr = p.addr("main");
 
@@ -353,11 +297,14 @@ fn tls_with_an_unknown_sni_is_refused_with_the_default_certificate_not_sent_to_t
 fn tls_without_any_certificate_is_closed_after_the_hello_and_never_reaches_the_catch_all() {
     let tls_backend = Recorder::start(b"TLS");
     let plain = Recorder::start(b"PLAIN");
-    let cfg = format!(
-        "{MAIN}{}{}",
-        router("db", "HostSNI(`db.test`)", true, "", tls_backend.addr()),
-        router("plain", "HostSNI(`*`)", false, "", plain.addr()),
+    let c = router(
+        main_ep(),
+        "db",
+        "HostSNI(`db.test`)",
+        true,
+        tls_backend.addr(),
     );
+    let cfg = router(c, "plain", "HostSNI(`*`)", false, plain.addr()).to_toml();
     let p = Proxy::start(&cfg);
     let addr = p.addr("main");
     for (n, hello) in [
@@ -397,11 +344,14 @@ fn tls_without_any_certificate_is_closed_after_the_hello_and_never_reaches_the_c
 fn hostsniregexp_sees_an_empty_name_when_the_hello_has_no_sni() {
     let empty = Recorder::start(b"EMPTY");
     let named = Recorder::start(b"NAMED");
-    let cfg = format!(
-        "{MAIN}{}{}",
-        router("empty", "HostSNIRegexp(`^$`)", true, "", empty.addr()),
-        router("named", "HostSNIRegexp(`.`)", true, "", named.addr()),
+    let c = router(
+        main_ep(),
+        "empty",
+        "HostSNIRegexp(`^$`)",
+        true,
+        empty.addr(),
     );
+    let cfg = router(c, "named", "HostSNIRegexp(`.`)", true, named.addr()).to_toml();
     let p = Proxy::start(&cfg);
     let addr = p.addr("main");
     let nosni = capture("openssl_nosni.bin");
@@ -423,18 +373,15 @@ fn a_catch_all_has_priority_minus_one_below_an_alpn_router_and_check_shows_it() 
     let any = Recorder::start(b"ANY");
     let h2 = Recorder::start(b"H2");
     let one = Recorder::start(b"ONE");
-    let cfg = format!(
-        "{MAIN}{}{}{}",
-        router("any", "HostSNI(`*`)", true, "priority = 0", any.addr()),
-        router("h2", "ALPN(`h2`)", true, "", h2.addr()),
-        router(
-            "one",
-            "HostSNI(`one.test`)",
-            true,
-            "priority = 1",
-            one.addr()
-        ),
+    let c = router(main_ep(), "any", "HostSNI(`*`)", true, any.addr()).set(
+        "tcp.routers.any",
+        "priority",
+        0,
     );
+    let c = router(c, "h2", "ALPN(`h2`)", true, h2.addr());
+    let cfg = router(c, "one", "HostSNI(`one.test`)", true, one.addr())
+        .set("tcp.routers.one", "priority", 1)
+        .to_toml();
     let p = Proxy::start(&cfg);
     let addr = p.addr("main");
     let cases = [
@@ -478,24 +425,17 @@ fn matcher_names_load_and_match_in_traefiks_casings() {
     let two = Backend::greeting(b"2");
     let rest = Backend::greeting(b"R");
     let named = Recorder::start(b"N");
-    let cfg = format!(
-        "{MAIN}{}{}{}",
-        router(
-            "two",
-            "hostsni(`*`) && CLIENTIP(`127.0.0.2`)",
-            false,
-            "",
-            two.addr
-        ),
-        router("rest", "HOSTSNI(`*`)", false, "", rest.addr),
-        router(
-            "named",
-            "Hostsni(`db.prod.example.com`) || Alpn(`h2`)",
-            true,
-            "",
-            named.addr()
-        ),
+    let c = main_ep();
+    let c = router(
+        c,
+        "two",
+        "hostsni(`*`) && CLIENTIP(`127.0.0.2`)",
+        false,
+        two.addr,
     );
+    let c = router(c, "rest", "HOSTSNI(`*`)", false, rest.addr);
+    let rule = "Hostsni(`db.prod.example.com`) || Alpn(`h2`)";
+    let cfg = router(c, "named", rule, true, named.addr()).to_toml();
     let p = Proxy::start(&cfg);
     let addr = p.addr("main");
     let read1 = |mut s: TcpStream| {
@@ -520,13 +460,14 @@ fn matcher_names_load_and_match_in_traefiks_casings() {
 fn plain_routers_accept_hostsniregexp_and_alpn_with_traefiks_meaning() {
     let alpn = Backend::greeting(b"A");
     let empty = Backend::greeting(b"E");
-    let cfg = format!(
-        "{MAIN}{}{}",
-        // Higher priority, but a plain connection offers no ALPN.
-        router("alpn", "ALPN(`h2`)", false, "priority = 100", alpn.addr),
-        // A plain connection has no server name: matched as "".
-        router("empty", "HostSNIRegexp(`^$`)", false, "", empty.addr),
+    // Higher priority, but a plain connection offers no ALPN.
+    let c = router(main_ep(), "alpn", "ALPN(`h2`)", false, alpn.addr).set(
+        "tcp.routers.alpn",
+        "priority",
+        100,
     );
+    // A plain connection has no server name: matched as "".
+    let cfg = router(c, "empty", "HostSNIRegexp(`^$`)", false, empty.addr).to_toml();
     let p = Proxy::start(&cfg);
     // Neither needs a ClientHello: the proxy dials at once (the backend
     // speaks first).
@@ -545,37 +486,31 @@ fn v2_rules_route_as_traefik_v2_and_check_prints_their_v3_form() {
     let tpl = Backend::greeting(b"T");
     let v3 = Backend::greeting(b"3");
     let plain = Backend::greeting(b"P");
-    let cfg = format!(
-        "[core]\ndefaultRuleSyntax = \"v2\"\n{MAIN}{}{}{}{}",
-        router(
-            "ab",
-            "HostSNI(`a.example.com`, `b.example.com`)",
-            true,
-            "",
-            ab.addr
-        ),
-        router(
-            "tpl",
-            "HostSNIRegexp(`{tenant:[a-z]+}.db.example.com`)",
-            true,
-            "",
-            tpl.addr
-        ),
-        router(
-            "v3",
-            "HostSNIRegexp(`^v3-[0-9]+\\\\.example\\\\.com$`)",
-            true,
-            "ruleSyntax = \"v3\"",
-            v3.addr
-        ),
-        router(
-            "plain",
-            "ClientIP(`127.0.0.2`, `127.0.0.3`)",
-            false,
-            "",
-            plain.addr
-        ),
+    let c = main_ep().set("core", "defaultRuleSyntax", "v2");
+    let c = router(
+        c,
+        "ab",
+        "HostSNI(`a.example.com`, `b.example.com`)",
+        true,
+        ab.addr,
     );
+    let c = router(
+        c,
+        "tpl",
+        "HostSNIRegexp(`{tenant:[a-z]+}.db.example.com`)",
+        true,
+        tpl.addr,
+    );
+    let c = router(
+        c,
+        "v3",
+        "HostSNIRegexp(`^v3-[0-9]+\\.example\\.com$`)",
+        true,
+        v3.addr,
+    )
+    .set("tcp.routers.v3", "ruleSyntax", "v3");
+    let rule = "ClientIP(`127.0.0.2`, `127.0.0.3`)";
+    let cfg = router(c, "plain", rule, false, plain.addr).to_toml();
     let p = Proxy::start(&cfg);
     let addr = p.addr("main");
     for (sni, want) in [

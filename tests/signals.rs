@@ -57,36 +57,23 @@ fn hold(addr: SocketAddr) -> TcpStream {
 /// The static part: a data entrypoint, the admin entrypoint with /ping, a
 /// grace time long enough to watch the drain, dynamic config from `dynamic`.
 fn static_config(dynamic: &Path) -> String {
-    format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-[entryPoints.main.transport.lifeCycle]
-graceTimeOut = "5s"
-[entryPoints.traefik]
-address = "127.0.0.1:0"
-[ping]
-[providers.file]
-filename = {:?}
-[runtime]
-workers = 2
-"#,
-        dynamic.display().to_string()
-    )
+    Cfg::new()
+        .entrypoint("main")
+        .set("entryPoints.main.transport.lifeCycle", "graceTimeOut", "5s")
+        .entrypoint("traefik")
+        .table("ping")
+        .set("providers.file", "filename", dynamic)
+        .workers(2)
+        .to_toml()
 }
 
+/// The dynamic part: everything on `main` to `backend` (the connections held
+/// here never half-close).
 fn dynamic_config(backend: SocketAddr) -> String {
-    format!(
-        r#"
-[tcp.routers.r]
-entryPoints = ["main"]
-rule = "HostSNI(`*`)"
-service = "s"
-[tcp.services.s.loadBalancer]
-[[tcp.services.s.loadBalancer.servers]]
-address = "{backend}"
-"#
-    )
+    Cfg::new()
+        .router_on("r", "main", "HostSNI(`*`)", "s")
+        .service("s", &[backend])
+        .to_toml()
 }
 
 /// After a reload that is stuck reading a FIFO, SIGTERM still drains (/ping
@@ -319,25 +306,23 @@ impl Streamer {
     }
 }
 
+/// Downloads from `backend` on `main`, drained for `grace`. The backend
+/// closes its side when a download is sent; a generous terminationDelay
+/// keeps that FIN from ending the connection before the client has read it.
 fn stream_config(backend: SocketAddr, driver: &str, mode: &str, grace: &str) -> String {
-    format!(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-[entryPoints.main.transport.lifeCycle]
-graceTimeOut = "{grace}"
-[tcp.routers.r]
-rule = "HostSNI(`*`)"
-service = "s"
-[tcp.services.s.loadBalancer]
-[[tcp.services.s.loadBalancer.servers]]
-address = "{backend}"
-[runtime]
-workers = 2
-driver = "{driver}"
-forwarding = "{mode}"
-"#
-    )
+    Cfg::new()
+        .entrypoint("main")
+        .set(
+            "entryPoints.main.transport.lifeCycle",
+            "graceTimeOut",
+            grace,
+        )
+        .router("r", "HostSNI(`*`)", "s")
+        .service("s", &[backend])
+        .termination_delay("30s")
+        .workers(2)
+        .runtime(driver, mode)
+        .to_toml()
 }
 
 /// Connect and read the first bytes: the download is under way.

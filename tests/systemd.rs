@@ -195,31 +195,29 @@ fn hold(addr: SocketAddr) -> TcpStream {
 }
 
 /// An echo service behind entrypoint `main`; `servers` are its addresses,
-/// health-checked with a 1 s timeout when `checked`.
+/// health-checked with a 1 s timeout when `checked`. The echo exchanges
+/// here never half-close: terminationDelay plays no part.
 fn config(servers: &[SocketAddr], checked: bool) -> String {
-    let mut c = String::from(
-        r#"
-[entryPoints.main]
-address = "127.0.0.1:0"
-[entryPoints.main.transport.lifeCycle]
-graceTimeOut = "10s"
-[tcp.routers.r]
-rule = "HostSNI(`*`)"
-service = "echo"
-[tcp.services.echo.loadBalancer]
-"#,
-    );
-    for s in servers {
-        c.push_str(&format!(
-            "[[tcp.services.echo.loadBalancer.servers]]\naddress = \"{s}\"\n"
-        ));
-    }
-    if checked {
-        c.push_str(
-            "[tcp.services.echo.loadBalancer.healthCheck]\ninterval = \"30s\"\ntimeout = \"1s\"\n",
-        );
-    }
-    c
+    let c = Cfg::new()
+        .entrypoint("main")
+        .set(
+            "entryPoints.main.transport.lifeCycle",
+            "graceTimeOut",
+            "10s",
+        )
+        .router("r", "HostSNI(`*`)", "echo")
+        .service("echo", servers);
+    let c = if checked {
+        c.set(
+            "tcp.services.echo.loadBalancer.healthCheck",
+            "interval",
+            "30s",
+        )
+        .and("timeout", "1s")
+    } else {
+        c
+    };
+    c.to_toml()
 }
 
 /// The whole life of a notified service: READY only after the first health

@@ -21,93 +21,37 @@ use support::process::run;
 use support::tls::{client_config, Ca, TlsStream};
 use support::*;
 
-/// One terminating router for every SNI (`HostSNI(*)`), towards `backend`.
-struct Cfg<'a> {
-    backend: SocketAddr,
-    /// Extra keys for `[tls.options.default]`.
-    options: &'a str,
-    /// `[[tls.certificates]]` and default store, as TOML.
-    certs: String,
-    /// Extra keys for `[tcp.serversTransports.t]` (and its `.tls` table).
-    transport: &'a str,
-    /// Extra keys for the one server (e.g. `tls = true`).
-    server: &'a str,
-    driver: &'a str,
-    read_timeout: &'a str,
-}
-
-impl Cfg<'_> {
-    fn toml(&self) -> String {
-        format!(
-            r#"
-[entryPoints.tls]
-address = "127.0.0.1:0"
-  [entryPoints.tls.transport.respondingTimeouts]
-  readTimeout = "{read_timeout}"
-
-[tcp.routers.term]
-entryPoints = ["tls"]
-rule = "HostSNI(`*`)"
-service = "svc"
-  [tcp.routers.term.tls]
-
-[tcp.services.svc.loadBalancer]
-serversTransport = "t"
-  [[tcp.services.svc.loadBalancer.servers]]
-  address = "{backend}"
-  {server}
-
-[tcp.serversTransports.t]
-dialTimeout = "5s"
-terminationDelay = "30s"
-{transport}
-
-{certs}
-
-[tls.options.default]
-{options}
-
-[runtime]
-workers = 2
-driver = "{driver}"
-"#,
-            read_timeout = self.read_timeout,
-            backend = self.backend,
-            transport = self.transport,
-            server = self.server,
-            certs = self.certs,
-            options = self.options,
-            driver = self.driver,
+/// One terminating router for every SNI (`HostSNI(*)`) on entrypoint `tls`
+/// (10 s to send a ClientHello), towards `backend` over transport `t` (5 s
+/// dial); `[tls.options.default]` for the tests' option keys; two workers on
+/// io_uring. The backends answer after the client's close_notify or FIN: a
+/// generous terminationDelay (30 s) keeps a late answer on a loaded machine.
+fn cfg(backend: SocketAddr) -> Cfg {
+    Cfg::new()
+        .entrypoint("tls")
+        .set(
+            "entryPoints.tls.transport.respondingTimeouts",
+            "readTimeout",
+            "10s",
         )
+        .router_on("term", "tls", "HostSNI(`*`)", "svc")
+        .router_tls("term")
+        .service("svc", &[backend])
+        .lb("svc", "serversTransport", "t")
+        .transport("t", "dialTimeout", "5s")
+        .and("terminationDelay", "30s")
+        .table("tls.options.default")
+        .workers(2)
+        .set("runtime", "driver", "io_uring")
+}
+
+/// `[tcp.serversTransports.t.tls]` with `keys` (values as TOML text).
+fn transport_tls(c: Cfg, keys: &[(&str, String)]) -> Cfg {
+    let mut c = c.table("tcp.serversTransports.t.tls");
+    for (k, v) in keys {
+        c = c.and(k, Raw(v));
     }
-}
-
-fn cert_entry(cert: &Path, key: &Path) -> String {
-    format!(
-        "[[tls.certificates]]\ncertFile = {:?}\nkeyFile = {:?}\n",
-        cert.display().to_string(),
-        key.display().to_string()
-    )
-}
-
-fn default_entry(cert: &Path, key: &Path) -> String {
-    format!(
-        "[tls.stores.default.defaultCertificate]\ncertFile = {:?}\nkeyFile = {:?}\n",
-        cert.display().to_string(),
-        key.display().to_string()
-    )
-}
-
-fn cfg(backend: SocketAddr, certs: String) -> Cfg<'static> {
-    Cfg {
-        backend,
-        options: "",
-        certs,
-        transport: "",
-        server: "",
-        driver: "io_uring",
-        read_timeout: "10s",
-    }
+    c
 }
 
 /// A backend that answers the first line upper-cased, then closes (so
@@ -152,9 +96,11 @@ fn sni_picks_the_certificate_by_name_wildcard_and_default() {
     let (w_crt, w_key) = pki.leaf("*.wild.test", &["*.wild.test"]);
     let (d_crt, d_key) = pki.leaf("default.test", &["default.test"]);
     let backend = line_backend();
-    let certs =
-        cert_entry(&a_crt, &a_key) + &cert_entry(&w_crt, &w_key) + &default_entry(&d_crt, &d_key);
-    let p = Proxy::start(&cfg(backend.addr, certs).toml());
+    let p = cfg(backend.addr)
+        .cert(&a_crt, &a_key)
+        .cert(&w_crt, &w_key)
+        .default_cert(&d_crt, &d_key)
+        .start();
     let addr = p.addr("tls");
     for (sni, cn) in [
         ("a.test", "a.test"),
@@ -195,12 +141,11 @@ fn sni_strict_refuses_clients_without_a_matching_certificate() {
     let (a_crt, a_key) = pki.leaf("a.test", &["a.test"]);
     let (d_crt, d_key) = pki.leaf("default.test", &["default.test"]);
     let backend = line_backend();
-    let mut c = cfg(
-        backend.addr,
-        cert_entry(&a_crt, &a_key) + &default_entry(&d_crt, &d_key),
-    );
-    c.options = "sniStrict = true";
-    let p = Proxy::start(&c.toml());
+    let c = cfg(backend.addr)
+        .cert(&a_crt, &a_key)
+        .default_cert(&d_crt, &d_key)
+        .set("tls.options.default", "sniStrict", true);
+    let p = c.start();
     let ok = s_client(p.addr("tls"), "a.test", &pki.ca, "hi\n");
     assert!(ok.ok() && ok.stdout.contains("HI"), "{ok:?}");
     let refused = s_client(p.addr("tls"), "other.test", &pki.ca, "hi\n");
@@ -227,9 +172,10 @@ fn exact_bytes_both_ways_64m_through_tls() {
     let (ca_path, crt, key) = ca.write_leaf(&dir.0, &["bytes.test"]);
     let echo = Backend::echo();
     for driver in ["io_uring", "epoll"] {
-        let mut c = cfg(echo.addr, cert_entry(&crt, &key));
-        c.driver = driver;
-        let p = Proxy::start(&c.toml());
+        let c = cfg(echo.addr)
+            .cert(&crt, &key)
+            .set("runtime", "driver", driver);
+        let p = c.start();
         for (version, len, seed) in [
             (&rustls::version::TLS13, 1024usize, 1u64),
             (&rustls::version::TLS13, 64 << 20, 2),
@@ -277,7 +223,7 @@ fn half_close_through_tls_client_first() {
         s.write_all(&pattern(8 << 20, 7)).unwrap();
         s.shutdown(Shutdown::Write).unwrap();
     });
-    let p = Proxy::start(&cfg(backend.addr, cert_entry(&crt, &key)).toml());
+    let p = Proxy::start(&cfg(backend.addr).cert(&crt, &key).to_toml());
     let s = TlsStream::connect(
         p.addr("tls"),
         "half.test",
@@ -308,7 +254,7 @@ fn half_close_through_tls_backend_first() {
         let (got, _) = read_to_end(&mut s);
         tx.lock().unwrap().send(checksum(&got)).unwrap();
     });
-    let p = Proxy::start(&cfg(backend.addr, cert_entry(&crt, &key)).toml());
+    let p = Proxy::start(&cfg(backend.addr).cert(&crt, &key).to_toml());
     let s = TlsStream::connect(
         p.addr("tls"),
         "half2.test",
@@ -331,24 +277,36 @@ fn backend_reset_reaches_the_tls_client_as_a_reset() {
     let dir = TempDir::new("tls-rst");
     let ca = Ca::new("rst CA");
     let (ca_path, crt, key) = ca.write_leaf(&dir.0, &["rst.test"]);
-    let backend = Backend::start(|mut s| {
+    // The backend resets only once the client holds every byte (a sleep
+    // instead would race the proxy on a loaded machine: the backend's kernel
+    // discards what it has not sent yet when it resets).
+    let (received_tx, received_rx) = mpsc::channel::<()>();
+    let received_rx = Mutex::new(received_rx);
+    let backend = Backend::start(move |mut s| {
         s.write_all(&pattern(1 << 20, 5)).unwrap();
-        thread::sleep(Duration::from_millis(200));
+        let _ = received_rx
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(30));
         socket2::SockRef::from(&s)
             .set_linger(Some(Duration::ZERO))
             .unwrap();
         drop(s);
     });
-    let p = Proxy::start(&cfg(backend.addr, cert_entry(&crt, &key)).toml());
+    let p = Proxy::start(&cfg(backend.addr).cert(&crt, &key).to_toml());
     let s = TlsStream::connect(
         p.addr("tls"),
         "rst.test",
         client_config(&ca_path, None, &[]),
     )
     .unwrap();
-    let (got, err) = s.read_to_end();
-    assert_eq!(got.len(), 1 << 20, "every byte before the reset");
+    let got = s
+        .read_exact_len(1 << 20)
+        .expect("every byte before the reset");
     assert_eq!(checksum(&got), checksum(&pattern(1 << 20, 5)));
+    received_tx.send(()).unwrap();
+    let (rest, err) = s.read_to_end();
+    assert!(rest.is_empty(), "bytes after the reply: {}", rest.len());
     let err = err.expect("a reset, not a clean close_notify");
     assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err:?}");
     let l = &p.wait_conns(1)[0];
@@ -360,16 +318,25 @@ fn tls_client_reset_reaches_the_backend_as_a_reset() {
     let dir = TempDir::new("tls-crst");
     let ca = Ca::new("crst CA");
     let (ca_path, crt, key) = ca.write_leaf(&dir.0, &["crst.test"]);
+    // The backend says when the request's bytes have arrived (the client
+    // resets only then), and then how its read ended.
+    let (arrived_tx, arrived_rx) = mpsc::channel::<()>();
+    let arrived_tx = Mutex::new(arrived_tx);
     let (tx, rx) = mpsc::channel::<(usize, Option<ErrorKind>)>();
     let tx = Mutex::new(tx);
     let backend = Backend::start(move |mut s| {
-        let (got, err) = read_to_end(&mut s);
+        let mut first = [0u8; 15];
+        if s.read_exact(&mut first).is_err() {
+            return;
+        }
+        arrived_tx.lock().unwrap().send(()).unwrap();
+        let (rest, err) = read_to_end(&mut s);
         tx.lock()
             .unwrap()
-            .send((got.len(), err.map(|e| e.kind())))
+            .send((first.len() + rest.len(), err.map(|e| e.kind())))
             .unwrap();
     });
-    let p = Proxy::start(&cfg(backend.addr, cert_entry(&crt, &key)).toml());
+    let p = Proxy::start(&cfg(backend.addr).cert(&crt, &key).to_toml());
     let s = TlsStream::connect(
         p.addr("tls"),
         "crst.test",
@@ -377,7 +344,9 @@ fn tls_client_reset_reaches_the_backend_as_a_reset() {
     )
     .unwrap();
     s.write_all(b"partial request").unwrap();
-    thread::sleep(Duration::from_millis(100));
+    arrived_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the request reached the backend");
     socket2::SockRef::from(s.tcp())
         .set_linger(Some(Duration::ZERO))
         .unwrap();
@@ -397,9 +366,11 @@ fn min_version_tls13_refuses_a_tls12_client() {
     let pki = Pki::new();
     let (crt, key) = pki.leaf("v.test", &["v.test"]);
     let backend = line_backend();
-    let mut c = cfg(backend.addr, cert_entry(&crt, &key));
-    c.options = "minVersion = \"VersionTLS13\"";
-    let p = Proxy::start(&c.toml());
+    let c =
+        cfg(backend.addr)
+            .cert(&crt, &key)
+            .set("tls.options.default", "minVersion", "VersionTLS13");
+    let p = c.start();
     let old = s_client_args(
         p.addr("tls"),
         &["-servername", "v.test", "-tls1_2"],
@@ -437,9 +408,12 @@ fn max_version_and_cipher_suites_are_honoured() {
     let pki = Pki::new();
     let (crt, key) = pki.leaf("c.test", &["c.test"]);
     let backend = line_backend();
-    let mut c = cfg(backend.addr, cert_entry(&crt, &key));
-    c.options = "maxVersion = \"VersionTLS12\"\ncipherSuites = [\"TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305\"]\ncurvePreferences = [\"CurveP256\"]";
-    let p = Proxy::start(&c.toml());
+    let c = cfg(backend.addr)
+        .cert(&crt, &key)
+        .set("tls.options.default", "maxVersion", "VersionTLS12")
+        .and("cipherSuites", ["TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305"])
+        .and("curvePreferences", ["CurveP256"]);
+    let p = c.start();
     let ran = s_client_args(p.addr("tls"), &["-servername", "c.test"], &pki.ca, "x\n");
     assert!(ran.ok(), "{ran:?}");
     assert!(
@@ -475,13 +449,11 @@ fn mutual_tls_accepts_verified_clients_and_refuses_others() {
     let rogue = Ca::new("rogue CA");
     let (_, rogue_crt, rogue_key) = rogue.write_leaf(&dir.0, &["client.rogue"]);
     let echo = Backend::echo();
-    let options = format!(
-        "  [tls.options.default.clientAuth]\n  caFiles = [{:?}]\n  clientAuthType = \"RequireAndVerifyClientCert\"\n",
-        clients_ca.display().to_string()
-    );
-    let mut c = cfg(echo.addr, cert_entry(&crt, &key));
-    c.options = &options;
-    let p = Proxy::start(&c.toml());
+    let c = cfg(echo.addr)
+        .cert(&crt, &key)
+        .set("tls.options.default.clientAuth", "caFiles", [&clients_ca])
+        .and("clientAuthType", "RequireAndVerifyClientCert");
+    let p = c.start();
     for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
         // A client certificate from the configured CA: accepted.
         let good = client_config(&ca_path, Some((&client_crt, &client_key)), &[version]);
@@ -525,7 +497,7 @@ fn rsa_pkcs1_ec_sec1_and_ed25519_keys_are_served() {
         )
         .expect_ok(&format!("openssl {args:?}"));
     };
-    let mut certs = String::new();
+    let mut certs = Vec::new();
     let mut names = Vec::new();
     for (name, keygen) in [
         (
@@ -573,7 +545,7 @@ fn rsa_pkcs1_ec_sec1_and_ed25519_keys_are_served() {
         ]);
         let pem = std::fs::read_to_string(&key).unwrap();
         let kind = pem.lines().next().unwrap().to_string();
-        certs += &cert_entry(&crt, &key);
+        certs.push((crt.clone(), key.clone()));
         names.push((name, crt, kind));
     }
     // The formats really are the three PEM kinds.
@@ -581,7 +553,10 @@ fn rsa_pkcs1_ec_sec1_and_ed25519_keys_are_served() {
     assert_eq!(names[1].2, "-----BEGIN EC PRIVATE KEY-----");
     assert_eq!(names[2].2, "-----BEGIN PRIVATE KEY-----");
     let backend = line_backend();
-    let p = Proxy::start(&cfg(backend.addr, certs).toml());
+    let c = certs
+        .iter()
+        .fold(cfg(backend.addr), |c, (crt, key)| c.cert(crt, key));
+    let p = c.start();
     for (name, crt, _) in &names {
         let ran = s_client(p.addr("tls"), name, crt, "abc\n");
         assert!(ran.ok(), "{name}: {ran:?}");
@@ -616,20 +591,20 @@ fn bad_certificates_stop_the_start_and_expired_ones_warn() {
     let (_, other_crt, _) = ca.write_leaf(&dir.0, &["other.test"]);
     let backend = Backend::echo();
     let missing = dir.0.join("missing.crt");
-    let err = start_fails(&cfg(backend.addr, cert_entry(&missing, &key)).toml());
+    let err = start_fails(&cfg(backend.addr).cert(&missing, &key).to_toml());
     assert!(err.contains("missing.crt"), "{err}");
     // The key of good.test with the certificate of other.test.
-    let err = start_fails(&cfg(backend.addr, cert_entry(&other_crt, &key)).toml());
+    let err = start_fails(&cfg(backend.addr).cert(&other_crt, &key).to_toml());
     assert!(err.contains("does not match the certificate"), "{err}");
     assert!(err.contains("good.test.key"), "{err}");
     // A file without a key.
-    let err = start_fails(&cfg(backend.addr, cert_entry(&crt, &crt)).toml());
+    let err = start_fails(&cfg(backend.addr).cert(&crt, &crt).to_toml());
     assert!(err.contains("no PEM private key"), "{err}");
     // Expired: served, with a warning at start.
     let (old_crt, old_key) = ca.leaf(&["old.test"], true);
     let oc = dir.write("old.crt", &old_crt);
     let ok = dir.write("old.key", &old_key);
-    let p = Proxy::start(&cfg(backend.addr, cert_entry(&oc, &ok)).toml());
+    let p = Proxy::start(&cfg(backend.addr).cert(&oc, &ok).to_toml());
     let warn = &p.wait_logs(1, |l| l.contains("certificate has expired"))[0];
     assert!(
         warn.contains("level=warn") && warn.contains("old.crt"),
@@ -646,7 +621,7 @@ fn reload_serves_new_certificates_and_keeps_old_ones_on_error() {
     let crt = dir.write("r.crt", &c1);
     let key = dir.write("r.key", &k1);
     let echo = Backend::echo();
-    let toml = cfg(echo.addr, cert_entry(&crt, &key)).toml();
+    let toml = cfg(echo.addr).cert(&crt, &key).to_toml();
     let p = Proxy::start(&toml);
     let names = |s: &TlsStream| s.peer_names();
     let s =
@@ -693,9 +668,12 @@ fn a_stalled_handshake_ends_at_the_deadline() {
     let ca = Ca::new("stall CA");
     let (ca_path, crt, key) = ca.write_leaf(&dir.0, &["stall.test"]);
     let echo = Backend::echo();
-    let mut c = cfg(echo.addr, cert_entry(&crt, &key));
-    c.read_timeout = "500ms";
-    let p = Proxy::start(&c.toml());
+    let c = cfg(echo.addr).cert(&crt, &key).set(
+        "entryPoints.tls.transport.respondingTimeouts",
+        "readTimeout",
+        "500ms",
+    );
+    let p = c.start();
     // A real ClientHello, then silence.
     let config = client_config(&ca_path, None, &[]);
     let mut conn = rustls::ClientConnection::new(config, "stall.test".try_into().unwrap()).unwrap();
@@ -726,7 +704,7 @@ fn redis_cli_tls_through_the_proxy_to_a_plain_redis() {
     let (ca_path, crt, key) = ca.write_leaf(&dir.0, &["redis.test"]);
     let redis = support::redis::RedisServer::start();
     let backend: SocketAddr = ([127, 0, 0, 1], redis.port).into();
-    let p = Proxy::start(&cfg(backend, cert_entry(&crt, &key)).toml());
+    let p = Proxy::start(&cfg(backend).cert(&crt, &key).to_toml());
     let port = p.addr("tls").port().to_string();
     let cli = |args: &[&str]| {
         run(
@@ -770,7 +748,7 @@ fn psql_verify_full_through_the_proxy_to_a_plain_postgresql() {
     let (pg_crt, pg_key) = pki.leaf("pg.backend", &["pg.backend"]);
     let pg = support::pg::PgCluster::start(&pg_crt, &pg_key);
     let backend: SocketAddr = ([127, 0, 0, 1], pg.port).into();
-    let p = Proxy::start(&cfg(backend, cert_entry(&crt, &key)).toml());
+    let p = Proxy::start(&cfg(backend).cert(&crt, &key).to_toml());
     let conninfo = format!(
         "host=db.test hostaddr=127.0.0.1 port={} sslmode=verify-full sslrootcert={} user=postgres dbname=postgres",
         p.addr("tls").port(),
@@ -806,17 +784,28 @@ fn reencrypts_to_an_openssl_backend_with_and_without_verification() {
     let server = SServer::start(&back_crt, &back_key);
     let ca = pki.ca.display().to_string();
     let wrong_ca = other.ca.display().to_string();
-    let cases: [(String, bool); 3] = [
-        (format!("  [tcp.serversTransports.t.tls]\n  serverName = \"backend.test\"\n  rootCAs = [{ca:?}]\n"), true),
-        (format!("  [tcp.serversTransports.t.tls]\n  serverName = \"backend.test\"\n  rootCAs = [{wrong_ca:?}]\n  insecureSkipVerify = true\n"), true),
-        (format!("  [tcp.serversTransports.t.tls]\n  serverName = \"backend.test\"\n  rootCAs = [{wrong_ca:?}]\n"), false),
+    let name = ("serverName", "\"backend.test\"".to_string());
+    let cases: [(Vec<(&str, String)>, bool); 3] = [
+        (vec![name.clone(), ("rootCAs", format!("[{ca:?}]"))], true),
+        (
+            vec![
+                name.clone(),
+                ("rootCAs", format!("[{wrong_ca:?}]")),
+                ("insecureSkipVerify", "true".to_string()),
+            ],
+            true,
+        ),
+        (
+            vec![name.clone(), ("rootCAs", format!("[{wrong_ca:?}]"))],
+            false,
+        ),
     ];
     for (transport, works) in &cases {
-        let mut c = cfg(server.addr, cert_entry(&front_crt, &front_key));
-        c.transport = transport;
+        let c = cfg(server.addr).cert(&front_crt, &front_key);
         // The server's `tls` turns TLS on; the transport only configures it.
-        c.server = "tls = true";
-        let p = Proxy::start(&c.toml());
+        let p = transport_tls(c, transport)
+            .server_set("svc", 0, "tls", true)
+            .start();
         let s = TlsStream::connect(
             p.addr("tls"),
             "front.test",
@@ -829,13 +818,13 @@ fn reencrypts_to_an_openssl_backend_with_and_without_verification() {
         let _ = s.close_write();
         let l = &p.wait_conns(1)[0];
         if *works {
-            assert!(err.is_none(), "{transport}: {err:?} {l}");
-            assert_eq!(String::from_utf8_lossy(&got), "cba\n", "{transport}");
+            assert!(err.is_none(), "{transport:?}: {err:?} {l}");
+            assert_eq!(String::from_utf8_lossy(&got), "cba\n", "{transport:?}");
             assert_eq!(field(l, "outcome").as_deref(), Some("closed"), "{l}");
         } else {
             assert!(
                 got.is_empty() && err.is_some(),
-                "{transport}: {got:?} {err:?}"
+                "{transport:?}: {got:?} {err:?}"
             );
             assert_eq!(field(l, "outcome").as_deref(), Some("backend_reset"), "{l}");
             assert!(l.contains("certificate"), "the error says why: {l}");
@@ -857,9 +846,10 @@ fn termination_delay_after_the_clients_close_notify() {
         tx.lock().unwrap().send(got).unwrap();
         thread::sleep(Duration::from_secs(10));
     });
-    let mut c = cfg(backend.addr, cert_entry(&crt, &key));
-    c.transport = "terminationDelay = \"200ms\"";
-    let toml = c.toml().replace("terminationDelay = \"30s\"\n", "");
+    let toml = cfg(backend.addr)
+        .cert(&crt, &key)
+        .transport("t", "terminationDelay", "200ms")
+        .to_toml();
     let p = Proxy::start(&toml);
     let s = TlsStream::connect(
         p.addr("tls"),
@@ -891,9 +881,12 @@ fn alpn_protocols_are_negotiated_and_mismatches_refused() {
     let pki = Pki::new();
     let (crt, key) = pki.leaf("alpn.test", &["alpn.test"]);
     let backend = line_backend();
-    let mut c = cfg(backend.addr, cert_entry(&crt, &key));
-    c.options = "alpnProtocols = [\"postgresql\", \"redis\"]";
-    let p = Proxy::start(&c.toml());
+    let c = cfg(backend.addr).cert(&crt, &key).set(
+        "tls.options.default",
+        "alpnProtocols",
+        ["postgresql", "redis"],
+    );
+    let p = c.start();
     let args = |alpn: &'static str| ["-servername", "alpn.test", "-alpn", alpn];
     let ok = s_client_args(p.addr("tls"), &args("h2,redis"), &pki.ca, "x\n");
     assert!(ok.ok(), "{ok:?}");
@@ -944,11 +937,11 @@ fn slow_tls_reader_gets_every_byte_of_a_finished_reply() {
         })
     };
     for driver in ["io_uring", "epoll"] {
-        let mut c = cfg(backend.addr, cert_entry(&crt, &key));
-        c.driver = driver;
-        let toml = c
-            .toml()
-            .replace("terminationDelay = \"30s\"", "terminationDelay = \"100ms\"");
+        let toml = cfg(backend.addr)
+            .cert(&crt, &key)
+            .set("runtime", "driver", driver)
+            .transport("t", "terminationDelay", "100ms")
+            .to_toml();
         let p = Proxy::start(&toml);
         let mut s = tls_client(p.addr("tls"), "slow.test", &ca_path);
         let (got, err) = read_throttled(&mut s, 8_000_000);
@@ -977,11 +970,11 @@ fn a_tls_reply_cut_by_termination_delay_is_reset_and_counts_what_arrived() {
         let _ = s.write_all(&reply);
     });
     for driver in ["io_uring", "epoll"] {
-        let mut c = cfg(backend.addr, cert_entry(&crt, &key));
-        c.driver = driver;
-        let toml = c
-            .toml()
-            .replace("terminationDelay = \"30s\"", "terminationDelay = \"300ms\"");
+        let toml = cfg(backend.addr)
+            .cert(&crt, &key)
+            .set("runtime", "driver", driver)
+            .transport("t", "terminationDelay", "300ms")
+            .to_toml();
         let p = Proxy::start(&toml);
         let mut s = tls_client(p.addr("tls"), "cut.test", &ca_path);
         s.write_all(b"go").unwrap();
@@ -1048,13 +1041,17 @@ fn without_certificates_a_generated_default_is_served_with_a_warning() {
         return;
     }
     let backend = line_backend();
-    let toml = cfg(backend.addr, String::new()).toml();
+    let toml = cfg(backend.addr).to_toml();
     let p = Proxy::start(&toml);
     // The config warning, at the router's tls table, in the log.
     let warn = &p.wait_logs(1, |l| l.contains("TRAEFIK DEFAULT CERT"))[0];
     assert!(warn.contains("level=warn"), "{warn}");
     assert!(warn.contains("router `term` terminates TLS"), "{warn}");
-    assert!(warn.contains(".toml:11:3"), "{warn}");
+    let line = 1 + toml
+        .lines()
+        .position(|l| l == "[tcp.routers.term.tls]")
+        .expect("the tls table");
+    assert!(warn.contains(&format!(".toml:{line}:1:")), "{warn}");
     let ran = s_client_unverified(p.addr("tls"), "any.test", "hello\n");
     let subj = subject(&ran).unwrap_or_else(|| panic!("no subject: {ran:?}"));
     assert!(subj.ends_with("CN = TRAEFIK DEFAULT CERT"), "{subj}");
@@ -1095,7 +1092,7 @@ fn without_certificates_a_generated_default_is_served_with_a_warning() {
     assert!(ran.ok(), "{ran:?}");
     assert!(
         ran.stderr.contains("warning: ")
-            && ran.stderr.contains("config.toml:11:3")
+            && ran.stderr.contains(&format!("config.toml:{line}:1:"))
             && ran.stderr.contains("TRAEFIK DEFAULT CERT"),
         "{}",
         ran.stderr
@@ -1110,7 +1107,7 @@ fn a_name_no_certificate_covers_gets_the_generated_default_not_the_first_certifi
     let pki = Pki::new();
     let (a_crt, a_key) = pki.leaf("a.test", &["a.test"]);
     let backend = line_backend();
-    let p = Proxy::start(&cfg(backend.addr, cert_entry(&a_crt, &a_key)).toml());
+    let p = Proxy::start(&cfg(backend.addr).cert(&a_crt, &a_key).to_toml());
     let warn = &p.wait_logs(1, |l| l.contains("no defaultCertificate"))[0];
     assert!(
         warn.contains("level=warn") && warn.contains("routers=term"),
@@ -1141,19 +1138,18 @@ fn inline_pem_certificates_and_root_cas_are_loaded() {
     let server = SServer::start(&back_crt, &back_key);
     let pem = |p: &Path| std::fs::read_to_string(p).unwrap();
     // TOML multi-line literal strings, as a user pastes PEM.
-    let certs = format!(
-        "[[tls.certificates]]\ncertFile = '''\n{}'''\nkeyFile = '''\n{}'''\n",
-        pem(&crt),
-        pem(&key)
-    );
-    let transport = format!(
-        "  [tcp.serversTransports.t.tls]\n  serverName = \"backend.test\"\n  rootCAs = ['''\n{}''']\n",
-        pem(&pki.ca)
-    );
-    let mut c = cfg(server.addr, certs);
-    c.transport = &transport;
-    c.server = "tls = true";
-    let p = Proxy::start(&c.toml());
+    let multi = |text: String| format!("'''\n{text}'''");
+    let c = cfg(server.addr)
+        .push("tls.certificates")
+        .and("certFile", Raw(&multi(pem(&crt))))
+        .and("keyFile", Raw(&multi(pem(&key))));
+    let transport = [
+        ("serverName", "\"backend.test\"".to_string()),
+        ("rootCAs", format!("[{}]", multi(pem(&pki.ca)))),
+    ];
+    let p = transport_tls(c, &transport)
+        .server_set("svc", 0, "tls", true)
+        .start();
     let ran = s_client(p.addr("tls"), "inline.test", &pki.ca, "abc\nCLOSE\n");
     assert!(ran.ok(), "{ran:?}");
     assert!(
@@ -1164,34 +1160,27 @@ fn inline_pem_certificates_and_root_cas_are_loaded() {
     assert!(ran.stdout.contains("Verify return code: 0 (ok)"), "{ran:?}");
 }
 
-/// One plain router (`HostSNI(*)` without tls) to one server, with
-/// `server` keys and a `[tcp.serversTransports.t.tls]` body.
-fn plain_router(backend: SocketAddr, server: &str, transport_tls: &str) -> String {
-    format!(
-        r#"
-[entryPoints.plain]
-address = "127.0.0.1:0"
-
-[tcp.routers.plain]
-entryPoints = ["plain"]
-rule = "HostSNI(`*`)"
-service = "svc"
-
-[tcp.services.svc.loadBalancer]
-serversTransport = "t"
-  [[tcp.services.svc.loadBalancer.servers]]
-  address = "{backend}"
-  {server}
-
-[tcp.serversTransports.t]
-dialTimeout = "5s"
-  [tcp.serversTransports.t.tls]
-  {transport_tls}
-
-[runtime]
-workers = 2
-"#
-    )
+/// One plain router (`HostSNI(*)` without tls) to one server, whose `tls`
+/// key is `server_tls` (unset: `None`), over transport `t` with
+/// `[tcp.serversTransports.t.tls]` keys `tls_keys`. The exchanges here
+/// end with the server's close (no reply follows a client's FIN but the
+/// echo's, which is immediate): Traefik's default terminationDelay.
+fn plain_router(
+    backend: SocketAddr,
+    server_tls: Option<bool>,
+    tls_keys: &[(&str, String)],
+) -> String {
+    let c = Cfg::new()
+        .entrypoint("plain")
+        .router_on("plain", "plain", "HostSNI(`*`)", "svc")
+        .lb("svc", "serversTransport", "t")
+        .server("svc", backend);
+    let c = match server_tls {
+        Some(tls) => c.and("tls", tls),
+        None => c,
+    };
+    let c = c.transport("t", "dialTimeout", "5s");
+    transport_tls(c, tls_keys).workers(2).to_toml()
 }
 
 /// Plain bytes in, TLS to the server: `abc` comes back reversed from the
@@ -1212,8 +1201,11 @@ fn plain_routers_originate_tls_to_tls_servers_and_not_to_the_others() {
     let (back_crt, back_key) = pki.leaf("backend.test", &["backend.test"]);
     let server = SServer::start(&back_crt, &back_key);
     let ca = pki.ca.display().to_string();
-    let verify = format!("serverName = \"backend.test\"\n  rootCAs = [{ca:?}]");
-    let p = Proxy::start(&plain_router(server.addr, "tls = true", &verify));
+    let verify = [
+        ("serverName", "\"backend.test\"".to_string()),
+        ("rootCAs", format!("[{ca:?}]")),
+    ];
+    let p = Proxy::start(&plain_router(server.addr, Some(true), &verify));
     let (got, err) = originated(p.addr("plain"));
     assert!(err.is_none(), "{err:?}");
     assert_eq!(String::from_utf8_lossy(&got), "cba\n");
@@ -1224,14 +1216,14 @@ fn plain_routers_originate_tls_to_tls_servers_and_not_to_the_others() {
     drop(p);
     // The same server without `tls`: the proxy sends plain bytes, which
     // s_server refuses as a handshake: nothing comes back.
-    let p = Proxy::start(&plain_router(server.addr, "", &verify));
+    let p = Proxy::start(&plain_router(server.addr, None, &verify));
     let (got, _) = originated(p.addr("plain"));
     assert!(got.is_empty(), "{got:?}");
     drop(p);
     // A plain echo server behind the same transport (a `tls` table) gets
     // the client's bytes exactly, in clear.
     let echo = Backend::echo();
-    let p = Proxy::start(&plain_router(echo.addr, "tls = false", &verify));
+    let p = Proxy::start(&plain_router(echo.addr, Some(false), &verify));
     let mut s = TcpStream::connect(p.addr("plain")).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(b"\x16\x03\x01 not TLS").unwrap();
@@ -1243,11 +1235,11 @@ fn plain_routers_originate_tls_to_tls_servers_and_not_to_the_others() {
     // Verification applies: a server whose certificate the CA did not sign
     // is refused and nothing reaches the client.
     let other = Pki::new();
-    let wrong = format!(
-        "serverName = \"backend.test\"\n  rootCAs = [{:?}]",
-        other.ca.display().to_string()
-    );
-    let p = Proxy::start(&plain_router(server.addr, "tls = true", &wrong));
+    let wrong = [
+        ("serverName", "\"backend.test\"".to_string()),
+        ("rootCAs", format!("[{:?}]", other.ca.display().to_string())),
+    ];
+    let p = Proxy::start(&plain_router(server.addr, Some(true), &wrong));
     let (got, _) = originated(p.addr("plain"));
     assert!(got.is_empty(), "{got:?}");
     let l = &p.wait_conns(1)[0];
@@ -1261,11 +1253,11 @@ fn terminated_clients_reach_a_plain_server_behind_a_transport_with_a_tls_table()
     let ca = Ca::new("front CA");
     let (ca_path, crt, key) = ca.write_leaf(&dir.0, &["front.test"]);
     let backend = line_backend();
-    let mut c = cfg(backend.addr, cert_entry(&crt, &key));
+    let c = cfg(backend.addr).cert(&crt, &key);
     // Before, this table alone made the proxy speak TLS to the server.
-    c.transport = "  [tcp.serversTransports.t.tls]\n  insecureSkipVerify = true\n";
-    c.server = "tls = false";
-    let p = Proxy::start(&c.toml());
+    let p = transport_tls(c, &[("insecureSkipVerify", "true".to_string())])
+        .server_set("svc", 0, "tls", false)
+        .start();
     let s = TlsStream::connect(
         p.addr("tls"),
         "front.test",
@@ -1322,33 +1314,21 @@ fn passthrough_routers_originate_tls_too() {
     let ca = Ca::new("backend CA");
     let ca_path = dir.write("ca.crt", &ca.pem);
     let (addr, backend) = tls_echo_once(&ca, "backend.test");
-    let toml = format!(
-        r#"
-[entryPoints.pt]
-address = "127.0.0.1:0"
-
-[tcp.routers.pt]
-entryPoints = ["pt"]
-rule = "HostSNI(`db.test`)"
-service = "svc"
-  [tcp.routers.pt.tls]
-  passthrough = true
-
-[tcp.services.svc.loadBalancer]
-serversTransport = "t"
-  [[tcp.services.svc.loadBalancer.servers]]
-  address = "{addr}"
-  tls = true
-
-[tcp.serversTransports.t.tls]
-serverName = "backend.test"
-rootCAs = [{ca:?}]
-
-[runtime]
-workers = 1
-"#,
-        ca = ca_path.display().to_string()
-    );
+    // The echo follows the client's FIN: a generous terminationDelay keeps
+    // it on a loaded machine.
+    let c = Cfg::new()
+        .entrypoint("pt")
+        .router_on("pt", "pt", "HostSNI(`db.test`)", "svc")
+        .router_tls("pt")
+        .and("passthrough", true)
+        .lb("svc", "serversTransport", "t")
+        .server("svc", addr)
+        .and("tls", true)
+        .set("tcp.serversTransports.t.tls", "serverName", "backend.test")
+        .and("rootCAs", [&ca_path])
+        .termination_delay("30s")
+        .workers(1);
+    let toml = c.to_toml();
     let p = Proxy::start(&toml);
     let mut sent = support::hello::rustls_pq_hello("db.test");
     sent.extend_from_slice(b"and some bytes after the hello");
@@ -1367,14 +1347,14 @@ workers = 1
 
 /// A terminating router to the s_server backend with these transport keys:
 /// the backend's answer to `abc`, or the access-log line when none came.
-fn through_sans(server: SocketAddr, transport: &str) -> Result<String, String> {
+fn through_sans(server: SocketAddr, transport: &[(&str, String)]) -> Result<String, String> {
     let dir = TempDir::new("tls-sans");
     let ca = Ca::new("front CA");
     let (ca_path, crt, key) = ca.write_leaf(&dir.0, &["front.test"]);
-    let mut c = cfg(server, cert_entry(&crt, &key));
-    c.transport = transport;
-    c.server = "tls = true";
-    let p = Proxy::start(&c.toml());
+    let c = cfg(server).cert(&crt, &key);
+    let p = transport_tls(c, transport)
+        .server_set("svc", 0, "tls", true)
+        .start();
     let s = TlsStream::connect(
         p.addr("tls"),
         "front.test",
@@ -1403,20 +1383,21 @@ fn peer_cert_sans_accept_and_refuse_backend_certificates() {
     let ca = pki.ca.display().to_string();
     let other = Pki::new();
     let wrong_ca = other.ca.display().to_string();
-    let t = |body: String| format!("  [tcp.serversTransports.t.tls]\n{body}\n");
+    // The transport's keys, values as TOML text.
+    let skip = ("insecureSkipVerify", "true".to_string());
+    let roots = |ca: &str| ("rootCAs", format!("[{ca:?}]"));
+    let sans = |list: &str| ("peerCertSANs", format!("[{list}]"));
+    let dns = |name: &str| format!("{{ type = \"DNSName\", value = \"{name}\" }}");
     // insecureSkipVerify: the SANs replace the name check (the address is
     // 127.0.0.1, which the certificate does not carry).
-    let sans_only = t(format!(
-        "  insecureSkipVerify = true\n  rootCAs = [{ca:?}]\n  peerCertSANs = [{{ type = \"DNSName\", value = \"nope.test\" }}, {{ type = \"DNSName\", value = \"alt.test\" }}]"
-    ));
+    let two = format!("{}, {}", dns("nope.test"), dns("alt.test"));
+    let sans_only = [skip.clone(), roots(&ca), sans(&two)];
     assert_eq!(
         through_sans(server.addr, &sans_only).as_deref(),
         Ok("cba\n")
     );
     // No listed name in the certificate: refused.
-    let missing = t(format!(
-        "  insecureSkipVerify = true\n  rootCAs = [{ca:?}]\n  peerCertSANs = [{{ type = \"DNSName\", value = \"other.test\" }}]"
-    ));
+    let missing = [skip.clone(), roots(&ca), sans(&dns("other.test"))];
     let l = through_sans(server.addr, &missing).unwrap_err();
     assert_eq!(
         field(&l, "outcome").as_deref(),
@@ -1426,22 +1407,24 @@ fn peer_cert_sans_accept_and_refuse_backend_certificates() {
     assert!(l.contains("certificate"), "{l}");
     // The chain is still verified (Traefik verifies it even with
     // insecureSkipVerify when SANs are listed).
-    let untrusted = t(format!(
-        "  insecureSkipVerify = true\n  rootCAs = [{wrong_ca:?}]\n  peerCertSANs = [{{ type = \"DNSName\", value = \"alt.test\" }}]"
-    ));
+    let untrusted = [skip.clone(), roots(&wrong_ca), sans(&dns("alt.test"))];
     assert!(through_sans(server.addr, &untrusted).is_err());
     // A URI SAN the certificate lacks: refused.
-    let uri = t(format!(
-        "  insecureSkipVerify = true\n  rootCAs = [{ca:?}]\n  peerCertSANs = [{{ type = \"URI\", value = \"spiffe://example.org/db\" }}]"
-    ));
+    let uri_san = "{ type = \"URI\", value = \"spiffe://example.org/db\" }";
+    let uri = [skip.clone(), roots(&ca), sans(uri_san)];
     assert!(through_sans(server.addr, &uri).is_err());
     // Without insecureSkipVerify the server name is checked too.
-    let both = t(format!(
-        "  serverName = \"backend.test\"\n  rootCAs = [{ca:?}]\n  peerCertSANs = [{{ type = \"DNSName\", value = \"alt.test\" }}]"
-    ));
+    let server_name = |n: &str| ("serverName", format!("{n:?}"));
+    let both = [
+        server_name("backend.test"),
+        roots(&ca),
+        sans(&dns("alt.test")),
+    ];
     assert_eq!(through_sans(server.addr, &both).as_deref(), Ok("cba\n"));
-    let wrong_name = t(format!(
-        "  serverName = \"wrong.test\"\n  rootCAs = [{ca:?}]\n  peerCertSANs = [{{ type = \"DNSName\", value = \"alt.test\" }}]"
-    ));
+    let wrong_name = [
+        server_name("wrong.test"),
+        roots(&ca),
+        sans(&dns("alt.test")),
+    ];
     assert!(through_sans(server.addr, &wrong_name).is_err());
 }

@@ -404,4 +404,70 @@ mod tests {
         ));
         assert!(store.resolve(Some("x.test"), true).is_none());
     }
+
+    /// A store with certificates inserted under `names` in order (a fresh key
+    /// each), and a fallback; the keys are returned in the same order.
+    fn store_of(names: &[&str]) -> (CertStore, Vec<Arc<CertifiedKey>>, Arc<CertifiedKey>) {
+        let p = super::super::options::provider();
+        let mut store = CertStore::default();
+        let mut keys = Vec::new();
+        for name in names {
+            let ck = Arc::new(generate(&p).unwrap());
+            store.insert(name, &ck);
+            keys.push(ck);
+        }
+        let fallback = Arc::new(generate(&p).unwrap());
+        store.fallback = Some(fallback.clone());
+        (store, keys, fallback)
+    }
+
+    fn is(got: Option<&Arc<CertifiedKey>>, want: &Arc<CertifiedKey>) -> bool {
+        got.is_some_and(|g| Arc::ptr_eq(g, want))
+    }
+
+    #[test]
+    fn a_wildcard_matches_exactly_one_label() {
+        let (store, keys, _) = store_of(&["*.wild.test"]);
+        let w = &keys[0];
+        assert!(is(store.by_name("x.wild.test"), w));
+        assert!(is(store.by_name("a-b.wild.test"), w));
+        assert!(store.by_name("wild.test").is_none(), "the parent itself");
+        assert!(store.by_name("a.b.wild.test").is_none(), "two labels");
+        assert!(store.by_name("x.other.test").is_none());
+        assert!(store.by_name("xwild.test").is_none());
+        assert_eq!(store.names(), 1);
+    }
+
+    #[test]
+    fn names_compare_without_case_and_one_trailing_dot() {
+        let (store, keys, _) = store_of(&["A.Test", "*.Wild.TEST."]);
+        assert!(is(store.by_name("a.test"), &keys[0]));
+        assert!(is(store.by_name("A.TEST."), &keys[0]));
+        assert!(is(store.by_name("X.wild.test."), &keys[1]));
+        assert!(
+            store.by_name("a.test..").is_none(),
+            "only one dot is removed"
+        );
+    }
+
+    #[test]
+    fn an_exact_name_beats_a_wildcard_and_the_first_listed_wins() {
+        let (store, keys, _) =
+            store_of(&["*.wild.test", "a.wild.test", "*.wild.test", "a.wild.test"]);
+        assert!(is(store.by_name("a.wild.test"), &keys[1]));
+        assert!(is(store.by_name("b.wild.test"), &keys[0]));
+        assert_eq!(store.names(), 2);
+    }
+
+    #[test]
+    fn no_match_gets_the_default_unless_sni_strict() {
+        let (store, keys, fallback) = store_of(&["a.test", "*.wild.test"]);
+        let resolve = |sni: Option<&str>, strict: bool| store.resolve(sni, strict);
+        assert!(is(resolve(Some("a.test"), true).as_ref(), &keys[0]));
+        assert!(is(resolve(Some("x.wild.test"), true).as_ref(), &keys[1]));
+        for sni in [Some("b.test"), Some("a.b.wild.test"), None] {
+            assert!(is(resolve(sni, false).as_ref(), &fallback), "{sni:?}");
+            assert!(resolve(sni, true).is_none(), "{sni:?} under sniStrict");
+        }
+    }
 }

@@ -54,7 +54,8 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Start with `config` (TOML). Entry points should listen on port 0; their
+    /// Start with `config` (TOML, usually `Cfg::to_toml`), written as it is:
+    /// nothing is added to it. Entry points should listen on port 0; their
     /// real addresses are read from the `msg=listening` log lines.
     pub fn start(config: &str) -> Proxy {
         Self::start_with(config, &[])
@@ -63,17 +64,7 @@ impl Proxy {
     /// Start under a wrapper command (e.g. `["prlimit", "--nofile=64"]`).
     pub fn start_with(config: &str, wrapper: &[&str]) -> Proxy {
         let dir = TempDir::new("proxy");
-        // Traefik's default terminationDelay (100 ms after the first FIN) can
-        // cut a reply that a loaded CI machine delivers late; tests that are
-        // not about that delay get a generous one (tests/forward.rs covers
-        // the delay itself with an explicit value).
-        let config =
-            if config.contains("terminationDelay") || config.contains("[tcpServersTransport]") {
-                config.to_string()
-            } else {
-                format!("{config}\n[tcpServersTransport]\nterminationDelay = \"30s\"\n")
-            };
-        let path = dir.write("sluicegate.toml", &config);
+        let path = dir.write("sluicegate.toml", config);
         Self::spawn(path, Some(dir), wrapper)
     }
 
@@ -149,6 +140,15 @@ impl Proxy {
             logs,
             _dir: dir,
         }
+    }
+
+    /// Replace the config file with `text` atomically (a temporary file
+    /// renamed over it), so that a reload racing the write never reads a
+    /// truncated file.
+    pub fn write_config(&self, text: &str) {
+        let tmp = self.config_path.with_extension("toml.new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.config_path).unwrap();
     }
 
     pub fn addr(&self, ep: &str) -> SocketAddr {
@@ -468,12 +468,16 @@ pub fn sample(metrics: &str, series: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// The runtime variants every forwarding test runs on.
+/// The runtime variants (driver, forwarding) every forwarding test runs on;
+/// `auto` is the default forwarding (copy for small messages, splice for
+/// bulk flows).
 pub const VARIANTS: &[(&str, &str)] = &[
+    ("io_uring", "auto"),
     ("io_uring", "copy"),
     ("io_uring", "splice"),
     ("io_uring", "completion"),
     ("epoll", "copy"),
+    ("epoll", "auto"),
     ("epoll", "splice"),
 ];
 
@@ -534,6 +538,7 @@ pub fn note_skip(why: &str) {
     }
 }
 
+pub mod cfg;
 pub mod etcd;
 pub mod hello;
 pub mod openssl;
@@ -545,3 +550,6 @@ pub mod record;
 pub mod redis;
 pub mod tls;
 pub mod whoami;
+
+#[allow(unused_imports)]
+pub use cfg::{Cfg, Raw};
