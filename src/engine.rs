@@ -328,6 +328,15 @@ type Loaded = Result<(Snapshot, Vec<String>), Vec<String>>;
 /// Entrypoints keep the slots they have in `running` (see
 /// `align_entrypoints`).
 fn load_aligned(path: &Path, running: &Config) -> Loaded {
+    // A writer that truncates and then writes (an editor, `cp`, a shell
+    // redirect) leaves an empty file for a moment; applied, it would close
+    // every listener. At start an empty file only warns; a reload refuses it.
+    if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0) {
+        return Err(vec![format!(
+            "{}: the configuration file is empty (still being written?); a reload never applies an empty file",
+            path.display()
+        )]);
+    }
     let mut cfg = config::load(path)
         .map_err(|errs| errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
     align_entrypoints(&mut cfg, running).map_err(|e| vec![e])?;

@@ -16,6 +16,8 @@ use ipnet::IpNet;
 
 use crate::rule::Rule;
 
+pub mod acme;
+
 /// Traefik's default `dialTimeout` for TCP servers transports.
 pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Traefik's default `dialKeepAlive`.
@@ -59,7 +61,7 @@ pub struct Config {
     /// Warnings already formatted as `FILE:LINE:COL: message`.
     pub warnings: Vec<String>,
     /// ACME resolvers and the certificates routers ask them for.
-    pub acme: crate::acme::Settings,
+    pub acme: acme::Settings,
 }
 
 /// Which KV store a provider reads.

@@ -295,9 +295,10 @@ mod tests {
         assert_eq!(order(&cfg, ep("e")).1, ["on-e", "both"]);
         assert_eq!(order(&cfg, ep("f")).1, ["both", "on-f"]);
         let t = RouteTable::new(&cfg);
-        let name = |ri: Option<usize>| ri.map(|ri| cfg.routers[ri].name.as_str());
-        assert_eq!(name(t.route(&cfg, ep("f"), &PLAIN)), Some("both"));
+        let routed = t.route(&cfg, ep("f"), &PLAIN).expect("routed");
+        assert_eq!(routed.router.name, "both");
+        assert_eq!(cfg.routers[routed.id].name, "both");
         // An entrypoint index past the table routes nothing.
-        assert_eq!(t.route(&cfg, cfg.entrypoints.len(), &PLAIN), None);
+        assert!(t.route(&cfg, cfg.entrypoints.len(), &PLAIN).is_none());
     }
 }

@@ -226,3 +226,37 @@ fn two_hundred_sighups_leak_no_descriptor_or_thread() {
         "threads grew over 200 reloads: {threads0} -> {threads1}"
     );
 }
+
+/// A writer that truncates before it writes leaves an empty file for a
+/// moment. A SIGHUP that lands then must not apply it: the reload is
+/// refused, the listener stays where it is and keeps serving, and the next
+/// complete file is applied as usual.
+#[test]
+fn a_reload_never_applies_an_empty_file() {
+    let a = Backend::echo();
+    let b = Backend::echo();
+    let p = Proxy::start(&config(a.addr, "a"));
+    let addr = p.addr("main");
+    exchange(addr, 1024, 1).unwrap();
+    std::fs::write(&p.config_path, "").unwrap();
+    p.signal(1);
+    let refused = p.wait_logs(1, |l| {
+        l.contains("reload failed") || l.contains("msg=reloaded")
+    });
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains("configuration file is empty")),
+        "an empty file was not refused: {refused:?}"
+    );
+    exchange(addr, 64 * 1024, 2).unwrap();
+    p.write_config(&config(b.addr, "b"));
+    p.signal(1);
+    p.wait_logs(1, |l| l.contains("msg=reloaded"));
+    assert_eq!(p.addr("main"), addr);
+    exchange(addr, 64 * 1024, 3).unwrap();
+    assert!(
+        !p.logs().iter().any(|l| l.contains("entrypoint removed")),
+        "the empty file removed an entrypoint"
+    );
+}

@@ -175,7 +175,7 @@ impl State {
                 let (chain, key) = c.pem()?;
                 match order::certified_key(&chain, &key) {
                     Ok(ck) => {
-                        let (nb, na) = crate::tls::validity(ck.cert.first()?.as_ref())?;
+                        let (nb, na) = crate::wire::x509::validity(ck.cert.first()?.as_ref())?;
                         Some(Arc::new(Served {
                             ck: Arc::new(ck),
                             not_before: nb,

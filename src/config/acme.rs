@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use super::diag::{Diags, Sp};
-use super::file::{FileModel, Named};
+use super::file::{FileModel, Named, ResolverF};
 use super::reader::{Node, Tbl};
 use super::values::{self, FileCtx};
-use crate::acme::{Challenge, Domain, KeyType, ResolverCfg};
+use crate::model::acme::{Challenge, Domain, KeyType, ResolverCfg};
 
 /// Traefik's default `caServer`: Let's Encrypt's production directory.
 pub const DEFAULT_CA_SERVER: &str = "https://acme-v02.api.letsencrypt.org/directory";
@@ -48,7 +48,7 @@ pub fn read_resolvers(t: Tbl<'_>, ctx: FileCtx<'_>, m: &mut FileModel, d: &mut D
 
 /// A resolver whose keys are wrong is still returned (its errors are
 /// reported), so routers naming it get no second, misleading error.
-fn resolver(name: &Sp<String>, mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> ResolverCfg {
+fn resolver(name: &Sp<String>, mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) -> ResolverF {
     let email = t.str("email", d).map(|s| s.v).filter(|s| !s.is_empty());
     let ca_server = match t.str("caServer", d) {
         Some(s) if s.v.starts_with("https://") || s.v.starts_with("http://") => s.v,
@@ -109,6 +109,7 @@ fn resolver(name: &Sp<String>, mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) 
         .unwrap_or_default();
     let ca_system_cert_pool = t.bool("caSystemCertPool", d).is_none_or(|b| b.v);
     let mut challenges = Vec::new();
+    let mut http_entrypoint_at = None;
     if t.section("tlsChallenge", d)
         .map(|tt| tt.finish(d))
         .is_some()
@@ -117,10 +118,10 @@ fn resolver(name: &Sp<String>, mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) 
     }
     if let Some(mut ht) = t.section("httpChallenge", d) {
         match ht.str("entryPoint", d) {
-            Some(ep) => challenges.push(Challenge::Http {
-                entrypoint: ep.v,
-                at: ep.at,
-            }),
+            Some(ep) => {
+                http_entrypoint_at = Some(ep.at);
+                challenges.push(Challenge::Http { entrypoint: ep.v });
+            }
             None => d.error(ht.at, format!("`{}` needs an `entryPoint`", ht.path)),
         }
         ht.ignored(
@@ -166,7 +167,7 @@ fn resolver(name: &Sp<String>, mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) 
             ),
         );
     }
-    ResolverCfg {
+    let cfg = ResolverCfg {
         name: name.v.clone(),
         email,
         ca_server,
@@ -176,6 +177,10 @@ fn resolver(name: &Sp<String>, mut t: Tbl<'_>, ctx: FileCtx<'_>, d: &mut Diags) 
         certificates_duration: Duration::from_secs(hours.unsigned_abs().saturating_mul(3600)),
         ca_certificates,
         ca_system_cert_pool,
+    };
+    ResolverF {
+        cfg,
+        http_entrypoint_at,
     }
 }
 
@@ -200,7 +205,7 @@ pub fn read_domains(n: &Node<'_>, d: &mut Diags) -> Vec<Sp<Domain>> {
                     "a wildcard domain needs the DNS-01 challenge, which sluicegate does not support",
                 );
                 ok = false;
-            } else if !crate::acme::valid_domain(&name.v) {
+            } else if !crate::model::acme::valid_domain(&name.v) {
                 d.error(name.at, format!("{:?} is not a domain name", name.v));
                 ok = false;
             }
@@ -227,8 +232,8 @@ pub fn settings(
     ep_index: &std::collections::HashMap<String, usize>,
     admin_entrypoint: Option<&str>,
     d: &mut Diags,
-) -> crate::acme::Settings {
-    let mut out = crate::acme::Settings::default();
+) -> crate::model::acme::Settings {
+    let mut out = crate::model::acme::Settings::default();
     let mut index = std::collections::HashMap::new();
     for r in &m.acme_resolvers {
         if index.contains_key(&r.name.v) {
@@ -238,8 +243,9 @@ pub fn settings(
             );
             continue;
         }
-        for c in &r.v.challenges {
-            if let Challenge::Http { entrypoint, at } = c {
+        let at = &r.v.http_entrypoint_at.unwrap_or(r.name.at);
+        for c in &r.v.cfg.challenges {
+            if let Challenge::Http { entrypoint } = c {
                 if admin_entrypoint == Some(entrypoint.as_str()) {
                     d.error(
                         *at,
@@ -259,7 +265,7 @@ pub fn settings(
                 }
             }
         }
-        if r.v.key_type == KeyType::Rsa8192 {
+        if r.v.cfg.key_type == KeyType::Rsa8192 {
             d.warn(
                 r.name.at,
                 format!(
@@ -269,7 +275,7 @@ pub fn settings(
             );
         }
         index.insert(r.name.v.clone(), out.resolvers.len());
-        let mut v = r.v.clone();
+        let mut v = r.v.cfg.clone();
         if v.key_type == KeyType::Rsa8192 {
             v.key_type = KeyType::Rsa4096;
         }
@@ -328,7 +334,7 @@ pub fn settings(
                     rule.host_snis()
                         .into_iter()
                         .map(str::to_ascii_lowercase)
-                        .filter(|n| crate::acme::valid_domain(n))
+                        .filter(|n| crate::model::acme::valid_domain(n))
                         .collect()
                 })
                 .unwrap_or_default();
@@ -357,7 +363,7 @@ pub fn settings(
                 .find(|w| w.resolver == ri && w.domain.same_names(&dom))
             {
                 Some(w) => w.routers.push(r.name.v.clone()),
-                None => out.wants.push(crate::acme::Want {
+                None => out.wants.push(crate::model::acme::Want {
                     resolver: ri,
                     domain: dom,
                     routers: vec![r.name.v.clone()],

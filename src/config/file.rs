@@ -46,7 +46,15 @@ pub struct FileModel {
     pub default_certificate: Option<Sp<model::CertPair>>,
     pub tls_options: Vec<Named<model::TlsOptions>>,
     /// `[certificatesResolvers.<name>.acme]` (main file only).
-    pub acme_resolvers: Vec<Named<crate::acme::ResolverCfg>>,
+    pub acme_resolvers: Vec<Named<ResolverF>>,
+}
+
+/// One ACME resolver as read, with where its HTTP-01 entrypoint was named
+/// (checked against the entrypoints once all files are read).
+#[derive(Debug, Clone)]
+pub struct ResolverF {
+    pub cfg: crate::model::acme::ResolverCfg,
+    pub http_entrypoint_at: Option<Pos>,
 }
 
 /// A definition with the position of its name (where duplicates are reported).
@@ -128,7 +136,7 @@ pub struct RouterTlsF {
     /// `certResolver`: the ACME resolver that provides this router's certificate.
     pub cert_resolver: Option<Sp<String>>,
     /// `domains`: the names to obtain (else the rule's HostSNI names).
-    pub domains: Vec<Sp<crate::acme::Domain>>,
+    pub domains: Vec<Sp<crate::model::acme::Domain>>,
 }
 
 #[derive(Debug)]

@@ -288,8 +288,8 @@ impl Config {
                     .challenges
                     .iter()
                     .map(|c| match c {
-                        crate::acme::Challenge::TlsAlpn => "tls-alpn-01".to_string(),
-                        crate::acme::Challenge::Http { entrypoint, .. } => {
+                        crate::model::acme::Challenge::TlsAlpn => "tls-alpn-01".to_string(),
+                        crate::model::acme::Challenge::Http { entrypoint, .. } => {
                             format!("http-01 on {entrypoint}")
                         }
                     })

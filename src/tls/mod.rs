@@ -15,7 +15,7 @@
 //! and its buffers, whatever its role; the TLS error type), `pump` (both
 //! directions; when and how it ends is `forward::ending`'s policy), `pg_io`
 //! (plaintext reads and writes of the PostgreSQL startup phase), `buf`
-//! (pooled buffers), `x509` (expiry and common name).
+//! (pooled buffers); certificate facts come from `wire::x509`.
 //!
 //! rustls' unbuffered API: ciphertext is read into the connection's own
 //! buffer and decrypted there, the plaintext record is written straight to
@@ -32,7 +32,6 @@ mod pg_io;
 mod pump;
 mod side;
 mod store;
-mod x509;
 
 use std::fmt;
 use std::io;
@@ -341,11 +340,6 @@ pub async fn handshake(
             })
         }
     }
-}
-
-/// A certificate's validity (`notBefore`, `notAfter`) as Unix seconds.
-pub fn validity(cert_der: &[u8]) -> Option<(i64, i64)> {
-    Some((x509::not_before(cert_der)?, x509::not_after(cert_der)?))
 }
 
 /// How to talk to a `tls = true` server: TLS configured by transport

@@ -459,7 +459,7 @@ impl ServerCertVerifier for PeerSanVerifier {
                 PeerSan::Uri(uri) => {
                     *chain
                         .get_or_insert_with(|| self.chain_verifies(end_entity, intermediates, now))
-                        && super::x509::uri_sans(end_entity)
+                        && crate::wire::x509::uri_sans(end_entity)
                             .iter()
                             .any(|u| u.eq_ignore_ascii_case(uri))
                 }

@@ -20,10 +20,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use super::x509;
 use crate::config;
 use crate::log;
 use crate::model::{CertPair, ConfigPath};
+use crate::wire::x509;
 
 /// Certificates by name.
 #[derive(Default)]

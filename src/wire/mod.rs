@@ -1,7 +1,9 @@
 //! Pure wire codecs for the bytes a connection sends before it is routed.
 //!
 //! Role: decide what the first bytes of a connection are: a TLS ClientHello
-//! (and its SNI / ALPN), a PROXY protocol header, or a PostgreSQL SSLRequest.
+//! (and its SNI / ALPN), a PROXY protocol header, or a PostgreSQL SSLRequest;
+//! and `x509`, the few facts read from a certificate's DER that rustls does not
+//! expose (validity, common name, SPKI, URI SANs).
 //!
 //! Rules for everything under this module:
 //! - Pure functions over `&[u8]` and values. No IO, no async, no clocks, no
@@ -25,6 +27,7 @@
 pub mod client_hello;
 pub mod postgres;
 pub mod proxy_protocol;
+pub mod x509;
 
 /// Test helpers shared by the codecs' tests: corpus replay and mutation.
 #[cfg(test)]

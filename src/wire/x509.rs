@@ -72,6 +72,11 @@ fn validity_and_subject(cert: &[u8]) -> Option<(&[u8], &[u8])> {
 }
 
 /// `notBefore` as seconds since the Unix epoch.
+/// A certificate's validity (`notBefore`, `notAfter`) as Unix seconds.
+pub fn validity(cert_der: &[u8]) -> Option<(i64, i64)> {
+    Some((not_before(cert_der)?, not_after(cert_der)?))
+}
+
 pub fn not_before(cert: &[u8]) -> Option<i64> {
     let (validity, _) = validity_and_subject(cert)?;
     let (tag, t, _) = tlv(validity)?;
