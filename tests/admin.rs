@@ -358,7 +358,7 @@ fn open_fds(pid: u32) -> usize {
         .count()
 }
 
-/// Issue 8 item 6: idle connections and a reader that stalls on a large
+/// Idle connections and a reader that stalls on a large
 /// `/api` response do not delay `/ping` (they used to be served one at a
 /// time, 2 s of read deadline each: 30 idle connections delayed it by more
 /// than a minute), and a response nobody reads is cut by its write deadline
@@ -409,7 +409,7 @@ fn ping_answers_promptly_beside_idle_connections_and_a_stalled_reader() {
     assert!(raw.len() < full, "{} of {full}", raw.len());
 }
 
-/// Issue 8 item 6: beyond the cap, the oldest idle connections are the ones
+/// Beyond the cap, the oldest idle connections are the ones
 /// dropped, so `/ping` still answers, and the port's descriptors stay bounded.
 #[test]
 fn over_the_cap_idle_connections_give_way_to_ping() {
@@ -451,7 +451,7 @@ fn over_the_cap_idle_connections_give_way_to_ping() {
     assert_eq!(get(admin, "/ping").0, 200);
 }
 
-/// Issue 8 item 7: bytes after the request head (a stray CRLF, a pipelined
+/// Bytes after the request head (a stray CRLF, a pipelined
 /// request) used to make the close reset the connection, destroying the
 /// queued end of a large response (a 3 MB listing stopped at 128 000 bytes).
 #[test]

@@ -1,5 +1,5 @@
-//! Entrypoints added, removed and moved by a reload, without a restart
-//! (issue 13, item 5), through the real binary with two workers: a new
+//! Entrypoints added, removed and moved by a reload, without a restart,
+//! through the real binary with two workers: a new
 //! entrypoint binds on every worker and serves; a removed one stops
 //! accepting at once while its open connections finish within its
 //! graceTimeOut (then they are reset); a moved one is removed and added; an

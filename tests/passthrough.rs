@@ -1,4 +1,4 @@
-//! TLS passthrough and SNI routing through the real binary (issue 4): real
+//! TLS passthrough and SNI routing through the real binary: real
 //! TLS clients and servers (openssl), real and synthetic ClientHellos sent
 //! in pieces, the garbage table, slow and huge hellos, and PROXY protocol in
 //! front of a TLS router. Every routed stream is compared byte for byte with

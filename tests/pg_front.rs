@@ -1,4 +1,4 @@
-//! The PostgreSQL front door (issue 14) through the real binary, against
+//! The PostgreSQL front door through the real binary, against
 //! real PostgreSQL 15 clusters and real clients (psql, psycopg's libpq):
 //! cancel requests sent to the server that issued the key, routing by the
 //! StartupMessage (PgDatabase, PgUser, PgParam) with rewrites, and the

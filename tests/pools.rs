@@ -1,4 +1,4 @@
-//! Pools give back what a burst took (issue 8, item 9): after a burst of
+//! Pools give back what a burst took: after a burst of
 //! connections with a 16 MiB `bufferSize`, the proxy's resident memory and
 //! its pipe descriptors return to a bounded idle level within seconds, on
 //! both drivers and every forwarding mode.

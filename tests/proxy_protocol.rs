@@ -1,4 +1,4 @@
-//! PROXY protocol in, with Traefik's meaning (issue 10), through the real
+//! PROXY protocol in, with Traefik's meaning, through the real
 //! binary: on an entrypoint with a `proxyProtocol` table a trusted source may
 //! send a header or none (then it is direct); any other source may send one
 //! too, and it is stripped and ignored (the real peer address counts). A

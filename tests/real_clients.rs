@@ -1,5 +1,5 @@
 //! Real servers and real clients through the real binary, as a new user
-//! would try it (issue 2, "Done means"; issue 4, "Done means"): redis-cli and
+//! would try it: redis-cli and
 //! redis-benchmark against redis-server, an SMTP server that speaks first,
 //! and the guide's "Multiple Services on One Port" example with TLS clients.
 

@@ -180,7 +180,7 @@ fn ip_allow_list_denies_others_on_dual_stack_listener() {
     assert_eq!(denied.len(), 2);
 }
 
-// ---- Issue 10: TLS never falls back, catch-all priority, rule casings ----
+// ---- TLS never falls back, catch-all priority, rule casings ----
 
 use std::net::Shutdown;
 use std::process::Command;

@@ -441,8 +441,10 @@ fn build_v2(name: Name, arg: &str, first: bool) -> Result<Matcher, String> {
                     "invalid value for HostSNI: `{arg}` is not a valid hostname or IP (Traefik v2 has no `*.` wildcards: use HostSNIRegexp(`{{sub:[^.]+}}.example.com`))"
                 ));
             }
-            let name = arg.strip_suffix('.').unwrap_or(arg).to_lowercase();
-            Ok(Matcher::Sni(name))
+            // Beyond v2's characters, the name must be one v3 accepts too:
+            // `check` prints the v3 form to migrate to, and a name such as
+            // `.`, `a..b` or `a:b` can never be a TLS server name anyway.
+            host_sni(arg).map_err(|e| format!("{e} (the rule would have no v3 equivalent)"))
         }
         Name::HostSniRegexp => {
             let pattern = mux_template(arg)?;

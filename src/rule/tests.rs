@@ -508,7 +508,16 @@ fn fuzz_corpus_replays() {
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).expect("fuzz/corpus/rule exists") {
         let bytes = std::fs::read(entry.expect("dir entry").path()).expect("readable");
-        let _ = parse(&String::from_utf8_lossy(&bytes));
+        let text = String::from_utf8_lossy(&bytes);
+        // The fuzz target's properties, on every committed input.
+        if let Ok(rule) = parse(&text) {
+            let canonical = rule.to_string();
+            let again = parse(&canonical).expect("canonical form parses");
+            assert_eq!(again.to_string(), canonical);
+        }
+        if let Ok(rule) = parse_with(&text, Syntax::V2) {
+            parse(&rule.to_string()).expect("a v2 rule's v3 form parses");
+        }
         n += 1;
     }
     assert!(n >= 5, "only {n} seed files in {}", dir.display());
@@ -592,4 +601,24 @@ fn glob_has_no_slow_patterns() {
     let mut pat = b"*a".repeat(50);
     pat.push(b'b');
     assert!(!glob(&pat, &text));
+}
+
+/// Found by fuzzing: v2 accepted these names, and the v3 form `check` prints
+/// for them did not parse. Now v2 refuses them with v3's reason.
+#[test]
+fn v2_host_sni_names_are_ones_v3_accepts() {
+    for (name, why) in [
+        (".", "empty"),
+        ("a:b", "invalid character ':'"),
+        ("a..b", "empty label"),
+    ] {
+        let rule = format!("HostSNI(`{name}`)");
+        let e = parse_with(&rule, Syntax::V2).expect_err(name);
+        assert!(e.message.contains(why), "{name}: {}", e.message);
+        assert!(parse(&rule).is_err(), "{name} in v3");
+    }
+    for name in ["a.com", "A.Com.", "db_1.example", "::1", "10.0.0.1"] {
+        let rule = parse_with(&format!("HostSNI(`{name}`)"), Syntax::V2).expect(name);
+        parse(&rule.to_string()).expect("its v3 form parses");
+    }
 }
