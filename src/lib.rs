@@ -36,6 +36,7 @@ pub mod log;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod outcome;
 pub mod peek;
 pub mod pg;
 pub mod route;
