@@ -302,7 +302,9 @@ def num(v):
 
 def balance(rows, variants):
     """One line per variant: connections/s and proxy CPU us per connection as
-    median [min, max] (integers, tenths), and the errors summed."""
+    median [min, max] (integers, tenths), and the errors summed. The median
+    is `median`'s, like the other reports' (for an even REPEAT the mean of
+    the middle two, not the upper one)."""
     tenth = lambda x: math.floor(x * 10 + 0.5) / 10  # noqa: E731 (jq's round: half away from zero)
     line = "{:<10} {:<32} {:<32} {}"
     print(line.format("variant", "connections/s median [min, max]", "proxy CPU us/conn median [min, max]", "errors"))
