@@ -13,7 +13,8 @@
 # `maxConn` (leastConn with maxConn = 1000000: the locked slot path, never full).
 # Knobs: WORKERS (2) REPEAT (3) DURATION (4 s) SLUICEGATE_BIN
 # (target/release/sluicegate) LOADGEN (bench/loadgen/target/release/sluicegate-loadgen)
-# BASE_BIN (unset). Needs jq. Everything it starts is stopped by PID on exit.
+# BASE_BIN (unset). Needs jq and python3 (scripts/lib/report.py prints the
+# table). Everything it starts is stopped by PID on exit.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -50,25 +51,8 @@ mapfile -t BACKENDS < <(grep -o 'listening .*' "$TMP/echo.out" | awk '{print $2}
 # start_proxy NAME BIN LB_LINES: starts it, sets PORT and PROXY.
 start_proxy() {
     local name=$1 bin=$2 lb=$3 cfg=$TMP/$1.toml
-    cat >"$cfg" <<EOF
-[entryPoints.main]
-address = "127.0.0.1:0"
-[entryPoints.traefik]
-address = "127.0.0.1:0"
-[metrics.prometheus]
-[tcp.routers.r]
-rule = "HostSNI(\`*\`)"
-service = "s"
-[tcp.services.s.loadBalancer]
-$lb
-[[tcp.services.s.loadBalancer.servers]]
-address = "${BACKENDS[0]}"
-[[tcp.services.s.loadBalancer.servers]]
-address = "${BACKENDS[1]}"
-[runtime]
-workers = $WORKERS
-accessLog = false
-EOF
+    fill "$PEERS/sluicegate-balance.toml.in" LB "$lb" BACKEND_A "${BACKENDS[0]}" \
+        BACKEND_B "${BACKENDS[1]}" WORKERS "$WORKERS" >"$cfg"
     "$bin" -c "$cfg" 2>"$TMP/$name.log" &
     PROXY=$!
     STARTED+=("$PROXY")
@@ -114,15 +98,7 @@ for r in $(seq "$REPEAT"); do
 done
 
 echo
-printf '%-10s %-32s %-32s %s\n' variant "connections/s median [min, max]" "proxy CPU us/conn median [min, max]" errors
-for v in "${VARIANTS[@]}"; do
-    jq -rs --arg v "$v" '
-      def med: sort | .[length / 2 | floor];
-      [.[] | select(.v == $v)] as $r
-      | ($r | map(.cps)) as $c | ($r | map(.us_per_conn)) as $u
-      | "\($v)|\($c | med | floor) [\($c | min | floor), \($c | max | floor)]|\($u | med * 10 | round / 10) [\($u | min * 10 | round / 10), \($u | max * 10 | round / 10)]|\($r | map(.errors) | add)"' "$RESULTS" |
-        awk -F'|' '{ printf "%-10s %-32s %-32s %s\n", $1, $2, $3, $4 }'
-done
+python3 "$ROOT/scripts/lib/report.py" balance "$RESULTS" "${VARIANTS[@]}"
 # How the proxies' connections ended other than `closed`, and what they
 # warned about: an error count above zero is explained here.
 echo

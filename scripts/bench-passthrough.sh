@@ -113,26 +113,14 @@ CA=$TMP/ca.crt
 # ------------------------------------------------------------------ backend
 start_bg sink "$LOADGEN" sink-server --listen "127.0.0.1:$SINK_PORT"
 wait_listen "$LAST_PID" 10 "$SINK_PORT" || die "sink server did not start: $(cat "$TMP/sink.log")"
-{
-    cat <<EOF
-global
-    nbthread $BACKEND_THREADS
-    maxconn 8000
-defaults
-    mode tcp
-    maxconn 8000
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-listen tlsbackend
-EOF
-    for t in "${ALL_TARGETS[@]}"; do
-        ip=127.0.0.1
-        [[ $t == direct ]] || ip=$(bip "$t")
-        echo "    bind $ip:$BK_PORT ssl crt $TMP/$SNI.pem"
-    done
-    echo "    server sink 127.0.0.1:$SINK_PORT"
-} >"$TMP/backend.cfg"
+binds=""
+for t in "${ALL_TARGETS[@]}"; do
+    ip=127.0.0.1
+    [[ $t == direct ]] || ip=$(bip "$t")
+    binds+="${binds:+$'\n'}    bind $ip:$BK_PORT ssl crt $TMP/$SNI.pem"
+done
+fill "$PEERS/haproxy-passthrough-backend.cfg.in" BACKEND_THREADS "$BACKEND_THREADS" BINDS "$binds" \
+    SINK "127.0.0.1:$SINK_PORT" >"$TMP/backend.cfg"
 start_bg backend haproxy -f "$TMP/backend.cfg" -db
 BACKEND_PID=$LAST_PID
 wait_listen "$BACKEND_PID" 10 "$BK_PORT" || die "TLS backend did not start: $(cat "$TMP/backend.log")"
@@ -142,76 +130,16 @@ wait_listen "$BACKEND_PID" 10 "$BK_PORT" || die "TLS backend did not start: $(ca
 # ------------------------------------------------------------------ proxies
 # Like for like: same worker count, no logging, connect 5 s / idle 60 s; each
 # waits for the ClientHello, routes SNI pt.bench.test to the backend and then
-# relays bytes untouched.
+# relays bytes untouched. The configs are the templates
+# bench/peers/*-passthrough.*.in.
 write_config() {
     local t=$1 ip
     ip=$(bip "$t")
+    local common=(WORKERS "$WORKERS" LISTEN "$(tport "$t")" SNI "$SNI" BACKEND "$ip:$BK_PORT")
     case $t in
-    haproxy)
-        cat >"$TMP/haproxy.cfg" <<EOF
-global
-    nbthread $WORKERS
-    maxconn 8000
-defaults
-    mode tcp
-    maxconn 8000
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-frontend pt
-    bind 127.0.0.1:$(tport haproxy)
-    tcp-request inspect-delay 5s
-    tcp-request content accept if { req.ssl_hello_type 1 }
-    use_backend pt if { req.ssl_sni -i $SNI }
-backend pt
-    server s1 $ip:$BK_PORT
-EOF
-        ;;
-    nginx)
-        cat >"$TMP/nginx.conf" <<EOF
-load_module /usr/lib/nginx/modules/ngx_stream_module.so;
-user root;
-worker_processes $WORKERS;
-worker_rlimit_nofile 19000;
-pid $TMP/nginx.pid;
-error_log $TMP/nginx-error.log warn;
-daemon off;
-events { worker_connections 16000; }
-stream {
-    proxy_connect_timeout 5s;
-    proxy_timeout 60s;
-    map \$ssl_preread_server_name \$backend {
-        $SNI $ip:$BK_PORT;
-    }
-    server {
-        listen 127.0.0.1:$(tport nginx) reuseport;
-        ssl_preread on;
-        proxy_pass \$backend;
-    }
-}
-EOF
-        ;;
-    sluicegate)
-        cat >"$TMP/sluicegate.toml" <<EOF
-[runtime]
-workers = $WORKERS
-accessLog = false
-
-[entryPoints.pt]
-address = "127.0.0.1:$(tport sluicegate)"
-
-[tcp.routers.pt]
-entryPoints = ["pt"]
-rule = "HostSNI(\`$SNI\`)"
-service = "pt"
-  [tcp.routers.pt.tls]
-  passthrough = true
-
-[tcp.services.pt.loadBalancer]
-  [[tcp.services.pt.loadBalancer.servers]]
-  address = "$ip:$BK_PORT"
-EOF
-        ;;
+    haproxy) fill "$PEERS/haproxy-passthrough.cfg.in" "${common[@]}" >"$TMP/haproxy.cfg" ;;
+    nginx) fill "$PEERS/nginx-passthrough.conf.in" "${common[@]}" TMP "$TMP" >"$TMP/nginx.conf" ;;
+    sluicegate) fill "$PEERS/sluicegate-passthrough.toml.in" "${common[@]}" >"$TMP/sluicegate.toml" ;;
     esac
 }
 
@@ -324,58 +252,5 @@ done
 for t in "${!TPIDS[@]}"; do for p in ${TPIDS[$t]}; do kill -CONT "$p" 2>/dev/null || true; done; done
 
 versions="- $(uname -r); $(nproc) cores; $(haproxy -v 2>/dev/null | head -1 | cut -c1-40); $(nginx -v 2>&1 | cut -d' ' -f3); $(openssl version); WORKERS=$WORKERS REPEAT=$REPEAT DURATION=${DURATION}s CONC=$CONC BACKEND_THREADS=$BACKEND_THREADS; $(date -u +%Y-%m-%dT%H:%MZ)"
-python3 - "$JSONL" "$RESULTS_DIR/passthrough-latest.md" "$versions" <<'PY'
-import json, statistics, sys
-jsonl, md_path, header = sys.argv[1:4]
-rows = [json.loads(l) for l in open(jsonl) if l.strip()]
-PEERS, ORDER = ["haproxy", "nginx"], ["direct", "haproxy", "nginx", "sluicegate"]
-def fmt(v, unit=""):
-    if v is None: return "-"
-    if unit in ("rps", "cps"): return f"{v/1e3:.1f}k" if v >= 1e3 else f"{v:.0f}"
-    return f"{v:.0f}" if abs(v) >= 100 else (f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}")
-out = [header]
-md = ["# sluicegate TLS passthrough benchmark: latest run", "", header, "",
-      "Median [min, max] over the repeats; *vs best peer* = median / best of haproxy, nginx; "
-      "*vs direct* = median / direct (client to the TLS backend, no proxy); *cpu s* = the proxy's "
-      "CPU seconds in one run; *backend cpu s* = the TLS backend's (HAProxy terminating TLS).", ""]
-scen = []
-for r in rows:
-    if r["scenario"] not in scen: scen.append(r["scenario"])
-for s in scen:
-    rs = [r for r in rows if r["scenario"] == s]
-    m = rs[0]
-    st = {}
-    for t in ORDER:
-        tr = [r for r in rs if r["target"] == t]
-        if not tr: continue
-        good = [r for r in tr if r.get("ok") and r.get("value") is not None]
-        vals = [r["value"] for r in good]
-        cpus = [r["cpu_s"] for r in good if r.get("cpu_s") is not None]
-        st[t] = dict(vals=vals, med=statistics.median(vals) if vals else None,
-                     nfail=len(tr) - len(good),
-                     cpu=statistics.median(cpus) if cpus else None,
-                     bcpu=statistics.median([r["backend_cpu_s"] for r in good]) if good else None,
-                     err=next((r.get("error", "") for r in tr if not r.get("ok")), ""))
-    peers = [st[t]["med"] for t in PEERS if t in st and st[t]["med"] is not None]
-    best = max(peers) if peers else None
-    direct = st.get("direct", {}).get("med")
-    hdr = ["target", f"{m['metric']} ({m['unit']}) median [min, max]", "vs best peer", "vs direct", "cpu s", "backend cpu s"]
-    table = []
-    for t, v in st.items():
-        if v["med"] is None:
-            table.append([t, ("failed: " + v["err"])[:80], "", "", "", ""]); continue
-        u = m["unit"]
-        cell = f"{fmt(v['med'], u)} [{fmt(min(v['vals']), u)}, {fmt(max(v['vals']), u)}]"
-        if v["nfail"]: cell += f" ({v['nfail']} failed)"
-        table.append([t, cell, f"{v['med']/best:.2f}" if best else "-",
-                      f"{v['med']/direct:.2f}" if direct else "-", fmt(v["cpu"]), fmt(v["bcpu"])])
-    title = f"{s}: {m['desc']} ({m['better']} is better)"
-    w = [max(len(str(x)) for x in col) for col in zip(hdr, *table)]
-    out += ["", title, "  ".join(h.ljust(x) for h, x in zip(hdr, w))]
-    out += ["  ".join(str(c).ljust(x) for c, x in zip(row, w)) for row in table]
-    md += [f"### {title}", "", "| " + " | ".join(hdr) + " |", "|" + "|".join("---" for _ in hdr) + "|"]
-    md += ["| " + " | ".join(str(c) for c in row) + " |" for row in table] + [""]
-print("\n".join(out))
-open(md_path, "w").write("\n".join(md) + "\n")
-PY
+python3 "$ROOT/scripts/lib/report.py" passthrough "$JSONL" "$RESULTS_DIR/passthrough-latest.md" "$versions"
 log "wrote $RESULTS_DIR/passthrough-latest.md and $JSONL"

@@ -124,71 +124,18 @@ wait_listen "$LAST_PID" 10 "$SINK_PORT" || die "sink server did not start: $(cat
 # ------------------------------------------------------------------ proxies
 # Like for like: same worker count, no logging, connect 5 s / idle 60 s,
 # OpenSSL's (or rustls') default TLS settings, session tickets on (default).
+# The configs are the templates bench/peers/*-tls.*.in.
 write_config() {
     local t=$1 ip
     ip=$(bip "$t")
+    local ports=(REDIS_LISTEN "$(tport "$t" 2)" SINK_LISTEN "$(tport "$t" 5)"
+        REDIS_BACKEND "$ip:$REDIS_PORT" SINK_BACKEND "$ip:$SINK_PORT")
     case $t in
-    haproxy)
-        cat >"$TMP/haproxy.cfg" <<EOF
-global
-    nbthread $WORKERS
-    maxconn 4000
-defaults
-    mode tcp
-    maxconn 4000
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-listen redis
-    bind 127.0.0.1:$(tport haproxy 2) ssl crt $TMP/bench.test.pem
-    server s1 $ip:$REDIS_PORT
-listen sink
-    bind 127.0.0.1:$(tport haproxy 5) ssl crt $TMP/bench.test.pem
-    server s1 $ip:$SINK_PORT
-EOF
-        ;;
-    nginx)
-        cat >"$TMP/nginx.conf" <<EOF
-load_module /usr/lib/nginx/modules/ngx_stream_module.so;
-user root;
-worker_processes $WORKERS;
-worker_rlimit_nofile 19000;
-pid $TMP/nginx.pid;
-error_log $TMP/nginx-error.log warn;
-daemon off;
-events { worker_connections 16000; }
-stream {
-    proxy_connect_timeout 5s;
-    proxy_timeout 60s;
-    # nginx 1.22 leaves TLS 1.3 out by default; every target offers 1.2 and 1.3.
-    ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_certificate $CRT;
-    ssl_certificate_key $KEY;
-    server { listen 127.0.0.1:$(tport nginx 2) ssl reuseport; proxy_pass $ip:$REDIS_PORT; }
-    server { listen 127.0.0.1:$(tport nginx 5) ssl reuseport; proxy_pass $ip:$SINK_PORT; }
-}
-EOF
-        ;;
+    haproxy) fill "$PEERS/haproxy-tls.cfg.in" WORKERS "$WORKERS" PEM "$TMP/bench.test.pem" "${ports[@]}" >"$TMP/haproxy.cfg" ;;
+    nginx) fill "$PEERS/nginx-tls.conf.in" WORKERS "$WORKERS" TMP "$TMP" CRT "$CRT" KEY "$KEY" "${ports[@]}" >"$TMP/nginx.conf" ;;
     sluicegate)
-        {
-            printf '[runtime]\nworkers = %s\npinCores = %s\naccessLog = false\n' "$WORKERS" "$PIN_CORES"
-            for b in redis:2:$REDIS_PORT sink:5:$SINK_PORT; do
-                IFS=: read -r name idx port <<<"$b"
-                cat <<EOF
-[entryPoints.$name]
-address = "127.0.0.1:$(tport sluicegate "$idx")"
-[tcp.routers.$name]
-entryPoints = ["$name"]
-rule = "HostSNI(\`*\`)"
-service = "$name"
-  [tcp.routers.$name.tls]
-[tcp.services.$name.loadBalancer]
-  [[tcp.services.$name.loadBalancer.servers]]
-  address = "$ip:$port"
-EOF
-            done
-            printf '[[tls.certificates]]\ncertFile = "%s"\nkeyFile = "%s"\n' "$CRT" "$KEY"
-        } >"$TMP/sluicegate.toml"
+        fill "$PEERS/sluicegate-tls.toml.in" WORKERS "$WORKERS" PIN_CORES "$PIN_CORES" CRT "$CRT" KEY "$KEY" \
+            "${ports[@]}" >"$TMP/sluicegate.toml"
         ;;
     esac
 }
@@ -348,57 +295,5 @@ done
 for t in "${!TPIDS[@]}"; do for p in ${TPIDS[$t]}; do kill -CONT "$p" 2>/dev/null || true; done; done
 
 versions="- $(uname -r); $(nproc) cores; $(haproxy -v 2>/dev/null | head -1 | cut -c1-40); $(nginx -v 2>&1 | cut -d' ' -f3); $(openssl version); WORKERS=$WORKERS REPEAT=$REPEAT DURATION=${DURATION}s CONC=$CONC; $(date -u +%Y-%m-%dT%H:%MZ)"
-python3 - "$JSONL" "$RESULTS_DIR/tls-latest.md" "$versions" <<'PY'
-import json, statistics, sys
-jsonl, md_path, header = sys.argv[1:4]
-rows = [json.loads(l) for l in open(jsonl) if l.strip()]
-PEERS, ORDER = ["haproxy", "nginx"], ["haproxy", "nginx", "sluicegate"]
-def fmt(v, unit=""):
-    if v is None: return "-"
-    if unit in ("rps", "cps"): return f"{v/1e3:.1f}k" if v >= 1e3 else f"{v:.0f}"
-    return f"{v:.0f}" if abs(v) >= 100 else (f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}")
-out = [header]
-md = ["# sluicegate TLS termination benchmark: latest run", "", header, "",
-      "Median [min, max] over the repeats; *vs best peer* = median / best of haproxy, nginx "
-      "(for lower-is-better metrics < 1 is better); *cpu s* = the proxy's CPU seconds in one run; "
-      "*per cpu s* = units per proxy CPU second (handshakes or requests per CPU second, GB per CPU second).", ""]
-scen = []
-for r in rows:
-    if r["scenario"] not in scen: scen.append(r["scenario"])
-for s in scen:
-    rs = [r for r in rows if r["scenario"] == s]
-    m = rs[0]
-    st = {}
-    for t in ORDER:
-        tr = [r for r in rs if r["target"] == t]
-        if not tr: continue
-        good = [r for r in tr if r.get("ok") and r.get("value") is not None]
-        vals = [r["value"] for r in good]
-        per = []
-        for r in good:
-            c, x = r.get("cpu_s") or 0, r.get("extra", {})
-            if c > 0 and x.get("requests"): per.append(x["requests"] / c)
-            elif c > 0 and x.get("bytes"): per.append(x["bytes"] / 1e9 / c)
-        st[t] = dict(vals=vals, med=statistics.median(vals) if vals else None,
-                     cpu=statistics.median([r["cpu_s"] for r in good]) if good else None,
-                     per=statistics.median(per) if per else None,
-                     err=next((r.get("error", "") for r in tr if not r.get("ok")), ""))
-    peers = [st[t]["med"] for t in PEERS if t in st and st[t]["med"] is not None]
-    best = (max(peers) if m["better"] == "higher" else min(peers)) if peers else None
-    hdr = ["target", f"{m['metric']} ({m['unit']}) median [min, max]", "vs best peer", "cpu s", "per cpu s"]
-    table = []
-    for t, v in st.items():
-        if v["med"] is None:
-            table.append([t, ("failed: " + v["err"])[:80], "", "", ""]); continue
-        table.append([t, f"{fmt(v['med'], m['unit'])} [{fmt(min(v['vals']), m['unit'])}, {fmt(max(v['vals']), m['unit'])}]",
-                      f"{v['med']/best:.2f}" if best else "-", fmt(v["cpu"]), fmt(v["per"], m["unit"] if m["unit"] in ("rps", "cps") else "")])
-    title = f"{s}: {m['desc']} ({m['better']} is better)"
-    w = [max(len(str(x)) for x in col) for col in zip(hdr, *table)]
-    out += ["", title, "  ".join(h.ljust(x) for h, x in zip(hdr, w))]
-    out += ["  ".join(str(c).ljust(x) for c, x in zip(row, w)) for row in table]
-    md += [f"## {title}", "", "| " + " | ".join(hdr) + " |", "|" + "|".join("---" for _ in hdr) + "|"]
-    md += ["| " + " | ".join(str(c) for c in row) + " |" for row in table] + [""]
-print("\n".join(out))
-open(md_path, "w").write("\n".join(md) + "\n")
-PY
+python3 "$ROOT/scripts/lib/report.py" tls "$JSONL" "$RESULTS_DIR/tls-latest.md" "$versions"
 log "wrote $RESULTS_DIR/tls-latest.md and $JSONL"

@@ -18,6 +18,9 @@
 //! `/metrics`, `/api`), `metrics` (per-worker counters, summed on scrape) and
 //! `notify` (readiness, reload, stop and watchdog messages to systemd).
 //!
+//! `outcome` names how a connection ended: one typed value, and one name
+//! table, for the access log's `outcome=` and the metrics' `outcome` label.
+//!
 //! `sys` is the only module with `unsafe`: the crate denies it everywhere
 //! else, so a new `unsafe` block elsewhere does not compile.
 
@@ -36,6 +39,7 @@ pub mod log;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod outcome;
 pub mod peek;
 pub mod pg;
 pub mod route;

@@ -8,9 +8,11 @@
 //! - per-entrypoint counts (accepted, ended, accept errors) are atomics with a
 //!   single writer, bumped with a relaxed load + store (no locked
 //!   instruction); the scraper reads them relaxed;
-//! - per-name counts (outcome per router, bytes per service, dial failures per
-//!   server) are keyed by *names*, so they stay monotonic across reloads that
-//!   renumber routers and services. They sit behind this worker's own mutex,
+//! - per-name counts (outcomes per router, bytes per service, dial failures
+//!   per server) are keyed by *names*, so they stay monotonic across reloads
+//!   that renumber routers and services; a router's outcomes are a fixed
+//!   array indexed by the typed `Outcome` (no outcome string is hashed or
+//!   compared when a connection ends). They sit behind this worker's own mutex,
 //!   taken once when a connection ends and once per failed dial; only a scrape
 //!   ever contends for it, for the time it takes to copy a few maps.
 //!
@@ -19,8 +21,8 @@
 //!
 //! Owns: the process's counter registry (`registry()`), the per-worker hooks
 //! and the Prometheus text. May depend on `state` (what `/metrics` reports
-//! about a snapshot), `model` and `sys`; never on `worker`, `session`,
-//! `health` or `admin`.
+//! about a snapshot), `model`, `outcome` and `sys`; never on `worker`,
+//! `session`, `health` or `admin`.
 
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
@@ -29,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::model::Config;
+use crate::outcome::Outcome;
 use crate::state::Snapshot;
 
 /// Label for "no router matched" / "no service chosen" (as in the access log).
@@ -65,11 +68,15 @@ struct WorkerMetrics {
 
 const LOCAL_KINDS: usize = crate::sys::LOCAL_RESOURCE_ERRORS.len();
 
+/// Connections per outcome, indexed by `Outcome::index`.
+type PerOutcome = [u64; Outcome::COUNT];
+
 /// Per-name counts of one worker.
 #[derive(Default, Clone)]
 struct Tally {
-    /// Entrypoint index → router name → outcome → connections.
-    outcomes: Vec<HashMap<String, HashMap<String, u64>>>,
+    /// Entrypoint index → router name → connections per outcome (indexed by
+    /// `Outcome::index`).
+    outcomes: Vec<HashMap<String, PerOutcome>>,
     /// Service name → [up (client → server), down (server → client)] bytes.
     bytes: HashMap<String, [u64; 2]>,
     /// Service name → server address → failed dials.
@@ -94,8 +101,17 @@ fn bump(c: &AtomicU64, n: u64) {
 
 /// The entry for `key`, inserted (allocating the key) only the first time.
 fn slot<'m, V: Default>(m: &'m mut HashMap<String, V>, key: &str) -> &'m mut V {
+    slot_with(m, key, V::default)
+}
+
+/// `slot` with the first value made by `new`.
+fn slot_with<'m, V>(
+    m: &'m mut HashMap<String, V>,
+    key: &str,
+    new: impl FnOnce() -> V,
+) -> &'m mut V {
     if !m.contains_key(key) {
-        m.insert(key.to_owned(), V::default());
+        m.insert(key.to_owned(), new());
     }
     m.get_mut(key).expect("just inserted")
 }
@@ -158,7 +174,7 @@ impl Registry {
             vec![0u64; eps.len()],
             vec![0u64; eps.len()],
         );
-        let mut outcomes: BTreeMap<(usize, String, String), u64> = BTreeMap::new();
+        let mut outcomes: BTreeMap<(usize, String), PerOutcome> = BTreeMap::new();
         let mut bytes: BTreeMap<String, [u64; 2]> = BTreeMap::new();
         let mut dials: BTreeMap<(String, String), u64> = BTreeMap::new();
         let mut holds: BTreeMap<String, [u64; 2]> = BTreeMap::new();
@@ -183,8 +199,9 @@ impl Registry {
             let t = w.tally.lock().unwrap_or_else(|e| e.into_inner()).clone();
             for (ep, routers) in t.outcomes.into_iter().enumerate() {
                 for (router, by_outcome) in routers {
-                    for (outcome, n) in by_outcome {
-                        *outcomes.entry((ep, router.clone(), outcome)).or_default() += n;
+                    let sum = outcomes.entry((ep, router)).or_insert([0; Outcome::COUNT]);
+                    for (s, n) in sum.iter_mut().zip(by_outcome) {
+                        *s += n;
                     }
                 }
             }
@@ -258,13 +275,23 @@ impl Registry {
             "counter",
             "Connections ended, per entrypoint, router (\"-\": none matched) and outcome (the access-log outcome).",
         );
-        for ((ep, router, outcome), n) in &outcomes {
-            let labels = [
-                ("entrypoint", ep_name(*ep)),
-                ("router", router.as_str()),
-                ("outcome", outcome.as_str()),
-            ];
-            sample(&mut out, "sluicegate_connections_total", &labels, *n);
+        // Outcomes in name order, and only those that happened: the samples
+        // come out as they did when the counts were keyed by name.
+        let mut by_name = Outcome::ALL;
+        by_name.sort_unstable_by_key(|o| o.as_str());
+        for ((ep, router), counts) in &outcomes {
+            for o in by_name {
+                let n = counts.get(o.index()).copied().unwrap_or(0);
+                if n == 0 {
+                    continue;
+                }
+                let labels = [
+                    ("entrypoint", ep_name(*ep)),
+                    ("router", router.as_str()),
+                    ("outcome", o.as_str()),
+                ];
+                sample(&mut out, "sluicegate_connections_total", &labels, n);
+            }
         }
         header(
             &mut out,
@@ -494,7 +521,7 @@ pub fn connection_ended(
     ep: usize,
     router: Option<usize>,
     service: Option<usize>,
-    outcome: &str,
+    outcome: Outcome,
     up: u64,
     down: u64,
 ) {
@@ -507,7 +534,10 @@ pub fn connection_ended(
         if t.outcomes.len() <= ep {
             t.outcomes.resize_with(ep + 1, HashMap::new);
         }
-        *slot(slot(&mut t.outcomes[ep], router), outcome) += 1;
+        let counts = slot_with(&mut t.outcomes[ep], router, || [0; Outcome::COUNT]);
+        if let Some(n) = counts.get_mut(outcome.index()) {
+            *n += 1;
+        }
         if let Some(s) = service {
             let b = slot(&mut t.bytes, &cfg.services[s].name);
             b[0] += up;
@@ -572,6 +602,19 @@ mod tests {
         local_resource_error(99);
     }
 
+    /// The configuration in `text`, loaded through a file (`tag` names the
+    /// temporary directory, so that tests running at once do not share it).
+    fn load(tag: &str, text: &str) -> Config {
+        let dir =
+            std::env::temp_dir().join(format!("sluicegate-metrics-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let cfg = crate::config::load(&path).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        cfg
+    }
+
     #[test]
     fn workers_are_summed_by_name() {
         let reg = Arc::new(Registry::default());
@@ -585,13 +628,7 @@ service = "s"
 [[tcp.services.s.loadBalancer.servers]]
 address = "127.0.0.1:9"
 "#;
-        let dir = std::env::temp_dir().join(format!("sluicegate-metrics-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("c.toml");
-        std::fs::write(&path, cfg_text).unwrap();
-        let cfg = crate::config::load(&path).unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
-        let cfg = Arc::new(cfg);
+        let cfg = Arc::new(load("sum", cfg_text));
         let mut handles = Vec::new();
         for w in 0..2u64 {
             let (reg, cfg) = (reg.clone(), cfg.clone());
@@ -599,10 +636,10 @@ address = "127.0.0.1:9"
                 reg.register_worker(1);
                 for _ in 0..=w {
                     accepted(0);
-                    connection_ended(&cfg, 0, Some(0), Some(0), "closed", 5, 7);
+                    connection_ended(&cfg, 0, Some(0), Some(0), Outcome::Closed, 5, 7);
                 }
                 accepted(0);
-                connection_ended(&cfg, 0, None, None, "no_route", 0, 0);
+                connection_ended(&cfg, 0, None, None, Outcome::NoRoute, 0, 0);
                 accepted(0);
                 dial_failed("s", "127.0.0.1:9");
                 local_resource_error(0);
@@ -633,6 +670,121 @@ address = "127.0.0.1:9"
             );
         }
         // Every sample has HELP and TYPE lines.
+        assert_eq!(text.matches("# HELP ").count(), 13);
+        assert_eq!(text.matches("# TYPE ").count(), 13);
+    }
+
+    /// The outcome label values before outcomes were typed: dashboards and
+    /// tests match them, so the set must not change.
+    const LABELS: [&str; 35] = [
+        "closed",
+        "client_reset",
+        "backend_reset",
+        "termination_delay",
+        "idle_timeout",
+        "drain_cut",
+        "server_down",
+        "no_route",
+        "not_tls",
+        "denied",
+        "too_many_connections",
+        "dial_failed",
+        "local_resource_exhausted",
+        "no_server",
+        "queue_timeout",
+        "read_timeout",
+        "client_closed",
+        "hello_too_large",
+        "proxy_protocol_invalid",
+        "pg_bytes_after_request",
+        "backend_refused_tls",
+        "backend_write_failed",
+        "tls_handshake_failed",
+        "tls_no_certificate",
+        "tls_client_certificate_refused",
+        "tls_timeout",
+        "tls_client_closed",
+        "tls_not_configured",
+        "pg_backend_tls_unsupported",
+        "pg_cancel_forwarded",
+        "pg_cancel_unknown_key",
+        "pg_cancel_failed",
+        "pg_bad_startup",
+        "acme_http01",
+        "acme_tls_alpn",
+    ];
+
+    #[test]
+    fn every_outcome_is_counted_under_its_own_label_in_name_order() {
+        // The typed set is exactly the set of labels, one outcome each.
+        let names: std::collections::BTreeSet<&str> =
+            Outcome::ALL.iter().map(|o| o.as_str()).collect();
+        assert_eq!(names.len(), Outcome::COUNT, "two outcomes share a label");
+        let expected: std::collections::BTreeSet<&str> = LABELS.into_iter().collect();
+        assert_eq!(names, expected);
+
+        // Every outcome counted a different number of times, spread over two
+        // entrypoints and three routers (one of them "none matched").
+        let cfg_text = r#"
+[entryPoints.main]
+address = "127.0.0.1:0"
+[entryPoints.b]
+address = "127.0.0.1:0"
+[tcp.routers.r]
+rule = "HostSNI(`*`)"
+service = "s"
+[tcp.routers.a]
+rule = "HostSNI(`*`)"
+service = "s"
+[tcp.services.s.loadBalancer]
+[[tcp.services.s.loadBalancer.servers]]
+address = "127.0.0.1:9"
+"#;
+        let cfg = Arc::new(load("outcomes", cfg_text));
+        let reg = Arc::new(Registry::default());
+        let place = |i: usize| (i % 2, [None, Some(0), Some(1)][i % 3]);
+        {
+            let (reg, cfg) = (reg.clone(), cfg.clone());
+            std::thread::spawn(move || {
+                reg.register_worker(2);
+                for (i, o) in Outcome::ALL.into_iter().enumerate() {
+                    let (ep, router) = place(i);
+                    for _ in 0..=i {
+                        accepted(ep);
+                        connection_ended(&cfg, ep, router, Some(0), o, 1, 2);
+                    }
+                }
+            })
+            .join()
+            .unwrap();
+        }
+        let snap = Snapshot::new((*cfg).clone()).unwrap();
+        let text = reg.render(&snap);
+
+        // What the samples were when counts were keyed by label strings:
+        // sorted by entrypoint index, router name, then label.
+        let mut want: BTreeMap<(usize, &str, &str), usize> = BTreeMap::new();
+        for (i, o) in Outcome::ALL.into_iter().enumerate() {
+            let (ep, router) = place(i);
+            let router = router.map_or(NONE, |r| cfg.routers[r].name.as_str());
+            want.insert((ep, router, o.as_str()), i + 1);
+        }
+        let want: Vec<String> = want
+            .into_iter()
+            .map(|((ep, router, label), n)| {
+                let ep = &cfg.entrypoints[ep].name;
+                format!(
+                    "sluicegate_connections_total{{entrypoint=\"{ep}\",router=\"{router}\",outcome=\"{label}\"}} {n}"
+                )
+            })
+            .collect();
+        let got: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("sluicegate_connections_total{"))
+            .collect();
+        assert_eq!(got, want, "in:\n{text}");
+        // An outcome that never happened has no sample.
+        assert!(!text.contains("router=\"r\",outcome=\"closed\""));
         assert_eq!(text.matches("# HELP ").count(), 13);
         assert_eq!(text.matches("# TYPE ").count(), 13);
     }

@@ -97,30 +97,53 @@ enum Early {
     /// A PostgreSQL first message that is not valid: answered with an
     /// ErrorResponse (SQLSTATE 08P01) and closed.
     PgMalformed,
-    /// An ACME validation (HTTP-01 or TLS-ALPN-01) was answered.
-    Acme(&'static str),
+    /// An ACME HTTP-01 validation was answered.
+    AcmeHttp01,
+    /// An ACME TLS-ALPN-01 validation was answered.
+    AcmeTlsAlpn,
 }
 
 impl Early {
-    fn as_str(&self) -> &'static str {
+    /// The counted outcome (its detail, if any, is `cause`).
+    fn outcome(&self) -> crate::outcome::Outcome {
+        use crate::outcome::Outcome as O;
+        use tls::TlsEnd as T;
         match *self {
-            Early::NoRoute => "no_route",
-            Early::NotTls(_) => "not_tls",
-            Early::Denied => "denied",
-            Early::TooManyConnections => "too_many_connections",
-            Early::DialFailed => "dial_failed",
-            Early::LocalResource(_) => "local_resource_exhausted",
-            Early::NoServer => "no_server",
-            Early::QueueTimeout => "queue_timeout",
-            Early::Peek(ref p) => p.as_str(),
-            Early::BackendRefusedTls => "backend_refused_tls",
-            Early::BackendWrite => "backend_write_failed",
-            Early::Tls(ref end) => end.as_str(),
-            Early::PgBackendTlsUnsupported => "pg_backend_tls_unsupported",
-            Early::Drained => Outcome::Drained.as_str(),
-            Early::PgCancel(ref end) => end.as_str(),
-            Early::PgMalformed => "pg_bad_startup",
-            Early::Acme(s) => s,
+            Early::NoRoute => O::NoRoute,
+            Early::NotTls(_) => O::NotTls,
+            Early::Denied => O::Denied,
+            Early::TooManyConnections => O::TooManyConnections,
+            Early::DialFailed => O::DialFailed,
+            Early::LocalResource(_) => O::LocalResourceExhausted,
+            Early::NoServer => O::NoServer,
+            Early::QueueTimeout => O::QueueTimeout,
+            Early::Peek(p) => match p {
+                PeekError::Timeout => O::ReadTimeout,
+                PeekError::ClientClosed => O::ClientClosed,
+                PeekError::HelloTooLarge => O::HelloTooLarge,
+                PeekError::ProxyInvalid => O::ProxyProtocolInvalid,
+                PeekError::PgInjection => O::PgBytesAfterRequest,
+            },
+            Early::BackendRefusedTls => O::BackendRefusedTls,
+            Early::BackendWrite => O::BackendWriteFailed,
+            Early::Tls(ref end) => match end {
+                T::HandshakeFailed(_) => O::TlsHandshakeFailed,
+                T::NoCertificate => O::TlsNoCertificate,
+                T::ClientCertificate(_) => O::TlsClientCertificateRefused,
+                T::Timeout => O::TlsTimeout,
+                T::ClientClosed => O::TlsClientClosed,
+                T::NotConfigured => O::TlsNotConfigured,
+            },
+            Early::PgBackendTlsUnsupported => O::PgBackendTlsUnsupported,
+            Early::Drained => O::DrainCut,
+            Early::PgCancel(end) => match end {
+                pg::CancelEnd::Forwarded => O::PgCancelForwarded,
+                pg::CancelEnd::UnknownKey => O::PgCancelUnknownKey,
+                pg::CancelEnd::Failed => O::PgCancelFailed,
+            },
+            Early::PgMalformed => O::PgBadStartup,
+            Early::AcmeHttp01 => O::AcmeHttp01,
+            Early::AcmeTlsAlpn => O::AcmeTlsAlpn,
         }
     }
 }
@@ -166,11 +189,86 @@ impl Ended {
         }
     }
 
-    fn as_str(&self) -> &'static str {
+    /// The one typed outcome of the access-log line and the metrics.
+    fn outcome(&self) -> crate::outcome::Outcome {
+        use crate::outcome::Outcome as O;
         match self {
-            Ended::Forwarded(o) => o.as_str(),
-            Ended::Early(e) => e.as_str(),
-            Ended::ServerDown => "server_down",
+            Ended::Forwarded(o) => match o {
+                Outcome::Closed => O::Closed,
+                Outcome::ClientReset => O::ClientReset,
+                Outcome::BackendReset => O::BackendReset,
+                Outcome::TerminationDelay => O::TerminationDelay,
+                Outcome::IdleTimeout => O::IdleTimeout,
+                Outcome::Drained => O::DrainCut,
+            },
+            Ended::Early(e) => e.outcome(),
+            Ended::ServerDown => O::ServerDown,
+        }
+    }
+}
+
+#[cfg(test)]
+mod outcome_tests {
+    use super::*;
+
+    /// The typed outcome says what the ending's own name says, so the
+    /// access log and metrics keep the names they had.
+    #[test]
+    fn endings_map_to_the_outcome_of_the_same_name() {
+        use forward::Outcome as F;
+        use tls::TlsEnd as T;
+        let forwarded = [
+            F::Closed,
+            F::ClientReset,
+            F::BackendReset,
+            F::TerminationDelay,
+            F::IdleTimeout,
+            F::Drained,
+        ];
+        for o in forwarded {
+            assert_eq!(Ended::Forwarded(o).outcome().as_str(), o.as_str());
+        }
+        let peek = [
+            PeekError::Timeout,
+            PeekError::ClientClosed,
+            PeekError::HelloTooLarge,
+            PeekError::ProxyInvalid,
+            PeekError::PgInjection,
+        ];
+        for p in peek {
+            assert_eq!(Early::Peek(p).outcome().as_str(), p.as_str());
+        }
+        let refused = rustls::Error::General("refused".into());
+        let tls_ends = [
+            T::NoCertificate,
+            T::ClientCertificate(refused),
+            T::Timeout,
+            T::ClientClosed,
+            T::NotConfigured,
+        ];
+        for t in tls_ends {
+            let name = t.as_str();
+            assert_eq!(Early::Tls(t).outcome().as_str(), name);
+        }
+        let cancels = [
+            pg::CancelEnd::Forwarded,
+            pg::CancelEnd::UnknownKey,
+            pg::CancelEnd::Failed,
+        ];
+        for c in cancels {
+            assert_eq!(Early::PgCancel(c).outcome().as_str(), c.as_str());
+        }
+        for (e, name) in [
+            (Ended::ServerDown, "server_down"),
+            (Ended::Early(Early::Drained), "drain_cut"),
+            (Ended::Early(Early::AcmeHttp01), "acme_http01"),
+            (Ended::Early(Early::AcmeTlsAlpn), "acme_tls_alpn"),
+            (
+                Ended::Early(Early::LocalResource(24)),
+                "local_resource_exhausted",
+            ),
+        ] {
+            assert_eq!(e.outcome().as_str(), name);
         }
     }
 }
@@ -188,7 +286,7 @@ struct Access<'a> {
 
 impl Access<'_> {
     fn emit(&self, ended: &Ended, up: u64, down: u64, error: Option<&io::Error>) {
-        let outcome = ended.as_str();
+        let outcome = ended.outcome();
         let cfg = &self.ws.snap.config;
         // Counted whether or not the access log is on (reliability promise 3).
         let (router, service) = (self.router, self.service);
@@ -210,7 +308,7 @@ impl Access<'_> {
             up = up,
             down = down,
             duration_ms = self.start.elapsed().as_millis(),
-            outcome = outcome,
+            outcome = outcome.as_str(),
             error = error.map_or(String::from("-"), |e| e.to_string())
         );
     }
@@ -356,7 +454,7 @@ async fn run<'a>(
             .await
             .map_err(Early::Peek)?
     {
-        return Err(Early::Acme("acme_http01"));
+        return Err(Early::AcmeHttp01);
     }
 
     // Peek only when a TLS router needs the ClientHello; otherwise dial at
@@ -378,7 +476,7 @@ async fn run<'a>(
     if let Some(h) = &peeked.hello {
         if crate::acme::is_tls_alpn_challenge(h.sni.as_deref(), &h.alpn) {
             Box::pin(tls::answer_acme_tls_alpn(client, &peeked.buf, deadline)).await;
-            return Err(Early::Acme("acme_tls_alpn"));
+            return Err(Early::AcmeTlsAlpn);
         }
     }
     // A plain connection on an entrypoint with PostgreSQL routers: its

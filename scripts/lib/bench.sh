@@ -1,8 +1,9 @@
 # Shared by scripts/bench.sh, bench-tls.sh, bench-passthrough.sh,
 # bench-balance.sh and soak.sh (sourced; bash). Process start and stop by PID,
 # readiness, CPU measurement, pausing the proxies not measured, a scratch TLS
-# certificate. A script sets LOG_TAG (and DIE_CODE, default 1) before use, and
-# TMP before start_bg; its cleanup calls stop_started.
+# certificate, peer configs from the templates in bench/peers/. A script sets
+# LOG_TAG (and DIE_CODE, default 1) before use, and TMP before start_bg; its
+# cleanup calls stop_started. Its report step is scripts/lib/report.py.
 
 log() { printf '[%s %(%H:%M:%S)T] %s\n' "${LOG_TAG:-bench}" -1 "$*" >&2; }
 die() {
@@ -60,6 +61,22 @@ finish_tmp() {
     if [[ -n ${TMP:-} && -d $TMP ]]; then
         if [[ ${KEEP_TMP:-0} == 1 || $1 != 0 ]]; then log "logs and configs kept in $TMP"; else rm -rf "$TMP"; fi
     fi
+}
+
+# The peer config templates (bench/peers/*.in).
+PEERS=${PEERS:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../../bench/peers" && pwd)}
+
+# fill TEMPLATE KEY VALUE...: prints TEMPLATE with every @KEY@ replaced by
+# VALUE (taken literally; it may span lines).
+fill() {
+    local s
+    s=$(<"$1")
+    shift
+    while (($#)); do
+        s=${s//"@$1@"/"$2"}
+        shift 2
+    done
+    printf '%s\n' "$s"
 }
 
 listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
