@@ -323,4 +323,49 @@ mod tests {
         let past = EntryPointId::from_index(cfg.entrypoints.len());
         assert!(t.route(&cfg, past, &PLAIN).is_none());
     }
+
+    #[test]
+    fn the_match_order_is_by_priority_then_name_as_router_ids() {
+        // File order c, a, b; priorities 5, 5, 9: b first, then a before c.
+        let cfg = load(
+            "[tcp.routers.c]\nrule = \"HostSNI(`*`)\"\nservice = \"s\"\npriority = 5\n\
+             [tcp.routers.a]\nrule = \"HostSNI(`*`)\"\nservice = \"s\"\npriority = 5\n\
+             [tcp.routers.b]\nrule = \"HostSNI(`*`)\"\nservice = \"s\"\npriority = 9\n",
+        );
+        let id = |name: &str| cfg.router_id(name).expect("router");
+        let t = RouteTable::new(&cfg);
+        let e = t.entry(E).expect("entrypoint");
+        assert_eq!(e.plain, [id("b"), id("a"), id("c")]);
+        assert!(e.tls.is_empty());
+        // The ids are the routers' slots in the config.
+        for (rid, r) in cfg.enumerate_routers() {
+            assert_eq!(cfg.router(rid).name, r.name);
+            assert_eq!(id(&r.name), rid);
+        }
+        assert_eq!(t.route(&cfg, E, &PLAIN).map(|r| r.id), Some(id("b")));
+    }
+
+    #[test]
+    fn routed_carries_the_service_its_router_names() {
+        let cfg = load(
+            "[tcp.routers.db]\nrule = \"HostSNI(`db.test`)\"\nservice = \"t\"\n\
+             [tcp.routers.db.tls]\npassthrough = true\n\
+             [tcp.routers.plain]\nrule = \"HostSNI(`*`)\"\nservice = \"s\"\n\
+             [tcp.services.t.loadBalancer]\nservers = [{ address = \"127.0.0.1:2\" }]\n",
+        );
+        let t = RouteTable::new(&cfg);
+        let check = |r: Routed<'_>, router: &str, service: &str| {
+            assert_eq!(r.router.name, router);
+            assert!(std::ptr::eq(r.router, cfg.router(r.id)));
+            assert_eq!(r.service_id, r.router.service);
+            assert_eq!(r.service_id, cfg.service_id(service).expect("service"));
+            assert!(std::ptr::eq(r.service, cfg.service(r.service_id)));
+            assert_eq!(r.service.name, service);
+        };
+        check(t.route(&cfg, E, &PLAIN).expect("plain"), "plain", "s");
+        let hello = tls(Some("db.test"), &[]);
+        check(t.route(&cfg, E, &hello).expect("tls"), "db", "t");
+        let pending = t.route_tls_pending(&cfg, E, &hello).expect("pending");
+        check(pending, "db", "t");
+    }
 }

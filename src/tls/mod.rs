@@ -506,3 +506,68 @@ pub async fn refuse(
     }
     let _ = handshake::flush(&mut side, client, Some(deadline)).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Config {
+        let dir = std::env::temp_dir().join(format!(
+            "sluicegate-tls-state-{}-{}",
+            std::process::id(),
+            std::thread::current()
+                .name()
+                .unwrap_or("t")
+                .replace(':', "_")
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("c.toml");
+        std::fs::write(&path, text).expect("write config");
+        let cfg = crate::config::load(&path).unwrap_or_else(|e| panic!("{e:?}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        cfg
+    }
+
+    #[test]
+    fn one_server_side_per_options_set_and_one_backend_side_per_transport() {
+        let cfg = load(
+            "[entryPoints.e]\naddress = \"127.0.0.1:0\"\n\
+             [tcp.routers.r]\nrule = \"HostSNI(`a.test`)\"\nservice = \"s\"\n\
+             [tcp.routers.r.tls]\noptions = \"strict\"\n\
+             [tls.options.strict]\nsniStrict = true\n\
+             [tls.options.loose]\nminVersion = \"VersionTLS13\"\n\
+             [tcp.serversTransports.tr]\ndialTimeout = \"3s\"\n\
+             [tcp.serversTransports.tr.tls]\ninsecureSkipVerify = true\n\
+             [tcp.services.s.loadBalancer]\nserversTransport = \"tr\"\n\
+             servers = [{ address = \"127.0.0.1:1\" }]\n",
+        );
+        let state = TlsState::build(&cfg).expect("tls state");
+        assert_eq!(state.servers.len(), 3, "default, strict, loose");
+        for (id, o) in cfg.enumerate_tls_options() {
+            let side = state.server_side(id).expect("server side");
+            assert_eq!(side.sni_strict, o.sni_strict, "{}", o.name);
+            assert!(std::ptr::eq(side, &state.servers[id.index()]));
+        }
+        let strict = cfg.router(cfg.router_id("r").expect("r")).tls.as_ref();
+        let strict = strict.expect("router tls").options;
+        assert!(state.server_side(strict).expect("strict").sni_strict);
+        // An id this state lacks gets the default options.
+        let past = TlsOptionsId::from_index(cfg.tls.options.len());
+        let fallback = state.server_side(past).expect("fallback");
+        assert!(std::ptr::eq(fallback, &state.servers[0]));
+        // The default transport speaks no TLS; `tr` does, within its
+        // dialTimeout.
+        assert_eq!(state.backends.len(), cfg.transports.len());
+        assert!(state.backend(TransportId::DEFAULT).is_none());
+        let tr = cfg.enumerate_transports().find(|(_, t)| t.name == "tr");
+        let (tr, _) = tr.expect("transport tr");
+        let (_, timeout) = state.backend(tr).expect("tr speaks TLS");
+        assert_eq!(timeout, Duration::from_secs(3));
+        assert!(state.probe_tls(tr, "127.0.0.1:1").is_ok());
+        assert!(state
+            .probe_tls(TransportId::DEFAULT, "127.0.0.1:1")
+            .is_err());
+        let past = TransportId::from_index(cfg.transports.len());
+        assert!(state.backend(past).is_none());
+    }
+}
