@@ -587,12 +587,12 @@ fn listener_key(e: &crate::model::EntryPoint) -> (std::net::SocketAddr, bool) {
 }
 
 /// Reorders a reloaded config's entrypoints so that every entrypoint that
-/// stays keeps its slot (index) of the running config: workers, metrics and
-/// live connections name entrypoints by index, and a slot never changes
-/// meaning while the process runs. Entrypoints that went away stay as
+/// stays keeps its slot (its `EntryPointId`) of the running config: workers,
+/// metrics and live connections name entrypoints by id, and a slot never
+/// changes meaning while the process runs. Entrypoints that went away stay as
 /// `removed` tombstones (no router, no listener) while they drain; new ones
 /// take a tombstone of the same name and address, else a new slot at the
-/// end. Router entrypoint indices are remapped to match.
+/// end. Router entrypoint ids are remapped to match.
 fn align_entrypoints(new: &mut Config, old: &Config) -> Result<(), String> {
     let incoming = std::mem::take(&mut new.entrypoints);
     let mut slots: Vec<Option<crate::model::EntryPoint>> = vec![None; old.entrypoints.len()];

@@ -351,14 +351,19 @@ impl Registry {
             "Whether a server takes connections: 1 when its health-check verdict fits the role its service wants, 0 when down or healthy in another role (always 1 without a healthCheck).",
         );
         let cfg = &snap.config;
-        for (si, i, up, _) in snap.health.iter() {
-            if let crate::model::ServiceKind::LoadBalancer(lb) = &cfg.service(si).kind {
-                let labels = [
-                    ("service", cfg.service(si).name.as_str()),
-                    ("server", lb.servers[i].address_text.as_str()),
-                ];
-                sample(&mut out, "sluicegate_server_up", &labels, u64::from(up));
-            }
+        // Every server of the snapshot, with its service, in id order.
+        let servers = || {
+            snap.servers
+                .ids()
+                .filter_map(|id| snap.servers.get(cfg, id))
+        };
+        for s in servers() {
+            let labels = [
+                ("service", s.service.name.as_str()),
+                ("server", s.server.address_text.as_str()),
+            ];
+            let up = snap.health.is_up(s.id);
+            sample(&mut out, "sluicegate_server_up", &labels, u64::from(up));
         }
         header(
             &mut out,
@@ -366,24 +371,20 @@ impl Registry {
             "gauge",
             "Last health-check verdict per checked server, one sample per state (1 for the current one): down, up (healthy, role not known), primary, replica. A replica of a service that wants a primary is healthy here and 0 in sluicegate_server_up.",
         );
-        for (si, i, _, verdict) in snap.health.iter() {
-            if let crate::model::ServiceKind::LoadBalancer(lb) = &cfg.service(si).kind {
-                if lb.health_check.is_none() {
-                    continue;
-                }
-                for v in crate::state::health::VERDICTS {
-                    let labels = [
-                        ("service", cfg.service(si).name.as_str()),
-                        ("server", lb.servers[i].address_text.as_str()),
-                        ("verdict", v.as_str()),
-                    ];
-                    sample(
-                        &mut out,
-                        "sluicegate_server_verdict",
-                        &labels,
-                        u64::from(v == verdict),
-                    );
-                }
+        for s in servers().filter(|s| s.lb.health_check.is_some()) {
+            let verdict = snap.health.verdict(s.id);
+            for v in crate::state::health::VERDICTS {
+                let labels = [
+                    ("service", s.service.name.as_str()),
+                    ("server", s.server.address_text.as_str()),
+                    ("verdict", v.as_str()),
+                ];
+                sample(
+                    &mut out,
+                    "sluicegate_server_verdict",
+                    &labels,
+                    u64::from(v == verdict),
+                );
             }
         }
         if !cfg.kv_revisions.is_empty() {

@@ -277,7 +277,7 @@ pub struct EntryPoint {
     pub reuse_port: bool,
     /// `proxyProtocol`: accept PROXY v1/v2 headers from these sources only.
     pub proxy_protocol: Option<ProxyProtocolIn>,
-    /// Removed by a reload: kept in its slot (entrypoint indices never move
+    /// Removed by a reload: kept in its slot (entrypoint ids never move
     /// while the process runs) with no router and no listener, while its
     /// connections drain.
     pub removed: bool,

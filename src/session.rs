@@ -886,10 +886,6 @@ async fn pg_ssl_request(backend: &TcpStream, limit: Duration) -> Result<(), Earl
 /// How often a held connection looks for a pickable server again.
 const HOLD_POLL: Duration = Duration::from_millis(20);
 
-/// Pick and dial servers of `service` until one accepts; each server at most
-/// once. Returns the stream, the load-balancer service that owns it, the
-/// server's index there and the connection's slot on it. `client_ip` (the
-/// trusted PROXY source, if any) is what `hrw` hashes.
 /// What `dial_service` picked and connected to, so the caller never looks
 /// the server up again.
 struct Dialed<'a> {
@@ -900,6 +896,11 @@ struct Dialed<'a> {
     slot: crate::balance::Slot,
 }
 
+/// Pick and dial servers of `service` (the routed router's, `service_id`
+/// its id) until one accepts; each server at most once. Returns the stream,
+/// the server as picked (its load-balancer service, transport and their
+/// ids) and the connection's slot on it. `client_ip` (the trusted PROXY
+/// source, if any) is what `hrw` hashes.
 async fn dial_service<'a>(
     ws: &'a WorkerSnap,
     service_id: ServiceId,

@@ -35,7 +35,8 @@ pub use health::{HealthState, Verdict};
 /// An immutable, compiled configuration shared by all workers.
 pub struct Snapshot {
     /// The validated configuration: entrypoints, routers, services,
-    /// middlewares and transports, by index; everything else is built from it.
+    /// middlewares and transports, read by their typed ids; everything else
+    /// is built from it.
     pub config: Config,
     /// The routers compiled per entrypoint, so a connection is matched
     /// without re-reading rules.
