@@ -105,6 +105,8 @@ ids! {
     TransportId;
     /// A TLS options set of `TlsConfig::options`.
     TlsOptionsId;
+    /// A certificates resolver of `acme::Settings::resolvers`.
+    ResolverId;
 }
 
 impl TransportId {

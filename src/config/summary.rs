@@ -273,7 +273,7 @@ impl Config {
                 "\ncertificate resolvers ({}):",
                 self.acme.resolvers.len()
             )?;
-            for (ri, r) in self.acme.resolvers.iter().enumerate() {
+            for (ri, r) in self.acme.enumerate_resolvers() {
                 let challenges: Vec<String> = r
                     .challenges
                     .iter()
