@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 
 use crate::forward::{self, write_all, Cutoff, Outcome};
-use crate::model::{EntryPointId, MiddlewareId, MiddlewareKind, RouterId, Service, ServiceId};
+use crate::model::{EntryPointId, MiddlewareId, MiddlewareKind, RouterId, ServiceId};
 use crate::peek::{PeekError, Peeked, PgOpen, Reader};
 use crate::rule::MatchCtx;
 use crate::state::{Shared, WorkerSnap};
@@ -537,14 +537,7 @@ async fn run<'a>(
         stream: backend,
         picked,
         slot: _slot,
-    } = Box::pin(dial_service(
-        ws,
-        routed.service_id,
-        routed.service,
-        acc,
-        client_ip,
-    ))
-    .await?;
+    } = Box::pin(dial_service(ws, routed, acc, client_ip)).await?;
     cut.set_backend(backend.as_raw_fd());
     let (lb, transport) = (picked.lb, picked.transport);
     if picked.service.on_server_down == crate::model::OnServerDown::Close {
@@ -896,18 +889,18 @@ struct Dialed<'a> {
     slot: crate::balance::Slot,
 }
 
-/// Pick and dial servers of `service` (the routed router's, `service_id`
-/// its id) until one accepts; each server at most once. Returns the stream,
+/// Pick and dial servers of the routed router's service until one accepts;
+/// each server at most once. Returns the stream,
 /// the server as picked (its load-balancer service, transport and their
 /// ids) and the connection's slot on it. `client_ip` (the trusted PROXY
 /// source, if any) is what `hrw` hashes.
 async fn dial_service<'a>(
     ws: &'a WorkerSnap,
-    service_id: ServiceId,
-    service: &'a Service,
+    routed: crate::route::Routed<'a>,
     acc: &mut Access<'a>,
     client_ip: IpAddr,
 ) -> Result<Dialed<'a>, Early> {
+    let service = routed.service;
     let cfg = &ws.snap.config;
     let mut tried = Vec::new();
     let health = &ws.snap.health;
@@ -923,7 +916,7 @@ async fn dial_service<'a>(
     loop {
         let now = Instant::now();
         let picked = ws.balancer.borrow_mut().pick_seen(
-            service_id,
+            routed.service_id,
             &tried,
             &|id| health.is_up(id),
             now,
