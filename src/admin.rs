@@ -591,19 +591,19 @@ fn routers_json(snap: &Snapshot, only: Option<&str>) -> String {
             &mut out,
             r.entrypoints
                 .iter()
-                .map(|&e| cfg.entrypoints[e].name.as_str()),
+                .map(|&e| cfg.entrypoint(e).name.as_str()),
         );
         out.push_str(",\"rule\":");
         json_str(&mut out, &r.rule_text);
         out.push_str(&format!(",\"priority\":{},\"service\":", r.priority));
-        json_str(&mut out, &cfg.services[r.service].name);
+        json_str(&mut out, &cfg.service(r.service).name);
         if !r.middlewares.is_empty() {
             out.push_str(",\"middlewares\":");
             json_list(
                 &mut out,
                 r.middlewares
                     .iter()
-                    .map(|&m| cfg.middlewares[m].name.as_str()),
+                    .map(|&m| cfg.middleware(m).name.as_str()),
             );
         }
         if let Some(t) = &r.tls {
@@ -611,7 +611,7 @@ fn routers_json(snap: &Snapshot, only: Option<&str>) -> String {
                 ",\"tls\":{{\"passthrough\":{},\"options\":",
                 t.passthrough
             ));
-            json_str(&mut out, &cfg.tls.options[t.options].name);
+            json_str(&mut out, &cfg.tls_options(t.options).name);
             out.push('}');
         }
         out.push_str(",\"status\":\"enabled\",\"provider\":\"file\"}");
@@ -624,10 +624,8 @@ fn routers_json(snap: &Snapshot, only: Option<&str>) -> String {
 /// DOWN per server address, as Traefik shows it), sorted by name.
 fn services_json(snap: &Snapshot, only: Option<&str>) -> String {
     let cfg = &snap.config;
-    let mut services: Vec<(usize, &crate::model::Service)> = cfg
-        .services
-        .iter()
-        .enumerate()
+    let mut services: Vec<(crate::model::ServiceId, &crate::model::Service)> = cfg
+        .enumerate_services()
         .filter(|(_, s)| only.is_none_or(|n| s.name == n))
         .collect();
     services.sort_by(|a, b| a.1.name.cmp(&b.1.name));
@@ -728,9 +726,9 @@ fn services_json(snap: &Snapshot, only: Option<&str>) -> String {
             }
             ServiceKind::Weighted(children) if svc.failover && children.len() == 2 => {
                 out.push_str(",\"type\":\"failover\",\"failover\":{\"service\":");
-                json_str(&mut out, &cfg.services[children[0].service].name);
+                json_str(&mut out, &cfg.service(children[0].service).name);
                 out.push_str(",\"fallback\":");
-                json_str(&mut out, &cfg.services[children[1].service].name);
+                json_str(&mut out, &cfg.service(children[1].service).name);
                 out.push('}');
             }
             ServiceKind::Weighted(children) => {
@@ -740,7 +738,7 @@ fn services_json(snap: &Snapshot, only: Option<&str>) -> String {
                         out.push(',');
                     }
                     out.push_str("{\"name\":");
-                    json_str(&mut out, &cfg.services[c.service].name);
+                    json_str(&mut out, &cfg.service(c.service).name);
                     out.push_str(&format!(",\"weight\":{}}}", c.weight));
                 }
                 out.push_str("]}");

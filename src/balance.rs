@@ -70,10 +70,25 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::model::{Config, LoadBalancer, Server, Service, ServiceKind, Strategy, Transport};
+use crate::model::{
+    Config, LoadBalancer, Server, Service, ServiceId, ServiceKind, Strategy, Transport, TransportId,
+};
 
-/// A server of a snapshot, numbered by its `ServerTable`.
-pub type ServerId = usize;
+/// A server of a snapshot, numbered by its `ServerTable` (ids `0..len`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServerId(usize);
+
+impl ServerId {
+    /// The id of slot `i` of a `ServerTable` (the table numbers; tests).
+    pub const fn from_index(i: usize) -> ServerId {
+        ServerId(i)
+    }
+
+    /// Its slot in the per-server tables (health, loads, ejections).
+    pub const fn index(self) -> usize {
+        self.0
+    }
+}
 
 /// Dial failures in a row after which a worker passes a server over. One
 /// refusal can be a backend restarting; three in a row are a dead server that
@@ -92,8 +107,8 @@ pub const QUEUE_POLL: Duration = Duration::from_millis(5);
 /// loads and `/metrics` all index by the `ServerId` this table gives.
 #[derive(Debug, Clone, Default)]
 pub struct ServerTable {
-    /// `(service index, server index within that service)` of each ServerId.
-    at: Vec<(usize, usize)>,
+    /// `(service, server index within that service)` of each ServerId.
+    at: Vec<(ServiceId, usize)>,
     /// The first ServerId of each service (a weighted service owns none: its
     /// entry is the next service's first).
     first: Vec<ServerId>,
@@ -104,11 +119,13 @@ pub struct ServerTable {
 #[derive(Debug, Clone, Copy)]
 pub struct ServerRef<'c> {
     pub id: ServerId,
-    /// The index of its (load-balancer) service.
-    pub service_index: usize,
+    /// Its (load-balancer) service.
+    pub service_id: ServiceId,
     pub service: &'c Service,
     pub lb: &'c LoadBalancer,
     pub server: &'c Server,
+    /// `lb.transport`.
+    pub transport_id: TransportId,
     pub transport: &'c Transport,
 }
 
@@ -116,8 +133,8 @@ impl ServerTable {
     pub fn new(cfg: &Config) -> ServerTable {
         let mut at = Vec::new();
         let mut first = Vec::with_capacity(cfg.services.len());
-        for (si, svc) in cfg.services.iter().enumerate() {
-            first.push(at.len());
+        for (si, svc) in cfg.enumerate_services() {
+            first.push(ServerId(at.len()));
             if let ServiceKind::LoadBalancer(lb) = &svc.kind {
                 at.extend((0..lb.servers.len()).map(|i| (si, i)));
             }
@@ -131,7 +148,11 @@ impl ServerTable {
     fn from_at(at: Vec<(usize, usize)>) -> ServerTable {
         let services = at.iter().map(|&(si, _)| si + 1).max().unwrap_or(0);
         let first = (0..services)
-            .map(|s| at.iter().position(|&(si, _)| si >= s).unwrap_or(at.len()))
+            .map(|s| ServerId(at.iter().position(|&(si, _)| si >= s).unwrap_or(at.len())))
+            .collect();
+        let at = at
+            .into_iter()
+            .map(|(si, i)| (ServiceId::from_index(si), i))
             .collect();
         ServerTable { at, first }
     }
@@ -146,35 +167,44 @@ impl ServerTable {
     }
 
     /// The ServerId of server `server` of load-balancer service `service`.
-    pub fn id(&self, service: usize, server: usize) -> ServerId {
-        self.first[service] + server
+    pub fn id(&self, service: ServiceId, server: usize) -> ServerId {
+        ServerId(self.first[service.index()].0 + server)
     }
 
-    /// `(service index, server index)` of a server id.
-    pub fn locate(&self, id: ServerId) -> (usize, usize) {
-        self.at[id]
+    /// `(service, server index)` of a server id.
+    pub fn locate(&self, id: ServerId) -> (ServiceId, usize) {
+        self.at[id.0]
     }
 
-    /// `(ServerId, service index, server index)` of every server, in order.
-    pub fn iter(&self) -> impl Iterator<Item = (ServerId, usize, usize)> + '_ {
-        self.at.iter().enumerate().map(|(id, &(si, i))| (id, si, i))
+    /// `(ServerId, service, server index)` of every server, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (ServerId, ServiceId, usize)> + '_ {
+        self.at
+            .iter()
+            .enumerate()
+            .map(|(id, &(si, i))| (ServerId(id), si, i))
+    }
+
+    /// Every ServerId, in order.
+    pub fn ids(&self) -> impl Iterator<Item = ServerId> {
+        (0..self.at.len()).map(ServerId)
     }
 
     /// Server `id` of `cfg` (the config this table was built from) with its
     /// service, load balancer and transport; `None` for an id not in it.
     pub fn get<'c>(&self, cfg: &'c Config, id: ServerId) -> Option<ServerRef<'c>> {
-        let &(si, i) = self.at.get(id)?;
-        let service = cfg.services.get(si)?;
+        let &(si, i) = self.at.get(id.0)?;
+        let service = cfg.get_service(si)?;
         let ServiceKind::LoadBalancer(lb) = &service.kind else {
             return None;
         };
         Some(ServerRef {
             id,
-            service_index: si,
+            service_id: si,
             service,
             lb,
             server: lb.servers.get(i)?,
-            transport: cfg.transports.get(lb.transport)?,
+            transport_id: lb.transport,
+            transport: cfg.get_transport(lb.transport)?,
         })
     }
 }
@@ -201,7 +231,7 @@ pub fn matching(new: &Config, old: &Config) -> Vec<Option<ServerId>> {
     let old_ids: HashMap<Key<'_>, ServerId> = keys(old)
         .into_iter()
         .enumerate()
-        .map(|(id, k)| (k, id))
+        .map(|(id, k)| (k, ServerId(id)))
         .collect();
     keys(new)
         .into_iter()
@@ -212,7 +242,8 @@ pub fn matching(new: &Config, old: &Config) -> Vec<Option<ServerId>> {
 /// Every server's `maxConn`, by `ServerTable` id.
 fn max_conns(cfg: &Config) -> Vec<Option<u32>> {
     let table = ServerTable::new(cfg);
-    (0..table.len())
+    table
+        .ids()
         .map(|id| table.get(cfg, id).and_then(|s| s.server.max_conn))
         .collect()
 }
@@ -408,7 +439,7 @@ impl Loads {
             let (Some(prev), Some(slot)) = (prev, self.0.get_mut(id)) else {
                 continue;
             };
-            if let Some(l) = old.0.get(prev) {
+            if let Some(l) = old.0.get(prev.0) {
                 l.set_max(limits.get(id).copied().flatten());
                 *slot = l.clone();
             }
@@ -416,7 +447,7 @@ impl Loads {
     }
 
     pub fn get(&self, id: ServerId) -> Option<&Arc<ServerLoad>> {
-        self.0.get(id)
+        self.0.get(id.0)
     }
 
     /// The loads, by ServerId.
@@ -425,13 +456,30 @@ impl Loads {
     }
 }
 
+/// What a node chooses between.
+#[derive(Debug)]
+enum Children {
+    /// A load balancer's servers.
+    Servers(Vec<ServerId>),
+    /// A weighted service's child services.
+    Services(Vec<ServiceId>),
+}
+
+impl Children {
+    fn len(&self) -> usize {
+        match self {
+            Children::Servers(v) => v.len(),
+            Children::Services(v) => v.len(),
+        }
+    }
+}
+
+/// The selection state of one service, by `ServiceId`.
 #[derive(Debug)]
 struct Node {
-    /// Children: server ids for a load balancer, service indices for weighted.
-    children: Vec<usize>,
+    children: Children,
     weights: Vec<i64>,
     current: Vec<i64>,
-    leaf: bool,
     /// Weighted node with `healthCheck`: children are judged by their
     /// servers' active health too, not only by what is left to try.
     health_aware: bool,
@@ -456,7 +504,7 @@ struct Passive {
 #[derive(Debug)]
 pub struct Balancer {
     nodes: Vec<Node>,
-    /// Passive ejection, indexed by ServerId.
+    /// Passive ejection, by ServerId.
     passive: Vec<Passive>,
 }
 
@@ -480,16 +528,15 @@ impl Balancer {
     pub fn new(cfg: &Config) -> Balancer {
         let servers = ServerTable::new(cfg);
         let mut nodes = Vec::with_capacity(cfg.services.len());
-        for (si, svc) in cfg.services.iter().enumerate() {
+        for (si, svc) in cfg.enumerate_services() {
             let node = match &svc.kind {
                 ServiceKind::LoadBalancer(lb) => {
-                    let children: Vec<usize> =
+                    let children: Vec<ServerId> =
                         (0..lb.servers.len()).map(|i| servers.id(si, i)).collect();
                     Node {
                         current: vec![0; children.len()],
-                        children,
+                        children: Children::Servers(children),
                         weights: lb.servers.iter().map(|s| i64::from(s.weight)).collect(),
-                        leaf: true,
                         health_aware: true,
                         failover: false,
                         strategy: lb.strategy,
@@ -501,10 +548,9 @@ impl Balancer {
                     }
                 }
                 ServiceKind::Weighted(ws) => Node {
-                    children: ws.iter().map(|w| w.service).collect(),
+                    children: Children::Services(ws.iter().map(|w| w.service).collect()),
                     weights: ws.iter().map(|w| i64::from(w.weight)).collect(),
                     current: vec![0; ws.len()],
-                    leaf: false,
                     health_aware: svc.weighted_health_check,
                     failover: svc.failover,
                     strategy: Strategy::Wrr,
@@ -526,7 +572,7 @@ impl Balancer {
     /// snapshot.
     pub fn inherit(&mut self, map: &[Option<ServerId>], old: &Balancer) {
         for (p, prev) in self.passive.iter_mut().zip(map) {
-            if let Some(o) = prev.and_then(|i| old.passive.get(i)) {
+            if let Some(o) = prev.and_then(|i| old.passive.get(i.0)) {
                 *p = *o;
             }
         }
@@ -536,7 +582,7 @@ impl Balancer {
     /// server were empty; `hrw` then hashes the unspecified address).
     pub fn pick(
         &mut self,
-        service: usize,
+        service: ServiceId,
         tried: &[ServerId],
         up: &impl Fn(ServerId) -> bool,
         now: Instant,
@@ -550,7 +596,7 @@ impl Balancer {
     /// their `maxConn`. `None` when no server with a non-zero weight is left.
     pub fn pick_seen(
         &mut self,
-        service: usize,
+        service: ServiceId,
         tried: &[ServerId],
         up: &impl Fn(ServerId) -> bool,
         now: Instant,
@@ -569,7 +615,9 @@ impl Balancer {
     /// Record a dial result. Returns true when this failure ejects the server
     /// (the caller logs it once).
     pub fn dial_result(&mut self, id: ServerId, ok: bool, now: Instant) -> bool {
-        let p = &mut self.passive[id];
+        let Some(p) = self.passive.get_mut(id.0) else {
+            return false;
+        };
         if ok {
             *p = Passive::default();
             return false;
@@ -587,7 +635,9 @@ impl Balancer {
 
     /// Whether this worker currently passes `id` over.
     pub fn ejected(&self, id: ServerId, now: Instant) -> bool {
-        self.passive[id].ejected_until.is_some_and(|t| now < t)
+        self.passive
+            .get(id.0)
+            .is_some_and(|p| p.ejected_until.is_some_and(|t| now < t))
     }
 }
 
@@ -633,12 +683,16 @@ impl Judge<'_> {
     fn ok(&self, id: ServerId, tier: Tier, health: bool, sticky: bool) -> bool {
         !self.tried.contains(&id)
             && (!health || (self.up)(id))
-            && (!tier.rested || self.passive[id].ejected_until.is_none_or(|t| self.now >= t))
-            && (!tier.room || sticky || self.loads.get(id).is_none_or(|l| l.has_room()))
+            && (!tier.rested
+                || self
+                    .passive
+                    .get(id.0)
+                    .is_none_or(|p| p.ejected_until.is_none_or(|t| self.now >= t)))
+            && (!tier.room || sticky || self.loads.get(id.0).is_none_or(|l| l.has_room()))
     }
 
     fn load(&self, id: ServerId) -> u64 {
-        self.loads.get(id).map_or(0, |l| l.load())
+        self.loads.get(id.0).map_or(0, |l| l.load())
     }
 }
 
@@ -646,29 +700,28 @@ impl Judge<'_> {
 /// server passing the first tier some child passes are eligible.
 /// Preferring at every level is the same as preferring over the whole tree:
 /// a child is eligible only if a server below it passes.
-fn pick_in(nodes: &mut [Node], service: usize, j: &Judge<'_>, seen: Seen<'_>) -> Option<ServerId> {
+fn pick_in(
+    nodes: &mut [Node],
+    service: ServiceId,
+    j: &Judge<'_>,
+    seen: Seen<'_>,
+) -> Option<ServerId> {
     // The config build step rejects cycles, so the depth is bounded by the
     // number of services.
-    let mut node_idx = service;
+    let mut node_idx = service.index();
     for _ in 0..=nodes.len() {
         let slot = {
-            let node = &nodes[node_idx];
+            let node = nodes.get(node_idx)?;
             let sticky = node.strategy == Strategy::Hrw;
             let eligible_by = |tier: Tier| {
                 (0..node.children.len())
                     .map(|i| {
                         node.weights[i] > 0
-                            && if node.leaf {
-                                j.ok(node.children[i], tier, true, sticky)
-                            } else {
-                                has_candidate(
-                                    nodes,
-                                    node.children[i],
-                                    j,
-                                    tier,
-                                    node.health_aware,
-                                    0,
-                                )
+                            && match &node.children {
+                                Children::Servers(c) => j.ok(c[i], tier, true, sticky),
+                                Children::Services(c) => {
+                                    has_candidate(nodes, c[i], j, tier, node.health_aware, 0)
+                                }
                             }
                     })
                     .collect::<Vec<bool>>()
@@ -696,18 +749,17 @@ fn pick_in(nodes: &mut [Node], service: usize, j: &Judge<'_>, seen: Seen<'_>) ->
                 Strategy::Hrw => highest_score(node, &eligible, client_key(seen.client))?,
             }
         };
-        let node = &nodes[node_idx];
-        if node.leaf {
-            return Some(node.children[slot]);
+        match &nodes[node_idx].children {
+            Children::Servers(c) => return Some(c[slot]),
+            Children::Services(c) => node_idx = c[slot].index(),
         }
-        node_idx = node.children[slot];
     }
     None
 }
 
 fn has_candidate(
     nodes: &[Node],
-    service: usize,
+    service: ServiceId,
     j: &Judge<'_>,
     tier: Tier,
     health: bool,
@@ -716,16 +768,20 @@ fn has_candidate(
     if depth > nodes.len() {
         return false;
     }
-    let node = &nodes[service];
+    let Some(node) = nodes.get(service.index()) else {
+        return false;
+    };
     let sticky = node.strategy == Strategy::Hrw;
-    node.children.iter().zip(&node.weights).any(|(&c, &w)| {
-        w > 0
-            && if node.leaf {
-                j.ok(c, tier, health, sticky)
-            } else {
-                has_candidate(nodes, c, j, tier, health, depth + 1)
-            }
-    })
+    match &node.children {
+        Children::Servers(c) => c
+            .iter()
+            .zip(&node.weights)
+            .any(|(&c, &w)| w > 0 && j.ok(c, tier, health, sticky)),
+        Children::Services(c) => c
+            .iter()
+            .zip(&node.weights)
+            .any(|(&c, &w)| w > 0 && has_candidate(nodes, c, j, tier, health, depth + 1)),
+    }
 }
 
 /// Keep only the eligible servers with the fewest connections per unit of
@@ -736,10 +792,9 @@ fn least_loaded(node: &Node, eligible: &mut [bool], j: &Judge<'_>) {
     // second read could leave no server equal to the minimum of the first.
     let cost: Vec<(u64, u64)> = (0..eligible.len())
         .map(|i| {
-            let load = if eligible[i] {
-                j.load(node.children[i])
-            } else {
-                0
+            let load = match &node.children {
+                Children::Servers(c) if eligible[i] => j.load(c[i]),
+                _ => 0,
             };
             (load, node.weights[i].unsigned_abs())
         })
@@ -838,12 +893,18 @@ fn smooth_pick(node: &mut Node, eligible: &[bool]) -> Option<usize> {
 mod tests {
     use super::*;
 
+    /// The root service of every hand-built balancer here.
+    const SVC: ServiceId = ServiceId::from_index(0);
+
+    fn s(i: usize) -> ServerId {
+        ServerId::from_index(i)
+    }
+
     fn lb_node(weights: &[i64], first_id: usize) -> Node {
         Node {
-            children: (first_id..first_id + weights.len()).collect(),
+            children: Children::Servers((first_id..first_id + weights.len()).map(s).collect()),
             weights: weights.to_vec(),
             current: vec![0; weights.len()],
-            leaf: true,
             health_aware: true,
             failover: false,
             strategy: Strategy::Wrr,
@@ -874,10 +935,12 @@ mod tests {
         Balancer::from_parts(
             vec![
                 Node {
-                    children: vec![1, 2],
+                    children: Children::Services(vec![
+                        ServiceId::from_index(1),
+                        ServiceId::from_index(2),
+                    ]),
                     weights: vec![90, 10],
                     current: vec![0, 0],
-                    leaf: false,
                     health_aware,
                     failover: false,
                     strategy: Strategy::Wrr,
@@ -895,7 +958,7 @@ mod tests {
         let mut b = one_lb(&[5, 1, 1]);
         let now = Instant::now();
         let seq: Vec<usize> = (0..14)
-            .map(|_| b.pick(0, &[], &all_up, now).unwrap())
+            .map(|_| b.pick(SVC, &[], &all_up, now).unwrap().index())
             .collect();
         assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 2, 0, 0]);
     }
@@ -904,8 +967,8 @@ mod tests {
     fn skips_tried_and_zero_weight() {
         let mut b = one_lb(&[1, 0, 1]);
         let now = Instant::now();
-        assert_eq!(b.pick(0, &[0], &all_up, now), Some(2));
-        assert_eq!(b.pick(0, &[0, 2], &all_up, now), None);
+        assert_eq!(b.pick(SVC, &[s(0)], &all_up, now), Some(s(2)));
+        assert_eq!(b.pick(SVC, &[s(0), s(2)], &all_up, now), None);
     }
 
     #[test]
@@ -914,12 +977,12 @@ mod tests {
         let now = Instant::now();
         let mut counts = [0; 2];
         for _ in 0..1000 {
-            counts[b.pick(0, &[], &all_up, now).unwrap()] += 1;
+            counts[b.pick(SVC, &[], &all_up, now).unwrap().index()] += 1;
         }
         assert_eq!(counts, [900, 100]);
         // A child whose only server was tried is skipped.
-        assert_eq!(b.pick(0, &[0], &all_up, now), Some(1));
-        assert_eq!(b.pick(0, &[0, 1], &all_up, now), None);
+        assert_eq!(b.pick(SVC, &[s(0)], &all_up, now), Some(s(1)));
+        assert_eq!(b.pick(SVC, &[s(0), s(1)], &all_up, now), None);
     }
 
     #[test]
@@ -930,34 +993,34 @@ mod tests {
         let mut down = one_lb(&[5, 1, 1]);
         let mut zero = one_lb(&[5, 0, 1]);
         let now = Instant::now();
-        let up = |id: ServerId| id != 1;
+        let up = |id: ServerId| id != s(1);
         let a: Vec<usize> = (0..12)
-            .map(|_| down.pick(0, &[], &up, now).unwrap())
+            .map(|_| down.pick(SVC, &[], &up, now).unwrap().index())
             .collect();
         let b: Vec<usize> = (0..12)
-            .map(|_| zero.pick(0, &[], &all_up, now).unwrap())
+            .map(|_| zero.pick(SVC, &[], &all_up, now).unwrap().index())
             .collect();
         assert_eq!(a, b);
         assert_eq!(a, vec![0, 0, 0, 2, 0, 0, 0, 0, 0, 2, 0, 0]);
         // Down and tried together leave nothing; down servers are never a
         // last resort.
-        assert_eq!(down.pick(0, &[0, 2], &up, now), None);
+        assert_eq!(down.pick(SVC, &[s(0), s(2)], &up, now), None);
         let none_up = |_: ServerId| false;
-        assert_eq!(down.pick(0, &[], &none_up, now), None);
+        assert_eq!(down.pick(SVC, &[], &none_up, now), None);
     }
 
     #[test]
     fn unhealthy_child_service_is_skipped_in_a_weighted_tree() {
         let mut b = tree_90_10();
         let now = Instant::now();
-        let up = |id: ServerId| id != 0;
+        let up = |id: ServerId| id != s(0);
         for _ in 0..20 {
-            assert_eq!(b.pick(0, &[], &up, now), Some(1));
+            assert_eq!(b.pick(SVC, &[], &up, now), Some(s(1)));
         }
         // Back up: the split resumes.
         let mut counts = [0; 2];
         for _ in 0..1000 {
-            counts[b.pick(0, &[], &all_up, now).unwrap()] += 1;
+            counts[b.pick(SVC, &[], &all_up, now).unwrap().index()] += 1;
         }
         assert_eq!(counts, [900, 100]);
     }
@@ -968,12 +1031,12 @@ mod tests {
         // connections that land on the down child find no server.
         let mut b = tree_90_10_health(false);
         let now = Instant::now();
-        let up = |id: ServerId| id != 0;
-        let picks: Vec<Option<ServerId>> = (0..10).map(|_| b.pick(0, &[], &up, now)).collect();
+        let up = |id: ServerId| id != s(0);
+        let picks: Vec<Option<ServerId>> = (0..10).map(|_| b.pick(SVC, &[], &up, now)).collect();
         assert_eq!(picks.iter().filter(|p| p.is_none()).count(), 9);
-        assert_eq!(picks.iter().filter(|p| **p == Some(1)).count(), 1);
+        assert_eq!(picks.iter().filter(|p| **p == Some(s(1))).count(), 1);
         // Failover after dial failures still moves to the other child.
-        assert_eq!(b.pick(0, &[0], &all_up, now), Some(1));
+        assert_eq!(b.pick(SVC, &[s(0)], &all_up, now), Some(s(1)));
     }
 
     #[test]
@@ -981,67 +1044,67 @@ mod tests {
         let mut b = one_lb(&[1, 1]);
         let t0 = Instant::now();
         // Failures interrupted by a success do not eject.
-        assert!(!b.dial_result(0, false, t0));
-        assert!(!b.dial_result(0, false, t0));
-        assert!(!b.dial_result(0, true, t0));
-        assert!(!b.dial_result(0, false, t0));
-        assert!(!b.dial_result(0, false, t0));
-        assert!(!b.ejected(0, t0));
+        assert!(!b.dial_result(s(0), false, t0));
+        assert!(!b.dial_result(s(0), false, t0));
+        assert!(!b.dial_result(s(0), true, t0));
+        assert!(!b.dial_result(s(0), false, t0));
+        assert!(!b.dial_result(s(0), false, t0));
+        assert!(!b.ejected(s(0), t0));
         // The third in a row ejects (reported once).
-        assert!(b.dial_result(0, false, t0));
-        assert!(b.ejected(0, t0));
-        assert!(!b.dial_result(0, false, t0));
+        assert!(b.dial_result(s(0), false, t0));
+        assert!(b.ejected(s(0), t0));
+        assert!(!b.dial_result(s(0), false, t0));
         // During the cool-down only server 1 is picked.
         let during = t0 + EJECT_COOLDOWN - Duration::from_millis(1);
         for _ in 0..10 {
-            assert_eq!(b.pick(0, &[], &all_up, during), Some(1));
+            assert_eq!(b.pick(SVC, &[], &all_up, during), Some(s(1)));
         }
         // After it, server 0 is back in the rotation, on probation: one more
         // failure ejects it again at once.
         let after = t0 + EJECT_COOLDOWN;
-        assert!(!b.ejected(0, after));
+        assert!(!b.ejected(s(0), after));
         let seq: Vec<usize> = (0..4)
-            .map(|_| b.pick(0, &[], &all_up, after).unwrap())
+            .map(|_| b.pick(SVC, &[], &all_up, after).unwrap().index())
             .collect();
         assert_eq!(seq.iter().filter(|&&id| id == 0).count(), 2);
-        assert!(b.dial_result(0, false, after));
-        assert!(b.ejected(0, after));
+        assert!(b.dial_result(s(0), false, after));
+        assert!(b.ejected(s(0), after));
         // A success clears everything.
-        b.dial_result(0, true, after);
-        assert!(!b.ejected(0, after));
+        b.dial_result(s(0), true, after);
+        assert!(!b.ejected(s(0), after));
     }
 
     #[test]
     fn ejected_servers_are_a_last_resort_but_down_ones_are_not() {
         let mut b = one_lb(&[1, 1]);
         let now = Instant::now();
-        for id in [0, 1] {
+        for id in [s(0), s(1)] {
             for _ in 0..EJECT_AFTER_FAILURES {
                 b.dial_result(id, false, now);
             }
             assert!(b.ejected(id, now));
         }
         // Both ejected: both are still tried, each once.
-        let first = b.pick(0, &[], &all_up, now).unwrap();
-        let second = b.pick(0, &[first], &all_up, now).unwrap();
+        let first = b.pick(SVC, &[], &all_up, now).unwrap();
+        let second = b.pick(SVC, &[first], &all_up, now).unwrap();
         assert_ne!(first, second);
-        assert_eq!(b.pick(0, &[first, second], &all_up, now), None);
+        assert_eq!(b.pick(SVC, &[first, second], &all_up, now), None);
         // One ejected, the other actively down: nothing.
-        let only_0 = |id: ServerId| id == 0;
-        assert_eq!(b.pick(0, &[0], &only_0, now), None);
+        let only_0 = |id: ServerId| id == s(0);
+        assert_eq!(b.pick(SVC, &[s(0)], &only_0, now), None);
         // One ejected, one fresh: only the fresh one.
         let mut c = one_lb(&[1, 1]);
         for _ in 0..EJECT_AFTER_FAILURES {
-            c.dial_result(0, false, now);
+            c.dial_result(s(0), false, now);
         }
         for _ in 0..5 {
-            assert_eq!(c.pick(0, &[], &all_up, now), Some(1));
+            assert_eq!(c.pick(SVC, &[], &all_up, now), Some(s(1)));
         }
     }
 
     fn with_strategy(mut b: Balancer, strategy: Strategy) -> Balancer {
         for n in &mut b.nodes {
-            if n.leaf {
+            if matches!(n.children, Children::Servers(_)) {
                 n.strategy = strategy;
             }
         }
@@ -1070,7 +1133,10 @@ mod tests {
         let now = Instant::now();
         let mut slots = Vec::new();
         let take = |b: &mut Balancer, slots: &mut Vec<(usize, Slot)>| {
-            let id = b.pick_seen(0, &[], &all_up, now, seen(&l, LOCAL)).unwrap();
+            let id = b
+                .pick_seen(SVC, &[], &all_up, now, seen(&l, LOCAL))
+                .unwrap()
+                .index();
             slots.push((id, l[id].try_acquire().unwrap()));
             id
         };
@@ -1094,8 +1160,10 @@ mod tests {
         let mut b = with_strategy(one_lb(&[2, 1]), Strategy::LeastConn);
         let mut held = Vec::new();
         for _ in 0..30 {
-            let id = b.pick_seen(0, &[], &all_up, now, seen(&l, LOCAL)).unwrap();
-            held.push(l[id].try_acquire().unwrap());
+            let id = b
+                .pick_seen(SVC, &[], &all_up, now, seen(&l, LOCAL))
+                .unwrap();
+            held.push(l[id.index()].try_acquire().unwrap());
         }
         assert_eq!((l[0].active(), l[1].active()), (20, 10));
     }
@@ -1140,22 +1208,28 @@ mod tests {
         let l = loads(&[Some(1), Some(1)]);
         let mut b = one_lb(&[1, 1]);
         let now = Instant::now();
-        let first = b.pick_seen(0, &[], &all_up, now, seen(&l, LOCAL)).unwrap();
+        let first = b
+            .pick_seen(SVC, &[], &all_up, now, seen(&l, LOCAL))
+            .unwrap()
+            .index();
         let _s = l[first].try_acquire().unwrap();
         for _ in 0..4 {
             assert_eq!(
-                b.pick_seen(0, &[], &all_up, now, seen(&l, LOCAL)),
-                Some(1 - first)
+                b.pick_seen(SVC, &[], &all_up, now, seen(&l, LOCAL)),
+                Some(s(1 - first))
             );
         }
         // Both full: still a pick (the connection waits in its queue).
         let _t = l[1 - first].try_acquire().unwrap();
-        assert!(b.pick_seen(0, &[], &all_up, now, seen(&l, LOCAL)).is_some());
+        assert!(b
+            .pick_seen(SVC, &[], &all_up, now, seen(&l, LOCAL))
+            .is_some());
     }
 
     fn hrw_owner(b: &mut Balancer, client: IpAddr, up: &impl Fn(ServerId) -> bool) -> usize {
-        b.pick_seen(0, &[], up, Instant::now(), seen(&[], client))
+        b.pick_seen(SVC, &[], up, Instant::now(), seen(&[], client))
             .unwrap()
+            .index()
     }
 
     #[test]
@@ -1184,7 +1258,7 @@ mod tests {
             "{counts:?}"
         );
         // Server 2 down: only its clients move, spread over the others.
-        let up = |id: ServerId| id != 2;
+        let up = |id: ServerId| id != s(2);
         let mut moved = [0usize; 4];
         for (&c, &o) in clients.iter().zip(&owners) {
             let now_at = hrw_owner(&mut b, c, &up);
@@ -1228,20 +1302,23 @@ mod tests {
         };
         let old = load("b", &["127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:2"]);
         let new = load("b", &["127.0.0.1:3", "127.0.0.1:2", "127.0.0.1:4"]);
-        assert_eq!(matching(&new, &old), vec![Some(0), Some(2), Some(1), None]);
+        assert_eq!(
+            matching(&new, &old),
+            vec![Some(s(0)), Some(s(2)), Some(s(1)), None]
+        );
         // A renamed service is another service.
         let renamed = load("c", &["127.0.0.1:2"]);
-        assert_eq!(matching(&renamed, &old), vec![Some(0), None]);
+        assert_eq!(matching(&renamed, &old), vec![Some(s(0)), None]);
         // Loads carried over keep their counts and take the new limits.
         let old_loads = Loads::new(&old);
-        let held = old_loads.get(2).unwrap().try_acquire().unwrap();
+        let held = old_loads.get(s(2)).unwrap().try_acquire().unwrap();
         let mut new_loads = Loads::new(&new);
         new_loads.inherit(&new, &old_loads, &old);
         // Old id 2 (127.0.0.1:3) is new id 1.
-        assert_eq!(new_loads.get(1).unwrap().active(), 1);
-        assert_eq!(new_loads.get(3).unwrap().active(), 0);
+        assert_eq!(new_loads.get(s(1)).unwrap().active(), 1);
+        assert_eq!(new_loads.get(s(3)).unwrap().active(), 0);
         drop(held);
-        assert_eq!(new_loads.get(1).unwrap().active(), 0);
+        assert_eq!(new_loads.get(s(1)).unwrap().active(), 0);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -1250,12 +1327,12 @@ mod tests {
         let now = Instant::now();
         let mut old = one_lb(&[1, 1]);
         for _ in 0..EJECT_AFTER_FAILURES {
-            old.dial_result(1, false, now);
+            old.dial_result(s(1), false, now);
         }
         // The next snapshot lists the servers the other way round, plus one.
         let mut new = one_lb(&[1, 1, 1]);
-        new.inherit(&[Some(1), Some(0), None], &old);
-        assert!(new.ejected(0, now));
-        assert!(!new.ejected(1, now) && !new.ejected(2, now));
+        new.inherit(&[Some(s(1)), Some(s(0)), None], &old);
+        assert!(new.ejected(s(0), now));
+        assert!(!new.ejected(s(1), now) && !new.ejected(s(2), now));
     }
 }

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::model::Config;
+use crate::model::{Config, EntryPointId};
 use crate::state::{Shared, Snapshot, MAX_ENTRYPOINT_SLOTS};
 use crate::worker;
 use crate::{admin, config, health, log, sys};
@@ -269,12 +269,10 @@ fn signal_loop(shared: &Arc<Shared>, reloads: &mpsc::Sender<ReloadMsg>) {
 /// served); a timer thread then closes each one, so the signal thread stays
 /// free for SIGQUIT. Returns the longest accept grace, in milliseconds.
 fn close_after_accept_grace(shared: &Arc<Shared>, at: Instant) -> u128 {
-    let mut pending: Vec<(Duration, usize)> = shared
+    let mut pending: Vec<(Duration, EntryPointId)> = shared
         .current()
         .config
-        .entrypoints
-        .iter()
-        .enumerate()
+        .enumerate_entrypoints()
         .filter(|(_, e)| !e.accept_grace.is_zero())
         .map(|(i, e)| (e.accept_grace, i))
         .collect();
@@ -300,7 +298,7 @@ fn close_after_accept_grace(shared: &Arc<Shared>, at: Instant) -> u128 {
             "cannot start the stop timer: accepting ends now",
             error = e
         );
-        for ep in 0..shared.current().config.entrypoints.len() {
+        for (ep, _) in shared.current().config.enumerate_entrypoints() {
             shared.close_entrypoint(ep);
         }
     }
@@ -495,7 +493,7 @@ fn apply(shared: &Shared, loaded: Loaded, why: &str) {
             let (added, removed) = entrypoint_changes(&old.config, &snap.config);
             let mut bound = Vec::with_capacity(added.len());
             for &ep in &added {
-                match worker::bind_entrypoint(&snap.config.entrypoints[ep], shared.workers()) {
+                match worker::bind_entrypoint(snap.config.entrypoint(ep), shared.workers()) {
                     Ok(socks) => bound.push((ep, socks)),
                     Err(e) => {
                         log!(
@@ -512,10 +510,10 @@ fn apply(shared: &Shared, loaded: Loaded, why: &str) {
             }
             let graces: Vec<Duration> = removed
                 .iter()
-                .map(|&ep| old.config.entrypoints[ep].grace_timeout)
+                .map(|&ep| old.config.entrypoint(ep).grace_timeout)
                 .collect();
-            let names = |eps: &[usize], c: &Config| -> Vec<String> {
-                eps.iter().map(|&e| c.entrypoints[e].name.clone()).collect()
+            let names = |eps: &[EntryPointId], c: &Config| -> Vec<String> {
+                eps.iter().map(|&e| c.entrypoint(e).name.clone()).collect()
             };
             let (added_names, removed_names) =
                 (names(&added, &snap.config), names(&removed, &old.config));
@@ -589,12 +587,12 @@ fn listener_key(e: &crate::model::EntryPoint) -> (std::net::SocketAddr, bool) {
 }
 
 /// Reorders a reloaded config's entrypoints so that every entrypoint that
-/// stays keeps its slot (index) of the running config: workers, metrics and
-/// live connections name entrypoints by index, and a slot never changes
-/// meaning while the process runs. Entrypoints that went away stay as
+/// stays keeps its slot (its `EntryPointId`) of the running config: workers,
+/// metrics and live connections name entrypoints by id, and a slot never
+/// changes meaning while the process runs. Entrypoints that went away stay as
 /// `removed` tombstones (no router, no listener) while they drain; new ones
 /// take a tombstone of the same name and address, else a new slot at the
-/// end. Router entrypoint indices are remapped to match.
+/// end. Router entrypoint ids are remapped to match.
 fn align_entrypoints(new: &mut Config, old: &Config) -> Result<(), String> {
     let incoming = std::mem::take(&mut new.entrypoints);
     let mut slots: Vec<Option<crate::model::EntryPoint>> = vec![None; old.entrypoints.len()];
@@ -644,7 +642,7 @@ fn align_entrypoints(new: &mut Config, old: &Config) -> Result<(), String> {
     }
     for r in &mut new.routers {
         for ep in &mut r.entrypoints {
-            *ep = remap[*ep];
+            *ep = EntryPointId::from_index(remap[ep.index()]);
         }
     }
     new.entrypoints = out;
@@ -653,11 +651,12 @@ fn align_entrypoints(new: &mut Config, old: &Config) -> Result<(), String> {
 
 /// Entrypoint slots a reload adds (no listener in the running config) and
 /// removes (one that had a listener became a tombstone).
-fn entrypoint_changes(old: &Config, new: &Config) -> (Vec<usize>, Vec<usize>) {
-    let live = |c: &Config, i: usize| c.entrypoints.get(i).is_some_and(|e| !e.removed);
+fn entrypoint_changes(old: &Config, new: &Config) -> (Vec<EntryPointId>, Vec<EntryPointId>) {
+    let live = |c: &Config, i: EntryPointId| c.get_entrypoint(i).is_some_and(|e| !e.removed);
     let n = old.entrypoints.len().max(new.entrypoints.len());
-    let added = (0..n).filter(|&i| live(new, i) && !live(old, i)).collect();
-    let removed = (0..n).filter(|&i| live(old, i) && !live(new, i)).collect();
+    let slots = || (0..n).map(EntryPointId::from_index);
+    let added = slots().filter(|&i| live(new, i) && !live(old, i)).collect();
+    let removed = slots().filter(|&i| live(old, i) && !live(new, i)).collect();
     (added, removed)
 }
 
@@ -727,7 +726,8 @@ mod tests {
     }
 
     fn server_of(shared: &Shared) -> String {
-        match &shared.current().config.services[0].kind {
+        let first = crate::model::ServiceId::from_index(0);
+        match &shared.current().config.service(first).kind {
             crate::model::ServiceKind::LoadBalancer(lb) => lb.servers[0].address_text.clone(),
             _ => unreachable!(),
         }

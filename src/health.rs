@@ -62,7 +62,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::log;
-use crate::model::{HealthCheck, Probe};
+use crate::model::{HealthCheck, Probe, ServiceId};
 
 mod http;
 mod pg;
@@ -93,7 +93,7 @@ impl Checks {
     /// One thread per health-checked service of `snap`.
     pub fn start(snap: Arc<Snapshot>) -> Checks {
         let stop = Arc::new(Stop::default());
-        for (si, svc) in snap.config.services.iter().enumerate() {
+        for (si, svc) in snap.config.enumerate_services() {
             match checked(&svc.kind) {
                 Some((lb, _)) if !lb.servers.is_empty() => {}
                 _ => continue,
@@ -164,8 +164,8 @@ impl Stop {
 /// Probe the servers of service `si` until stopped, each on its own
 /// schedule, one at a time (a server that hangs delays the others of the
 /// same service by at most `timeout`, like Traefik's sequential checks).
-fn check_service(snap: &Snapshot, si: usize, stop: &Stop) {
-    let svc = &snap.config.services[si];
+fn check_service(snap: &Snapshot, si: ServiceId, stop: &Stop) {
+    let svc = snap.config.service(si);
     let Some((lb, hc)) = checked(&svc.kind) else {
         return;
     };

@@ -30,7 +30,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::model::Config;
+use crate::model::{Config, EntryPointId, RouterId, ServiceId};
 use crate::outcome::Outcome;
 use crate::state::Snapshot;
 
@@ -378,14 +378,19 @@ impl Registry {
             "Whether a server takes connections: 1 when its health-check verdict fits the role its service wants, 0 when down or healthy in another role (always 1 without a healthCheck).",
         );
         let cfg = &snap.config;
-        for (si, i, up, _) in snap.health.iter() {
-            if let crate::model::ServiceKind::LoadBalancer(lb) = &cfg.services[si].kind {
-                let labels = [
-                    ("service", cfg.services[si].name.as_str()),
-                    ("server", lb.servers[i].address_text.as_str()),
-                ];
-                sample(&mut out, "sluicegate_server_up", &labels, u64::from(up));
-            }
+        // Every server of the snapshot, with its service, in id order.
+        let servers = || {
+            snap.servers
+                .ids()
+                .filter_map(|id| snap.servers.get(cfg, id))
+        };
+        for s in servers() {
+            let labels = [
+                ("service", s.service.name.as_str()),
+                ("server", s.server.address_text.as_str()),
+            ];
+            let up = snap.health.is_up(s.id);
+            sample(&mut out, "sluicegate_server_up", &labels, u64::from(up));
         }
         header(
             &mut out,
@@ -393,24 +398,20 @@ impl Registry {
             "gauge",
             "Last health-check verdict per checked server, one sample per state (1 for the current one): down, up (healthy, role not known), primary, replica. A replica of a service that wants a primary is healthy here and 0 in sluicegate_server_up.",
         );
-        for (si, i, _, verdict) in snap.health.iter() {
-            if let crate::model::ServiceKind::LoadBalancer(lb) = &cfg.services[si].kind {
-                if lb.health_check.is_none() {
-                    continue;
-                }
-                for v in crate::state::health::VERDICTS {
-                    let labels = [
-                        ("service", cfg.services[si].name.as_str()),
-                        ("server", lb.servers[i].address_text.as_str()),
-                        ("verdict", v.as_str()),
-                    ];
-                    sample(
-                        &mut out,
-                        "sluicegate_server_verdict",
-                        &labels,
-                        u64::from(v == verdict),
-                    );
-                }
+        for s in servers().filter(|s| s.lb.health_check.is_some()) {
+            let verdict = snap.health.verdict(s.id);
+            for v in crate::state::health::VERDICTS {
+                let labels = [
+                    ("service", s.service.name.as_str()),
+                    ("server", s.server.address_text.as_str()),
+                    ("verdict", v.as_str()),
+                ];
+                sample(
+                    &mut out,
+                    "sluicegate_server_verdict",
+                    &labels,
+                    u64::from(v == verdict),
+                );
             }
         }
         if !cfg.kv_revisions.is_empty() {
@@ -497,18 +498,18 @@ fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
 
 /// A connection was accepted on entrypoint `ep` (and will end in exactly one
 /// `connection_ended`).
-pub fn accepted(ep: usize) {
+pub fn accepted(ep: EntryPointId) {
     with_local(|m| {
-        if let Some(c) = m.accepted.get(ep) {
+        if let Some(c) = m.accepted.get(ep.index()) {
             bump(c, 1)
         }
     })
 }
 
 /// An accept on entrypoint `ep` failed.
-pub fn accept_error(ep: usize) {
+pub fn accept_error(ep: EntryPointId) {
     with_local(|m| {
-        if let Some(c) = m.accept_errors.get(ep) {
+        if let Some(c) = m.accept_errors.get(ep.index()) {
             bump(c, 1)
         }
     })
@@ -518,18 +519,19 @@ pub fn accept_error(ep: usize) {
 /// once per accepted connection, from the access-log hook.
 pub fn connection_ended(
     cfg: &Config,
-    ep: usize,
-    router: Option<usize>,
-    service: Option<usize>,
+    ep: EntryPointId,
+    router: Option<RouterId>,
+    service: Option<ServiceId>,
     outcome: Outcome,
     up: u64,
     down: u64,
 ) {
+    let ep = ep.index();
     with_local(|m| {
         if let Some(c) = m.ended.get(ep) {
             bump(c, 1)
         }
-        let router = router.map_or(NONE, |r| cfg.routers[r].name.as_str());
+        let router = router.map_or(NONE, |r| cfg.router(r).name.as_str());
         let mut t = m.tally.lock().unwrap_or_else(|e| e.into_inner());
         if t.outcomes.len() <= ep {
             t.outcomes.resize_with(ep + 1, HashMap::new);
@@ -539,7 +541,7 @@ pub fn connection_ended(
             *n += 1;
         }
         if let Some(s) = service {
-            let b = slot(&mut t.bytes, &cfg.services[s].name);
+            let b = slot(&mut t.bytes, &cfg.service(s).name);
             b[0] += up;
             b[1] += down;
         }
@@ -585,6 +587,8 @@ pub fn dial_failed(service: &str, server: &str) {
 mod tests {
     use super::*;
 
+    const EP: EntryPointId = EntryPointId::from_index(0);
+
     #[test]
     fn label_values_are_escaped() {
         let mut s = String::new();
@@ -595,8 +599,8 @@ mod tests {
     #[test]
     fn hooks_are_no_ops_off_worker_threads() {
         // No worker registered on this thread: nothing to count, no panic.
-        accepted(0);
-        accept_error(3);
+        accepted(EP);
+        accept_error(EntryPointId::from_index(3));
         dial_failed("s", "a");
         local_resource_error(0);
         local_resource_error(99);
@@ -635,12 +639,13 @@ address = "127.0.0.1:9"
             handles.push(std::thread::spawn(move || {
                 reg.register_worker(1);
                 for _ in 0..=w {
-                    accepted(0);
-                    connection_ended(&cfg, 0, Some(0), Some(0), Outcome::Closed, 5, 7);
+                    accepted(EP);
+                    let (r, s) = (RouterId::from_index(0), ServiceId::from_index(0));
+                    connection_ended(&cfg, EP, Some(r), Some(s), Outcome::Closed, 5, 7);
                 }
-                accepted(0);
-                connection_ended(&cfg, 0, None, None, Outcome::NoRoute, 0, 0);
-                accepted(0);
+                accepted(EP);
+                connection_ended(&cfg, EP, None, None, Outcome::NoRoute, 0, 0);
+                accepted(EP);
                 dial_failed("s", "127.0.0.1:9");
                 local_resource_error(0);
             }));
@@ -750,8 +755,11 @@ address = "127.0.0.1:9"
                 for (i, o) in Outcome::ALL.into_iter().enumerate() {
                     let (ep, router) = place(i);
                     for _ in 0..=i {
+                        let ep = EntryPointId::from_index(ep);
+                        let router = router.map(RouterId::from_index);
                         accepted(ep);
-                        connection_ended(&cfg, ep, router, Some(0), o, 1, 2);
+                        let s = Some(ServiceId::from_index(0));
+                        connection_ended(&cfg, ep, router, s, o, 1, 2);
                     }
                 }
             })
@@ -766,7 +774,7 @@ address = "127.0.0.1:9"
         let mut want: BTreeMap<(usize, &str, &str), usize> = BTreeMap::new();
         for (i, o) in Outcome::ALL.into_iter().enumerate() {
             let (ep, router) = place(i);
-            let router = router.map_or(NONE, |r| cfg.routers[r].name.as_str());
+            let router = router.map_or(NONE, |r| cfg.router(RouterId::from_index(r)).name.as_str());
             want.insert((ep, router, o.as_str()), i + 1);
         }
         let want: Vec<String> = want

@@ -2,7 +2,8 @@
 //!
 //! `config::load` turns the Traefik TOML file model into this; the engine only
 //! ever sees these types. Everything here is already checked: references are
-//! indices, addresses are parsed, durations are `Duration`s, rules are compiled.
+//! typed ids (`RouterId`, `ServiceId`, ...: one kind
+//! cannot be passed where another is wanted), addresses are parsed, durations are `Duration`s, rules are compiled.
 //! The hot path never parses strings.
 //!
 //! Owns: the validated configuration types. May depend on `rule` (compiled
@@ -64,6 +65,176 @@ pub struct Config {
     pub acme: acme::Settings,
 }
 
+/// Ids of a snapshot's parts, one type per kind, so an index of one kind
+/// cannot be used for another. The config builder numbers them (slot order
+/// of `Config`'s vectors); everything else gets them from a `Config`, a
+/// route or a balancer and reads the part with the matching accessor
+/// (`Config::router`, `Config::service`, ...).
+macro_rules! ids {
+    ($($(#[$m:meta])* $name:ident;)*) => {$(
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(usize);
+
+        impl $name {
+            /// The id of slot `i`: for the config builder, which fills the
+            /// slots, and for tests.
+            pub const fn from_index(i: usize) -> $name {
+                $name(i)
+            }
+
+            /// The slot this id names.
+            pub const fn index(self) -> usize {
+                self.0
+            }
+        }
+    )*};
+}
+
+ids! {
+    /// An entrypoint of `Config::entrypoints`. Stable across reloads: a
+    /// removed entrypoint keeps its slot while its connections drain.
+    EntryPointId;
+    /// A router of `Config::routers`.
+    RouterId;
+    /// A service of `Config::services`.
+    ServiceId;
+    /// A middleware of `Config::middlewares`.
+    MiddlewareId;
+    /// A servers transport of `Config::transports`.
+    TransportId;
+    /// A TLS options set of `TlsConfig::options`.
+    TlsOptionsId;
+    /// A certificates resolver of `acme::Settings::resolvers`.
+    ResolverId;
+}
+
+impl TransportId {
+    /// The `default` transport (Traefik's defaults, or the file's
+    /// `[tcp.serversTransports.default]`).
+    pub const DEFAULT: TransportId = TransportId(0);
+}
+
+impl TlsOptionsId {
+    /// The `default` TLS options (implicit when not configured).
+    pub const DEFAULT: TlsOptionsId = TlsOptionsId(0);
+}
+
+/// Reading a snapshot's parts by id. The ids a `Config` hands out (its
+/// routers' references, `enumerate_*`) name slots of that same `Config`.
+impl Config {
+    pub fn entrypoint(&self, id: EntryPointId) -> &EntryPoint {
+        &self.entrypoints[id.0]
+    }
+
+    pub fn router(&self, id: RouterId) -> &Router {
+        &self.routers[id.0]
+    }
+
+    pub fn service(&self, id: ServiceId) -> &Service {
+        &self.services[id.0]
+    }
+
+    pub fn middleware(&self, id: MiddlewareId) -> &Middleware {
+        &self.middlewares[id.0]
+    }
+
+    pub fn transport(&self, id: TransportId) -> &Transport {
+        &self.transports[id.0]
+    }
+
+    pub fn tls_options(&self, id: TlsOptionsId) -> &TlsOptions {
+        &self.tls.options[id.0]
+    }
+
+    /// The entrypoint `id`, `None` when `id` is past this config's slots
+    /// (an id kept from another snapshot).
+    pub fn get_entrypoint(&self, id: EntryPointId) -> Option<&EntryPoint> {
+        self.entrypoints.get(id.0)
+    }
+
+    /// The service `id`, `None` when `id` is past this config's slots.
+    pub fn get_service(&self, id: ServiceId) -> Option<&Service> {
+        self.services.get(id.0)
+    }
+
+    pub fn get_router(&self, id: RouterId) -> Option<&Router> {
+        self.routers.get(id.0)
+    }
+
+    pub fn get_transport(&self, id: TransportId) -> Option<&Transport> {
+        self.transports.get(id.0)
+    }
+
+    pub fn get_middleware(&self, id: MiddlewareId) -> Option<&Middleware> {
+        self.middlewares.get(id.0)
+    }
+
+    pub fn get_tls_options(&self, id: TlsOptionsId) -> Option<&TlsOptions> {
+        self.tls.options.get(id.0)
+    }
+
+    pub fn enumerate_entrypoints(&self) -> impl Iterator<Item = (EntryPointId, &EntryPoint)> {
+        self.entrypoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (EntryPointId(i), e))
+    }
+
+    pub fn enumerate_routers(&self) -> impl Iterator<Item = (RouterId, &Router)> {
+        self.routers
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (RouterId(i), r))
+    }
+
+    pub fn enumerate_services(&self) -> impl Iterator<Item = (ServiceId, &Service)> {
+        self.services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (ServiceId(i), s))
+    }
+
+    pub fn enumerate_transports(&self) -> impl Iterator<Item = (TransportId, &Transport)> {
+        self.transports
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (TransportId(i), t))
+    }
+
+    pub fn enumerate_tls_options(&self) -> impl Iterator<Item = (TlsOptionsId, &TlsOptions)> {
+        self.tls
+            .options
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (TlsOptionsId(i), o))
+    }
+
+    /// The id of the entrypoint named `name`.
+    pub fn entrypoint_id(&self, name: &str) -> Option<EntryPointId> {
+        self.entrypoints
+            .iter()
+            .position(|e| e.name == name)
+            .map(EntryPointId)
+    }
+
+    /// The id of the service named `name`.
+    pub fn service_id(&self, name: &str) -> Option<ServiceId> {
+        self.services
+            .iter()
+            .position(|s| s.name == name)
+            .map(ServiceId)
+    }
+
+    /// The id of the router named `name`.
+    pub fn router_id(&self, name: &str) -> Option<RouterId> {
+        self.routers
+            .iter()
+            .position(|r| r.name == name)
+            .map(RouterId)
+    }
+}
+
 /// Which KV store a provider reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KvKind {
@@ -108,7 +279,7 @@ pub struct EntryPoint {
     pub reuse_port: bool,
     /// `proxyProtocol`: accept PROXY v1/v2 headers from these sources only.
     pub proxy_protocol: Option<ProxyProtocolIn>,
-    /// Removed by a reload: kept in its slot (entrypoint indices never move
+    /// Removed by a reload: kept in its slot (entrypoint ids never move
     /// while the process runs) with no router and no listener, while its
     /// connections drain.
     pub removed: bool,
@@ -125,18 +296,16 @@ pub struct ProxyProtocolIn {
 #[derive(Debug, Clone)]
 pub struct Router {
     pub name: String,
-    /// Indices into `Config::entrypoints`. Traefik: empty list = all entrypoints;
-    /// the build step expands that.
-    pub entrypoints: Vec<usize>,
+    /// Traefik: empty list = all entrypoints; the build step expands that.
+    pub entrypoints: Vec<EntryPointId>,
     pub rule: Rule,
     pub rule_text: String,
     /// Explicit priority, or when 0/absent (Traefik) -1 for the catch-all
     /// `HostSNI(`*`)` and the rule's length for any other rule. Higher wins.
     pub priority: i64,
-    /// Index into `Config::services`.
-    pub service: usize,
-    /// Indices into `Config::middlewares`, in order.
-    pub middlewares: Vec<usize>,
+    pub service: ServiceId,
+    /// In order.
+    pub middlewares: Vec<MiddlewareId>,
     pub tls: Option<RouterTls>,
     /// Extension: the router carries PostgreSQL, from a
     /// `[tcp.routers.<name>.postgres]` table or a rule with PgDatabase,
@@ -157,8 +326,8 @@ pub struct PgRouter {
 #[derive(Debug, Clone)]
 pub struct RouterTls {
     pub passthrough: bool,
-    /// Index into `TlsConfig::options` (the `default` options when unset).
-    pub options: usize,
+    /// `TlsOptionsId::DEFAULT` when unset.
+    pub options: TlsOptionsId,
 }
 
 /// A `[tcp.services.<name>]`.
@@ -197,15 +366,15 @@ pub enum OnServerDown {
 #[derive(Debug, Clone)]
 pub enum ServiceKind {
     LoadBalancer(LoadBalancer),
-    /// Children (indices into `Config::services`) with weights; acyclic.
+    /// Child services with weights; acyclic.
     Weighted(Vec<WeightedChild>),
 }
 
 #[derive(Debug, Clone)]
 pub struct LoadBalancer {
     pub servers: Vec<Server>,
-    /// Index into `Config::transports` (0 = default).
-    pub transport: usize,
+    /// `TransportId::DEFAULT` unless `serversTransport` names another.
+    pub transport: TransportId,
     /// Deprecated `loadBalancer.proxyProtocol.version`, merged here (the
     /// transport's setting wins when both are present).
     pub proxy_protocol: Option<ProxyVersion>,
@@ -274,7 +443,7 @@ pub struct Server {
 
 #[derive(Debug, Clone)]
 pub struct WeightedChild {
-    pub service: usize,
+    pub service: ServiceId,
     pub weight: u32,
 }
 

@@ -14,23 +14,40 @@
 //! chosen, not an index to look up again). May depend on `model` and `rule`
 //! (its tests load configs with `config`).
 
-use crate::model::{Config, Router};
+use crate::model::{Config, EntryPointId, Router, RouterId, Service, ServiceId};
 use crate::rule::MatchCtx;
 
-/// A routing decision: the router's index (what the access log and metrics
-/// name) and the router itself, so the caller does not look it up again.
+/// A routing decision: the router (its id is what the access log and
+/// metrics name) and the service it leads to, so the caller looks neither
+/// up again.
 #[derive(Debug, Clone, Copy)]
 pub struct Routed<'c> {
-    pub id: usize,
+    pub id: RouterId,
     pub router: &'c Router,
+    /// `router.service`.
+    pub service_id: ServiceId,
+    pub service: &'c Service,
+}
+
+impl<'c> Routed<'c> {
+    /// Router `id` of `cfg` with its service; `None` for an id not in `cfg`.
+    fn of(cfg: &'c Config, id: RouterId) -> Option<Routed<'c>> {
+        let router = cfg.get_router(id)?;
+        Some(Routed {
+            id,
+            router,
+            service_id: router.service,
+            service: cfg.get_service(router.service)?,
+        })
+    }
 }
 
 /// Routers of one entrypoint, each list sorted by priority (highest first,
 /// then by name so that equal priorities are ordered deterministically).
 #[derive(Debug, Default)]
 pub struct EntryRoutes {
-    pub tls: Vec<usize>,
-    pub plain: Vec<usize>,
+    pub tls: Vec<RouterId>,
+    pub plain: Vec<RouterId>,
     /// Some plain router here carries PostgreSQL: a plain connection's
     /// StartupMessage (or CancelRequest) is read before routing.
     pub pg_plain: bool,
@@ -47,9 +64,10 @@ impl EntryRoutes {
     }
 }
 
+/// Each entrypoint's routes, by `EntryPointId`.
 #[derive(Debug)]
 pub struct RouteTable {
-    pub entries: Vec<EntryRoutes>,
+    entries: Vec<EntryRoutes>,
 }
 
 impl RouteTable {
@@ -57,9 +75,9 @@ impl RouteTable {
         let mut entries: Vec<EntryRoutes> = (0..cfg.entrypoints.len())
             .map(|_| EntryRoutes::default())
             .collect();
-        for (ri, r) in cfg.routers.iter().enumerate() {
+        for (ri, r) in cfg.enumerate_routers() {
             for &ep in &r.entrypoints {
-                if let Some(e) = entries.get_mut(ep) {
+                if let Some(e) = entries.get_mut(ep.index()) {
                     if r.tls.is_some() {
                         e.tls.push(ri);
                         e.pg_tls |= r.postgres.is_some();
@@ -70,8 +88,8 @@ impl RouteTable {
                 }
             }
         }
-        let order = |a: &usize, b: &usize| {
-            let (ra, rb) = (&cfg.routers[*a], &cfg.routers[*b]);
+        let order = |a: &RouterId, b: &RouterId| {
+            let (ra, rb) = (cfg.router(*a), cfg.router(*b));
             rb.priority
                 .cmp(&ra.priority)
                 .then_with(|| ra.name.cmp(&rb.name))
@@ -83,6 +101,12 @@ impl RouteTable {
         RouteTable { entries }
     }
 
+    /// The routes of entrypoint `ep`; `None` past the table (an entrypoint
+    /// this snapshot does not have).
+    pub fn entry(&self, ep: EntryPointId) -> Option<&EntryRoutes> {
+        self.entries.get(ep.index())
+    }
+
     /// The first TLS router of `ep` that may match once the StartupMessage
     /// is read (`Rule::may_match`): the first pass for a TLS connection on
     /// an entrypoint with terminating PostgreSQL routers. After the
@@ -90,32 +114,27 @@ impl RouteTable {
     pub fn route_tls_pending<'c>(
         &self,
         cfg: &'c Config,
-        ep: usize,
+        ep: EntryPointId,
         ctx: &MatchCtx<'_>,
     ) -> Option<Routed<'c>> {
-        let e = self.entries.get(ep)?;
+        let e = self.entry(ep)?;
         e.tls
             .iter()
-            .filter_map(|&id| {
-                Some(Routed {
-                    id,
-                    router: cfg.routers.get(id)?,
-                })
-            })
+            .filter_map(|&id| Routed::of(cfg, id))
             .find(|r| r.router.rule.may_match(ctx))
     }
 
     /// The router for a connection on entrypoint `ep`, if any.
-    pub fn route<'c>(&self, cfg: &'c Config, ep: usize, ctx: &MatchCtx<'_>) -> Option<Routed<'c>> {
-        let e = self.entries.get(ep)?;
-        let first = |list: &[usize]| {
+    pub fn route<'c>(
+        &self,
+        cfg: &'c Config,
+        ep: EntryPointId,
+        ctx: &MatchCtx<'_>,
+    ) -> Option<Routed<'c>> {
+        let e = self.entry(ep)?;
+        let first = |list: &[RouterId]| {
             list.iter()
-                .filter_map(|&id| {
-                    Some(Routed {
-                        id,
-                        router: cfg.routers.get(id)?,
-                    })
-                })
+                .filter_map(|&id| Routed::of(cfg, id))
                 .find(|r| r.router.rule.matches(ctx))
         };
         if ctx.tls {
@@ -156,7 +175,7 @@ mod tests {
 
     fn routed<'a>(cfg: &'a Config, ctx: &MatchCtx<'_>) -> Option<&'a str> {
         RouteTable::new(cfg)
-            .route(cfg, 0, ctx)
+            .route(cfg, EntryPointId::from_index(0), ctx)
             .map(|r| r.router.name.as_str())
     }
 
@@ -223,17 +242,24 @@ mod tests {
         );
         // ALPN never matches a plain connection; the regexp sees "".
         assert_eq!(routed(&cfg, &PLAIN), Some("empty"));
-        assert!(!RouteTable::new(&cfg).entries[0].needs_peek());
+        let t = RouteTable::new(&cfg);
+        assert!(!t
+            .entry(EntryPointId::from_index(0))
+            .expect("e")
+            .needs_peek());
     }
 
     /// The names of entrypoint `ep`'s routers in match order.
-    fn order(cfg: &Config, ep: usize) -> (Vec<&str>, Vec<&str>) {
+    fn order(cfg: &Config, ep: EntryPointId) -> (Vec<&str>, Vec<&str>) {
         let t = RouteTable::new(cfg);
-        let names = |l: &[usize]| -> Vec<&str> {
-            l.iter().map(|&ri| cfg.routers[ri].name.as_str()).collect()
+        let names = |l: &[RouterId]| -> Vec<&str> {
+            l.iter().map(|&ri| cfg.router(ri).name.as_str()).collect()
         };
-        (names(&t.entries[ep].tls), names(&t.entries[ep].plain))
+        let e = t.entry(ep).expect("entrypoint");
+        (names(&e.tls), names(&e.plain))
     }
+
+    const E: EntryPointId = EntryPointId::from_index(0);
 
     #[test]
     fn equal_priorities_are_ordered_by_name_whatever_the_file_order() {
@@ -243,7 +269,7 @@ mod tests {
              [tcp.routers.a]\nrule = \"HostSNI(`*`)\"\nservice = \"s\"\npriority = 5\n\
              [tcp.routers.c]\nrule = \"HostSNI(`*`)\"\nservice = \"s\"\npriority = 6\n",
         );
-        assert_eq!(order(&cfg, 0).1, ["c", "a", "b"]);
+        assert_eq!(order(&cfg, E).1, ["c", "a", "b"]);
         assert_eq!(routed(&cfg, &PLAIN), Some("c"));
     }
 
@@ -255,7 +281,7 @@ mod tests {
              [tcp.routers.long]\nrule = \"HostSNI(`a.test`) || HostSNI(`b.test`)\"\nservice = \"s\"\n\
              [tcp.routers.long.tls]\npassthrough = true\n",
         );
-        assert_eq!(order(&cfg, 0).0, ["long", "short"]);
+        assert_eq!(order(&cfg, E).0, ["long", "short"]);
         assert_eq!(routed(&cfg, &tls(Some("a.test"), &[])), Some("long"));
         assert_eq!(routed(&cfg, &tls(Some("b.test"), &[])), Some("long"));
         assert_eq!(routed(&cfg, &tls(Some("c.test"), &[])), None);
@@ -269,7 +295,7 @@ mod tests {
              [tcp.routers.zero]\nrule = \"ClientIP(`10.0.0.1`)\"\nservice = \"s\"\npriority = 0\n",
         );
         // The catch-all's default is -1: above -5, below an explicit 0.
-        assert_eq!(order(&cfg, 0).1, ["zero", "any", "last"]);
+        assert_eq!(order(&cfg, E).1, ["zero", "any", "last"]);
         assert_eq!(routed(&cfg, &PLAIN), Some("zero"));
         let other = MatchCtx {
             client_ip: "10.9.9.9".parse().expect("ip"),
@@ -286,19 +312,60 @@ mod tests {
              [tcp.routers.on-f]\nentryPoints = [\"f\"]\nrule = \"HostSNI(`*`)\"\nservice = \"s\"\npriority = 1\n\
              [tcp.routers.both]\nentryPoints = [\"e\", \"f\"]\nrule = \"HostSNI(`*`)\"\nservice = \"s\"\npriority = 5\n",
         );
-        let ep = |name: &str| {
-            cfg.entrypoints
-                .iter()
-                .position(|e| e.name == name)
-                .expect("entrypoint")
-        };
+        let ep = |name: &str| cfg.entrypoint_id(name).expect("entrypoint");
         assert_eq!(order(&cfg, ep("e")).1, ["on-e", "both"]);
         assert_eq!(order(&cfg, ep("f")).1, ["both", "on-f"]);
         let t = RouteTable::new(&cfg);
         let routed = t.route(&cfg, ep("f"), &PLAIN).expect("routed");
         assert_eq!(routed.router.name, "both");
-        assert_eq!(cfg.routers[routed.id].name, "both");
-        // An entrypoint index past the table routes nothing.
-        assert!(t.route(&cfg, cfg.entrypoints.len(), &PLAIN).is_none());
+        assert_eq!(cfg.router(routed.id).name, "both");
+        // An entrypoint past the table routes nothing.
+        let past = EntryPointId::from_index(cfg.entrypoints.len());
+        assert!(t.route(&cfg, past, &PLAIN).is_none());
+    }
+
+    #[test]
+    fn the_match_order_is_by_priority_then_name_as_router_ids() {
+        // File order c, a, b; priorities 5, 5, 9: b first, then a before c.
+        let cfg = load(
+            "[tcp.routers.c]\nrule = \"HostSNI(`*`)\"\nservice = \"s\"\npriority = 5\n\
+             [tcp.routers.a]\nrule = \"HostSNI(`*`)\"\nservice = \"s\"\npriority = 5\n\
+             [tcp.routers.b]\nrule = \"HostSNI(`*`)\"\nservice = \"s\"\npriority = 9\n",
+        );
+        let id = |name: &str| cfg.router_id(name).expect("router");
+        let t = RouteTable::new(&cfg);
+        let e = t.entry(E).expect("entrypoint");
+        assert_eq!(e.plain, [id("b"), id("a"), id("c")]);
+        assert!(e.tls.is_empty());
+        // The ids are the routers' slots in the config.
+        for (rid, r) in cfg.enumerate_routers() {
+            assert_eq!(cfg.router(rid).name, r.name);
+            assert_eq!(id(&r.name), rid);
+        }
+        assert_eq!(t.route(&cfg, E, &PLAIN).map(|r| r.id), Some(id("b")));
+    }
+
+    #[test]
+    fn routed_carries_the_service_its_router_names() {
+        let cfg = load(
+            "[tcp.routers.db]\nrule = \"HostSNI(`db.test`)\"\nservice = \"t\"\n\
+             [tcp.routers.db.tls]\npassthrough = true\n\
+             [tcp.routers.plain]\nrule = \"HostSNI(`*`)\"\nservice = \"s\"\n\
+             [tcp.services.t.loadBalancer]\nservers = [{ address = \"127.0.0.1:2\" }]\n",
+        );
+        let t = RouteTable::new(&cfg);
+        let check = |r: Routed<'_>, router: &str, service: &str| {
+            assert_eq!(r.router.name, router);
+            assert!(std::ptr::eq(r.router, cfg.router(r.id)));
+            assert_eq!(r.service_id, r.router.service);
+            assert_eq!(r.service_id, cfg.service_id(service).expect("service"));
+            assert!(std::ptr::eq(r.service, cfg.service(r.service_id)));
+            assert_eq!(r.service.name, service);
+        };
+        check(t.route(&cfg, E, &PLAIN).expect("plain"), "plain", "s");
+        let hello = tls(Some("db.test"), &[]);
+        check(t.route(&cfg, E, &hello).expect("tls"), "db", "t");
+        let pending = t.route_tls_pending(&cfg, E, &hello).expect("pending");
+        check(pending, "db", "t");
     }
 }

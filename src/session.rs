@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 
 use crate::forward::{self, write_all, Cutoff, Outcome};
-use crate::model::MiddlewareKind;
+use crate::model::{EntryPointId, MiddlewareId, MiddlewareKind, RouterId, ServiceId};
 use crate::peek::{PeekError, Peeked, PgOpen, Reader};
 use crate::rule::MatchCtx;
 use crate::state::{Shared, WorkerSnap};
@@ -276,11 +276,11 @@ mod outcome_tests {
 /// Fields of the access-log line, filled in as the connection progresses.
 struct Access<'a> {
     ws: &'a WorkerSnap,
-    ep: usize,
+    ep: EntryPointId,
     client: SocketAddr,
     start: Instant,
-    router: Option<usize>,
-    service: Option<usize>,
+    router: Option<RouterId>,
+    service: Option<ServiceId>,
     server: Option<&'a str>,
 }
 
@@ -295,12 +295,12 @@ impl Access<'_> {
             return;
         }
         let dash = "-";
-        let router = self.router.map_or(dash, |r| cfg.routers[r].name.as_str());
-        let service = self.service.map_or(dash, |s| cfg.services[s].name.as_str());
+        let router = self.router.map_or(dash, |r| cfg.router(r).name.as_str());
+        let service = self.service.map_or(dash, |s| cfg.service(s).name.as_str());
         log!(
             Info,
             "conn",
-            entrypoint = cfg.entrypoints[self.ep].name,
+            entrypoint = cfg.entrypoint(self.ep).name,
             router = router,
             service = service,
             server = self.server.unwrap_or(dash),
@@ -317,7 +317,7 @@ impl Access<'_> {
 /// Releases an inFlightConn slot when the connection ends.
 struct InFlightSlot<'a> {
     shared: &'a Shared,
-    key: (usize, IpAddr),
+    key: (MiddlewareId, IpAddr),
 }
 
 impl Drop for InFlightSlot<'_> {
@@ -338,7 +338,7 @@ impl Drop for InFlightSlot<'_> {
 
 pub async fn serve(
     ws: Rc<WorkerSnap>,
-    ep: usize,
+    ep: EntryPointId,
     client: TcpStream,
     peer: SocketAddr,
     shared: &Shared,
@@ -393,7 +393,7 @@ pub async fn serve(
 
 async fn run<'a>(
     ws: &'a WorkerSnap,
-    ep: usize,
+    ep: EntryPointId,
     client: &TcpStream,
     peer: SocketAddr,
     shared: &Shared,
@@ -410,8 +410,11 @@ async fn run<'a>(
     // allow lists always see the canonical form.
     let client_ip = peer.ip().to_canonical();
 
-    let ep_cfg = &cfg.entrypoints[ep];
-    let entry = &ws.snap.routes.entries[ep];
+    let ep_cfg = cfg.entrypoint(ep);
+    // Every entrypoint of the snapshot has its routes.
+    let Some(entry) = ws.snap.routes.entry(ep) else {
+        return Err(Early::NoRoute);
+    };
     // One absolute deadline from accept to the routing decision; 0 = none
     // (Traefik's meaning of a zero readTimeout).
     let deadline = (!ep_cfg.read_timeout.is_zero()).then(|| acc.start + ep_cfg.read_timeout);
@@ -531,7 +534,7 @@ async fn run<'a>(
     } else {
         ws.snap.routes.route(cfg, ep, &ctx)
     };
-    let routed = match first_pass {
+    let mut routed = match first_pass {
         Some(r) => r,
         // A TLS client no TLS router takes is refused, never handed to a
         // plain router (route.rs). Traefik completes the handshake with its
@@ -619,19 +622,20 @@ async fn run<'a>(
             return Err(Early::NoRoute);
         };
         acc.router = Some(rerouted.id);
-        router = rerouted.router;
+        routed = rerouted;
+        router = routed.router;
         _slots = admit(cfg, router, client_ip, shared)?;
         tls_startup = Some((startup, len, buf));
     }
 
-    acc.service = Some(router.service);
+    acc.service = Some(routed.service_id);
     // `_slot`: this connection's place in the server's count (leastConn,
     // maxConn), held until the connection ends.
     let Dialed {
         stream: backend,
         picked,
         slot: _slot,
-    } = Box::pin(dial_service(ws, router.service, acc, client_ip)).await?;
+    } = Box::pin(dial_service(ws, routed, acc, client_ip)).await?;
     cut.set_backend(backend.as_raw_fd());
     let (lb, transport) = (picked.lb, picked.transport);
     if picked.service.on_server_down == crate::model::OnServerDown::Close {
@@ -705,7 +709,7 @@ async fn run<'a>(
         // The server's `tls` decides, as in Traefik; the transport's `tls`
         // table only configures it.
         let backend_tls = server.tls.then_some(tls::BackendTls {
-            transport: lb.transport,
+            transport: picked.transport_id,
             address: &server.address_text,
         });
         // Boxed: TLS state is large, and plain connections must not carry
@@ -738,7 +742,7 @@ async fn run<'a>(
         // whatever the router): the client's bytes, peeked ones first, are
         // carried inside TLS. Boxed like the terminated path.
         let bt = tls::BackendTls {
-            transport: lb.transport,
+            transport: picked.transport_id,
             address: &server.address_text,
         };
         // The bytes move on; the rest of the peek (the parsed hello) is
@@ -815,7 +819,7 @@ fn admit<'s>(
 ) -> Result<Vec<InFlightSlot<'s>>, Early> {
     let mut slots = Vec::new();
     for &mi in &router.middlewares {
-        match &cfg.middlewares[mi].kind {
+        match &cfg.middleware(mi).kind {
             MiddlewareKind::IpAllowList(nets) => {
                 if !nets.iter().any(|n| n.contains(&client_ip)) {
                     return Err(Early::Denied);
@@ -973,10 +977,6 @@ async fn pg_ssl_request(backend: &TcpStream, limit: Duration) -> Result<(), Earl
 /// How often a held connection looks for a pickable server again.
 const HOLD_POLL: Duration = Duration::from_millis(20);
 
-/// Pick and dial servers of `service` until one accepts; each server at most
-/// once. Returns the stream, the load-balancer service that owns it, the
-/// server's index there and the connection's slot on it. `client_ip` (the
-/// trusted PROXY source, if any) is what `hrw` hashes.
 /// What `dial_service` picked and connected to, so the caller never looks
 /// the server up again.
 struct Dialed<'a> {
@@ -987,12 +987,18 @@ struct Dialed<'a> {
     slot: crate::balance::Slot,
 }
 
+/// Pick and dial servers of the routed router's service until one accepts;
+/// each server at most once. Returns the stream,
+/// the server as picked (its load-balancer service, transport and their
+/// ids) and the connection's slot on it. `client_ip` (the trusted PROXY
+/// source, if any) is what `hrw` hashes.
 async fn dial_service<'a>(
     ws: &'a WorkerSnap,
-    service: usize,
+    routed: crate::route::Routed<'a>,
     acc: &mut Access<'a>,
     client_ip: IpAddr,
 ) -> Result<Dialed<'a>, Early> {
+    let service = routed.service;
     let cfg = &ws.snap.config;
     let mut tried = Vec::new();
     let health = &ws.snap.health;
@@ -1007,23 +1013,26 @@ async fn dial_service<'a>(
     };
     loop {
         let now = Instant::now();
-        let picked =
-            ws.balancer
-                .borrow_mut()
-                .pick_seen(service, &tried, &|id| health.is_up(id), now, seen);
+        let picked = ws.balancer.borrow_mut().pick_seen(
+            routed.service_id,
+            &tried,
+            &|id| health.is_up(id),
+            now,
+            seen,
+        );
         let Some(id) = picked else {
             // Also after failed dials: in a switchover the old primary stops
             // taking connections a little before its check says so; its
             // refusals are retried (each server once per round) until the
             // check catches up and the new primary appears.
-            if let Some(hold) = cfg.services[service].hold {
+            if let Some(hold) = service.hold {
                 let since = *held.get_or_insert(now);
                 if now.duration_since(since) < hold {
                     monoio::time::sleep(HOLD_POLL).await;
                     tried.clear();
                     continue;
                 }
-                crate::metrics::held(&cfg.services[service].name, false);
+                crate::metrics::held(&service.name, false);
             }
             return Err(if tried.is_empty() {
                 Early::NoServer
@@ -1032,7 +1041,7 @@ async fn dial_service<'a>(
             });
         };
         if held.take().is_some() {
-            crate::metrics::held(&cfg.services[service].name, true);
+            crate::metrics::held(&service.name, true);
         }
         tried.push(id);
         // An id the balancer picked is in the snapshot's table.

@@ -32,7 +32,7 @@ use monoio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::forward::Cutoff;
-use crate::model::{Config, Driver};
+use crate::model::{Config, Driver, EntryPointId};
 use crate::state::{Listeners, Shared, WorkerSnap, MAX_ENTRYPOINT_SLOTS};
 use crate::{log, session, sys};
 
@@ -82,7 +82,7 @@ const RING_ENTRIES: u32 = 4096;
 ///   handover). A process without it still gets EADDRINUSE.
 pub fn bind_all(cfg: &Config, workers: usize) -> io::Result<Vec<Listeners>> {
     let mut per_worker: Vec<Listeners> = (0..workers).map(|_| Vec::new()).collect();
-    for (ei, ep) in cfg.entrypoints.iter().enumerate() {
+    for (ei, ep) in cfg.enumerate_entrypoints() {
         for (slot, sock) in per_worker.iter_mut().zip(bind_entrypoint(ep, workers)?) {
             slot.push((ei, sock));
         }
@@ -263,7 +263,7 @@ fn uring_runtime(tuned: bool) -> io::Result<UringRuntime> {
 /// slots reused through a free list (registration is O(1) per connection).
 #[derive(Default)]
 struct Registry {
-    slots: Vec<Option<(usize, Rc<Cutoff>)>>,
+    slots: Vec<Option<(EntryPointId, Rc<Cutoff>)>>,
     free: Vec<usize>,
     live: usize,
 }
@@ -285,7 +285,7 @@ pub struct LiveGuard {
 }
 
 impl LiveGuard {
-    fn new(ep: usize) -> LiveGuard {
+    fn new(ep: EntryPointId) -> LiveGuard {
         let cut = Cutoff::new();
         let slot = LIVE.with(|r| {
             let mut r = r.borrow_mut();
@@ -331,7 +331,7 @@ fn cut_due(all: bool, deadlines: &[Instant], now: Instant) -> (usize, usize, boo
                 continue;
             }
             // An entrypoint the stop-time snapshot does not know: cut now.
-            if all || deadlines.get(*ep).is_none_or(|d| now >= *d) {
+            if all || deadlines.get(ep.index()).is_none_or(|d| now >= *d) {
                 due.push(cut.clone());
             } else {
                 waiting = true;
@@ -345,7 +345,7 @@ fn cut_due(all: bool, deadlines: &[Instant], now: Instant) -> (usize, usize, boo
 
 /// Cut the live connections of removed entrypoints whose deadline passed;
 /// how many were still working.
-fn cut_removed(removed: &[(usize, Instant)], now: Instant) -> usize {
+fn cut_removed(removed: &[(EntryPointId, Instant)], now: Instant) -> usize {
     let mut due = Vec::new();
     LIVE.with(|r| {
         for (ep, cut) in r.borrow().slots.iter().flatten() {
@@ -382,11 +382,11 @@ fn close_gone_servers(id: usize, shared: &Shared, seen: &mut (u64, u64)) {
         return;
     }
     let gone = |svc: &str, server: &str| -> bool {
-        let Some(si) = cfg.services.iter().position(|s| s.name == svc) else {
+        let Some(si) = cfg.service_id(svc) else {
             // The service itself is gone: no policy says close; keep.
             return false;
         };
-        let s = &cfg.services[si];
+        let s = cfg.service(si);
         let crate::model::ServiceKind::LoadBalancer(lb) = &s.kind else {
             return false;
         };
@@ -456,7 +456,7 @@ async fn worker_main(id: usize, shared: Arc<Shared>, listeners: Listeners) -> io
         seen: Cell::new(shared.generation()),
         snap: RefCell::new(WorkerSnap::new(shared.current())),
     });
-    let mut mine: Vec<usize> = listeners.iter().map(|(ep, _)| *ep).collect();
+    let mut mine: Vec<EntryPointId> = listeners.iter().map(|(ep, _)| *ep).collect();
     for (ep, std_listener) in listeners {
         let listener = TcpListener::from_std(std_listener)?;
         monoio::spawn(accept_loop(
@@ -469,7 +469,7 @@ async fn worker_main(id: usize, shared: Arc<Shared>, listeners: Listeners) -> io
     }
     let mut trimmed = Instant::now();
     let mut seen_health = (u64::MAX, u64::MAX);
-    let mut drained: Vec<(usize, Instant)> = Vec::new();
+    let mut drained: Vec<(EntryPointId, Instant)> = Vec::new();
     while !shared.stopping() {
         monoio::time::sleep(HOUSEKEEPING).await;
         // Entrypoints a reload added, and connections of removed ones whose
@@ -573,7 +573,7 @@ async fn worker_main(id: usize, shared: Arc<Shared>, listeners: Listeners) -> io
 
 async fn accept_loop(
     id: usize,
-    ep: usize,
+    ep: EntryPointId,
     listener: TcpListener,
     current: Rc<Current>,
     shared: Arc<Shared>,

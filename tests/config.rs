@@ -13,6 +13,14 @@ use sluicegate::config::{self, Errors};
 use sluicegate::model::{self, MiddlewareKind, ServiceKind};
 use support::process::{run, Ran};
 
+/// Entrypoint ids by slot.
+fn eps(slots: &[usize]) -> Vec<model::EntryPointId> {
+    slots
+        .iter()
+        .map(|&i| model::EntryPointId::from_index(i))
+        .collect()
+}
+
 /// `*.toml` files directly in `dir`, sorted.
 fn toml_files(dir: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
@@ -254,7 +262,7 @@ watch = true
     );
     let c = load_ok(&main);
     assert_eq!(c.routers.len(), 1);
-    assert_eq!(c.routers[0].entrypoints, vec![0]);
+    assert_eq!(c.routers[0].entrypoints, eps(&[0]));
     assert_eq!(c.watch, vec![dir.0.join("dynamic/routes.toml")]);
     // Certificate paths are relative to the file that names them.
     assert_eq!(
@@ -397,8 +405,8 @@ servers = [{ address = "127.0.0.1:1" }]
     // The admin entrypoint is not a TCP entrypoint.
     let names: Vec<&str> = c.entrypoints.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["a", "b"]);
-    assert_eq!(c.routers[0].entrypoints, vec![0, 1]);
-    assert_eq!(c.routers[1].entrypoints, vec![0, 1]);
+    assert_eq!(c.routers[0].entrypoints, eps(&[0, 1]));
+    assert_eq!(c.routers[1].entrypoints, eps(&[0, 1]));
     let admin = c.admin.expect("admin");
     assert!(admin.ping && !admin.metrics && !admin.api);
 
@@ -407,7 +415,7 @@ servers = [{ address = "127.0.0.1:1" }]
         "as-default",
         &text.replace("[entryPoints.b]\n", "[entryPoints.b]\nasDefault = true\n"),
     );
-    assert_eq!(r.expect("loads").routers[0].entrypoints, vec![1]);
+    assert_eq!(r.expect("loads").routers[0].entrypoints, eps(&[1]));
 }
 
 #[test]
@@ -525,7 +533,7 @@ servers = [{{ address = "127.0.0.1:5432" }}]
     let named = lb("named");
     assert_eq!(named.termination_delay, None, "the named transport decides");
     assert_eq!(
-        c.transports[named.transport].termination_delay,
+        c.transport(named.transport).termination_delay,
         model::TerminationDelay::After(model::DEFAULT_TERMINATION_DELAY)
     );
     assert_eq!(
@@ -585,7 +593,7 @@ fn sections_can_be_switched_on_with_true() {
     let c = r.expect("loads");
     let tls = c.routers[0].tls.as_ref().expect("tls on");
     assert!(!tls.passthrough);
-    assert_eq!(tls.options, 0);
+    assert_eq!(tls.options, model::TlsOptionsId::DEFAULT);
     assert!(c.admin.expect("admin").ping);
 }
 

@@ -286,7 +286,7 @@ impl State {
                 // A new configuration: start over with it.
                 return Instant::now();
             }
-            let Some(r) = settings.resolvers.get(want.resolver) else {
+            let Some(r) = settings.resolver(want.resolver) else {
                 continue;
             };
             let now = now_unix();

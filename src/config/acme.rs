@@ -305,7 +305,10 @@ pub fn settings(
             );
             continue;
         }
-        let Some(&ri) = index.get(&name.v) else {
+        let Some(ri) = index
+            .get(&name.v)
+            .map(|&i| crate::model::ResolverId::from_index(i))
+        else {
             let known: Vec<&str> = index.keys().map(String::as_str).collect();
             d.error(
                 name.at,

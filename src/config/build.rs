@@ -1,6 +1,6 @@
 //! The gate: file model → validated `model::Config`.
 //!
-//! Resolves every name to an index (reporting unknown names at the place that
+//! Resolves every name to a typed id (reporting unknown names at the place that
 //! uses them and names defined twice at the second definition), parses
 //! addresses, expands Traefik's defaults (empty router entrypoints, rule-length
 //! priority, the implicit `default` transport and TLS options), and rejects
@@ -107,7 +107,7 @@ fn pg_alpn(routers: &[model::Router], tls: &mut model::TlsConfig) {
         if r.postgres.is_none() {
             continue;
         }
-        if let Some(o) = tls.options.get_mut(t.options) {
+        if let Some(o) = tls.options.get_mut(t.options.index()) {
             if !o.alpn_protocols.iter().any(|p| p == "postgresql") {
                 o.alpn_protocols.push("postgresql".into());
             }
@@ -446,7 +446,7 @@ fn services(
                     .or(lb.proxy_protocol);
                 model::ServiceKind::LoadBalancer(model::LoadBalancer {
                     servers,
-                    transport,
+                    transport: model::TransportId::from_index(transport),
                     proxy_protocol,
                     // As Traefik: the deprecated key counts only for a
                     // service that names no transport.
@@ -479,7 +479,7 @@ fn services(
                         }
                         edges[i].push((j, &c.name));
                         out_children.push(model::WeightedChild {
-                            service: j,
+                            service: model::ServiceId::from_index(j),
                             weight: c.weight,
                         });
                     }
@@ -608,15 +608,20 @@ fn routers(m: &FileModel, refs: &Refs<'_>, sources: &Sources, d: &mut Diags) -> 
                     ),
                 );
             } else if let Some(&i) = refs.ep_index.get(&ep.v) {
-                if i != BROKEN && !entrypoints.contains(&i) {
-                    entrypoints.push(i);
+                let id = model::EntryPointId::from_index(i);
+                if i != BROKEN && !entrypoints.contains(&id) {
+                    entrypoints.push(id);
                 }
             } else {
                 d.error(ep.at, format!("unknown entrypoint `{}`", ep.v));
             }
         }
         if r.entry_points.is_empty() {
-            entrypoints = refs.default_eps.to_vec();
+            entrypoints = refs
+                .default_eps
+                .iter()
+                .map(|&i| model::EntryPointId::from_index(i))
+                .collect();
             if entrypoints.is_empty() {
                 d.error(
                     r.name.at,
@@ -630,16 +635,23 @@ fn routers(m: &FileModel, refs: &Refs<'_>, sources: &Sources, d: &mut Diags) -> 
         let service = r
             .service
             .as_ref()
-            .and_then(|s| lookup(refs.svc_index, s, "service", d));
-        let middlewares: Vec<usize> = r
+            .and_then(|s| lookup(refs.svc_index, s, "service", d))
+            .map(model::ServiceId::from_index);
+        let middlewares: Vec<model::MiddlewareId> = r
             .middlewares
             .iter()
             .filter_map(|mw| lookup(refs.mw_index, mw, "middleware", d))
+            .map(model::MiddlewareId::from_index)
             .collect();
         let tls = r.tls.as_ref().and_then(|t| {
             let options = match &t.options {
-                Some(o) => lookup(refs.opt_index, o, "TLS options", d)?,
-                None => 0,
+                Some(o) => model::TlsOptionsId::from_index(lookup(
+                    refs.opt_index,
+                    o,
+                    "TLS options",
+                    d,
+                )?),
+                None => model::TlsOptionsId::DEFAULT,
             };
             if !t.passthrough && !refs.has_certificates && t.cert_resolver.is_none() {
                 d.warn(

@@ -65,7 +65,7 @@ impl Config {
         }
 
         writeln!(s, "\nrouters ({}):", self.routers.len())?;
-        for (ep_index, ep) in self.entrypoints.iter().enumerate() {
+        for (ep_index, ep) in self.enumerate_entrypoints() {
             let mut routers: Vec<_> = self
                 .routers
                 .iter()
@@ -82,21 +82,16 @@ impl Config {
                     Some(t) if t.passthrough => "tls passthrough".to_string(),
                     Some(t) => format!(
                         "tls terminate (options {})",
-                        self.tls
-                            .options
-                            .get(t.options)
+                        self.get_tls_options(t.options)
                             .map_or("?", |o| o.name.as_str())
                     ),
                 };
                 let mws: Vec<&str> = r
                     .middlewares
                     .iter()
-                    .filter_map(|&i| self.middlewares.get(i).map(|m| m.name.as_str()))
+                    .filter_map(|&i| self.get_middleware(i).map(|m| m.name.as_str()))
                     .collect();
-                let service = self
-                    .services
-                    .get(r.service)
-                    .map_or("?", |s| s.name.as_str());
+                let service = self.get_service(r.service).map_or("?", |s| s.name.as_str());
                 write!(
                     s,
                     "    {:<20} prio {:<5} {} -> {} [{}]",
@@ -118,8 +113,7 @@ impl Config {
             match &svc.kind {
                 ServiceKind::LoadBalancer(lb) => {
                     let transport = self
-                        .transports
-                        .get(lb.transport)
+                        .get_transport(lb.transport)
                         .map_or("?", |t| t.name.as_str());
                     let mut extra = format!("transport {transport}");
                     if let Some(v) = lb.proxy_protocol {
@@ -149,7 +143,7 @@ impl Config {
                         let _ = write!(extra, ", strategy {}", lb.strategy.as_str());
                     }
                     if lb.servers.iter().any(|s| s.max_conn.is_some()) {
-                        let q = match (lb.queue_timeout, self.transports.get(lb.transport)) {
+                        let q = match (lb.queue_timeout, self.get_transport(lb.transport)) {
                             (Some(q), _) => dur(q),
                             (None, Some(t)) => format!("{} (dialTimeout)", dur(t.dial_timeout)),
                             (None, None) => "?".into(),
@@ -179,8 +173,7 @@ impl Config {
                 }
                 ServiceKind::Weighted(children) if svc.failover && children.len() == 2 => {
                     let name = |i: usize| {
-                        self.services
-                            .get(children[i].service)
+                        self.get_service(children[i].service)
                             .map_or("?", |s| s.name.as_str())
                     };
                     writeln!(
@@ -200,10 +193,7 @@ impl Config {
                     writeln!(s, "  {} (weighted{hc}):", svc.name)?;
                     let total: u64 = children.iter().map(|c| u64::from(c.weight)).sum();
                     for c in children {
-                        let name = self
-                            .services
-                            .get(c.service)
-                            .map_or("?", |s| s.name.as_str());
+                        let name = self.get_service(c.service).map_or("?", |s| s.name.as_str());
                         let pct = if total == 0 {
                             0.0
                         } else {
@@ -283,7 +273,7 @@ impl Config {
                 "\ncertificate resolvers ({}):",
                 self.acme.resolvers.len()
             )?;
-            for (ri, r) in self.acme.resolvers.iter().enumerate() {
+            for (ri, r) in self.acme.enumerate_resolvers() {
                 let challenges: Vec<String> = r
                     .challenges
                     .iter()

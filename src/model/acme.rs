@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::ConfigPath;
+use super::{ConfigPath, ResolverId};
 
 /// Traefik's `keyType` values (the certificates' key; the account key is
 /// always ECDSA P-256 here, see `acme::storage`).
@@ -101,8 +101,7 @@ impl Domain {
 /// A certificate some router asks a resolver for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Want {
-    /// Index into `Settings::resolvers`.
-    pub resolver: usize,
+    pub resolver: ResolverId,
     pub domain: Domain,
     /// The routers asking (for messages).
     pub routers: Vec<String>,
@@ -113,6 +112,21 @@ pub struct Want {
 pub struct Settings {
     pub resolvers: Vec<ResolverCfg>,
     pub wants: Vec<Want>,
+}
+
+impl Settings {
+    /// The resolver `id`; `None` for an id past these settings (one kept
+    /// from another configuration).
+    pub fn resolver(&self, id: ResolverId) -> Option<&ResolverCfg> {
+        self.resolvers.get(id.index())
+    }
+
+    pub fn enumerate_resolvers(&self) -> impl Iterator<Item = (ResolverId, &ResolverCfg)> {
+        self.resolvers
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (ResolverId::from_index(i), r))
+    }
 }
 
 /// A DNS name ACME can validate without DNS-01: labels of letters, digits

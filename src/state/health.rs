@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use crate::balance::{ServerId, ServerTable};
-use crate::model::{Config, HealthCheck, LoadBalancer, Role, ServiceKind};
+use crate::model::{Config, HealthCheck, LoadBalancer, Role, ServiceId, ServiceKind};
 
 /// A server's last verdict, as stored (one byte per server).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,7 +102,7 @@ impl HealthState {
         let servers = servers.clone();
         let want: Vec<Role> = servers
             .iter()
-            .map(|(_, si, _)| match checked(&cfg.services[si].kind) {
+            .map(|(_, si, _)| match checked(&cfg.service(si).kind) {
                 Some((_, hc)) => hc.role,
                 None => Role::Any,
             })
@@ -126,7 +126,7 @@ impl HealthState {
     }
 
     /// The ServerId of server `server` of load-balancer service `service`.
-    pub fn id(&self, service: usize, server: usize) -> ServerId {
+    pub fn id(&self, service: ServiceId, server: usize) -> ServerId {
         self.servers.id(service, server)
     }
 
@@ -134,19 +134,19 @@ impl HealthState {
     /// role its service wants. A relaxed load: a worker that sees a flip one
     /// connection late does no harm (a dial to a dead server fails over).
     pub fn is_up(&self, id: ServerId) -> bool {
-        self.verdict(id).pickable(self.want[id])
+        self.verdict(id).pickable(self.want[id.index()])
     }
 
     /// The last verdict of `id`.
     pub fn verdict(&self, id: ServerId) -> Verdict {
-        Verdict::from_u8(self.verdict[id].load(Ordering::Relaxed))
+        Verdict::from_u8(self.verdict[id.index()].load(Ordering::Relaxed))
     }
 
     /// Set a verdict (the checkers do, and a reload carrying verdicts over);
     /// returns the previous one.
     pub fn set(&self, id: ServerId, v: Verdict) -> Verdict {
-        let was = Verdict::from_u8(self.verdict[id].swap(v.to_u8(), Ordering::Relaxed));
-        if was.pickable(self.want[id]) != v.pickable(self.want[id]) {
+        let was = Verdict::from_u8(self.verdict[id.index()].swap(v.to_u8(), Ordering::Relaxed));
+        if was.pickable(self.want[id.index()]) != v.pickable(self.want[id.index()]) {
             self.changes.fetch_add(1, Ordering::Release);
         }
         was
@@ -162,11 +162,11 @@ impl HealthState {
         self.changes.load(Ordering::Acquire)
     }
 
-    /// `(service index, server index, pickable, verdict)` for every server.
-    pub fn iter(&self) -> impl Iterator<Item = (usize, usize, bool, Verdict)> + '_ {
+    /// `(service, server index, pickable, verdict)` for every server.
+    pub fn iter(&self) -> impl Iterator<Item = (ServiceId, usize, bool, Verdict)> + '_ {
         self.servers.iter().map(|(id, si, i)| {
             let v = self.verdict(id);
-            (si, i, v.pickable(self.want[id]), v)
+            (si, i, v.pickable(self.want[id.index()]), v)
         })
     }
 
@@ -180,14 +180,14 @@ impl HealthState {
     /// same service name and address. Servers whose service lost its health
     /// check stay up (nothing would bring them back).
     pub fn inherit(&self, cfg: &Config, old: &HealthState, old_cfg: &Config) {
-        for (si, svc) in cfg.services.iter().enumerate() {
+        for (si, svc) in cfg.enumerate_services() {
             let Some((lb, _)) = checked(&svc.kind) else {
                 continue;
             };
-            let Some(osi) = old_cfg.services.iter().position(|o| o.name == svc.name) else {
+            let Some(osi) = old_cfg.service_id(&svc.name) else {
                 continue;
             };
-            let ServiceKind::LoadBalancer(old_lb) = &old_cfg.services[osi].kind else {
+            let ServiceKind::LoadBalancer(old_lb) = &old_cfg.service(osi).kind else {
                 continue;
             };
             for (i, server) in lb.servers.iter().enumerate() {

@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use crate::balance::{Balancer, ServerTable};
 use crate::log;
-use crate::model::Config;
+use crate::model::{Config, EntryPointId, MiddlewareId};
 use crate::route::RouteTable;
 
 pub mod health;
@@ -35,7 +35,8 @@ pub use health::{HealthState, Verdict};
 /// An immutable, compiled configuration shared by all workers.
 pub struct Snapshot {
     /// The validated configuration: entrypoints, routers, services,
-    /// middlewares and transports, by index; everything else is built from it.
+    /// middlewares and transports, read by their typed ids; everything else
+    /// is built from it.
     pub config: Config,
     /// The routers compiled per entrypoint, so a connection is matched
     /// without re-reading rules.
@@ -101,19 +102,19 @@ pub struct Shared {
     /// shut them down from the control plane. Owned here (not raw numbers),
     /// so a descriptor shut down is always the listener: never a number the
     /// worker closed and the kernel gave to a new connection.
-    listeners: Mutex<Vec<(usize, std::net::TcpListener)>>,
+    listeners: Mutex<Vec<(EntryPointId, std::net::TcpListener)>>,
     /// Listeners a reload added, per worker id, until the worker takes
     /// them (at its next housekeeping tick).
     pending: Mutex<HashMap<usize, Listeners>>,
     /// Entrypoints a reload removed: their connections are cut at the
     /// deadline (the removed entrypoint's graceTimeOut after the reload).
-    removed: Mutex<Vec<(usize, Instant)>>,
+    removed: Mutex<Vec<(EntryPointId, Instant)>>,
     /// How many workers run (set with their listeners): a reload binds
     /// that many sockets for an added entrypoint.
     workers: std::sync::atomic::AtomicUsize,
     /// `inFlightConn`: open connections per (middleware, client IP). Only
     /// touched by routers that use the middleware.
-    pub in_flight: Mutex<HashMap<(usize, IpAddr), u32>>,
+    pub in_flight: Mutex<HashMap<(MiddlewareId, IpAddr), u32>>,
     /// Starts the health checkers of a snapshot (`crate::health` hands it
     /// in: this module runs checks without depending on how they probe).
     start_checks: StartChecks,
@@ -220,7 +221,7 @@ impl Shared {
             .get_or_insert(now);
         self.stopping.store(true, Ordering::Release);
         let snap = self.current();
-        for (ep, e) in snap.config.entrypoints.iter().enumerate() {
+        for (ep, e) in snap.config.enumerate_entrypoints() {
             if e.accept_grace.is_zero() {
                 self.close_entrypoint(ep);
             }
@@ -236,8 +237,8 @@ impl Shared {
     /// connections still waiting in its accept queue to another socket of the
     /// group; without it (or without another socket), the kernel resets them.
     /// Idempotent.
-    pub fn close_entrypoint(&self, ep: usize) {
-        let Some(flag) = self.closed.get(ep) else {
+    pub fn close_entrypoint(&self, ep: EntryPointId) {
+        let Some(flag) = self.closed.get(ep.index()) else {
             return;
         };
         let held = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
@@ -251,8 +252,7 @@ impl Shared {
         let name = self
             .current()
             .config
-            .entrypoints
-            .get(ep)
+            .get_entrypoint(ep)
             .map(|e| e.name.clone())
             .unwrap_or_default();
         log!(Info, "stopped accepting", entrypoint = name);
@@ -266,7 +266,11 @@ impl Shared {
     /// A reload added entrypoint `ep`: `socks` holds one listener per worker
     /// (worker `i` gets `socks[i]`). Call after publishing the snapshot that
     /// has it, so a worker never accepts on an entrypoint its snapshot lacks.
-    pub fn add_listeners(&self, ep: usize, socks: Vec<std::net::TcpListener>) -> io::Result<()> {
+    pub fn add_listeners(
+        &self,
+        ep: EntryPointId,
+        socks: Vec<std::net::TcpListener>,
+    ) -> io::Result<()> {
         let mut held = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         for (worker, s) in socks.into_iter().enumerate() {
@@ -278,7 +282,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|(e, _)| *e != ep);
-        if let Some(flag) = self.closed.get(ep) {
+        if let Some(flag) = self.closed.get(ep.index()) {
             flag.store(false, Ordering::Release);
         }
         Ok(())
@@ -286,7 +290,7 @@ impl Shared {
 
     /// A reload removed entrypoint `ep`: stop accepting on it now; its
     /// connections may finish until `deadline`, then they are cut.
-    pub fn remove_entrypoint(&self, ep: usize, deadline: Instant) {
+    pub fn remove_entrypoint(&self, ep: EntryPointId, deadline: Instant) {
         self.close_entrypoint(ep);
         self.listeners
             .lock()
@@ -306,7 +310,7 @@ impl Shared {
             .unwrap_or_default()
     }
 
-    pub fn removal_deadlines(&self) -> Vec<(usize, Instant)> {
+    pub fn removal_deadlines(&self) -> Vec<(EntryPointId, Instant)> {
         self.removed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -314,9 +318,9 @@ impl Shared {
     }
 
     /// Whether entrypoint `ep` has stopped accepting.
-    pub fn is_closed(&self, ep: usize) -> bool {
+    pub fn is_closed(&self, ep: EntryPointId) -> bool {
         self.closed
-            .get(ep)
+            .get(ep.index())
             .is_none_or(|c| c.load(Ordering::Acquire))
     }
 
@@ -337,7 +341,7 @@ impl Shared {
     pub fn cut_now(&self) {
         self.cut_all.store(true, Ordering::Release);
         self.stop();
-        for ep in 0..self.current().config.entrypoints.len() {
+        for (ep, _) in self.current().config.enumerate_entrypoints() {
             self.close_entrypoint(ep);
         }
     }
@@ -372,13 +376,14 @@ impl WorkerSnap {
     }
 }
 
-/// Listening sockets for one worker: `(entrypoint index, socket)`.
-pub type Listeners = Vec<(usize, std::net::TcpListener)>;
+/// Listening sockets for one worker: `(entrypoint, socket)`.
+pub type Listeners = Vec<(EntryPointId, std::net::TcpListener)>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::balance::ServerId;
+    use crate::model::ServiceId;
     use std::sync::atomic::AtomicUsize;
 
     /// A compiled snapshot of `dynamic` (TOML after the entrypoint).
@@ -426,11 +431,12 @@ mod tests {
         for (id, si, i) in snap.servers.iter() {
             let picked = snap.servers.get(cfg, id).expect("every id resolves");
             assert_eq!(picked.id, id);
-            assert_eq!(picked.service_index, si);
-            assert!(std::ptr::eq(picked.service, &cfg.services[si]));
+            assert_eq!(picked.service_id, si);
+            assert!(std::ptr::eq(picked.service, cfg.service(si)));
+            assert_eq!(picked.transport_id, picked.lb.transport);
             assert!(std::ptr::eq(
                 picked.transport,
-                &cfg.transports[picked.lb.transport]
+                cfg.transport(picked.transport_id)
             ));
             seen.push(picked.server.address_text.clone());
             assert_eq!(snap.servers.id(si, i), id);
@@ -441,10 +447,11 @@ mod tests {
         }
         let want: Vec<String> = (1..=6).map(|p| format!("127.0.0.1:{p}")).collect();
         assert_eq!(seen, want, "services in config order, servers in order");
-        assert!(snap.servers.get(cfg, 6).is_none());
+        assert!(snap.servers.get(cfg, ServerId::from_index(6)).is_none());
         // The health table reports every server under the same numbering.
-        let listed: Vec<(usize, usize)> = snap.health.iter().map(|(s, i, _, _)| (s, i)).collect();
-        let table: Vec<(usize, usize)> = snap.servers.iter().map(|(_, s, i)| (s, i)).collect();
+        let listed: Vec<(ServiceId, usize)> =
+            snap.health.iter().map(|(s, i, _, _)| (s, i)).collect();
+        let table: Vec<(ServiceId, usize)> = snap.servers.iter().map(|(_, s, i)| (s, i)).collect();
         assert_eq!(listed, table);
     }
 
@@ -459,12 +466,7 @@ mod tests {
         shared.restart_checks();
         assert_eq!(STARTED.load(Ordering::SeqCst), 1);
         let old = shared.current();
-        let ci = old
-            .config
-            .services
-            .iter()
-            .position(|s| s.name == "c")
-            .unwrap();
+        let ci = old.config.service_id("c").unwrap();
         // 127.0.0.1:5 is down and holds a connection.
         old.health.set(old.health.id(ci, 1), Verdict::Down);
         let held = old.loads.get(old.servers.id(ci, 1)).unwrap().try_acquire();
@@ -484,12 +486,7 @@ mod tests {
         assert_eq!(STARTED.load(Ordering::SeqCst), 2, "checks restarted");
         let new = shared.current();
         assert!(!Arc::ptr_eq(&new, &old));
-        let ci = new
-            .config
-            .services
-            .iter()
-            .position(|s| s.name == "c")
-            .unwrap();
+        let ci = new.config.service_id("c").unwrap();
         let mut down = Vec::new();
         for i in 0..3 {
             let id = new.servers.id(ci, i);

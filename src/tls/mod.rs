@@ -44,7 +44,7 @@ use rustls::server::UnbufferedServerConnection;
 use rustls::ServerConfig;
 
 use crate::forward::{abort_after_drain, Cutoff, Opts, Outcome, Report};
-use crate::model::{Config, ServiceKind};
+use crate::model::{Config, ServiceKind, TlsOptionsId, TransportId};
 use handshake::HsError;
 use options::ClientSide;
 use pump::{Peer, Pump};
@@ -55,15 +55,27 @@ use store::CertStore;
 /// connection keeps the snapshot (and so these) it was accepted with.
 #[derive(Default)]
 pub struct TlsState {
-    /// One per `Config::tls.options` entry (same index).
-    servers: Vec<Arc<ServerConfig>>,
-    /// `sniStrict` per options entry.
-    strict: Vec<bool>,
+    /// By `TlsOptionsId`: one per `Config::tls.options` entry.
+    servers: Vec<ServerSide>,
     store: Arc<CertStore>,
-    /// One per `Config::transports` entry that talks TLS to its servers.
-    clients: Vec<Option<ClientSide>>,
-    /// Backend handshake deadline per transport (its `dialTimeout`).
-    backend_timeouts: Vec<Duration>,
+    /// By `TransportId`: one per `Config::transports` entry.
+    backends: Vec<BackendSide>,
+}
+
+/// Termination with one TLS options set.
+struct ServerSide {
+    config: Arc<ServerConfig>,
+    /// `sniStrict`: a client whose name matches no certificate is refused.
+    sni_strict: bool,
+}
+
+/// How one servers transport talks TLS to its servers.
+struct BackendSide {
+    /// Built when the transport has a `tls` table or a `tls = true` server
+    /// uses it; `None`: the transport never speaks TLS.
+    client: Option<ClientSide>,
+    /// The backend handshake's deadline (the transport's `dialTimeout`).
+    handshake_timeout: Duration,
 }
 
 impl fmt::Debug for TlsState {
@@ -73,7 +85,7 @@ impl fmt::Debug for TlsState {
             .field("store", &self.store)
             .field(
                 "backend_tls",
-                &self.clients.iter().filter(|c| c.is_some()).count(),
+                &self.backends.iter().filter(|b| b.client.is_some()).count(),
             )
             .finish()
     }
@@ -103,12 +115,15 @@ impl TlsState {
         let mut servers = Vec::new();
         for o in &cfg.tls.options {
             match options::server_config(o, &store, ticketer.as_ref()) {
-                Ok(c) => servers.push(Arc::new(c)),
+                Ok(c) => servers.push(ServerSide {
+                    config: Arc::new(c),
+                    sni_strict: o.sni_strict,
+                }),
                 Err(e) => errors.extend(e),
             }
         }
-        let mut clients = Vec::new();
-        for (ti, t) in cfg.transports.iter().enumerate() {
+        let mut backends = Vec::new();
+        for (ti, t) in cfg.enumerate_transports() {
             let used_by_tls_server = cfg.services.iter().any(|s| match &s.kind {
                 ServiceKind::LoadBalancer(lb) => {
                     lb.transport == ti && lb.servers.iter().any(|srv| srv.tls)
@@ -118,29 +133,41 @@ impl TlsState {
             // A `tls` table alone switches nothing on (the servers' `tls`
             // does), but it is still built, so a bad CA file fails the
             // start rather than the first server that says `tls = true`.
-            if t.tls.is_none() && !used_by_tls_server {
-                clients.push(None);
-                continue;
-            }
-            let what = format!("tcp.serversTransports.{}.tls", t.name);
-            match options::client_side(t.tls.as_ref(), &what) {
-                Ok(c) => clients.push(Some(c)),
-                Err(e) => {
-                    errors.push(e);
-                    clients.push(None);
-                }
-            }
+            let client = if t.tls.is_none() && !used_by_tls_server {
+                None
+            } else {
+                let what = format!("tcp.serversTransports.{}.tls", t.name);
+                options::client_side(t.tls.as_ref(), &what)
+                    .map_err(|e| errors.push(e))
+                    .ok()
+            };
+            backends.push(BackendSide {
+                client,
+                handshake_timeout: t.dial_timeout,
+            });
         }
         if !errors.is_empty() {
             return Err(errors);
         }
         Ok(TlsState {
-            strict: cfg.tls.options.iter().map(|o| o.sni_strict).collect(),
             servers,
             store,
-            clients,
-            backend_timeouts: cfg.transports.iter().map(|t| t.dial_timeout).collect(),
+            backends,
         })
+    }
+
+    /// The server side of options `id`, the `default` one for an id this
+    /// state lacks (never expected: ids come from the same snapshot).
+    fn server_side(&self, id: TlsOptionsId) -> Option<&ServerSide> {
+        self.servers
+            .get(id.index())
+            .or_else(|| self.servers.get(TlsOptionsId::DEFAULT.index()))
+    }
+
+    /// The client side of transport `id`, when it speaks TLS.
+    fn backend(&self, id: TransportId) -> Option<(&ClientSide, Duration)> {
+        let b = self.backends.get(id.index())?;
+        Some((b.client.as_ref()?, b.handshake_timeout))
     }
 }
 
@@ -184,7 +211,7 @@ impl TlsState {
     /// of the server's address).
     pub fn probe_tls(
         &self,
-        transport: usize,
+        transport: TransportId,
         address: &str,
     ) -> Result<
         (
@@ -193,10 +220,8 @@ impl TlsState {
         ),
         String,
     > {
-        let cs = self
-            .clients
-            .get(transport)
-            .and_then(Option::as_ref)
+        let (cs, _) = self
+            .backend(transport)
             .ok_or("backend TLS is not configured")?;
         let name = cs
             .server_name
@@ -301,22 +326,18 @@ pub struct Accepted {
 
 /// Complete the server handshake on `client`. `peeked` holds the bytes
 /// already read from it (the ClientHello and anything after), which rustls
-/// consumes first; `sni` is the hello's normalised server name. `options`
-/// indexes `Config::tls.options`. `deadline` bounds the whole handshake.
+/// consumes first; `sni` is the hello's normalised server name; `options`
+/// the router's TLS options. `deadline` bounds the whole handshake.
 pub async fn handshake(
     state: &TlsState,
     client: &TcpStream,
     peeked: &[u8],
     sni: Option<&str>,
-    options: usize,
+    options: TlsOptionsId,
     deadline: Option<Instant>,
 ) -> Result<Accepted, TlsEnd> {
-    let config = state
-        .servers
-        .get(options)
-        .or(state.servers.first())
-        .ok_or(TlsEnd::NotConfigured)?;
-    let conn = UnbufferedServerConnection::new(config.clone())
+    let server = state.server_side(options).ok_or(TlsEnd::NotConfigured)?;
+    let conn = UnbufferedServerConnection::new(server.config.clone())
         .map_err(|e| TlsEnd::HandshakeFailed(e.into()))?;
     let mut side = Box::new(TlsSide::new(conn));
     if side.cin.push(peeked) != peeked.len() {
@@ -327,8 +348,7 @@ pub async fn handshake(
         Err(HsError::Timeout) => Err(TlsEnd::Timeout),
         Err(HsError::Closed(_)) => Err(TlsEnd::ClientClosed),
         Err(HsError::Tls(e)) => {
-            let strict = state.strict.get(options).copied().unwrap_or(false);
-            if strict && state.store.resolve(sni, true).is_none() {
+            if server.sni_strict && state.store.resolve(sni, true).is_none() {
                 return Err(TlsEnd::NoCertificate);
             }
             Err(match e {
@@ -345,7 +365,7 @@ pub async fn handshake(
 /// How to talk to a `tls = true` server: TLS configured by transport
 /// `transport` of the snapshot (its `tls` table, or Traefik's defaults).
 pub struct BackendTls<'a> {
-    pub transport: usize,
+    pub transport: TransportId,
     /// The server's address as configured (`host:port`): its host is the
     /// name verified when the transport sets no `serverName`.
     pub address: &'a str,
@@ -394,7 +414,7 @@ async fn connect_backend(
     backend: &TcpStream,
     bt: &BackendTls<'_>,
 ) -> io::Result<Box<TlsSide<UnbufferedClientConnection>>> {
-    let Some(cs) = state.clients.get(bt.transport).and_then(Option::as_ref) else {
+    let Some((cs, limit)) = state.backend(bt.transport) else {
         return Err(io::Error::other("backend TLS is not configured"));
     };
     let name = cs
@@ -404,11 +424,6 @@ async fn connect_backend(
         .ok_or_else(|| io::Error::other("backend TLS: no server name to verify"))?;
     let conn = UnbufferedClientConnection::new(cs.config.clone(), name).map_err(side::tls_io)?;
     let mut side = Box::new(TlsSide::new(conn));
-    let limit = state
-        .backend_timeouts
-        .get(bt.transport)
-        .copied()
-        .unwrap_or(crate::model::DEFAULT_DIAL_TIMEOUT);
     match handshake::run(&mut side, backend, Some(Instant::now() + limit)).await {
         Ok(()) => Ok(side),
         Err(HsError::Tls(e)) => Err(io::Error::new(
@@ -481,7 +496,8 @@ pub async fn refuse(
     }
     let limit = Instant::now() + REFUSE_HANDSHAKE_MAX;
     let deadline = deadline.map_or(limit, |d| d.min(limit));
-    let Ok(accepted) = handshake(state, client, peeked, sni, 0, Some(deadline)).await else {
+    let default = TlsOptionsId::DEFAULT;
+    let Ok(accepted) = handshake(state, client, peeked, sni, default, Some(deadline)).await else {
         return;
     };
     let mut side = accepted.side;
@@ -489,4 +505,69 @@ pub async fn refuse(
         return;
     }
     let _ = handshake::flush(&mut side, client, Some(deadline)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Config {
+        let dir = std::env::temp_dir().join(format!(
+            "sluicegate-tls-state-{}-{}",
+            std::process::id(),
+            std::thread::current()
+                .name()
+                .unwrap_or("t")
+                .replace(':', "_")
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("c.toml");
+        std::fs::write(&path, text).expect("write config");
+        let cfg = crate::config::load(&path).unwrap_or_else(|e| panic!("{e:?}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        cfg
+    }
+
+    #[test]
+    fn one_server_side_per_options_set_and_one_backend_side_per_transport() {
+        let cfg = load(
+            "[entryPoints.e]\naddress = \"127.0.0.1:0\"\n\
+             [tcp.routers.r]\nrule = \"HostSNI(`a.test`)\"\nservice = \"s\"\n\
+             [tcp.routers.r.tls]\noptions = \"strict\"\n\
+             [tls.options.strict]\nsniStrict = true\n\
+             [tls.options.loose]\nminVersion = \"VersionTLS13\"\n\
+             [tcp.serversTransports.tr]\ndialTimeout = \"3s\"\n\
+             [tcp.serversTransports.tr.tls]\ninsecureSkipVerify = true\n\
+             [tcp.services.s.loadBalancer]\nserversTransport = \"tr\"\n\
+             servers = [{ address = \"127.0.0.1:1\" }]\n",
+        );
+        let state = TlsState::build(&cfg).expect("tls state");
+        assert_eq!(state.servers.len(), 3, "default, strict, loose");
+        for (id, o) in cfg.enumerate_tls_options() {
+            let side = state.server_side(id).expect("server side");
+            assert_eq!(side.sni_strict, o.sni_strict, "{}", o.name);
+            assert!(std::ptr::eq(side, &state.servers[id.index()]));
+        }
+        let strict = cfg.router(cfg.router_id("r").expect("r")).tls.as_ref();
+        let strict = strict.expect("router tls").options;
+        assert!(state.server_side(strict).expect("strict").sni_strict);
+        // An id this state lacks gets the default options.
+        let past = TlsOptionsId::from_index(cfg.tls.options.len());
+        let fallback = state.server_side(past).expect("fallback");
+        assert!(std::ptr::eq(fallback, &state.servers[0]));
+        // The default transport speaks no TLS; `tr` does, within its
+        // dialTimeout.
+        assert_eq!(state.backends.len(), cfg.transports.len());
+        assert!(state.backend(TransportId::DEFAULT).is_none());
+        let tr = cfg.enumerate_transports().find(|(_, t)| t.name == "tr");
+        let (tr, _) = tr.expect("transport tr");
+        let (_, timeout) = state.backend(tr).expect("tr speaks TLS");
+        assert_eq!(timeout, Duration::from_secs(3));
+        assert!(state.probe_tls(tr, "127.0.0.1:1").is_ok());
+        assert!(state
+            .probe_tls(TransportId::DEFAULT, "127.0.0.1:1")
+            .is_err());
+        let past = TransportId::from_index(cfg.transports.len());
+        assert!(state.backend(past).is_none());
+    }
 }

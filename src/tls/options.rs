@@ -238,19 +238,16 @@ pub fn server_config(
         .iter()
         .map(|p| p.as_bytes().to_vec())
         .collect();
+    // No server-side session cache either way: with tickets, resumption
+    // works across workers without a shared, locked cache.
+    config.session_storage = Arc::new(NoServerSessionStorage {});
     match ticketer {
         Some(t) if !opts.disable_session_tickets => {
-            // Stateless tickets: resumption works across workers without a
-            // shared, locked session cache.
             config.ticketer = t.clone();
-            config.session_storage = Arc::new(NoServerSessionStorage {});
             // One TLS 1.3 ticket per handshake, like Go (rustls sends two).
             config.send_tls13_tickets = 1;
         }
-        _ => {
-            config.send_tls13_tickets = 0;
-            config.session_storage = Arc::new(NoServerSessionStorage {});
-        }
+        _ => config.send_tls13_tickets = 0,
     }
     Ok(config)
 }
@@ -347,6 +344,33 @@ pub fn name_from_address(address: &str) -> Option<ServerName<'static>> {
     ServerName::try_from(host.to_string()).ok()
 }
 
+/// The handshake-signature half of a certificate verifier, the same for
+/// every verifier here: checked with the provider's algorithms (`self.algs`),
+/// whatever the verifier decides about the certificate itself.
+macro_rules! handshake_signatures_by_algs {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.algs.supported_schemes()
+        }
+    };
+}
+
 /// `clientAuthType` RequestClientCert / RequireAnyClientCert: ask for a
 /// certificate and accept any, but still check the handshake signature (the
 /// client must hold the key of what it presents).
@@ -374,25 +398,7 @@ impl ClientCertVerifier for AnyClientCert {
     ) -> Result<ClientCertVerified, rustls::Error> {
         Ok(ClientCertVerified::assertion())
     }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
+    handshake_signatures_by_algs!();
 }
 
 /// `peerCertSANs`, as Traefik checks them: the chain must verify against
@@ -472,25 +478,7 @@ impl ServerCertVerifier for PeerSanVerifier {
             rustls::CertificateError::ApplicationVerificationFailure,
         ))
     }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
+    handshake_signatures_by_algs!();
 }
 
 /// `insecureSkipVerify = true`: any backend certificate is accepted (the
@@ -511,25 +499,7 @@ impl ServerCertVerifier for NoServerVerification {
     ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
+    handshake_signatures_by_algs!();
 }
 
 #[cfg(test)]
