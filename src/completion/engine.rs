@@ -14,7 +14,7 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::task::Waker;
 
-use super::conn::{parse_user_data, Conn, Ops, Stop};
+use super::conn::{parse_user_data, Conn, Handover, Ops, Stop};
 use crate::forward::ending::Flow;
 use crate::log;
 use crate::sys::uring::{Completion, Ring};
@@ -66,12 +66,30 @@ impl Ops for RingOps<'_> {
     fn park(&mut self, slot: u32, dir: usize) {
         self.parked.push_back((slot, dir));
     }
+    fn copy_out(&mut self, bid: u16, off: u32, len: u32, out: &mut Vec<u8>) {
+        self.ring.copy_out(bid, off, len, out);
+    }
 }
 
 /// What the owner of a connection sees when it polls.
 pub struct View {
     pub done: Option<(crate::forward::Outcome, Option<io::Error>)>,
     pub first_fin: Option<std::time::Instant>,
+    pub last_active: std::time::Instant,
+    /// Nothing is in flight and the connection is to continue on the
+    /// readiness path: the owner calls `hand_over`.
+    pub handover: bool,
+}
+
+/// A connection taken off the ring (`hand_over`).
+pub struct Handed {
+    /// Bytes the destinations accepted so far (client → backend, backend →
+    /// client).
+    pub up: u64,
+    pub down: u64,
+    /// Received but not sent yet, per direction (client → backend, backend
+    /// → client): the readiness path writes them first.
+    pub leftovers: [Vec<u8>; 2],
     pub last_active: std::time::Instant,
 }
 
@@ -101,8 +119,10 @@ impl Engine {
     }
 
     /// Start forwarding between two open sockets; the caller keeps them open
-    /// until `finish` (or `orphan` and the final completions).
-    pub fn register(&mut self, client: RawFd, backend: RawFd) -> io::Result<u32> {
+    /// until `finish` or `hand_over` (or `orphan` and the final completions).
+    /// `bulk`: hand the connection over to the readiness path when it turns
+    /// into a bulk flow (`conn::BULK_RUN`).
+    pub fn register(&mut self, client: RawFd, backend: RawFd, bulk: bool) -> io::Result<u32> {
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -112,7 +132,8 @@ impl Engine {
                 s
             }
         };
-        self.conns[slot as usize] = Some(Conn::new(slot, client, backend));
+        let bulk = bulk.then(|| self.ring.buffer_size());
+        self.conns[slot as usize] = Some(Conn::new(slot, client, backend, bulk));
         self.touch(slot);
         if let Err(e) = self.flush() {
             // The receives may be queued already: never hand these sockets
@@ -135,6 +156,34 @@ impl Engine {
             done: c.outcome(),
             first_fin: c.first_fin,
             last_active: c.last_active,
+            handover: c.handover() == Handover::Ready,
+        })
+    }
+
+    /// Take a connection whose handover is ready off the ring: its byte
+    /// counts and unsent bytes; its buffers go back and the slot is freed.
+    /// The sockets are left as they are (open, no FIN passed on).
+    pub fn hand_over(&mut self, slot: u32) -> Option<Handed> {
+        let (mut ops, conns) = self.ops();
+        let c = conns.get_mut(slot as usize)?.as_mut()?;
+        if c.handover() != Handover::Ready {
+            return None;
+        }
+        let (up, down) = c.bytes();
+        let last_active = c.last_active;
+        let leftovers = c.take_leftovers(&mut ops);
+        self.conns[slot as usize] = None;
+        self.free.push(slot);
+        // Publish the buffers (and re-arm directions parked for want of
+        // them).
+        if let Err(e) = self.flush() {
+            log!(Warn, "completion ring submit failed", error = e);
+        }
+        Some(Handed {
+            up,
+            down,
+            leftovers,
+            last_active,
         })
     }
 
@@ -255,7 +304,8 @@ impl Engine {
             let fin_before = conn.first_fin.is_some();
             conn.complete(dir, kind, c, &mut ops);
             let done = conn.outcome().is_some();
-            if done || (!fin_before && conn.first_fin.is_some()) {
+            let handover = conn.handover() == Handover::Ready;
+            if done || handover || (!fin_before && conn.first_fin.is_some()) {
                 if let Some(w) = conn.waker.take() {
                     wake.push(w);
                 }

@@ -30,6 +30,7 @@ use monoio::net::TcpStream;
 
 use crate::forward::ending::{self, Side, Timers};
 use crate::forward::{self, Cutoff, Opts, Outcome, Report};
+use crate::model::Forwarding;
 use crate::sys::uring::Ring;
 use crate::{log, sys};
 
@@ -119,8 +120,19 @@ impl Drop for Registered {
     }
 }
 
+/// How the ring's part of a connection ended.
+enum RingEnd {
+    /// The connection ended on the ring.
+    Done((Outcome, Option<std::io::Error>)),
+    /// It turned into a bulk flow: continue on the readiness path.
+    HandOver,
+}
+
 /// Forward both directions until both are done (or a reset / deadline), like
-/// `forward::duplex`.
+/// `forward::duplex`. With `forwarding = "auto"` a connection that turns
+/// into a bulk flow (`conn::BULK_RUN`) is handed over, whole, to
+/// `forward::resume` (adaptive splice), with its unsent bytes, counts and
+/// timers; `completion` keeps every connection on the ring.
 pub async fn duplex(
     client: &TcpStream,
     backend: &TcpStream,
@@ -131,9 +143,10 @@ pub async fn duplex(
     let Some(engine) = engine() else {
         return forward::duplex(client, backend, &fallback, drain).await;
     };
+    let bulk = opts.mode == Forwarding::Auto;
     let registered = engine
         .borrow_mut()
-        .register(client.as_raw_fd(), backend.as_raw_fd());
+        .register(client.as_raw_fd(), backend.as_raw_fd(), bulk);
     let slot = match registered {
         Ok(s) => s,
         Err(e) => {
@@ -164,13 +177,16 @@ pub async fn duplex(
     let mut timers = Timers::new(opts);
     let mut cut = false;
 
-    let (outcome, error) = poll_fn(|cx| loop {
+    let end = poll_fn(|cx| loop {
         let Some(v) = reg.engine.borrow_mut().view(reg.slot, cx.waker()) else {
             // Unreachable: the slot is ours until `finish`.
-            return Poll::Ready((Outcome::ClientReset, None));
+            return Poll::Ready(RingEnd::Done((Outcome::ClientReset, None)));
         };
         if let Some(done) = v.done {
-            return Poll::Ready(done);
+            return Poll::Ready(RingEnd::Done(done));
+        }
+        if v.handover {
+            return Poll::Ready(RingEnd::HandOver);
         }
         if cut {
             return Poll::Pending;
@@ -185,6 +201,28 @@ pub async fn duplex(
         }
     })
     .await;
+    let (outcome, error) = match end {
+        RingEnd::Done(done) => done,
+        RingEnd::HandOver => {
+            let handed = reg.engine.borrow_mut().hand_over(reg.slot);
+            reg.finished = true;
+            let Some(h) = handed else {
+                // Unreachable: `view` said the handover is ready.
+                return (Report::default(), Outcome::ClientReset);
+            };
+            crate::metrics::completion_handover();
+            let start = forward::Resume {
+                up: h.up,
+                down: h.down,
+                leftovers: h.leftovers,
+                last_active: h.last_active,
+                timers,
+            };
+            // Boxed: only handed-over connections pay for the readiness
+            // pumps' state.
+            return Box::pin(forward::resume(client, backend, &fallback, drain, start)).await;
+        }
+    };
     let (up, down, [up_flow, down_flow]) = reg.engine.borrow_mut().finish(reg.slot);
     reg.finished = true;
     // Nothing is in flight any more and every counted byte was accepted by

@@ -16,8 +16,9 @@
 //!
 //! Memory rule: the kernel may write into a buffer, or read from it, until the
 //! completion of the operation that uses it. The buffers are never exposed as
-//! Rust references (the forwarding path never looks at the bytes, it only
-//! passes a buffer id and a range to SEND), and both mappings outlive every
+//! Rust references that outlive a call (the forwarding path passes a buffer
+//! id and a range to SEND; only `copy_out`, at a handover, reads bytes of a
+//! filled buffer, within the call), and both mappings outlive every
 //! operation: `Drop` unmaps them only when no operation is in flight, and
 //! otherwise leaks them on purpose (a worker's ring lives as long as the
 //! worker, so this happens at most once per thread, at exit).
@@ -213,6 +214,26 @@ impl Ring {
         entry.set_len(self.size);
         entry.set_bid(bid);
         self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Append bytes `offset..len` of buffer `bid` to `out`. The caller passes
+    /// a buffer the kernel filled with at least `len` bytes by a RECV whose
+    /// completion has been seen, and not given back yet (a connection handed
+    /// over to the readiness path takes its unsent bytes this way).
+    pub fn copy_out(&self, bid: u16, offset: u32, len: u32, out: &mut Vec<u8>) {
+        if bid >= self.count || offset >= len || len > self.size {
+            return;
+        }
+        let start = bid as usize * self.size as usize + offset as usize;
+        // SAFETY: checked above: `start..start + (len - offset)` lies inside
+        // the buffers mapping (bid < count, len <= size). The RECV that
+        // filled the buffer has completed and the buffer has not been given
+        // back, so the kernel does not write it now (a SEND may read it,
+        // which does not conflict); the slice lives only for this copy.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(self.buffers.ptr.add(start), (len - offset) as usize)
+        };
+        out.extend_from_slice(bytes);
     }
 
     /// Publish the buffers given back since the last call.
