@@ -245,14 +245,18 @@ fn echo_64m_through_the_handover_while_the_echo_peer_has_stopped_reading() {
     // The echo backend stops reading whenever its own write blocks; the
     // client writes 64 MiB and does not read at all until its writes have
     // stalled: by then the proxy holds queued bytes both ways, a SEND
-    // blocked in each direction. Handing over must not wait for either
-    // peer to read (the deadlock this guards against), and every byte must
-    // come back in order.
+    // blocked in each direction. The run rule is switched off (knob), so
+    // the handover starts exactly then, by the both-ways back-up rule; it
+    // must not wait for either peer to read (the deadlock this guards
+    // against), and every byte must come back in order.
     let echo = Backend::echo();
     let data = Arc::new(pattern(ECHO_TOTAL, 77));
     let want = checksum(&data);
     for &(driver, fwd) in HYBRID_VARIANTS {
-        let p = Proxy::start(&hybrid_config(driver, fwd, echo.addr, "30s"));
+        let p = Proxy::start_with(
+            &hybrid_config(driver, fwd, echo.addr, "30s"),
+            &["env", "SLUICEGATE_COMPLETION_BULK_RUN=1000000000000"],
+        );
         let admin = p.addr("traefik");
         let before = handovers(admin);
         let mut s = TcpStream::connect(p.addr("main")).unwrap();

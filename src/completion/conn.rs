@@ -61,7 +61,20 @@ pub const MAX_QUEUED_BUFFERS: usize = 16;
 /// has no turns, and a full-duplex flow held up by a slow peer has no
 /// idle direction, so both reach it after 256 KiB. Partly filled buffers
 /// (a small message, the tail of a segment) neither count nor break a run.
+///
+/// Second arm: both directions have `MAX_QUEUED_BUFFERS` waiting (each
+/// destination slower than its source, e.g. an echo whose client is not
+/// reading): a full-duplex bulk flow, whatever the runs say.
 pub const BULK_RUN: u64 = 256 * 1024;
+
+/// What the handover rule needs to know (`Conn::new`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bulk {
+    /// The size of one ring buffer (a completely filled buffer).
+    pub buffer_size: u32,
+    /// The run that makes a direction bulky (`BULK_RUN`, or a test knob).
+    pub run: u64,
+}
 
 /// Operation kinds (the low bits of the user data).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,9 +208,8 @@ pub enum Handover {
     /// Never handed over (`forwarding = "completion"`, or it half-closed,
     /// failed or was wound down: it stays on the ring to its end).
     Off,
-    /// Watching for a bulk flow (`BULK_RUN`); the value is the size of one
-    /// ring buffer (a completely filled buffer).
-    Watching(u32),
+    /// Watching for a bulk flow (`BULK_RUN`).
+    Watching(Bulk),
     /// Bulk: every RECV and SEND in flight was cancelled; waiting for their
     /// final completions. Bytes they still deliver are kept, nothing new is
     /// submitted.
@@ -228,9 +240,9 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// `bulk`: the ring's buffer size when the connection may be handed over
-    /// to the readiness path (`Handover`), `None` to keep it on the ring.
-    pub fn new(slot: u32, client: RawFd, backend: RawFd, bulk: Option<u32>) -> Conn {
+    /// `bulk`: the handover rule's inputs when the connection may be handed
+    /// over to the readiness path (`Handover`), `None` to keep it on the ring.
+    pub fn new(slot: u32, client: RawFd, backend: RawFd, bulk: Option<Bulk>) -> Conn {
         Conn {
             slot,
             fds: [client, backend],
@@ -440,25 +452,27 @@ impl Conn {
             Kind::CancelRecv => {}
             Kind::CancelSend => {}
         }
-        if let (Some(n), Handover::Watching(size)) = (kept, self.handover) {
-            self.watch(dir, n, size);
+        if let (Some(n), Handover::Watching(bulk)) = (kept, self.handover) {
+            self.watch(dir, n, bulk);
         }
         self.step(ops);
     }
 
     /// The handover rule (`BULK_RUN`) after direction `dir` kept a buffer
-    /// of `n` bytes out of `size`.
-    fn watch(&mut self, dir: usize, n: u32, size: u32) {
+    /// of `n` bytes.
+    fn watch(&mut self, dir: usize, n: u32, bulk: Bulk) {
         let other = &mut self.dirs[1 - dir];
         if other.idle() {
             // A turn: the other direction had delivered all it received.
             other.run = 0;
         }
+        let backed_up = |d: &Dir| d.queue.len() >= MAX_QUEUED_BUFFERS;
+        let both_backed_up = backed_up(&self.dirs[0]) && backed_up(&self.dirs[1]);
         let d = &mut self.dirs[dir];
-        if n >= size {
+        if n >= bulk.buffer_size {
             d.run += u64::from(n);
         }
-        if d.run >= BULK_RUN && self.healthy() {
+        if (d.run >= bulk.run || both_backed_up) && self.healthy() {
             self.handover = Handover::Draining;
         }
     }
@@ -707,11 +721,15 @@ mod tests {
 
     /// Ring buffer size of the handover transcripts.
     const SIZE: u32 = 16 * 1024;
+    const BULK: Bulk = Bulk {
+        buffer_size: SIZE,
+        run: BULK_RUN,
+    };
 
     /// A connection that may be handed over (`forwarding = "auto"`).
     fn start_bulk() -> (Conn, Rec) {
         let mut ops = Rec::default();
-        let mut c = Conn::new(7, 10, 20, Some(SIZE));
+        let mut c = Conn::new(7, 10, 20, Some(BULK));
         c.step(&mut ops);
         assert_eq!(ops.pushed, ["recv 10", "recv 20"]);
         ops.pushed.clear();
@@ -722,7 +740,7 @@ mod tests {
     /// first one's SEND is in flight: the handover starts at the sixteenth.
     fn bulk_down(c: &mut Conn, ops: &mut Rec) {
         for bid in 0..16u16 {
-            assert_eq!(c.handover(), Handover::Watching(SIZE), "buffer {bid}");
+            assert_eq!(c.handover(), Handover::Watching(BULK), "buffer {bid}");
             c.complete(1, Kind::Recv, &recv_cqe(SIZE as i32, bid, true), ops);
         }
         assert_eq!(c.handover(), Handover::Draining);
@@ -871,7 +889,7 @@ mod tests {
             }
             c.complete(1, Kind::Recv, &recv_cqe(700, 3, true), &mut ops);
             c.complete(1, Kind::Send, &cqe(700), &mut ops);
-            assert_eq!(c.handover(), Handover::Watching(SIZE), "round {round}");
+            assert_eq!(c.handover(), Handover::Watching(BULK), "round {round}");
         }
         assert!(
             ops.pushed.iter().all(|p| !p.starts_with("cancel")),
@@ -1023,5 +1041,66 @@ mod tests {
         }
         assert_eq!(c.outcome().map(|o| o.0), Some(Outcome::Drained));
         assert_eq!(ops.given.len(), 16);
+    }
+
+    #[test]
+    fn both_directions_backed_up_hand_over_whatever_the_runs() {
+        // An echo whose client does not read: the reply direction backs up
+        // first (its RECV is cancelled at the cap), then the request
+        // direction, behind a backend that stopped reading. Runs are off.
+        let mut ops = Rec::default();
+        let bulk = Bulk {
+            buffer_size: SIZE,
+            run: u64::MAX,
+        };
+        let mut c = Conn::new(7, 10, 20, Some(bulk));
+        c.step(&mut ops);
+        ops.pushed.clear();
+        for bid in 0..16u16 {
+            c.complete(
+                1,
+                Kind::Recv,
+                &recv_cqe(SIZE as i32, 100 + bid, true),
+                &mut ops,
+            );
+        }
+        assert_eq!(ops.pushed, ["send 10 100 0..16384", "cancel 1 Recv"]);
+        c.complete(1, Kind::Recv, &cqe(-libc::ECANCELED), &mut ops);
+        c.complete(1, Kind::CancelRecv, &cqe(0), &mut ops);
+        ops.pushed.clear();
+        for bid in 0..15u16 {
+            c.complete(0, Kind::Recv, &recv_cqe(SIZE as i32, bid, true), &mut ops);
+        }
+        assert_eq!(c.handover(), Handover::Watching(bulk));
+        c.complete(0, Kind::Recv, &recv_cqe(SIZE as i32, 15, true), &mut ops);
+        assert_eq!(c.handover(), Handover::Draining);
+        assert_eq!(
+            ops.pushed,
+            [
+                "send 20 0 0..16384",
+                "cancel 0 Recv",
+                "cancel 0 Send",
+                "cancel 1 Send"
+            ]
+        );
+        ops.pushed.clear();
+        // Neither blocked SEND sent anything; nobody had to read.
+        for (dir, kind, res) in [
+            (0, Kind::Send, -libc::ECANCELED),
+            (1, Kind::Send, -libc::ECANCELED),
+            (0, Kind::Recv, -libc::ECANCELED),
+            (0, Kind::CancelRecv, 0),
+            (0, Kind::CancelSend, 0),
+            (1, Kind::CancelSend, 0),
+        ] {
+            c.complete(dir, kind, &cqe(res), &mut ops);
+        }
+        assert_eq!(c.handover(), Handover::Ready);
+        assert!(ops.pushed.is_empty());
+        let [up, down] = c.take_leftovers(&mut ops);
+        assert_eq!(up.len(), 16 * SIZE as usize);
+        assert_eq!(down.len(), 16 * SIZE as usize);
+        assert_eq!((up[0], down[0]), (0, 100), "each from its own queue");
+        assert_eq!(ops.given.len(), 32);
     }
 }

@@ -14,7 +14,7 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::task::Waker;
 
-use super::conn::{parse_user_data, Conn, Handover, Ops, Stop};
+use super::conn::{parse_user_data, Bulk, Conn, Handover, Ops, Stop};
 use crate::forward::ending::Flow;
 use crate::log;
 use crate::sys::uring::{Completion, Ring};
@@ -120,9 +120,14 @@ impl Engine {
 
     /// Start forwarding between two open sockets; the caller keeps them open
     /// until `finish` or `hand_over` (or `orphan` and the final completions).
-    /// `bulk`: hand the connection over to the readiness path when it turns
-    /// into a bulk flow (`conn::BULK_RUN`).
-    pub fn register(&mut self, client: RawFd, backend: RawFd, bulk: bool) -> io::Result<u32> {
+    /// `bulk_run`: hand the connection over to the readiness path when it
+    /// turns into a bulk flow (`conn::BULK_RUN`, the run given here).
+    pub fn register(
+        &mut self,
+        client: RawFd,
+        backend: RawFd,
+        bulk_run: Option<u64>,
+    ) -> io::Result<u32> {
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -132,7 +137,10 @@ impl Engine {
                 s
             }
         };
-        let bulk = bulk.then(|| self.ring.buffer_size());
+        let bulk = bulk_run.map(|run| Bulk {
+            buffer_size: self.ring.buffer_size(),
+            run,
+        });
         self.conns[slot as usize] = Some(Conn::new(slot, client, backend, bulk));
         self.touch(slot);
         if let Err(e) = self.flush() {

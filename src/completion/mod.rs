@@ -49,6 +49,20 @@ const RING_ENTRIES: u32 = 4096;
 /// size, e.g. a ring of 8 buffers to exercise ENOBUFS.
 const ENV_BUFFERS: &str = "SLUICEGATE_COMPLETION_BUFFERS";
 const ENV_BUFFER_SIZE: &str = "SLUICEGATE_COMPLETION_BUFFER_SIZE";
+/// Test knob: the handover's run in bytes (`conn::BULK_RUN`), e.g. a huge
+/// one so that only the both-ways back-up arm of the rule hands over.
+const ENV_BULK_RUN: &str = "SLUICEGATE_COMPLETION_BULK_RUN";
+
+fn bulk_run() -> u64 {
+    thread_local! {
+        static RUN: u64 = std::env::var(ENV_BULK_RUN)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(conn::BULK_RUN);
+    }
+    RUN.with(|r| *r)
+}
 
 thread_local! {
     /// Set by the worker when it runs on the io_uring driver.
@@ -143,7 +157,7 @@ pub async fn duplex(
     let Some(engine) = engine() else {
         return forward::duplex(client, backend, &fallback, drain).await;
     };
-    let bulk = opts.mode == Forwarding::Auto;
+    let bulk = (opts.mode == Forwarding::Auto).then(bulk_run);
     let registered = engine
         .borrow_mut()
         .register(client.as_raw_fd(), backend.as_raw_fd(), bulk);
