@@ -71,10 +71,16 @@ thread_local! {
     static BROKEN: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Benchmark knob: with `SLUICEGATE_COMPLETION_OFF=1` the completion engine
+/// is never used, so `auto` (and `completion`) forward with the readiness
+/// pumps' adaptive splice, as on epoll: the before/after comparison.
+const ENV_OFF: &str = "SLUICEGATE_COMPLETION_OFF";
+
 /// Called at worker start on the io_uring driver: the completion path may be
 /// used on this thread (the ring is created on the first connection).
 pub fn enable_on_this_thread() {
-    ENABLED.with(|e| e.set(true));
+    let off = std::env::var(ENV_OFF).is_ok_and(|v| v == "1");
+    ENABLED.with(|e| e.set(!off));
 }
 
 fn ring_size() -> (u16, u32) {
