@@ -37,6 +37,9 @@ pub struct Engine {
     /// The first ENOBUFS was logged (once per worker: a hint to give the
     /// ring more buffers, not an error).
     dry_logged: bool,
+    /// A buffer was filled since the buffers' memory was last released
+    /// (`trim`).
+    dirty: bool,
 }
 
 /// The `Ops` of one round: pushes to the ring, records parks and returns.
@@ -104,6 +107,7 @@ impl Engine {
             scratch: Vec::new(),
             touched: Vec::new(),
             dry_logged: false,
+            dirty: false,
         }
     }
 
@@ -289,6 +293,18 @@ impl Engine {
         self.ring.submit()
     }
 
+    /// Give the ring buffers' memory back once the worker has no connection
+    /// on the ring (every buffer is then back in the ring, unused): a burst
+    /// leaves no resident buffers behind. Called every `POOL_TRIM_PERIOD`;
+    /// a ring in use keeps its memory (releasing it under traffic would
+    /// cost a page fault per page refilled).
+    fn trim(&mut self) {
+        if self.dirty && self.conns.iter().all(Option::is_none) && self.ring.release_buffer_memory()
+        {
+            self.dirty = false;
+        }
+    }
+
     /// One round: apply every available completion, then flush. Returns the
     /// number of completions applied; wakers to call go into `wake`.
     pub fn round(&mut self, wake: &mut Vec<Waker>) -> usize {
@@ -300,6 +316,9 @@ impl Engine {
             let Some((slot, dir, kind)) = parse_user_data(c.user_data) else {
                 continue;
             };
+            if c.buffer().is_some() {
+                self.dirty = true;
+            }
             let (mut ops, conns) = self.ops();
             let Some(Some(conn)) = conns.get_mut(slot as usize) else {
                 // Not ours any more (cannot happen: a slot is freed only
@@ -354,7 +373,19 @@ pub fn get(make: impl FnOnce() -> io::Result<Ring>) -> io::Result<Rc<RefCell<Eng
     let engine = Rc::new(RefCell::new(Engine::new(ring)));
     ENGINE.with(|e| *e.borrow_mut() = Some(engine.clone()));
     monoio::spawn(drive(engine.clone(), efd));
+    monoio::spawn(trim_every_period(engine.clone()));
     Ok(engine)
+}
+
+/// Every `POOL_TRIM_PERIOD`, give back the buffers' memory if the ring is
+/// not in use (`Engine::trim`), like the readiness pools' trim.
+async fn trim_every_period(engine: Rc<RefCell<Engine>>) {
+    loop {
+        monoio::time::sleep(crate::forward::POOL_TRIM_PERIOD).await;
+        if let Ok(mut e) = engine.try_borrow_mut() {
+            e.trim();
+        }
+    }
 }
 
 /// The driving task: wait for the eventfd, then run rounds.

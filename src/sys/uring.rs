@@ -345,6 +345,29 @@ impl Ring {
         }
     }
 
+    /// Give the buffers' memory back to the system (they read as zeros and
+    /// are committed again as the kernel fills them). Only with no
+    /// operation in flight, when no RECV can be writing into one: the caller
+    /// also makes sure no connection holds a filled buffer it still needs.
+    /// Returns whether it was done.
+    pub fn release_buffer_memory(&mut self) -> bool {
+        if self.in_flight > 0 || !self.ring.submission().is_empty() {
+            return false;
+        }
+        // SAFETY: `ptr`/`len` are the buffers mapping (anonymous, private);
+        // MADV_DONTNEED drops its pages, which later accesses fault in as
+        // zero pages. No operation is in flight or queued, so the kernel is
+        // not reading or writing any buffer now, and the mapping stays.
+        let r = unsafe {
+            libc::madvise(
+                self.buffers.ptr.cast(),
+                self.buffers.len,
+                libc::MADV_DONTNEED,
+            )
+        };
+        r == 0
+    }
+
     /// Move every available completion to `out` (stashed ones first).
     pub fn completions(&mut self, out: &mut Vec<Completion>) {
         self.stash_completions();
