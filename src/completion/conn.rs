@@ -32,6 +32,13 @@
 //! connection is `done` only when the last operation's final completion has
 //! been seen: no operation can then refer to the sockets, which the owner
 //! closes afterwards.
+//!
+//! Handover (`Handover`, `forwarding = "auto"`): once the rule (`BULK_RUN`)
+//! says bulk while both directions are open and healthy, every RECV and SEND
+//! in flight is cancelled and the queues are kept; when the last final
+//! completion has come in, the connection is `Ready` and `take_leftovers`
+//! gives its unsent bytes. A FIN or an error seen meanwhile keeps it on the
+//! ring to its end instead; nothing is shut down or closed for a handover.
 
 use std::collections::VecDeque;
 use std::io;

@@ -17,6 +17,16 @@
 //! `forward::ending::close`, the one ending policy. On the epoll driver, or
 //! when the ring cannot be set up (an old kernel), it falls back to
 //! `forward::duplex` with `auto`.
+//!
+//! `forwarding = "auto"` (the default) hands a connection that turns into a
+//! bulk flow (`conn::BULK_RUN`) over to the readiness pumps, whole: both
+//! directions' operations are cancelled, only their final completions are
+//! awaited (never a peer's reading), the bytes received but not sent become
+//! per-direction leftovers that `forward::resume` writes first inside each
+//! direction's pump, and the byte counts, timers and the one ending phase
+//! carry over. Bulk flows then splice (far less CPU per byte than the ring's
+//! copies); small request/response traffic stays on the ring.
+//! `forwarding = "completion"` never hands over.
 
 mod conn;
 mod engine;
