@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Reproduces the whole proxy comparison in one command:
-#   direct | haproxy | haproxy-splice | nginx (stream) | sluicegate (readiness
-#   forwarding, today's default) | sluicegate-completion (forwarding = "completion")
+#   direct | haproxy | haproxy-splice | nginx (stream) | sluicegate (the default:
+#   forwarding = "auto", on io_uring completions with bulk flows handed over to
+#   splice) | sluicegate-completion (forwarding = "completion": completions only)
+#   | sluicegate-readiness (readiness `auto` alone, the default before the
+#   handover: SLUICEGATE_COMPLETION_OFF=1; not in the default TARGETS)
 # over iperf3, redis-benchmark, pgbench and sluicegate-loadgen scenarios, REPEAT
 # times, interleaved; prints median [min, max], the ratio to the best peer and to
 # direct, and the proxy's CPU seconds per scenario.
@@ -42,7 +45,7 @@ PEERS=$ROOT/bench/peers
 
 ALL_SCENARIOS=(iperf1 iperf1r iperf4 redis-set redis-get redis-set-p16 redis-get-p16
     pgbench-s pgbench-sc pingpong churn latency idle)
-ALL_TARGETS=(direct haproxy haproxy-splice nginx sluicegate sluicegate-completion)
+ALL_TARGETS=(direct haproxy haproxy-splice nginx sluicegate sluicegate-completion sluicegate-readiness)
 
 LOG_TAG=bench
 # shellcheck source=lib/bench.sh
@@ -51,7 +54,7 @@ source "$ROOT/scripts/lib/bench.sh"
 require_positive WORKERS REPEAT DURATION BASE_PORT IDLE_CONNS LOADGEN_THREADS
 [[ $LAT_FRACTION =~ ^(0?\.[0-9]+|1(\.0*)?)$ ]] || die "LAT_FRACTION must be in (0, 1], got '$LAT_FRACTION'"
 ((IDLE_CONNS <= 6000)) || die "IDLE_CONNS must be <= 6000 (open-file limit 20000 per process)"
-((BASE_PORT >= 1024 && BASE_PORT + 600 < 32768)) || die "BASE_PORT must leave room below the ephemeral range (32768)"
+((BASE_PORT >= 1024 && BASE_PORT + 700 < 32768)) || die "BASE_PORT must leave room below the ephemeral range (32768)"
 
 if [[ $SCENARIOS == all ]]; then
     SCEN=("${ALL_SCENARIOS[@]}")
@@ -73,7 +76,7 @@ has_target() { [[ " ${TGTS[*]} " == *" $1 "* ]]; }
 # backend address 127.0.0.(10+k), so TIME_WAIT sockets left by one target's churn do
 # not slow another target's connects. iperf3 only listens on 127.0.0.1.
 declare -A BIDX=([iperf]=1 [redis]=2 [pg]=3 [echo]=4)
-declare -A TIDX=([direct]=0 [haproxy]=1 [haproxy-splice]=2 [nginx]=3 [sluicegate]=4 [sluicegate-completion]=5)
+declare -A TIDX=([direct]=0 [haproxy]=1 [haproxy-splice]=2 [nginx]=3 [sluicegate]=4 [sluicegate-completion]=5 [sluicegate-readiness]=6)
 BACKENDS=(iperf redis pg echo)
 bport() { echo $((BASE_PORT + BIDX[$1])); }
 tport() { echo $((BASE_PORT + 100 * TIDX[$1] + BIDX[$2])); }
@@ -82,7 +85,7 @@ baddr() { # backend address a target dials
     if [[ $t == direct || $b == iperf ]]; then echo "127.0.0.1:$(bport "$b")"; else echo "127.0.0.$((10 + TIDX[$t])):$(bport "$b")"; fi
 }
 BACKEND_IPS="127.0.0.1"
-for t in haproxy haproxy-splice nginx sluicegate sluicegate-completion; do BACKEND_IPS+=" 127.0.0.$((10 + TIDX[$t]))"; done
+for t in haproxy haproxy-splice nginx sluicegate sluicegate-completion sluicegate-readiness; do BACKEND_IPS+=" 127.0.0.$((10 + TIDX[$t]))"; done
 
 # ------------------------------------------------------------------ cleanup
 TMP=""
@@ -135,7 +138,7 @@ done
 if [[ $SKIP_BUILD != 1 ]]; then
     log "building sluicegate-loadgen"
     cargo build --release --quiet --manifest-path "$ROOT/bench/loadgen/Cargo.toml"
-    if has_target sluicegate || has_target sluicegate-completion; then
+    if has_target sluicegate || has_target sluicegate-completion || has_target sluicegate-readiness; then
         log "building sluicegate"
         (cd "$ROOT" && cargo build --release --quiet) || log "sluicegate build FAILED: its rows will show 'failed'"
     fi
@@ -228,7 +231,7 @@ write_configs() {
         done
         fill "$PEERS/nginx.conf.in" WORKERS "$WORKERS" TMP "$TMP" SERVERS "$servers" CPUAFFINITY "$aff" >"$cfg"
         ;;
-    sluicegate | sluicegate-completion)
+    sluicegate | sluicegate-completion | sluicegate-readiness)
         cfg=$TMP/$t.toml
         fill "$PEERS/sluicegate.toml.in" WORKERS "$WORKERS" >"$cfg"
         # The completion path (io_uring completions, provided-buffer ring).
@@ -253,12 +256,18 @@ start_proxy() {
         start_bg "$t" haproxy -f "$cfg" -db
         ;;
     nginx) start_bg "$t" nginx -c "$cfg" ;;
-    sluicegate | sluicegate-completion)
+    sluicegate | sluicegate-completion | sluicegate-readiness)
         if [[ ! -x $SLUICEGATE_BIN ]]; then
             TSTATUS[$t]="failed: $SLUICEGATE_BIN not built"
             return
         fi
-        start_bg "$t" "$SLUICEGATE_BIN" -c "$cfg"
+        if [[ $t == sluicegate-readiness ]]; then
+            # The completion engine off: `auto` is the readiness pumps'
+            # adaptive splice (the default before the handover).
+            start_bg "$t" env SLUICEGATE_COMPLETION_OFF=1 "$SLUICEGATE_BIN" -c "$cfg"
+        else
+            start_bg "$t" "$SLUICEGATE_BIN" -c "$cfg"
+        fi
         ;;
     esac
     pid=$LAST_PID

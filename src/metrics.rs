@@ -64,6 +64,8 @@ struct WorkerMetrics {
     /// Failed dials by local cause, indexed like `sys::LOCAL_RESOURCE_ERRORS`.
     local_errors: [AtomicU64; LOCAL_KINDS],
     tally: Mutex<Tally>,
+    /// Connections the completion engine handed over to the readiness path.
+    handovers: AtomicU64,
 }
 
 const LOCAL_KINDS: usize = crate::sys::LOCAL_RESOURCE_ERRORS.len();
@@ -135,6 +137,7 @@ impl Registry {
             accept_errors: counters(),
             local_errors: Default::default(),
             tally: Mutex::new(Tally::default()),
+            handovers: AtomicU64::new(0),
         });
         if LOCAL.with(|l| l.set(m.clone())).is_ok() {
             self.workers
@@ -431,6 +434,7 @@ impl Registry {
             }
         }
         server_loads(&mut out, snap);
+        render_handovers(&mut out, &workers);
         crate::acme::render_metrics(&mut out);
         out
     }
@@ -583,6 +587,27 @@ pub fn dial_failed(service: &str, server: &str) {
     })
 }
 
+/// The completion engine handed a bulk connection over to the readiness
+/// path (`forwarding = "auto"` on io_uring).
+pub fn completion_handover() {
+    with_local(|m| bump(&m.handovers, 1))
+}
+
+/// The handover counter's lines (summed over workers).
+fn render_handovers(out: &mut String, workers: &[Arc<WorkerMetrics>]) {
+    let n: u64 = workers
+        .iter()
+        .map(|w| w.handovers.load(Ordering::Relaxed))
+        .sum();
+    header(
+        out,
+        "sluicegate_completion_handovers_total",
+        "counter",
+        "Connections the io_uring completion engine handed over to readiness forwarding (splice) when they turned into bulk flows.",
+    );
+    sample(out, "sluicegate_completion_handovers_total", &[], n);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -675,8 +700,8 @@ address = "127.0.0.1:9"
             );
         }
         // Every sample has HELP and TYPE lines.
-        assert_eq!(text.matches("# HELP ").count(), 13);
-        assert_eq!(text.matches("# TYPE ").count(), 13);
+        assert_eq!(text.matches("# HELP ").count(), 14);
+        assert_eq!(text.matches("# TYPE ").count(), 14);
     }
 
     /// The outcome label values before outcomes were typed: dashboards and

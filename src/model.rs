@@ -850,12 +850,22 @@ pub enum Driver {
     Epoll,
 }
 
+/// `runtime.forwarding`: how a proxied connection's bytes are moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forwarding {
+    /// The default. On io_uring: the completion engine, and a connection
+    /// that turns into a bulk flow is handed over, whole, to the readiness
+    /// pumps with adaptive splice. On epoll (or where the completion ring
+    /// cannot be set up): the readiness pumps, copying small messages and
+    /// splicing bulk flows.
     Auto,
+    /// Readiness pumps, always splicing through pooled pipes.
     Splice,
+    /// Readiness pumps, always copying through pooled buffers.
     Copy,
-    /// io_uring completions (the completion engine); `auto` on epoll.
+    /// io_uring completions without the bulk handover: every connection
+    /// stays on the completion engine to its end (kept for measurements);
+    /// `auto` on epoll.
     Completion,
 }
 

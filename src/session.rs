@@ -800,7 +800,13 @@ async fn run<'a>(
             _key = Some(pg::register(pid, secret, target));
         }
     }
-    let (mut report, outcome) = if opts.mode == crate::model::Forwarding::Completion {
+    // `auto` and `completion` go to the completion engine, which falls back
+    // to the readiness pumps where it cannot run (epoll, no ring).
+    let completion = matches!(
+        opts.mode,
+        crate::model::Forwarding::Auto | crate::model::Forwarding::Completion
+    );
+    let (mut report, outcome) = if completion {
         crate::completion::duplex(client, &backend, &opts, cut).await
     } else {
         forward::duplex(client, &backend, &opts, cut).await

@@ -153,7 +153,7 @@ class Report:
 # ---------------------------------------------------------------- scripts/bench.sh
 
 BENCH_PEERS = ["haproxy", "haproxy-splice", "nginx"]
-BENCH_ORDER = ["direct", "haproxy", "haproxy-splice", "nginx", "sluicegate", "sluicegate-completion"]
+BENCH_ORDER = ["direct", "haproxy", "haproxy-splice", "nginx", "sluicegate", "sluicegate-completion", "sluicegate-readiness"]
 # Secondary figures not shown as columns.
 BENCH_HIDDEN = ("errors", "connect_errors", "failed", "offered_rps", "backlog_at_end", "retransmits",
                 "rss_before_kib", "rss_after_kib", "rss_after_hold_kib", "setup_s", "opened")

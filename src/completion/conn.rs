@@ -32,6 +32,13 @@
 //! connection is `done` only when the last operation's final completion has
 //! been seen: no operation can then refer to the sockets, which the owner
 //! closes afterwards.
+//!
+//! Handover (`Handover`, `forwarding = "auto"`): once the rule (`BULK_RUN`)
+//! says bulk while both directions are open and healthy, every RECV and SEND
+//! in flight is cancelled and the queues are kept; when the last final
+//! completion has come in, the connection is `Ready` and `take_leftovers`
+//! gives its unsent bytes. A FIN or an error seen meanwhile keeps it on the
+//! ring to its end instead; nothing is shut down or closed for a handover.
 
 use std::collections::VecDeque;
 use std::io;
@@ -48,6 +55,33 @@ use crate::sys::uring::Completion;
 /// to keep a bulk flow's send busy while one slow reader cannot take more
 /// than a sixty-fourth of a 1024-buffer ring.
 pub const MAX_QUEUED_BUFFERS: usize = 16;
+
+/// The handover rule: a connection is handed over to the readiness path
+/// (splice) once one direction has received this many bytes in completely
+/// filled buffers (sixteen 16 KiB buffers) without a turn of the
+/// conversation in between. A turn is a receive in the other direction
+/// while this one had sent everything it had received: that is how
+/// request/response traffic looks (a reply is delivered, then the next
+/// request comes), so such a connection is handed over only by a single
+/// reply of at least 256 KiB, which is a bulk transfer by any measure;
+/// a 16 KiB reply fills one buffer. A one-way stream (download, upload)
+/// has no turns, and a full-duplex flow held up by a slow peer has no
+/// idle direction, so both reach it after 256 KiB. Partly filled buffers
+/// (a small message, the tail of a segment) neither count nor break a run.
+///
+/// Second arm: both directions have `MAX_QUEUED_BUFFERS` waiting (each
+/// destination slower than its source, e.g. an echo whose client is not
+/// reading): a full-duplex bulk flow, whatever the runs say.
+pub const BULK_RUN: u64 = 256 * 1024;
+
+/// What the handover rule needs to know (`Conn::new`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bulk {
+    /// The size of one ring buffer (a completely filled buffer).
+    pub buffer_size: u32,
+    /// The run that makes a direction bulky (`BULK_RUN`, or a test knob).
+    pub run: u64,
+}
 
 /// Operation kinds (the low bits of the user data).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +128,9 @@ pub trait Ops {
     fn give_back(&mut self, bid: u16);
     /// The direction got ENOBUFS: re-arm it when buffers come back.
     fn park(&mut self, slot: u32, dir: usize);
+    /// Append bytes `off..len` of buffer `bid` (filled by a RECV that has
+    /// completed, not given back yet) to `out`.
+    fn copy_out(&mut self, bid: u16, off: u32, len: u32, out: &mut Vec<u8>);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +168,10 @@ struct Dir {
     fin: Fin,
     dst_err: Option<i32>,
     bytes: u64,
+    /// Bytes received in completely filled buffers since the other direction
+    /// last received while this one had nothing left to send (the handover
+    /// rule, `BULK_RUN`).
+    run: u64,
 }
 
 impl Dir {
@@ -146,7 +187,13 @@ impl Dir {
             fin: Fin::No,
             dst_err: None,
             bytes: 0,
+            run: 0,
         }
+    }
+
+    /// Nothing received is waiting to be sent.
+    fn idle(&self) -> bool {
+        self.queue.is_empty() && !self.sending
     }
 }
 
@@ -161,6 +208,25 @@ pub enum Stop {
     Orphan,
 }
 
+/// Where a connection stands with respect to the handover to the readiness
+/// path (`forwarding = "auto"` on io_uring).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handover {
+    /// Never handed over (`forwarding = "completion"`, or it half-closed,
+    /// failed or was wound down: it stays on the ring to its end).
+    Off,
+    /// Watching for a bulk flow (`BULK_RUN`).
+    Watching(Bulk),
+    /// Bulk: every RECV and SEND in flight was cancelled; waiting for their
+    /// final completions. Bytes they still deliver are kept, nothing new is
+    /// submitted.
+    Draining,
+    /// Nothing in flight and both directions open and healthy: the owner
+    /// takes the unsent bytes (`take_leftovers`) and forwards on the
+    /// readiness path.
+    Ready,
+}
+
 /// The state of one connection (slot in the engine).
 #[derive(Debug)]
 pub struct Conn {
@@ -171,6 +237,7 @@ pub struct Conn {
     /// Operations pushed whose final completion has not been seen.
     ops: u32,
     stop: Option<Stop>,
+    handover: Handover,
     /// When the first FIN was passed on (terminationDelay starts).
     pub first_fin: Option<Instant>,
     pub last_active: Instant,
@@ -180,13 +247,16 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(slot: u32, client: RawFd, backend: RawFd) -> Conn {
+    /// `bulk`: the handover rule's inputs when the connection may be handed
+    /// over to the readiness path (`Handover`), `None` to keep it on the ring.
+    pub fn new(slot: u32, client: RawFd, backend: RawFd, bulk: Option<Bulk>) -> Conn {
         Conn {
             slot,
             fds: [client, backend],
             dirs: [Dir::new(), Dir::new()],
             ops: 0,
             stop: None,
+            handover: bulk.map_or(Handover::Off, Handover::Watching),
             first_fin: None,
             last_active: Instant::now(),
             waker: None,
@@ -196,6 +266,46 @@ impl Conn {
 
     pub fn is_orphan(&self) -> bool {
         self.stop == Some(Stop::Orphan)
+    }
+
+    pub fn handover(&self) -> Handover {
+        self.handover
+    }
+
+    /// Both directions still open and healthy: no FIN seen or passed on, no
+    /// error on either side, not being wound down.
+    fn healthy(&self) -> bool {
+        self.stop.is_none()
+            && self
+                .dirs
+                .iter()
+                .all(|d| d.src == Src::Open && d.fin == Fin::No && d.dst_err.is_none())
+    }
+
+    /// Once `Handover::Ready`: the bytes received but not sent, per
+    /// direction (client → backend, backend → client), copied out of the
+    /// ring buffers, which all go back to the ring. The connection holds
+    /// nothing afterwards; its owner frees the slot.
+    pub fn take_leftovers(&mut self, ops: &mut dyn Ops) -> [Vec<u8>; 2] {
+        let mut out = [Vec::new(), Vec::new()];
+        if self.handover != Handover::Ready {
+            return out;
+        }
+        for (d, v) in self.dirs.iter_mut().zip(out.iter_mut()) {
+            let total: u64 = d.queue.iter().map(|&(_, len)| u64::from(len)).sum();
+            v.reserve(total.saturating_sub(u64::from(d.head_off)) as usize);
+            let mut off = d.head_off;
+            for (bid, len) in d.queue.drain(..) {
+                if off < len {
+                    ops.copy_out(bid, off, len, v);
+                }
+                ops.give_back(bid);
+                off = 0;
+            }
+            d.head_off = 0;
+        }
+        self.handover = Handover::Off;
+        out
     }
 
     /// (client → backend, backend → client) bytes the destinations accepted.
@@ -241,6 +351,7 @@ impl Conn {
             (None, _) | (Some(_), Stop::Orphan) => self.stop = Some(why),
             _ => {}
         }
+        self.handover = Handover::Off;
         self.step(ops);
     }
 
@@ -264,8 +375,12 @@ impl Conn {
             self.ops = self.ops.saturating_sub(1);
         }
         let stopping = self.stop.is_some();
+        // Wound down or handing over: a cancelled operation is expected.
+        let cancelling = stopping || self.handover == Handover::Draining;
         let slot = self.slot;
         let d = &mut self.dirs[dir];
+        // A buffer kept by a RECV: its length.
+        let mut kept = None;
         match kind {
             Kind::Recv => {
                 if !c.more() {
@@ -273,9 +388,12 @@ impl Conn {
                 }
                 match c.result {
                     n if n > 0 => match c.buffer() {
+                        // Kept while handing over too: those bytes were
+                        // taken from the socket and are the leftover's.
                         Some(bid) if !stopping && d.src == Src::Open => {
                             d.queue.push_back((bid, n as u32));
                             self.last_active = Instant::now();
+                            kept = Some(n as u32);
                         }
                         Some(bid) => ops.give_back(bid),
                         None if d.src == Src::Open => d.src = Src::Failed(libc::EIO),
@@ -287,7 +405,7 @@ impl Conn {
                         }
                     }
                     e if -e == libc::ENOBUFS => {
-                        if !stopping && d.src == Src::Open && !c.more() {
+                        if !cancelling && d.src == Src::Open && !c.more() {
                             d.recv = Recv::Parked;
                             ops.park(slot, dir);
                         }
@@ -318,7 +436,9 @@ impl Conn {
                     }
                     // Interrupted before anything was sent: send it again.
                     e if -e == libc::EAGAIN || -e == libc::EINTR => {}
-                    e if -e == libc::ECANCELED && stopping => {}
+                    // Cancelled before anything was sent (a handover sends
+                    // those bytes from the leftover).
+                    e if -e == libc::ECANCELED && cancelling => {}
                     // A zero-byte send of a non-empty buffer would repeat
                     // forever: treat it as a broken destination.
                     0 => d.dst_err = d.dst_err.or(Some(libc::EIO)),
@@ -332,13 +452,36 @@ impl Conn {
                     d.head_off = 0;
                 }
             }
-            // While winding down the flag stays: one cancel per RECV is
-            // enough, and its final completion is still to come.
-            Kind::CancelRecv if !stopping => d.cancel_recv = false,
+            // While winding down or handing over the flag stays: one cancel
+            // per operation is enough, and its final completion is still to
+            // come.
+            Kind::CancelRecv if !cancelling => d.cancel_recv = false,
             Kind::CancelRecv => {}
             Kind::CancelSend => {}
         }
+        if let (Some(n), Handover::Watching(bulk)) = (kept, self.handover) {
+            self.watch(dir, n, bulk);
+        }
         self.step(ops);
+    }
+
+    /// The handover rule (`BULK_RUN`) after direction `dir` kept a buffer
+    /// of `n` bytes.
+    fn watch(&mut self, dir: usize, n: u32, bulk: Bulk) {
+        let other = &mut self.dirs[1 - dir];
+        if other.idle() {
+            // A turn: the other direction had delivered all it received.
+            other.run = 0;
+        }
+        let backed_up = |d: &Dir| d.queue.len() >= MAX_QUEUED_BUFFERS;
+        let both_backed_up = backed_up(&self.dirs[0]) && backed_up(&self.dirs[1]);
+        let d = &mut self.dirs[dir];
+        if n >= bulk.buffer_size {
+            d.run += u64::from(n);
+        }
+        if (d.run >= bulk.run || both_backed_up) && self.healthy() {
+            self.handover = Handover::Draining;
+        }
     }
 
     /// Decide what to submit next.
@@ -347,7 +490,36 @@ impl Conn {
             self.check_failures();
         }
         if self.stop.is_some() {
+            self.handover = Handover::Off;
             self.wind_down(ops);
+            return;
+        }
+        if self.handover == Handover::Draining {
+            if let Err(e) = self.cancel_in_flight(ops) {
+                let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                self.stop = Some(Stop::Failed(Outcome::ClientReset, errno));
+                self.handover = Handover::Off;
+                self.wind_down(ops);
+                return;
+            }
+            if self.ops > 0 {
+                return;
+            }
+            // Every cancel has had its completion.
+            for d in &mut self.dirs {
+                d.cancel_recv = false;
+                d.cancel_send = false;
+            }
+            if self.healthy() {
+                self.handover = Handover::Ready;
+                return;
+            }
+            // A FIN or an error arrived meanwhile (the kernel reported it
+            // once, to us): the connection stays on the ring to its end and
+            // carries on below (re-arms, sends what it holds).
+            self.handover = Handover::Off;
+        }
+        if self.handover == Handover::Ready {
             return;
         }
         for dir in 0..2 {
@@ -358,6 +530,31 @@ impl Conn {
                 return;
             }
         }
+    }
+
+    /// For a handover: cancel every RECV and SEND in flight (once each),
+    /// keep every buffer. A parked direction has nothing in flight.
+    fn cancel_in_flight(&mut self, ops: &mut dyn Ops) -> io::Result<()> {
+        let slot = self.slot;
+        for dir in 0..2 {
+            let d = &mut self.dirs[dir];
+            if d.recv == Recv::Parked {
+                d.recv = Recv::Idle;
+            }
+            if d.recv == Recv::Armed && !d.cancel_recv {
+                let target = user_data(slot, dir, Kind::Recv);
+                ops.cancel(target, user_data(slot, dir, Kind::CancelRecv))?;
+                d.cancel_recv = true;
+                self.ops += 1;
+            }
+            if d.sending && !d.cancel_send {
+                let target = user_data(slot, dir, Kind::Send);
+                ops.cancel(target, user_data(slot, dir, Kind::CancelSend))?;
+                d.cancel_send = true;
+                self.ops += 1;
+            }
+        }
+        Ok(())
     }
 
     /// A destination that failed, or a source that failed once the bytes
@@ -494,6 +691,11 @@ mod tests {
         fn park(&mut self, slot: u32, dir: usize) {
             self.parked.push((slot, dir));
         }
+        fn copy_out(&mut self, bid: u16, off: u32, len: u32, out: &mut Vec<u8>) {
+            self.pushed.push(format!("copy {bid} {off}..{len}"));
+            // Each buffer's bytes are its id: the leftover shows the order.
+            out.extend(std::iter::repeat_n(bid as u8, (len - off) as usize));
+        }
     }
 
     const MORE: u32 = 2;
@@ -517,11 +719,48 @@ mod tests {
 
     fn start() -> (Conn, Rec) {
         let mut ops = Rec::default();
-        let mut c = Conn::new(7, 10, 20);
+        let mut c = Conn::new(7, 10, 20, None);
         c.step(&mut ops);
         assert_eq!(ops.pushed, ["recv 10", "recv 20"]);
         ops.pushed.clear();
         (c, ops)
+    }
+
+    /// Ring buffer size of the handover transcripts.
+    const SIZE: u32 = 16 * 1024;
+    const BULK: Bulk = Bulk {
+        buffer_size: SIZE,
+        run: BULK_RUN,
+    };
+
+    /// A connection that may be handed over (`forwarding = "auto"`).
+    fn start_bulk() -> (Conn, Rec) {
+        let mut ops = Rec::default();
+        let mut c = Conn::new(7, 10, 20, Some(BULK));
+        c.step(&mut ops);
+        assert_eq!(ops.pushed, ["recv 10", "recv 20"]);
+        ops.pushed.clear();
+        (c, ops)
+    }
+
+    /// The backend (direction 1) streams sixteen full buffers while the
+    /// first one's SEND is in flight: the handover starts at the sixteenth.
+    fn bulk_down(c: &mut Conn, ops: &mut Rec) {
+        for bid in 0..16u16 {
+            assert_eq!(c.handover(), Handover::Watching(BULK), "buffer {bid}");
+            c.complete(1, Kind::Recv, &recv_cqe(SIZE as i32, bid, true), ops);
+        }
+        assert_eq!(c.handover(), Handover::Draining);
+        assert_eq!(
+            ops.pushed,
+            [
+                "send 10 0 0..16384",
+                "cancel 0 Recv",
+                "cancel 1 Recv",
+                "cancel 1 Send"
+            ]
+        );
+        ops.pushed.clear();
     }
 
     #[test]
@@ -640,5 +879,235 @@ mod tests {
         c.complete(0, Kind::Recv, &cqe(-libc::ECANCELED), &mut ops);
         c.complete(1, Kind::Recv, &cqe(-libc::ECANCELED), &mut ops);
         assert_eq!(c.outcome().map(|o| o.0), Some(Outcome::IdleTimeout));
+    }
+
+    #[test]
+    fn request_response_with_16k_replies_is_never_handed_over() {
+        let (mut c, mut ops) = start_bulk();
+        for round in 0..100u16 {
+            // A small request, delivered; then a reply of one full buffer
+            // (or fifteen full and a partial one), delivered.
+            c.complete(0, Kind::Recv, &recv_cqe(100, 1, true), &mut ops);
+            c.complete(0, Kind::Send, &cqe(100), &mut ops);
+            let full = if round % 2 == 0 { 1 } else { 15 };
+            for _ in 0..full {
+                c.complete(1, Kind::Recv, &recv_cqe(SIZE as i32, 2, true), &mut ops);
+                c.complete(1, Kind::Send, &cqe(SIZE as i32), &mut ops);
+            }
+            c.complete(1, Kind::Recv, &recv_cqe(700, 3, true), &mut ops);
+            c.complete(1, Kind::Send, &cqe(700), &mut ops);
+            assert_eq!(c.handover(), Handover::Watching(BULK), "round {round}");
+        }
+        assert!(
+            ops.pushed.iter().all(|p| !p.starts_with("cancel")),
+            "{:?}",
+            ops.pushed
+        );
+        assert_eq!(
+            c.bytes(),
+            (
+                100 * 100,
+                50 * (SIZE as u64 + 700) + 50 * (15 * SIZE as u64 + 700)
+            )
+        );
+    }
+
+    #[test]
+    fn completion_mode_never_hands_over() {
+        let (mut c, mut ops) = start();
+        for bid in 0..64u16 {
+            c.complete(
+                1,
+                Kind::Recv,
+                &recv_cqe(SIZE as i32, bid % 8, true),
+                &mut ops,
+            );
+            c.complete(1, Kind::Send, &cqe(SIZE as i32), &mut ops);
+        }
+        assert_eq!(c.handover(), Handover::Off);
+        assert!(ops.pushed.iter().all(|p| !p.starts_with("cancel")));
+    }
+
+    #[test]
+    fn a_bulk_flow_is_handed_over_with_every_unsent_byte() {
+        let (mut c, mut ops) = start_bulk();
+        bulk_down(&mut c, &mut ops);
+        // The multishot RECV still delivers a buffer before its final
+        // completion: kept. The cancelled SEND had sent part of its buffer.
+        c.complete(1, Kind::Recv, &recv_cqe(1000, 16, true), &mut ops);
+        c.complete(1, Kind::Recv, &cqe(-libc::ECANCELED), &mut ops);
+        c.complete(1, Kind::Send, &cqe(5000), &mut ops);
+        c.complete(0, Kind::Recv, &cqe(-libc::ECANCELED), &mut ops);
+        c.complete(0, Kind::CancelRecv, &cqe(0), &mut ops);
+        c.complete(1, Kind::CancelRecv, &cqe(0), &mut ops);
+        assert_eq!(c.handover(), Handover::Draining, "a cancel is still due");
+        c.complete(1, Kind::CancelSend, &cqe(0), &mut ops);
+        assert_eq!(c.handover(), Handover::Ready);
+        assert!(ops.pushed.is_empty(), "nothing new: {:?}", ops.pushed);
+        assert!(ops.given.is_empty(), "every buffer kept");
+        assert!(c.outcome().is_none(), "not an end: the sockets stay open");
+        assert_eq!(c.bytes(), (0, 5000));
+        let [up, down] = c.take_leftovers(&mut ops);
+        assert!(up.is_empty());
+        let mut want = vec![0u8; SIZE as usize - 5000];
+        for bid in 1..16u8 {
+            want.extend(std::iter::repeat_n(bid, SIZE as usize));
+        }
+        want.extend(std::iter::repeat_n(16u8, 1000));
+        assert_eq!(down.len(), want.len());
+        assert!(down == want, "the unsent bytes, in order");
+        assert_eq!(ops.pushed[0], "copy 0 5000..16384");
+        assert_eq!(ops.pushed[16], "copy 16 0..1000");
+        assert_eq!(ops.given, (0..=16).collect::<Vec<u16>>(), "all given back");
+        assert_eq!(c.handover(), Handover::Off);
+    }
+
+    #[test]
+    fn a_send_cancelled_before_sending_leaves_its_whole_buffer() {
+        let (mut c, mut ops) = start_bulk();
+        // The client sent a request the backend does not read yet: its
+        // SEND is in flight too when the reply turns bulky.
+        c.complete(0, Kind::Recv, &recv_cqe(300, 40, true), &mut ops);
+        assert_eq!(ops.pushed, ["send 20 40 0..300"]);
+        ops.pushed.clear();
+        for bid in 0..16u16 {
+            c.complete(1, Kind::Recv, &recv_cqe(SIZE as i32, bid, true), &mut ops);
+        }
+        assert_eq!(c.handover(), Handover::Draining);
+        assert_eq!(
+            ops.pushed,
+            [
+                "send 10 0 0..16384",
+                "cancel 0 Recv",
+                "cancel 0 Send",
+                "cancel 1 Recv",
+                "cancel 1 Send"
+            ]
+        );
+        ops.pushed.clear();
+        for (dir, kind, res) in [
+            (0, Kind::Send, -libc::ECANCELED),
+            (1, Kind::Send, -libc::ECANCELED),
+            (0, Kind::Recv, -libc::ECANCELED),
+            (1, Kind::Recv, -libc::ECANCELED),
+            (0, Kind::CancelRecv, 0),
+            (0, Kind::CancelSend, 0),
+            (1, Kind::CancelRecv, 0),
+            (1, Kind::CancelSend, 0),
+        ] {
+            c.complete(dir, kind, &cqe(res), &mut ops);
+        }
+        assert_eq!(c.handover(), Handover::Ready);
+        assert_eq!(c.bytes(), (0, 0), "a cancelled SEND sent nothing");
+        let [up, down] = c.take_leftovers(&mut ops);
+        assert_eq!(up, vec![40u8; 300]);
+        assert_eq!(down.len(), 16 * SIZE as usize);
+    }
+
+    #[test]
+    fn a_fin_during_the_handover_keeps_the_connection_on_the_ring() {
+        let (mut c, mut ops) = start_bulk();
+        bulk_down(&mut c, &mut ops);
+        // The client's FIN arrives before the cancel of its RECV.
+        c.complete(0, Kind::Recv, &cqe(0), &mut ops);
+        c.complete(1, Kind::Recv, &cqe(-libc::ECANCELED), &mut ops);
+        c.complete(1, Kind::Send, &cqe(SIZE as i32), &mut ops);
+        for (dir, kind) in [
+            (0, Kind::CancelRecv),
+            (1, Kind::CancelRecv),
+            (1, Kind::CancelSend),
+        ] {
+            c.complete(dir, kind, &cqe(0), &mut ops);
+        }
+        assert_eq!(c.handover(), Handover::Off, "half-closed: stays");
+        // It carries on: the FIN is passed on, the queue is sent, the
+        // backend's RECV re-armed (the queue is below its cap again).
+        assert_eq!(ops.pushed, ["shutdown 20", "send 10 1 0..16384", "recv 20"]);
+        assert_eq!(ops.given, [0]);
+        c.complete(1, Kind::Send, &cqe(SIZE as i32), &mut ops);
+        assert_eq!(ops.pushed[3..], ["send 10 2 0..16384"]);
+    }
+
+    #[test]
+    fn a_timer_during_the_handover_winds_down_instead() {
+        let (mut c, mut ops) = start_bulk();
+        bulk_down(&mut c, &mut ops);
+        c.stop(Stop::Cut(Outcome::Drained), &mut ops);
+        assert_eq!(c.handover(), Handover::Off);
+        assert!(ops.pushed.is_empty(), "the cancels are in flight already");
+        assert_eq!(ops.given.len(), 15, "the queue behind the SEND goes back");
+        c.complete(1, Kind::Send, &cqe(-libc::ECANCELED), &mut ops);
+        for (dir, kind) in [
+            (0, Kind::Recv),
+            (1, Kind::Recv),
+            (0, Kind::CancelRecv),
+            (1, Kind::CancelRecv),
+            (1, Kind::CancelSend),
+        ] {
+            c.complete(dir, kind, &cqe(-libc::ECANCELED), &mut ops);
+        }
+        assert_eq!(c.outcome().map(|o| o.0), Some(Outcome::Drained));
+        assert_eq!(ops.given.len(), 16);
+    }
+
+    #[test]
+    fn both_directions_backed_up_hand_over_whatever_the_runs() {
+        // An echo whose client does not read: the reply direction backs up
+        // first (its RECV is cancelled at the cap), then the request
+        // direction, behind a backend that stopped reading. Runs are off.
+        let mut ops = Rec::default();
+        let bulk = Bulk {
+            buffer_size: SIZE,
+            run: u64::MAX,
+        };
+        let mut c = Conn::new(7, 10, 20, Some(bulk));
+        c.step(&mut ops);
+        ops.pushed.clear();
+        for bid in 0..16u16 {
+            c.complete(
+                1,
+                Kind::Recv,
+                &recv_cqe(SIZE as i32, 100 + bid, true),
+                &mut ops,
+            );
+        }
+        assert_eq!(ops.pushed, ["send 10 100 0..16384", "cancel 1 Recv"]);
+        c.complete(1, Kind::Recv, &cqe(-libc::ECANCELED), &mut ops);
+        c.complete(1, Kind::CancelRecv, &cqe(0), &mut ops);
+        ops.pushed.clear();
+        for bid in 0..15u16 {
+            c.complete(0, Kind::Recv, &recv_cqe(SIZE as i32, bid, true), &mut ops);
+        }
+        assert_eq!(c.handover(), Handover::Watching(bulk));
+        c.complete(0, Kind::Recv, &recv_cqe(SIZE as i32, 15, true), &mut ops);
+        assert_eq!(c.handover(), Handover::Draining);
+        assert_eq!(
+            ops.pushed,
+            [
+                "send 20 0 0..16384",
+                "cancel 0 Recv",
+                "cancel 0 Send",
+                "cancel 1 Send"
+            ]
+        );
+        ops.pushed.clear();
+        // Neither blocked SEND sent anything; nobody had to read.
+        for (dir, kind, res) in [
+            (0, Kind::Send, -libc::ECANCELED),
+            (1, Kind::Send, -libc::ECANCELED),
+            (0, Kind::Recv, -libc::ECANCELED),
+            (0, Kind::CancelRecv, 0),
+            (0, Kind::CancelSend, 0),
+            (1, Kind::CancelSend, 0),
+        ] {
+            c.complete(dir, kind, &cqe(res), &mut ops);
+        }
+        assert_eq!(c.handover(), Handover::Ready);
+        assert!(ops.pushed.is_empty());
+        let [up, down] = c.take_leftovers(&mut ops);
+        assert_eq!(up.len(), 16 * SIZE as usize);
+        assert_eq!(down.len(), 16 * SIZE as usize);
+        assert_eq!((up[0], down[0]), (0, 100), "each from its own queue");
+        assert_eq!(ops.given.len(), 32);
     }
 }

@@ -14,7 +14,7 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::task::Waker;
 
-use super::conn::{parse_user_data, Conn, Ops, Stop};
+use super::conn::{parse_user_data, Bulk, Conn, Handover, Ops, Stop};
 use crate::forward::ending::Flow;
 use crate::log;
 use crate::sys::uring::{Completion, Ring};
@@ -37,6 +37,9 @@ pub struct Engine {
     /// The first ENOBUFS was logged (once per worker: a hint to give the
     /// ring more buffers, not an error).
     dry_logged: bool,
+    /// A buffer was filled since the buffers' memory was last released
+    /// (`trim`).
+    dirty: bool,
 }
 
 /// The `Ops` of one round: pushes to the ring, records parks and returns.
@@ -66,12 +69,30 @@ impl Ops for RingOps<'_> {
     fn park(&mut self, slot: u32, dir: usize) {
         self.parked.push_back((slot, dir));
     }
+    fn copy_out(&mut self, bid: u16, off: u32, len: u32, out: &mut Vec<u8>) {
+        self.ring.copy_out(bid, off, len, out);
+    }
 }
 
 /// What the owner of a connection sees when it polls.
 pub struct View {
     pub done: Option<(crate::forward::Outcome, Option<io::Error>)>,
     pub first_fin: Option<std::time::Instant>,
+    pub last_active: std::time::Instant,
+    /// Nothing is in flight and the connection is to continue on the
+    /// readiness path: the owner calls `hand_over`.
+    pub handover: bool,
+}
+
+/// A connection taken off the ring (`hand_over`).
+pub struct Handed {
+    /// Bytes the destinations accepted so far (client → backend, backend →
+    /// client).
+    pub up: u64,
+    pub down: u64,
+    /// Received but not sent yet, per direction (client → backend, backend
+    /// → client): the readiness path writes them first.
+    pub leftovers: [Vec<u8>; 2],
     pub last_active: std::time::Instant,
 }
 
@@ -86,6 +107,7 @@ impl Engine {
             scratch: Vec::new(),
             touched: Vec::new(),
             dry_logged: false,
+            dirty: false,
         }
     }
 
@@ -101,8 +123,15 @@ impl Engine {
     }
 
     /// Start forwarding between two open sockets; the caller keeps them open
-    /// until `finish` (or `orphan` and the final completions).
-    pub fn register(&mut self, client: RawFd, backend: RawFd) -> io::Result<u32> {
+    /// until `finish` or `hand_over` (or `orphan` and the final completions).
+    /// `bulk_run`: hand the connection over to the readiness path when it
+    /// turns into a bulk flow (`conn::BULK_RUN`, the run given here).
+    pub fn register(
+        &mut self,
+        client: RawFd,
+        backend: RawFd,
+        bulk_run: Option<u64>,
+    ) -> io::Result<u32> {
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -112,7 +141,11 @@ impl Engine {
                 s
             }
         };
-        self.conns[slot as usize] = Some(Conn::new(slot, client, backend));
+        let bulk = bulk_run.map(|run| Bulk {
+            buffer_size: self.ring.buffer_size(),
+            run,
+        });
+        self.conns[slot as usize] = Some(Conn::new(slot, client, backend, bulk));
         self.touch(slot);
         if let Err(e) = self.flush() {
             // The receives may be queued already: never hand these sockets
@@ -135,6 +168,34 @@ impl Engine {
             done: c.outcome(),
             first_fin: c.first_fin,
             last_active: c.last_active,
+            handover: c.handover() == Handover::Ready,
+        })
+    }
+
+    /// Take a connection whose handover is ready off the ring: its byte
+    /// counts and unsent bytes; its buffers go back and the slot is freed.
+    /// The sockets are left as they are (open, no FIN passed on).
+    pub fn hand_over(&mut self, slot: u32) -> Option<Handed> {
+        let (mut ops, conns) = self.ops();
+        let c = conns.get_mut(slot as usize)?.as_mut()?;
+        if c.handover() != Handover::Ready {
+            return None;
+        }
+        let (up, down) = c.bytes();
+        let last_active = c.last_active;
+        let leftovers = c.take_leftovers(&mut ops);
+        self.conns[slot as usize] = None;
+        self.free.push(slot);
+        // Publish the buffers (and re-arm directions parked for want of
+        // them).
+        if let Err(e) = self.flush() {
+            log!(Warn, "completion ring submit failed", error = e);
+        }
+        Some(Handed {
+            up,
+            down,
+            leftovers,
+            last_active,
         })
     }
 
@@ -232,6 +293,18 @@ impl Engine {
         self.ring.submit()
     }
 
+    /// Give the ring buffers' memory back once the worker has no connection
+    /// on the ring (every buffer is then back in the ring, unused): a burst
+    /// leaves no resident buffers behind. Called every `POOL_TRIM_PERIOD`;
+    /// a ring in use keeps its memory (releasing it under traffic would
+    /// cost a page fault per page refilled).
+    fn trim(&mut self) {
+        if self.dirty && self.conns.iter().all(Option::is_none) && self.ring.release_buffer_memory()
+        {
+            self.dirty = false;
+        }
+    }
+
     /// One round: apply every available completion, then flush. Returns the
     /// number of completions applied; wakers to call go into `wake`.
     pub fn round(&mut self, wake: &mut Vec<Waker>) -> usize {
@@ -243,6 +316,9 @@ impl Engine {
             let Some((slot, dir, kind)) = parse_user_data(c.user_data) else {
                 continue;
             };
+            if c.buffer().is_some() {
+                self.dirty = true;
+            }
             let (mut ops, conns) = self.ops();
             let Some(Some(conn)) = conns.get_mut(slot as usize) else {
                 // Not ours any more (cannot happen: a slot is freed only
@@ -255,7 +331,8 @@ impl Engine {
             let fin_before = conn.first_fin.is_some();
             conn.complete(dir, kind, c, &mut ops);
             let done = conn.outcome().is_some();
-            if done || (!fin_before && conn.first_fin.is_some()) {
+            let handover = conn.handover() == Handover::Ready;
+            if done || handover || (!fin_before && conn.first_fin.is_some()) {
                 if let Some(w) = conn.waker.take() {
                     wake.push(w);
                 }
@@ -296,7 +373,19 @@ pub fn get(make: impl FnOnce() -> io::Result<Ring>) -> io::Result<Rc<RefCell<Eng
     let engine = Rc::new(RefCell::new(Engine::new(ring)));
     ENGINE.with(|e| *e.borrow_mut() = Some(engine.clone()));
     monoio::spawn(drive(engine.clone(), efd));
+    monoio::spawn(trim_every_period(engine.clone()));
     Ok(engine)
+}
+
+/// Every `POOL_TRIM_PERIOD`, give back the buffers' memory if the ring is
+/// not in use (`Engine::trim`), like the readiness pools' trim.
+async fn trim_every_period(engine: Rc<RefCell<Engine>>) {
+    loop {
+        monoio::time::sleep(crate::forward::POOL_TRIM_PERIOD).await;
+        if let Ok(mut e) = engine.try_borrow_mut() {
+            e.trim();
+        }
+    }
 }
 
 /// The driving task: wait for the eventfd, then run rounds.

@@ -17,6 +17,16 @@
 //! `forward::ending::close`, the one ending policy. On the epoll driver, or
 //! when the ring cannot be set up (an old kernel), it falls back to
 //! `forward::duplex` with `auto`.
+//!
+//! `forwarding = "auto"` (the default) hands a connection that turns into a
+//! bulk flow (`conn::BULK_RUN`) over to the readiness pumps, whole: both
+//! directions' operations are cancelled, only their final completions are
+//! awaited (never a peer's reading), the bytes received but not sent become
+//! per-direction leftovers that `forward::resume` writes first inside each
+//! direction's pump, and the byte counts, timers and the one ending phase
+//! carry over. Bulk flows then splice (far less CPU per byte than the ring's
+//! copies); small request/response traffic stays on the ring.
+//! `forwarding = "completion"` never hands over.
 
 mod conn;
 mod engine;
@@ -30,6 +40,7 @@ use monoio::net::TcpStream;
 
 use crate::forward::ending::{self, Side, Timers};
 use crate::forward::{self, Cutoff, Opts, Outcome, Report};
+use crate::model::Forwarding;
 use crate::sys::uring::Ring;
 use crate::{log, sys};
 
@@ -48,6 +59,20 @@ const RING_ENTRIES: u32 = 4096;
 /// size, e.g. a ring of 8 buffers to exercise ENOBUFS.
 const ENV_BUFFERS: &str = "SLUICEGATE_COMPLETION_BUFFERS";
 const ENV_BUFFER_SIZE: &str = "SLUICEGATE_COMPLETION_BUFFER_SIZE";
+/// Test knob: the handover's run in bytes (`conn::BULK_RUN`), e.g. a huge
+/// one so that only the both-ways back-up arm of the rule hands over.
+const ENV_BULK_RUN: &str = "SLUICEGATE_COMPLETION_BULK_RUN";
+
+fn bulk_run() -> u64 {
+    thread_local! {
+        static RUN: u64 = std::env::var(ENV_BULK_RUN)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(conn::BULK_RUN);
+    }
+    RUN.with(|r| *r)
+}
 
 thread_local! {
     /// Set by the worker when it runs on the io_uring driver.
@@ -56,10 +81,16 @@ thread_local! {
     static BROKEN: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Benchmark knob: with `SLUICEGATE_COMPLETION_OFF=1` the completion engine
+/// is never used, so `auto` (and `completion`) forward with the readiness
+/// pumps' adaptive splice, as on epoll: the before/after comparison.
+const ENV_OFF: &str = "SLUICEGATE_COMPLETION_OFF";
+
 /// Called at worker start on the io_uring driver: the completion path may be
 /// used on this thread (the ring is created on the first connection).
 pub fn enable_on_this_thread() {
-    ENABLED.with(|e| e.set(true));
+    let off = std::env::var(ENV_OFF).is_ok_and(|v| v == "1");
+    ENABLED.with(|e| e.set(!off));
 }
 
 fn ring_size() -> (u16, u32) {
@@ -119,8 +150,19 @@ impl Drop for Registered {
     }
 }
 
+/// How the ring's part of a connection ended.
+enum RingEnd {
+    /// The connection ended on the ring.
+    Done((Outcome, Option<std::io::Error>)),
+    /// It turned into a bulk flow: continue on the readiness path.
+    HandOver,
+}
+
 /// Forward both directions until both are done (or a reset / deadline), like
-/// `forward::duplex`.
+/// `forward::duplex`. With `forwarding = "auto"` a connection that turns
+/// into a bulk flow (`conn::BULK_RUN`) is handed over, whole, to
+/// `forward::resume` (adaptive splice), with its unsent bytes, counts and
+/// timers; `completion` keeps every connection on the ring.
 pub async fn duplex(
     client: &TcpStream,
     backend: &TcpStream,
@@ -131,9 +173,10 @@ pub async fn duplex(
     let Some(engine) = engine() else {
         return forward::duplex(client, backend, &fallback, drain).await;
     };
+    let bulk = (opts.mode == Forwarding::Auto).then(bulk_run);
     let registered = engine
         .borrow_mut()
-        .register(client.as_raw_fd(), backend.as_raw_fd());
+        .register(client.as_raw_fd(), backend.as_raw_fd(), bulk);
     let slot = match registered {
         Ok(s) => s,
         Err(e) => {
@@ -164,13 +207,16 @@ pub async fn duplex(
     let mut timers = Timers::new(opts);
     let mut cut = false;
 
-    let (outcome, error) = poll_fn(|cx| loop {
+    let end = poll_fn(|cx| loop {
         let Some(v) = reg.engine.borrow_mut().view(reg.slot, cx.waker()) else {
             // Unreachable: the slot is ours until `finish`.
-            return Poll::Ready((Outcome::ClientReset, None));
+            return Poll::Ready(RingEnd::Done((Outcome::ClientReset, None)));
         };
         if let Some(done) = v.done {
-            return Poll::Ready(done);
+            return Poll::Ready(RingEnd::Done(done));
+        }
+        if v.handover {
+            return Poll::Ready(RingEnd::HandOver);
         }
         if cut {
             return Poll::Pending;
@@ -185,6 +231,28 @@ pub async fn duplex(
         }
     })
     .await;
+    let (outcome, error) = match end {
+        RingEnd::Done(done) => done,
+        RingEnd::HandOver => {
+            let handed = reg.engine.borrow_mut().hand_over(reg.slot);
+            reg.finished = true;
+            let Some(h) = handed else {
+                // Unreachable: `view` said the handover is ready.
+                return (Report::default(), Outcome::ClientReset);
+            };
+            crate::metrics::completion_handover();
+            let start = forward::Resume {
+                up: h.up,
+                down: h.down,
+                leftovers: h.leftovers,
+                last_active: h.last_active,
+                timers,
+            };
+            // Boxed: only handed-over connections pay for the readiness
+            // pumps' state.
+            return Box::pin(forward::resume(client, backend, &fallback, drain, start)).await;
+        }
+    };
     let (up, down, [up_flow, down_flow]) = reg.engine.borrow_mut().finish(reg.slot);
     reg.finished = true;
     // Nothing is in flight any more and every counted byte was accepted by

@@ -175,6 +175,60 @@ fn pump<'a>(dir: Dir<'a>, opts: &Opts) -> Pin<Box<dyn Future<Output = DirEnd> + 
     }
 }
 
+/// `pump`, after writing `leftover` (bytes an earlier forwarding path
+/// received from this direction's source and did not send) to the
+/// destination, counted as written. Inside the direction's own pump, so a
+/// destination that does not read blocks only its own direction.
+fn pump_after<'a>(
+    dir: Dir<'a>,
+    opts: &Opts,
+    leftover: Vec<u8>,
+) -> Pin<Box<dyn Future<Output = DirEnd> + 'a>> {
+    if leftover.is_empty() {
+        return pump(dir, opts);
+    }
+    let opts = *opts;
+    Box::pin(async move {
+        {
+            let fd = sys::fd(dir.dst);
+            let mut rest = &leftover[..];
+            while !rest.is_empty() {
+                match sys::send(fd, rest) {
+                    Ok(k) => {
+                        rest = &rest[k..];
+                        dir.bytes.set(dir.bytes.get() + k as u64);
+                        dir.last_active.set(Instant::now());
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if let Err(e) = dir.dst.writable(false).await {
+                            return DirEnd::DstFailed(e);
+                        }
+                    }
+                    Err(e) => return DirEnd::DstFailed(e),
+                }
+            }
+        }
+        drop(leftover);
+        pump(dir, &opts).await
+    })
+}
+
+/// Where a connection stands when another forwarding path hands it over
+/// (`resume`): both directions open, no FIN passed on, no ending begun.
+pub struct Resume {
+    /// Bytes already written into the destinations (client → backend,
+    /// backend → client).
+    pub up: u64,
+    pub down: u64,
+    /// Received and not yet sent, per direction (client → backend, backend
+    /// → client): written first, each inside its own direction's pump.
+    pub leftovers: [Vec<u8>; 2],
+    /// When a byte last moved, and the running timers: the idle timeout
+    /// counts from the last byte, not from the handover.
+    pub last_active: Instant,
+    pub timers: Timers,
+}
+
 impl DirEnd {
     fn progress(end: &Option<DirEnd>) -> Progress {
         match end {
@@ -194,10 +248,38 @@ pub async fn duplex(
     opts: &Opts,
     cut: &Cutoff,
 ) -> (Report, Outcome) {
+    let start = Resume {
+        up: 0,
+        down: 0,
+        leftovers: [Vec::new(), Vec::new()],
+        last_active: Instant::now(),
+        timers: Timers::new(opts),
+    };
+    resume(client, backend, opts, cut, start).await
+}
+
+/// `duplex` for a connection another forwarding path (the completion
+/// engine) forwarded so far and hands over (`Resume`). The counts include
+/// the earlier path's; the ending phase runs here, once, for the whole
+/// connection.
+pub async fn resume(
+    client: &TcpStream,
+    backend: &TcpStream,
+    opts: &Opts,
+    cut: &Cutoff,
+    start: Resume,
+) -> (Report, Outcome) {
     cut.forwarding();
-    let up = Cell::new(0u64);
-    let down = Cell::new(0u64);
-    let last_active = Cell::new(Instant::now());
+    let Resume {
+        up,
+        down,
+        leftovers: [up_left, down_left],
+        last_active,
+        mut timers,
+    } = start;
+    let up = Cell::new(up);
+    let down = Cell::new(down);
+    let last_active = Cell::new(last_active);
     let c2b = Dir {
         src: client,
         dst: backend,
@@ -210,11 +292,10 @@ pub async fn duplex(
         bytes: &down,
         last_active: &last_active,
     };
-    let mut a = pump(c2b, opts);
-    let mut b = pump(b2c, opts);
+    let mut a = pump_after(c2b, opts, up_left);
+    let mut b = pump_after(b2c, opts, down_left);
     let mut a_end: Option<DirEnd> = None;
     let mut b_end: Option<DirEnd> = None;
-    let mut timers = Timers::new(opts);
 
     let outcome = poll_fn(|cx| {
         if a_end.is_none() {

@@ -16,8 +16,9 @@
 //!
 //! Memory rule: the kernel may write into a buffer, or read from it, until the
 //! completion of the operation that uses it. The buffers are never exposed as
-//! Rust references (the forwarding path never looks at the bytes, it only
-//! passes a buffer id and a range to SEND), and both mappings outlive every
+//! Rust references that outlive a call (the forwarding path passes a buffer
+//! id and a range to SEND; only `copy_out`, at a handover, reads bytes of a
+//! filled buffer, within the call), and both mappings outlive every
 //! operation: `Drop` unmaps them only when no operation is in flight, and
 //! otherwise leaks them on purpose (a worker's ring lives as long as the
 //! worker, so this happens at most once per thread, at exit).
@@ -215,6 +216,26 @@ impl Ring {
         self.tail = self.tail.wrapping_add(1);
     }
 
+    /// Append bytes `offset..len` of buffer `bid` to `out`. The caller passes
+    /// a buffer the kernel filled with at least `len` bytes by a RECV whose
+    /// completion has been seen, and not given back yet (a connection handed
+    /// over to the readiness path takes its unsent bytes this way).
+    pub fn copy_out(&self, bid: u16, offset: u32, len: u32, out: &mut Vec<u8>) {
+        if bid >= self.count || offset >= len || len > self.size {
+            return;
+        }
+        let start = bid as usize * self.size as usize + offset as usize;
+        // SAFETY: checked above: `start..start + (len - offset)` lies inside
+        // the buffers mapping (bid < count, len <= size). The RECV that
+        // filled the buffer has completed and the buffer has not been given
+        // back, so the kernel does not write it now (a SEND may read it,
+        // which does not conflict); the slice lives only for this copy.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(self.buffers.ptr.add(start), (len - offset) as usize)
+        };
+        out.extend_from_slice(bytes);
+    }
+
     /// Publish the buffers given back since the last call.
     pub fn publish_buffers(&mut self) {
         let base = self.entries.ptr.cast::<types::BufRingEntry>();
@@ -322,6 +343,29 @@ impl Ring {
                 flags: c.flags(),
             });
         }
+    }
+
+    /// Give the buffers' memory back to the system (they read as zeros and
+    /// are committed again as the kernel fills them). Only with no
+    /// operation in flight, when no RECV can be writing into one: the caller
+    /// also makes sure no connection holds a filled buffer it still needs.
+    /// Returns whether it was done.
+    pub fn release_buffer_memory(&mut self) -> bool {
+        if self.in_flight > 0 || !self.ring.submission().is_empty() {
+            return false;
+        }
+        // SAFETY: `ptr`/`len` are the buffers mapping (anonymous, private);
+        // MADV_DONTNEED drops its pages, which later accesses fault in as
+        // zero pages. No operation is in flight or queued, so the kernel is
+        // not reading or writing any buffer now, and the mapping stays.
+        let r = unsafe {
+            libc::madvise(
+                self.buffers.ptr.cast(),
+                self.buffers.len,
+                libc::MADV_DONTNEED,
+            )
+        };
+        r == 0
     }
 
     /// Move every available completion to `out` (stashed ones first).

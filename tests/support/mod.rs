@@ -468,9 +468,12 @@ pub fn sample(metrics: &str, series: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// The runtime variants (driver, forwarding) every forwarding test runs on;
-/// `auto` is the default forwarding (copy for small messages, splice for
-/// bulk flows).
+/// The runtime variants (driver, forwarding) every forwarding test runs on.
+/// `auto` is the default forwarding: on io_uring the completion engine with
+/// bulk connections handed over to the readiness pumps (adaptive splice);
+/// on epoll the readiness pumps (copy for small messages, splice for bulk
+/// flows). io_uring/completion keeps every connection on the completion
+/// engine; copy and splice are the readiness pumps alone.
 pub const VARIANTS: &[(&str, &str)] = &[
     ("io_uring", "auto"),
     ("io_uring", "copy"),
