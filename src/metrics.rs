@@ -818,7 +818,7 @@ address = "127.0.0.1:9"
         assert_eq!(got, want, "in:\n{text}");
         // An outcome that never happened has no sample.
         assert!(!text.contains("router=\"r\",outcome=\"closed\""));
-        assert_eq!(text.matches("# HELP ").count(), 13);
-        assert_eq!(text.matches("# TYPE ").count(), 13);
+        assert_eq!(text.matches("# HELP ").count(), 14);
+        assert_eq!(text.matches("# TYPE ").count(), 14);
     }
 }
