@@ -159,6 +159,38 @@ BENCH_HIDDEN = ("errors", "connect_errors", "failed", "offered_rps", "backlog_at
                 "rss_before_kib", "rss_after_kib", "rss_after_hold_kib", "setup_s", "opened")
 
 
+BENCH_OURS = ["sluicegate", "sluicegate-completion", "sluicegate-readiness"]
+
+
+def bench_summary(rows):
+    """One row per scenario: every target's median, then for each sluicegate
+    target its median and its CPU per unit against the best peer's (the
+    side-by-side table of PERFORMANCE.md)."""
+    ours = [t for t in BENCH_OURS if any(r["target"] == t for r in rows)]
+    shown = [t for t in BENCH_ORDER if any(r["target"] == t for r in rows)]
+    hdr = ["scenario (unit)"] + shown
+    for t in ours:
+        hdr += [f"{t} vs best peer", f"{t} CPU/unit vs best peer"]
+    table = []
+    for s in scenarios(rows):
+        rs = [r for r in rows if r["scenario"] == s]
+        m = rs[0]
+        unit, better, norm = m["unit"], m["better"], m.get("cpu_norm") or ""
+        med, per = {}, {}
+        for t, (_, good) in by_target(rs, BENCH_ORDER).items():
+            med[t] = median([r["value"] for r in good])
+            p = [cpu_per_unit(r.get("cpu_s"), r.get("extra", {}), norm) for r in good]
+            per[t] = median([x for x in p if x is not None])
+        best = best_of([med.get(t) for t in BENCH_PEERS], better)
+        best_per = best_of([per.get(t) for t in BENCH_PEERS], "lower")
+        row = [f"{s} ({unit})"] + [fmt(med.get(t), unit, mega=True) for t in shown]
+        for t in ours:
+            row += [ratio(med.get(t), best) if med.get(t) is not None else "-",
+                    ratio(per.get(t), best_per) if per.get(t) is not None else "-"]
+        table.append(row)
+    return hdr, table
+
+
 def bench(rows, header):
     rep = Report(header, ["# sluicegate benchmark: latest run", "", header, "",
         "Median [min, max] over the repeats. *vs best peer*: the target's median divided by the best of "
@@ -166,6 +198,8 @@ def bench(rows, header):
         "the direct (no proxy) median. *cpu s*: the proxy's CPU seconds (user+system, all threads and processes) "
         "during one run; *cpu/unit*: CPU seconds per GB or per million requests; *threads*: the most threads "
         "the proxy had during a run (io_uring io-wq workers, iou-wrk, show up here).", ""], escape_pipes=True)
+    rep.table("summary: medians; ratios against the best of haproxy / haproxy-splice / nginx "
+              "(CPU per unit below 1 = less CPU)", *bench_summary(rows))
     for s in scenarios(rows):
         rs = [r for r in rows if r["scenario"] == s]
         m = rs[0]
