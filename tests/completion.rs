@@ -196,6 +196,109 @@ fn reset_in_the_middle_of_a_queued_send_comes_after_the_bytes_before_it() {
     );
 }
 
+/// Connections of the burst in the ring-memory test, and what each echoes.
+const BURST: usize = 100;
+const BURST_PER_CONN: usize = 1 << 20;
+
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_burst_gives_its_ring_buffers_back_while_another_connection_stays_on_the_ring() {
+    // The ring's 1024 x 16 KiB buffers are committed as the kernel fills
+    // them. A burst of connections whose clients read late fills the queues
+    // (16 buffers per direction) and so the whole ring; once it is over, the
+    // buffers' memory must go back although a connection is still open on
+    // the ring (it used to go back only with no connection left).
+    let echo = Backend::echo();
+    let p = Proxy::start(&config(echo.addr, 1));
+    let addr = p.addr("main");
+    let pid = p.pid();
+    let mut keep = TcpStream::connect(addr).unwrap();
+    keep.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut b = [0u8; 4];
+    keep.write_all(b"keep").unwrap();
+    keep.read_exact(&mut b).unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let base = rss_kb(pid);
+
+    let data = Arc::new(pattern(BURST_PER_CONN, 41));
+    let start = Arc::new(Barrier::new(BURST + 1));
+    let clients: Vec<_> = (0..BURST)
+        .map(|_| {
+            let (data, start) = (data.clone(), start.clone());
+            thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn(move || {
+                    let mut s = TcpStream::connect(addr).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                    let mut w = s.try_clone().unwrap();
+                    let out = data.clone();
+                    let writer = thread::Builder::new()
+                        .stack_size(128 * 1024)
+                        .spawn(move || {
+                            w.write_all(&out).unwrap();
+                            w.shutdown(Shutdown::Write).unwrap();
+                        })
+                        .unwrap();
+                    // Read only once every client is writing: until then the
+                    // echoes queue up in the proxy.
+                    start.wait();
+                    thread::sleep(Duration::from_millis(500));
+                    let (got, err) = read_to_end(&mut s);
+                    writer.join().unwrap();
+                    assert!(err.is_none(), "{err:?}");
+                    assert!(got == *data, "echo differs ({} bytes)", got.len());
+                })
+                .unwrap()
+        })
+        .collect();
+    start.wait();
+    let mut peak = 0;
+    while !clients.iter().all(|c| c.is_finished()) {
+        peak = peak.max(rss_kb(pid));
+        thread::sleep(Duration::from_millis(20));
+    }
+    for c in clients {
+        c.join().unwrap();
+    }
+    // The burst did take the ring's memory (8 MiB of its 16 MiB at least).
+    assert!(
+        peak >= base + 8 * 1024,
+        "the burst never filled the ring: RSS {base} kB -> peak {peak} kB"
+    );
+    // Back to the idle stock (64 buffers, 1 MiB) plus slack, with `keep`
+    // still on the ring; trims run every second.
+    let bound = base + 4 * 1024;
+    let done = std::time::Instant::now();
+    let rss = loop {
+        let rss = rss_kb(pid);
+        if rss <= bound || done.elapsed() > Duration::from_secs(10) {
+            break rss;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "ring memory: RSS {base} kB -> peak {peak} kB -> {rss} kB after {:?}",
+        done.elapsed()
+    );
+    assert!(
+        rss <= bound,
+        "RSS {rss} kB stays above {base} kB + 4 MiB after the burst (peak {peak} kB)"
+    );
+    // And the connection that stayed is still forwarded.
+    keep.write_all(b"more").unwrap();
+    keep.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"more");
+}
+
 /// Bytes in a socket's send queue not yet acknowledged (SIOCOUTQ).
 fn outq(s: &TcpStream) -> usize {
     use std::os::fd::AsFd;

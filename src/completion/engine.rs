@@ -68,6 +68,8 @@ impl Ops for RingOps<'_> {
     }
     fn park(&mut self, slot: u32, dir: usize) {
         self.parked.push_back((slot, dir));
+        // The kernel's ring ran dry: keep more buffers in it.
+        self.ring.grow_stock();
     }
     fn copy_out(&mut self, bid: u16, off: u32, len: u32, out: &mut Vec<u8>) {
         self.ring.copy_out(bid, off, len, out);
@@ -266,7 +268,12 @@ impl Engine {
         }
         self.touched = touched;
         self.touched.clear();
-        if !self.parked.is_empty() && !self.dry_logged {
+        // A parked direction with the stock below every buffer is the ring
+        // adapting to a burst; with all of them stocked it is a shortage.
+        if !self.parked.is_empty()
+            && !self.dry_logged
+            && self.ring.stock() == self.ring.buffer_count()
+        {
             self.dry_logged = true;
             log!(
                 Info,
@@ -274,7 +281,10 @@ impl Engine {
                 buffers = self.ring.buffer_count()
             );
         }
-        if self.returned > 0 && !self.parked.is_empty() {
+        // Stock the kernel's ring from the spares first: a direction parked
+        // for want of buffers may find them there (the stock just grew).
+        let added = self.ring.publish_buffers();
+        if (self.returned > 0 || added > 0) && !self.parked.is_empty() {
             // Re-arm every parked direction: a re-armed RECV waits without a
             // buffer until bytes arrive, and one that finds the ring empty
             // again parks again, until the next buffer comes back. Re-arming
@@ -289,19 +299,39 @@ impl Engine {
             }
         }
         self.returned = 0;
-        self.ring.publish_buffers();
         self.ring.submit()
     }
 
-    /// Give the ring buffers' memory back once the worker has no connection
-    /// on the ring (every buffer is then back in the ring, unused): a burst
-    /// leaves no resident buffers behind. Called every `POOL_TRIM_PERIOD`;
-    /// a ring in use keeps its memory (releasing it under traffic would
-    /// cost a page fault per page refilled).
+    /// Give the ring buffers' memory back: all of it once the worker has no
+    /// connection on the ring (no operation in flight), else that of the
+    /// spare buffers below the top `MIN_STOCK` (cold since a burst: the
+    /// kernel's ring is stocked from the top of the spares, so a steady load
+    /// keeps reusing the same few hot buffers and never faults them in
+    /// again).
+    /// Called every `POOL_TRIM_PERIOD`.
     fn trim(&mut self) {
         if self.dirty && self.conns.iter().all(Option::is_none) && self.ring.release_buffer_memory()
         {
             self.dirty = false;
+            return;
+        }
+        // In use: the spares below the top `MIN_STOCK` are cold (the
+        // kernel's ring is stocked from the top); a burst's buffers come
+        // back to the spares and their memory goes back here.
+        self.ring.decay_stock();
+        self.ring
+            .release_spare_memory(usize::from(crate::sys::uring::MIN_STOCK));
+        // What a burst left stocked in the kernel's ring beyond the stock
+        // comes back to the spares for the next trim to release.
+        let keep = u64::from(self.ring.stock());
+        match self.ring.reclaim_stock(keep) {
+            Ok(0) => {}
+            Ok(_) => {
+                if let Err(e) = self.ring.submit() {
+                    log!(Warn, "completion ring submit failed", error = e);
+                }
+            }
+            Err(e) => log!(Warn, "completion ring submit failed", error = e),
         }
     }
 

@@ -21,6 +21,18 @@
 //!   buffers (SEND);
 //! - a second mapping of the CQ ring, for its flags word.
 //!
+//! Buffer stock: every buffer is in exactly one place: the kernel's ring
+//! (published, not handed out yet), a connection's hands (filled by a
+//! RECV, until its SEND completes), or the spares. Returned buffers become
+//! spares, last in first out, and the kernel's ring is topped up from the
+//! top of the spares to about twice what connections hold (at least 64, at
+//! most a stock that doubles on every ENOBUFS and decays when none came for
+//! a trim period). A steady load therefore reuses a few hot buffers instead
+//! of cycling through all of them (which committed the whole 16 MiB), and
+//! after a burst the surplus left in the kernel's ring is read back out
+//! (`reclaim_stock`) so that spare buffers' memory can be released
+//! (`release_spare_memory`).
+//!
 //! Memory rule: the kernel may write into a buffer, or read from it, until the
 //! completion of the operation that uses it. The buffers are never exposed as
 //! Rust references that outlive a call (the forwarding path passes a buffer
@@ -44,6 +56,14 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 /// The buffer group id of the provided-buffer ring (one ring, one group).
 const BUF_GROUP: u16 = 0;
+/// The user data of the reads that take surplus buffers back out of the
+/// kernel's ring (`reclaim_stock`); the engine's user data never has its low
+/// four bits all set.
+const RECLAIM_UD: u64 = u64::MAX;
+/// Buffers the kernel's ring is stocked with at least (see `Ring::stock`):
+/// enough for 64 directions receiving at once before the first ENOBUFS
+/// doubles it; 1 MiB of 16 KiB buffers.
+pub const MIN_STOCK: u16 = 64;
 
 /// One completion, copied out of the completion queue.
 #[derive(Debug, Clone, Copy)]
@@ -182,6 +202,35 @@ pub struct Ring {
     size: u32,
     /// Our copy of the buffer ring's tail; published by `publish_buffers`.
     tail: u16,
+    /// Buffers neither in the kernel's ring nor held by a connection, most
+    /// recently returned last: `publish_buffers` hands the top ones to the
+    /// kernel, so a few hot buffers are reused and the rest stay cold
+    /// (untouched, or released by `release_spare_memory`).
+    spare: Vec<u16>,
+    /// At most how many buffers the kernel's ring is stocked with: doubled
+    /// on every ENOBUFS (`grow_stock`) up to `count`, cut back by
+    /// `decay_stock` when a trim period passed without one. Within it the
+    /// ring is stocked with twice what the connections hold (`target`), so
+    /// the buffers that come back at the end of a burst stay spare, where
+    /// their memory can be released.
+    stock: u16,
+    /// An ENOBUFS since the last `decay_stock`.
+    grew: bool,
+    /// Buffers published to the kernel's ring, and buffers the kernel handed
+    /// out (completions carrying one), both counted from the start: the
+    /// difference is what the kernel's ring holds (or a little more, for
+    /// completions not seen yet).
+    published: u64,
+    consumed: u64,
+    /// Per buffer: filled by the kernel since its memory was last released.
+    dirty: Vec<bool>,
+    /// An eventfd in semaphore mode that `reclaim_stock` reads from with
+    /// buffer select: each read takes one buffer out of the kernel's ring.
+    reclaim_fd: OwnedFd,
+    /// Reclaiming reads in flight, and counts written to `reclaim_fd` that
+    /// no read took (a read that found the ring empty).
+    reclaiming: usize,
+    reclaim_unread: u64,
     /// Operations submitted (or queued) whose final completion has not been
     /// seen: while this is not zero, the mappings must stay.
     in_flight: usize,
@@ -219,6 +268,13 @@ impl Ring {
         }
         // SAFETY: eventfd returned a new descriptor nothing else owns.
         let eventfd = unsafe { OwnedFd::from_raw_fd(efd) };
+        // SAFETY: as above; a semaphore eventfd (each read takes 1).
+        let rfd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_SEMAPHORE) };
+        if rfd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: eventfd returned a new descriptor nothing else owns.
+        let reclaim_fd = unsafe { OwnedFd::from_raw_fd(rfd) };
         ring.submitter().register_eventfd(efd)?;
 
         let entries = Mapping::new(count as usize * std::mem::size_of::<types::BufRingEntry>())?;
@@ -242,12 +298,19 @@ impl Ring {
             count,
             size,
             tail: 0,
+            // Buffer 0 on top: the first ones handed out.
+            spare: (0..count).rev().collect(),
+            stock: MIN_STOCK.min(count),
+            grew: false,
+            published: 0,
+            consumed: 0,
+            dirty: vec![false; count as usize],
+            reclaim_fd,
+            reclaiming: 0,
+            reclaim_unread: 0,
             in_flight: 0,
             stash: VecDeque::new(),
         };
-        for bid in 0..count {
-            r.give_back(bid);
-        }
         r.publish_buffers();
         Ok(r)
     }
@@ -297,18 +360,61 @@ impl Ring {
         self.in_flight
     }
 
-    /// Give buffer `bid` back to the kernel (visible after `publish_buffers`).
-    /// The caller gives back only a buffer the kernel handed out and whose
-    /// SEND has completed (or that was never sent).
+    /// Give buffer `bid` back (to the kernel's ring by the next
+    /// `publish_buffers`, if it needs stocking). The caller gives back only a
+    /// buffer the kernel handed out and whose SEND has completed (or that was
+    /// never sent).
     pub fn give_back(&mut self, bid: u16) {
-        if bid >= self.count {
-            return;
+        if bid < self.count {
+            self.spare.push(bid);
         }
+    }
+
+    /// A receive found the kernel's ring empty: stock it with twice as many
+    /// buffers from now on (up to all of them).
+    pub fn grow_stock(&mut self) {
+        self.stock = self.stock.saturating_mul(2).min(self.count);
+        self.grew = true;
+    }
+
+    /// Called once per trim period: without an ENOBUFS in the period, a
+    /// quarter of the stock is enough from now on (at least `MIN_STOCK`).
+    pub fn decay_stock(&mut self) {
+        if !self.grew {
+            self.stock = (self.stock / 4).max(MIN_STOCK).min(self.count);
+        }
+        self.grew = false;
+    }
+
+    /// How many buffers the kernel's ring should hold now: twice what the
+    /// connections hold (a burst's demand), at least `MIN_STOCK`, at most
+    /// `stock`.
+    fn target(&self) -> u64 {
+        let idle = self.spare.len() as u64 + self.stocked();
+        let held = u64::from(self.count).saturating_sub(idle);
+        (2 * held)
+            .max(u64::from(MIN_STOCK))
+            .min(u64::from(self.stock))
+    }
+
+    /// How many buffers the kernel's ring is kept stocked with.
+    pub fn stock(&self) -> u16 {
+        self.stock
+    }
+
+    /// Buffers in the kernel's ring now (at most; see `consumed`).
+    fn stocked(&self) -> u64 {
+        self.published.saturating_sub(self.consumed)
+    }
+
+    fn push_buffer(&mut self, bid: u16) {
         let slot = (self.tail & (self.count - 1)) as usize;
         let base = self.entries.ptr.cast::<types::BufRingEntry>();
         // SAFETY: `slot < count`, so the entry lies inside the entries
         // mapping; the kernel reads only entries between its head and the
-        // published tail, and this slot is past the published tail.
+        // published tail, and this slot is past the published tail (the
+        // kernel's ring never holds more than `count` buffers: each bid is
+        // either spare, in the ring, or handed out, once).
         let entry = unsafe { &mut *base.add(slot) };
         // SAFETY: `bid < count`, so the buffer lies inside the mapping.
         let addr = unsafe { self.buffers.ptr.add(bid as usize * self.size as usize) };
@@ -316,6 +422,7 @@ impl Ring {
         entry.set_len(self.size);
         entry.set_bid(bid);
         self.tail = self.tail.wrapping_add(1);
+        self.published += 1;
     }
 
     /// Append bytes `offset..len` of buffer `bid` to `out`. The caller passes
@@ -338,8 +445,19 @@ impl Ring {
         out.extend_from_slice(bytes);
     }
 
-    /// Publish the buffers given back since the last call.
-    pub fn publish_buffers(&mut self) {
+    /// Stock the kernel's ring up to `target` buffers from the top of the
+    /// spares (the most recently used first) and publish them. Returns how
+    /// many were added.
+    pub fn publish_buffers(&mut self) -> usize {
+        let mut added = 0;
+        while self.stocked() < self.target() {
+            let Some(bid) = self.spare.pop() else { break };
+            self.push_buffer(bid);
+            added += 1;
+        }
+        if added == 0 {
+            return 0;
+        }
         let base = self.entries.ptr.cast::<types::BufRingEntry>();
         // SAFETY: the tail field of a buffer ring overlays the `resv` field
         // of its first entry, which lies in our mapping; the kernel reads it
@@ -349,13 +467,94 @@ impl Ring {
             let tail = types::BufRingEntry::tail(base) as *const AtomicU16;
             (*tail).store(self.tail, Ordering::Release);
         }
+        added
+    }
+
+    /// Take the buffers the kernel's ring holds beyond `keep` back out of
+    /// it, so that their memory can be released: the ring is a FIFO, and
+    /// after a burst it may stay stocked with hundreds of filled buffers
+    /// that idle connections will not consume for a long time. Each read of
+    /// the engine's own semaphore eventfd with buffer select consumes the
+    /// oldest entry; its completion (never shown to the caller) makes the
+    /// buffer spare. Returns how many reads were queued.
+    pub fn reclaim_stock(&mut self, keep: u64) -> io::Result<usize> {
+        if self.reclaiming > 0 {
+            return Ok(0);
+        }
+        let excess = self.stocked().saturating_sub(keep);
+        if excess == 0 {
+            return Ok(0);
+        }
+        let add = excess.saturating_sub(self.reclaim_unread);
+        if add > 0 {
+            use std::io::Write;
+            let mut f = std::fs::File::from(self.reclaim_fd.try_clone()?);
+            f.write_all(&add.to_ne_bytes())?;
+            self.reclaim_unread += add;
+        }
+        use std::os::fd::AsRawFd;
+        let fd = self.reclaim_fd.as_raw_fd();
+        for _ in 0..excess {
+            // Eight bytes: an eventfd read needs them; the kernel writes
+            // them into the buffer it selects.
+            let e = opcode::Read::new(types::Fd(fd), std::ptr::null_mut(), 8)
+                .buf_group(BUF_GROUP)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+                .user_data(RECLAIM_UD);
+            self.push(e)?;
+            self.reclaiming += 1;
+        }
+        Ok(excess as usize)
+    }
+
+    /// Give back the memory of spare buffers below the top `keep` of the
+    /// spare stack (the coldest) that were filled since their memory was
+    /// last released. Spare buffers are neither in the kernel's ring nor
+    /// held by a connection, so nothing reads or writes them now. Returns
+    /// the bytes released.
+    pub fn release_spare_memory(&mut self, keep: usize) -> usize {
+        let cold = self.spare.len().saturating_sub(keep);
+        let mut bids: Vec<u16> = self.spare[..cold]
+            .iter()
+            .copied()
+            .filter(|&b| self.dirty[b as usize])
+            .collect();
+        bids.sort_unstable();
+        let size = self.size as usize;
+        let mut released = 0;
+        let mut i = 0;
+        while i < bids.len() {
+            // One madvise per run of adjacent buffers.
+            let mut j = i + 1;
+            while j < bids.len() && bids[j] == bids[j - 1] + 1 {
+                j += 1;
+            }
+            let start = bids[i] as usize * size;
+            let len = (j - i) * size;
+            // SAFETY: `start..start + len` lies inside the buffers mapping
+            // (every bid < count); these buffers are spare, so no operation
+            // uses them and no reference to them exists; MADV_DONTNEED on a
+            // private anonymous mapping makes them read as zeros later.
+            let r = unsafe {
+                libc::madvise(self.buffers.ptr.add(start).cast(), len, libc::MADV_DONTNEED)
+            };
+            if r == 0 {
+                for &b in &bids[i..j] {
+                    self.dirty[b as usize] = false;
+                }
+                released += len;
+            }
+            i = j;
+        }
+        released
     }
 
     /// Queue an entry, submitting first when the queue is full.
     fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
         loop {
             // SAFETY: every entry built in this module either carries no
-            // pointer (RECV with buffer select, ASYNC_CANCEL) or a
+            // pointer (RECV and READ with buffer select, ASYNC_CANCEL) or a
             // pointer into `buffers` (SEND), which outlives the operation
             // (see the module doc).
             let pushed = unsafe { self.ring.submission().push(&entry) };
@@ -467,15 +666,36 @@ impl Ring {
                 libc::MADV_DONTNEED,
             )
         };
+        if r == 0 {
+            self.dirty.iter_mut().for_each(|d| *d = false);
+            // Idle: a burst's stock is not kept either.
+            self.stock = MIN_STOCK.min(self.count);
+        }
         r == 0
     }
 
     /// Move every available completion to `out` (stashed ones first).
     pub fn completions(&mut self, out: &mut Vec<Completion>) {
         self.stash_completions();
-        for c in self.stash.drain(..) {
+        for c in std::mem::take(&mut self.stash) {
             if !c.more() {
                 self.in_flight = self.in_flight.saturating_sub(1);
+            }
+            if let Some(bid) = c.buffer() {
+                self.consumed += 1;
+                if let Some(d) = self.dirty.get_mut(bid as usize) {
+                    *d = true;
+                }
+            }
+            if c.user_data == RECLAIM_UD {
+                self.reclaiming = self.reclaiming.saturating_sub(1);
+                // Without a buffer the ring was empty (ENOBUFS): the count
+                // stays unread for the next reclaim.
+                if let Some(bid) = c.buffer() {
+                    self.reclaim_unread = self.reclaim_unread.saturating_sub(1);
+                    self.give_back(bid);
+                }
+                continue;
             }
             out.push(c);
         }
