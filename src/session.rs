@@ -391,15 +391,88 @@ pub async fn serve(
     acc.emit(&ended, up, down, error.as_ref());
 }
 
+/// A session's two phases. Setting up (PROXY header, peek, routing, TLS
+/// handshake, dial, replay) needs far more state than forwarding, and a
+/// session spends nearly all of its life forwarding, so the set-up phase
+/// runs in a boxed future of its own that is freed before forwarding
+/// starts: an idle proxied connection carries only the forwarding phase's
+/// state. TLS sessions (terminated or originated) forward inside the set-up
+/// future, which holds their larger state anyway.
 async fn run<'a>(
     ws: &'a WorkerSnap,
     ep: EntryPointId,
     client: &TcpStream,
     peer: SocketAddr,
-    shared: &Shared,
+    shared: &'a Shared,
     acc: &mut Access<'a>,
     cut: &Cutoff,
 ) -> Result<(forward::Report, Outcome), Early> {
+    let plain = match Box::pin(setup(ws, ep, client, peer, shared, acc, cut)).await? {
+        Next::Done(report, outcome) => return Ok((report, outcome)),
+        Next::Plain(p) => p,
+    };
+    let Plain {
+        backend,
+        opts,
+        up,
+        down,
+        _key,
+        _slots,
+        _slot,
+    } = plain;
+    // `auto` and `completion` go to the completion engine, which falls back
+    // to the readiness pumps where it cannot run (epoll, no ring).
+    let completion = matches!(
+        opts.mode,
+        crate::model::Forwarding::Auto | crate::model::Forwarding::Completion
+    );
+    let (mut report, outcome) = if completion {
+        crate::completion::duplex(client, &backend, &opts, cut).await
+    } else {
+        // Boxed: the readiness pumps' state is only paid for by the
+        // connections that use them.
+        Box::pin(forward::duplex(client, &backend, &opts, cut)).await
+    };
+    report.up += up;
+    report.down += down;
+    Ok((report, outcome))
+}
+
+/// Where the set-up phase left a session. Returned once per session and
+/// taken apart at once, so the larger variant costs nothing to keep.
+#[allow(clippy::large_enum_variant)]
+enum Next<'a> {
+    /// Forwarded to its end already (the TLS paths).
+    Done(forward::Report, Outcome),
+    /// Plain forwarding is next, with what it needs.
+    Plain(Plain<'a>),
+}
+
+/// What the forwarding phase of a plain (or passthrough) session holds.
+struct Plain<'a> {
+    backend: TcpStream,
+    opts: forward::Opts,
+    /// Bytes moved during set-up (replayed peek, PostgreSQL startup relay),
+    /// added to the forwarded counts.
+    up: u64,
+    down: u64,
+    /// The PostgreSQL cancel key registered for this session, if any.
+    _key: Option<pg::KeyGuard>,
+    /// inFlightConn places, held until the end.
+    _slots: Vec<InFlightSlot<'a>>,
+    /// This connection's place in its server's count.
+    _slot: crate::balance::Slot,
+}
+
+async fn setup<'a>(
+    ws: &'a WorkerSnap,
+    ep: EntryPointId,
+    client: &TcpStream,
+    peer: SocketAddr,
+    shared: &'a Shared,
+    acc: &mut Access<'a>,
+    cut: &Cutoff,
+) -> Result<Next<'a>, Early> {
     let cfg = &ws.snap.config;
     // Nothing to set on the client socket: `sys::accept4` made it
     // non-blocking (SOCK_NONBLOCK) and it inherits TCP_NODELAY and the
@@ -719,7 +792,7 @@ async fn run<'a>(
                 .await;
         report.up += startup_moved.up;
         report.down += startup_moved.down;
-        return Ok((report, outcome));
+        return Ok(Next::Done(report, outcome));
     }
 
     // Passthrough of a PostgreSQL SSLRequest: ask the backend for TLS too,
@@ -751,7 +824,7 @@ async fn run<'a>(
             let p = peeked;
             p.buf
         };
-        return Ok(Box::pin(tls::originate(
+        let (report, outcome) = Box::pin(tls::originate(
             &ws.snap.tls,
             client,
             &backend,
@@ -760,7 +833,8 @@ async fn run<'a>(
             &opts,
             cut,
         ))
-        .await);
+        .await;
+        return Ok(Next::Done(report, outcome));
     }
     // A PostgreSQL router: the startup packet as the router rewrites it.
     let pg_session = router.postgres.as_ref().zip(pg_startup.as_ref());
@@ -800,20 +874,15 @@ async fn run<'a>(
             _key = Some(pg::register(pid, secret, target));
         }
     }
-    // `auto` and `completion` go to the completion engine, which falls back
-    // to the readiness pumps where it cannot run (epoll, no ring).
-    let completion = matches!(
-        opts.mode,
-        crate::model::Forwarding::Auto | crate::model::Forwarding::Completion
-    );
-    let (mut report, outcome) = if completion {
-        crate::completion::duplex(client, &backend, &opts, cut).await
-    } else {
-        forward::duplex(client, &backend, &opts, cut).await
-    };
-    report.up += replayed + startup_moved.up;
-    report.down += startup_moved.down;
-    Ok((report, outcome))
+    Ok(Next::Plain(Plain {
+        backend,
+        opts,
+        up: replayed + startup_moved.up,
+        down: startup_moved.down,
+        _key,
+        _slots,
+        _slot,
+    }))
 }
 
 /// Apply inFlightConn and ipAllowList of `router` to the client.

@@ -171,7 +171,9 @@ pub async fn duplex(
 ) -> (Report, Outcome) {
     let fallback = opts.readiness();
     let Some(engine) = engine() else {
-        return forward::duplex(client, backend, &fallback, drain).await;
+        // Boxed: a connection on the ring does not carry the readiness
+        // pumps' state in its future.
+        return Box::pin(forward::duplex(client, backend, &fallback, drain)).await;
     };
     let bulk = (opts.mode == Forwarding::Auto).then(bulk_run);
     let registered = engine
