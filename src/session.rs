@@ -23,7 +23,6 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::pin::pin;
-use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -336,16 +335,19 @@ impl Drop for InFlightSlot<'_> {
     }
 }
 
+/// Serve one accepted connection to its end. The caller owns the client
+/// socket and the snapshot (so this future does not hold a second copy of
+/// either: it lives as long as the connection).
 pub async fn serve(
-    ws: Rc<WorkerSnap>,
+    ws: &WorkerSnap,
     ep: EntryPointId,
-    client: TcpStream,
+    client: &TcpStream,
     peer: SocketAddr,
     shared: &Shared,
     cut: &Cutoff,
 ) {
     let mut acc = Access {
-        ws: &ws,
+        ws,
         ep,
         client: peer,
         start: Instant::now(),
@@ -354,7 +356,7 @@ pub async fn serve(
         server: None,
     };
     let result = {
-        let mut phases = pin!(run(&ws, ep, &client, peer, shared, &mut acc, cut));
+        let mut phases = pin!(run(ws, ep, client, shared, &mut acc, cut));
         poll_fn(|cx| {
             if let Poll::Ready(r) = phases.as_mut().poll(cx) {
                 return Poll::Ready(r);
@@ -368,7 +370,7 @@ pub async fn serve(
                 if let Some(fd) = cut.backend() {
                     let _ = sys::remembered::set_linger_zero(fd);
                 }
-                let _ = sys::set_linger_zero(sys::fd(&client));
+                let _ = sys::set_linger_zero(sys::fd(client));
                 return Poll::Ready(Err(Early::Drained));
             }
             Poll::Pending
@@ -402,12 +404,11 @@ async fn run<'a>(
     ws: &'a WorkerSnap,
     ep: EntryPointId,
     client: &TcpStream,
-    peer: SocketAddr,
     shared: &'a Shared,
     acc: &mut Access<'a>,
     cut: &Cutoff,
 ) -> Result<(forward::Report, Outcome), Early> {
-    let plain = match Box::pin(setup(ws, ep, client, peer, shared, acc, cut)).await? {
+    let plain = match Box::pin(setup(ws, ep, client, shared, acc, cut)).await? {
         Next::Done(report, outcome) => return Ok((report, outcome)),
         Next::Plain(p) => p,
     };
@@ -456,8 +457,9 @@ struct Plain<'a> {
     /// added to the forwarded counts.
     up: u64,
     down: u64,
-    /// The PostgreSQL cancel key registered for this session, if any.
-    _key: Option<pg::KeyGuard>,
+    /// The PostgreSQL cancel key registered for this session, if any
+    /// (boxed: most sessions have none).
+    _key: Option<Box<pg::KeyGuard>>,
     /// inFlightConn places, held until the end.
     _slots: Vec<InFlightSlot<'a>>,
     /// This connection's place in its server's count.
@@ -468,7 +470,6 @@ async fn setup<'a>(
     ws: &'a WorkerSnap,
     ep: EntryPointId,
     client: &TcpStream,
-    peer: SocketAddr,
     shared: &'a Shared,
     acc: &mut Access<'a>,
     cut: &Cutoff,
@@ -481,6 +482,8 @@ async fn setup<'a>(
     // connection.
     // A `[::]` listener reports IPv4 clients as ::ffff:a.b.c.d; rules and
     // allow lists always see the canonical form.
+    // The client's address as accepted (`acc.client`), not held twice.
+    let peer = acc.client;
     let client_ip = peer.ip().to_canonical();
 
     let ep_cfg = cfg.entrypoint(ep);
@@ -871,7 +874,7 @@ async fn setup<'a>(
                 addr: server.address,
                 dial_timeout: transport.dial_timeout,
             };
-            _key = Some(pg::register(pid, secret, target));
+            _key = Some(Box::new(pg::register(pid, secret, target)));
         }
     }
     Ok(Next::Plain(Plain {

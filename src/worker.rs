@@ -611,7 +611,8 @@ async fn accept_loop(
                         let guard = LiveGuard::new(ep);
                         let shared = shared.clone();
                         monoio::spawn(async move {
-                            session::serve(ws, ep, stream, peer, &shared, &guard.cut).await;
+                            session::serve(&ws, ep, &stream, peer, &shared, &guard.cut).await;
+                            drop(stream);
                             drop(guard);
                         });
                     }

@@ -270,7 +270,10 @@ pub async fn duplex(
         writer: up_flow,
         held: 0,
     };
-    let [down_lost, up_lost] = ending::close(outcome, client_side, backend_side, drain).await;
+    // Boxed: it runs once, at the end, and would otherwise enlarge every
+    // connection's future for its whole life.
+    let [down_lost, up_lost] =
+        Box::pin(ending::close(outcome, client_side, backend_side, drain)).await;
     let report = Report {
         up: up.saturating_sub(up_lost),
         down: down.saturating_sub(down_lost),
