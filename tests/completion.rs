@@ -200,15 +200,6 @@ fn reset_in_the_middle_of_a_queued_send_comes_after_the_bytes_before_it() {
 const BURST: usize = 100;
 const BURST_PER_CONN: usize = 1 << 20;
 
-fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn a_burst_gives_its_ring_buffers_back_while_another_connection_stays_on_the_ring() {
     // The ring's 1024 x 16 KiB buffers are committed as the kernel fills

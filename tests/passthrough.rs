@@ -526,10 +526,7 @@ fn hellos_of_cap_minus_one_and_cap_route_and_cap_plus_one_is_refused_at_once() {
 
 /// Resident memory of a process, in bytes.
 fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
+    rss_kb(pid) * 1024
 }
 
 /// Open `clients` connections that each send `bytes` and wait; sample the

@@ -37,9 +37,6 @@ pub struct Engine {
     /// The first ENOBUFS was logged (once per worker: a hint to give the
     /// ring more buffers, not an error).
     dry_logged: bool,
-    /// A buffer was filled since the buffers' memory was last released
-    /// (`trim`).
-    dirty: bool,
 }
 
 /// The `Ops` of one round: pushes to the ring, records parks and returns.
@@ -109,7 +106,6 @@ impl Engine {
             scratch: Vec::new(),
             touched: Vec::new(),
             dry_logged: false,
-            dirty: false,
         }
     }
 
@@ -310,9 +306,7 @@ impl Engine {
     /// again).
     /// Called every `POOL_TRIM_PERIOD`.
     fn trim(&mut self) {
-        if self.dirty && self.conns.iter().all(Option::is_none) && self.ring.release_buffer_memory()
-        {
-            self.dirty = false;
+        if self.conns.iter().all(Option::is_none) && self.ring.release_buffer_memory() {
             return;
         }
         // In use: the spares below the top `MIN_STOCK` are cold (the
@@ -346,9 +340,6 @@ impl Engine {
             let Some((slot, dir, kind)) = parse_user_data(c.user_data) else {
                 continue;
             };
-            if c.buffer().is_some() {
-                self.dirty = true;
-            }
             let (mut ops, conns) = self.ops();
             let Some(Some(conn)) = conns.get_mut(slot as usize) else {
                 // Not ours any more (cannot happen: a slot is freed only

@@ -226,7 +226,7 @@ pub struct Ring {
     dirty: Vec<bool>,
     /// An eventfd in semaphore mode that `reclaim_stock` reads from with
     /// buffer select: each read takes one buffer out of the kernel's ring.
-    reclaim_fd: OwnedFd,
+    reclaim_fd: std::fs::File,
     /// Reclaiming reads in flight, and counts written to `reclaim_fd` that
     /// no read took (a read that found the ring empty).
     reclaiming: usize,
@@ -274,7 +274,7 @@ impl Ring {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: eventfd returned a new descriptor nothing else owns.
-        let reclaim_fd = unsafe { OwnedFd::from_raw_fd(rfd) };
+        let reclaim_fd = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(rfd) });
         ring.submitter().register_eventfd(efd)?;
 
         let entries = Mapping::new(count as usize * std::mem::size_of::<types::BufRingEntry>())?;
@@ -488,8 +488,7 @@ impl Ring {
         let add = excess.saturating_sub(self.reclaim_unread);
         if add > 0 {
             use std::io::Write;
-            let mut f = std::fs::File::from(self.reclaim_fd.try_clone()?);
-            f.write_all(&add.to_ne_bytes())?;
+            (&self.reclaim_fd).write_all(&add.to_ne_bytes())?;
             self.reclaim_unread += add;
         }
         use std::os::fd::AsRawFd;
@@ -650,10 +649,15 @@ impl Ring {
     /// are committed again as the kernel fills them). Only with no
     /// operation in flight, when no RECV can be writing into one: the caller
     /// also makes sure no connection holds a filled buffer it still needs.
-    /// Returns whether it was done.
+    /// Returns whether it was done (or nothing was filled since the last
+    /// time).
     pub fn release_buffer_memory(&mut self) -> bool {
         if self.in_flight > 0 || !self.ring.submission().is_empty() {
             return false;
+        }
+        if !self.dirty.contains(&true) {
+            self.stock = MIN_STOCK.min(self.count);
+            return true;
         }
         // SAFETY: `ptr`/`len` are the buffers mapping (anonymous, private);
         // MADV_DONTNEED drops its pages, which later accesses fault in as

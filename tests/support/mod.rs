@@ -556,3 +556,13 @@ pub mod whoami;
 
 #[allow(unused_imports)]
 pub use cfg::{Cfg, Raw};
+
+/// Resident memory of process `pid` in kB (VmRSS).
+pub fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
